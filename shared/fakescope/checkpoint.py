@@ -1,0 +1,115 @@
+"""Checkpoints: weights as safetensors, everything needed to use them as a small JSON beside them.
+
+A checkpoint is a folder with ``model.safetensors`` and ``config.json``. The JSON carries the format
+version, the variant and its architecture, the preprocessing (input size, mean, std, interpolation),
+the label order, the calibration temperature, and the record of how it was trained and what it scored.
+Loading is strict: a key that does not match the architecture is an error, not a silent skip.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from fakescope.models import FreqNetResNet, FreqNetResNetConfig
+from fakescope.models.freqnet_resnet import checkpoint_filter_fn
+
+__all__ = ["FORMAT_VERSION", "Preprocess", "CheckpointMeta", "save_checkpoint", "load_checkpoint"]
+
+FORMAT_VERSION = 1
+WEIGHTS_FILE = "model.safetensors"
+CONFIG_FILE = "config.json"
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How an image becomes the model's input tensor; travels with the weights."""
+
+    input_size: tuple[int, int] = (32, 32)
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.25, 0.25, 0.25)
+    interpolation: str = "bicubic"
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preprocess:
+        return cls(
+            input_size=tuple(d["input_size"]),  # type: ignore[arg-type]
+            mean=tuple(d["mean"]),  # type: ignore[arg-type]
+            std=tuple(d["std"]),  # type: ignore[arg-type]
+            interpolation=d["interpolation"],
+        )
+
+
+@dataclass
+class CheckpointMeta:
+    """The JSON half of a checkpoint."""
+
+    variant: str
+    arch: FreqNetResNetConfig
+    preprocess: Preprocess
+    labels: tuple[str, ...] = ("real", "fake")
+    temperature: float = 1.0
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["arch"] = self.arch.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> CheckpointMeta:
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ValueError(f"checkpoint format version {version!r} is not supported (expected {FORMAT_VERSION})")
+        return cls(
+            variant=d["variant"],
+            arch=FreqNetResNetConfig.from_dict(d["arch"]),
+            preprocess=Preprocess.from_dict(d["preprocess"]),
+            labels=tuple(d["labels"]),
+            temperature=float(d["temperature"]),
+            training=d.get("training", {}),
+            metrics=d.get("metrics", {}),
+        )
+
+    @property
+    def model_version(self) -> str:
+        """A short, stable name for the weights: variant plus a hash of the training record."""
+        return f"{self.variant}@{self.training.get('weights_sha256', 'unknown')[:12]}"
+
+
+def save_checkpoint(directory: str | Path, model: FreqNetResNet, meta: CheckpointMeta) -> Path:
+    """Writes ``model.safetensors`` and ``config.json`` into ``directory`` (created if needed)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in checkpoint_filter_fn(model.state_dict()).items()}
+    tmp = directory / (WEIGHTS_FILE + ".tmp")
+    save_file(state, str(tmp))
+    meta.training["weights_sha256"] = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    tmp.replace(directory / WEIGHTS_FILE)
+    (directory / CONFIG_FILE).write_text(json.dumps(meta.to_dict(), indent=2) + "\n")
+    return directory
+
+
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[FreqNetResNet, CheckpointMeta]:
+    """Builds the model described by ``config.json`` and loads its weights strictly, in eval mode.
+
+    Raises:
+        FileNotFoundError: the folder or one of its two files is missing.
+    """
+    directory = Path(directory)
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"checkpoint {directory} has no {name}")
+    meta = CheckpointMeta.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
+    model = FreqNetResNet(meta.arch)
+    state = checkpoint_filter_fn(load_file(str(directory / WEIGHTS_FILE), device="cpu"))
+    model.load_state_dict(state, strict=True)
+    return model.to(device).eval(), meta

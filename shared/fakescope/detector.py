@@ -1,0 +1,92 @@
+"""A loaded detector: weights, preprocessing, calibration and GradCAM behind one small surface."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from fakescope.checkpoint import CheckpointMeta, load_checkpoint
+from fakescope.gradcam import GradCAM
+from fakescope.imageio import to_rgb_array
+from fakescope.models.freqnet_resnet import FreqNetResNet
+
+__all__ = ["DEFAULT_CHECKPOINT", "Detector", "resolve_checkpoint"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "default"
+
+
+def resolve_checkpoint(checkpoint: str | Path | None) -> Path:
+    """``checkpoint``, else ``$FAKESCOPE_CHECKPOINT``, else the shipped default."""
+    if checkpoint is None:
+        checkpoint = os.environ.get("FAKESCOPE_CHECKPOINT") or DEFAULT_CHECKPOINT
+    return Path(checkpoint)
+
+
+class Detector:
+    """Real-or-fake classification with calibrated probabilities and GradCAM maps.
+
+    Not thread-safe: GradCAM registers hooks on the model for the duration of a call. Use one
+    instance per worker process (they are cheap to share across calls in that process).
+    """
+
+    def __init__(self, model: FreqNetResNet, meta: CheckpointMeta, device: torch.device) -> None:
+        self.model = model
+        self.meta = meta
+        self.device = device
+        self.fake_index = meta.labels.index("fake")
+        self._gradcam = GradCAM(model, model.stages[-1])
+        pre = meta.preprocess
+        self._mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
+        self._std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
+
+    @classmethod
+    def load(cls, checkpoint: str | Path | None = None, device: str = "auto") -> Detector:
+        """Loads a checkpoint folder (see :func:`resolve_checkpoint`) onto ``device``."""
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        path = resolve_checkpoint(checkpoint)
+        model, meta = load_checkpoint(path, device)
+        logger.info("loaded %s from %s on %s", meta.model_version, path, device)
+        return cls(model, meta, torch.device(device))
+
+    @property
+    def model_version(self) -> str:
+        return self.meta.model_version
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return self.meta.preprocess.input_size
+
+    def prepare(self, im: Image.Image) -> np.ndarray:
+        """``im`` as the model's ``(H, W, 3)`` uint8 input, resized as the checkpoint says."""
+        return to_rgb_array(im, self.input_size, self.meta.preprocess.interpolation)
+
+    def to_tensor(self, batch: np.ndarray) -> torch.Tensor:
+        """``(N, H, W, 3)`` uint8 to the normalised ``(N, 3, H, W)`` input."""
+        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        return ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
+
+    def probabilities(self, logits: torch.Tensor) -> np.ndarray:
+        """Calibrated probability of fake for each row of ``logits``."""
+        return torch.softmax(logits.float() / self.meta.temperature, dim=1)[:, self.fake_index].cpu().numpy()
+
+    @torch.no_grad()
+    def predict(self, batch: np.ndarray) -> np.ndarray:
+        """Calibrated fake probabilities of a ``(N, H, W, 3)`` uint8 batch."""
+        return self.probabilities(self.model(self.to_tensor(batch)))
+
+    def predict_with_cam(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Fake probabilities and, for each image, the GradCAM map of its predicted class.
+
+        Returns:
+            ``(fake_prob (N,), cams (N, H, W) in [0, 1])``.
+        """
+        logits, cams = self._gradcam(self.to_tensor(batch))
+        return self.probabilities(logits), cams.cpu().numpy()

@@ -1,0 +1,202 @@
+"""Reading untrusted images: folders, archives, limits, and one clear error per bad file.
+
+Every input is read as bytes first and decoded with explicit limits, so a zero-byte file, a text file,
+a truncated JPEG, a decompression bomb or an archive member that is too large becomes an
+:class:`ImageError` for that one input while the rest of a batch goes on.
+"""
+
+from __future__ import annotations
+
+import io
+import tarfile
+import warnings
+import zipfile
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "ARCHIVE_SUFFIXES",
+    "DEFAULT_MAX_PIXELS",
+    "DEFAULT_MAX_BYTES",
+    "ImageError",
+    "InputItem",
+    "decode_image",
+    "iter_inputs",
+    "to_rgb_array",
+]
+
+IMAGE_SUFFIXES = frozenset(
+    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".jfif", ".avif"}
+)
+ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
+# 40 megapixels covers any camera a platform will see; a 20000x20000 bomb is 400.
+DEFAULT_MAX_PIXELS = 40_000_000
+DEFAULT_MAX_BYTES = 64 * 1024 * 1024
+DEFAULT_MAX_MEMBERS = 100_000
+
+_RESAMPLE = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+    "lanczos": Image.Resampling.LANCZOS,
+    "box": Image.Resampling.BOX,
+}
+
+
+class ImageError(ValueError):
+    """One input cannot be used; the message says why in words a user can act on."""
+
+
+@dataclass(frozen=True)
+class InputItem:
+    """One input of a scan: a display name and a way to read its bytes (or the error reading them)."""
+
+    name: str
+    read: Callable[[], bytes]
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Decodes ``data`` fully, refusing empty, non-image, truncated and oversized inputs.
+
+    Raises:
+        ImageError: with a short reason.
+    """
+    if not data:
+        raise ImageError("empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            # Pillow warns, then raises, on bombs; we check the size ourselves before decoding.
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            im = Image.open(io.BytesIO(data))
+            w, h = im.size
+            if w * h > max_pixels:
+                raise ImageError(f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
+            if w == 0 or h == 0:
+                raise ImageError(f"image has no pixels ({w}x{h})")
+            im.load()
+    except UnidentifiedImageError:
+        raise ImageError("not an image Pillow can read") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"decompression bomb: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        if isinstance(e, ImageError):
+            raise
+        raise ImageError(f"corrupt or truncated image: {e}") from None
+    return im
+
+
+def to_rgb_array(im: Image.Image, size: tuple[int, int] | None = None, interpolation: str = "bicubic") -> np.ndarray:
+    """``im`` as ``(H, W, 3)`` uint8 RGB, resized to ``size`` (height, width) when it differs.
+
+    Transparency is composited over white, so a logo with an alpha channel does not turn black.
+    """
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        rgba = im.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, rgba)
+    im = im.convert("RGB")
+    if size is not None and (im.height, im.width) != tuple(size):
+        im = im.resize((size[1], size[0]), _RESAMPLE[interpolation], reducing_gap=3.0)
+    return np.asarray(im, dtype=np.uint8)
+
+
+def _is_archive(name: str) -> bool:
+    return name.lower().endswith(ARCHIVE_SUFFIXES)
+
+
+def _skip(name: str) -> bool:
+    parts = PurePosixPath(name).parts
+    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
+
+
+def _read_file(path: Path, max_bytes: int) -> Callable[[], bytes]:
+    def read() -> bytes:
+        size = path.stat().st_size
+        if size > max_bytes:
+            raise ImageError(f"file is {size} bytes, over the limit of {max_bytes}")
+        return path.read_bytes()
+
+    return read
+
+
+def _fail(message: str) -> Callable[[], bytes]:
+    def read() -> bytes:
+        raise ImageError(message)
+
+    return read
+
+
+def _iter_archive(path: Path, label: str, max_bytes: int, max_members: int) -> Iterator[InputItem]:
+    """Members of a zip or tar archive, read into memory one at a time with a size cap each."""
+    try:
+        if zipfile.is_zipfile(path):
+            zf = zipfile.ZipFile(path)
+            infos = sorted((i for i in zf.infolist() if not i.is_dir() and not _skip(i.filename)), key=lambda i: i.filename)
+            if len(infos) > max_members:
+                yield InputItem(label, _fail(f"archive has {len(infos)} members, over the limit of {max_members}"))
+                return
+            for info in infos:
+
+                def read_zip(info: zipfile.ZipInfo = info) -> bytes:
+                    if info.file_size > max_bytes:
+                        raise ImageError(f"archive member is {info.file_size} bytes, over the limit of {max_bytes}")
+                    with zf.open(info) as f:
+                        # The declared size can lie: never read more than the cap.
+                        data = f.read(max_bytes + 1)
+                    if len(data) > max_bytes:
+                        raise ImageError(f"archive member expands past the limit of {max_bytes} bytes")
+                    return data
+
+                yield InputItem(f"{label}/{info.filename}", read_zip)
+        elif tarfile.is_tarfile(path):
+            with tarfile.open(path, "r:*") as tar:
+                members = sorted((m for m in tar.getmembers() if m.isfile() and not _skip(m.name)), key=lambda m: m.name)
+                if len(members) > max_members:
+                    yield InputItem(label, _fail(f"archive has {len(members)} members, over the limit of {max_members}"))
+                    return
+                for m in members:
+                    if m.size > max_bytes:
+                        yield InputItem(f"{label}/{m.name}", _fail(f"archive member is {m.size} bytes, over the limit"))
+                        continue
+                    f = tar.extractfile(m)
+                    data = f.read() if f is not None else b""
+                    yield InputItem(f"{label}/{m.name}", lambda data=data: data)
+        else:
+            yield InputItem(label, _fail("not a zip or tar archive, though named like one"))
+    except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile) as e:
+        yield InputItem(label, _fail(f"corrupt archive: {e}"))
+
+
+def iter_inputs(
+    paths: Sequence[str | Path],
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_members: int = DEFAULT_MAX_MEMBERS,
+) -> Iterator[InputItem]:
+    """Every input under ``paths``: files, folders (recursively, sorted) and zip/tar members.
+
+    Hidden files are skipped; every other file is an input, so a stray text file in a folder is
+    reported as "not an image" instead of silently dropped.
+    """
+    for p in paths:
+        p = Path(p)
+        if p.is_dir():
+            for f in sorted(p.rglob("*")):
+                rel = f.relative_to(p).as_posix()
+                if not f.is_file() or _skip(rel):
+                    continue
+                name = f"{p.name}/{rel}" if len(paths) > 1 else rel
+                if _is_archive(f.name):
+                    yield from _iter_archive(f, name, max_bytes, max_members)
+                else:
+                    yield InputItem(name, _read_file(f, max_bytes))
+        elif p.is_file() and _is_archive(p.name):
+            yield from _iter_archive(p, p.name, max_bytes, max_members)
+        elif p.is_file():
+            yield InputItem(p.name, _read_file(p, max_bytes))
+        else:
+            yield InputItem(str(p), _fail("no such file or folder"))

@@ -1,0 +1,157 @@
+"""The classification pipeline that ``fakescope scan`` and the classify workers both run.
+
+Inputs are decoded on a small thread pool ahead of the model (Pillow releases the GIL while it
+decodes), grouped into batches, classified, and GradCAM overlays rendered; results come back in
+input order, one per input, each either a verdict or an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from itertools import islice
+from typing import Any
+
+import numpy as np
+
+from fakescope.detector import Detector
+from fakescope.gradcam import overlay_png
+from fakescope.imageio import DEFAULT_MAX_PIXELS, ImageError, InputItem, decode_image, to_rgb_array
+
+__all__ = ["ImageResult", "classify_items", "decode_item", "DecodedImage"]
+
+logger = logging.getLogger(__name__)
+
+# Overlays are drawn on a copy of the image no larger than this: a 4000x3000 photo does not need a
+# 4000x3000 heatmap PNG, and encoding one would cost more than classifying it.
+OVERLAY_MAX_SIDE = 384
+
+
+@dataclass
+class DecodedImage:
+    """An input ready for the model, or the reason it is not."""
+
+    name: str
+    sha256: str | None = None
+    model_input: np.ndarray | None = None
+    display: np.ndarray | None = None
+    width: int | None = None
+    height: int | None = None
+    error: str | None = None
+
+
+@dataclass
+class ImageResult:
+    """One input's answer: ``prediction`` and ``fake_probability``, or ``error``."""
+
+    name: str
+    prediction: str | None = None
+    fake_probability: float | None = None
+    error: str | None = None
+    sha256: str | None = None
+    width: int | None = None
+    height: int | None = None
+    overlay_png: bytes | None = None
+    cam: np.ndarray | None = None
+    model_input: np.ndarray | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+def decode_item(item: InputItem, detector: Detector, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+    """Reads and decodes one input; any problem with it becomes ``error``, never an exception."""
+    try:
+        data = item.read()
+        im = decode_image(data, max_pixels=max_pixels)
+        display = im.copy()
+        display.thumbnail((OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE))
+        return DecodedImage(
+            name=item.name,
+            sha256=hashlib.sha256(data).hexdigest(),
+            model_input=detector.prepare(im),
+            display=to_rgb_array(display),
+            width=im.width,
+            height=im.height,
+        )
+    except ImageError as e:
+        return DecodedImage(name=item.name, error=str(e))
+    except OSError as e:
+        # Unreadable file (permissions, vanished): an error for this input, not for the batch.
+        return DecodedImage(name=item.name, error=f"cannot read file: {e.strerror or e}")
+
+
+def _batched(it: Iterable[DecodedImage], n: int) -> Iterator[list[DecodedImage]]:
+    it = iter(it)
+    while chunk := list(islice(it, n)):
+        yield chunk
+
+
+def classify_items(
+    detector: Detector,
+    items: Iterable[InputItem],
+    *,
+    batch_size: int = 64,
+    overlays: bool = True,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    decode_threads: int = 2,
+    keep_arrays: bool = False,
+) -> Iterator[ImageResult]:
+    """Classifies ``items`` in batches and yields one :class:`ImageResult` per item, in order.
+
+    Args:
+        detector: the loaded detector.
+        items: inputs, e.g. from :func:`fakescope.imageio.iter_inputs`.
+        batch_size: images per forward pass.
+        overlays: render the GradCAM overlay PNG of each image (costs a backward pass).
+        max_pixels: larger images are refused before they are decoded.
+        decode_threads: threads decoding ahead of the model.
+        keep_arrays: keep the model input and GradCAM map on each result (for the explainers).
+    """
+    with ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode") as pool:
+        # Executor.map submits everything at once; islice over a generator of futures keeps the
+        # look-ahead to a few batches so a million-image scan does not hold a million images.
+        def decoded() -> Iterator[DecodedImage]:
+            window = 4 * batch_size
+            pending: list[Any] = []
+            for item in items:
+                pending.append(pool.submit(decode_item, item, detector, max_pixels))
+                if len(pending) >= window:
+                    yield pending.pop(0).result()
+            for fut in pending:
+                yield fut.result()
+
+        for chunk in _batched(decoded(), batch_size):
+            good = [d for d in chunk if d.error is None]
+            probs: np.ndarray = np.empty(0)
+            cams: np.ndarray | None = None
+            if good:
+                batch = np.stack([d.model_input for d in good])  # type: ignore[misc]
+                if overlays or keep_arrays:
+                    probs, cams = detector.predict_with_cam(batch)
+                else:
+                    probs = detector.predict(batch)
+            k = 0
+            for d in chunk:
+                if d.error is not None:
+                    yield ImageResult(name=d.name, error=d.error)
+                    continue
+                p = float(probs[k])
+                cam = cams[k] if cams is not None else None
+                yield ImageResult(
+                    name=d.name,
+                    prediction="fake" if p >= 0.5 else "real",
+                    fake_probability=p,
+                    sha256=d.sha256,
+                    width=d.width,
+                    height=d.height,
+                    overlay_png=overlay_png(d.display, cam) if overlays and cam is not None else None,  # type: ignore[arg-type]
+                    cam=cam if keep_arrays else None,
+                    model_input=d.model_input if keep_arrays else None,
+                )
+                k += 1
