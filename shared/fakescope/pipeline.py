@@ -57,6 +57,7 @@ class ImageResult:
     overlay_png: bytes | None = None
     cam: np.ndarray | None = None
     model_input: np.ndarray | None = None
+    display: np.ndarray | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -111,7 +112,8 @@ def classify_items(
         overlays: render the GradCAM overlay PNG of each image (costs a backward pass).
         max_pixels: larger images are refused before they are decoded.
         decode_threads: threads decoding ahead of the model.
-        keep_arrays: keep the model input and GradCAM map on each result (for the explainers).
+        keep_arrays: keep the model input, the display-size image (at most ``OVERLAY_MAX_SIDE`` a
+            side) and the GradCAM map on each result, for the explainers.
     """
     with ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode") as pool:
         # Executor.map submits everything at once; islice over a generator of futures keeps the
@@ -153,5 +155,6 @@ def classify_items(
                     overlay_png=overlay_png(d.display, cam) if overlays and cam is not None else None,  # type: ignore[arg-type]
                     cam=cam if keep_arrays else None,
                     model_input=d.model_input if keep_arrays else None,
+                    display=d.display if keep_arrays else None,
                 )
                 k += 1
