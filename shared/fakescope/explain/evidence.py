@@ -1,0 +1,323 @@
+"""The evidence explainer: artifacts named from measured image statistics, needing no pretrained weights.
+
+Each rule ties one tail of one signal (:mod:`fakescope.explain.signals`) to the taxonomy artifact
+that shifts it: high-frequency energy above the real range is a frequency-domain signature, residual
+noise below it in flat regions is artificial smoothness, and so on. A rule's score is how far into
+the real-photo distribution's tail the measured value lies (the empirical percentile against the
+calibration file written by :mod:`fakescope.explain.calibrate`), and its sentence quotes the value,
+the percentile and the real median, so a reader can check the claim.
+
+Object class: pixel statistics cannot tell a cat from a truck, so without a class gate this backend
+names only class-agnostic artifacts. When a CLIP model is configured it names the object class
+zero-shot (:class:`fakescope.explain.clip_scorer.ClipScorer`), and rules for class-specific
+artifacts (fur flow on furred animals) and class-dependent wording (natural textures on animals)
+come into play.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fakescope.explain import MAX_ARTIFACTS, ExplainerConfigError, ExplainInput
+from fakescope.explain.signals import SIGNALS, Measurements, measure, size_bucket
+from fakescope.explain.taxonomy import BY_NAME
+
+__all__ = ["DEFAULT_CALIBRATION", "RULES", "Calibration", "EvidenceExplainer", "Rule", "Scored"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CALIBRATION = "calibration_real.json"
+
+# A value past the 90th percentile of real photos is reported; below that only the single strongest
+# deviation is, so every fake still gets one checkable reason rather than none.
+DEFAULT_THRESHOLD = 0.90
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One tail of one signal, read as one artifact.
+
+    Attributes:
+        signal: key in :data:`fakescope.explain.signals.SIGNALS`.
+        tail: ``"high"`` or ``"low"``: which side of the real distribution is suspicious.
+        artifact: the taxonomy name reported.
+        template: the sentence; fields ``{label}``, ``{value}``, ``{rel}`` (e.g. "above 97% of real
+            photos"), ``{median}``, plus any measurement detail.
+        kinds: object kinds (taxonomy) the rule needs; empty means any image, class known or not.
+    """
+
+    signal: str
+    tail: str
+    artifact: str
+    template: str
+    kinds: frozenset[str] = frozenset()
+
+
+RULES: tuple[Rule, ...] = (
+    Rule("hf_energy", "high", "Frequency domain signatures",
+         "{label} is {value} of the spectrum, {rel} (median {median})."),
+    Rule("hf_energy", "low", "Loss of fine detail in complex structures",
+         "{label} is only {value} of the spectrum, {rel} (median {median}), so fine structure is missing."),
+    Rule("grid_peak", "high", "Regular grid-like artifacts in textures",
+         "{label} stands {value} above its frequency band, {rel} (median {median}), a periodic grid of the kind upsampling layers leave."),
+    Rule("spectral_peak", "high", "Texture repetition patterns",
+         "{label} stands {value} above its frequency band at a period of {peak_period:.1f} px, {rel} (median {median}), a repeated pattern."),
+    Rule("texture_energy", "low", "Over-smoothing of natural textures",
+         "{label} is {value}, {rel} (median {median}): surfaces lack the fine grain of real texture.",
+         frozenset({"animal", "person"})),
+    Rule("texture_energy", "low", "Loss of fine detail in complex structures",
+         "{label} is {value}, {rel} (median {median}): detailed structures are rendered without fine grain."),
+    Rule("flat_noise", "low", "Artificial smoothness",
+         "{label} is {value}, {rel} (median {median}): flat areas lack the sensor noise of a camera."),
+    Rule("flat_noise", "high", "Artificial noise patterns in uniform surfaces",
+         "{label} is {value}, {rel} (median {median}): plain surfaces carry extra structured noise."),
+    Rule("sharpness_spread", "high", "Resolution inconsistencies within regions",
+         "{label} varies {value} between the sharpest and softest tenth of the image, {rel} (median {median})."),
+    Rule("edge_overshoot", "high", "Over-sharpening artifacts",
+         "{label} is {value} the gradient, {rel} (median {median}), the halo a sharpening filter leaves."),
+    Rule("aliasing", "high", "Aliasing along high-contrast edges",
+         "{label} is {value} of the high-frequency band, {rel} (median {median}), so edges step rather than blend."),
+    Rule("chroma_detail", "high", "Color coherence breaks",
+         "{label} carry {value} of the luminance's fine-detail energy, {rel} (median {median}): colour changes where brightness does not."),
+    Rule("saturation", "high", "Artificial enhancement artifacts",
+         "{label} is {value}, {rel} (median {median}), the boosted look of an enhanced render."),
+    Rule("colour_entropy", "low", "Systematic color distribution anomalies",
+         "{label} spans only {value} of entropy, {rel} (median {median}), a narrower colour distribution than a camera records."),
+    Rule("contrast", "high", "Dramatic lighting that defies natural physics",
+         "{label} is {value}, {rel} (median {median}), stronger than the scene's light would give."),
+    Rule("highlights", "high", "Unrealistic specular highlights",
+         "{label} cover {value} of the image, {rel} (median {median})."),
+    Rule("vignette", "high", "Cinematization Effects",
+         "{label} is {value}, {rel} (median {median}), the darkened frame of cinematic grading."),
+    Rule("light_gradient", "high", "Unnatural Lighting Gradients",
+         "{label} spans {value} of the brightness range across the frame, {rel} (median {median})."),
+    Rule("centre_detail", "high", "Artificial depth of field in object presentation",
+         "{label} is {value} the border's, {rel} (median {median}): a sharp subject on a uniformly soft backdrop."),
+    Rule("orientation_disorder", "high", "Improper fur direction flows",
+         "{label} is {value}, {rel} (median {median}): the fur's direction changes where a coat's would flow.",
+         frozenset({"fur"})),
+)  # fmt: skip
+
+
+@dataclass
+class Scored:
+    """A rule's verdict on one image."""
+
+    rule: Rule
+    value: float
+    score: float
+
+
+class Calibration:
+    """Per-signal quantiles of real photos, one table per size bucket (see :mod:`.calibrate`)."""
+
+    def __init__(self, data: dict[str, Any], source: str = "") -> None:
+        self.source = source
+        self.levels = np.asarray(data["levels"], dtype=np.float64)
+        self.buckets: dict[str, dict[str, Any]] = data["buckets"]
+        for bucket, table in self.buckets.items():
+            missing = sorted(set(SIGNALS) - set(table["signals"]))
+            if missing:
+                raise ExplainerConfigError(f"calibration {source}: bucket {bucket!r} lacks signals {missing}")
+        self._q = {
+            (b, s): np.asarray(t["signals"][s]["quantiles"], dtype=np.float64)
+            for b, t in self.buckets.items()
+            for s in t["signals"]
+        }
+
+    @classmethod
+    def load(cls, path: str | Path | None = None) -> Calibration:
+        """Reads a calibration JSON; None reads the one shipped with the package.
+
+        Raises:
+            ExplainerConfigError: the file is missing or not a calibration file.
+        """
+        try:
+            if path is None:
+                text = resources.files("fakescope.explain").joinpath(DEFAULT_CALIBRATION).read_text()
+                source = DEFAULT_CALIBRATION
+            else:
+                text, source = Path(path).read_text(), str(path)
+            return cls(json.loads(text), source)
+        except FileNotFoundError as e:
+            raise ExplainerConfigError(
+                f"evidence calibration file not found: {path or DEFAULT_CALIBRATION}; "
+                "write one with `python -m fakescope.explain.calibrate`"
+            ) from e
+        except (KeyError, json.JSONDecodeError) as e:
+            raise ExplainerConfigError(f"not a calibration file: {path or DEFAULT_CALIBRATION} ({e})") from e
+
+    def bucket_for(self, height: int, width: int) -> str:
+        bucket = size_bucket(height, width)
+        # A calibration made from one resolution only still serves the other, with a warning in the
+        # log: the percentiles are then rougher but the output stays defined.
+        if bucket not in self.buckets:
+            fallback = sorted(self.buckets)[0]
+            logger.warning("calibration %s has no %r bucket; using %r", self.source, bucket, fallback)
+            return fallback
+        return bucket
+
+    def cdf(self, bucket: str, signal: str, x: float) -> float:
+        """Fraction of real photos whose ``signal`` is below ``x`` (ties count half)."""
+        q = self._q[(bucket, signal)]
+        lv = self.levels
+        i = int(np.searchsorted(q, x, side="left"))
+        j = int(np.searchsorted(q, x, side="right"))
+        if i != j:
+            return float((lv[i] + lv[j - 1]) / 2)
+        if i == 0:
+            return 0.0
+        if i == len(q):
+            return 1.0
+        return float(lv[i - 1] + (lv[i] - lv[i - 1]) * (x - q[i - 1]) / (q[i] - q[i - 1]))
+
+    def median(self, bucket: str, signal: str) -> float:
+        return float(self.buckets[bucket]["signals"][signal]["median"])
+
+    def count(self, bucket: str) -> int:
+        return int(self.buckets[bucket]["n"])
+
+    def reference_name(self, bucket: str) -> str:
+        return str(self.buckets[bucket].get("reference", "real photos"))
+
+
+def _relation(tail: str, score: float, n: int, reference: str) -> str:
+    side = "above" if tail == "high" else "below"
+    if score >= 1.0:
+        return f"{side} all {n:,} {reference} measured"
+    return f"{side} {min(99, math.floor(score * 100))}% of {reference}"
+
+
+_ROWS = ("top", "middle", "bottom")
+_COLS = ("left", "centre", "right")
+
+
+def _where(details: dict[str, float]) -> str | None:
+    if "cam_y" not in details:
+        return None
+    row = _ROWS[min(2, int(details["cam_y"] * 3))]
+    col = _COLS[min(2, int(details["cam_x"] * 3))]
+    place = "centre" if row == "middle" and col == "centre" else f"{row} {col}".replace("middle ", "")
+    return f"the detector's attention centres on the {place}, {details['cam_top_tenth']:.0%} of it on the hottest tenth"
+
+
+class EvidenceExplainer:
+    """Scores :data:`RULES` on each image and writes the strongest as reasons.
+
+    Args:
+        calibration: real-photo reference quantiles.
+        class_gate: optional zero-shot classifier with ``classify(images) -> list[str]`` naming one
+            of :data:`fakescope.explain.taxonomy.OBJECT_CLASSES` per image.
+        max_artifacts: at most this many artifacts per image.
+        threshold: percentile (0-1) into the real tail from which a rule is reported.
+    """
+
+    name = "evidence"
+
+    def __init__(
+        self,
+        calibration: Calibration,
+        class_gate: Any | None = None,
+        max_artifacts: int = MAX_ARTIFACTS,
+        threshold: float = DEFAULT_THRESHOLD,
+    ) -> None:
+        if not 1 <= max_artifacts <= MAX_ARTIFACTS:
+            raise ValueError(f"max_artifacts must be in 1..{MAX_ARTIFACTS}, got {max_artifacts}")
+        self.calibration = calibration
+        self.class_gate = class_gate
+        self.max_artifacts = max_artifacts
+        self.threshold = threshold
+        for rule in RULES:
+            # A typo in a rule would otherwise surface as a key outside the task's taxonomy.
+            assert rule.artifact in BY_NAME, rule.artifact
+
+    @classmethod
+    def load(
+        cls,
+        calibration: str | Path | None = None,
+        clip_model: str | None = None,
+        max_artifacts: int = MAX_ARTIFACTS,
+        threshold: float = DEFAULT_THRESHOLD,
+        device: str = "auto",
+    ) -> EvidenceExplainer:
+        """Loads the calibration and, when ``clip_model`` is given, the CLIP class gate."""
+        gate = None
+        if clip_model:
+            from fakescope.explain.clip_scorer import ClipScorer
+
+            gate = ClipScorer.load(clip_model, device=device)
+        return cls(Calibration.load(calibration), gate, max_artifacts=max_artifacts, threshold=threshold)
+
+    def score(self, inp: ExplainInput, object_class: str | None = None) -> tuple[list[Scored], Measurements, str]:
+        """Every applicable rule's score on one image, strongest first (ties in rule order)."""
+        h, w = inp.image.shape[:2]
+        bucket = self.calibration.bucket_for(h, w)
+        m = measure(inp.image, inp.cam)
+        kinds = _kinds(object_class)
+        scored: list[Scored] = []
+        for rule in RULES:
+            if rule.kinds and not (rule.kinds & kinds):
+                continue
+            value = m.values[rule.signal]
+            below = self.calibration.cdf(bucket, rule.signal, value)
+            scored.append(Scored(rule, value, below if rule.tail == "high" else 1.0 - below))
+        scored.sort(key=lambda s: -s.score)  # stable: equal scores keep rule order
+        return scored, m, bucket
+
+    def explain_one(self, inp: ExplainInput, object_class: str | None = None) -> dict[str, str]:
+        scored, m, bucket = self.score(inp, object_class)
+        chosen: list[Scored] = []
+        seen_artifacts: set[str] = set()
+        seen_signals: set[str] = set()
+        for s in scored:
+            # One observation, one name: a signal read twice (e.g. low detail as both smoothness
+            # and detail loss) would be the padding this explainer exists to avoid.
+            if s.rule.artifact in seen_artifacts or s.rule.signal in seen_signals:
+                continue
+            if chosen and s.score < self.threshold:
+                break
+            chosen.append(s)
+            seen_artifacts.add(s.rule.artifact)
+            seen_signals.add(s.rule.signal)
+            if len(chosen) == self.max_artifacts:
+                break
+        out: dict[str, str] = {}
+        for k, s in enumerate(chosen):
+            out[s.rule.artifact] = self._sentence(s, m, bucket, with_cam=k == 0)
+        return out
+
+    def _sentence(self, s: Scored, m: Measurements, bucket: str, with_cam: bool) -> str:
+        sig = SIGNALS[s.rule.signal]
+        cal = self.calibration
+        text = s.rule.template.format(
+            label=sig.label,
+            value=sig.fmt.format(s.value),
+            median=sig.fmt.format(cal.median(bucket, s.rule.signal)),
+            rel=_relation(s.rule.tail, s.score, cal.count(bucket), cal.reference_name(bucket)),
+            **m.details,
+        )
+        where = _where(m.details) if with_cam else None
+        if where:
+            text = f"{text[:-1]}; {where}."
+        return text
+
+    def explain(self, inputs: Sequence[ExplainInput]) -> list[dict[str, str]]:
+        classes: list[str | None] = [None] * len(inputs)
+        if self.class_gate is not None and inputs:
+            classes = list(self.class_gate.classify([i.image for i in inputs]))
+        return [self.explain_one(inp, c) for inp, c in zip(inputs, classes, strict=True)]
+
+
+def _kinds(object_class: str | None) -> frozenset[str]:
+    from fakescope.explain.taxonomy import OBJECT_CLASSES
+
+    return OBJECT_CLASSES.get(object_class, frozenset()) if object_class else frozenset()
