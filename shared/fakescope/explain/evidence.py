@@ -68,9 +68,11 @@ RULES: tuple[Rule, ...] = (
     Rule("hf_energy", "low", "Loss of fine detail in complex structures",
          "{label} is only {value} of the spectrum, {rel} (median {median}), so fine structure is missing."),
     Rule("grid_peak", "high", "Regular grid-like artifacts in textures",
-         "{label} stands {value} above its frequency band, {rel} (median {median}), a periodic grid of the kind upsampling layers leave."),
+         "{label} stands {value} above its frequency band, {rel} (median {median}), "
+         "a periodic grid of the kind upsampling layers leave."),
     Rule("spectral_peak", "high", "Texture repetition patterns",
-         "{label} stands {value} above its frequency band at a period of {peak_period:.1f} px, {rel} (median {median}), a repeated pattern."),
+         "{label} stands {value} above its frequency band at a period of {peak_period:.1f} px, "
+         "{rel} (median {median}), a repeated pattern."),
     Rule("texture_energy", "low", "Over-smoothing of natural textures",
          "{label} is {value}, {rel} (median {median}): surfaces lack the fine grain of real texture.",
          frozenset({"animal", "person"})),
@@ -87,11 +89,13 @@ RULES: tuple[Rule, ...] = (
     Rule("aliasing", "high", "Aliasing along high-contrast edges",
          "{label} is {value} of the high-frequency band, {rel} (median {median}), so edges step rather than blend."),
     Rule("chroma_detail", "high", "Color coherence breaks",
-         "{label} carry {value} of the luminance's fine-detail energy, {rel} (median {median}): colour changes where brightness does not."),
+         "{label} carry {value} of the luminance's fine-detail energy, {rel} (median {median}): "
+         "colour changes where brightness does not."),
     Rule("saturation", "high", "Artificial enhancement artifacts",
          "{label} is {value}, {rel} (median {median}), the boosted look of an enhanced render."),
     Rule("colour_entropy", "low", "Systematic color distribution anomalies",
-         "{label} spans only {value} of entropy, {rel} (median {median}), a narrower colour distribution than a camera records."),
+         "{label} spans only {value} of entropy, {rel} (median {median}), "
+         "a narrower colour distribution than a camera records."),
     Rule("contrast", "high", "Dramatic lighting that defies natural physics",
          "{label} is {value}, {rel} (median {median}), stronger than the scene's light would give."),
     Rule("highlights", "high", "Unrealistic specular highlights",
