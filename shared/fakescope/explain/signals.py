@@ -188,7 +188,9 @@ def measure(rgb: np.ndarray, cam: np.ndarray | None = None) -> Measurements:
     total = pw[rad > 0].sum() + EPS
     hf = pw[rad > 0.5].sum()
     v["hf_energy"] = float(hf / total)
-    v["aliasing"] = float(pw[rad > 0.85].sum() / (hf + EPS))
+    # The floors keep these ratios from exploding on a blurred image, where the denominator all but
+    # vanishes and the ratio would then report aliasing or colour breaks that are not there.
+    v["aliasing"] = float(pw[rad > 0.85].sum() / (hf + 1e-3 * total))
 
     resid = y - _box3(y)
     v["spectral_peak"], d["peak_period"], v["grid_peak"] = _spectral_peaks(resid)
@@ -213,7 +215,7 @@ def measure(rgb: np.ndarray, cam: np.ndarray | None = None) -> Measurements:
     cb = -0.168736 * r_ - 0.331264 * g_ + 0.5 * b_
     cr = 0.5 * r_ - 0.418688 * g_ - 0.081312 * b_
     detail = lambda x: float(np.mean((x - _box3(x)) ** 2))  # noqa: E731
-    v["chroma_detail"] = (detail(cb) + detail(cr)) / (detail(y) + 1e-6)
+    v["chroma_detail"] = (detail(cb) + detail(cr)) / (detail(y) + 1e-4)
 
     mx, mn = img.max(axis=2), img.min(axis=2)
     sat = np.where(mx > EPS, (mx - mn) / np.maximum(mx, EPS), 0.0)
