@@ -8,13 +8,12 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-from pathlib import Path  # noqa: E402
+from pathlib import Path
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
-
-from fakescope.checkpoint import CheckpointMeta, Preprocess, save_checkpoint  # noqa: E402
-from fakescope.models import create_model  # noqa: E402
+import pytest
+import torch
+from fakescope.checkpoint import CheckpointMeta, Preprocess, save_checkpoint
+from fakescope.models import create_model
 
 TINY_ARCH = {"layers": (1, 1, 1, 1), "planes": (4, 4, 8, 8), "stem_chs": 8}
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from fakescope.models import FreqNetResNet, FreqNetResNetConfig
 from fakescope.models.freqnet_resnet import checkpoint_filter_fn
 
-__all__ = ["FORMAT_VERSION", "Preprocess", "CheckpointMeta", "save_checkpoint", "load_checkpoint"]
+__all__ = ["FORMAT_VERSION", "CheckpointMeta", "Preprocess", "load_checkpoint", "save_checkpoint"]
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"

@@ -45,6 +45,67 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_scan(args: argparse.Namespace) -> int:
+    from fakescope.scan import run_scan
+
+    summary = run_scan(
+        args.paths,
+        args.out,
+        checkpoint=args.checkpoint,
+        device=args.device,
+        batch_size=args.batch_size,
+        overlays=not args.no_overlays,
+        explain=args.explain,
+        explain_backend=args.explain_backend,
+        max_pixels=args.max_pixels,
+        progress=not args.quiet,
+    )
+    print(
+        f"{summary.total} inputs: {summary.fake} fake, {summary.real} real, {summary.errors} errors "
+        f"({summary.model_version}); wrote {summary.out_dir}/results.jsonl, task1.json, report.html"
+    )
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from fakescope.detector import Detector
+    from fakescope.evaluate import evaluate_arrays, format_table, load_eval_data, robustness
+
+    detector = Detector.load(args.checkpoint, device=args.device)
+    data = load_eval_data(args.data or DEFAULT_DATA, detector, split=args.split, limit=args.limit)
+    if args.robustness:
+        table = robustness(detector, data, batch_size=args.batch_size)
+    else:
+        table = {"clean": evaluate_arrays(detector, data, batch_size=args.batch_size)}
+    report = {
+        "model_version": detector.model_version,
+        "data": args.data or DEFAULT_DATA,
+        "split": args.split or "all",
+        "n": len(data),
+        "metrics": table,
+    }
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"{detector.model_version} on {report['n']} images ({report['split']} of {', '.join(report['data'])})")
+    print(format_table(table))
+    return 0
+
+
+def _cmd_export_split(args: argparse.Namespace) -> int:
+    from fakescope.data import export_split
+
+    n = export_split(
+        args.data or DEFAULT_DATA,
+        args.out,
+        split=args.split,
+        val_size=args.val_size,
+        calib_size=args.calib_size,
+        seed=args.seed,
+    )
+    print(f"wrote {n} images of the {args.split} split to {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fakescope", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -63,12 +124,44 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from --out's last epoch")
     p.add_argument("--max-train", type=int, help="train on at most this many images (smoke runs)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("scan", help="classify images, folders and archives; no services needed")
+    p.add_argument("paths", nargs="+", help="image files, folders (recursive), zip or tar archives")
+    p.add_argument("--out", default="fakescope-out", help="output folder (default: fakescope-out)")
+    p.add_argument("--checkpoint", help="checkpoint folder (default: $FAKESCOPE_CHECKPOINT or the shipped one)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--no-overlays", action="store_true", help="skip GradCAM overlays (faster)")
+    p.add_argument("--explain", action="store_true", help="name the artifacts of each fake (task2.json)")
+    p.add_argument("--explain-backend", help="evidence (default) or vlm")
+    p.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_scan)
+
+    p = sub.add_parser("evaluate", help="metrics (and robustness) on labelled CIFAKE-layout data")
+    p.add_argument("--data", action="append", help="CIFAKE-layout folder or archive (repeatable)")
+    p.add_argument("--checkpoint")
+    p.add_argument("--split", choices=["val", "calib"], help="only the checkpoint's held-out part of --data")
+    p.add_argument("--limit", type=int, help="at most this many images (random, seeded)")
+    p.add_argument("--robustness", action="store_true", help="add JPEG, noise, rescaling and FGSM rows")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--device", default="auto")
+    p.add_argument("--json", help="also write the report as JSON here")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("export-split", help="write one part of the train/val split as image files")
+    _add_split_args(p)
+    p.add_argument("--split", choices=["train", "val", "calib"], default="val")
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_cmd_export_split)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     return int(args.func(args))
 
 

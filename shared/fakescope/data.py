@@ -24,7 +24,16 @@ from tqdm import tqdm
 
 from fakescope.imageio import IMAGE_SUFFIXES, to_rgb_array
 
-__all__ = ["LABELS", "LabelledArray", "Split", "iter_labelled", "label_of", "load_labelled", "make_split"]
+__all__ = [
+    "LABELS",
+    "LabelledArray",
+    "Split",
+    "export_split",
+    "iter_labelled",
+    "label_of",
+    "load_labelled",
+    "make_split",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -178,3 +187,36 @@ def make_split(names: Sequence[str], labels: np.ndarray, val_size: int, calib_si
         calib.append(members[n_val : n_val + n_calib])
         train.append(members[n_val + n_calib :])
     return Split(*(np.sort(np.concatenate(parts)) for parts in (train, val, calib)))
+
+
+def export_split(
+    sources: Sequence[str | Path],
+    out: str | Path,
+    *,
+    split: str = "val",
+    val_size: int = 10_000,
+    calib_size: int = 2_000,
+    seed: int = 0,
+    size: tuple[int, int] = (32, 32),
+) -> int:
+    """Writes the original files of one part of :func:`make_split` under ``out/REAL`` and ``out/FAKE``.
+
+    The bytes are copied as they are (no re-encoding), named ``<source>__<member>`` flattened, so a
+    later ``fakescope scan`` or ``evaluate`` sees exactly the images the split held out.
+    """
+    data = load_labelled(sources, size=size)
+    spl = make_split(data.names, data.labels, val_size, calib_size, seed)
+    wanted = {data.names[i] for i in getattr(spl, split)}
+    out = Path(out)
+    for label in LABELS:
+        (out / label.upper()).mkdir(parents=True, exist_ok=True)
+    n = 0
+    for src in sources:
+        src = Path(src)
+        for name, label, blob in iter_labelled(src):
+            key = f"{src.name}/{name}"
+            if key in wanted:
+                flat = key.replace("/", "__")
+                (out / LABELS[label].upper() / flat).write_bytes(blob)
+                n += 1
+    return n

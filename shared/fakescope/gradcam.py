@@ -25,7 +25,9 @@ class GradCAM:
         self.model = model
         self.target = target
 
-    def __call__(self, x: torch.Tensor, class_idx: int | torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(
+        self, x: torch.Tensor, class_idx: int | torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns ``(logits, cams)``; ``cams`` is ``(B, H, W)`` in [0, 1] at the input's size.
 
         Args:

@@ -19,10 +19,10 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
-    "IMAGE_SUFFIXES",
     "ARCHIVE_SUFFIXES",
-    "DEFAULT_MAX_PIXELS",
     "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_PIXELS",
+    "IMAGE_SUFFIXES",
     "ImageError",
     "InputItem",
     "decode_image",
@@ -136,7 +136,9 @@ def _iter_archive(path: Path, label: str, max_bytes: int, max_members: int) -> I
     try:
         if zipfile.is_zipfile(path):
             zf = zipfile.ZipFile(path)
-            infos = sorted((i for i in zf.infolist() if not i.is_dir() and not _skip(i.filename)), key=lambda i: i.filename)
+            infos = sorted(
+                (i for i in zf.infolist() if not i.is_dir() and not _skip(i.filename)), key=lambda i: i.filename
+            )
             if len(infos) > max_members:
                 yield InputItem(label, _fail(f"archive has {len(infos)} members, over the limit of {max_members}"))
                 return
@@ -155,9 +157,13 @@ def _iter_archive(path: Path, label: str, max_bytes: int, max_members: int) -> I
                 yield InputItem(f"{label}/{info.filename}", read_zip)
         elif tarfile.is_tarfile(path):
             with tarfile.open(path, "r:*") as tar:
-                members = sorted((m for m in tar.getmembers() if m.isfile() and not _skip(m.name)), key=lambda m: m.name)
+                members = sorted(
+                    (m for m in tar.getmembers() if m.isfile() and not _skip(m.name)), key=lambda m: m.name
+                )
                 if len(members) > max_members:
-                    yield InputItem(label, _fail(f"archive has {len(members)} members, over the limit of {max_members}"))
+                    yield InputItem(
+                        label, _fail(f"archive has {len(members)} members, over the limit of {max_members}")
+                    )
                     return
                 for m in members:
                     if m.size > max_bytes:

@@ -64,7 +64,7 @@ def binary_metrics(labels: np.ndarray, fake_prob: np.ndarray, threshold: float =
     recall = tp / (tp + fn) if tp + fn else 0.0
     f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
     return {
-        "n": int(len(labels)),
+        "n": len(labels),
         "accuracy": (tp + tn) / len(labels) if len(labels) else float("nan"),
         "precision": precision,
         "recall": recall,

@@ -21,7 +21,7 @@ from fakescope.detector import Detector
 from fakescope.gradcam import overlay_png
 from fakescope.imageio import DEFAULT_MAX_PIXELS, ImageError, InputItem, decode_image, to_rgb_array
 
-__all__ = ["ImageResult", "classify_items", "decode_item", "DecodedImage"]
+__all__ = ["DecodedImage", "ImageResult", "classify_items", "decode_item"]
 
 logger = logging.getLogger(__name__)
 

@@ -27,7 +27,7 @@ from fakescope.metrics import binary_metrics
 from fakescope.models import VARIANTS, create_model
 from fakescope.models.freqnet_resnet import FreqNetResNet
 
-__all__ = ["TrainConfig", "train", "resolve_device", "predict_arrays"]
+__all__ = ["TrainConfig", "predict_arrays", "resolve_device", "train"]
 
 logger = logging.getLogger(__name__)
 

@@ -3,4 +3,4 @@
 from fakescope.layers.fft import fft_highpass
 from fakescope.layers.wavelet import WaveletAttention, WaveletDownsample, haar_dwt
 
-__all__ = ["fft_highpass", "haar_dwt", "WaveletAttention", "WaveletDownsample"]
+__all__ = ["WaveletAttention", "WaveletDownsample", "fft_highpass", "haar_dwt"]

@@ -6,7 +6,7 @@ import ptwt
 import torch
 from torch import nn
 
-__all__ = ["haar_dwt", "WaveletAttention", "WaveletDownsample"]
+__all__ = ["WaveletAttention", "WaveletDownsample", "haar_dwt"]
 
 
 def haar_dwt(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -21,13 +21,13 @@ from torch import nn
 from fakescope.layers import WaveletAttention, WaveletDownsample, fft_highpass
 
 __all__ = [
-    "FreqNetResNetConfig",
-    "FreqNetResNet",
-    "HFRI",
-    "HFRFS",
     "FCL",
-    "Bottleneck",
+    "HFRFS",
+    "HFRI",
     "VARIANTS",
+    "Bottleneck",
+    "FreqNetResNet",
+    "FreqNetResNetConfig",
     "checkpoint_filter_fn",
     "freqnet_resnet50",
     "freqnet_resnet_tiny",

@@ -1,0 +1,140 @@
+"""``fakescope scan``: classify images on this machine, no services needed, and write every output.
+
+Writes into ``out_dir``:
+- ``results.jsonl``: one record per input (``file``, ``prediction``, ``fake_probability``, ``overlay``,
+  ``error``, plus ``sha256``, ``width``, ``height``, ``model_version`` and, with explanations, ``artifacts``);
+- ``task1.json`` (and ``task2.json`` with explanations) in the task's format;
+- ``overlays/`` (GradCAM PNGs), ``thumbs/`` and ``report.html``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+from tqdm import tqdm
+
+from fakescope.detector import Detector
+from fakescope.imageio import DEFAULT_MAX_PIXELS, iter_inputs
+from fakescope.pipeline import ImageResult, classify_items
+from fakescope.report import render_report
+from fakescope.taskformat import TaskEntry, task1, task2
+
+__all__ = ["ScanSummary", "run_scan"]
+
+logger = logging.getLogger(__name__)
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True)
+class ScanSummary:
+    out_dir: Path
+    total: int
+    fake: int
+    real: int
+    errors: int
+    model_version: str
+
+
+def _stem(name: str) -> str:
+    return _UNSAFE.sub("_", Path(name).stem)[:60] or "image"
+
+
+def run_scan(
+    paths: Sequence[str | Path],
+    out_dir: str | Path,
+    *,
+    checkpoint: str | Path | None = None,
+    device: str = "auto",
+    batch_size: int = 64,
+    overlays: bool = True,
+    explain: bool = False,
+    explain_backend: str | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    progress: bool = True,
+    detector: Detector | None = None,
+) -> ScanSummary:
+    """Scans ``paths`` (files, folders, zip/tar archives) and writes the outputs into ``out_dir``."""
+    out = Path(out_dir)
+    (out / "overlays").mkdir(parents=True, exist_ok=True)
+    (out / "thumbs").mkdir(parents=True, exist_ok=True)
+    detector = detector or Detector.load(checkpoint, device=device)
+    explainer = None
+    if explain:
+        from fakescope.explain import ExplainInput, load_explainer
+
+        explainer = load_explainer(explain_backend)
+
+    items = list(iter_inputs(paths))
+    records: list[dict[str, Any]] = []
+    pending: list[tuple[dict[str, Any], ImageResult]] = []
+
+    def flush() -> None:
+        # Explain the fakes of a batch together: every backend is faster on batches.
+        if explainer is not None and pending:
+            explained = explainer.explain([ExplainInput.from_result(r) for _, r in pending])
+            for (rec, _), artifacts in zip(pending, explained, strict=True):
+                rec["artifacts"] = artifacts
+        pending.clear()
+
+    results = classify_items(
+        detector, items, batch_size=batch_size, overlays=overlays, max_pixels=max_pixels, keep_arrays=True
+    )
+    with open(out / "results.jsonl", "w") as jsonl:
+        for i, r in enumerate(tqdm(results, total=len(items), desc="scan", unit="img", disable=not progress)):
+            rec: dict[str, Any] = {
+                "file": r.name,
+                "prediction": r.prediction,
+                "fake_probability": r.fake_probability,
+                "overlay": None,
+                "error": r.error,
+            }
+            if r.ok:
+                base = f"{i + 1:06d}_{_stem(r.name)}"
+                if r.overlay_png is not None:
+                    rec["overlay"] = f"overlays/{base}.png"
+                    (out / rec["overlay"]).write_bytes(r.overlay_png)
+                if r.display is not None:
+                    thumb = Image.fromarray(r.display)
+                    thumb.thumbnail((160, 160))
+                    rec["thumbnail"] = f"thumbs/{base}.png"
+                    thumb.save(out / rec["thumbnail"])
+                rec.update(sha256=r.sha256, width=r.width, height=r.height, model_version=detector.model_version)
+                if explainer is not None:
+                    rec["artifacts"] = {}
+                    if r.prediction == "fake":
+                        pending.append((rec, r))
+            records.append(rec)
+            if len(pending) >= batch_size:
+                flush()
+        flush()
+        for rec in records:
+            jsonl.write(json.dumps({k: v for k, v in rec.items() if k != "thumbnail"}) + "\n")
+
+    files = ["results.jsonl", "task1.json"]
+    entries = [TaskEntry(rec["file"], rec["prediction"], rec.get("artifacts")) for rec in records]
+    (out / "task1.json").write_text(json.dumps(task1(entries), indent=1) + "\n")
+    if explainer is not None:
+        (out / "task2.json").write_text(json.dumps(task2(entries), indent=1) + "\n")
+        files.append("task2.json")
+    title = "fakescope scan of " + ", ".join(str(p) for p in paths)[:200]
+    (out / "report.html").write_text(
+        render_report(records, title=title, model_version=detector.model_version, files=files)
+    )
+    summary = ScanSummary(
+        out_dir=out,
+        total=len(records),
+        fake=sum(1 for r in records if r["prediction"] == "fake"),
+        real=sum(1 for r in records if r["prediction"] == "real"),
+        errors=sum(1 for r in records if r["error"]),
+        model_version=detector.model_version,
+    )
+    logger.info("scan: %s", summary)
+    return summary
