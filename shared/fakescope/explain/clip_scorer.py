@@ -143,10 +143,12 @@ class ClipScorer:
     def embed_images(self, images: Sequence[np.ndarray]) -> np.ndarray:
         """L2-normalised image embeddings, in batches of ``batch_size``."""
         import torch
+        from PIL import Image
 
         out = []
         for i in range(0, len(images), self.batch_size):
-            batch = list(images[i : i + self.batch_size])
+            # PIL images: the processor would otherwise wrap read-only arrays in tensors it may write to.
+            batch = [Image.fromarray(np.asarray(im)) for im in images[i : i + self.batch_size]]
             pix = self.processor.image_processor(images=batch, return_tensors="pt")["pixel_values"]
             pix = pix.to(self._device, dtype=next(self.model.parameters()).dtype)
             with torch.inference_mode():
