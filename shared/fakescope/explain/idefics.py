@@ -177,24 +177,30 @@ class Idefics2Explainer:
         model, processor = _load(source, lora, pick_device(device))
         return cls(model, processor, **kwargs)
 
-    def generate(self, images: Sequence[np.ndarray], artifacts: Sequence[Sequence[str]]) -> list[str]:
-        """The raw answer for each image, asked about its ``artifacts``."""
-        import torch
+    def encode(self, images: Sequence[np.ndarray], artifacts: Sequence[Sequence[str]]) -> Any:
+        """The model inputs for a batch: each image with the prompt listing its ``artifacts``."""
         from PIL import Image
 
+        prompts = [self.processor.apply_chat_template(build_messages(a), add_generation_prompt=True) for a in artifacts]
+        ims = [[Image.fromarray(np.asarray(im))] for im in images]
+        enc = self.processor(text=prompts, images=ims, return_tensors="pt", padding=True)
+        enc = enc.to(next(self.model.parameters()).device)
+        if "pixel_values" in enc:
+            enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
+        return enc
+
+    def generate_ids(self, enc: Any, **kwargs: Any) -> Any:
+        """Greedy decoding under the token budget; returns only the new tokens."""
+        import torch
+
+        with torch.inference_mode():
+            out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False, **kwargs)
+        return out[:, enc["input_ids"].shape[1] :]
+
+    def generate(self, images: Sequence[np.ndarray], artifacts: Sequence[Sequence[str]]) -> list[str]:
+        """The raw answer for each image, asked about its ``artifacts``."""
         answers: list[str] = []
-        device = next(self.model.parameters()).device
         for i in range(0, len(images), self.batch_size):
-            ims = [[Image.fromarray(im)] for im in images[i : i + self.batch_size]]
-            prompts = [
-                self.processor.apply_chat_template(build_messages(a), add_generation_prompt=True)
-                for a in artifacts[i : i + self.batch_size]
-            ]
-            enc = self.processor(text=prompts, images=ims, return_tensors="pt", padding=True).to(device)
-            if "pixel_values" in enc:
-                enc["pixel_values"] = enc["pixel_values"].to(self.model.dtype)
-            with torch.inference_mode():
-                out = self.model.generate(**enc, max_new_tokens=self.max_new_tokens, do_sample=False)
-            new = out[:, enc["input_ids"].shape[1] :]
-            answers.extend(self.processor.batch_decode(new, skip_special_tokens=True))
+            enc = self.encode(images[i : i + self.batch_size], artifacts[i : i + self.batch_size])
+            answers.extend(self.processor.batch_decode(self.generate_ids(enc), skip_special_tokens=True))
         return answers
