@@ -23,7 +23,7 @@ from fakescope.data import LabelledArray, load_labelled, make_split
 from fakescope.detector import Detector
 from fakescope.metrics import binary_metrics
 
-__all__ = ["PERTURBATIONS", "evaluate_arrays", "format_table", "load_eval_data", "robustness"]
+__all__ = ["PERTURBATIONS", "evaluate_arrays", "fgsm_images", "format_table", "load_eval_data", "robustness"]
 
 NOISE_SIGMA = 0.02  # in [0, 1] pixel units, about 5/255
 
@@ -62,19 +62,18 @@ PERTURBATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
 FGSM_EPS = (2 / 255, 4 / 255)
 
 
-def _fgsm_probs(detector: Detector, images: np.ndarray, labels: np.ndarray, eps: float) -> np.ndarray:
-    """Fake probabilities after a one-step signed-gradient attack of ``eps`` in [0, 1] pixel units."""
-    model = detector.model
+def fgsm_images(detector: Detector, images: np.ndarray, labels: np.ndarray, eps: float) -> np.ndarray:
+    """``images`` after a one-step signed-gradient attack of ``eps`` (in [0, 1] pixel units).
+
+    The result is quantised back to 8 bits: an attack that only survives in float is not an image.
+    """
     mean, std = detector._mean, detector._std
     x = torch.from_numpy(images).to(detector.device).permute(0, 3, 1, 2).float().div(255.0)
     x.requires_grad_(True)
-    loss = F.cross_entropy(model((x - mean) / std), torch.from_numpy(labels).to(detector.device))
+    loss = F.cross_entropy(detector.model((x - mean) / std), torch.from_numpy(labels).to(detector.device))
     (grad,) = torch.autograd.grad(loss, x)
     adv = (x + eps * grad.sign()).clamp(0.0, 1.0).detach()
-    # Quantise back to 8 bits: an attack that only survives in float is not an image.
-    adv = (adv * 255.0).round() / 255.0
-    with torch.no_grad():
-        return detector.probabilities(model((adv - mean) / std))
+    return (adv * 255.0).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def _probs(detector: Detector, images: np.ndarray, batch_size: int, desc: str | None) -> np.ndarray:
@@ -102,7 +101,9 @@ def robustness(detector: Detector, data: LabelledArray, batch_size: int = 256) -
     for eps in FGSM_EPS:
         name = f"fgsm_eps{round(eps * 255)}/255"
         probs = [
-            _fgsm_probs(detector, data.images[i : i + batch_size], data.labels[i : i + batch_size], eps)
+            detector.predict(
+                fgsm_images(detector, data.images[i : i + batch_size], data.labels[i : i + batch_size], eps)
+            )
             for i in tqdm(range(0, len(data), batch_size), desc=name, leave=False)
         ]
         table[name] = binary_metrics(data.labels, np.concatenate(probs))

@@ -111,7 +111,14 @@ def _is_archive(name: str) -> bool:
 
 def _skip(name: str) -> bool:
     parts = PurePosixPath(name).parts
-    return any(p.startswith(".") or p == "__MACOSX" for p in parts)
+    return any((p.startswith(".") and p != "..") or p == "__MACOSX" for p in parts)
+
+
+def _unsafe(name: str) -> bool:
+    # Nothing is extracted to disk, but a member that climbs out of the archive is a sign of an
+    # attack and its name would mislead whoever reads the results: report it instead of reading it.
+    p = PurePosixPath(name.replace("\\", "/"))
+    return p.is_absolute() or ".." in p.parts
 
 
 def _read_file(path: Path, max_bytes: int) -> Callable[[], bytes]:
@@ -143,6 +150,9 @@ def _iter_archive(path: Path, label: str, max_bytes: int, max_members: int) -> I
                 yield InputItem(label, _fail(f"archive has {len(infos)} members, over the limit of {max_members}"))
                 return
             for info in infos:
+                if _unsafe(info.filename):
+                    yield InputItem(f"{label}/{info.filename}", _fail("unsafe path in archive (absolute or '..')"))
+                    continue
 
                 def read_zip(info: zipfile.ZipInfo = info) -> bytes:
                     if info.file_size > max_bytes:
@@ -166,6 +176,9 @@ def _iter_archive(path: Path, label: str, max_bytes: int, max_members: int) -> I
                     )
                     return
                 for m in members:
+                    if _unsafe(m.name):
+                        yield InputItem(f"{label}/{m.name}", _fail("unsafe path in archive (absolute or '..')"))
+                        continue
                     if m.size > max_bytes:
                         yield InputItem(f"{label}/{m.name}", _fail(f"archive member is {m.size} bytes, over the limit"))
                         continue

@@ -55,6 +55,7 @@ class TrainConfig:
     threads: int | None = None
     resume: bool = False
     max_train: int | None = None
+    stop_after: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -193,7 +194,8 @@ def train(cfg: TrainConfig) -> Path:
             metrics=metrics,
         )
 
-    for epoch in range(start_epoch, cfg.epochs):
+    last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
+    for epoch in range(start_epoch, last_epoch):
         model.train()
         perm = torch.randperm(len(images_t))
         t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
@@ -212,7 +214,7 @@ def train(cfg: TrainConfig) -> Path:
             if cfg.recipe == "fast":
                 sched.step()
             seen += len(idx)
-            loss_sum += float(loss) * len(idx)
+            loss_sum += float(loss.detach()) * len(idx)
             correct += int((logits.argmax(1) == y).sum())
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
@@ -245,6 +247,10 @@ def train(cfg: TrainConfig) -> Path:
             },
             state_path,
         )
+
+    if last_epoch < cfg.epochs:
+        logger.info("stopped after epoch %d of %d; continue with resume", last_epoch, cfg.epochs)
+        return out
 
     # Calibrate on the calibration split, then report on validation: the two never overlap.
     calib = data.subset(split.calib)

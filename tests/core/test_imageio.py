@@ -1,0 +1,76 @@
+import io
+import tarfile
+import zipfile
+
+import numpy as np
+import pytest
+from fakescope.imageio import ImageError, decode_image, iter_inputs, to_rgb_array
+from PIL import Image
+
+
+def _png(w=8, h=8, mode="RGB", color=(10, 200, 30)):
+    buf = io.BytesIO()
+    Image.new(mode, (w, h), color).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def test_decode_errors_are_clear():
+    with pytest.raises(ImageError, match="empty file"):
+        decode_image(b"")
+    with pytest.raises(ImageError, match="not an image"):
+        decode_image(b"hello, world")
+    with pytest.raises(ImageError, match="corrupt or truncated"):
+        decode_image(_png(64, 64)[:80])
+    with pytest.raises(ImageError, match="over the limit of 100"):
+        decode_image(_png(20, 20), max_pixels=100)
+
+
+def test_rgba_composited_on_white_and_resized():
+    buf = io.BytesIO()
+    Image.new("RGBA", (40, 20), (0, 0, 0, 0)).save(buf, format="PNG")
+    arr = to_rgb_array(decode_image(buf.getvalue()), (32, 32))
+    assert arr.shape == (32, 32, 3) and arr.dtype == np.uint8
+    assert arr.min() == 255
+
+
+def test_iter_inputs_folders_and_archives(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.png").write_bytes(_png())
+    (tmp_path / "sub" / "b.png").write_bytes(_png())
+    (tmp_path / ".hidden.png").write_bytes(_png())
+    with zipfile.ZipFile(tmp_path / "c.zip", "w") as zf:
+        zf.writestr("x/1.png", _png())
+        zf.writestr("../evil.png", _png())
+    with tarfile.open(tmp_path / "d.tar.gz", "w:gz") as tf:
+        data = _png()
+        info = tarfile.TarInfo("t/2.png")
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    items = list(iter_inputs([tmp_path]))
+    names = [i.name for i in items]
+    assert names == ["a.png", "c.zip/../evil.png", "c.zip/x/1.png", "d.tar.gz/t/2.png", "sub/b.png"]
+    with pytest.raises(ImageError, match="unsafe path"):
+        items[1].read()
+    assert all(decode_image(i.read()).size == (8, 8) for i in items if i is not items[1])
+
+
+def test_archive_member_limits(tmp_path):
+    with zipfile.ZipFile(tmp_path / "bomb.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("big.bin", b"\0" * 200_000)
+        zf.writestr("ok.png", _png())
+    items = {i.name: i for i in iter_inputs([tmp_path / "bomb.zip"], max_bytes=100_000)}
+    with pytest.raises(ImageError, match="over the limit"):
+        items["bomb.zip/big.bin"].read()
+    assert decode_image(items["bomb.zip/ok.png"].read()).size == (8, 8)
+    (only,) = iter_inputs([tmp_path / "bomb.zip"], max_members=1)
+    with pytest.raises(ImageError, match="archive has 2 members"):
+        only.read()
+
+
+def test_missing_path_and_fake_archive(tmp_path):
+    (tmp_path / "fake.zip").write_text("not a zip")
+    missing, fake = iter_inputs([tmp_path / "nope", tmp_path / "fake.zip"])
+    with pytest.raises(ImageError, match="no such file"):
+        missing.read()
+    with pytest.raises(ImageError, match="not a zip or tar"):
+        fake.read()

@@ -1,0 +1,56 @@
+import pytest
+import torch
+from fakescope.models import create_model, list_models
+from fakescope.models.freqnet_resnet import FCL, HFRFS, checkpoint_filter_fn
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_variant_forward_backward(name):
+    torch.manual_seed(0)
+    model = create_model(name)
+    x = torch.randn(2, 3, 32, 32)
+    feats = model.forward_features(x)
+    assert feats.ndim == 4 and feats.shape[1] == model.num_features
+    logits = model.forward_head(feats)
+    assert logits.shape == (2, 2)
+    assert model.forward_head(feats, pre_logits=True).shape == (2, model.num_features)
+    assert torch.isfinite(logits).all()
+    logits.logsumexp(1).sum().backward()
+    grads = [p.grad for p in model.parameters() if p.requires_grad]
+    assert all(g is not None and torch.isfinite(g).all() for g in grads)
+
+
+def test_paper_size_parameter_count():
+    n = sum(p.numel() for p in create_model("freqnet_resnet50").parameters())
+    assert 23e6 < n < 36e6
+
+
+def test_compact_is_small():
+    n = sum(p.numel() for p in create_model("freqnet_resnet_tiny").parameters())
+    assert n < 2e6
+
+
+def test_stable_submodule_names():
+    model = create_model("freqnet_resnet_tiny")
+    names = dict(model.named_modules())
+    for key in ("hfri", "stem", "freq.0", "stages.0", "stages.3", "head"):
+        assert key in names
+    # Every merge of the frequency branch ends in HFRFS then FCL, after any DWT downsampling.
+    for branch in model.freq:
+        assert isinstance(branch[-2], HFRFS) and isinstance(branch[-1], FCL)
+
+
+def test_any_input_size_works():
+    model = create_model("freqnet_resnet_tiny").eval()
+    with torch.no_grad():
+        assert model(torch.randn(1, 3, 64, 48)).shape == (1, 2)
+
+
+def test_unknown_variant():
+    with pytest.raises(KeyError, match="unknown model 'nope'"):
+        create_model("nope")
+
+
+def test_checkpoint_filter_strips_wrappers():
+    sd = {"_orig_mod.head.weight": torch.zeros(1), "module.stem.0.weight": torch.ones(1)}
+    assert set(checkpoint_filter_fn(sd)) == {"head.weight", "stem.0.weight"}
