@@ -1,0 +1,59 @@
+"""Dependencies of the routes, as ``Annotated`` aliases so route signatures stay short."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Annotated
+
+from fakescope.db.engine import get_engine
+from fakescope.service.tenants import authenticate
+from fakescope.settings import Settings, get_settings
+from fakescope.storage import ObjectStore, get_store
+from fakescope.tasks import Enqueuer, make_celery
+from fastapi import Depends, HTTPException, Security, status
+from fastapi.security import APIKeyHeader
+from sqlmodel import Session
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="A tenant's API key.")
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_session(settings: SettingsDep) -> Iterator[Session]:
+    with Session(get_engine(settings.sqlalchemy_url)) as session:
+        yield session
+
+
+# One client per settings object (the process has one, unless a test overrides get_settings).
+_stores: dict[int, ObjectStore] = {}
+_enqueuers: dict[int, Enqueuer] = {}
+
+
+def get_object_store(settings: SettingsDep) -> ObjectStore:
+    if id(settings) not in _stores:
+        _stores[id(settings)] = get_store(settings)
+    return _stores[id(settings)]
+
+
+def get_enqueuer(settings: SettingsDep) -> Enqueuer:
+    if id(settings) not in _enqueuers:
+        _enqueuers[id(settings)] = Enqueuer(make_celery(settings), settings)
+    return _enqueuers[id(settings)]
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+StoreDep = Annotated[ObjectStore, Depends(get_object_store)]
+EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
+
+
+def get_tenant(session: SessionDep, key: Annotated[str | None, Security(api_key_header)]) -> uuid.UUID:
+    if not key:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="Missing API key")
+    tenant_id = authenticate(session, key=key)
+    if tenant_id is None:
+        raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="Invalid API key")
+    return tenant_id
+
+
+TenantDep = Annotated[uuid.UUID, Depends(get_tenant)]

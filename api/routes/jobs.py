@@ -1,0 +1,261 @@
+"""``/v1/jobs``: submit image batches, follow them, read their results, cancel them."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import uuid
+from pathlib import Path
+from typing import Annotated, Any
+
+from fakescope.db.models import Job, JobCreate, JobItem, JobPublic, JobsPublic
+from fakescope.service import jobs as svc
+from fakescope.storage import ObjectStore
+from fakescope.taskformat import task1, task2
+from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Request, Response, UploadFile, status
+from pydantic import BaseModel
+
+from api.deps import EnqueuerDep, SessionDep, SettingsDep, StoreDep, TenantDep
+
+router = APIRouter(prefix="/jobs", tags=["jobs"])
+logger = logging.getLogger(__name__)
+
+JOB_NOT_FOUND = "Job not found"
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=255, description="Retries with the same key return the same job."),
+]
+
+
+class ItemResult(BaseModel):
+    id: uuid.UUID
+    position: int
+    name: str
+    prediction: str | None
+    fake_probability: float | None
+    sha256: str | None
+    width: int | None
+    height: int | None
+    overlay_url: str | None
+    model_version: str | None
+    explain_status: str
+    artifacts: list[str] | None
+    explanation: dict[str, str] | None
+    started_at: Any
+    finished_at: Any
+    duration_ms: float | None
+
+
+class ItemFailure(BaseModel):
+    id: uuid.UUID
+    position: int
+    name: str
+    error: str | None
+
+
+class ResultsPage(BaseModel):
+    data: list[ItemResult]
+    count: int
+    offset: int
+    limit: int
+
+
+class FailuresPage(BaseModel):
+    data: list[ItemFailure]
+    count: int
+    offset: int
+    limit: int
+
+
+class UploadTarget(BaseModel):
+    id: uuid.UUID
+    position: int
+    name: str
+    upload_url: str
+
+
+class UploadJobPublic(BaseModel):
+    job: JobPublic
+    uploads: list[UploadTarget]
+    start_url: str
+
+
+def _status_url(request: Request, job_id: uuid.UUID) -> str:
+    return str(request.url_for("get_job", job_id=job_id))
+
+
+def _job_or_404(session: SessionDep, tenant: uuid.UUID, job_id: uuid.UUID) -> Job:
+    job = svc.get_job(session, tenant_id=tenant, job_id=job_id)
+    if job is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=JOB_NOT_FOUND)
+    return job
+
+
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+def create_job(
+    request: Request,
+    response: Response,
+    session: SessionDep,
+    store: StoreDep,
+    enqueuer: EnqueuerDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    files: Annotated[list[UploadFile], File(description="Images and/or zip/tar archives of images.")],
+    explain: Annotated[bool, Form()] = False,
+    callback_url: Annotated[str | None, Form(max_length=2048)] = None,
+    idempotency_key: IdempotencyKey = None,
+) -> JobPublic:
+    """Uploads a batch; answers 202 with the job and its status URL while workers classify it."""
+    with tempfile.TemporaryDirectory(prefix="fakescope-upload-") as tmp:
+        inputs = svc.expand_uploads([(f.filename or "", f.file) for f in files], Path(tmp))
+        job, created = svc.create_job(
+            session,
+            store,
+            enqueuer.classify,
+            tenant_id=tenant,
+            inputs=inputs,
+            explain=explain,
+            callback_url=callback_url or None,
+            idempotency_key=idempotency_key,
+            max_items=settings.max_items_per_job,
+        )
+    url = _status_url(request, job.id)
+    response.headers["Location"] = url
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return svc.job_public(session, job, url)
+
+
+@router.post("/uploads", status_code=status.HTTP_201_CREATED, response_model=UploadJobPublic)
+def create_upload_job(
+    request: Request,
+    body: JobCreate,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    idempotency_key: IdempotencyKey = None,
+) -> UploadJobPublic:
+    """For batches too large for one request: one presigned PUT URL per image; then ``POST /start``."""
+    if len(body.names) > settings.max_items_per_job:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail="Too many images for one job")
+    job, urls, _ = svc.create_upload_job(
+        session,
+        store,
+        tenant_id=tenant,
+        names=body.names,
+        explain=body.explain,
+        callback_url=body.callback_url,
+        idempotency_key=idempotency_key,
+        expires_s=settings.presign_expiry_s,
+    )
+    return UploadJobPublic(
+        job=svc.job_public(session, job, _status_url(request, job.id)),
+        uploads=[UploadTarget(id=it.id, position=it.position, name=it.name, upload_url=u) for it, u in urls],
+        start_url=str(request.url_for("start_job", job_id=job.id)),
+    )
+
+
+@router.post("/{job_id}/start", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+def start_job(
+    request: Request, job_id: uuid.UUID, session: SessionDep, store: StoreDep, enqueuer: EnqueuerDep, tenant: TenantDep
+) -> JobPublic:
+    job = _job_or_404(session, tenant, job_id)
+    try:
+        job = svc.start_job(session, store, enqueuer.classify, job=job)
+    except svc.JobStateError as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(e)) from e
+    return svc.job_public(session, job, _status_url(request, job.id))
+
+
+@router.get("", response_model=JobsPublic)
+def list_jobs(
+    request: Request,
+    session: SessionDep,
+    tenant: TenantDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> JobsPublic:
+    jobs, count = svc.list_jobs(session, tenant_id=tenant, offset=offset, limit=limit)
+    return JobsPublic(data=[svc.job_public(session, j, _status_url(request, j.id)) for j in jobs], count=count)
+
+
+@router.get("/{job_id}", response_model=JobPublic)
+def get_job(request: Request, job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> JobPublic:
+    job = _job_or_404(session, tenant, job_id)
+    return svc.job_public(session, job, _status_url(request, job.id))
+
+
+@router.delete("/{job_id}", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+def cancel_job(request: Request, job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> JobPublic:
+    """Cancels the job: images not classified yet never will be. Finished jobs are left as they are."""
+    job = _job_or_404(session, tenant, job_id)
+    job = svc.cancel_job(session, job=job)
+    return svc.job_public(session, job, _status_url(request, job.id))
+
+
+def _result(item: JobItem, store: ObjectStore, expires_s: int) -> ItemResult:
+    return ItemResult(
+        id=item.id,
+        position=item.position,
+        name=item.name,
+        prediction=item.prediction,
+        fake_probability=item.fake_probability,
+        sha256=item.sha256,
+        width=item.width,
+        height=item.height,
+        overlay_url=store.presign_get(item.overlay_key, expires_s) if item.overlay_key else None,
+        model_version=item.model_version,
+        explain_status=item.explain_status,
+        artifacts=item.artifacts,
+        explanation=item.explanation,
+        started_at=item.started_at,
+        finished_at=item.finished_at,
+        duration_ms=item.duration_ms,
+    )
+
+
+@router.get("/{job_id}/results", response_model=ResultsPage)
+def job_results(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> ResultsPage:
+    """Classified images in upload order, with presigned overlay URLs; failed ones are under ``/failures``."""
+    _job_or_404(session, tenant, job_id)
+    items, count = svc.list_results(session, job_id=job_id, offset=offset, limit=limit)
+    data = [_result(it, store, settings.presign_expiry_s) for it in items]
+    return ResultsPage(data=data, count=count, offset=offset, limit=limit)
+
+
+@router.get("/{job_id}/failures", response_model=FailuresPage)
+def job_failures(
+    job_id: uuid.UUID,
+    session: SessionDep,
+    tenant: TenantDep,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+) -> FailuresPage:
+    """Images that could not be classified, each with its reason."""
+    _job_or_404(session, tenant, job_id)
+    items, count = svc.list_failures(session, job_id=job_id, offset=offset, limit=limit)
+    data = [ItemFailure(id=it.id, position=it.position, name=it.name, error=it.error) for it in items]
+    return FailuresPage(data=data, count=count, offset=offset, limit=limit)
+
+
+@router.get("/{job_id}/task1.json")
+def job_task1(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> list[dict[str, Any]]:
+    """``[{"index": 1, "prediction": "real"}, ...]`` for every classified image."""
+    _job_or_404(session, tenant, job_id)
+    return task1(svc.task_entries(session, job_id=job_id))
+
+
+@router.get("/{job_id}/task2.json")
+def job_task2(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> list[dict[str, Any]]:
+    """``[{"index": 2, "explanation": {artifact: reason}}, ...]`` for the images predicted fake."""
+    _job_or_404(session, tenant, job_id)
+    return task2(svc.task_entries(session, job_id=job_id))

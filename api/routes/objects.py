@@ -1,0 +1,59 @@
+"""Presigned object URLs of the embedded setup (objects in a local folder, no S3 server).
+
+With an S3 endpoint configured, presigned URLs point at the S3 server and this router answers 404.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fakescope.storage import LocalStore, ObjectNotFound, verify_local_signature
+from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+
+from api.deps import SettingsDep, StoreDep
+
+router = APIRouter(prefix="/objects", tags=["objects"], include_in_schema=False)
+
+OBJECT_NOT_FOUND = "Object not found"
+BAD_SIGNATURE = "Invalid or expired signature"
+
+
+def _check(store: object, settings: SettingsDep, method: str, key: str, expires: int, signature: str) -> LocalStore:
+    if not isinstance(store, LocalStore):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=OBJECT_NOT_FOUND)
+    if not verify_local_signature(settings, method, key, expires, signature):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=BAD_SIGNATURE)
+    return store
+
+
+@router.get("/{key:path}")
+def get_object(
+    key: str,
+    store: StoreDep,
+    settings: SettingsDep,
+    expires: Annotated[int, Query()],
+    signature: Annotated[str, Query()],
+) -> Response:
+    local = _check(store, settings, "GET", key, expires, signature)
+    try:
+        data = local.get(key)
+    except ObjectNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=OBJECT_NOT_FOUND) from None
+    return Response(data, media_type="image/png" if key.endswith(".png") else "application/octet-stream")
+
+
+@router.put("/{key:path}", status_code=status.HTTP_200_OK)
+async def put_object(
+    key: str,
+    request: Request,
+    store: StoreDep,
+    settings: SettingsDep,
+    expires: Annotated[int, Query()],
+    signature: Annotated[str, Query()],
+) -> Response:
+    local = _check(store, settings, "PUT", key, expires, signature)
+    data = await request.body()
+    if len(data) > settings.max_upload_bytes:
+        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, detail="Object too large")
+    local.put(key, data)
+    return Response(status_code=status.HTTP_200_OK)

@@ -1,0 +1,49 @@
+"""One SQLAlchemy engine per process and database URL; migrations run from here, never at import."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from sqlalchemy import Engine, event
+from sqlmodel import create_engine
+
+__all__ = ["MIGRATIONS_DIR", "get_engine", "migrate"]
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    if url.startswith("sqlite:///"):
+        Path(url.split("///", 1)[1]).parent.mkdir(parents=True, exist_ok=True)
+
+
+@lru_cache(maxsize=8)
+def get_engine(url: str) -> Engine:
+    """The engine for ``url``; built lazily, so a forked worker child opens its own connections."""
+    if url.startswith("sqlite"):
+        _ensure_sqlite_dir(url)
+        # Several processes share the file in the embedded setup: wait for locks instead of failing.
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False})
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Upgrades the schema at ``url`` to ``revision`` with Alembic (the prestart step)."""
+    from alembic import command
+    from alembic.config import Config
+
+    _ensure_sqlite_dir(url)
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+    cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    command.upgrade(cfg, revision)

@@ -1,0 +1,176 @@
+"""Tables of the job service: tenants, their API keys, jobs and one item per image.
+
+SQLModel families follow FastAPI's full-stack template: ``*Base`` holds the shared fields, the
+``table=True`` class the stored ones, ``*Public`` what the API returns.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+__all__ = [
+    "ApiKey",
+    "ExplainStatus",
+    "ItemStatus",
+    "Job",
+    "JobBase",
+    "JobCounts",
+    "JobCreate",
+    "JobItem",
+    "JobPublic",
+    "JobState",
+    "JobsPublic",
+    "Tenant",
+    "utcnow",
+]
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _ts(nullable: bool = True, **kw: Any) -> Any:
+    return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=nullable), **kw)
+
+
+class JobState(StrEnum):
+    AWAITING_UPLOAD = "awaiting_upload"
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    PARTIALLY_SUCCEEDED = "partially_succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def finished(self) -> bool:
+        return self in _FINISHED
+
+
+_FINISHED = {JobState.SUCCEEDED, JobState.PARTIALLY_SUCCEEDED, JobState.FAILED, JobState.CANCELLED}
+
+
+class ItemStatus(StrEnum):
+    AWAITING_UPLOAD = "awaiting_upload"
+    QUEUED = "queued"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class ExplainStatus(StrEnum):
+    NONE = "none"
+    PENDING = "pending"
+    DONE = "done"
+    FAILED = "failed"
+
+
+class Tenant(SQLModel, table=True):
+    __tablename__ = "tenants"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    name: str = Field(max_length=255, unique=True)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key, stored as the SHA-256 of the key: keys are 256 random bits, so no slow hash is needed."""
+
+    __tablename__ = "api_keys"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    tenant_id: uuid.UUID = Field(foreign_key="tenants.id", index=True, ondelete="CASCADE")
+    key_hash: str = Field(max_length=64, unique=True, index=True)
+    prefix: str = Field(max_length=16)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class JobBase(SQLModel):
+    explain: bool = False
+    callback_url: str | None = Field(default=None, max_length=2048)
+
+
+class JobCreate(JobBase):
+    """A job whose images the client uploads itself, through presigned URLs."""
+
+    names: list[str] = Field(min_length=1, description="file names, one per image to upload")
+
+
+class Job(JobBase, table=True):
+    __tablename__ = "jobs"
+    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    tenant_id: uuid.UUID = Field(foreign_key="tenants.id", index=True, ondelete="CASCADE")
+    state: str = Field(default=JobState.QUEUED, max_length=32, index=True)
+    idempotency_key: str | None = Field(default=None, max_length=255)
+    total: int = 0
+    error: str | None = None
+    callback_status: str | None = Field(default=None, max_length=255)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class JobCounts(SQLModel):
+    total: int = 0
+    queued: int = 0
+    done: int = 0
+    failed: int = 0
+    cancelled: int = 0
+    awaiting_upload: int = 0
+    explain_pending: int = 0
+
+
+class JobPublic(JobBase):
+    id: uuid.UUID
+    state: JobState
+    counts: JobCounts
+    status_url: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    error: str | None = None
+
+
+class JobsPublic(SQLModel):
+    data: list[JobPublic]
+    count: int
+
+
+class JobItem(SQLModel, table=True):
+    """One image of a job; ``(job_id, position)`` is its stable identity, so retried writes upsert it."""
+
+    __tablename__ = "job_items"
+    __table_args__ = (UniqueConstraint("job_id", "position", name="uq_job_items_job_position"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    job_id: uuid.UUID = Field(foreign_key="jobs.id", index=True, ondelete="CASCADE")
+    position: int
+    name: str = Field(max_length=1024)
+    object_key: str = Field(max_length=1024)
+    status: str = Field(default=ItemStatus.QUEUED, max_length=32, index=True)
+    prediction: str | None = Field(default=None, max_length=8)
+    fake_probability: float | None = None
+    sha256: str | None = Field(default=None, max_length=64)
+    width: int | None = None
+    height: int | None = None
+    overlay_key: str | None = Field(default=None, max_length=1024)
+    model_version: str | None = Field(default=None, max_length=255)
+    error: str | None = None
+    explain_status: str = Field(default=ExplainStatus.NONE, max_length=16)
+    artifacts: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    explanation: dict[str, str] | None = Field(default=None, sa_column=Column(JSON))
+    explain_error: str | None = None
+    attempts: int = 0
+    started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    duration_ms: float | None = None
+    explained_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]

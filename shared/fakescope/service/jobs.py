@@ -1,0 +1,433 @@
+"""Jobs and their items: creation from uploads or presigned URLs, progress, results, cancel, finish.
+
+All state lives in the database. Item rows change only through conditional updates (``WHERE status =
+'queued'``), which is what makes a task that runs twice, or a cancel racing a worker, harmless.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path, PurePosixPath
+from typing import IO, Any
+
+import httpx
+from sqlalchemy import func, update
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobCounts, JobItem, JobPublic, JobState, utcnow
+from fakescope.imageio import ARCHIVE_SUFFIXES, DEFAULT_MAX_BYTES, ImageError, InputItem, iter_inputs
+from fakescope.storage import ObjectStore, original_key
+from fakescope.taskformat import TaskEntry
+
+__all__ = [
+    "JobStateError",
+    "cancel_job",
+    "create_job",
+    "create_upload_job",
+    "expand_uploads",
+    "finalize_if_done",
+    "finish",
+    "get_job",
+    "job_counts",
+    "job_public",
+    "list_failures",
+    "list_jobs",
+    "list_results",
+    "send_callback",
+    "start_job",
+    "task_entries",
+]
+
+logger = logging.getLogger(__name__)
+
+UPLOAD_THREADS = 8
+
+
+class JobStateError(RuntimeError):
+    """The job is not in a state that allows the request (e.g. starting a job that already runs)."""
+
+
+def _read_capped(f: IO[bytes], max_bytes: int) -> Callable[[], bytes]:
+    def read() -> bytes:
+        data = f.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise ImageError(f"file is over the limit of {max_bytes} bytes")
+        return data
+
+    return read
+
+
+def expand_uploads(
+    uploads: Sequence[tuple[str, IO[bytes]]], workdir: Path, max_bytes: int = DEFAULT_MAX_BYTES
+) -> Iterator[InputItem]:
+    """One input per uploaded image and per member of each uploaded zip/tar archive.
+
+    Archives are copied to ``workdir`` under their own file name, so members are named
+    ``"batch.zip/cat/1.png"`` exactly as ``fakescope scan batch.zip`` names them.
+    """
+    for i, (filename, f) in enumerate(uploads):
+        name = PurePosixPath((filename or f"upload-{i}").replace("\\", "/")).name or f"upload-{i}"
+        if name.lower().endswith(ARCHIVE_SUFFIXES):
+            folder = workdir / f"{i:05d}"
+            folder.mkdir(parents=True)
+            with (folder / name).open("wb") as out:
+                shutil.copyfileobj(f, out)
+            yield from iter_inputs([folder / name], max_bytes=max_bytes)
+        else:
+            yield InputItem(name, _read_capped(f, max_bytes))
+
+
+def _by_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str | None) -> Job | None:
+    if key is None:
+        return None
+    return session.exec(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)).first()
+
+
+def _new_job(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    state: JobState,
+    explain: bool,
+    callback_url: str | None,
+    idempotency_key: str | None,
+) -> tuple[Job, bool]:
+    """Inserts the job row first, so a concurrent retry with the same key finds it (or loses the race)."""
+    existing = _by_idempotency_key(session, tenant_id, idempotency_key)
+    if existing is not None:
+        return existing, False
+    job = Job(
+        tenant_id=tenant_id, state=state, explain=explain, callback_url=callback_url, idempotency_key=idempotency_key
+    )
+    session.add(job)
+    try:
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        existing = _by_idempotency_key(session, tenant_id, idempotency_key)
+        if existing is None:
+            raise
+        return existing, False
+    session.refresh(job)
+    return job, True
+
+
+def create_job(
+    session: Session,
+    store: ObjectStore,
+    enqueue: Callable[[uuid.UUID, Sequence[uuid.UUID]], int],
+    *,
+    tenant_id: uuid.UUID,
+    inputs: Iterable[InputItem],
+    explain: bool = False,
+    callback_url: str | None = None,
+    idempotency_key: str | None = None,
+    max_items: int = 100_000,
+) -> tuple[Job, bool]:
+    """Stores every input's bytes, one item row each, and enqueues the classify chunks.
+
+    Returns the job and whether it was created (False: an earlier request with the same
+    ``idempotency_key`` made it, and nothing new was stored). An input that cannot be read (an
+    oversized archive member, a corrupt archive) becomes a failed item with its reason; images are
+    decoded by the workers, which fail bad ones the same way.
+    """
+    job, created = _new_job(
+        session,
+        tenant_id=tenant_id,
+        state=JobState.QUEUED,
+        explain=explain,
+        callback_url=callback_url,
+        idempotency_key=idempotency_key,
+    )
+    if not created:
+        return job, False
+
+    def store_one(position: int, item: InputItem) -> JobItem:
+        row = JobItem(job_id=job.id, position=position, name=item.name, object_key=original_key(job.id, position))
+        try:
+            store.put(row.object_key, item.read())
+        except ImageError as e:
+            row.status, row.error, row.finished_at = ItemStatus.FAILED, str(e), utcnow()
+        return row
+
+    with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload") as pool:
+        futures = []
+        for position, item in enumerate(inputs):
+            if position >= max_items:
+                break
+            futures.append(pool.submit(store_one, position, item))
+        rows = [f.result() for f in futures]
+    if not rows:
+        job.state, job.error, job.finished_at = JobState.FAILED, "no images in the upload", utcnow()
+    job.total = len(rows)
+    session.add_all(rows)
+    session.add(job)
+    session.commit()
+    queued = [r.id for r in rows if r.status == ItemStatus.QUEUED]
+    enqueue(job.id, queued)
+    if not queued:
+        finish(session, job_id=job.id)
+    session.refresh(job)
+    logger.info("job %s: %s items, %s queued", job.id, len(rows), len(queued))
+    return job, True
+
+
+def create_upload_job(
+    session: Session,
+    store: ObjectStore,
+    *,
+    tenant_id: uuid.UUID,
+    names: Sequence[str],
+    explain: bool = False,
+    callback_url: str | None = None,
+    idempotency_key: str | None = None,
+    expires_s: int = 3600,
+) -> tuple[Job, list[tuple[JobItem, str]], bool]:
+    """A job waiting for its images: one item and one presigned PUT URL per name."""
+    job, created = _new_job(
+        session,
+        tenant_id=tenant_id,
+        state=JobState.AWAITING_UPLOAD,
+        explain=explain,
+        callback_url=callback_url,
+        idempotency_key=idempotency_key,
+    )
+    if created:
+        rows = [
+            JobItem(
+                job_id=job.id,
+                position=i,
+                name=n,
+                object_key=original_key(job.id, i),
+                status=ItemStatus.AWAITING_UPLOAD,
+            )
+            for i, n in enumerate(names)
+        ]
+        job.total = len(rows)
+        session.add_all(rows)
+        session.add(job)
+        session.commit()
+        session.refresh(job)
+    items = session.exec(select(JobItem).where(JobItem.job_id == job.id).order_by(col(JobItem.position))).all()
+    urls = [(it, store.presign_put(it.object_key, expires_s)) for it in items]
+    return job, urls, created
+
+
+def start_job(
+    session: Session,
+    store: ObjectStore,
+    enqueue: Callable[[uuid.UUID, Sequence[uuid.UUID]], int],
+    *,
+    job: Job,
+) -> Job:
+    """Queues the uploaded items of a presigned job; an item whose object is missing fails as not uploaded."""
+    claimed = session.exec(  # type: ignore[call-overload]
+        update(Job)
+        .where(col(Job.id) == job.id, col(Job.state) == JobState.AWAITING_UPLOAD)
+        .values(state=JobState.QUEUED)
+    )
+    session.commit()
+    if claimed.rowcount != 1:
+        raise JobStateError("Job already started")
+    items = session.exec(
+        select(JobItem).where(JobItem.job_id == job.id, JobItem.status == ItemStatus.AWAITING_UPLOAD)
+    ).all()
+    queued: list[uuid.UUID] = []
+    for it in items:
+        if store.exists(it.object_key):
+            it.status = ItemStatus.QUEUED
+            queued.append(it.id)
+        else:
+            it.status, it.error, it.finished_at = ItemStatus.FAILED, "image was not uploaded", utcnow()
+        session.add(it)
+    session.commit()
+    enqueue(job.id, queued)
+    if not queued:
+        finish(session, job_id=job.id)
+    session.refresh(job)
+    return job
+
+
+def get_job(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job | None:
+    """The job, or None when it does not exist or belongs to another tenant (the API says 404 for both)."""
+    job = session.get(Job, job_id)
+    if job is None or job.tenant_id != tenant_id:
+        return None
+    return job
+
+
+def job_counts(session: Session, *, job_id: uuid.UUID) -> JobCounts:
+    rows = session.exec(  # type: ignore[call-overload]
+        select(JobItem.status, func.count()).where(JobItem.job_id == job_id).group_by(JobItem.status)
+    ).all()
+    by_status = {s: n for s, n in rows}
+    pending = session.exec(
+        select(func.count())
+        .select_from(JobItem)
+        .where(JobItem.job_id == job_id, JobItem.explain_status == ExplainStatus.PENDING)
+    ).one()
+    return JobCounts(
+        total=sum(by_status.values()),
+        queued=by_status.get(ItemStatus.QUEUED, 0),
+        done=by_status.get(ItemStatus.DONE, 0),
+        failed=by_status.get(ItemStatus.FAILED, 0),
+        cancelled=by_status.get(ItemStatus.CANCELLED, 0),
+        awaiting_upload=by_status.get(ItemStatus.AWAITING_UPLOAD, 0),
+        explain_pending=pending,
+    )
+
+
+def job_public(session: Session, job: Job, status_url: str) -> JobPublic:
+    return JobPublic(
+        id=job.id,
+        state=JobState(job.state),
+        explain=job.explain,
+        callback_url=job.callback_url,
+        counts=job_counts(session, job_id=job.id),
+        status_url=status_url,
+        created_at=job.created_at,
+        started_at=job.started_at,
+        finished_at=job.finished_at,
+        error=job.error,
+    )
+
+
+def list_jobs(session: Session, *, tenant_id: uuid.UUID, offset: int = 0, limit: int = 50) -> tuple[list[Job], int]:
+    count = session.exec(select(func.count()).select_from(Job).where(Job.tenant_id == tenant_id)).one()
+    jobs = session.exec(
+        select(Job)
+        .where(Job.tenant_id == tenant_id)
+        .order_by(col(Job.created_at).desc(), col(Job.id))
+        .offset(offset)
+        .limit(limit)
+    ).all()
+    return list(jobs), count
+
+
+def _items(
+    session: Session, job_id: uuid.UUID, statuses: Sequence[str], offset: int, limit: int
+) -> tuple[list[JobItem], int]:
+    where = (col(JobItem.job_id) == job_id, col(JobItem.status).in_(statuses))
+    count = session.exec(select(func.count()).select_from(JobItem).where(*where)).one()
+    rows = session.exec(select(JobItem).where(*where).order_by(col(JobItem.position)).offset(offset).limit(limit)).all()
+    return list(rows), count
+
+
+def list_results(
+    session: Session, *, job_id: uuid.UUID, offset: int = 0, limit: int = 100
+) -> tuple[list[JobItem], int]:
+    """Classified items, in upload order."""
+    return _items(session, job_id, [ItemStatus.DONE], offset, limit)
+
+
+def list_failures(
+    session: Session, *, job_id: uuid.UUID, offset: int = 0, limit: int = 100
+) -> tuple[list[JobItem], int]:
+    """Items that could not be classified, with their ``error``."""
+    return _items(session, job_id, [ItemStatus.FAILED], offset, limit)
+
+
+def task_entries(session: Session, *, job_id: uuid.UUID) -> list[TaskEntry]:
+    rows = session.exec(  # type: ignore[call-overload]
+        select(JobItem.name, JobItem.prediction, JobItem.explanation, JobItem.status)
+        .where(JobItem.job_id == job_id)
+        .order_by(col(JobItem.position))
+    ).all()
+    return [TaskEntry(name, pred if status == ItemStatus.DONE else None, expl) for name, pred, expl, status in rows]
+
+
+def cancel_job(session: Session, *, job: Job) -> Job:
+    """Cancels a job that has not finished: its queued items are never classified (workers skip them)."""
+    session.exec(  # type: ignore[call-overload]
+        update(JobItem)
+        .where(
+            col(JobItem.job_id) == job.id,
+            col(JobItem.status).in_([ItemStatus.QUEUED, ItemStatus.AWAITING_UPLOAD]),
+        )
+        .values(status=ItemStatus.CANCELLED, finished_at=utcnow())
+    )
+    session.exec(  # type: ignore[call-overload]
+        update(JobItem)
+        .where(col(JobItem.job_id) == job.id, col(JobItem.explain_status) == ExplainStatus.PENDING)
+        .values(explain_status=ExplainStatus.NONE)
+    )
+    finished = [s.value for s in JobState if s.finished]
+    session.exec(  # type: ignore[call-overload]
+        update(Job)
+        .where(col(Job.id) == job.id, col(Job.state).not_in(finished))
+        .values(state=JobState.CANCELLED, finished_at=utcnow())
+    )
+    session.commit()
+    session.refresh(job)
+    return job
+
+
+def finalize_if_done(session: Session, *, job_id: uuid.UUID) -> Job | None:
+    """Marks the job finished once no item is left to classify or explain.
+
+    Returns the job when this call finished it, else None. The update is conditional on the job
+    still running, so when two workers finish the last chunks at once exactly one of them wins
+    (and sends the callback).
+    """
+    counts = job_counts(session, job_id=job_id)
+    if counts.queued or counts.awaiting_upload or counts.explain_pending:
+        return None
+    if counts.failed == 0:
+        state = JobState.SUCCEEDED
+    elif counts.done == 0:
+        state = JobState.FAILED
+    else:
+        state = JobState.PARTIALLY_SUCCEEDED
+    res = session.exec(  # type: ignore[call-overload]
+        update(Job)
+        .where(col(Job.id) == job_id, col(Job.state).in_([JobState.QUEUED, JobState.RUNNING]))
+        .values(state=state, finished_at=utcnow())
+    )
+    session.commit()
+    if res.rowcount != 1:
+        return None
+    job = session.get(Job, job_id)
+    if job is not None:
+        session.refresh(job)
+        logger.info("job %s finished: %s (%s done, %s failed)", job_id, state, counts.done, counts.failed)
+    return job
+
+
+def send_callback(
+    session: Session, *, job: Job, payload: dict[str, Any], timeout_s: float = 10.0, attempts: int = 3
+) -> str:
+    """POSTs ``payload`` to the job's ``callback_url``, retrying network errors and 5xx; records the outcome."""
+    assert job.callback_url
+    status = "not sent"
+    for attempt in range(1, attempts + 1):
+        try:
+            resp = httpx.post(job.callback_url, json=payload, timeout=timeout_s)
+            status = f"HTTP {resp.status_code}"
+            if resp.status_code < 500:
+                break
+        except httpx.HTTPError as e:
+            status = f"error: {type(e).__name__}: {e}"
+        logger.warning("callback for job %s, attempt %s: %s", job.id, attempt, status)
+    job.callback_status = status[:255]
+    session.add(job)
+    session.commit()
+    return status
+
+
+def finish(session: Session, *, job_id: uuid.UUID) -> Job | None:
+    """Finalizes the job if this was its last work, and then POSTs to its ``callback_url``."""
+    job = finalize_if_done(session, job_id=job_id)
+    if job is not None and job.callback_url:
+        payload = {
+            "job_id": str(job.id),
+            "state": job.state,
+            "counts": job_counts(session, job_id=job.id).model_dump(),
+            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        }
+        send_callback(session, job=job, payload=payload)
+    return job

@@ -1,0 +1,206 @@
+"""What the worker pools do with a chunk of items: classify (with GradCAM overlays) and explain.
+
+Both functions are safe to run twice on the same chunk: they only touch items still waiting for
+them (``status = 'queued'`` / ``explain_status = 'pending'``), objects have fixed keys, and the row
+updates are conditional, so a redelivered task writes each result once. This module imports the
+detection core (torch) and is for the workers only.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, utcnow
+from fakescope.imageio import ImageError, InputItem
+from fakescope.pipeline import classify_items
+from fakescope.service.jobs import finish
+from fakescope.storage import ObjectNotFound, ObjectStore, overlay_key
+
+if TYPE_CHECKING:
+    from fakescope.detector import Detector
+
+__all__ = ["classify_chunk", "explain_chunk", "fail_items", "store_input"]
+
+logger = logging.getLogger(__name__)
+
+Enqueue = Callable[[uuid.UUID, Sequence[uuid.UUID]], int]
+
+
+def store_input(store: ObjectStore, item: JobItem) -> InputItem:
+    """The item's original, read from the object store when the pipeline asks for it."""
+
+    def read() -> bytes:
+        try:
+            return store.get(item.object_key)
+        except ObjectNotFound:
+            raise ImageError("original image is missing from object storage") from None
+
+    return InputItem(item.name, read)
+
+
+def _uuids(ids: Sequence[str | uuid.UUID]) -> list[uuid.UUID]:
+    return [uuid.UUID(str(i)) for i in ids]
+
+
+def classify_chunk(
+    session: Session,
+    store: ObjectStore,
+    detector: Detector,
+    *,
+    job_id: str | uuid.UUID,
+    item_ids: Sequence[str | uuid.UUID],
+    enqueue_explain: Enqueue | None = None,
+    batch_size: int = 64,
+) -> int:
+    """Classifies the chunk's queued items, stores overlays and results; returns how many it wrote."""
+    jid = uuid.UUID(str(job_id))
+    ids = _uuids(item_ids)
+    session.exec(  # type: ignore[call-overload]
+        update(Job)
+        .where(col(Job.id) == jid, col(Job.state) == JobState.QUEUED)
+        .values(state=JobState.RUNNING, started_at=utcnow())
+    )
+    session.commit()
+    job = session.get(Job, jid)
+    if job is None:
+        logger.warning("job %s is gone; dropping %s items", jid, len(ids))
+        return 0
+    items = session.exec(
+        select(JobItem)
+        .where(col(JobItem.id).in_(ids), JobItem.status == ItemStatus.QUEUED)
+        .order_by(col(JobItem.position))
+    ).all()
+    written = 0
+    started = utcnow()
+    t0 = time.perf_counter()
+    inputs = [store_input(store, it) for it in items]
+    for it, res in zip(items, classify_items(detector, inputs, batch_size=batch_size), strict=True):
+        values: dict[str, Any] = {
+            "started_at": started,
+            "finished_at": utcnow(),
+            "duration_ms": (time.perf_counter() - t0) * 1000.0,
+            "model_version": detector.model_version,
+            "attempts": it.attempts + 1,
+        }
+        t0 = time.perf_counter()
+        if res.error is not None:
+            values.update(status=ItemStatus.FAILED, error=res.error)
+        else:
+            key = None
+            if res.overlay_png is not None:
+                key = overlay_key(jid, it.position)
+                store.put(key, res.overlay_png, content_type="image/png")
+            values.update(
+                status=ItemStatus.DONE,
+                prediction=res.prediction,
+                fake_probability=res.fake_probability,
+                sha256=res.sha256,
+                width=res.width,
+                height=res.height,
+                overlay_key=key,
+                explain_status=ExplainStatus.PENDING
+                if job.explain and res.prediction == "fake"
+                else ExplainStatus.NONE,
+            )
+        # Conditional on the item still being queued: a cancel, or another delivery of this task that
+        # got here first, wins, and this result is dropped rather than written twice.
+        r = session.exec(  # type: ignore[call-overload]
+            update(JobItem).where(col(JobItem.id) == it.id, col(JobItem.status) == ItemStatus.QUEUED).values(**values)
+        )
+        session.commit()
+        written += r.rowcount
+    if job.explain and enqueue_explain is not None:
+        # Re-sent on every delivery of the chunk: if the first delivery died between committing and
+        # enqueueing, the explanations would otherwise never be asked for. explain_chunk skips done ones.
+        pending = session.exec(
+            select(JobItem.id).where(col(JobItem.id).in_(ids), JobItem.explain_status == ExplainStatus.PENDING)
+        ).all()
+        if pending:
+            enqueue_explain(jid, list(pending))
+    finish(session, job_id=jid)
+    logger.info("job %s: classified %s of %s items", jid, written, len(ids))
+    return written
+
+
+def explain_chunk(
+    session: Session,
+    store: ObjectStore,
+    detector: Detector,
+    explainer: Any,
+    *,
+    job_id: str | uuid.UUID,
+    item_ids: Sequence[str | uuid.UUID],
+) -> int:
+    """Explains the chunk's items still pending explanation; returns how many it wrote."""
+    from fakescope.explain import ExplainInput
+
+    jid = uuid.UUID(str(job_id))
+    items = session.exec(
+        select(JobItem)
+        .where(col(JobItem.id).in_(_uuids(item_ids)), JobItem.explain_status == ExplainStatus.PENDING)
+        .order_by(col(JobItem.position))
+    ).all()
+    if not items:
+        finish(session, job_id=jid)
+        return 0
+    results = list(classify_items(detector, [store_input(store, it) for it in items], overlays=False, keep_arrays=True))
+    good = [(it, r) for it, r in zip(items, results, strict=True) if r.error is None]
+    explanations = explainer.explain([ExplainInput.from_result(r) for _, r in good]) if good else []
+    written = 0
+    done = dict(zip([it.id for it, _ in good], explanations, strict=True))
+    for it, r in zip(items, results, strict=True):
+        if it.id in done:
+            expl = {str(k): str(v) for k, v in done[it.id].items()}
+            values: dict[str, Any] = {
+                "explain_status": ExplainStatus.DONE,
+                "explanation": expl,
+                "artifacts": list(expl),
+                "explained_at": utcnow(),
+            }
+        else:
+            values = {"explain_status": ExplainStatus.FAILED, "explain_error": r.error, "explained_at": utcnow()}
+        res = session.exec(  # type: ignore[call-overload]
+            update(JobItem)
+            .where(col(JobItem.id) == it.id, col(JobItem.explain_status) == ExplainStatus.PENDING)
+            .values(**values)
+        )
+        session.commit()
+        written += res.rowcount
+    finish(session, job_id=jid)
+    return written
+
+
+def fail_items(
+    session: Session,
+    *,
+    job_id: str | uuid.UUID,
+    item_ids: Sequence[str | uuid.UUID],
+    reason: str,
+    explain: bool = False,
+) -> int:
+    """Marks the chunk's unfinished items failed with ``reason`` (a task gave up on them), then finalizes."""
+    jid = uuid.UUID(str(job_id))
+    ids = _uuids(item_ids)
+    if explain:
+        stmt = (
+            update(JobItem)
+            .where(col(JobItem.id).in_(ids), col(JobItem.explain_status) == ExplainStatus.PENDING)
+            .values(explain_status=ExplainStatus.FAILED, explain_error=reason, explained_at=utcnow())
+        )
+    else:
+        stmt = (
+            update(JobItem)
+            .where(col(JobItem.id).in_(ids), col(JobItem.status) == ItemStatus.QUEUED)
+            .values(status=ItemStatus.FAILED, error=reason, finished_at=utcnow())
+        )
+    res = session.exec(stmt)  # type: ignore[call-overload]
+    session.commit()
+    finish(session, job_id=jid)
+    return res.rowcount

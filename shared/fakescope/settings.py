@@ -1,0 +1,101 @@
+"""The job service's settings: one ``Settings`` read from ``FAKESCOPE_*`` environment variables.
+
+With nothing configured every endpoint falls back to an embedded default under ``data_dir``: SQLite
+for the database, a folder for objects and Kombu's filesystem transport for the broker, so the whole
+stack runs on one machine with no server. Production points ``database_url``, ``broker_url`` and
+``s3_endpoint`` at Postgres, Redis and MinIO.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+PLACEHOLDER_SECRETS = frozenset({"changethis", "minioadmin", "secret", ""})
+
+
+class Settings(BaseSettings):
+    """Every knob of the API, the workers and the stack runner; see docs/service.md for the table."""
+
+    model_config = SettingsConfigDict(env_prefix="FAKESCOPE_", env_nested_delimiter="__", extra="ignore")
+
+    environment: Literal["development", "production"] = "development"
+    data_dir: Path = Path(".fakescope")
+    database_url: str | None = None
+    broker_url: str | None = None
+    s3_endpoint: str | None = None
+    s3_public_endpoint: str | None = None
+    s3_access_key: str = "minioadmin"
+    s3_secret_key: str = "minioadmin"
+    s3_bucket: str = "fakescope"
+    s3_region: str = "us-east-1"
+    secret_key: str = "changethis"
+    public_url: str = "http://127.0.0.1:8000"
+
+    queue_classify: str = "classify"
+    queue_explain: str = "explain"
+    chunk_size: int = Field(32, ge=1, description="images per classify task")
+    batch_size: int = Field(64, ge=1, description="images per forward pass")
+    explain_chunk_size: int = Field(8, ge=1)
+    explain_backend: str | None = None
+    checkpoint: str | None = None
+    task_time_limit_s: int = Field(1800, ge=1, description="hard limit of one task")
+    # Redis hands an unacknowledged message to another worker after this long; it must exceed the
+    # longest task, or a slow task runs twice at once.
+    visibility_timeout_s: int = Field(7200, ge=1)
+    restore_interval_s: int = Field(10, ge=1, description="how often a worker looks for expired messages")
+
+    max_upload_bytes: int = 2 * 1024**3
+    max_items_per_job: int = 100_000
+    presign_expiry_s: int = 3600
+    callback_timeout_s: float = 10.0
+    callback_attempts: int = 3
+    bootstrap_api_key: str | None = None
+    flower_basic_auth: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> Settings:
+        if self.database_url and self.database_url.startswith(("postgresql://", "postgres://")):
+            self.database_url = "postgresql+psycopg://" + self.database_url.split("://", 1)[1]
+        if self.environment != "development":
+            for name in ("secret_key", "s3_secret_key"):
+                if getattr(self, name) in PLACEHOLDER_SECRETS:
+                    raise ValueError(f"FAKESCOPE_{name.upper()} must be set to a real secret outside development")
+        if self.visibility_timeout_s <= self.task_time_limit_s:
+            raise ValueError("FAKESCOPE_VISIBILITY_TIMEOUT_S must exceed FAKESCOPE_TASK_TIME_LIMIT_S")
+        return self
+
+    @property
+    def sqlalchemy_url(self) -> str:
+        return self.database_url or f"sqlite:///{(self.data_dir / 'fakescope.db').resolve()}"
+
+    @property
+    def broker(self) -> str:
+        return self.broker_url or "filesystem://"
+
+    @property
+    def broker_transport_options(self) -> dict[str, object]:
+        if self.broker_url is None:
+            folder = (self.data_dir / "broker").resolve()
+            folder.mkdir(parents=True, exist_ok=True)
+            return {"data_folder_in": str(folder), "data_folder_out": str(folder)}
+        return {
+            "visibility_timeout": self.visibility_timeout_s,
+            "unacked_restore_interval": self.restore_interval_s,
+            "unacked_restore_throttle": 1,
+        }
+
+    @property
+    def objects_dir(self) -> Path:
+        return (self.data_dir / "objects").resolve()
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,164 @@
+"""One command for the whole job service on one machine: API, both worker pools and Flower.
+
+``fakescope serve`` (or ``python -m fakescope.stack``) runs the prestart step (migrations, bucket,
+bootstrap key), then starts each process as a child and stops them all on Ctrl-C. Endpoints come
+from ``FAKESCOPE_*`` settings; with none set it runs on the embedded defaults (SQLite, a local
+folder for objects, the filesystem broker), so a newcomer can try the API at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+__all__ = ["Stack", "main"]
+
+logger = logging.getLogger(__name__)
+
+# The API and workers packages sit next to shared/ in a source checkout.
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+@dataclass
+class Stack:
+    """Child processes of the service, each logging to ``log_dir/<name>.log``."""
+
+    env: dict[str, str]
+    log_dir: Path
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def _spawn(
+        self, name: str, args: Sequence[str], extra_env: Mapping[str, str] | None = None
+    ) -> subprocess.Popen[bytes]:
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        log = (self.log_dir / f"{name}.log").open("ab")
+        env = {**self.env, **(extra_env or {})}
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        # Own process group: stopping (or SIGKILLing) a worker takes its pool children with it.
+        proc = subprocess.Popen(
+            [sys.executable, *args],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.procs[name] = proc
+        logger.info("started %s (pid %s): %s", name, proc.pid, " ".join(args))
+        return proc
+
+    def prestart(self) -> None:
+        subprocess.run([sys.executable, "-m", "api.prestart"], cwd=REPO_ROOT, env=self._env(), check=True)
+
+    def _env(self) -> dict[str, str]:
+        env = dict(self.env)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+        return env
+
+    def start_api(self, host: str = "127.0.0.1", port: int = 8000, name: str = "api") -> subprocess.Popen[bytes]:
+        return self._spawn(name, ["-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port)])
+
+    def start_worker(
+        self, pool: str, name: str | None = None, concurrency: int = 1, gpu: str | None = None
+    ) -> subprocess.Popen[bytes]:
+        """A worker of ``pool`` (``classify`` or ``explain``) consuming that pool's queue only."""
+        queue = self.env.get(f"FAKESCOPE_QUEUE_{pool.upper()}", pool)
+        name = name or pool
+        args = [
+            "-m", "celery", "-A", "workers.celery_app", "worker",
+            "-Q", queue, "-n", f"{name}@%h", "-c", str(concurrency), "-P", "prefork",
+            "-E", "--without-gossip", "--without-mingle", "--loglevel", "INFO",
+        ]  # fmt: skip
+        extra = {"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else None
+        return self._spawn(name, args, extra)
+
+    def start_flower(self, host: str = "127.0.0.1", port: int = 5555, name: str = "flower") -> subprocess.Popen[bytes]:
+        args = ["-m", "celery", "-A", "workers.celery_app", "flower", f"--address={host}", f"--port={port}"]
+        if auth := self.env.get("FAKESCOPE_FLOWER_BASIC_AUTH"):
+            args.append(f"--basic-auth={auth}")
+        return self._spawn(name, args)
+
+    def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
+        proc = self.procs.pop(name, None)
+        if proc is None or proc.poll() is not None:
+            return
+        os.killpg(proc.pid, sig)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout)
+
+    def stop_all(self) -> None:
+        for name in list(self.procs):
+            self.stop(name)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``fakescope serve``: the whole stack in the foreground."""
+    p = argparse.ArgumentParser(prog="fakescope serve", description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--flower-port", type=int, default=5555, help="0 disables Flower")
+    p.add_argument("--classify-workers", type=int, default=1, help="classify worker processes (CPU)")
+    p.add_argument("--explain-workers", type=int, default=1, help="explain worker processes")
+    p.add_argument("--gpus", default="", help="comma-separated GPU ids: one classify worker pinned to each")
+    p.add_argument("--log-dir", type=Path, default=None)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+    env = dict(os.environ)
+    env.setdefault("FAKESCOPE_PUBLIC_URL", f"http://{args.host}:{args.port}")
+    if not env.get("FAKESCOPE_BOOTSTRAP_API_KEY"):
+        env["FAKESCOPE_BOOTSTRAP_API_KEY"] = "fks_dev_" + secrets.token_urlsafe(16)
+        print(f"API key for this run (tenant 'default'): {env['FAKESCOPE_BOOTSTRAP_API_KEY']}", flush=True)
+    data_dir = Path(env.get("FAKESCOPE_DATA_DIR", ".fakescope")).resolve()
+    env["FAKESCOPE_DATA_DIR"] = str(data_dir)
+    stack = Stack(env=env, log_dir=args.log_dir or data_dir / "logs")
+    stack.prestart()
+    stack.start_api(args.host, args.port)
+    gpus = [g for g in args.gpus.split(",") if g.strip()]
+    if gpus:
+        for g in gpus:
+            stack.start_worker("classify", name=f"classify-gpu{g}", gpu=g)
+    else:
+        for i in range(args.classify_workers):
+            stack.start_worker("classify", name=f"classify-{i}")
+    for i in range(args.explain_workers):
+        stack.start_worker("explain", name=f"explain-{i}")
+    if args.flower_port:
+        stack.start_flower(args.host, args.flower_port)
+    print(f"API on http://{args.host}:{args.port}/docs, logs in {stack.log_dir}; Ctrl-C stops.", flush=True)
+
+    stopping = False
+
+    def _stop(signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, _stop)
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        while not stopping:
+            dead = [n for n, pr in stack.procs.items() if pr.poll() is not None]
+            if dead:
+                logger.error("process exited: %s (see %s)", ", ".join(dead), stack.log_dir)
+                return 1
+            time.sleep(1)
+    finally:
+        stack.stop_all()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,216 @@
+"""Object storage for originals and overlays: an S3 bucket (MinIO), or a local folder with no server.
+
+Keys are deterministic (:func:`original_key`, :func:`overlay_key`), so a task that runs twice
+overwrites the same object instead of leaving a second copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import io
+import logging
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+from typing import Protocol
+from urllib.parse import quote, urlencode, urlsplit
+
+from fakescope.settings import Settings
+
+__all__ = [
+    "LocalStore",
+    "ObjectNotFound",
+    "ObjectStore",
+    "S3Store",
+    "StorageError",
+    "get_store",
+    "original_key",
+    "overlay_key",
+    "verify_local_signature",
+]
+
+logger = logging.getLogger(__name__)
+
+
+class StorageError(RuntimeError):
+    """The object store cannot be reached or refused a request."""
+
+
+class ObjectNotFound(KeyError):
+    """No object under that key."""
+
+
+def original_key(job_id: uuid.UUID | str, position: int) -> str:
+    return f"jobs/{job_id}/originals/{position:07d}"
+
+
+def overlay_key(job_id: uuid.UUID | str, position: int) -> str:
+    return f"jobs/{job_id}/overlays/{position:07d}.png"
+
+
+class ObjectStore(Protocol):
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
+    def get(self, key: str) -> bytes: ...
+    def exists(self, key: str) -> bool: ...
+    def list(self, prefix: str) -> list[str]: ...
+    def presign_get(self, key: str, expires_s: int) -> str: ...
+    def presign_put(self, key: str, expires_s: int) -> str: ...
+    def ping(self) -> None: ...
+    def ensure_bucket(self) -> None: ...
+
+
+class S3Store:
+    """A bucket on an S3 server through the ``minio`` client.
+
+    Presigned URLs are signed for ``s3_public_endpoint`` when set: inside compose the API reaches
+    MinIO as ``minio:9000`` while clients reach it as ``localhost:9000``, and the host is signed.
+    """
+
+    def __init__(self, settings: Settings) -> None:
+        from minio import Minio
+
+        assert settings.s3_endpoint is not None
+        self.bucket = settings.s3_bucket
+
+        def client(endpoint: str) -> Minio:
+            u = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+            return Minio(
+                u.netloc,
+                access_key=settings.s3_access_key,
+                secret_key=settings.s3_secret_key,
+                secure=u.scheme == "https",
+                region=settings.s3_region,
+            )
+
+        self.client = client(settings.s3_endpoint)
+        self.public = client(settings.s3_public_endpoint) if settings.s3_public_endpoint else self.client
+
+    def _errors(self) -> tuple[type[BaseException], ...]:
+        from minio.error import MinioException
+        from urllib3.exceptions import HTTPError
+
+        return (MinioException, HTTPError, OSError)
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        try:
+            self.client.put_object(self.bucket, key, io.BytesIO(data), len(data), content_type=content_type)
+        except self._errors() as e:
+            raise StorageError(f"cannot store {key}: {e}") from e
+
+    def get(self, key: str) -> bytes:
+        from minio.error import S3Error
+
+        try:
+            resp = self.client.get_object(self.bucket, key)
+            try:
+                return resp.read()
+            finally:
+                resp.close()
+                resp.release_conn()
+        except S3Error as e:
+            if e.code in ("NoSuchKey", "NoSuchObject"):
+                raise ObjectNotFound(key) from e
+            raise StorageError(f"cannot read {key}: {e}") from e
+        except self._errors() as e:
+            raise StorageError(f"cannot read {key}: {e}") from e
+
+    def exists(self, key: str) -> bool:
+        from minio.error import S3Error
+
+        try:
+            self.client.stat_object(self.bucket, key)
+            return True
+        except S3Error as e:
+            if e.code in ("NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"):
+                return False
+            raise StorageError(f"cannot stat {key}: {e}") from e
+
+    def list(self, prefix: str) -> list[str]:
+        return sorted(o.object_name for o in self.client.list_objects(self.bucket, prefix=prefix, recursive=True))
+
+    def presign_get(self, key: str, expires_s: int) -> str:
+        return self.public.presigned_get_object(self.bucket, key, expires=timedelta(seconds=expires_s))
+
+    def presign_put(self, key: str, expires_s: int) -> str:
+        return self.public.presigned_put_object(self.bucket, key, expires=timedelta(seconds=expires_s))
+
+    def ping(self) -> None:
+        try:
+            if not self.client.bucket_exists(self.bucket):
+                raise StorageError(f"bucket {self.bucket} does not exist")
+        except self._errors() as e:
+            raise StorageError(str(e)) from e
+
+    def ensure_bucket(self) -> None:
+        if not self.client.bucket_exists(self.bucket):
+            self.client.make_bucket(self.bucket)
+
+
+def _sign(secret: str, method: str, key: str, expires: int) -> str:
+    return hmac.new(secret.encode(), f"{method}\n{key}\n{expires}".encode(), hashlib.sha256).hexdigest()
+
+
+def verify_local_signature(settings: Settings, method: str, key: str, expires: int, signature: str) -> bool:
+    """Whether a URL made by :meth:`LocalStore.presign_get`/``presign_put`` is genuine and unexpired."""
+    if expires < time.time():
+        return False
+    return hmac.compare_digest(_sign(settings.secret_key, method, key, expires), signature)
+
+
+class LocalStore:
+    """Objects as files under ``data_dir/objects``; the API serves the presigned URLs (``/objects/...``)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.root = settings.objects_dir
+        self.settings = settings
+
+    def _path(self, key: str) -> Path:
+        path = (self.root / key).resolve()
+        if not path.is_relative_to(self.root):
+            raise ObjectNotFound(key)
+        return path
+
+    def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        tmp.write_bytes(data)
+        tmp.replace(path)  # atomic: a reader never sees half an object
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError as e:
+            raise ObjectNotFound(key) from e
+
+    def exists(self, key: str) -> bool:
+        return self._path(key).is_file()
+
+    def list(self, prefix: str) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        keys = (p.relative_to(self.root).as_posix() for p in self.root.rglob("*") if p.is_file())
+        return sorted(k for k in keys if k.startswith(prefix) and not Path(k).name.startswith("."))
+
+    def _presign(self, method: str, key: str, expires_s: int) -> str:
+        expires = int(time.time()) + expires_s
+        query = urlencode({"expires": expires, "signature": _sign(self.settings.secret_key, method, key, expires)})
+        return f"{self.settings.public_url.rstrip('/')}/objects/{quote(key)}?{query}"
+
+    def presign_get(self, key: str, expires_s: int) -> str:
+        return self._presign("GET", key, expires_s)
+
+    def presign_put(self, key: str, expires_s: int) -> str:
+        return self._presign("PUT", key, expires_s)
+
+    def ping(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def ensure_bucket(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+
+
+def get_store(settings: Settings) -> ObjectStore:
+    return S3Store(settings) if settings.s3_endpoint else LocalStore(settings)

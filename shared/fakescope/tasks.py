@@ -1,0 +1,82 @@
+"""Task names, payloads and the Celery configuration shared by the API (which sends) and the workers.
+
+The API enqueues by name through :class:`Enqueuer` and never imports ``workers/``; every process
+builds its Celery app with :func:`make_celery`, so the broker options (the Redis visibility timeout
+above all) are the same wherever Celery reads them: workers, the API's producer and Flower.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from enum import StrEnum
+from typing import Any
+
+from celery import Celery
+
+from fakescope.settings import Settings
+
+__all__ = ["Enqueuer", "TaskName", "chunk_payload", "make_celery"]
+
+
+class TaskName(StrEnum):
+    CLASSIFY = "fakescope.classify"
+    EXPLAIN = "fakescope.explain"
+
+
+def chunk_payload(job_id: uuid.UUID | str, item_ids: Sequence[uuid.UUID | str]) -> dict[str, Any]:
+    """The JSON kwargs of both tasks: a job and some of its items, by id."""
+    return {"job_id": str(job_id), "item_ids": [str(i) for i in item_ids]}
+
+
+def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
+    """A Celery app on ``settings.broker``; results stay in Postgres, so there is no result backend."""
+    app = Celery("fakescope", broker=settings.broker, include=list(include))
+    options = settings.broker_transport_options
+    app.conf.update(
+        task_serializer="json",
+        accept_content=["json"],
+        task_ignore_result=True,
+        result_backend=None,
+        # At-least-once delivery: a message is acknowledged only after its task returns, and one whose
+        # worker died is handed to another worker. The task code makes the repeat harmless.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        task_time_limit=settings.task_time_limit_s,
+        # The soft limit leaves the task time to mark its items failed before the hard kill.
+        task_soft_time_limit=max(1, settings.task_time_limit_s - min(30, max(1, settings.task_time_limit_s // 10))),
+        broker_transport_options=options,
+        result_backend_transport_options=options,
+        broker_connection_retry_on_startup=True,
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        task_routes={
+            TaskName.CLASSIFY.value: {"queue": settings.queue_classify},
+            TaskName.EXPLAIN.value: {"queue": settings.queue_explain},
+        },
+        task_default_queue=settings.queue_classify,
+    )
+    return app
+
+
+class Enqueuer:
+    """Sends chunk tasks by name; the chunk size decides how many images one task classifies."""
+
+    def __init__(self, app: Celery, settings: Settings) -> None:
+        self.app = app
+        self.settings = settings
+
+    def _send(self, name: TaskName, queue: str, job_id: uuid.UUID, item_ids: Sequence[uuid.UUID], size: int) -> int:
+        sent = 0
+        for start in range(0, len(item_ids), size):
+            self.app.send_task(name.value, kwargs=chunk_payload(job_id, item_ids[start : start + size]), queue=queue)
+            sent += 1
+        return sent
+
+    def classify(self, job_id: uuid.UUID, item_ids: Sequence[uuid.UUID]) -> int:
+        return self._send(TaskName.CLASSIFY, self.settings.queue_classify, job_id, item_ids, self.settings.chunk_size)
+
+    def explain(self, job_id: uuid.UUID, item_ids: Sequence[uuid.UUID]) -> int:
+        s = self.settings
+        return self._send(TaskName.EXPLAIN, s.queue_explain, job_id, item_ids, s.explain_chunk_size)

@@ -1,0 +1,229 @@
+"""The job API end to end: real uvicorn, Redis broker, Celery workers, Postgres, S3 server and Flower."""
+
+from __future__ import annotations
+
+import io
+import json
+import threading
+import zipfile
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
+from typing import ClassVar
+
+import httpx
+import pytest
+from fakescope.detector import Detector
+from fakescope.imageio import iter_inputs
+from fakescope.pipeline import classify_items
+from PIL import Image
+from stackfixtures import ServiceStack, png_bytes, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def _zip(members: dict[str, bytes]) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return buf.getvalue()
+
+
+def _all_results(c: httpx.Client, job_id: str, page: int = 64) -> list[dict]:
+    out: list[dict] = []
+    while True:
+        r = c.get(f"/v1/jobs/{job_id}/results", params={"offset": len(out), "limit": page})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        out += body["data"]
+        if not body["data"] or len(out) >= body["count"]:
+            return out
+
+
+def test_200_images_end_to_end_match_scan(service_stack: ServiceStack, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    # 150 loose images and a zip of 50: both upload forms, numbered like the task's files.
+    loose = {f"{i}.png": png_bytes(i) for i in range(1, 151)}
+    zipped = {f"{i}.png": png_bytes(i) for i in range(151, 201)}
+    files = [("files", (n, d, "image/png")) for n, d in loose.items()]
+    files.append(("files", ("batch.zip", _zip(zipped), "application/zip")))
+
+    with service_stack.client() as c:
+        r = c.post("/v1/jobs", files=files)
+        assert r.status_code == 202, r.text
+        created = r.json()
+        assert created["state"] == "queued"
+        assert created["counts"]["total"] == 200
+        assert created["status_url"] == f"{service_stack.api_url}/v1/jobs/{created['id']}"
+        job = service_stack.wait_job(created["id"], timeout=180)
+        assert job["state"] == "succeeded", job
+        assert job["counts"] == {
+            "total": 200,
+            "queued": 0,
+            "done": 200,
+            "failed": 0,
+            "cancelled": 0,
+            "awaiting_upload": 0,
+            "explain_pending": 0,
+        }
+        assert job["started_at"] and job["finished_at"]
+        results = _all_results(c, created["id"])
+        task1 = c.get(f"/v1/jobs/{created['id']}/task1.json").json()
+        failures = c.get(f"/v1/jobs/{created['id']}/failures").json()
+    assert failures["count"] == 0
+
+    # What `fakescope scan` computes: the shared pipeline over the same files and checkpoint.
+    (tmp_path / "in").mkdir()
+    for n, d in loose.items():
+        (tmp_path / "in" / n).write_bytes(d)
+    (tmp_path / "in" / "batch.zip").write_bytes(_zip(zipped))
+    detector = Detector.load(tiny_checkpoint, device="cpu")
+    expected = {r.name: r for r in classify_items(detector, iter_inputs([tmp_path / "in"]), overlays=False)}
+
+    assert len(results) == 200
+    assert sorted(r["name"] for r in results) == sorted(expected)
+    for got in results:
+        want = expected[got["name"]]
+        assert want.error is None
+        assert got["prediction"] == want.prediction, got["name"]
+        assert got["fake_probability"] == pytest.approx(want.fake_probability, rel=1e-4, abs=1e-6), got["name"]
+        assert got["sha256"] == want.sha256
+        assert got["model_version"] == detector.model_version
+        # The overlay downloads straight from the S3 server through its presigned URL.
+        if got["position"] % 20 == 0:
+            o = httpx.get(got["overlay_url"], timeout=30)
+            assert o.status_code == 200
+            im = Image.open(io.BytesIO(o.content))
+            assert im.format == "PNG"
+            assert im.size == (want.width, want.height)
+
+    by_stem = {int(Path(n).stem): r.prediction for n, r in expected.items()}
+    assert task1 == [{"index": i, "prediction": by_stem[i]} for i in range(1, 201)]
+
+    # Flower, on the same broker, sees both pools.
+    workers = wait_until(
+        lambda: (
+            (w := service_stack.flower_workers())
+            and any(k.startswith("classify-") for k in w)
+            and any(k.startswith("explain-") for k in w)
+            and w
+        ),
+        60,
+        "Flower to list both pools",
+    )
+    assert any(k.startswith("classify-") for k in workers)
+    assert any(k.startswith("explain-") for k in workers)
+
+
+class _Callbacks(BaseHTTPRequestHandler):
+    received: ClassVar[list[dict]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        _Callbacks.received.append(json.loads(body))
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_bad_inputs_fail_alone_and_callback_fires(service_stack: ServiceStack) -> None:
+    server = HTTPServer(("127.0.0.1", 0), _Callbacks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    callback = f"http://127.0.0.1:{server.server_address[1]}/done"
+    files = [
+        ("files", ("a.png", png_bytes(1), "image/png")),
+        ("files", ("empty.png", b"", "image/png")),
+        ("files", ("notes.txt", b"hello", "text/plain")),
+        ("files", ("truncated.png", png_bytes(2)[:60], "image/png")),
+        ("files", ("more.zip", _zip({"b.png": png_bytes(3), "c.jpg": b"\xff\xd8junk"}), "application/zip")),
+    ]
+    try:
+        with service_stack.client() as c:
+            r = c.post("/v1/jobs", files=files, data={"callback_url": callback})
+            assert r.status_code == 202, r.text
+            job_id = r.json()["id"]
+            job = service_stack.wait_job(job_id)
+            assert job["state"] == "partially_succeeded"
+            assert (job["counts"]["done"], job["counts"]["failed"]) == (2, 4)
+            results = c.get(f"/v1/jobs/{job_id}/results").json()
+            failures = c.get(f"/v1/jobs/{job_id}/failures").json()
+            task1 = c.get(f"/v1/jobs/{job_id}/task1.json").json()
+        assert [r["name"] for r in results["data"]] == ["a.png", "more.zip/b.png"]
+        reasons = {f["name"]: f["error"] for f in failures["data"]}
+        assert set(reasons) == {"empty.png", "notes.txt", "truncated.png", "more.zip/c.jpg"}
+        assert reasons["empty.png"] == "empty file (0 bytes)"
+        assert reasons["notes.txt"] == "not an image Pillow can read"
+        # Names are not all numbers: indices are positions in sorted name order.
+        assert [t["index"] for t in task1] == [1, 3]
+        wait_until(lambda: _Callbacks.received, 30, "the callback")
+        got = _Callbacks.received[0]
+        assert got["job_id"] == job_id
+        assert got["state"] == "partially_succeeded"
+        assert got["counts"]["failed"] == 4
+    finally:
+        server.shutdown()
+
+
+def test_second_tenant_gets_404(service_stack: ServiceStack) -> None:
+    with service_stack.client("a") as a, service_stack.client("b") as b:
+        r = a.post("/v1/jobs", files=[("files", ("1.png", png_bytes(7), "image/png"))])
+        job_id = r.json()["id"]
+        assert service_stack.wait_job(job_id)["state"] == "succeeded"
+        assert a.get(f"/v1/jobs/{job_id}/results").json()["count"] == 1
+        for path in ("", "/results", "/failures", "/task1.json", "/task2.json"):
+            r = b.get(f"/v1/jobs/{job_id}{path}")
+            assert r.status_code == 404, path
+            assert r.json() == {"detail": "Job not found"}
+        assert b.delete(f"/v1/jobs/{job_id}").status_code == 404
+        assert b.post(f"/v1/jobs/{job_id}/start").status_code == 404
+        assert job_id not in {j["id"] for j in b.get("/v1/jobs").json()["data"]}
+        assert job_id in {j["id"] for j in a.get("/v1/jobs", params={"limit": 500}).json()["data"]}
+        # The first tenant's job is untouched by the second tenant's DELETE.
+        assert a.get(f"/v1/jobs/{job_id}").json()["state"] == "succeeded"
+
+    anon = httpx.get(f"{service_stack.api_url}/v1/jobs/{job_id}")
+    assert (anon.status_code, anon.json()) == (401, {"detail": "Missing API key"})
+    bad = httpx.get(f"{service_stack.api_url}/v1/jobs", headers={"X-API-Key": "fks_nope"})
+    assert (bad.status_code, bad.json()) == (401, {"detail": "Invalid API key"})
+
+
+def test_idempotency_key_returns_the_same_job(service_stack: ServiceStack) -> None:
+    files = [("files", ("1.png", png_bytes(11), "image/png"))]
+    with service_stack.client() as c:
+        first = c.post("/v1/jobs", files=files, headers={"Idempotency-Key": "retry-me"})
+        again = c.post("/v1/jobs", files=files, headers={"Idempotency-Key": "retry-me"})
+        other = c.post("/v1/jobs", files=files, headers={"Idempotency-Key": "another"})
+    assert first.status_code == again.status_code == 202
+    assert again.json()["id"] == first.json()["id"]
+    assert again.headers["Idempotent-Replayed"] == "true"
+    assert other.json()["id"] != first.json()["id"]
+    assert again.json()["counts"]["total"] == 1
+
+
+def test_presigned_upload_then_start(service_stack: ServiceStack) -> None:
+    with service_stack.client() as c:
+        r = c.post("/v1/jobs/uploads", json={"names": ["1.png", "2.png", "3.png"]})
+        assert r.status_code == 201, r.text
+        body = r.json()
+        assert body["job"]["state"] == "awaiting_upload"
+        for up in body["uploads"][:2]:
+            put = httpx.put(up["upload_url"], content=png_bytes(20 + up["position"]), timeout=30)
+            assert put.status_code == 200, put.text
+        r = c.post(f"/v1/jobs/{body['job']['id']}/start")
+        assert r.status_code == 202, r.text
+        again = c.post(f"/v1/jobs/{body['job']['id']}/start")
+        assert (again.status_code, again.json()) == (409, {"detail": "Job already started"})
+        job = service_stack.wait_job(body["job"]["id"])
+        failures = c.get(f"/v1/jobs/{body['job']['id']}/failures").json()["data"]
+    assert job["state"] == "partially_succeeded"
+    assert [(f["name"], f["error"]) for f in failures] == [("3.png", "image was not uploaded")]
+
+
+def test_readyz_healthz_metrics(service_stack: ServiceStack) -> None:
+    assert httpx.get(f"{service_stack.api_url}/healthz").json() == {"status": "ok"}
+    assert httpx.get(f"{service_stack.api_url}/readyz").json() == {"database": "ok", "storage": "ok", "broker": "ok"}
+    metrics = httpx.get(f"{service_stack.api_url}/metrics").text
+    q = service_stack.svc.settings.queue_classify
+    assert f'fakescope_queue_depth{{queue="{q}"}} ' in metrics
+    assert httpx.get(f"{service_stack.api_url}/openapi.json").json()["paths"]["/v1/jobs"]

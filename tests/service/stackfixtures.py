@@ -1,0 +1,283 @@
+"""The job service's test stack: a fresh Postgres database, a Redis db with private queue names, an S3
+server on loopback (moto, or ``$FAKESCOPE_TEST_S3_ENDPOINT``), and real API, worker and Flower processes.
+
+Imported by the conftests of ``tests/api``, ``tests/workers`` and ``tests/service``; the stack is built
+once per session and shared, whichever folder asks first.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psycopg
+import pytest
+import redis
+from fakescope.db.engine import get_engine
+from fakescope.settings import Settings
+from fakescope.stack import Stack
+from fakescope.storage import ObjectStore, get_store
+from PIL import Image
+from sqlmodel import Session
+
+PG_ADMIN_URL = os.environ.get("FAKESCOPE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("FAKESCOPE_TEST_REDIS_URL", "redis://127.0.0.1:6379")
+FLOWER_AUTH = "flower:test-only-password"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError, OSError):
+            last = predicate()
+            if last:
+                return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last: {last!r})")
+
+
+def png_bytes(seed: int, size: int = 32) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+@dataclass
+class ServiceEnv:
+    """Database, broker and object store of the session, without processes."""
+
+    settings: Settings
+    env: dict[str, str]
+    tmp: Path
+    cleanups: list[Callable[[], None]] = field(default_factory=list)
+
+    def session(self) -> Session:
+        return Session(get_engine(self.settings.sqlalchemy_url))
+
+    @property
+    def store(self) -> ObjectStore:
+        return get_store(self.settings)
+
+
+@dataclass
+class ServiceStack:
+    """The running processes on top of a :class:`ServiceEnv`."""
+
+    svc: ServiceEnv
+    stack: Stack
+    api_url: str
+    flower_url: str
+    keys: dict[str, str]
+    classify_worker: str = "classify-1"
+
+    def logs(self) -> str:
+        out = []
+        for f in sorted(self.stack.log_dir.glob("*.log")):
+            out.append(f"==== {f.name}\n" + "\n".join(f.read_text(errors="replace").splitlines()[-40:]))
+        return "\n".join(out)
+
+    def client(self, tenant: str = "a") -> httpx.Client:
+        return httpx.Client(base_url=self.api_url, headers={"X-API-Key": self.keys[tenant]}, timeout=60)
+
+    def wait_job(self, job_id: str, timeout: float = 120, tenant: str = "a") -> dict[str, Any]:
+        with self.client(tenant) as c:
+
+            def finished() -> dict[str, Any] | None:
+                j = c.get(f"/v1/jobs/{job_id}").json()
+                return j if j["state"] not in ("queued", "running", "awaiting_upload") else None
+
+            try:
+                return wait_until(finished, timeout, f"job {job_id} to finish", interval=0.5)
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{self.logs()}") from None
+
+    def flower_workers(self) -> dict[str, Any]:
+        user, pw = FLOWER_AUTH.split(":")
+        r = httpx.get(f"{self.flower_url}/api/workers", params={"refresh": "1"}, auth=(user, pw), timeout=30)
+        r.raise_for_status()
+        return r.json()
+
+    def worker_ready(self, name: str) -> bool:
+        """Whether the worker called ``name`` answers a ping on the broker."""
+        from fakescope.tasks import make_celery
+
+        app = make_celery(self.svc.settings)
+        try:
+            replies = app.control.ping(timeout=1.0) or []
+        finally:
+            app.close()
+        return any(name in r for reply in replies for r in reply)
+
+    def start_worker(self, pool: str, name: str) -> None:
+        self.stack.start_worker(pool, name=name)
+        wait_until(lambda: self.worker_ready(f"{name}@"), 90, f"worker {name}", interval=1)
+
+
+def _start_moto(tmp: Path) -> tuple[str, Callable[[], None]]:
+    port = free_port()
+    log = (tmp / "moto.log").open("wb")
+    exe = Path(sys.executable).with_name("moto_server")
+    proc = subprocess.Popen(
+        [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    url = f"http://127.0.0.1:{port}"
+    wait_until(lambda: httpx.get(url, timeout=2).status_code < 500, 60, "moto_server")
+
+    def stop() -> None:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(10)
+        log.close()
+
+    return url, stop
+
+
+def build_env(tmp: Path, checkpoint: Path) -> ServiceEnv:
+    token = secrets.token_hex(4)
+    cleanups: list[Callable[[], None]] = []
+    dbname = f"fakescope_test_{token}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{dbname}"')
+
+    def drop_db() -> None:
+        get_engine.cache_clear()
+        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+    cleanups.append(drop_db)
+    db_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{dbname}"
+
+    s3 = os.environ.get("FAKESCOPE_TEST_S3_ENDPOINT")
+    if not s3:
+        s3, stop_moto = _start_moto(tmp)
+        cleanups.append(stop_moto)
+    redis_db = int(os.environ.get("FAKESCOPE_TEST_REDIS_DB", "11"))
+    broker = f"{REDIS_URL.rstrip('/')}/{redis_db}"
+    queues = {"classify": f"classify-{token}", "explain": f"explain-{token}"}
+
+    def drop_queues() -> None:
+        r = redis.Redis.from_url(broker)
+        r.delete(*queues.values())
+        r.close()
+
+    cleanups.append(drop_queues)
+    env = {
+        "FAKESCOPE_DATABASE_URL": db_url,
+        "FAKESCOPE_BROKER_URL": broker,
+        "FAKESCOPE_S3_ENDPOINT": s3,
+        "FAKESCOPE_S3_ACCESS_KEY": "testing",
+        "FAKESCOPE_S3_SECRET_KEY": "testing",
+        "FAKESCOPE_S3_BUCKET": f"fakescope-test-{token}",
+        "FAKESCOPE_QUEUE_CLASSIFY": queues["classify"],
+        "FAKESCOPE_QUEUE_EXPLAIN": queues["explain"],
+        "FAKESCOPE_CHECKPOINT": str(checkpoint),
+        "FAKESCOPE_CHUNK_SIZE": "10",
+        "FAKESCOPE_EXPLAIN_CHUNK_SIZE": "4",
+        # Short enough that a message of a SIGKILLed worker comes back within the test, and still
+        # above the task time limit, as in production.
+        "FAKESCOPE_TASK_TIME_LIMIT_S": "20",
+        "FAKESCOPE_VISIBILITY_TIMEOUT_S": "25",
+        "FAKESCOPE_RESTORE_INTERVAL_S": "1",
+        "FAKESCOPE_DATA_DIR": str(tmp / "data"),
+        "FAKESCOPE_FLOWER_BASIC_AUTH": FLOWER_AUTH,
+    }
+    settings = Settings(
+        **{k.removeprefix("FAKESCOPE_").lower(): v for k, v in env.items() if k != "FAKESCOPE_FLOWER_BASIC_AUTH"}
+    )
+    return ServiceEnv(settings=settings, env=env, tmp=tmp, cleanups=cleanups)
+
+
+def process_env(extra: dict[str, str]) -> dict[str, str]:
+    # The service's own settings come from `extra` only, never from whatever FAKESCOPE_* the shell had.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAKESCOPE_")}
+    env.update(extra)
+    env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    return env
+
+
+_state: dict[str, Any] = {}
+
+
+def _cleanup_all() -> None:
+    stack = _state.pop("stack", None)
+    if stack is not None:
+        stack.stack.stop_all()
+    svc = _state.pop("svc", None)
+    if svc is not None:
+        for fn in reversed(svc.cleanups):
+            with contextlib.suppress(Exception):
+                fn()
+
+
+def get_service_env(request: pytest.FixtureRequest) -> ServiceEnv:
+    if "svc" not in _state:
+        tmp = request.getfixturevalue("tmp_path_factory").mktemp("service")
+        checkpoint = request.getfixturevalue("tiny_checkpoint")
+        request.config.add_cleanup(_cleanup_all)
+        svc = build_env(tmp, checkpoint)
+        _state["svc"] = svc
+        stack = Stack(env=process_env(svc.env), log_dir=tmp / "logs")
+        stack.prestart()  # migrations and the bucket: the same prestart step production runs
+    return _state["svc"]
+
+
+def get_service_stack(request: pytest.FixtureRequest) -> ServiceStack:
+    if "stack" not in _state:
+        from fakescope.db.engine import get_engine as _ge
+        from fakescope.service.tenants import create_api_key
+
+        svc = get_service_env(request)
+        api_port, flower_port = free_port(), free_port()
+        env = process_env({**svc.env, "FAKESCOPE_PUBLIC_URL": f"http://127.0.0.1:{api_port}"})
+        stack = Stack(env=env, log_dir=svc.tmp / "logs")
+        with Session(_ge(svc.settings.sqlalchemy_url)) as session:
+            keys = {t: create_api_key(session, tenant_name=f"tenant-{t}")[1] for t in ("a", "b")}
+        st = ServiceStack(
+            svc=svc,
+            stack=stack,
+            api_url=f"http://127.0.0.1:{api_port}",
+            flower_url=f"http://127.0.0.1:{flower_port}",
+            keys=keys,
+        )
+        _state["stack"] = st
+        stack.start_api(port=api_port)
+        stack.start_worker("classify", name=st.classify_worker)
+        stack.start_worker("explain", name="explain-1")
+        stack.start_flower(port=flower_port)
+        try:
+            wait_until(lambda: httpx.get(f"{st.api_url}/readyz", timeout=5).status_code == 200, 90, "API /readyz")
+            wait_until(lambda: st.worker_ready("classify-1@") and st.worker_ready("explain-1@"), 180, "workers", 1)
+        except AssertionError as e:
+            raise AssertionError(f"{e}\n{st.logs()}") from None
+    return _state["stack"]
+
+
+@pytest.fixture
+def service_env(request: pytest.FixtureRequest) -> ServiceEnv:
+    return get_service_env(request)
+
+
+@pytest.fixture
+def service_stack(request: pytest.FixtureRequest) -> Iterator[ServiceStack]:
+    st = get_service_stack(request)
+    yield st

@@ -1,0 +1,1 @@
+"""Celery worker pools of the job service: thin tasks over ``fakescope.service.processing``."""

@@ -1,0 +1,51 @@
+"""Queue ``classify``: one task per chunk of images; batched inference and GradCAM overlays."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Task
+from fakescope.service.processing import classify_chunk, fail_items
+from fakescope.settings import get_settings
+from fakescope.storage import StorageError
+from fakescope.tasks import TaskName
+from sqlalchemy.exc import OperationalError
+
+from workers import runtime
+from workers.celery_app import app
+
+logger = logging.getLogger(__name__)
+
+# Object store or database unreachable: worth retrying; anything else fails the chunk's items.
+TRANSIENT = (StorageError, OperationalError)
+MAX_RETRIES = 5
+
+
+@app.task(name=TaskName.CLASSIFY.value, bind=True, max_retries=MAX_RETRIES)
+def classify(self: Task, job_id: str, item_ids: list[str]) -> int:
+    try:
+        with runtime.session() as session:
+            return classify_chunk(
+                session,
+                runtime.store(),
+                runtime.detector(),
+                job_id=job_id,
+                item_ids=item_ids,
+                enqueue_explain=runtime.enqueuer().explain,
+                batch_size=get_settings().batch_size,
+            )
+    except TRANSIENT as e:
+        if self.request.retries < MAX_RETRIES:
+            logger.warning("job %s: transient error, retrying: %s", job_id, e)
+            raise self.retry(exc=e, countdown=min(60, 2**self.request.retries)) from e
+        reason = f"classification failed after {MAX_RETRIES} retries: {e}"
+    except Exception as e:
+        # The chunk's items must not stay queued forever: record why, then let Celery log the failure.
+        reason = f"classification failed: {type(e).__name__}: {e}"
+        runtime.reset_db()
+        with runtime.session() as session:
+            fail_items(session, job_id=job_id, item_ids=item_ids, reason=reason)
+        raise
+    with runtime.session() as session:
+        fail_items(session, job_id=job_id, item_ids=item_ids, reason=reason)
+    return 0
