@@ -15,7 +15,14 @@ def photo(shared_data) -> np.ndarray:
 
 
 def test_every_signal_is_finite_even_on_degenerate_images() -> None:
-    for img in (np.zeros((4, 4, 3), np.uint8), np.full((40, 5, 3), 255, np.uint8), np.zeros((64, 64, 3), np.uint8)):
+    rng = np.random.default_rng(0)
+    for img in (
+        np.zeros((4, 4, 3), np.uint8),
+        np.full((40, 5, 3), 255, np.uint8),
+        np.zeros((64, 64, 3), np.uint8),
+        rng.integers(0, 256, (1, 1, 3), dtype=np.uint8),
+        rng.integers(0, 256, (2, 300, 3), dtype=np.uint8),
+    ):
         m = measure(img)
         assert set(m.values) == set(SIGNALS)
         assert all(np.isfinite(v) for v in m.values.values())

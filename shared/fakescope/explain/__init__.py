@@ -68,8 +68,8 @@ class ExplainerConfigError(RuntimeError):
 def _check_rgb(name: str, field: str, a: Any) -> np.ndarray:
     if not isinstance(a, np.ndarray):
         raise ExplainInputError(f"{name}: {field} is {type(a).__name__}, expected a numpy array")
-    if a.ndim != 3 or a.shape[2] != 3 or a.shape[0] < 4 or a.shape[1] < 4:
-        raise ExplainInputError(f"{name}: {field} has shape {a.shape}, expected (H, W, 3) with H, W >= 4")
+    if a.ndim != 3 or a.shape[2] != 3 or a.shape[0] < 1 or a.shape[1] < 1:
+        raise ExplainInputError(f"{name}: {field} has shape {a.shape}, expected (H, W, 3)")
     if a.dtype != np.uint8:
         raise ExplainInputError(f"{name}: {field} has dtype {a.dtype}, expected uint8")
     return a

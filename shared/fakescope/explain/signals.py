@@ -27,6 +27,9 @@ EPS = 1e-8
 # every statistic here depends on resolution, and a 32x32 thumbnail has almost no sensor noise left.
 SMALL_MAX_SIDE = 64
 
+# Below this many pixels a side, patch statistics have too few samples to be defined.
+MIN_SIDE = 8
+
 
 @dataclass(frozen=True)
 class Signal:
@@ -175,6 +178,11 @@ def measure(rgb: np.ndarray, cam: np.ndarray | None = None) -> Measurements:
         cam: optional GradCAM map (any size, values in [0, 1]); it does not change the values, only
             the details that say where the detector looked.
     """
+    if min(rgb.shape[:2]) < MIN_SIDE:
+        # Thumbnails of a few pixels still get defined values: repeat pixels up to the minimum side,
+        # which adds no detail (and so reads as "smooth", which such an image is).
+        k = -(-MIN_SIDE // min(rgb.shape[:2]))
+        rgb = np.repeat(np.repeat(rgb, k, axis=0), k, axis=1)
     img = rgb.astype(np.float64) / 255.0
     r_, g_, b_ = img[..., 0], img[..., 1], img[..., 2]
     y = 0.299 * r_ + 0.587 * g_ + 0.114 * b_
@@ -223,7 +231,7 @@ def measure(rgb: np.ndarray, cam: np.ndarray | None = None) -> Measurements:
     q = np.minimum((img * 8).astype(int), 7)
     hist = np.bincount((q[..., 0] * 64 + q[..., 1] * 8 + q[..., 2]).ravel(), minlength=512) / (h * w)
     nz = hist[hist > 0]
-    v["colour_entropy"] = float(-(nz * np.log2(nz)).sum())
+    v["colour_entropy"] = max(0.0, float(-(nz * np.log2(nz)).sum()))  # no "-0.00 bits"
     v["contrast"] = float(y.std())
     v["highlights"] = float(np.mean((y > 0.95) & (sat < 0.2)))
 
