@@ -82,7 +82,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     except UnidentifiedImageError:
         raise ImageError("not an image Pillow can read") from None
     except Image.DecompressionBombError as e:
-        raise ImageError(f"decompression bomb: {e}") from None
+        # Pillow refuses sizes past twice its own limit before we can read the header ourselves.
+        raise ImageError(f"image is over the limit of {max_pixels} pixels: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         if isinstance(e, ImageError):
             raise

@@ -1,0 +1,70 @@
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file, save_file
+
+from fakescope.checkpoint import load_checkpoint
+from fakescope.detector import Detector
+from fakescope.gradcam import GradCAM, colormap_jet, overlay_png
+
+
+def test_checkpoint_roundtrip_is_exact(tiny_checkpoint):
+    model, meta = load_checkpoint(tiny_checkpoint)
+    saved = load_file(str(tiny_checkpoint / "model.safetensors"))
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(v, saved[k], rtol=0, atol=0)
+    assert meta.model_version.startswith("freqnet_resnet_tiny@")
+
+
+def test_checkpoint_loads_strictly(tiny_checkpoint, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
+    state = load_file(str(tiny_checkpoint / "model.safetensors"))
+    state.pop("head.bias")
+    save_file(state, str(bad / "model.safetensors"))
+    with pytest.raises(RuntimeError, match="head.bias"):
+        load_checkpoint(bad)
+
+
+def test_checkpoint_errors_name_what_is_missing(tiny_checkpoint, tmp_path):
+    with pytest.raises(FileNotFoundError, match="has no config.json"):
+        load_checkpoint(tmp_path)
+    cfg = json.loads((tiny_checkpoint / "config.json").read_text())
+    cfg["format_version"] = 99
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    (tmp_path / "model.safetensors").write_bytes((tiny_checkpoint / "model.safetensors").read_bytes())
+    with pytest.raises(ValueError, match="format version 99"):
+        load_checkpoint(tmp_path)
+
+
+def test_gradcam_maps_are_normalised(tiny_checkpoint):
+    det = Detector.load(tiny_checkpoint, device="cpu")
+    batch = np.random.default_rng(0).integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
+    probs, cams = det.predict_with_cam(batch)
+    assert cams.shape == (3, 32, 32)
+    assert cams.min() >= 0.0 and cams.max() <= 1.0
+    np.testing.assert_allclose(probs, det.predict(batch), rtol=1e-5, atol=1e-6)
+    # Hooks are removed after each call.
+    assert not det.model.stages[-1]._forward_hooks and not det.model.stages[-1]._backward_hooks
+
+
+def test_gradcam_follows_the_requested_class(tiny_checkpoint):
+    det = Detector.load(tiny_checkpoint, device="cpu")
+    x = det.to_tensor(np.random.default_rng(1).integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8))
+    cam = GradCAM(det.model, det.model.stages[-1])
+    _, real_map = cam(x, 0)
+    _, fake_map = cam(x, 1)
+    assert not torch.allclose(real_map, fake_map)
+
+
+def test_colormap_and_overlay():
+    assert colormap_jet(np.array([0.0]))[0].tolist() == [0, 0, 128]
+    assert colormap_jet(np.array([1.0]))[0].tolist() == [128, 0, 0]
+    png = overlay_png(np.zeros((32, 32, 3), np.uint8), np.ones((4, 4)))
+    im = Image.open(io.BytesIO(png))
+    assert im.format == "PNG" and im.size == (128, 128)

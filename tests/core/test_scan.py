@@ -1,0 +1,109 @@
+import io
+import json
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from fakescope.cli import main
+from fakescope.detector import Detector
+from fakescope.scan import run_scan
+from tests.core.conftest import synth_image
+
+
+def _png_header_bomb(w: int, h: int) -> bytes:
+    """A valid, fully decodable 1-bit PNG of ``w`` x ``h`` pixels that compresses to a few hundred KB."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    row = b"\0" + b"\0" * ((w + 7) // 8)
+    comp = zlib.compressobj(9)
+    body = b"".join(comp.compress(row * 1000) for _ in range(h // 1000)) + comp.flush()
+    ihdr = struct.pack(">IIBBBBB", w, h, 1, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", body) + chunk(b"IEND", b"")
+
+
+@pytest.fixture
+def mixed_folder(tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(6):
+        label = "fake" if i % 2 else "real"
+        Image.fromarray(synth_image(label, i)).save(d / f"good_{i}.png")
+    big = io.BytesIO()
+    Image.fromarray(synth_image("real", 99)).resize((300, 200)).save(big, format="JPEG")
+    (d / "good_large.jpg").write_bytes(big.getvalue())
+    (d / "zero.jpg").write_bytes(b"")
+    (d / "notes.txt").write_text("not an image")
+    (d / "truncated.jpg").write_bytes(big.getvalue()[: len(big.getvalue()) // 2])
+    (d / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 2)
+    (d / "bomb.png").write_bytes(_png_header_bomb(20_000, 20_000))
+    return d
+
+
+BAD = {
+    "zero.jpg": "empty file",
+    "notes.txt": "not an image",
+    "truncated.jpg": "truncated",
+    "corrupt.png": "",
+    "bomb.png": "over the limit of 40000000 pixels",
+}
+
+
+def test_scan_reports_each_bad_file_and_classifies_the_rest(mixed_folder, tiny_checkpoint, tmp_path):
+    out = tmp_path / "out"
+    summary = run_scan([mixed_folder], out, checkpoint=tiny_checkpoint, device="cpu", batch_size=4, progress=False)
+    records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    by_file = {r["file"]: r for r in records}
+    assert len(records) == summary.total == 12 and summary.errors == 5
+    for name, reason in BAD.items():
+        rec = by_file[name]
+        assert rec["prediction"] is None and rec["fake_probability"] is None and rec["overlay"] is None
+        assert reason in rec["error"]
+    det = Detector.load(tiny_checkpoint, device="cpu")
+    for i in range(6):
+        rec = by_file[f"good_{i}.png"]
+        assert rec["error"] is None
+        # Each good image gets exactly what the detector says on its own, whatever its neighbours were.
+        expected = float(det.predict(det.prepare(Image.open(mixed_folder / f"good_{i}.png"))[None])[0])
+        assert rec["fake_probability"] == pytest.approx(expected, rel=1e-4, abs=1e-6)
+        assert rec["prediction"] == ("fake" if expected >= 0.5 else "real")
+        assert Image.open(out / rec["overlay"]).format == "PNG"
+    assert by_file["good_large.jpg"]["width"] == 300
+    task1 = json.loads((out / "task1.json").read_text())
+    # Stems are not all integers: indices are positions in sorted order, errors left out.
+    names = sorted(by_file)
+    assert [e["index"] for e in task1] == [names.index(n) + 1 for n in names if by_file[n]["error"] is None]
+    html = (out / "report.html").read_text()
+    assert "bomb.png" in html and "good_3.png" in html and 'value="fake"' in html
+
+
+def test_scan_numeric_stems_and_archives(tiny_checkpoint, tmp_path):
+    import zipfile
+
+    with zipfile.ZipFile(tmp_path / "batch.zip", "w") as zf:
+        for i in (3, 1, 2):
+            buf = io.BytesIO()
+            Image.fromarray(synth_image("fake", i)).save(buf, format="PNG")
+            zf.writestr(f"{i}.png", buf.getvalue())
+    out = tmp_path / "out"
+    assert (
+        main(["scan", str(tmp_path / "batch.zip"), "--out", str(out), "--checkpoint", str(tiny_checkpoint), "-q"]) == 0
+    )
+    assert [e["index"] for e in json.loads((out / "task1.json").read_text())] == [1, 2, 3]
+
+
+def test_scan_is_batch_invariant(tiny_checkpoint, tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(5):
+        Image.fromarray(synth_image("real", i)).save(d / f"{i}.png")
+    probs = []
+    for bs in (1, 5):
+        run_scan([d], tmp_path / f"o{bs}", checkpoint=tiny_checkpoint, device="cpu", batch_size=bs, progress=False)
+        lines = (tmp_path / f"o{bs}" / "results.jsonl").read_text().splitlines()
+        probs.append(np.array([json.loads(x)["fake_probability"] for x in lines]))
+    np.testing.assert_allclose(probs[0], probs[1], rtol=1e-4, atol=1e-6)
