@@ -27,12 +27,12 @@ def test_checkpoint_loads_strictly(tiny_checkpoint, tmp_path):
     state = load_file(str(tiny_checkpoint / "model.safetensors"))
     state.pop("head.bias")
     save_file(state, str(bad / "model.safetensors"))
-    with pytest.raises(RuntimeError, match="head.bias"):
+    with pytest.raises(RuntimeError, match=r"head\.bias"):
         load_checkpoint(bad)
 
 
 def test_checkpoint_errors_name_what_is_missing(tiny_checkpoint, tmp_path):
-    with pytest.raises(FileNotFoundError, match="has no config.json"):
+    with pytest.raises(FileNotFoundError, match=r"has no config\.json"):
         load_checkpoint(tmp_path)
     cfg = json.loads((tiny_checkpoint / "config.json").read_text())
     cfg["format_version"] = 99

@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from fakescope.data import export_split, iter_labelled, label_of, load_labelled, make_split
 
 

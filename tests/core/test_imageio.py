@@ -4,8 +4,9 @@ import zipfile
 
 import numpy as np
 import pytest
-from fakescope.imageio import ImageError, decode_image, iter_inputs, to_rgb_array
 from PIL import Image
+
+from fakescope.imageio import ImageError, decode_image, iter_inputs, to_rgb_array
 
 
 def _png(w=8, h=8, mode="RGB", color=(10, 200, 30)):

@@ -2,6 +2,7 @@ import math
 
 import pytest
 import torch
+
 from fakescope.layers import WaveletAttention, WaveletDownsample, fft_highpass, haar_dwt
 
 

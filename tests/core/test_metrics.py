@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+
 from fakescope.metrics import binary_metrics, expected_calibration_error, roc_auc
 
 

@@ -1,5 +1,6 @@
 import pytest
 import torch
+
 from fakescope.models import create_model, list_models
 from fakescope.models.freqnet_resnet import FCL, HFRFS, checkpoint_filter_fn
 

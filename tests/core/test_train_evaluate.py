@@ -4,12 +4,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
+
 from fakescope.checkpoint import load_checkpoint
 from fakescope.cli import main
 from fakescope.detector import Detector
 from fakescope.evaluate import fgsm_images, format_table, load_eval_data, robustness
 from fakescope.train import TrainConfig, train
-from safetensors.torch import load_file
 
 
 def _cfg(data, out, **kw):
