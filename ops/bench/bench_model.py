@@ -1,0 +1,76 @@
+"""Model-only throughput of every variant: images/s by batch size and thread count, and FLOPs/image.
+
+    python ops/bench/bench_model.py [--variants freqnet_resnet_tiny] [--batch-sizes 1 32 256] [--threads 1 2]
+
+Random weights give the same speed as trained ones. Inference mode, fp32 on CPU (bf16 autocast on
+a GPU when one is present), channels_last; each figure is the best of ``--repeats`` timed runs after
+a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe
+
+from fakescope.models import create_model, list_models
+
+
+def flops_per_image(model: torch.nn.Module, size: int) -> float:
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        model(torch.randn(1, 3, size, size))
+    return float(fc.get_total_flops())
+
+
+def images_per_s(model: torch.nn.Module, batch: int, size: int, device: str, repeats: int) -> float:
+    x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
+    best = float("inf")
+    with torch.inference_mode(), torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        model(x)
+        for _ in range(repeats):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            model(x)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            best = min(best, time.perf_counter() - t)
+    return batch / best
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--variants", nargs="+", default=list_models())
+    p.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 8, 32, 128])
+    p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
+    p.add_argument("--size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    print(f"machine: {describe()}")
+    print(f"{'variant':<22}{'params':>10}{'MFLOP/img':>11}{'threads':>9}{'batch':>7}{'img/s':>10}{'GFLOP/s':>9}")
+    for name in args.variants:
+        model = create_model(name).eval()
+        flops = flops_per_image(model, args.size)
+        n_params = sum(p.numel() for p in model.parameters())
+        model = model.to(device).to(memory_format=torch.channels_last)
+        for threads in args.threads if device == "cpu" else [torch.get_num_threads()]:
+            torch.set_num_threads(threads)
+            for bs in args.batch_sizes:
+                ips = images_per_s(model, bs, args.size, device, args.repeats)
+                print(
+                    f"{name:<22}{n_params / 1e6:>9.2f}M{flops / 1e6:>11.1f}{threads:>9}{bs:>7}"
+                    f"{ips:>10.1f}{ips * flops / 1e9:>9.2f}",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
