@@ -127,6 +127,18 @@ def _power(x: np.ndarray) -> np.ndarray:
     return (f.real**2 + f.imag**2).astype(np.float64)
 
 
+def _group_medians(values: np.ndarray, groups: np.ndarray, n: int) -> np.ndarray:
+    """Median of ``values`` within each group 0..n-1 (0 for an empty group), in one sort."""
+    order = np.lexsort((values, groups))
+    v = values[order]
+    counts = np.bincount(groups, minlength=n)
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    lo = starts + np.maximum(counts - 1, 0) // 2
+    hi = starts + counts // 2
+    med = (v[np.minimum(lo, v.size - 1)] + v[np.minimum(hi, v.size - 1)]) / 2
+    return np.where(counts > 0, med, 0.0)
+
+
 def _spectral_peaks(resid: np.ndarray) -> tuple[float, float, float]:
     """(strongest peak above its ring's median in dB, its period in px, strongest peak at the
     upsampling frequencies 1/2 and 1/4 cycle per pixel in dB)."""
@@ -135,11 +147,7 @@ def _spectral_peaks(resid: np.ndarray) -> tuple[float, float, float]:
     logp = 10 * np.log10(_power(resid) + EPS)
     n_rings = max(4, min(h, w) // 4)
     ring = np.minimum((np.minimum(r, 1.0) * n_rings).astype(int), n_rings - 1)
-    med = np.zeros(n_rings)
-    for k in range(n_rings):
-        sel = ring == k
-        if sel.any():
-            med[k] = np.median(logp[sel])
+    med = _group_medians(logp.ravel(), ring.ravel(), n_rings)
     dev = logp - med[ring]
     mask = (r > 0.25) & (r <= 1.0)
     if not mask.any():
