@@ -7,8 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakescope.explain import ENV_BACKEND, ENV_CLIP_MODEL, ENV_VLM_LORA, ENV_VLM_MODEL
 from PIL import Image
+
+from fakescope.explain import ENV_BACKEND, ENV_CLIP_MODEL, ENV_VLM_LORA, ENV_VLM_MAX_NEW_TOKENS, ENV_VLM_MODEL
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
@@ -30,7 +31,7 @@ def shared_data() -> object:
 @pytest.fixture(autouse=True)
 def _no_explain_env(monkeypatch: pytest.MonkeyPatch) -> None:
     # The developer's shell may point these at real weights; every test states what it loads.
-    for var in (ENV_BACKEND, ENV_CLIP_MODEL, ENV_VLM_MODEL, ENV_VLM_LORA):
+    for var in (ENV_BACKEND, ENV_CLIP_MODEL, ENV_VLM_MODEL, ENV_VLM_LORA, ENV_VLM_MAX_NEW_TOKENS):
         monkeypatch.delenv(var, raising=False)
 
 

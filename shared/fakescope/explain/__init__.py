@@ -32,6 +32,7 @@ __all__ = [
     "ENV_BACKEND",
     "ENV_CLIP_MODEL",
     "ENV_VLM_LORA",
+    "ENV_VLM_MAX_NEW_TOKENS",
     "ENV_VLM_MODEL",
     "MAX_ARTIFACTS",
     "ExplainInput",
@@ -47,6 +48,7 @@ ENV_BACKEND = "FAKESCOPE_EXPLAIN_BACKEND"
 ENV_CLIP_MODEL = "FAKESCOPE_CLIP_MODEL"
 ENV_VLM_MODEL = "FAKESCOPE_VLM_MODEL"
 ENV_VLM_LORA = "FAKESCOPE_VLM_LORA"
+ENV_VLM_MAX_NEW_TOKENS = "FAKESCOPE_VLM_MAX_NEW_TOKENS"
 
 BACKENDS = ("evidence", "vlm")
 
@@ -158,7 +160,8 @@ def load_explainer(backend: str | None = None, **options: Any) -> Explainer:
         **options: passed to the backend. ``evidence``: ``calibration`` (path of a calibration
             JSON), ``clip_model`` (optional zero-shot class gate), ``max_artifacts``. ``vlm``:
             ``clip_model``, ``vlm_model``, ``vlm_lora`` (default from the environment variables
-            above), ``device``, ``max_new_tokens``, ``threshold``, ``top_k``, ``batch_size``.
+            above), ``device``, ``max_new_tokens`` (default ``$FAKESCOPE_VLM_MAX_NEW_TOKENS`` or 240),
+            ``threshold``, ``top_k``, ``batch_size``.
 
     Raises:
         ExplainerConfigError: unknown backend, or weights missing where the configuration points.
@@ -180,5 +183,10 @@ def load_explainer(backend: str | None = None, **options: Any) -> Explainer:
         options.setdefault("clip_model", clip_env)
         options.setdefault("vlm_model", vlm_env)
         options.setdefault("vlm_lora", lora_env)
+        if budget := _env_path(ENV_VLM_MAX_NEW_TOKENS):
+            try:
+                options.setdefault("max_new_tokens", int(budget))
+            except ValueError as e:
+                raise ExplainerConfigError(f"{ENV_VLM_MAX_NEW_TOKENS} must be an integer, got {budget!r}") from e
         return VLMExplainer.load(**options)
     raise ExplainerConfigError(f"unknown explain backend {backend!r}; expected one of {', '.join(BACKENDS)}")
