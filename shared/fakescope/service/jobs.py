@@ -11,6 +11,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
 from typing import IO, Any
 
@@ -282,6 +283,11 @@ def job_counts(session: Session, *, job_id: uuid.UUID) -> JobCounts:
     )
 
 
+def _aware(ts: datetime | None) -> datetime | None:
+    # SQLite hands timestamps back without their zone; they were written in UTC.
+    return ts.replace(tzinfo=UTC) if ts is not None and ts.tzinfo is None else ts
+
+
 def job_public(session: Session, job: Job, status_url: str) -> JobPublic:
     return JobPublic(
         id=job.id,
@@ -290,9 +296,9 @@ def job_public(session: Session, job: Job, status_url: str) -> JobPublic:
         callback_url=job.callback_url,
         counts=job_counts(session, job_id=job.id),
         status_url=status_url,
-        created_at=job.created_at,
-        started_at=job.started_at,
-        finished_at=job.finished_at,
+        created_at=_aware(job.created_at),
+        started_at=_aware(job.started_at),
+        finished_at=_aware(job.finished_at),
         error=job.error,
     )
 

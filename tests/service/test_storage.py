@@ -1,0 +1,44 @@
+"""The embedded object store: atomic files, keys kept inside its folder, signed expiring URLs."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from fakescope.settings import Settings
+from fakescope.storage import LocalStore, ObjectNotFound, overlay_key, verify_local_signature
+
+
+def test_local_store_round_trip_and_signed_urls(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, secret_key="s3cret", public_url="http://api.test")
+    store = LocalStore(settings)
+    key = overlay_key("job", 3)
+    store.put(key, b"png")
+    assert store.get(key) == b"png"
+    assert store.list("jobs/job/") == [key]
+    with pytest.raises(ObjectNotFound):
+        store.get("jobs/other")
+    with pytest.raises(ObjectNotFound):
+        store.get("../../etc/passwd")
+
+    url = urlsplit(store.presign_get(key, 60))
+    assert url.netloc == "api.test" and url.path == f"/objects/{key}"
+    q = {k: v[0] for k, v in parse_qs(url.query).items()}
+    assert verify_local_signature(settings, "GET", key, int(q["expires"]), q["signature"])
+    assert not verify_local_signature(settings, "PUT", key, int(q["expires"]), q["signature"])
+    assert not verify_local_signature(settings, "GET", key + "x", int(q["expires"]), q["signature"])
+    assert not verify_local_signature(settings, "GET", key, int(q["expires"]) + 1, q["signature"])
+    expired = int(time.time()) - 1
+    assert not verify_local_signature(settings, "GET", key, expired, q["signature"])
+
+
+def test_settings_normalise_postgres_url_and_refuse_placeholders() -> None:
+    s = Settings(database_url="postgresql://u@h:5432/db")
+    assert s.sqlalchemy_url == "postgresql+psycopg://u@h:5432/db"
+    with pytest.raises(ValueError, match="FAKESCOPE_SECRET_KEY"):
+        Settings(environment="production", s3_secret_key="real-one")
+    with pytest.raises(ValueError, match="VISIBILITY_TIMEOUT"):
+        Settings(task_time_limit_s=100, visibility_timeout_s=50)
