@@ -6,14 +6,15 @@ import uuid
 from collections.abc import Iterator
 from typing import Annotated
 
+from fastapi import Depends, HTTPException, Security, status
+from fastapi.security import APIKeyHeader
+from sqlmodel import Session
+
 from fakescope.db.engine import get_engine
 from fakescope.service.tenants import authenticate
 from fakescope.settings import Settings, get_settings
 from fakescope.storage import ObjectStore, get_store
 from fakescope.tasks import Enqueuer, make_celery
-from fastapi import Depends, HTTPException, Security, status
-from fastapi.security import APIKeyHeader
-from sqlmodel import Session
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="A tenant's API key.")
 

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import logging
 
+from sqlmodel import Session
+
 from fakescope.db.engine import get_engine, migrate
 from fakescope.service.tenants import ensure_api_key
 from fakescope.settings import Settings, get_settings
 from fakescope.storage import get_store
-from sqlmodel import Session
 
 logger = logging.getLogger("api.prestart")
 

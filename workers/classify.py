@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 
 from celery import Task
+from sqlalchemy.exc import OperationalError
+
 from fakescope.service.processing import classify_chunk, fail_items
 from fakescope.settings import get_settings
 from fakescope.storage import StorageError
 from fakescope.tasks import TaskName
-from sqlalchemy.exc import OperationalError
-
 from workers import runtime
 from workers.celery_app import app
 

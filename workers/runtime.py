@@ -12,11 +12,12 @@ import logging
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from sqlmodel import Session
+
 from fakescope.db.engine import get_engine
 from fakescope.settings import get_settings
 from fakescope.storage import ObjectStore, get_store
 from fakescope.tasks import Enqueuer
-from sqlmodel import Session
 
 if TYPE_CHECKING:
     from fakescope.detector import Detector

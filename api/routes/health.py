@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import logging
 
-from fakescope.queues import queue_depths
-from fakescope.storage import StorageError
 from fastapi import APIRouter, HTTPException, Response, status
 from kombu.exceptions import OperationalError as BrokerError
 from sqlalchemy import text
 from sqlalchemy.exc import SQLAlchemyError
 
 from api.deps import EnqueuerDep, SessionDep, SettingsDep, StoreDep
+from fakescope.queues import queue_depths
+from fakescope.storage import StorageError
 
 router = APIRouter(tags=["health"])
 logger = logging.getLogger(__name__)

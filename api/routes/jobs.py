@@ -8,14 +8,14 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
-from fakescope.db.models import Job, JobCreate, JobItem, JobPublic, JobsPublic
-from fakescope.service import jobs as svc
-from fakescope.storage import ObjectStore
-from fakescope.taskformat import task1, task2
 from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Request, Response, UploadFile, status
 from pydantic import BaseModel
 
 from api.deps import EnqueuerDep, SessionDep, SettingsDep, StoreDep, TenantDep
+from fakescope.db.models import Job, JobCreate, JobItem, JobPublic, JobsPublic
+from fakescope.service import jobs as svc
+from fakescope.storage import ObjectStore
+from fakescope.taskformat import task1, task2
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 logger = logging.getLogger(__name__)

@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fakescope.storage import LocalStore, ObjectNotFound, verify_local_signature
 from fastapi import APIRouter, HTTPException, Query, Request, Response, status
 
 from api.deps import SettingsDep, StoreDep
+from fakescope.storage import LocalStore, ObjectNotFound, verify_local_signature
 
 router = APIRouter(prefix="/objects", tags=["objects"], include_in_schema=False)
 

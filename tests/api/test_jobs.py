@@ -12,11 +12,12 @@ from typing import ClassVar
 
 import httpx
 import pytest
+from PIL import Image
+from stackfixtures import ServiceStack, png_bytes, wait_until
+
 from fakescope.detector import Detector
 from fakescope.imageio import iter_inputs
 from fakescope.pipeline import classify_items
-from PIL import Image
-from stackfixtures import ServiceStack, png_bytes, wait_until
 
 pytestmark = pytest.mark.slow
 

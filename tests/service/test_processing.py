@@ -7,14 +7,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
+from sqlmodel import select
+from stackfixtures import ServiceEnv, png_bytes
+
 from fakescope.db.models import ItemStatus, Job, JobItem, JobState
 from fakescope.detector import Detector
 from fakescope.imageio import InputItem
 from fakescope.service import jobs as svc
 from fakescope.service.processing import classify_chunk
 from fakescope.service.tenants import authenticate, create_api_key, hash_key
-from sqlmodel import select
-from stackfixtures import ServiceEnv, png_bytes
 
 
 class Chunks:

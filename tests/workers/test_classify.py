@@ -6,11 +6,12 @@ import signal
 import time
 
 import pytest
-from fakescope.db.models import JobItem
-from fakescope.storage import overlay_key
 from sqlalchemy import func
 from sqlmodel import col, select
 from stackfixtures import ServiceStack, png_bytes, wait_until
+
+from fakescope.db.models import JobItem
+from fakescope.storage import overlay_key
 
 pytestmark = pytest.mark.slow
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakescope.detector import Detector
 from PIL import Image
 from stackfixtures import ServiceStack, png_bytes
+
+from fakescope.detector import Detector
 
 pytestmark = pytest.mark.slow
 

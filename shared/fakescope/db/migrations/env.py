@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import fakescope.db.models  # noqa: F401  (registers the tables on SQLModel.metadata)
 from alembic import context
-from fakescope.settings import Settings
 from sqlalchemy import engine_from_config, pool
 from sqlmodel import SQLModel
+
+import fakescope.db.models  # noqa: F401  (registers the tables on SQLModel.metadata)
+from fakescope.settings import Settings
 
 config = context.config
 target_metadata = SQLModel.metadata
