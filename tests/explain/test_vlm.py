@@ -88,6 +88,7 @@ def test_vlm_backend_end_to_end_with_lora(tiny_clip: Path, tiny_idefics2: Path, 
 
 def test_lora_adapter_changes_the_loaded_weights(tiny_idefics2: Path, tiny_lora: Path) -> None:
     import torch
+
     from fakescope.explain.idefics import Idefics2Explainer
 
     base = Idefics2Explainer.load(str(tiny_idefics2), device="cpu").model
@@ -117,3 +118,23 @@ def test_missing_vlm_weights_name_what_is_missing(tmp_path: Path, tiny_clip: Pat
         load_explainer("vlm", vlm_model=str(tiny_idefics2))
     with pytest.raises(ExplainerConfigError, match="LoRA adapter folder not found"):
         load_explainer("vlm", clip_model=str(tiny_clip), vlm_model=str(tiny_idefics2), vlm_lora=str(tmp_path / "x"))
+
+
+@pytest.mark.gpu
+def test_gpu_loads_fp16_with_a_device_map(tiny_clip: Path, tiny_idefics2: Path, tiny_lora: Path) -> None:
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    ex = load_explainer(
+        "vlm",
+        clip_model=str(tiny_clip),
+        vlm_model=str(tiny_idefics2),
+        vlm_lora=str(tiny_lora),
+        device="cuda",
+        max_new_tokens=4,
+    )
+    assert ex.writer.model.dtype == torch.float16 and ex.scorer.model.dtype == torch.float16
+    assert getattr(ex.writer.model, "hf_device_map", None), "accelerate placed no device map"
+    out = ex.explain(_inputs(2))
+    assert len(out) == 2 and all(1 <= len(e) <= MAX_ARTIFACTS for e in out)

@@ -70,7 +70,9 @@ def resolving(source: str, what: str) -> Iterator[None]:
     """Turns the errors ``from_pretrained`` raises for missing weights into one that names them."""
     try:
         yield
-    except OSError as e:  # transformers raises OSError (or EnvironmentError) for missing files and offline misses
+    except (OSError, ValueError) as e:
+        # transformers raises OSError for missing files and offline misses; peft raises ValueError
+        # for a folder without adapter_config.json.
         raise ExplainerConfigError(f"cannot load {what} from {source!r}: {e}") from e
 
 
