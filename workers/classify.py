@@ -21,7 +21,7 @@ TRANSIENT = (StorageError, OperationalError)
 MAX_RETRIES = 5
 
 
-@app.task(name=TaskName.CLASSIFY.value, bind=True, max_retries=MAX_RETRIES)
+@app.task(name=TaskName.CLASSIFY.value, bind=True, max_retries=MAX_RETRIES, base=runtime.ChunkTask)
 def classify(self: Task, job_id: str, item_ids: list[str]) -> int:
     try:
         with runtime.session() as session:

@@ -12,9 +12,12 @@ import logging
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from billiard.exceptions import TimeLimitExceeded
+from celery import Task
 from sqlmodel import Session
 
 from fakescope.db.engine import get_engine
+from fakescope.service.processing import fail_items
 from fakescope.settings import get_settings
 from fakescope.storage import ObjectStore, get_store
 from fakescope.tasks import Enqueuer
@@ -60,3 +63,25 @@ def explainer() -> Any:
     from fakescope.explain import load_explainer
 
     return load_explainer(get_settings().explain_backend or None)
+
+
+class ChunkTask(Task):
+    """A task over a chunk of a job's items that never leaves them waiting when it fails.
+
+    Exceptions raised by the task body are handled there; ``on_failure`` also runs when the hard time
+    limit kills the pool child (Celery calls it from the parent), where the body had no chance to.
+    Marking items failed is conditional on them still waiting, so doing it twice is harmless.
+    """
+
+    explain_pool = False
+
+    def on_failure(self, exc: Exception, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
+        if not isinstance(exc, TimeLimitExceeded):
+            return
+        reason = f"{'explanation' if self.explain_pool else 'classification'} exceeded the time limit of {exc}s"
+        logger.error("task %s: %s", task_id, reason)
+        reset_db()
+        with session() as s:
+            fail_items(
+                s, job_id=kwargs["job_id"], item_ids=kwargs["item_ids"], reason=reason, explain=self.explain_pool
+            )

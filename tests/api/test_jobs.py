@@ -55,7 +55,7 @@ def test_200_images_end_to_end_match_scan(service_stack: ServiceStack, tiny_chec
         assert created["state"] == "queued"
         assert created["counts"]["total"] == 200
         assert created["status_url"] == f"{service_stack.api_url}/v1/jobs/{created['id']}"
-        job = service_stack.wait_job(created["id"], timeout=180)
+        job = service_stack.wait_job(created["id"], timeout=400)
         assert job["state"] == "succeeded", job
         assert job["counts"] == {
             "total": 200,

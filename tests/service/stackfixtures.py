@@ -196,8 +196,8 @@ def build_env(tmp: Path, checkpoint: Path) -> ServiceEnv:
         "FAKESCOPE_EXPLAIN_CHUNK_SIZE": "4",
         # Short enough that a message of a SIGKILLed worker comes back within the test, and still
         # above the task time limit, as in production.
-        "FAKESCOPE_TASK_TIME_LIMIT_S": "20",
-        "FAKESCOPE_VISIBILITY_TIMEOUT_S": "25",
+        "FAKESCOPE_TASK_TIME_LIMIT_S": "90",
+        "FAKESCOPE_VISIBILITY_TIMEOUT_S": "100",
         "FAKESCOPE_RESTORE_INTERVAL_S": "1",
         "FAKESCOPE_DATA_DIR": str(tmp / "data"),
         "FAKESCOPE_FLOWER_BASIC_AUTH": FLOWER_AUTH,

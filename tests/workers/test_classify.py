@@ -41,7 +41,7 @@ def test_sigkill_mid_job_then_fresh_worker_gives_one_result_each(service_stack: 
 
         st.classify_worker = f"classify-{int(old.rsplit('-', 1)[1]) + 1}"
         st.start_worker("classify", st.classify_worker)
-        job = st.wait_job(job_id, timeout=300)
+        job = st.wait_job(job_id, timeout=400)
         assert job["state"] == "succeeded", job
         assert job["counts"]["done"] == N
         results = c.get(f"/v1/jobs/{job_id}/results", params={"limit": 1000}).json()
