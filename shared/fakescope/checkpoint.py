@@ -55,6 +55,7 @@ class CheckpointMeta:
     preprocess: Preprocess
     labels: tuple[str, ...] = ("real", "fake")
     temperature: float = 1.0
+    tta_hflip: bool = False
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
@@ -75,6 +76,7 @@ class CheckpointMeta:
             preprocess=Preprocess.from_dict(d["preprocess"]),
             labels=tuple(d["labels"]),
             temperature=float(d["temperature"]),
+            tta_hflip=bool(d.get("tta_hflip", False)),
             training=d.get("training", {}),
             metrics=d.get("metrics", {}),
         )

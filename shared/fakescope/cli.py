@@ -92,6 +92,14 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from fakescope.evaluate import recalibrate
+
+    result = recalibrate(args.checkpoint, args.data or DEFAULT_DATA, tta_hflip=args.tta)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _cmd_export_split(args: argparse.Namespace) -> int:
     from fakescope.data import export_split
 
@@ -150,6 +158,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.add_argument("--json", help="also write the report as JSON here")
     p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("calibrate", help="refit the temperature on the checkpoint's calibration split")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--data", action="append", help="the sources the checkpoint was trained on")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False, help="mirror-image TTA")
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("export-split", help="write one part of the train/val split as image files")
     _add_split_args(p)

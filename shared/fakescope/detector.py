@@ -77,10 +77,23 @@ class Detector:
         """Calibrated probability of fake for each row of ``logits``."""
         return torch.softmax(logits.float() / self.meta.temperature, dim=1)[:, self.fake_index].cpu().numpy()
 
+    def _with_tta(self, x: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        # Mirror-image test-time augmentation when the checkpoint asks for it: the training data was
+        # flipped, so the mirrored view is an equally valid second opinion.
+        if not self.meta.tta_hflip:
+            return logits
+        with torch.no_grad():
+            return (logits + self.model(x.flip(-1))) / 2
+
     @torch.no_grad()
+    def logits(self, batch: np.ndarray) -> torch.Tensor:
+        """Raw (uncalibrated) logits of a ``(N, H, W, 3)`` uint8 batch."""
+        x = self.to_tensor(batch)
+        return self._with_tta(x, self.model(x))
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated fake probabilities of a ``(N, H, W, 3)`` uint8 batch."""
-        return self.probabilities(self.model(self.to_tensor(batch)))
+        return self.probabilities(self.logits(batch))
 
     def predict_with_cam(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Fake probabilities and, for each image, the GradCAM map of its predicted class.
@@ -88,5 +101,11 @@ class Detector:
         Returns:
             ``(fake_prob (N,), cams (N, H, W) in [0, 1])``.
         """
-        logits, cams = self._gradcam(self.to_tensor(batch))
+        x = self.to_tensor(batch)
+        if not self.meta.tta_hflip:
+            logits, cams = self._gradcam(x)
+            return self.probabilities(logits), cams.cpu().numpy()
+        # With TTA the verdict comes from both views: show the evidence for that verdict.
+        logits = self.logits(batch)
+        _, cams = self._gradcam(x, logits.argmax(1))
         return self.probabilities(logits), cams.cpu().numpy()

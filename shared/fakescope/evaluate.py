@@ -9,6 +9,7 @@ white-box worst case, not a threat model for a black-box service.
 from __future__ import annotations
 
 import io
+import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,11 +20,21 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
+from fakescope.calibration import fit_temperature
+from fakescope.checkpoint import CONFIG_FILE
 from fakescope.data import LabelledArray, load_labelled, make_split
 from fakescope.detector import Detector
 from fakescope.metrics import binary_metrics
 
-__all__ = ["PERTURBATIONS", "evaluate_arrays", "fgsm_images", "format_table", "load_eval_data", "robustness"]
+__all__ = [
+    "PERTURBATIONS",
+    "evaluate_arrays",
+    "fgsm_images",
+    "format_table",
+    "load_eval_data",
+    "recalibrate",
+    "robustness",
+]
 
 NOISE_SIGMA = 0.02  # in [0, 1] pixel units, about 5/255
 
@@ -146,3 +157,32 @@ def format_table(table: dict[str, dict[str, Any]]) -> str:
     for name, m in table.items():
         lines.append(f"{name:<26}" + "".join(f"{m[c]:>11.4f}" for c in cols) + f"{m['n']:>8}")
     return "\n".join(lines)
+
+
+def recalibrate(
+    checkpoint: str | Path, sources: Sequence[str | Path], *, tta_hflip: bool, batch_size: int = 256
+) -> dict[str, Any]:
+    """Refits the temperature on the checkpoint's calibration split, with or without flip TTA.
+
+    Rewrites ``config.json`` (the weights are untouched) with the new temperature, the TTA setting,
+    and the validation metrics measured with them, and returns the calibration-split accuracy of
+    both choices so the decision can be made on data the reported metrics never saw.
+    """
+    checkpoint = Path(checkpoint)
+    detector = Detector.load(checkpoint, device="auto")
+    calib = load_eval_data(sources, detector, split="calib")
+    calib_acc = {}
+    for tta in (False, True):
+        detector.meta.tta_hflip = tta
+        logits = torch.cat(
+            [detector.logits(calib.images[i : i + batch_size]) for i in range(0, len(calib), batch_size)]
+        )
+        calib_acc[tta] = float((logits.argmax(1).numpy() == calib.labels).mean())
+        if tta == tta_hflip:
+            temperature = fit_temperature(logits, torch.from_numpy(calib.labels))
+    detector.meta.tta_hflip = tta_hflip
+    detector.meta.temperature = temperature
+    val = load_eval_data(sources, detector, split="val")
+    detector.meta.metrics = {"validation": evaluate_arrays(detector, val, batch_size), "temperature": temperature}
+    (checkpoint / CONFIG_FILE).write_text(json.dumps(detector.meta.to_dict(), indent=2) + "\n")
+    return {"calib_accuracy": {"plain": calib_acc[False], "hflip_tta": calib_acc[True]}, **detector.meta.metrics}

@@ -85,3 +85,19 @@ def test_cli_train_and_evaluate(synth_cifake, tmp_path, capsys):
     assert main(["evaluate", "--data", str(synth_cifake), "--checkpoint", str(ck), "--json", str(report)]) == 0
     assert "clean" in capsys.readouterr().out
     assert json.loads(report.read_text())["metrics"]["clean"]["n"] == 80
+
+
+def test_recalibrate_with_flip_tta(synth_cifake, tmp_path):
+    from fakescope.evaluate import recalibrate
+
+    ck = train(_cfg(synth_cifake, tmp_path / "ck", epochs=1))
+    result = recalibrate(ck, [str(synth_cifake)], tta_hflip=True)
+    assert set(result["calib_accuracy"]) == {"plain", "hflip_tta"}
+    det = Detector.load(ck, device="cpu")
+    assert det.meta.tta_hflip and det.meta.temperature == pytest.approx(result["temperature"])
+    assert det.meta.metrics["validation"]["n"] == 16
+    # With mirror TTA an image and its mirror image get the same verdict and probability.
+    images = load_eval_data([synth_cifake], det, split="val").images
+    np.testing.assert_allclose(det.predict(images), det.predict(images[:, :, ::-1].copy()), rtol=1e-5, atol=1e-6)
+    probs, cams = det.predict_with_cam(images)
+    np.testing.assert_allclose(probs, det.predict(images), rtol=1e-5, atol=1e-6)
