@@ -100,4 +100,5 @@ def test_recalibrate_with_flip_tta(synth_cifake, tmp_path):
     images = load_eval_data([synth_cifake], det, split="val").images
     np.testing.assert_allclose(det.predict(images), det.predict(images[:, :, ::-1].copy()), rtol=1e-5, atol=1e-6)
     probs, cams = det.predict_with_cam(images)
+    assert cams.shape == (16, 32, 32)
     np.testing.assert_allclose(probs, det.predict(images), rtol=1e-5, atol=1e-6)
