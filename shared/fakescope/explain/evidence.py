@@ -211,7 +211,8 @@ def _where(details: dict[str, float]) -> str | None:
     row = _ROWS[min(2, int(details["cam_y"] * 3))]
     col = _COLS[min(2, int(details["cam_x"] * 3))]
     place = "centre" if row == "middle" and col == "centre" else f"{row} {col}".replace("middle ", "")
-    return f"the detector's attention centres on the {place}, {details['cam_top_tenth']:.0%} of it on the hottest tenth"
+    share = details["cam_top_tenth"]
+    return f"the detector looks mostly at the {place}, with {share:.0%} of its attention on the hottest tenth"
 
 
 class EvidenceExplainer:
