@@ -1,4 +1,4 @@
-"""The ``fakescope`` command: scan, train, evaluate, export-split."""
+"""The ``fakescope`` command: scan images, train and evaluate detectors, run the job service."""
 
 from __future__ import annotations
 
@@ -115,6 +115,14 @@ def _cmd_export_split(args: argparse.Namespace) -> int:
     return 0
 
 
+# Subcommands whose own module parses the rest of the command line.
+DELEGATED = {
+    "serve": ("fakescope.stack", "run the job service natively: API, classify and explain pools, Flower"),
+    "finetune-explainer": ("fakescope.explain.finetune", "LoRA fine-tuning of the Idefics2 explainer"),
+    "calibrate-evidence": ("fakescope.explain.calibrate", "measure the evidence signals on real images"),
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fakescope", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -170,10 +178,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", choices=["train", "val", "calib"], default="val")
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_export_split)
+
+    for name, (_, help_text) in DELEGATED.items():
+        sub.add_parser(name, help=f"{help_text} (see 'fakescope {name} --help')", add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in DELEGATED:
+        import importlib
+
+        module = importlib.import_module(DELEGATED[argv[0]][0])
+        return int(module.main(argv[1:]))
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
