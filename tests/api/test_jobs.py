@@ -16,7 +16,7 @@ from PIL import Image
 from stackfixtures import ServiceStack, png_bytes, wait_until
 
 from fakescope.detector import Detector
-from fakescope.imageio import iter_inputs
+from fakescope.imageio import InputItem, iter_inputs
 from fakescope.pipeline import classify_items
 
 pytestmark = pytest.mark.slow
@@ -80,6 +80,9 @@ def test_200_images_end_to_end_match_scan(service_stack: ServiceStack, tiny_chec
     detector = Detector.load(tiny_checkpoint, device="cpu")
     expected = {r.name: r for r in classify_items(detector, iter_inputs([tmp_path / "in"]), overlays=False)}
 
+    def _bytes_of(name: str) -> bytes:
+        return {**loose, **{f"batch.zip/{k}": v for k, v in zipped.items()}}[name]
+
     assert len(results) == 200
     assert sorted(r["name"] for r in results) == sorted(expected)
     for got in results:
@@ -95,7 +98,9 @@ def test_200_images_end_to_end_match_scan(service_stack: ServiceStack, tiny_chec
             assert o.status_code == 200
             im = Image.open(io.BytesIO(o.content))
             assert im.format == "PNG"
-            assert im.size == (want.width, want.height)
+            data = _bytes_of(got["name"])
+            (scan_overlay,) = classify_items(detector, [InputItem(got["name"], lambda data=data: data)])
+            assert im.size == Image.open(io.BytesIO(scan_overlay.overlay_png)).size
 
     by_stem = {int(Path(n).stem): r.prediction for n, r in expected.items()}
     assert task1 == [{"index": i, "prediction": by_stem[i]} for i in range(1, 201)]
