@@ -57,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     import torch
+
     from fakescope.explain.idefics import Idefics2Explainer
 
     if not torch.cuda.is_available() and not args.allow_cpu:

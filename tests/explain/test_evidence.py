@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image, ImageFilter
+
 from fakescope.explain import (
     MAX_ARTIFACTS,
     ExplainerConfigError,
@@ -18,7 +20,6 @@ from fakescope.explain import (
 from fakescope.explain.calibrate import main as calibrate_main
 from fakescope.explain.evidence import RULES, Calibration, EvidenceExplainer
 from fakescope.explain.taxonomy import BY_NAME
-from PIL import Image, ImageFilter
 
 NUMBER = re.compile(r"\d+\.\d+")
 

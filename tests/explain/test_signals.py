@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fakescope.explain.signals import SIGNALS, measure, size_bucket
 from PIL import Image, ImageFilter
+
+from fakescope.explain.signals import SIGNALS, measure, size_bucket
 
 
 @pytest.fixture
