@@ -132,7 +132,7 @@ class ServiceStack:
 
     def start_worker(self, pool: str, name: str) -> None:
         self.stack.start_worker(pool, name=name)
-        wait_until(lambda: self.worker_ready(f"{name}@"), 90, f"worker {name}", interval=1)
+        wait_until(lambda: self.worker_ready(f"{name}@"), 300, f"worker {name}", interval=1)
 
 
 def _start_moto(tmp: Path) -> tuple[str, Callable[[], None]]:
