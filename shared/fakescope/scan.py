@@ -68,7 +68,7 @@ def run_scan(
     detector = detector or Detector.load(checkpoint, device=device)
     explainer = None
     if explain:
-        from fakescope.explain import ExplainInput, load_explainer
+        from fakescope.explain import ExplainInput, ExplainInputError, load_explainer
 
         explainer = load_explainer(explain_backend)
 
@@ -77,10 +77,17 @@ def run_scan(
     pending: list[tuple[dict[str, Any], ImageResult]] = []
 
     def flush() -> None:
-        # Explain the fakes of a batch together: every backend is faster on batches.
+        # Explain the fakes of a batch together: every backend is faster on batches. An image the
+        # explainer cannot take gets its own explain_error; the others in the batch are explained.
         if explainer is not None and pending:
-            explained = explainer.explain([ExplainInput.from_result(r) for _, r in pending])
-            for (rec, _), artifacts in zip(pending, explained, strict=True):
+            ready = []
+            for rec, r in pending:
+                try:
+                    ready.append((rec, ExplainInput.from_result(r)))
+                except ExplainInputError as e:
+                    rec["explain_error"] = str(e)
+            explained = explainer.explain([inp for _, inp in ready]) if ready else []
+            for (rec, _), artifacts in zip(ready, explained, strict=True):
                 rec["artifacts"] = artifacts
         pending.clear()
 
