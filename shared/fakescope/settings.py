@@ -83,8 +83,11 @@ class Settings(BaseSettings):
     def broker_transport_options(self) -> dict[str, object]:
         if self.broker_url is None:
             folder = (self.data_dir / "broker").resolve()
+            control = (self.data_dir / "broker-control").resolve()
             folder.mkdir(parents=True, exist_ok=True)
-            return {"data_folder_in": str(folder), "data_folder_out": str(folder)}
+            control.mkdir(parents=True, exist_ok=True)
+            # Kombu's control (broadcast) folder defaults to ./control in the working directory.
+            return {"data_folder_in": str(folder), "data_folder_out": str(folder), "control_folder": str(control)}
         return {
             "visibility_timeout": self.visibility_timeout_s,
             "unacked_restore_interval": self.restore_interval_s,
