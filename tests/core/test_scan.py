@@ -107,3 +107,37 @@ def test_scan_is_batch_invariant(tiny_checkpoint, tmp_path):
         lines = (tmp_path / f"o{bs}" / "results.jsonl").read_text().splitlines()
         probs.append(np.array([json.loads(x)["fake_probability"] for x in lines]))
     np.testing.assert_allclose(probs[0], probs[1], rtol=1e-4, atol=1e-6)
+
+
+def test_scan_explain_names_taxonomy_artifacts_deterministically(tiny_checkpoint, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from fakescope.explain.taxonomy import BY_NAME
+
+    # A checkpoint that calls everything fake, so every image gets explained.
+    fake_all = tmp_path / "fake_all"
+    fake_all.mkdir()
+    (fake_all / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
+    state = load_file(str(tiny_checkpoint / "model.safetensors"))
+    state["head.bias"] = state["head.bias"].new_tensor([-20.0, 20.0])
+    save_file(state, str(fake_all / "model.safetensors"))
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(4):
+        Image.fromarray(synth_image("fake", i)).resize((96, 96)).save(d / f"{i + 1}.png")
+    (d / "5.png").write_bytes(b"")
+    outputs = []
+    for run in range(2):
+        out = tmp_path / f"out{run}"
+        run_scan([d], out, checkpoint=fake_all, device="cpu", explain=True, progress=False)
+        outputs.append(((out / "task2.json").read_text(), (out / "results.jsonl").read_text()))
+    assert outputs[0] == outputs[1]
+    task2 = json.loads(outputs[0][0])
+    assert [e["index"] for e in task2] == [1, 2, 3, 4]
+    records = {json.loads(x)["file"]: json.loads(x) for x in outputs[0][1].splitlines()}
+    for entry in task2:
+        expl = entry["explanation"]
+        assert 1 <= len(expl) <= 5
+        assert all(name in BY_NAME and reason.strip() for name, reason in expl.items())
+        assert records[f"{entry['index']}.png"]["artifacts"] == expl
+    assert records["5.png"]["error"] == "empty file (0 bytes)"
