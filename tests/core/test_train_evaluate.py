@@ -69,7 +69,8 @@ def test_evaluate_split_and_robustness(synth_cifake, tmp_path):
     loss = F.cross_entropy(det.model((x - det._mean) / det._std), torch.from_numpy(val.labels))
     (grad,) = torch.autograd.grad(loss, x)
     step = torch.from_numpy(adv.astype(np.int16) - val.images.astype(np.int16)).permute(0, 3, 1, 2)
-    inside = (x > 2 / 255) & (x < 1 - 2 / 255) & (grad != 0)
+    # Threaded reductions can flip the sign of a gradient within rounding of zero: compare the rest.
+    inside = (x > 2 / 255) & (x < 1 - 2 / 255) & (grad.abs() > 1e-4 * grad.abs().max())
     assert inside.float().mean() > 0.5
     assert torch.equal(step[inside], 2 * grad.sign()[inside].to(torch.int16))
     assert "fgsm_eps4/255" in format_table(table)
