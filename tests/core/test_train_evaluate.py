@@ -11,6 +11,7 @@ from fakescope.cli import main
 from fakescope.detector import Detector
 from fakescope.evaluate import fgsm_images, format_table, load_eval_data, robustness
 from fakescope.train import TrainConfig, train
+from tests.core.conftest import write_cifake
 
 
 def _cfg(data, out, **kw):
@@ -74,8 +75,10 @@ def test_evaluate_split_and_robustness(synth_cifake, tmp_path):
     assert inside.float().mean() > 0.5
     assert torch.equal(step[inside], 2 * grad.sign()[inside].to(torch.int16))
     assert "fgsm_eps4/255" in format_table(table)
+    # Other sources give another split: refused instead of silently scoring trained-on images.
+    other = write_cifake(tmp_path / "other", 30)
     with pytest.raises(ValueError, match="do not reproduce"):
-        load_eval_data([synth_cifake / "REAL"], det, split="val")
+        load_eval_data([other], det, split="val")
 
 
 def test_cli_train_and_evaluate(synth_cifake, tmp_path, capsys):
