@@ -40,6 +40,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resume=args.resume,
         max_train=args.max_train,
         stop_after=args.stop_after,
+        init_from=args.init_from,
     )
     out = train(cfg)
     print(json.dumps(json.loads((out / "config.json").read_text())["metrics"], indent=2))
@@ -141,6 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from --out's last epoch")
     p.add_argument("--max-train", type=int, help="train on at most this many images (smoke runs)")
     p.add_argument("--stop-after", type=int, help="stop after this epoch (preemptible runs; then --resume)")
+    p.add_argument("--init-from", help="start from this checkpoint's weights with a fresh schedule (warm restart)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("scan", help="classify images, folders and archives; no services needed")

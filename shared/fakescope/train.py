@@ -56,6 +56,7 @@ class TrainConfig:
     resume: bool = False
     max_train: int | None = None
     stop_after: int | None = None
+    init_from: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -63,6 +64,8 @@ class TrainConfig:
             raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
         if self.variant not in VARIANTS:
             raise ValueError(f"unknown variant {self.variant!r}")
+        if self.resume and self.init_from:
+            raise ValueError("resume continues a run; init_from starts a new one from trained weights: pick one")
         if self.recipe == "paper" and not 20 <= self.epochs <= 100:
             raise ValueError("the paper's recipe trains for 20 to 100 epochs")
 
@@ -150,6 +153,14 @@ def train(cfg: TrainConfig) -> Path:
     preprocess = Preprocess(input_size=size, mean=mean, std=std, interpolation="bicubic")  # type: ignore[arg-type]
 
     model = create_model(cfg.variant).to(device).to(memory_format=torch.channels_last)
+    if cfg.init_from:
+        # A warm restart: trained weights, a fresh optimiser and schedule. The split is the same
+        # (same seed and sizes), so the new run still never sees its validation images.
+        start, start_meta = load_checkpoint(cfg.init_from, device)
+        if start_meta.variant != cfg.variant:
+            raise ValueError(f"--init-from holds {start_meta.variant}, not {cfg.variant}")
+        model.load_state_dict(start.state_dict())
+        logger.info("initialised from %s", cfg.init_from)
     steps_per_epoch = math.ceil(len(train_idx) / cfg.batch_size)
     opt, sched = _optimizer(model, cfg, steps_per_epoch * cfg.epochs)
     use_amp = device.type == "cuda"
