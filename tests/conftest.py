@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from fakescope.checkpoint import CheckpointMeta, Preprocess, save_checkpoint
 from fakescope.models import create_model
 
