@@ -83,8 +83,21 @@ class CheckpointMeta:
 
     @property
     def model_version(self) -> str:
-        """A short, stable name for the weights: variant plus a hash of the training record."""
-        return f"{self.variant}@{self.training.get('weights_sha256', 'unknown')[:12]}"
+        """A short, stable name for the answers this checkpoint gives: variant plus a hash of everything
+        that decides them (the weights, preprocessing, labels, temperature and test-time flips).
+
+        Recalibrating changes the probabilities without touching the weights, so it changes the version
+        too: the job service's result cache is keyed on it.
+        """
+        decides = {
+            "weights": self.training.get("weights_sha256", "unknown"),
+            "preprocess": asdict(self.preprocess),
+            "labels": list(self.labels),
+            "temperature": self.temperature,
+            "tta_hflip": self.tta_hflip,
+        }
+        digest = hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()
+        return f"{self.variant}@{digest[:12]}"
 
 
 def save_checkpoint(directory: str | Path, model: FreqNetResNet, meta: CheckpointMeta) -> Path:
