@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Request, Response, UploadFile, status
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.deps import EnqueuerDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from fakescope.db.models import Job, JobCreate, JobItem, JobPublic, JobsPublic
@@ -34,6 +34,7 @@ class ItemResult(BaseModel):
     prediction: str | None
     fake_probability: float | None
     sha256: str | None
+    cached: bool = Field(False, description="answered from this tenant's earlier result for the same bytes and model")
     width: int | None
     height: int | None
     overlay_url: str | None
@@ -202,6 +203,7 @@ def _result(item: JobItem, store: ObjectStore, expires_s: int) -> ItemResult:
         prediction=item.prediction,
         fake_probability=item.fake_probability,
         sha256=item.sha256,
+        cached=item.cached,
         width=item.width,
         height=item.height,
         overlay_url=store.presign_get(item.overlay_key, expires_s) if item.overlay_key else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,14 +35,30 @@ def detector(tiny_checkpoint: Path) -> Detector:
     return Detector.load(tiny_checkpoint, device="cpu")
 
 
-def _job(env: ServiceEnv, n: int) -> Chunks:
-    chunks = Chunks()
+def _tenant(env: ServiceEnv) -> uuid.UUID:
     with env.session() as session:
         tenant, _ = create_api_key(session, tenant_name=f"svc-{uuid.uuid4().hex[:6]}")
-        items = [InputItem(f"{i}.png", lambda i=i: png_bytes(300 + i)) for i in range(n)]
-        _, created = svc.create_job(session, env.store, chunks, tenant_id=tenant.id, inputs=items)
+        return tenant.id
+
+
+def _job(env: ServiceEnv, n: int, tenant_id: uuid.UUID | None = None, seeds: Sequence[int] | None = None) -> Chunks:
+    chunks = Chunks()
+    tenant_id = tenant_id or _tenant(env)
+    seeds = seeds if seeds is not None else [300 + i for i in range(n)]
+    with env.session() as session:
+        items = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in seeds]
+        _, created = svc.create_job(session, env.store, chunks, tenant_id=tenant_id, inputs=items)
         assert created
     return chunks
+
+
+def _classify(env: ServiceEnv, detector: Detector, chunks: Chunks) -> dict[str, JobItem]:
+    ((job_id, ids),) = chunks.sent
+    with env.session() as session:
+        classify_chunk(session, env.store, detector, job_id=job_id, item_ids=ids)
+        items = session.exec(select(JobItem).where(JobItem.job_id == job_id)).all()
+        session.expunge_all()
+    return {i.name: i for i in items}
 
 
 def test_api_keys_are_hashed_at_rest(service_env: ServiceEnv) -> None:
@@ -82,3 +99,36 @@ def test_cancelled_items_are_not_processed(service_env: ServiceEnv, detector: De
     assert {i.status for i in items} == {ItemStatus.CANCELLED}
     assert all(i.prediction is None for i in items)
     assert service_env.store.list(f"jobs/{job_id}/overlays/") == []
+
+
+def test_seen_images_come_from_the_tenants_cache_with_identical_results(
+    service_env: ServiceEnv, detector: Detector
+) -> None:
+    tenant = _tenant(service_env)
+    first = _classify(service_env, detector, _job(service_env, 6, tenant, seeds=range(400, 406)))
+    assert all(i.sha256 and not i.cached for i in first.values())
+
+    again = _classify(service_env, detector, _job(service_env, 7, tenant, seeds=range(400, 407)))
+    assert {n for n, i in again.items() if i.cached} == set(first)
+    assert not again["406.png"].cached and again["406.png"].prediction is not None
+    fields = ("prediction", "fake_probability", "width", "height", "overlay_key", "sha256", "model_version")
+    for name, item in first.items():
+        assert item.status == again[name].status == ItemStatus.DONE
+        assert [getattr(item, f) for f in fields] == [getattr(again[name], f) for f in fields]
+    for item in again.values():
+        assert service_env.store.exists(item.overlay_key)  # type: ignore[arg-type]
+
+    # Another tenant sending the same bytes learns nothing from the first one's history.
+    other = _classify(service_env, detector, _job(service_env, 6, seeds=range(400, 406)))
+    assert not any(i.cached for i in other.values())
+    assert all(i.overlay_key and i.overlay_key.split("/")[1] != first["400.png"].overlay_key.split("/")[1]
+               for i in other.values())  # fmt: skip
+
+    # Recalibrating changes the answers, so the cache does not serve the old ones.
+    recal = Detector(detector.model, dataclasses.replace(detector.meta, temperature=3.0), detector.device)
+    assert recal.model_version != detector.model_version
+    later = _classify(service_env, recal, _job(service_env, 6, tenant, seeds=range(400, 406)))
+    assert not any(i.cached for i in later.values())
+    for name, item in later.items():
+        assert item.prediction == first[name].prediction
+        assert abs(item.fake_probability - 0.5) < abs(first[name].fake_probability - 0.5) + 1e-6  # type: ignore[operator]

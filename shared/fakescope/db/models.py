@@ -159,7 +159,10 @@ class JobItem(SQLModel, table=True):
     status: str = Field(default=ItemStatus.QUEUED, max_length=32, index=True)
     prediction: str | None = Field(default=None, max_length=8)
     fake_probability: float | None = None
-    sha256: str | None = Field(default=None, max_length=64)
+    # Hashed by the API at upload (or by the worker on read), so a worker can answer an image this
+    # tenant already had classified by the same model version without running the model again.
+    sha256: str | None = Field(default=None, max_length=64, index=True)
+    cached: bool = False
     width: int | None = None
     height: int | None = None
     overlay_key: str | None = Field(default=None, max_length=1024)

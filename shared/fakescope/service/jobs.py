@@ -6,6 +6,7 @@ All state lives in the database. Item rows change only through conditional updat
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import shutil
 import uuid
@@ -151,7 +152,9 @@ def create_job(
     def store_one(position: int, item: InputItem) -> JobItem:
         row = JobItem(job_id=job.id, position=position, name=item.name, object_key=original_key(job.id, position))
         try:
-            store.put(row.object_key, item.read())
+            data = item.read()
+            row.sha256 = hashlib.sha256(data).hexdigest()
+            store.put(row.object_key, data)
         except ImageError as e:
             row.status, row.error, row.finished_at = ItemStatus.FAILED, str(e), utcnow()
         return row

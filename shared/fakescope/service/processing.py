@@ -12,6 +12,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
@@ -26,9 +27,12 @@ from fakescope.storage import ObjectNotFound, ObjectStore, overlay_key
 if TYPE_CHECKING:
     from fakescope.detector import Detector
 
-__all__ = ["classify_chunk", "explain_chunk", "fail_items", "store_input"]
+__all__ = ["cached_results", "classify_chunk", "explain_chunk", "fail_items", "store_input"]
 
 logger = logging.getLogger(__name__)
+
+# Overlay PNGs go to the object store from a few threads while the model runs on the next batch.
+PUT_THREADS = 4
 
 Enqueue = Callable[[uuid.UUID, Sequence[uuid.UUID]], int]
 
@@ -47,6 +51,34 @@ def store_input(store: ObjectStore, item: JobItem) -> InputItem:
 
 def _uuids(ids: Sequence[str | uuid.UUID]) -> list[uuid.UUID]:
     return [uuid.UUID(str(i)) for i in ids]
+
+
+def _explain_status(job: Job, prediction: str | None) -> ExplainStatus:
+    return ExplainStatus.PENDING if job.explain and prediction == "fake" else ExplainStatus.NONE
+
+
+def cached_results(
+    session: Session, *, tenant_id: uuid.UUID, model_version: str, sha256s: Sequence[str]
+) -> dict[str, JobItem]:
+    """This tenant's latest finished result, with its overlay, for each of ``sha256s`` under ``model_version``.
+
+    Scoped to the tenant: whether another tenant ever sent the same bytes is not theirs to learn.
+    """
+    if not sha256s:
+        return {}
+    rows = session.exec(
+        select(JobItem)
+        .join(Job, col(Job.id) == col(JobItem.job_id))
+        .where(
+            col(Job.tenant_id) == tenant_id,
+            col(JobItem.sha256).in_(set(sha256s)),
+            col(JobItem.model_version) == model_version,
+            col(JobItem.status) == ItemStatus.DONE,
+            col(JobItem.overlay_key).is_not(None),
+        )
+        .order_by(col(JobItem.finished_at))
+    ).all()
+    return {r.sha256: r for r in rows if r.sha256}
 
 
 def classify_chunk(
@@ -77,45 +109,78 @@ def classify_chunk(
         .where(col(JobItem.id).in_(ids), JobItem.status == ItemStatus.QUEUED)
         .order_by(col(JobItem.position))
     ).all()
-    written = 0
     started = utcnow()
-    t0 = time.perf_counter()
-    inputs = [store_input(store, it) for it in items]
-    for it, res in zip(items, classify_items(detector, inputs, batch_size=batch_size), strict=True):
-        values: dict[str, Any] = {
+    hits = cached_results(
+        session,
+        tenant_id=job.tenant_id,
+        model_version=detector.model_version,
+        sha256s=[it.sha256 for it in items if it.sha256],
+    )
+    updates: list[tuple[JobItem, dict[str, Any]]] = []
+    todo: list[JobItem] = []
+    for it in items:
+        hit = hits.get(it.sha256) if it.sha256 else None
+        if hit is None:
+            todo.append(it)
+            continue
+        # The same bytes, the same tenant, the same model: the earlier answer, overlay object included.
+        updates.append((it, {
+            "status": ItemStatus.DONE,
+            "cached": True,
+            "prediction": hit.prediction,
+            "fake_probability": hit.fake_probability,
+            "width": hit.width,
+            "height": hit.height,
+            "overlay_key": hit.overlay_key,
+            "model_version": detector.model_version,
             "started_at": started,
             "finished_at": utcnow(),
-            "duration_ms": (time.perf_counter() - t0) * 1000.0,
-            "model_version": detector.model_version,
+            "duration_ms": 0.0,
             "attempts": it.attempts + 1,
-        }
-        t0 = time.perf_counter()
-        if res.error is not None:
-            values.update(status=ItemStatus.FAILED, error=res.error)
-        else:
-            key = None
-            if res.overlay_png is not None:
-                key = overlay_key(jid, it.position)
-                store.put(key, res.overlay_png, content_type="image/png")
-            values.update(
-                status=ItemStatus.DONE,
-                prediction=res.prediction,
-                fake_probability=res.fake_probability,
-                sha256=res.sha256,
-                width=res.width,
-                height=res.height,
-                overlay_key=key,
-                explain_status=ExplainStatus.PENDING
-                if job.explain and res.prediction == "fake"
-                else ExplainStatus.NONE,
-            )
-        # Conditional on the item still being queued: a cancel, or another delivery of this task that
-        # got here first, wins, and this result is dropped rather than written twice.
+            "explain_status": _explain_status(job, hit.prediction),
+        }))  # fmt: skip
+    t0 = time.perf_counter()
+    inputs = [store_input(store, it) for it in todo]
+    with ThreadPoolExecutor(PUT_THREADS, thread_name_prefix="overlay-put") as pool:
+        puts = []
+        for it, res in zip(todo, classify_items(detector, inputs, batch_size=batch_size), strict=True):
+            values: dict[str, Any] = {
+                "started_at": started,
+                "finished_at": utcnow(),
+                "duration_ms": (time.perf_counter() - t0) * 1000.0,
+                "model_version": detector.model_version,
+                "attempts": it.attempts + 1,
+            }
+            t0 = time.perf_counter()
+            if res.error is not None:
+                values.update(status=ItemStatus.FAILED, error=res.error)
+            else:
+                key = None
+                if res.overlay_png is not None:
+                    key = overlay_key(jid, it.position)
+                    puts.append(pool.submit(store.put, key, res.overlay_png, content_type="image/png"))
+                values.update(
+                    status=ItemStatus.DONE,
+                    prediction=res.prediction,
+                    fake_probability=res.fake_probability,
+                    sha256=res.sha256,
+                    width=res.width,
+                    height=res.height,
+                    overlay_key=key,
+                    explain_status=_explain_status(job, res.prediction),
+                )
+            updates.append((it, values))
+        for f in puts:
+            f.result()  # a failed upload raises here, before any row says the overlay exists
+    # Conditional on the item still being queued: a cancel, or another delivery of this task that got
+    # here first, wins, and this result is dropped rather than written twice. One transaction a chunk.
+    written = 0
+    for it, values in updates:
         r = session.exec(  # type: ignore[call-overload]
             update(JobItem).where(col(JobItem.id) == it.id, col(JobItem.status) == ItemStatus.QUEUED).values(**values)
         )
-        session.commit()
         written += r.rowcount
+    session.commit()
     if job.explain and enqueue_explain is not None:
         # Re-sent on every delivery of the chunk: if the first delivery died between committing and
         # enqueueing, the explanations would otherwise never be asked for. explain_chunk skips done ones.
@@ -125,7 +190,7 @@ def classify_chunk(
         if pending:
             enqueue_explain(jid, list(pending))
     finish(session, job_id=jid)
-    logger.info("job %s: classified %s of %s items", jid, written, len(ids))
+    logger.info("job %s: classified %s of %s items (%s from the cache)", jid, written, len(ids), len(items) - len(todo))
     return written
 
 
