@@ -1,4 +1,5 @@
-"""Model-only throughput of every variant: images/s by batch size and thread count, and FLOPs/image.
+"""Model-only throughput of every variant: images/s by batch size and thread count, FLOPs/image, and
+the achieved FLOP/s against the machine's measured peak (a matmul of the same dtype).
 
     python ops/bench/bench_model.py [--variants freqnet_resnet_tiny] [--batch-sizes 1 32 256] [--threads 1 2]
 
@@ -29,6 +30,23 @@ def flops_per_image(model: torch.nn.Module, size: int) -> float:
     return float(fc.get_total_flops())
 
 
+def peak_gflops(device: str, dtype: torch.dtype, n: int = 1024, repeats: int = 5) -> float:
+    """The machine's measured matmul rate in ``dtype``: the ceiling a convolutional network can approach."""
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = float("inf")
+    a @ b
+    for _ in range(repeats):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
 def images_per_s(model: torch.nn.Module, batch: int, size: int, device: str, repeats: int) -> float:
     x = torch.randn(batch, 3, size, size, device=device).contiguous(memory_format=torch.channels_last)
     best = float("inf")
@@ -55,7 +73,17 @@ def main() -> None:
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"machine: {describe()}")
-    print(f"{'variant':<22}{'params':>10}{'MFLOP/img':>11}{'threads':>9}{'batch':>7}{'img/s':>10}{'GFLOP/s':>9}")
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    peaks = {}
+    for threads in args.threads if device == "cpu" else [torch.get_num_threads()]:
+        torch.set_num_threads(threads)
+        peaks[threads] = peak_gflops(device, dtype)
+        name = str(dtype).removeprefix("torch.")
+        print(f"peak: {name} matmul 1024x1024, {threads} threads: {peaks[threads]:.1f} GFLOP/s")
+    print(
+        f"{'variant':<22}{'params':>10}{'MFLOP/img':>11}{'threads':>9}{'batch':>7}{'img/s':>10}{'GFLOP/s':>9}"
+        f"{'of peak':>9}"
+    )
     for name in args.variants:
         model = create_model(name).eval()
         flops = flops_per_image(model, args.size)
@@ -67,7 +95,7 @@ def main() -> None:
                 ips = images_per_s(model, bs, args.size, device, args.repeats)
                 print(
                     f"{name:<22}{n_params / 1e6:>9.2f}M{flops / 1e6:>11.1f}{threads:>9}{bs:>7}"
-                    f"{ips:>10.1f}{ips * flops / 1e9:>9.2f}",
+                    f"{ips:>10.1f}{ips * flops / 1e9:>9.2f}{ips * flops / 1e9 / peaks[threads]:>9.1%}",
                     flush=True,
                 )
 

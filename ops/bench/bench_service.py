@@ -1,0 +1,325 @@
+"""End-to-end throughput, latency and memory of the job service against the model's own speed.
+
+    python ops/bench/bench_service.py [--n 2000] [--workers 1 2 4] [--checkpoint DIR]
+
+Starts a native stack of its own: a fresh Postgres database on ``--postgres``, private queues on
+``--redis``, an S3 server (moto on loopback, or ``--s3`` pointing at MinIO), the API and ``k``
+classify worker processes (``--workers``, torch threads split between them), all on this machine's
+cores. Then, for each ``k``:
+
+- end-to-end images/s of one job of ``--n`` CIFAKE images (one multipart upload), from the first
+  byte sent to ``succeeded``, and the processing part alone (job created to finished);
+- the model-only images/s of the same detector on the same images and cores doing what the workers
+  do per image (forward pass and GradCAM at the service batch size), and the ratio of the two;
+- the same batch resubmitted: answered from the content-hash cache, and how much faster;
+- p50/p95/p99 of single-image jobs from submit to ``succeeded``, and of status polls under load;
+- peak RSS of each worker process (with its pool children) after the run.
+
+Nothing here is mocked; figures are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import psycopg
+import redis
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from machine import describe
+
+from fakescope.stack import Stack
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until(fn: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(httpx.HTTPError, OSError):
+            if out := fn():
+                return out
+        time.sleep(interval)
+    raise SystemExit(f"timed out waiting for {what}")
+
+
+def pct(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def tree_peak_rss_mb(pid: int) -> float:
+    """VmHWM of ``pid`` and its descendants (a prefork worker's pool children), summed, in MiB."""
+    total, todo = 0, [pid]
+    while todo:
+        p = todo.pop()
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{p}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+            for t in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (t / "children").read_text().split()]
+    return total / 1024
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
+        self.args, self.tmp = args, tmp
+        self.cleanups: list[Any] = []
+        token = secrets.token_hex(4)
+        self.db = f"fakescope_bench_{token}"
+        with psycopg.connect(args.postgres, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{self.db}"')
+        self.cleanups.append(self._drop_db)
+        s3 = args.s3 or self._start_moto()
+        self.broker = f"{args.redis.rstrip('/')}/{args.redis_db}"
+        self.queues = {"classify": f"classify-bench-{token}", "explain": f"explain-bench-{token}"}
+        self.api_port = free_port()
+        self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.key = "fks_bench_" + secrets.token_urlsafe(16)
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("FAKESCOPE_")}
+        self.env.update({
+            "FAKESCOPE_DATABASE_URL": args.postgres.rsplit("/", 1)[0] + f"/{self.db}",
+            "FAKESCOPE_BROKER_URL": self.broker,
+            "FAKESCOPE_S3_ENDPOINT": s3,
+            "FAKESCOPE_S3_ACCESS_KEY": "bench",
+            "FAKESCOPE_S3_SECRET_KEY": "bench-secret",
+            "FAKESCOPE_S3_BUCKET": f"fakescope-bench-{token}",
+            "FAKESCOPE_QUEUE_CLASSIFY": self.queues["classify"],
+            "FAKESCOPE_QUEUE_EXPLAIN": self.queues["explain"],
+            "FAKESCOPE_PUBLIC_URL": self.api_url,
+            "FAKESCOPE_BOOTSTRAP_API_KEY": self.key,
+            "FAKESCOPE_DATA_DIR": str(tmp / "data"),
+            "HF_HUB_OFFLINE": "1",
+        })  # fmt: skip
+        if args.checkpoint:
+            self.env["FAKESCOPE_CHECKPOINT"] = str(Path(args.checkpoint).resolve())
+        self.stack = Stack(env=self.env, log_dir=tmp / "logs")
+
+    def _drop_db(self) -> None:
+        with psycopg.connect(self.args.postgres, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
+
+    def _start_moto(self) -> str:
+        port = free_port()
+        log = (self.tmp / "moto.log").open("wb")
+        exe = Path(sys.executable).with_name("moto_server")
+        proc = subprocess.Popen(
+            [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        url = f"http://127.0.0.1:{port}"
+        wait_until(lambda: httpx.get(url, timeout=2).status_code < 500, 60, "moto_server")
+        self.cleanups.append(lambda: (os.killpg(proc.pid, signal.SIGTERM), proc.wait(10)))
+        return url
+
+    def close(self) -> None:
+        self.stack.stop_all()
+        r = redis.Redis.from_url(self.broker)
+        r.delete(*self.queues.values())
+        r.close()
+        for fn in reversed(self.cleanups):
+            with contextlib.suppress(Exception):
+                fn()
+
+    def start(self) -> None:
+        self.stack.prestart()
+        self.stack.start_api(port=self.api_port)
+        wait_until(lambda: httpx.get(f"{self.api_url}/readyz", timeout=5).status_code == 200, 120, "API")
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.api_url, headers={"X-API-Key": self.key}, timeout=600)
+
+    def start_workers(self, k: int) -> list[int]:
+        threads = max(1, (os.cpu_count() or 1) // k)
+        pids = []
+        for i in range(k):
+            name = f"classify-{i + 1}"
+            self.stack.env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
+            pids.append(self.stack.start_worker("classify", name=name).pid)
+        # A worker loads its model in its first task: warm each one up with a tiny job.
+        with self.client() as c:
+            for i in range(2 * k):
+                self.run_job(c, [(f"warm-{i}.png", _png(10_000_000 + i))])
+        return pids
+
+    def stop_workers(self, k: int) -> None:
+        for i in range(k):
+            self.stack.stop(f"classify-{i + 1}")
+
+    def run_job(self, c: httpx.Client, files: list[tuple[str, bytes]]) -> tuple[dict[str, Any], float]:
+        t0 = time.perf_counter()
+        r = c.post("/v1/jobs", files=[("files", (n, b, "image/png")) for n, b in files])
+        r.raise_for_status()
+        job_id = r.json()["id"]
+        while True:
+            j = c.get(f"/v1/jobs/{job_id}").json()
+            if j["state"] not in ("queued", "running"):
+                return j, time.perf_counter() - t0
+            time.sleep(0.02)
+
+
+def _png(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _results(c: httpx.Client, job_id: str) -> dict[str, tuple[str, float]]:
+    out, offset = {}, 0
+    while True:
+        page = c.get(f"/v1/jobs/{job_id}/results", params={"offset": offset, "limit": 1000}).json()
+        out.update({x["name"]: (x["prediction"], x["fake_probability"], x["cached"]) for x in page["data"]})
+        offset += len(page["data"])
+        if not page["data"] or offset >= page["count"]:
+            return out
+
+
+def model_only(files: list[tuple[str, bytes]], checkpoint: str | None, batch: int) -> tuple[float, float]:
+    """(forward+GradCAM images/s, forward-only images/s) on decoded images, all cores."""
+    import torch
+
+    from fakescope.detector import Detector
+
+    torch.set_num_threads(os.cpu_count() or 1)
+    det = Detector.load(checkpoint, device="cpu")
+    arrays = np.stack([det.prepare(Image.open(io.BytesIO(b)).convert("RGB")) for _, b in files])
+    det.predict_with_cam(arrays[:batch])
+    t = time.perf_counter()
+    for i in range(0, len(arrays), batch):
+        det.predict_with_cam(arrays[i : i + batch])
+    with_cam = len(arrays) / (time.perf_counter() - t)
+    t = time.perf_counter()
+    for i in range(0, len(arrays), batch):
+        det.predict(arrays[i : i + batch])
+    return with_cam, len(arrays) / (time.perf_counter() - t)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", default="../shared/data/cifake_train_subset")
+    p.add_argument("--n", type=int, default=2000, help="images in the throughput job")
+    p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
+    p.add_argument("--checkpoint", help="default: the shipped checkpoint")
+    p.add_argument("--latency-jobs", type=int, default=30)
+    p.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    p.add_argument("--redis", default="redis://127.0.0.1:6379")
+    p.add_argument("--redis-db", type=int, default=13)
+    p.add_argument("--s3", help="S3 endpoint (default: a moto server started here)")
+    args = p.parse_args()
+
+    paths = []
+    for label in ("REAL", "FAKE"):
+        paths += sorted((Path(args.data) / label).iterdir())[: args.n // 2]
+    files = [(f"{p.parent.name}-{p.name}", p.read_bytes()) for p in paths]
+    from fakescope.settings import Settings
+
+    settings = Settings()
+    print(f"machine: {describe()}")
+    with_cam, forward = model_only(files, args.checkpoint, settings.batch_size)
+    print(
+        f"model-only ({len(files)} images, batch {settings.batch_size}, {os.cpu_count()} threads): "
+        f"forward+GradCAM {with_cam:.0f} images/s, forward only {forward:.0f} images/s"
+    )
+    print(f"service defaults: chunk_size {settings.chunk_size}, batch_size {settings.batch_size}")
+
+    with tempfile.TemporaryDirectory(prefix="fakescope-bench-") as tmp:
+        bench = Bench(args, Path(tmp))
+        try:
+            bench.start()
+            for k in args.workers:
+                run_for(bench, k, files, with_cam, args)
+        finally:
+            bench.close()
+
+
+def run_for(bench: Bench, k: int, files: list[tuple[str, bytes]], with_cam: float, args: argparse.Namespace) -> None:
+    pids = bench.start_workers(k)
+    # Bytes no earlier run sent, so the first submission is classified, not answered from the cache.
+    batch = [(f"k{k}-{n}", b + b"\0" * k) for n, b in files]  # trailing bytes: PNG ignores them, the hash does not
+    with bench.client() as c:
+        job, wall = bench.run_job(c, batch)
+        first = _results(c, job["id"])
+        processing = _seconds(job)
+        e2e = len(batch) / wall
+        print(
+            f"[{k} worker(s)] first submission: {job['state']}, {len(first)} results; end-to-end {e2e:.0f} images/s "
+            f"({wall:.1f} s), processing {len(batch) / processing:.0f} images/s; "
+            f"end-to-end / model-only (forward+GradCAM) = {e2e / with_cam:.2f}"
+        )
+        job2, wall2 = bench.run_job(c, batch)
+        again = _results(c, job2["id"])
+        same = all(again[n][:2] == first[n][:2] for n in first) and len(again) == len(first)
+        cached = sum(1 for v in again.values() if v[2])
+        print(
+            f"[{k} worker(s)] resubmission: {wall2:.1f} s end-to-end, {_seconds(job2):.2f} s processing, "
+            f"{cached}/{len(again)} from the cache, identical results: {same}; "
+            f"speed-up {wall / wall2:.1f}x end-to-end, {processing / max(_seconds(job2), 1e-3):.1f}x processing"
+        )
+
+        lat = []
+        for i in range(args.latency_jobs):
+            _, s = bench.run_job(c, [(f"lat-{k}-{i}.png", _png(20_000_000 + 1000 * k + i))])
+            lat.append(s * 1000)
+        print(
+            f"[{k} worker(s)] single-image job, submit to succeeded (ms, {len(lat)} jobs): "
+            f"p50 {pct(lat, 50):.0f}, p95 {pct(lat, 95):.0f}, p99 {pct(lat, 99):.0f}"
+        )
+
+        # Status polls while a big job runs.
+        polls: list[float] = []
+        stop = threading.Event()
+        load = [(f"poll-{k}-{n}", b + b"\1" * k) for n, b in files]
+
+        def poller(job_id: str) -> None:
+            with bench.client() as pc:
+                while not stop.is_set():
+                    t = time.perf_counter()
+                    pc.get(f"/v1/jobs/{job_id}").raise_for_status()
+                    polls.append((time.perf_counter() - t) * 1000)
+                    time.sleep(0.05)
+
+        r = c.post("/v1/jobs", files=[("files", (n, b, "image/png")) for n, b in load])
+        threads = [threading.Thread(target=poller, args=(r.json()["id"],)) for _ in range(4)]
+        for t in threads:
+            t.start()
+        wait_until(lambda: c.get(f"/v1/jobs/{r.json()['id']}").json()["state"] == "succeeded", 900, "load job", 0.5)
+        stop.set()
+        for t in threads:
+            t.join()
+        print(
+            f"[{k} worker(s)] status poll under load (ms, {len(polls)} polls, 4 pollers): "
+            f"p50 {pct(polls, 50):.1f}, p95 {pct(polls, 95):.1f}, p99 {pct(polls, 99):.1f}"
+        )
+    rss = [tree_peak_rss_mb(pid) for pid in pids]
+    print(f"[{k} worker(s)] peak RSS per worker process tree (MiB): {', '.join(f'{m:.0f}' for m in rss)}")
+    bench.stop_workers(k)
+
+
+def _seconds(job: dict[str, Any]) -> float:
+    from datetime import datetime
+
+    return (datetime.fromisoformat(job["finished_at"]) - datetime.fromisoformat(job["created_at"])).total_seconds()
+
+
+if __name__ == "__main__":
+    main()
