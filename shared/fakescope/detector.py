@@ -45,6 +45,9 @@ class Detector:
         pre = meta.preprocess
         self._mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
+        # On a GPU: fp16 autocast (the FFTs stay fp32 under autocast's own policy) and pinned host
+        # buffers, so a batch's copy overlaps the previous batch's compute.
+        self._cuda = device.type == "cuda"
 
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, device: str = "auto") -> Detector:
@@ -70,7 +73,10 @@ class Detector:
 
     def to_tensor(self, batch: np.ndarray) -> torch.Tensor:
         """``(N, H, W, 3)`` uint8 to the normalised ``(N, 3, H, W)`` input."""
-        x = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        host = torch.from_numpy(np.ascontiguousarray(batch))
+        if self._cuda:
+            host = host.pin_memory()
+        x = host.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         return ((x - self._mean) / self._std).contiguous(memory_format=torch.channels_last)
 
     def probabilities(self, logits: torch.Tensor) -> np.ndarray:
@@ -82,14 +88,19 @@ class Detector:
         # flipped, so the mirrored view is an equally valid second opinion.
         if not self.meta.tta_hflip:
             return logits
-        with torch.no_grad():
-            return (logits + self.model(x.flip(-1))) / 2
+        with torch.no_grad(), self._autocast():
+            return (logits + self.model(x.flip(-1)).float()) / 2
+
+    def _autocast(self) -> torch.autocast:
+        return torch.autocast("cuda", dtype=torch.float16, enabled=self._cuda)
 
     @torch.no_grad()
     def logits(self, batch: np.ndarray) -> torch.Tensor:
         """Raw (uncalibrated) logits of a ``(N, H, W, 3)`` uint8 batch."""
         x = self.to_tensor(batch)
-        return self._with_tta(x, self.model(x))
+        with self._autocast():
+            logits = self.model(x).float()
+        return self._with_tta(x, logits)
 
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated fake probabilities of a ``(N, H, W, 3)`` uint8 batch."""
@@ -103,9 +114,12 @@ class Detector:
         """
         x = self.to_tensor(batch)
         if not self.meta.tta_hflip:
-            logits, cams = self._gradcam(x)
-            return self.probabilities(logits), cams.cpu().numpy()
+            with self._autocast():
+                logits, cams = self._gradcam(x)
+            return self.probabilities(logits), cams.float().cpu().numpy()
         # With TTA the verdict comes from both views: show the evidence for that verdict.
         logits = self.logits(batch)
-        _, cams = self._gradcam(x, logits.argmax(1))
+        with self._autocast():
+            _, cams = self._gradcam(x, logits.argmax(1))
+        cams = cams.float()
         return self.probabilities(logits), cams.cpu().numpy()
