@@ -121,6 +121,7 @@ DELEGATED = {
     "serve": ("fakescope.stack", "run the job service natively: API, classify and explain pools, Flower"),
     "finetune-explainer": ("fakescope.explain.finetune", "LoRA fine-tuning of the Idefics2 explainer"),
     "calibrate-evidence": ("fakescope.explain.calibrate", "measure the evidence signals on real images"),
+    "sweep": ("fakescope.service.sweeper", "re-enqueue job work that waited past its deadline (run one)"),
 }
 
 

@@ -50,6 +50,10 @@ class Settings(BaseSettings):
     # longest task, or a slow task runs twice at once.
     visibility_timeout_s: int = Field(7200, ge=1)
     restore_interval_s: int = Field(10, ge=1, description="how often a worker looks for expired messages")
+    sweep_after_s: int | None = Field(
+        None, ge=0, description="re-enqueue work waiting longer than this (default: task time limit + 60 s)"
+    )
+    sweep_every_s: float = Field(60.0, gt=0, description="how often the sweeper runs")
 
     max_upload_bytes: int = 2 * 1024**3
     max_items_per_job: int = 100_000
@@ -74,6 +78,10 @@ class Settings(BaseSettings):
     @property
     def sqlalchemy_url(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'fakescope.db').resolve()}"
+
+    @property
+    def sweep_after(self) -> int:
+        return self.sweep_after_s if self.sweep_after_s is not None else self.task_time_limit_s + 60
 
     @property
     def broker(self) -> str:

@@ -88,6 +88,9 @@ class Stack:
             args.append(f"--basic-auth={auth}")
         return self._spawn(name, args)
 
+    def start_sweeper(self, name: str = "sweeper") -> subprocess.Popen[bytes]:
+        return self._spawn(name, ["-m", "fakescope.cli", "sweep"])
+
     def stop(self, name: str, sig: int = signal.SIGTERM, timeout: float = 20.0) -> None:
         proc = self.procs.pop(name, None)
         if proc is None or proc.poll() is not None:
@@ -136,6 +139,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             stack.start_worker("classify", name=f"classify-{i}")
     for i in range(args.explain_workers):
         stack.start_worker("explain", name=f"explain-{i}")
+    stack.start_sweeper()
     if args.flower_port:
         stack.start_flower(args.host, args.flower_port)
     print(f"API on http://{args.host}:{args.port}/docs, logs in {stack.log_dir}; Ctrl-C stops.", flush=True)

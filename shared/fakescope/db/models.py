@@ -173,6 +173,12 @@ class JobItem(SQLModel, table=True):
     explanation: dict[str, str] | None = Field(default=None, sa_column=Column(JSON))
     explain_error: str | None = None
     attempts: int = 0
+    # When the item's current work (classify, or explain once classified) was last handed to the broker;
+    # the sweeper re-enqueues work that has waited past its deadline (a lost message, a Redis wipe).
+    enqueued_at: datetime | None = Field(
+        default_factory=utcnow,
+        sa_type=DateTime(timezone=True),  # type: ignore[call-overload]
+    )
     started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     duration_ms: float | None = None

@@ -244,7 +244,7 @@ def start_job(
     queued: list[uuid.UUID] = []
     for it in items:
         if store.exists(it.object_key):
-            it.status = ItemStatus.QUEUED
+            it.status, it.enqueued_at = ItemStatus.QUEUED, utcnow()
             queued.append(it.id)
         else:
             it.status, it.error, it.finished_at = ItemStatus.FAILED, "image was not uploaded", utcnow()

@@ -138,6 +138,7 @@ def classify_chunk(
             "duration_ms": 0.0,
             "attempts": it.attempts + 1,
             "explain_status": _explain_status(job, hit.prediction),
+            "enqueued_at": utcnow(),
         }))  # fmt: skip
     t0 = time.perf_counter()
     inputs = [store_input(store, it) for it in todo]
@@ -168,6 +169,7 @@ def classify_chunk(
                     height=res.height,
                     overlay_key=key,
                     explain_status=_explain_status(job, res.prediction),
+                    enqueued_at=utcnow(),  # the explain task, if any, is sent below
                 )
             updates.append((it, values))
         for f in puts:

@@ -1,0 +1,147 @@
+"""The sweeper: work that waited past its deadline is sent to the broker again; finished jobs are closed.
+
+A message can be lost without any worker noticing: Redis restarted without its data, the API died
+between committing a job and enqueueing it, a worker died between writing a chunk and enqueueing
+its explanations. Redis's own redelivery covers only messages it still holds. The sweeper looks at
+the database, which is the record of what is owed:
+
+- items still ``queued`` whose classify message was sent more than ``deadline`` ago are enqueued again;
+- classified items still waiting for an explanation past the deadline likewise, on the explain queue;
+- jobs whose items are all finished but that were never closed (a worker died right after its last
+  write) are finished, which also sends their callback.
+
+Re-sending is safe: tasks only touch items still waiting, so a duplicate finds nothing to do. Each
+item is claimed by moving its ``enqueued_at`` forward in a conditional update, so two sweepers never
+send the same item twice in one round. The deadline must exceed the task time limit, or a chunk that
+is merely slow gets a twin (harmless, but wasted work).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, utcnow
+from fakescope.service.jobs import finish
+
+__all__ = ["SweepReport", "main", "run", "sweep"]
+
+logger = logging.getLogger(__name__)
+
+Enqueue = Callable[[uuid.UUID, Sequence[uuid.UUID]], int]
+ACTIVE = (JobState.QUEUED, JobState.RUNNING)
+
+
+@dataclass
+class SweepReport:
+    classify: int = 0
+    explain: int = 0
+    finished_jobs: int = 0
+
+
+def _claim(session: Session, where: Sequence, cutoff: object, limit: int) -> dict[uuid.UUID, list[uuid.UUID]]:
+    """Moves ``enqueued_at`` of up to ``limit`` matching items to now; returns the claimed ones by job."""
+    candidates = session.exec(
+        select(JobItem.id)
+        .join(Job, col(Job.id) == col(JobItem.job_id))
+        .where(*where, col(Job.state).in_(ACTIVE))
+        .where((col(JobItem.enqueued_at) < cutoff) | col(JobItem.enqueued_at).is_(None))
+        .limit(limit)
+    ).all()
+    if not candidates:
+        return {}
+    rows = session.exec(  # type: ignore[call-overload]
+        update(JobItem)
+        .where(col(JobItem.id).in_(candidates), *where)
+        .where((col(JobItem.enqueued_at) < cutoff) | col(JobItem.enqueued_at).is_(None))
+        .values(enqueued_at=utcnow())
+        .returning(col(JobItem.job_id), col(JobItem.id))
+    ).all()
+    session.commit()
+    by_job: dict[uuid.UUID, list[uuid.UUID]] = defaultdict(list)
+    for job_id, item_id in rows:
+        by_job[job_id].append(item_id)
+    return by_job
+
+
+def sweep(
+    session: Session,
+    *,
+    enqueue_classify: Enqueue,
+    enqueue_explain: Enqueue,
+    deadline_s: float,
+    limit: int = 10_000,
+) -> SweepReport:
+    """One round: re-enqueues overdue work and finishes jobs that have nothing left; returns the counts."""
+    cutoff = utcnow() - timedelta(seconds=deadline_s)
+    report = SweepReport()
+    for job_id, ids in _claim(session, [col(JobItem.status) == ItemStatus.QUEUED], cutoff, limit).items():
+        enqueue_classify(job_id, ids)
+        report.classify += len(ids)
+        logger.warning(
+            "sweeper: job %s: %s items waited past %ss to be classified; enqueued again", job_id, len(ids), deadline_s
+        )
+    explain_where = [col(JobItem.status) == ItemStatus.DONE, col(JobItem.explain_status) == ExplainStatus.PENDING]
+    for job_id, ids in _claim(session, explain_where, cutoff, limit).items():
+        enqueue_explain(job_id, ids)
+        report.explain += len(ids)
+        logger.warning(
+            "sweeper: job %s: %s items waited past %ss to be explained; enqueued again", job_id, len(ids), deadline_s
+        )
+    # Jobs with nothing left in flight that nobody closed.
+    stale = session.exec(
+        select(Job.id).where(col(Job.state).in_(ACTIVE), col(Job.created_at) < cutoff).limit(limit)
+    ).all()
+    for job_id in stale:
+        if finish(session, job_id=job_id) is not None:
+            report.finished_jobs += 1
+    return report
+
+
+def run(every_s: float | None = None, once: bool = False) -> int:
+    """``fakescope sweep``: a sweep every ``every_s`` seconds (settings: ``sweep_every_s``) until stopped."""
+    from fakescope.db.engine import get_engine
+    from fakescope.settings import get_settings
+    from fakescope.tasks import Enqueuer, make_celery
+
+    cfg = get_settings()
+    app = make_celery(cfg)
+    enqueuer = Enqueuer(app, cfg)
+    engine = get_engine(cfg.sqlalchemy_url)
+    while True:
+        try:
+            with Session(engine) as session:
+                rep = sweep(
+                    session,
+                    enqueue_classify=enqueuer.classify,
+                    enqueue_explain=enqueuer.explain,
+                    deadline_s=cfg.sweep_after,
+                )
+            logger.info("sweep: %s", rep)
+        except Exception:
+            # A database or broker outage: log it and try again next round; the sweeper must outlive it.
+            logger.exception("sweep failed")
+            if once:
+                return 1
+        if once:
+            return 0
+        time.sleep(every_s or cfg.sweep_every_s)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="fakescope sweep", description=__doc__.split("\n\n")[0])
+    p.add_argument("--every", type=float, help="seconds between sweeps (default: FAKESCOPE_SWEEP_EVERY_S, 60)")
+    p.add_argument("--once", action="store_true", help="one sweep, then exit (cron)")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return run(args.every, args.once)

@@ -1,0 +1,113 @@
+"""The sweeper finds work whose message was lost and sends it again; the real workers then finish it."""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Sequence
+from datetime import timedelta
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from sqlalchemy import update
+from sqlmodel import col, select
+from stackfixtures import ServiceStack, png_bytes
+
+from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, utcnow
+from fakescope.detector import Detector
+from fakescope.imageio import InputItem
+from fakescope.service import jobs as svc
+from fakescope.service.processing import classify_chunk
+from fakescope.service.sweeper import sweep
+from fakescope.service.tenants import create_api_key
+from fakescope.tasks import Enqueuer, make_celery
+
+
+def _lost(_job_id: uuid.UUID, _ids: Sequence[uuid.UUID]) -> int:
+    """The message that never reached the broker (the API died, Redis lost it)."""
+    return 0
+
+
+def _age(st: ServiceStack, job_id: uuid.UUID, seconds: float) -> None:
+    with st.svc.session() as session:
+        session.exec(  # type: ignore[call-overload]
+            update(JobItem)
+            .where(col(JobItem.job_id) == job_id)
+            .values(enqueued_at=utcnow() - timedelta(seconds=seconds))
+        )
+        session.commit()
+
+
+def test_lost_classify_and_explain_messages_are_sent_again(service_stack: ServiceStack, tiny_checkpoint: Path) -> None:
+    st = service_stack
+    app = make_celery(st.svc.settings)
+    enqueuer = Enqueuer(app, st.svc.settings)
+    detector = Detector.load(tiny_checkpoint, device="cpu")
+    pool = list(range(7100, 7500))
+    probs = detector.predict(np.stack([np.asarray(Image.open(io.BytesIO(png_bytes(s))).convert("RGB")) for s in pool]))
+    fakes = [s for s, p in zip(pool, probs, strict=True) if p >= 0.5][:10]
+    assert fakes, "the tiny detector called none of 400 images fake"
+    seeds = [s for s in pool if s not in fakes][:30] + fakes
+    with st.svc.session() as session:
+        tenant, _ = create_api_key(session, tenant_name=f"sweep-{uuid.uuid4().hex[:6]}")
+        inputs = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in seeds]
+        lost_job, _ = svc.create_job(session, st.svc.store, _lost, tenant_id=tenant.id, inputs=inputs[:20])
+        # A second job classified here, whose explain messages are lost on the way.
+        explain_job, _ = svc.create_job(
+            session, st.svc.store, _lost, tenant_id=tenant.id, inputs=inputs[20:], explain=True
+        )
+        ids = session.exec(select(JobItem.id).where(JobItem.job_id == explain_job.id)).all()
+        classify_chunk(session, st.svc.store, detector, job_id=explain_job.id, item_ids=ids, enqueue_explain=_lost)
+        pending = session.exec(
+            select(JobItem.id).where(JobItem.job_id == explain_job.id, JobItem.explain_status == ExplainStatus.PENDING)
+        ).all()
+        assert len(pending) == len(fakes)
+        lost_id, explain_id = lost_job.id, explain_job.id
+
+    sweep_now = {"enqueue_classify": enqueuer.classify, "enqueue_explain": enqueuer.explain, "deadline_s": 600}
+    mine = [lost_id, explain_id]
+
+    def stamps() -> dict[uuid.UUID, object]:
+        with st.svc.session() as session:
+            rows = session.exec(select(JobItem.id, JobItem.enqueued_at).where(col(JobItem.job_id).in_(mine))).all()
+        return dict(rows)
+
+    before = stamps()
+    with st.svc.session() as session:
+        sweep(session, **sweep_now)
+    # Within the deadline nothing of ours is touched: the messages might still be on their way.
+    assert stamps() == before
+    _age(st, lost_id, 700)
+    _age(st, explain_id, 700)
+    with st.svc.session() as session:
+        report = sweep(session, **sweep_now)
+        # Other tests' jobs share the database, so at least ours.
+        assert report.classify >= 20 and report.explain >= len(pending)
+        # Claimed: a second sweeper right after finds nothing to send twice.
+        again = sweep(session, **sweep_now)
+        assert (again.classify, again.explain) == (0, 0)
+    app.close()
+
+    for job_id in (lost_id, explain_id):
+        job = _wait(st, job_id)
+        assert job.state == JobState.SUCCEEDED, job
+    with st.svc.session() as session:
+        items = session.exec(select(JobItem).where(col(JobItem.job_id).in_([lost_id, explain_id]))).all()
+    assert all(i.status == ItemStatus.DONE for i in items)
+    assert all(i.explain_status in (ExplainStatus.DONE, ExplainStatus.NONE) for i in items)
+    assert sum(i.explain_status == ExplainStatus.DONE for i in items) == len(pending)
+
+
+def _wait(st: ServiceStack, job_id: uuid.UUID) -> Job:
+    from stackfixtures import wait_until
+
+    def done() -> Job | None:
+        with st.svc.session() as session:
+            job = session.get(Job, job_id)
+            return job if job is not None and JobState(job.state).finished else None
+
+    try:
+        return wait_until(done, 240, f"job {job_id}", interval=0.5)
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n{st.logs()}") from None
