@@ -38,6 +38,7 @@ class ItemResult(BaseModel):
     width: int | None
     height: int | None
     overlay_url: str | None
+    image_url: str | None = None
     model_version: str | None
     explain_status: str
     artifacts: list[str] | None
@@ -207,6 +208,7 @@ def _result(item: JobItem, store: ObjectStore, expires_s: int) -> ItemResult:
         width=item.width,
         height=item.height,
         overlay_url=store.presign_get(item.overlay_key, expires_s) if item.overlay_key else None,
+        image_url=store.presign_get(item.object_key, expires_s),
         model_version=item.model_version,
         explain_status=item.explain_status,
         artifacts=item.artifacts,

@@ -8,6 +8,10 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from fakescope.client import FakescopeClient
 
 __all__ = ["main"]
 
@@ -125,6 +129,84 @@ DELEGATED = {
 }
 
 
+def _client(args: argparse.Namespace) -> FakescopeClient:
+    from fakescope.client import FakescopeClient
+
+    return FakescopeClient(args.api)
+
+
+def _wait_with_bar(client: FakescopeClient, job_id: str, timeout: float | None) -> dict:
+    from tqdm import tqdm
+
+    with tqdm(desc="processing", unit="img") as bar:
+
+        def show(job: dict) -> None:
+            c = job["counts"]
+            bar.total = c["total"]
+            bar.n = c["total"] - c["queued"] - c["awaiting_upload"]
+            bar.set_postfix(state=job["state"], failed=c["failed"], explain_pending=c["explain_pending"])
+            bar.refresh()
+
+        return client.wait(job_id, timeout=timeout, progress=show)
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    with _client(args) as client:
+        with tqdm(desc="upload", unit="img") as bar:
+
+            def uploaded(done: int, total: int) -> None:
+                bar.total = total
+                bar.n = done
+                bar.refresh()
+
+            job = client.submit(
+                args.paths,
+                explain=args.explain,
+                callback_url=args.callback_url,
+                idempotency_key=args.idempotency_key,
+                progress=uploaded,
+            )
+        print(f"job {job['id']}: {job['state']}, {job['counts']['total']} images", file=sys.stderr)
+        if args.wait or args.out:
+            job = _wait_with_bar(client, job["id"], args.timeout)
+            if args.out:
+                client.download(job["id"], args.out)
+        print(json.dumps(job, indent=2))
+        return 0 if job["state"] in ("succeeded", "partially_succeeded", "queued", "running") else 1
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = _wait_with_bar(client, args.job, args.timeout) if args.wait else client.status(args.job)
+        print(json.dumps(job, indent=2))
+    return 0
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        job = client.status(args.job)
+        if job["state"] not in ("succeeded", "partially_succeeded", "failed", "cancelled"):
+            print(f"job {args.job} is {job['state']}: results are partial (use --wait)", file=sys.stderr)
+            if args.wait:
+                _wait_with_bar(client, args.job, args.timeout)
+        out = client.download(args.job, args.out, thumbnails=not args.no_thumbnails)
+    print(f"wrote {out}/results.jsonl, task1.json, overlays/ and report.html", file=sys.stderr)
+    return 0
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print(json.dumps(client.cancel(args.job), indent=2))
+    return 0
+
+
+def _add_api_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--api", help="API base URL (default: $FAKESCOPE_API_URL or the client config file)")
+    p.add_argument("--timeout", type=float, help="give up waiting after this many seconds")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fakescope", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
@@ -182,6 +264,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=_cmd_export_split)
 
+    api_help = " (API key: $FAKESCOPE_API_KEY or ~/.config/fakescope/client.json)"
+    p = sub.add_parser("submit", help="send images to a fakescope service" + api_help)
+    _add_api_arg(p)
+    p.add_argument("paths", nargs="+", help="files, folders, zip/tar archives")
+    p.add_argument("--explain", action="store_true", help="explain the images classified fake")
+    p.add_argument("--callback-url", help="the service POSTs here when the job finishes")
+    p.add_argument("--idempotency-key", help="resubmitting with the same key resumes the same job")
+    p.add_argument("--wait", action="store_true", help="wait for the job to finish, with a progress bar")
+    p.add_argument("--out", help="when finished, write the scan files here (implies --wait)")
+    p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("status", help="a job's state and counts" + api_help)
+    _add_api_arg(p)
+    p.add_argument("job")
+    p.add_argument("--wait", action="store_true")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("results", help="write a job's results as fakescope scan does" + api_help)
+    _add_api_arg(p)
+    p.add_argument("job")
+    p.add_argument("--out", required=True)
+    p.add_argument("--wait", action="store_true", help="wait for the job to finish first")
+    p.add_argument("--no-thumbnails", action="store_true", help="skip downloading originals for thumbnails")
+    p.set_defaults(func=_cmd_results)
+
+    p = sub.add_parser("cancel", help="cancel a job" + api_help)
+    _add_api_arg(p)
+    p.add_argument("job")
+    p.set_defaults(func=_cmd_cancel)
+
     for name, (_, help_text) in DELEGATED.items():
         sub.add_parser(name, help=f"{help_text} (see 'fakescope {name} --help')", add_help=False)
     return parser
@@ -198,6 +310,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
+    if args.command in ("submit", "status", "results", "cancel"):
+        from fakescope.client import ApiError
+
+        try:
+            return int(args.func(args))
+        except (ApiError, ValueError, TimeoutError) as e:
+            print(f"fakescope {args.command}: {e}", file=sys.stderr)
+            return 2
     return int(args.func(args))
 
 

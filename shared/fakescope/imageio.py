@@ -47,6 +47,10 @@ _RESAMPLE = {
     "box": Image.Resampling.BOX,
 }
 
+# Overlays are drawn on a copy of the image no larger than this: a 4000x3000 photo does not need a
+# 4000x3000 heatmap PNG, and encoding one would cost more than classifying it.
+OVERLAY_MAX_SIDE = 384
+
 
 class ImageError(ValueError):
     """One input cannot be used; the message says why in words a user can act on."""

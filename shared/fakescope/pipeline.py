@@ -19,15 +19,11 @@ import numpy as np
 
 from fakescope.detector import Detector
 from fakescope.gradcam import overlay_png
-from fakescope.imageio import DEFAULT_MAX_PIXELS, ImageError, InputItem, decode_image, to_rgb_array
+from fakescope.imageio import DEFAULT_MAX_PIXELS, OVERLAY_MAX_SIDE, ImageError, InputItem, decode_image, to_rgb_array
 
 __all__ = ["DecodedImage", "ImageResult", "classify_items", "decode_item"]
 
 logger = logging.getLogger(__name__)
-
-# Overlays are drawn on a copy of the image no larger than this: a 4000x3000 photo does not need a
-# 4000x3000 heatmap PNG, and encoding one would cost more than classifying it.
-OVERLAY_MAX_SIDE = 384
 
 
 @dataclass

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import html
+import re
 from collections.abc import Sequence
+from pathlib import PurePosixPath
 from typing import Any
 
 __all__ = ["render_report"]
@@ -43,6 +45,15 @@ function applyFilter(){
 }
 document.querySelectorAll('input[name=f]').forEach(i=>i.addEventListener('change',applyFilter));
 """
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def record_base(index: int, name: str) -> str:
+    """File name (no suffix) of the ``index``-th (0-based) result's overlay and thumbnail: order, then stem."""
+    stem = _UNSAFE.sub("_", PurePosixPath(name).stem)[:60] or "image"
+    return f"{index + 1:06d}_{stem}"
 
 
 def _card(r: dict[str, Any]) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,14 +22,12 @@ from tqdm import tqdm
 from fakescope.detector import Detector
 from fakescope.imageio import DEFAULT_MAX_PIXELS, iter_inputs
 from fakescope.pipeline import ImageResult, classify_items
-from fakescope.report import render_report
+from fakescope.report import record_base, render_report
 from fakescope.taskformat import TaskEntry, task1, task2
 
 __all__ = ["ScanSummary", "run_scan"]
 
 logger = logging.getLogger(__name__)
-
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
 
 @dataclass(frozen=True)
@@ -41,10 +38,6 @@ class ScanSummary:
     real: int
     errors: int
     model_version: str
-
-
-def _stem(name: str) -> str:
-    return _UNSAFE.sub("_", Path(name).stem)[:60] or "image"
 
 
 def run_scan(
@@ -104,7 +97,7 @@ def run_scan(
                 "error": r.error,
             }
             if r.ok:
-                base = f"{i + 1:06d}_{_stem(r.name)}"
+                base = record_base(i, r.name)
                 if r.overlay_png is not None:
                     rec["overlay"] = f"overlays/{base}.png"
                     (out / rec["overlay"]).write_bytes(r.overlay_png)

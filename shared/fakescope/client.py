@@ -1,0 +1,287 @@
+"""A Python client of the fakescope job service: submit images, wait, fetch what ``fakescope scan`` writes.
+
+Importable without torch (httpx, Pillow and numpy only)::
+
+    from fakescope.client import FakescopeClient
+
+    with FakescopeClient("http://127.0.0.1:8000") as fs:        # key: $FAKESCOPE_API_KEY or the config file
+        job = fs.submit(["photos/", "batch.zip"], idempotency_key="batch-2026-11-28")
+        job = fs.wait(job["id"])
+        fs.download(job["id"], "out/")                          # results.jsonl, task1.json, overlays/, report.html
+
+Uploads take the presigned path: one job with a PUT URL per image, images sent straight to the object
+store from a few threads, then ``start``. Images are named exactly as ``fakescope scan`` names them
+(folders recursively, archive members as ``batch.zip/a.png``), so the files :meth:`download` writes are
+the ones a local scan of the same paths writes. With an idempotency key a failed or interrupted submit
+is resumed by calling it again: the API returns the same job and its URLs, and uploading again is harmless.
+
+The API key is read from the ``api_key`` argument, ``$FAKESCOPE_API_KEY``, or the ``api_key`` field of
+the JSON config file (``$FAKESCOPE_CLIENT_CONFIG``, default ``~/.config/fakescope/client.json``), never
+from a command line.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+__all__ = ["ApiError", "FakescopeClient", "load_config"]
+
+DEFAULT_CONFIG = Path("~/.config/fakescope/client.json")
+FINISHED = frozenset({"succeeded", "partially_succeeded", "failed", "cancelled"})
+Progress = Callable[[int, int], None]
+
+
+class ApiError(RuntimeError):
+    """The API answered with an error status; ``status`` and ``detail`` say which and why."""
+
+    def __init__(self, status: int, detail: Any) -> None:
+        super().__init__(f"HTTP {status}: {detail}")
+        self.status, self.detail = status, detail
+
+
+def load_config() -> dict[str, str]:
+    """The client config file's fields (``api_url``, ``api_key``), or ``{}`` when there is none."""
+    path = Path(os.environ.get("FAKESCOPE_CLIENT_CONFIG", DEFAULT_CONFIG)).expanduser()
+    try:
+        return {k: str(v) for k, v in json.loads(path.read_text()).items()}
+    except FileNotFoundError:
+        return {}
+
+
+def _check(r: httpx.Response) -> httpx.Response:
+    if r.status_code >= 400:
+        try:
+            detail = r.json().get("detail", r.text)
+        except ValueError:
+            detail = r.text
+        raise ApiError(r.status_code, detail)
+    return r
+
+
+class FakescopeClient:
+    """One API endpoint and key; a context manager that closes its connections."""
+
+    def __init__(
+        self,
+        api_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = 60.0,
+        upload_threads: int = 8,
+    ) -> None:
+        cfg = load_config()
+        url = api_url or os.environ.get("FAKESCOPE_API_URL") or cfg.get("api_url")
+        key = api_key or os.environ.get("FAKESCOPE_API_KEY") or cfg.get("api_key")
+        if not url:
+            raise ValueError("no API URL: pass --api / api_url, or set FAKESCOPE_API_URL or api_url in the config file")
+        if not key:
+            raise ValueError("no API key: set FAKESCOPE_API_KEY, or api_key in the config file")
+        self.api_url = url.rstrip("/")
+        self.upload_threads = upload_threads
+        self._http = httpx.Client(base_url=self.api_url, headers={"X-API-Key": key}, timeout=timeout)
+        # Presigned URLs carry their own authority: no API key goes to the object store.
+        self._plain = httpx.Client(timeout=timeout)
+
+    def __enter__(self) -> FakescopeClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+        self._plain.close()
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    def submit(
+        self,
+        paths: Sequence[str | Path],
+        *,
+        explain: bool = False,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+        progress: Progress | None = None,
+    ) -> dict[str, Any]:
+        """Uploads every image under ``paths`` into one job and starts it; returns the job.
+
+        ``progress(done, total)`` is called as images finish uploading.
+        """
+        from fakescope.imageio import iter_inputs
+
+        items = list(iter_inputs(list(paths)))
+        if not items:
+            raise ValueError(f"no images under {', '.join(map(str, paths))}")
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = {"names": [it.name for it in items], "explain": explain, "callback_url": callback_url}
+        created = _check(self._http.post("/v1/jobs/uploads", json=body, headers=headers)).json()
+        job = created["job"]
+        if job["state"] != "awaiting_upload":
+            return job  # an earlier call with this key got further: nothing left to upload
+        by_position = {u["position"]: u["upload_url"] for u in created["uploads"]}
+
+        def put(position: int) -> None:
+            try:
+                data = items[position].read()
+            except Exception:
+                return  # unreadable here (too big, vanished): the job reports it as not uploaded
+            for attempt in range(4):
+                try:
+                    _check(self._plain.put(by_position[position], content=data))
+                    return
+                except (httpx.TransportError, ApiError) as e:
+                    if attempt == 3 or (isinstance(e, ApiError) and e.status < 500):
+                        raise
+                    time.sleep(0.5 * 2**attempt)
+
+        done = 0
+        with ThreadPoolExecutor(self.upload_threads, thread_name_prefix="upload") as pool:
+            for f in [pool.submit(put, p) for p in range(len(items))]:
+                f.result()
+                done += 1
+                if progress:
+                    progress(done, len(items))
+        return _check(self._http.post(created["start_url"])).json()
+
+    def status(self, job_id: str) -> dict[str, Any]:
+        return _check(self._http.get(f"/v1/jobs/{job_id}")).json()
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        return _check(self._http.delete(f"/v1/jobs/{job_id}")).json()
+
+    def wait(
+        self,
+        job_id: str,
+        *,
+        timeout: float | None = None,
+        progress: Callable[[dict[str, Any]], None] | None = None,
+        max_interval: float = 5.0,
+    ) -> dict[str, Any]:
+        """Polls until the job is finished, backing off from 0.25 s to ``max_interval``; returns it.
+
+        Raises:
+            TimeoutError: ``timeout`` seconds passed first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        interval = 0.25
+        while True:
+            job = self.status(job_id)
+            if progress:
+                progress(job)
+            if job["state"] in FINISHED:
+                return job
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"job {job_id} still {job['state']} after {timeout} s")
+            time.sleep(interval)
+            interval = min(max_interval, interval * 1.5)
+
+    def _pages(self, path: str, page_size: int = 1000) -> Iterator[dict[str, Any]]:
+        offset = 0
+        while True:
+            page = _check(self._http.get(path, params={"offset": offset, "limit": page_size})).json()
+            yield from page["data"]
+            offset += len(page["data"])
+            if not page["data"] or offset >= page["count"]:
+                return
+
+    def results(self, job_id: str) -> Iterator[dict[str, Any]]:
+        """Classified images in upload order, page by page."""
+        return self._pages(f"/v1/jobs/{job_id}/results")
+
+    def failures(self, job_id: str) -> Iterator[dict[str, Any]]:
+        """Images that could not be classified, each with its ``error``."""
+        return self._pages(f"/v1/jobs/{job_id}/failures")
+
+    def task_files(self, job_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+        """``(task1, task2)`` in the task's format."""
+        t1 = _check(self._http.get(f"/v1/jobs/{job_id}/task1.json")).json()
+        t2 = _check(self._http.get(f"/v1/jobs/{job_id}/task2.json")).json()
+        return t1, t2
+
+    def download(self, job_id: str, out_dir: str | Path, *, thumbnails: bool = True) -> Path:
+        """Writes what ``fakescope scan`` writes for the job's images into ``out_dir``.
+
+        ``results.jsonl``, ``task1.json``, ``task2.json`` (when the job explained), ``overlays/``,
+        ``thumbs/`` (made from the originals, as the scan makes them) and ``report.html``.
+        """
+        from fakescope.report import record_base, render_report
+
+        out = Path(out_dir)
+        (out / "overlays").mkdir(parents=True, exist_ok=True)
+        (out / "thumbs").mkdir(parents=True, exist_ok=True)
+        job = self.status(job_id)
+        rows = {r["position"]: ("ok", r) for r in self.results(job_id)}
+        rows.update({f["position"]: ("error", f) for f in self.failures(job_id)})
+        records: list[dict[str, Any]] = []
+        fetch: list[tuple[str, Path]] = []
+        model_version = ""
+        for position in sorted(rows):
+            kind, r = rows[position]
+            rec: dict[str, Any] = {
+                "file": r["name"],
+                "prediction": r.get("prediction"),
+                "fake_probability": r.get("fake_probability"),
+                "overlay": None,
+                "error": r.get("error"),
+            }
+            if kind == "ok":
+                base = record_base(len(records), r["name"])
+                if r.get("overlay_url"):
+                    rec["overlay"] = f"overlays/{base}.png"
+                    fetch.append((r["overlay_url"], out / rec["overlay"]))
+                if thumbnails and r.get("image_url"):
+                    rec["thumbnail"] = f"thumbs/{base}.png"
+                    fetch.append((r["image_url"], out / rec["thumbnail"]))
+                rec.update(sha256=r["sha256"], width=r["width"], height=r["height"], model_version=r["model_version"])
+                model_version = r["model_version"] or model_version
+                if job["explain"]:
+                    rec["artifacts"] = r.get("explanation") or {}
+            records.append(rec)
+
+        def get(url_path: tuple[str, Path]) -> None:
+            url, path = url_path
+            data = _check(self._plain.get(url)).content
+            if path.parent.name == "thumbs":
+                data = _thumbnail(data)
+            path.write_bytes(data)
+
+        with ThreadPoolExecutor(self.upload_threads, thread_name_prefix="download") as pool:
+            list(pool.map(get, fetch))
+        with open(out / "results.jsonl", "w") as f:
+            for rec in records:
+                f.write(json.dumps({k: v for k, v in rec.items() if k != "thumbnail"}) + "\n")
+        t1, t2 = self.task_files(job_id)
+        files = ["results.jsonl", "task1.json"]
+        (out / "task1.json").write_text(json.dumps(t1, indent=1) + "\n")
+        if job["explain"]:
+            (out / "task2.json").write_text(json.dumps(t2, indent=1) + "\n")
+            files.append("task2.json")
+        (out / "report.html").write_text(
+            render_report(records, title=f"fakescope job {job_id}", model_version=model_version, files=files)
+        )
+        return out
+
+
+def _thumbnail(data: bytes) -> bytes:
+    """The scan's thumbnail of an original: display size (384) first, then 160, as PNG."""
+    from PIL import Image
+
+    from fakescope.imageio import OVERLAY_MAX_SIDE, decode_image, to_rgb_array
+
+    im = decode_image(data)
+    display = im.copy()
+    display.thumbnail((OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE))
+    thumb = Image.fromarray(to_rgb_array(display))
+    thumb.thumbnail((160, 160))
+    buf = io.BytesIO()
+    thumb.save(buf, "PNG")
+    return buf.getvalue()

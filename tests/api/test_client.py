@@ -1,0 +1,111 @@
+"""The Python client and the submit/status/results/cancel commands against the real stack.
+
+`fakescope submit DIR --wait --out A` (presigned uploads straight to the S3 server, progress bars) and
+`fakescope scan DIR --out B` on the same folder and checkpoint must write the same files.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from stackfixtures import ServiceStack, png_bytes
+
+from fakescope.client import FakescopeClient
+from fakescope.scan import run_scan
+
+N = 1000
+
+
+def _cli(st: ServiceStack, *args: str, key: str | None = None) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAKESCOPE_")}
+    env["FAKESCOPE_API_KEY"] = key or st.keys["a"]
+    env["FAKESCOPE_CLIENT_CONFIG"] = "/nonexistent/client.json"
+    return subprocess.run(
+        [sys.executable, "-m", "fakescope.cli", *args, "--api", st.api_url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
+def _records(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+
+
+def test_submit_wait_results_match_scan(service_stack: ServiceStack, tiny_checkpoint: Path, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    (src / "sub").mkdir(parents=True)
+    for i in range(N - 10):
+        (src / f"{i}.png").write_bytes(png_bytes(30_000 + i))
+    for i in range(10):
+        (src / "sub" / f"s{i}.png").write_bytes(png_bytes(31_000 + i))
+    (src / "notes.png").write_bytes(b"not an image at all")  # fails alone, like in a scan
+
+    r = _cli(service_stack, "submit", str(src), "--wait", "--out", str(tmp_path / "service"))
+    assert r.returncode == 0, r.stderr[-3000:]
+    job = json.loads(r.stdout)
+    assert job["state"] == "partially_succeeded" and job["counts"]["total"] == N + 1
+    assert "upload" in r.stderr and "processing" in r.stderr  # the two progress bars
+
+    run_scan([src], tmp_path / "scan", checkpoint=tiny_checkpoint, device="cpu", progress=False)
+    got, want = _records(tmp_path / "service"), _records(tmp_path / "scan")
+    assert len(got) == len(want) == N + 1
+    for g, w in zip(got, want, strict=True):
+        prob_g, prob_w = g.pop("fake_probability"), w.pop("fake_probability")
+        if w["error"]:
+            assert g["error"] and g["prediction"] is None
+            g.pop("error"), w.pop("error")
+        assert g == w
+        if prob_w is not None:
+            assert prob_g == pytest.approx(prob_w, rel=1e-4, abs=1e-6), g["file"]
+    task1 = [json.loads((tmp_path / d / "task1.json").read_text()) for d in ("service", "scan")]
+    assert task1[0] == task1[1]
+    for sub in ("overlays", "thumbs"):
+        assert sorted(p.name for p in (tmp_path / "service" / sub).iterdir()) == sorted(
+            p.name for p in (tmp_path / "scan" / sub).iterdir()
+        )
+    for p in sorted((tmp_path / "scan" / "thumbs").iterdir())[:50]:
+        assert (tmp_path / "service" / "thumbs" / p.name).read_bytes() == p.read_bytes()
+    for p in sorted((tmp_path / "scan" / "overlays").iterdir())[:50]:
+        a = np.asarray(Image.open(io.BytesIO(p.read_bytes())), dtype=np.int16)
+        b = np.asarray(Image.open(tmp_path / "service" / "overlays" / p.name), dtype=np.int16)
+        assert a.shape == b.shape and np.abs(a - b).mean() < 2.0  # same heatmap; batch order may move a bit
+    assert "GradCAM" in (tmp_path / "service" / "report.html").read_text()
+
+    # status and results on their own, and a second tenant's key sees nothing.
+    r = _cli(service_stack, "status", job["id"])
+    assert r.returncode == 0 and json.loads(r.stdout)["state"] == "partially_succeeded"
+    r = _cli(service_stack, "results", job["id"], "--out", str(tmp_path / "again"), "--no-thumbnails")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "again" / "results.jsonl").read_text() == (tmp_path / "service" / "results.jsonl").read_text()
+    r = _cli(service_stack, "status", job["id"], key=service_stack.keys["b"])
+    assert r.returncode != 0 and "404" in r.stderr
+
+
+def test_client_resumes_with_an_idempotency_key_and_cancels(service_stack: ServiceStack, tmp_path: Path) -> None:
+    for i in range(5):
+        (tmp_path / f"{i}.png").write_bytes(png_bytes(32_000 + i))
+    with FakescopeClient(service_stack.api_url, service_stack.keys["a"]) as fs:
+        first = fs.submit([tmp_path], idempotency_key="client-resume-1")
+        again = fs.submit([tmp_path], idempotency_key="client-resume-1")
+        assert again["id"] == first["id"]
+        done = fs.wait(first["id"], timeout=300)
+        assert done["state"] == "succeeded" and done["counts"]["done"] == 5
+        assert [r["name"] for r in fs.results(first["id"])] == [f"{i}.png" for i in range(5)]
+        assert fs.cancel(first["id"])["state"] == "succeeded"  # finished jobs stay as they are
+
+
+def test_client_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FAKESCOPE_API_KEY", raising=False)
+    monkeypatch.setenv("FAKESCOPE_CLIENT_CONFIG", "/nonexistent/client.json")
+    with pytest.raises(ValueError, match="FAKESCOPE_API_KEY"):
+        FakescopeClient("http://127.0.0.1:1")
