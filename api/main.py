@@ -6,7 +6,7 @@ import logging
 
 from fastapi import FastAPI
 
-from api.routes import health, jobs, objects
+from api.routes import health, jobs, objects, webhooks
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -19,6 +19,7 @@ def create_app() -> FastAPI:
     )
     app.include_router(health.router)
     app.include_router(jobs.router, prefix="/v1")
+    app.include_router(webhooks.router, prefix="/v1")
     app.include_router(objects.router)
     return app
 

@@ -10,10 +10,13 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Request, Response, UploadFile, status
 from pydantic import BaseModel, Field
+from sqlmodel import col, select
 
 from api.deps import EnqueuerDep, SessionDep, SettingsDep, StoreDep, TenantDep
-from fakescope.db.models import Job, JobCreate, JobItem, JobPublic, JobsPublic
+from fakescope.db.models import Job, JobCreate, JobItem, JobPublic, JobsPublic, WebhookDelivery
 from fakescope.service import jobs as svc
+from fakescope.service.webhooks import CallbackURLError, check_callback_url
+from fakescope.settings import Settings
 from fakescope.storage import ObjectStore
 from fakescope.taskformat import task1, task2
 
@@ -93,6 +96,15 @@ def _job_or_404(session: SessionDep, tenant: uuid.UUID, job_id: uuid.UUID) -> Jo
     return job
 
 
+def _check_callback(url: str | None, settings: Settings) -> None:
+    if not url:
+        return
+    try:
+        check_callback_url(url, settings.callback_allowed_networks)
+    except CallbackURLError as e:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(e)) from e
+
+
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
 def create_job(
     request: Request,
@@ -108,6 +120,7 @@ def create_job(
     idempotency_key: IdempotencyKey = None,
 ) -> JobPublic:
     """Uploads a batch; answers 202 with the job and its status URL while workers classify it."""
+    _check_callback(callback_url, settings)
     with tempfile.TemporaryDirectory(prefix="fakescope-upload-") as tmp:
         inputs = svc.expand_uploads([(f.filename or "", f.file) for f in files], Path(tmp))
         job, created = svc.create_job(
@@ -139,6 +152,7 @@ def create_upload_job(
     idempotency_key: IdempotencyKey = None,
 ) -> UploadJobPublic:
     """For batches too large for one request: one presigned PUT URL per image; then ``POST /start``."""
+    _check_callback(body.callback_url, settings)
     if len(body.names) > settings.max_items_per_job:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail="Too many images for one job")
     job, urls, _ = svc.create_upload_job(
@@ -263,3 +277,28 @@ def job_task2(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> list
     """``[{"index": 2, "explanation": {artifact: reason}}, ...]`` for the images predicted fake."""
     _job_or_404(session, tenant, job_id)
     return task2(svc.task_entries(session, job_id=job_id))
+
+
+class Delivery(BaseModel):
+    delivery_id: uuid.UUID
+    attempt: int
+    url: str
+    event: str
+    status_code: int | None
+    outcome: str
+    duration_ms: float | None
+    created_at: Any
+
+
+class DeliveriesPage(BaseModel):
+    data: list[Delivery]
+
+
+@router.get("/{job_id}/deliveries", response_model=DeliveriesPage)
+def job_deliveries(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> DeliveriesPage:
+    """Every attempt to deliver the job's webhook, oldest first: status code or error, and timing."""
+    _job_or_404(session, tenant, job_id)
+    rows = session.exec(
+        select(WebhookDelivery).where(WebhookDelivery.job_id == job_id).order_by(col(WebhookDelivery.created_at))
+    ).all()
+    return DeliveriesPage(data=[Delivery.model_validate(r, from_attributes=True) for r in rows])

@@ -8,11 +8,12 @@ stack runs on one machine with no server. Production points ``database_url``, ``
 
 from __future__ import annotations
 
+import json
 from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -60,8 +61,20 @@ class Settings(BaseSettings):
     presign_expiry_s: int = 3600
     callback_timeout_s: float = 10.0
     callback_attempts: int = 3
+    callback_backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each attempt")
+    # Networks webhooks may reach besides the public internet (e.g. "10.0.0.0/8" for an in-cluster
+    # receiver); loopback, private and link-local addresses are refused otherwise.
+    callback_allowed_networks: list[str] = Field(default_factory=list)
     bootstrap_api_key: str | None = None
     flower_basic_auth: str | None = None
+
+    @field_validator("callback_allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, v: object) -> object:
+        # From the environment pydantic-settings decodes JSON (["10.0.0.0/8"]); as a plain string, commas.
+        if isinstance(v, str):
+            return json.loads(v) if v.strip().startswith("[") else [n for n in v.split(",") if n.strip()]
+        return v
 
     @model_validator(mode="after")
     def _check(self) -> Settings:

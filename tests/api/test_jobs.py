@@ -18,6 +18,7 @@ from stackfixtures import ServiceStack, png_bytes, wait_until
 from fakescope.detector import Detector
 from fakescope.imageio import InputItem, iter_inputs
 from fakescope.pipeline import classify_items
+from fakescope.service.webhooks import verify_signature
 
 pytestmark = pytest.mark.slow
 
@@ -121,12 +122,16 @@ def test_200_images_end_to_end_match_scan(service_stack: ServiceStack, tiny_chec
 
 
 class _Callbacks(BaseHTTPRequestHandler):
-    received: ClassVar[list[dict]] = []
+    """A webhook receiver: answers 503 to the first ``fail_first`` deliveries, then 204."""
+
+    received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
+    fail_first: ClassVar[int] = 1
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
-        _Callbacks.received.append(json.loads(body))
-        self.send_response(204)
+        _Callbacks.received.append((dict(self.headers), body))
+        failing = len(_Callbacks.received) <= _Callbacks.fail_first
+        self.send_response(503 if failing else 204)
         self.end_headers()
 
     def log_message(self, *args: object) -> None:
@@ -162,13 +167,43 @@ def test_bad_inputs_fail_alone_and_callback_fires(service_stack: ServiceStack) -
         assert reasons["notes.txt"] == "not an image Pillow can read"
         # Names are not all numbers: indices are positions in sorted name order.
         assert [t["index"] for t in task1] == [1, 3]
-        wait_until(lambda: _Callbacks.received, 30, "the callback")
-        got = _Callbacks.received[0]
+        # The first delivery got a 503 and was retried after a backoff; both are in the delivery log,
+        # and each carries a signature the receiver verifies with the tenant's secret.
+        wait_until(lambda: len(_Callbacks.received) >= 2, 60, "the retried webhook")
+        with service_stack.client() as c:
+            secret = c.get("/v1/webhook-secret").json()["secret"]
+            log = wait_until(
+                lambda: len(d := c.get(f"/v1/jobs/{job_id}/deliveries").json()["data"]) >= 2 and d, 30, "log"
+            )
+        for headers, body in _Callbacks.received[:2]:
+            assert verify_signature(secret, body, headers["X-Fakescope-Signature"])
+            assert not verify_signature(secret + "x", body, headers["X-Fakescope-Signature"])
+            assert headers["X-Fakescope-Event"] == "job.finished"
+        assert _Callbacks.received[0][0]["X-Fakescope-Delivery"] == _Callbacks.received[1][0]["X-Fakescope-Delivery"]
+        got = json.loads(_Callbacks.received[1][1])
         assert got["job_id"] == job_id
         assert got["state"] == "partially_succeeded"
         assert got["counts"]["failed"] == 4
+        assert [(d["attempt"], d["status_code"]) for d in log] == [(1, 503), (2, 204)]
     finally:
         server.shutdown()
+
+
+def test_callback_urls_to_private_networks_are_refused(service_stack: ServiceStack) -> None:
+    files = [("files", ("1.png", png_bytes(12), "image/png"))]
+    with service_stack.client() as c:
+        for url in ("http://169.254.169.254/latest/meta-data", "http://10.0.0.7/hook", "file:///etc/passwd"):
+            r = c.post("/v1/jobs", files=files, data={"callback_url": url})
+            assert r.status_code == 422, (url, r.text)
+            assert "callback_url" in r.json()["detail"]
+        r = c.post("/v1/jobs/uploads", json={"names": ["a.png"], "callback_url": "http://[::ffff:127.0.0.2]/"})
+        assert r.status_code == 422, r.text
+        secret_a = c.get("/v1/webhook-secret").json()["secret"]
+    # Each tenant has its own signing secret; rotating gives a new one.
+    with service_stack.client("b") as b:
+        secret_b = b.get("/v1/webhook-secret").json()["secret"]
+        assert secret_b != secret_a and len(secret_b) == 64
+        assert b.post("/v1/webhook-secret/rotate").json()["secret"] not in (secret_a, secret_b)
 
 
 def test_second_tenant_gets_404(service_stack: ServiceStack) -> None:

@@ -201,6 +201,9 @@ def build_env(tmp: Path, checkpoint: Path) -> ServiceEnv:
         "FAKESCOPE_RESTORE_INTERVAL_S": "1",
         "FAKESCOPE_DATA_DIR": str(tmp / "data"),
         "FAKESCOPE_FLOWER_BASIC_AUTH": FLOWER_AUTH,
+        # The tests' webhook receivers listen on loopback; everything else private stays refused.
+        "FAKESCOPE_CALLBACK_ALLOWED_NETWORKS": '["127.0.0.1/32"]',
+        "FAKESCOPE_CALLBACK_BACKOFF_S": "0.2",
     }
     settings = Settings(
         **{k.removeprefix("FAKESCOPE_").lower(): v for k, v in env.items() if k != "FAKESCOPE_FLOWER_BASIC_AUTH"}

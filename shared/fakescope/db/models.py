@@ -6,6 +6,7 @@ SQLModel families follow FastAPI's full-stack template: ``*Base`` holds the shar
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -27,6 +28,7 @@ __all__ = [
     "JobState",
     "JobsPublic",
     "Tenant",
+    "WebhookDelivery",
     "utcnow",
 ]
 
@@ -76,6 +78,8 @@ class Tenant(SQLModel, table=True):
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     name: str = Field(max_length=255, unique=True)
+    # Signs this tenant's webhook deliveries (HMAC-SHA256); shown to the tenant by GET /v1/webhook-secret.
+    webhook_secret: str = Field(default_factory=lambda: secrets.token_hex(32), max_length=128)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
 
 
@@ -183,3 +187,21 @@ class JobItem(SQLModel, table=True):
     finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
     duration_ms: float | None = None
     explained_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+
+
+class WebhookDelivery(SQLModel, table=True):
+    """One attempt to deliver a webhook; the attempts of one delivery share ``delivery_id``."""
+
+    __tablename__ = "webhook_deliveries"
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    delivery_id: uuid.UUID = Field(index=True)
+    job_id: uuid.UUID = Field(foreign_key="jobs.id", index=True, ondelete="CASCADE")
+    tenant_id: uuid.UUID = Field(foreign_key="tenants.id", index=True, ondelete="CASCADE")
+    url: str = Field(max_length=2048)
+    event: str = Field(max_length=64)
+    attempt: int
+    status_code: int | None = None
+    outcome: str = Field(max_length=255)
+    duration_ms: float | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]

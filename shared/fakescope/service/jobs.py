@@ -14,9 +14,8 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO
 
-import httpx
 from sqlalchemy import func, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -40,7 +39,6 @@ __all__ = [
     "list_failures",
     "list_jobs",
     "list_results",
-    "send_callback",
     "start_job",
     "task_entries",
 ]
@@ -407,27 +405,6 @@ def finalize_if_done(session: Session, *, job_id: uuid.UUID) -> Job | None:
     return job
 
 
-def send_callback(
-    session: Session, *, job: Job, payload: dict[str, Any], timeout_s: float = 10.0, attempts: int = 3
-) -> str:
-    """POSTs ``payload`` to the job's ``callback_url``, retrying network errors and 5xx; records the outcome."""
-    assert job.callback_url
-    status = "not sent"
-    for attempt in range(1, attempts + 1):
-        try:
-            resp = httpx.post(job.callback_url, json=payload, timeout=timeout_s)
-            status = f"HTTP {resp.status_code}"
-            if resp.status_code < 500:
-                break
-        except httpx.HTTPError as e:
-            status = f"error: {type(e).__name__}: {e}"
-        logger.warning("callback for job %s, attempt %s: %s", job.id, attempt, status)
-    job.callback_status = status[:255]
-    session.add(job)
-    session.commit()
-    return status
-
-
 def finish(session: Session, *, job_id: uuid.UUID) -> Job | None:
     """Finalizes the job if this was its last work, and then POSTs to its ``callback_url``."""
     job = finalize_if_done(session, job_id=job_id)
@@ -438,5 +415,17 @@ def finish(session: Session, *, job_id: uuid.UUID) -> Job | None:
             "counts": job_counts(session, job_id=job.id).model_dump(),
             "finished_at": job.finished_at.isoformat() if job.finished_at else None,
         }
-        send_callback(session, job=job, payload=payload)
+        from fakescope.service.webhooks import deliver
+        from fakescope.settings import get_settings
+
+        cfg = get_settings()
+        deliver(
+            session,
+            job=job,
+            payload=payload,
+            allowed_networks=cfg.callback_allowed_networks,
+            timeout_s=cfg.callback_timeout_s,
+            attempts=cfg.callback_attempts,
+            backoff_s=cfg.callback_backoff_s,
+        )
     return job
