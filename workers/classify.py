@@ -23,6 +23,11 @@ MAX_RETRIES = 5
 
 @app.task(name=TaskName.CLASSIFY.value, bind=True, max_retries=MAX_RETRIES, base=runtime.ChunkTask)
 def classify(self: Task, job_id: str, item_ids: list[str]) -> int:
+    with runtime.observed(job_id, item_ids):
+        return _classify(self, job_id, item_ids)
+
+
+def _classify(self: Task, job_id: str, item_ids: list[str]) -> int:
     try:
         with runtime.session() as session:
             return classify_chunk(

@@ -21,6 +21,11 @@ MAX_RETRIES = 5
 
 @app.task(name=TaskName.EXPLAIN.value, bind=True, max_retries=MAX_RETRIES, base=runtime.ChunkTask, explain_pool=True)
 def explain(self: Task, job_id: str, item_ids: list[str]) -> int:
+    with runtime.observed(job_id, item_ids):
+        return _explain(self, job_id, item_ids)
+
+
+def _explain(self: Task, job_id: str, item_ids: list[str]) -> int:
     try:
         with runtime.session() as session:
             return explain_chunk(

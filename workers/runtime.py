@@ -8,7 +8,10 @@ after a few seconds.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import time
+from collections.abc import Iterator
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +20,7 @@ from celery import Task
 from sqlmodel import Session
 
 from fakescope.db.engine import get_engine
+from fakescope.observability import IMAGES_PER_S, TASK_SECONDS, log_context, pool
 from fakescope.service.processing import fail_items
 from fakescope.settings import get_settings
 from fakescope.storage import ObjectStore, get_store
@@ -63,6 +67,19 @@ def explainer() -> Any:
     from fakescope.explain import load_explainer
 
     return load_explainer(get_settings().explain_backend or None)
+
+
+@contextlib.contextmanager
+def observed(job_id: str, item_ids: list[str]) -> Iterator[None]:
+    """Tags the task's log lines with its job and items, and times it for the metrics."""
+    t0 = time.perf_counter()
+    with log_context(job_id=job_id, item_ids=item_ids):
+        try:
+            yield
+        finally:
+            seconds = time.perf_counter() - t0
+            TASK_SECONDS.labels(pool()).observe(seconds)
+            IMAGES_PER_S.labels(pool()).set(len(item_ids) / max(seconds, 1e-9))
 
 
 class ChunkTask(Task):

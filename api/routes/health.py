@@ -50,10 +50,14 @@ def readyz(session: SessionDep, store: StoreDep, enqueuer: EnqueuerDep) -> dict[
 @router.get("/metrics", response_class=Response)
 def metrics(settings: SettingsDep, enqueuer: EnqueuerDep) -> Response:
     """Prometheus text: messages waiting per queue (Flower does not export it), for scaling on backlog."""
+    from prometheus_client import generate_latest
+
     lines = [
         "# HELP fakescope_queue_depth Messages waiting in a worker queue.",
         "# TYPE fakescope_queue_depth gauge",
     ]
     for queue, depth in queue_depths(enqueuer.app, [settings.queue_classify, settings.queue_explain]).items():
         lines.append(f'fakescope_queue_depth{{queue="{queue}"}} {depth}')
-    return Response("\n".join(lines) + "\n", media_type="text/plain; version=0.0.4")
+    # This API process's own request counters and latency histograms follow the queue depths.
+    body = "\n".join(lines) + "\n" + generate_latest().decode()
+    return Response(body, media_type="text/plain; version=0.0.4")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import time
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ import numpy as np
 from fakescope.detector import Detector
 from fakescope.gradcam import overlay_png
 from fakescope.imageio import DEFAULT_MAX_PIXELS, OVERLAY_MAX_SIDE, ImageError, InputItem, decode_image, to_rgb_array
+from fakescope.observability import MODEL_SECONDS
+from fakescope.observability import pool as pool_name
 
 __all__ = ["DecodedImage", "ImageResult", "classify_items", "decode_item"]
 
@@ -130,10 +133,12 @@ def classify_items(
             cams: np.ndarray | None = None
             if good:
                 batch = np.stack([d.model_input for d in good])  # type: ignore[misc]
+                t0 = time.perf_counter()
                 if overlays or keep_arrays:
                     probs, cams = detector.predict_with_cam(batch)
                 else:
                     probs = detector.predict(batch)
+                MODEL_SECONDS.labels(pool_name()).observe(time.perf_counter() - t0)
             k = 0
             for d in chunk:
                 if d.error is not None:

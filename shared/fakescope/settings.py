@@ -66,6 +66,9 @@ class Settings(BaseSettings):
     # receiver); loopback, private and link-local addresses are refused otherwise.
     callback_allowed_networks: list[str] = Field(default_factory=list)
     bootstrap_api_key: str | None = None
+    metrics_port: int | None = Field(None, description="a worker process serves Prometheus metrics here")
+    metrics_host: str = "0.0.0.0"
+    log_format: Literal["json", "text"] = "json"
     flower_basic_auth: str | None = None
 
     @field_validator("callback_allowed_networks", mode="before")

@@ -69,7 +69,12 @@ class Stack:
         return self._spawn(name, ["-m", "uvicorn", "api.main:app", "--host", host, "--port", str(port)])
 
     def start_worker(
-        self, pool: str, name: str | None = None, concurrency: int = 1, gpu: str | None = None
+        self,
+        pool: str,
+        name: str | None = None,
+        concurrency: int = 1,
+        gpu: str | None = None,
+        metrics_port: int | None = None,
     ) -> subprocess.Popen[bytes]:
         """A worker of ``pool`` (``classify`` or ``explain``) consuming that pool's queue only."""
         queue = self.env.get(f"FAKESCOPE_QUEUE_{pool.upper()}", pool)
@@ -79,7 +84,11 @@ class Stack:
             "-Q", queue, "-n", f"{name}@%h", "-c", str(concurrency), "-P", "prefork",
             "-E", "--without-gossip", "--without-mingle", "--loglevel", "INFO",
         ]  # fmt: skip
-        extra = {"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else None
+        extra = {"FAKESCOPE_WORKER_POOL": pool}
+        if gpu is not None:
+            extra["CUDA_VISIBLE_DEVICES"] = gpu
+        if metrics_port is not None:
+            extra["FAKESCOPE_METRICS_PORT"] = str(metrics_port)
         return self._spawn(name, args, extra)
 
     def start_flower(self, host: str = "127.0.0.1", port: int = 5555, name: str = "flower") -> subprocess.Popen[bytes]:

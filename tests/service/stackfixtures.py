@@ -91,6 +91,11 @@ class ServiceStack:
     flower_url: str
     keys: dict[str, str]
     classify_worker: str = "classify-1"
+    # Each worker process serves Prometheus metrics on its own port (kept across restarts).
+    metrics_ports: dict[str, int] = field(default_factory=dict)
+
+    def metrics_port(self, name: str) -> int:
+        return self.metrics_ports.setdefault(name, free_port())
 
     def logs(self) -> str:
         out = []
@@ -131,7 +136,7 @@ class ServiceStack:
         return any(name in r for reply in replies for r in reply)
 
     def start_worker(self, pool: str, name: str) -> None:
-        self.stack.start_worker(pool, name=name)
+        self.stack.start_worker(pool, name=name, metrics_port=self.metrics_port(name))
         wait_until(lambda: self.worker_ready(f"{name}@"), 300, f"worker {name}", interval=1)
 
 
@@ -265,8 +270,8 @@ def get_service_stack(request: pytest.FixtureRequest) -> ServiceStack:
         )
         _state["stack"] = st
         stack.start_api(port=api_port)
-        stack.start_worker("classify", name=st.classify_worker)
-        stack.start_worker("explain", name="explain-1")
+        stack.start_worker("classify", name=st.classify_worker, metrics_port=st.metrics_port(st.classify_worker))
+        stack.start_worker("explain", name="explain-1", metrics_port=st.metrics_port("explain-1"))
         stack.start_flower(port=flower_port)
         try:
             wait_until(lambda: httpx.get(f"{st.api_url}/readyz", timeout=5).status_code == 200, 90, "API /readyz")

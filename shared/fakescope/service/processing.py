@@ -20,6 +20,7 @@ from sqlmodel import Session, col, select
 
 from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, utcnow
 from fakescope.imageio import ImageError, InputItem
+from fakescope.observability import FAILURES, IMAGES, failure_reason, log_context, pool
 from fakescope.pipeline import classify_items
 from fakescope.service.jobs import finish
 from fakescope.storage import ObjectNotFound, ObjectStore, overlay_key
@@ -142,7 +143,7 @@ def classify_chunk(
         }))  # fmt: skip
     t0 = time.perf_counter()
     inputs = [store_input(store, it) for it in todo]
-    with ThreadPoolExecutor(PUT_THREADS, thread_name_prefix="overlay-put") as pool:
+    with ThreadPoolExecutor(PUT_THREADS, thread_name_prefix="overlay-put") as putter:
         puts = []
         for it, res in zip(todo, classify_items(detector, inputs, batch_size=batch_size), strict=True):
             values: dict[str, Any] = {
@@ -159,7 +160,7 @@ def classify_chunk(
                 key = None
                 if res.overlay_png is not None:
                     key = overlay_key(jid, it.position)
-                    puts.append(pool.submit(store.put, key, res.overlay_png, content_type="image/png"))
+                    puts.append(putter.submit(store.put, key, res.overlay_png, content_type="image/png"))
                 values.update(
                     status=ItemStatus.DONE,
                     prediction=res.prediction,
@@ -183,6 +184,13 @@ def classify_chunk(
         )
         written += r.rowcount
     session.commit()
+    for it, values in updates:
+        outcome = "cached" if values.get("cached") else str(values["status"])
+        IMAGES.labels(pool(), outcome).inc()
+        if values["status"] == ItemStatus.FAILED:
+            FAILURES.labels(pool(), failure_reason(values.get("error"))).inc()
+            with log_context(item_id=it.id):
+                logger.info("image %r failed: %s", it.name, values.get("error"))
     if job.explain and enqueue_explain is not None:
         # Re-sent on every delivery of the chunk: if the first delivery died between committing and
         # enqueueing, the explanations would otherwise never be asked for. explain_chunk skips done ones.
@@ -240,6 +248,9 @@ def explain_chunk(
         )
         session.commit()
         written += res.rowcount
+        IMAGES.labels(pool(), "done" if it.id in done else "failed").inc()
+        if it.id not in done:
+            FAILURES.labels(pool(), failure_reason(r.error)).inc()
     finish(session, job_id=jid)
     return written
 
