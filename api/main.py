@@ -8,7 +8,7 @@ import time
 from fastapi import FastAPI, Request, Response
 from prometheus_client import Counter, Histogram
 
-from api.routes import health, jobs, objects, webhooks
+from api.routes import health, jobs, objects, report, webhooks
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -45,6 +45,7 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router, prefix="/v1")
     app.include_router(webhooks.router, prefix="/v1")
     app.include_router(objects.router)
+    app.include_router(report.router)
     return app
 
 

@@ -8,12 +8,24 @@ import uuid
 from pathlib import Path
 from typing import Annotated, Any
 
-from fastapi import APIRouter, File, Form, Header, HTTPException, Query, Request, Response, UploadFile, status
+from fastapi import (
+    APIRouter,
+    BackgroundTasks,
+    File,
+    Form,
+    Header,
+    HTTPException,
+    Query,
+    Request,
+    Response,
+    UploadFile,
+    status,
+)
 from pydantic import BaseModel, Field
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from api.deps import EnqueuerDep, SessionDep, SettingsDep, StoreDep, TenantDep
-from fakescope.db.models import Job, JobCreate, JobItem, JobPublic, JobsPublic, WebhookDelivery
+from fakescope.db.models import Job, JobCreate, JobItem, JobPublic, JobsPublic, JobState, WebhookDelivery
 from fakescope.service import jobs as svc
 from fakescope.service.webhooks import CallbackURLError, check_callback_url
 from fakescope.settings import Settings
@@ -203,11 +215,33 @@ def get_job(request: Request, job_id: uuid.UUID, session: SessionDep, tenant: Te
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
-def cancel_job(request: Request, job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> JobPublic:
-    """Cancels the job: images not classified yet never will be. Finished jobs are left as they are."""
+def cancel_job(
+    request: Request,
+    job_id: uuid.UUID,
+    session: SessionDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    background: BackgroundTasks,
+) -> JobPublic:
+    """Cancels the job: images not classified yet never will be. Finished jobs are left as they are.
+
+    A job this call cancels sends its webhook (state ``cancelled``) after the response.
+    """
     job = _job_or_404(session, tenant, job_id)
+    was_finished = JobState(job.state).finished
     job = svc.cancel_job(session, job=job)
+    if not was_finished and job.state == JobState.CANCELLED and job.callback_url:
+        background.add_task(_notify, settings.sqlalchemy_url, job.id)
     return svc.job_public(session, job, _status_url(request, job.id))
+
+
+def _notify(db_url: str, job_id: uuid.UUID) -> None:
+    from fakescope.db.engine import get_engine
+
+    with Session(get_engine(db_url)) as session:
+        job = session.get(Job, job_id)
+        if job is not None:
+            svc.notify(session, job=job)
 
 
 def _result(item: JobItem, store: ObjectStore, expires_s: int) -> ItemResult:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
@@ -268,3 +269,31 @@ def test_readyz_healthz_metrics(service_stack: ServiceStack) -> None:
     q = service_stack.svc.settings.queue_classify
     assert f'fakescope_queue_depth{{queue="{q}"}} ' in metrics
     assert httpx.get(f"{service_stack.api_url}/openapi.json").json()["paths"]["/v1/jobs"]
+
+
+def test_cancel_sends_a_signed_webhook(service_stack: ServiceStack) -> None:
+    _Callbacks.received.clear()
+    _Callbacks.fail_first = 0
+    server = HTTPServer(("127.0.0.1", 0), _Callbacks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with service_stack.client() as c:
+            # Presigned jobs wait for their uploads, so this one is surely unfinished when cancelled.
+            r = c.post(
+                "/v1/jobs/uploads",
+                json={"names": ["x.png"], "callback_url": f"http://127.0.0.1:{server.server_address[1]}/c"},
+            )
+            job_id = r.json()["job"]["id"]
+            assert c.delete(f"/v1/jobs/{job_id}").json()["state"] == "cancelled"
+            wait_until(lambda: _Callbacks.received, 30, "the cancel webhook")
+            secret = c.get("/v1/webhook-secret").json()["secret"]
+            # Cancelling again changes nothing and sends nothing more.
+            c.delete(f"/v1/jobs/{job_id}")
+        headers, body = _Callbacks.received[0]
+        assert verify_signature(secret, body, headers["X-Fakescope-Signature"])
+        assert json.loads(body)["state"] == "cancelled"
+        time.sleep(1)
+        assert len(_Callbacks.received) == 1
+    finally:
+        server.shutdown()
+        _Callbacks.fail_first = 1

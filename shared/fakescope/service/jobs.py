@@ -39,6 +39,7 @@ __all__ = [
     "list_failures",
     "list_jobs",
     "list_results",
+    "notify",
     "start_job",
     "task_entries",
 ]
@@ -405,27 +406,34 @@ def finalize_if_done(session: Session, *, job_id: uuid.UUID) -> Job | None:
     return job
 
 
+def notify(session: Session, *, job: Job) -> str | None:
+    """Delivers the job's finished (or cancelled) webhook, signed and retried; None without a callback_url."""
+    if not job.callback_url:
+        return None
+    from fakescope.service.webhooks import deliver
+    from fakescope.settings import get_settings
+
+    payload = {
+        "job_id": str(job.id),
+        "state": job.state,
+        "counts": job_counts(session, job_id=job.id).model_dump(),
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
+    cfg = get_settings()
+    return deliver(
+        session,
+        job=job,
+        payload=payload,
+        allowed_networks=cfg.callback_allowed_networks,
+        timeout_s=cfg.callback_timeout_s,
+        attempts=cfg.callback_attempts,
+        backoff_s=cfg.callback_backoff_s,
+    )
+
+
 def finish(session: Session, *, job_id: uuid.UUID) -> Job | None:
     """Finalizes the job if this was its last work, and then POSTs to its ``callback_url``."""
     job = finalize_if_done(session, job_id=job_id)
-    if job is not None and job.callback_url:
-        payload = {
-            "job_id": str(job.id),
-            "state": job.state,
-            "counts": job_counts(session, job_id=job.id).model_dump(),
-            "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-        }
-        from fakescope.service.webhooks import deliver
-        from fakescope.settings import get_settings
-
-        cfg = get_settings()
-        deliver(
-            session,
-            job=job,
-            payload=payload,
-            allowed_networks=cfg.callback_allowed_networks,
-            timeout_s=cfg.callback_timeout_s,
-            attempts=cfg.callback_attempts,
-            backoff_s=cfg.callback_backoff_s,
-        )
+    if job is not None:
+        notify(session, job=job)
     return job

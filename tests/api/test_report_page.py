@@ -1,0 +1,113 @@
+"""The job report page in headless Chromium (Debian's chromium and chromium-driver, through Selenium).
+
+The page loads a finished job's images with verdicts, overlays and explanations, the filters work, a
+second tenant's key sees nothing, and a screenshot is kept in ``$FAKESCOPE_TEST_ARTIFACTS`` (default
+``.test-artifacts/`` in the repository).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from stackfixtures import ServiceStack, png_bytes
+
+from fakescope.detector import Detector
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+ARTIFACTS = Path(os.environ.get("FAKESCOPE_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / ".test-artifacts"))
+
+webdriver = pytest.importorskip("selenium.webdriver")
+if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
+    pytest.skip("Debian chromium and chromium-driver are missing (.ci/run installs them)", allow_module_level=True)
+
+from selenium.webdriver.common.by import By  # noqa: E402
+
+
+@pytest.fixture
+def browser(tmp_path: Path):
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for flag in (
+        "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync",
+        "--window-size=1400,1000", f"--user-data-dir={tmp_path / 'chromium'}",
+    ):  # fmt: skip
+        opts.add_argument(flag)
+    driver = webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=CHROMEDRIVER))
+    yield driver
+    driver.quit()
+
+
+def _wait(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if out := predicate():
+            return out
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_report_page_shows_a_finished_job_and_filters(
+    service_stack: ServiceStack, tiny_checkpoint: Path, browser
+) -> None:
+    detector = Detector.load(tiny_checkpoint, device="cpu")
+    pool = list(range(50_000, 50_300))
+    probs = detector.predict(np.stack([np.asarray(Image.open(io.BytesIO(png_bytes(s))).convert("RGB")) for s in pool]))
+    fakes = [s for s, p in zip(pool, probs, strict=True) if p >= 0.5][:4]
+    reals = [s for s, p in zip(pool, probs, strict=True) if p < 0.5][:6]
+    assert fakes and reals
+    files = [("files", (f"{s}.png", png_bytes(s), "image/png")) for s in fakes + reals]
+    files.append(("files", ("broken.png", b"\x89PNG\r\n\x1a\n broken", "image/png")))
+    with service_stack.client() as c:
+        r = c.post("/v1/jobs", files=files, data={"explain": "true"})
+        assert r.status_code == 202, r.text
+        job = service_stack.wait_job(r.json()["id"], timeout=300)
+    assert job["state"] == "partially_succeeded" and job["counts"]["explain_pending"] == 0
+
+    browser.get(f"{service_stack.api_url}/report/{job['id']}#key={service_stack.keys['a']}")
+    body = browser.find_element(By.TAG_NAME, "body")
+    _wait(lambda: body.get_attribute("data-loaded") == "true", 60, "the page to load the job")
+    assert "#key" not in browser.current_url  # the key does not stay in the address bar
+    cards = browser.find_elements(By.CSS_SELECTOR, ".card")
+    assert len(cards) == len(files)
+    assert len(browser.find_elements(By.CSS_SELECTOR, ".card.fake")) == len(fakes)
+    assert browser.find_element(By.ID, "state").text == "partially_succeeded"
+    # Every overlay and image actually loaded from the object store.
+    _wait(
+        lambda: browser.execute_script(
+            "return [...document.querySelectorAll('.card img')].every(i => i.complete && i.naturalWidth > 0)"
+        ),
+        30,
+        "images to load",
+    )
+    assert len(browser.find_elements(By.CSS_SELECTOR, "img.overlay")) == len(fakes) + len(reals)
+    artifacts = browser.find_elements(By.CSS_SELECTOR, ".card.fake .artifacts li")
+    assert len(artifacts) >= len(fakes) and all(":" in li.text for li in artifacts)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / "report-page.png"
+    browser.save_screenshot(str(shot))
+    assert Image.open(shot).size[0] >= 800
+
+    browser.find_element(By.CSS_SELECTOR, "[data-filter=fake]").click()
+    kinds = {c.get_attribute("data-kind") for c in browser.find_elements(By.CSS_SELECTOR, ".card")}
+    assert kinds == {"fake"} and len(browser.find_elements(By.CSS_SELECTOR, ".card")) == len(fakes)
+    browser.find_element(By.CSS_SELECTOR, "[data-filter=error]").click()
+    (err,) = browser.find_elements(By.CSS_SELECTOR, ".card")
+    assert "broken.png" in err.text and err.get_attribute("data-kind") == "error"
+    browser.save_screenshot(str(ARTIFACTS / "report-page-errors.png"))
+
+    # Another tenant's key: the API says 404 and the page shows nothing of the job.
+    browser.execute_script("sessionStorage.clear()")
+    browser.get(f"{service_stack.api_url}/report/{job['id']}#key={service_stack.keys['b']}")
+    body = browser.find_element(By.TAG_NAME, "body")
+    _wait(lambda: body.get_attribute("data-error"), 30, "the page to refuse the key")
+    assert "not found" in browser.find_element(By.ID, "msg").text
+    assert browser.find_elements(By.CSS_SELECTOR, ".card") == []
