@@ -106,6 +106,7 @@ def test_report_page_shows_a_finished_job_and_filters(
 
     # Another tenant's key: the API says 404 and the page shows nothing of the job.
     browser.execute_script("sessionStorage.clear()")
+    browser.get("about:blank")  # else a new fragment on the same page is not a new page load
     browser.get(f"{service_stack.api_url}/report/{job['id']}#key={service_stack.keys['b']}")
     body = browser.find_element(By.TAG_NAME, "body")
     _wait(lambda: body.get_attribute("data-error"), 30, "the page to refuse the key")
