@@ -10,8 +10,9 @@ from fastapi import Depends, HTTPException, Security, status
 from fastapi.security import APIKeyHeader
 from sqlmodel import Session
 
+from api.limits import RateLimiter
 from fakescope.db.engine import get_engine
-from fakescope.service.tenants import authenticate
+from fakescope.service.tenants import authenticate, hash_key
 from fakescope.settings import Settings, get_settings
 from fakescope.storage import ObjectStore, get_store
 from fakescope.tasks import Enqueuer, make_celery
@@ -48,12 +49,28 @@ StoreDep = Annotated[ObjectStore, Depends(get_object_store)]
 EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
 
 
-def get_tenant(session: SessionDep, key: Annotated[str | None, Security(api_key_header)]) -> uuid.UUID:
+_limiters: dict[int, RateLimiter] = {}
+
+
+def get_tenant(
+    session: SessionDep, settings: SettingsDep, key: Annotated[str | None, Security(api_key_header)]
+) -> uuid.UUID:
     if not key:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="Missing API key")
     tenant_id = authenticate(session, key=key)
     if tenant_id is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="Invalid API key")
+    limiter = _limiters.setdefault(id(settings), RateLimiter(settings))
+    try:
+        retry_after = limiter.hit(hash_key(key))
+    except Exception:  # the limiter's store is down: serve rather than fail every request
+        retry_after = 0
+    if retry_after:
+        raise HTTPException(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            detail=f"Rate limit of {settings.rate_limit_per_minute} requests a minute for this key",
+            headers={"Retry-After": str(retry_after)},
+        )
     return tenant_id
 
 

@@ -8,7 +8,9 @@ import time
 from fastapi import FastAPI, Request, Response
 from prometheus_client import Counter, Histogram
 
+from api.limits import BodySizeLimit
 from api.routes import health, jobs, objects, report, webhooks
+from fakescope.settings import get_settings
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -46,6 +48,8 @@ def create_app() -> FastAPI:
     app.include_router(webhooks.router, prefix="/v1")
     app.include_router(objects.router)
     app.include_router(report.router)
+    # An oversized body is refused before anything reads it.
+    app.add_middleware(BodySizeLimit, max_bytes=get_settings().max_request_bytes)
     return app
 
 

@@ -57,6 +57,8 @@ class Settings(BaseSettings):
     sweep_every_s: float = Field(60.0, gt=0, description="how often the sweeper runs")
 
     max_upload_bytes: int = 2 * 1024**3
+    max_request_bytes: int = Field(2 * 1024**3, ge=1, description="larger request bodies get 413")
+    rate_limit_per_minute: int = Field(3000, ge=0, description="requests per API key per minute (0: none)")
     max_items_per_job: int = 100_000
     presign_expiry_s: int = 3600
     callback_timeout_s: float = 10.0

@@ -1,0 +1,47 @@
+"""Request limits on a second API process with tight settings, sharing the session's stack services."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+from stackfixtures import ServiceStack, free_port, png_bytes, wait_until
+
+from fakescope.stack import Stack
+
+
+def test_oversized_bodies_get_413_and_each_key_is_rate_limited(service_stack: ServiceStack) -> None:
+    port = free_port()
+    env = {
+        **service_stack.stack.env,
+        "FAKESCOPE_RATE_LIMIT_PER_MINUTE": "8",
+        "FAKESCOPE_MAX_REQUEST_BYTES": "20000",
+        "FAKESCOPE_PUBLIC_URL": f"http://127.0.0.1:{port}",
+    }
+    stack = Stack(env=env, log_dir=service_stack.stack.log_dir)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        stack.start_api(port=port, name="api-limits")
+        wait_until(lambda: httpx.get(f"{url}/healthz", timeout=5).status_code == 200, 120, "the second API")
+        a = httpx.Client(base_url=url, headers={"X-API-Key": service_stack.keys["a"]}, timeout=30)
+        b = httpx.Client(base_url=url, headers={"X-API-Key": service_stack.keys["b"]}, timeout=30)
+        with a, b:
+            big = [("files", ("big.png", b"\0" * 30_000, "image/png"))]
+            r = a.post("/v1/jobs", files=big)
+            assert r.status_code == 413 and "limit of 20000 bytes" in r.json()["detail"]
+
+            while time.time() % 60 > 50:  # all 12 in one fixed one-minute window
+                time.sleep(0.5)
+            codes = [a.get("/v1/jobs").status_code for _ in range(12)]
+            # The 413 above never reached authentication, so it used none of the 8.
+            assert codes[:8] == [200] * 8 and set(codes[8:]) == {429}, codes
+            r = a.get("/v1/jobs")
+            assert 1 <= int(r.headers["Retry-After"]) <= 60
+            assert "8 requests a minute" in r.json()["detail"]
+            # Per key: tenant b is not slowed by tenant a; unauthenticated requests are 401, not 429.
+            assert b.get("/v1/jobs").status_code == 200
+            assert httpx.get(f"{url}/v1/jobs", timeout=30).status_code == 401
+            ok = b.post("/v1/jobs", files=[("files", ("s.png", png_bytes(77), "image/png"))])
+            assert ok.status_code == 202, ok.text
+    finally:
+        stack.stop_all()
