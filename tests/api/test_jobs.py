@@ -54,7 +54,7 @@ def test_200_images_end_to_end_match_scan(service_stack: ServiceStack, tiny_chec
         r = c.post("/v1/jobs", files=files)
         assert r.status_code == 202, r.text
         created = r.json()
-        assert created["state"] == "queued"
+        assert created["state"] in ("queued", "running")  # a warm worker may have started already
         assert created["counts"]["total"] == 200
         assert created["status_url"] == f"{service_stack.api_url}/v1/jobs/{created['id']}"
         job = service_stack.wait_job(created["id"], timeout=400)

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import httpx
 from stackfixtures import ServiceStack, free_port, png_bytes, wait_until
 
+from fakescope.service.tenants import create_api_key
 from fakescope.stack import Stack
 
 
@@ -23,8 +25,13 @@ def test_oversized_bodies_get_413_and_each_key_is_rate_limited(service_stack: Se
     try:
         stack.start_api(port=port, name="api-limits")
         wait_until(lambda: httpx.get(f"{url}/healthz", timeout=5).status_code == 200, 120, "the second API")
-        a = httpx.Client(base_url=url, headers={"X-API-Key": service_stack.keys["a"]}, timeout=30)
-        b = httpx.Client(base_url=url, headers={"X-API-Key": service_stack.keys["b"]}, timeout=30)
+        # Fresh keys: the count is shared by every API process (it lives in Redis), and the session's
+        # tenant keys have been busy on the main API this minute.
+        with service_stack.svc.session() as session:
+            key_a = create_api_key(session, tenant_name=f"limits-a-{uuid.uuid4().hex[:6]}")[1]
+            key_b = create_api_key(session, tenant_name=f"limits-b-{uuid.uuid4().hex[:6]}")[1]
+        a = httpx.Client(base_url=url, headers={"X-API-Key": key_a}, timeout=30)
+        b = httpx.Client(base_url=url, headers={"X-API-Key": key_b}, timeout=30)
         with a, b:
             big = [("files", ("big.png", b"\0" * 30_000, "image/png"))]
             r = a.post("/v1/jobs", files=big)
