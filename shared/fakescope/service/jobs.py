@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
+from itertools import islice
 from pathlib import Path, PurePosixPath
 from typing import IO
 
@@ -47,6 +48,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 UPLOAD_THREADS = 8
+UPLOAD_WINDOW = 256
 
 
 class JobStateError(RuntimeError):
@@ -118,6 +120,19 @@ def _new_job(
     return job, True
 
 
+def _known_originals(session: Session, tenant_id: uuid.UUID, sha256s: set[str | None]) -> dict[str, str]:
+    """Object keys of originals this tenant already stored, by content hash (one of each)."""
+    shas = [h for h in sha256s if h]
+    if not shas:
+        return {}
+    rows = session.exec(  # type: ignore[call-overload]
+        select(JobItem.sha256, JobItem.object_key)
+        .join(Job, col(Job.id) == col(JobItem.job_id))
+        .where(col(Job.tenant_id) == tenant_id, col(JobItem.sha256).in_(shas))
+    ).all()
+    return {sha: key for sha, key in rows}
+
+
 def create_job(
     session: Session,
     store: ObjectStore,
@@ -131,6 +146,10 @@ def create_job(
     max_items: int = 100_000,
 ) -> tuple[Job, bool]:
     """Stores every input's bytes, one item row each, and enqueues the classify chunks.
+
+    Bytes this tenant already stored (same SHA-256) are not stored again: the item points at the
+    existing object, which is what makes a resubmitted batch cheap (the workers then answer it from
+    the result cache).
 
     Returns the job and whether it was created (False: an earlier request with the same
     ``idempotency_key`` made it, and nothing new was stored). An input that cannot be read (an
@@ -148,23 +167,32 @@ def create_job(
     if not created:
         return job, False
 
-    def store_one(position: int, item: InputItem) -> JobItem:
+    def read_one(position: int, item: InputItem) -> tuple[JobItem, bytes | None]:
         row = JobItem(job_id=job.id, position=position, name=item.name, object_key=original_key(job.id, position))
         try:
             data = item.read()
-            row.sha256 = hashlib.sha256(data).hexdigest()
-            store.put(row.object_key, data)
         except ImageError as e:
             row.status, row.error, row.finished_at = ItemStatus.FAILED, str(e), utcnow()
-        return row
+            return row, None
+        row.sha256 = hashlib.sha256(data).hexdigest()
+        return row, data
 
+    rows: list[JobItem] = []
+    numbered = ((p, it) for p, it in enumerate(inputs) if p < max_items)
     with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload") as pool:
-        futures = []
-        for position, item in enumerate(inputs):
-            if position >= max_items:
-                break
-            futures.append(pool.submit(store_one, position, item))
-        rows = [f.result() for f in futures]
+        # A window at a time: bounded memory, and one lookup of the tenant's known originals per window.
+        while window := list(islice(numbered, UPLOAD_WINDOW)):
+            read = list(pool.map(lambda pi: read_one(*pi), window))
+            known = _known_originals(session, tenant_id, {r.sha256 for r, d in read if d is not None})
+            puts = []
+            for row, data in read:
+                if data is not None and row.sha256 in known:
+                    row.object_key = known[row.sha256]  # the same bytes are stored already: no second copy
+                elif data is not None:
+                    puts.append(pool.submit(store.put, row.object_key, data))
+            for f in puts:
+                f.result()
+            rows += [r for r, _ in read]
     if not rows:
         job.state, job.error, job.finished_at = JobState.FAILED, "no images in the upload", utcnow()
     job.total = len(rows)
