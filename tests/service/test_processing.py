@@ -112,7 +112,16 @@ def test_seen_images_come_from_the_tenants_cache_with_identical_results(
     assert {n for n, i in again.items() if i.cached} == set(first)
     assert not again["406.png"].cached and again["406.png"].prediction is not None
     # The same bytes are not stored twice either: the new items point at the originals already stored.
-    fields = ("prediction", "fake_probability", "width", "height", "overlay_key", "sha256", "model_version", "object_key")
+    fields = (
+        "prediction",
+        "fake_probability",
+        "width",
+        "height",
+        "overlay_key",
+        "sha256",
+        "model_version",
+        "object_key",
+    )
     for name, item in first.items():
         assert item.status == again[name].status == ItemStatus.DONE
         assert [getattr(item, f) for f in fields] == [getattr(again[name], f) for f in fields]
