@@ -240,6 +240,8 @@ def main() -> None:
     p.add_argument("--redis-db", type=int, default=13)
     p.add_argument("--s3", help="S3 endpoint (default: a moto server started here)")
     args = p.parse_args()
+    # SIGTERM (a killed benchmark) unwinds like Ctrl-C, so the stack, database and queues are cleaned up.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
     paths = []
     for label in ("REAL", "FAKE"):
