@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
+from kombu.exceptions import OperationalError as BrokerError
 from prometheus_client import Counter, Histogram
+from sqlalchemy.exc import InterfaceError as DBInterfaceError
+from sqlalchemy.exc import OperationalError as DBOperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api.limits import BodySizeLimit
 from api.routes import health, jobs, objects, report, webhooks
 from fakescope.settings import get_settings
+from fakescope.storage import StorageError
 
 logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
@@ -36,6 +43,17 @@ async def _observe(request: Request, call_next) -> Response:
     return response
 
 
+def _unavailable(what: str) -> Callable[[Request, Exception], Response]:
+    def handler(request: Request, exc: Exception) -> Response:
+        # A dependency that is down or saturated is the client's cue to retry, not a server bug.
+        logging.getLogger("api").warning("%s %s: %s unavailable: %s", request.method, request.url.path, what, exc)
+        return JSONResponse(
+            {"detail": f"{what} is unavailable or busy; retry shortly"}, status_code=503, headers={"Retry-After": "5"}
+        )
+
+    return handler
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
         title="fakescope",
@@ -43,6 +61,10 @@ def create_app() -> FastAPI:
         description="Submit image batches, poll for status, read which images are AI-generated and why.",
     )
     app.middleware("http")(_observe)
+    for db_down in (DBOperationalError, DBInterfaceError, PoolTimeout):  # not integrity errors: those are bugs
+        app.add_exception_handler(db_down, _unavailable("the database"))
+    app.add_exception_handler(StorageError, _unavailable("object storage"))
+    app.add_exception_handler(BrokerError, _unavailable("the queue broker"))
     app.include_router(health.router)
     app.include_router(jobs.router, prefix="/v1")
     app.include_router(webhooks.router, prefix="/v1")

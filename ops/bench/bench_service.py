@@ -115,7 +115,8 @@ class Bench:
         })  # fmt: skip
         if args.checkpoint:
             self.env["FAKESCOPE_CHECKPOINT"] = str(Path(args.checkpoint).resolve())
-        self.stack = Stack(env=self.env, log_dir=tmp / "logs")
+        # Logs outlive the run when FAKESCOPE_BENCH_LOGS names a folder (to read after a failure).
+        self.stack = Stack(env=self.env, log_dir=Path(os.environ.get("FAKESCOPE_BENCH_LOGS", tmp / "logs")))
 
     def _drop_db(self) -> None:
         with psycopg.connect(self.args.postgres, autocommit=True) as conn:

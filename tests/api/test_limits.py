@@ -52,3 +52,27 @@ def test_oversized_bodies_get_413_and_each_key_is_rate_limited(service_stack: Se
             assert ok.status_code == 202, ok.text
     finally:
         stack.stop_all()
+
+
+def test_database_down_gives_503_with_retry_after(service_stack: ServiceStack) -> None:
+    """An API whose database is unreachable answers 503 with a clear body, not 500 and not a hang."""
+    port = free_port()
+    env = {
+        **service_stack.stack.env,
+        "FAKESCOPE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/gone",
+        "FAKESCOPE_PUBLIC_URL": f"http://127.0.0.1:{port}",
+    }
+    stack = Stack(env=env, log_dir=service_stack.stack.log_dir)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        stack.start_api(port=port, name="api-nodb")
+        wait_until(lambda: httpx.get(f"{url}/healthz", timeout=5).status_code == 200, 120, "the API without a DB")
+        headers = {"X-API-Key": service_stack.keys["a"]}
+        r = httpx.get(f"{url}/v1/jobs", headers=headers, timeout=60)
+        assert r.status_code == 503, r.text
+        assert "database" in r.json()["detail"] and r.headers["Retry-After"] == "5"
+        r = httpx.post(f"{url}/v1/jobs", headers=headers, files=[("files", ("a.png", png_bytes(5), "image/png"))])
+        assert r.status_code == 503, r.text
+        assert httpx.get(f"{url}/readyz", timeout=60).status_code == 503
+    finally:
+        stack.stop_all()

@@ -34,7 +34,10 @@ def get_engine(url: str) -> Engine:
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=5)
+    # Each API request holds a connection for its whole duration (an upload can take a while), so the
+    # pool is sized for concurrent clients; a request that still finds none waits pool_timeout, then
+    # the API answers 503 with Retry-After.
+    return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=15)
 
 
 def migrate(url: str, revision: str = "head") -> None:
