@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterator
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Security, status
 from fastapi.security import APIKeyHeader
+from redis.exceptions import RedisError
 from sqlmodel import Session
 
 from api.limits import RateLimiter
@@ -29,6 +31,8 @@ def get_session(settings: SettingsDep) -> Iterator[Session]:
 
 # One client per settings object (the process has one, unless a test overrides get_settings).
 _stores: dict[int, ObjectStore] = {}
+logger = logging.getLogger(__name__)
+
 _enqueuers: dict[int, Enqueuer] = {}
 
 
@@ -60,10 +64,12 @@ def get_tenant(
     tenant_id = authenticate(session, key=key)
     if tenant_id is None:
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="Invalid API key")
-    limiter = _limiters.setdefault(id(settings), RateLimiter(settings))
+    if id(settings) not in _limiters:  # one limiter (and Redis client) per process, as for the enqueuer
+        _limiters[id(settings)] = RateLimiter(settings)
     try:
-        retry_after = limiter.hit(hash_key(key))
-    except Exception:  # the limiter's store is down: serve rather than fail every request
+        retry_after = _limiters[id(settings)].hit(hash_key(key))
+    except RedisError as e:  # the limiter's store is down: serve rather than fail every request
+        logger.warning("rate limiter unavailable, not limiting: %s", e)
         retry_after = 0
     if retry_after:
         raise HTTPException(

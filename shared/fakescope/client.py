@@ -116,7 +116,7 @@ class FakescopeClient:
 
         ``progress(done, total)`` is called as images finish uploading.
         """
-        from fakescope.imageio import iter_inputs
+        from fakescope.imageio import ImageError, iter_inputs
 
         items = list(iter_inputs(list(paths)))
         if not items:
@@ -132,7 +132,7 @@ class FakescopeClient:
         def put(position: int) -> None:
             try:
                 data = items[position].read()
-            except Exception:
+            except (ImageError, OSError):
                 return  # unreadable here (too big, vanished): the job reports it as not uploaded
             for attempt in range(4):
                 try:

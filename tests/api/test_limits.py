@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 from stackfixtures import ServiceStack, free_port, png_bytes, wait_until
@@ -12,19 +14,24 @@ from fakescope.service.tenants import create_api_key
 from fakescope.stack import Stack
 
 
-def test_oversized_bodies_get_413_and_each_key_is_rate_limited(service_stack: ServiceStack) -> None:
+@contextmanager
+def second_api(st: ServiceStack, name: str, **settings: str) -> Iterator[str]:
+    """Another API process on the session's services with ``FAKESCOPE_*`` overrides; yields its URL."""
     port = free_port()
-    env = {
-        **service_stack.stack.env,
-        "FAKESCOPE_RATE_LIMIT_PER_MINUTE": "8",
-        "FAKESCOPE_MAX_REQUEST_BYTES": "20000",
-        "FAKESCOPE_PUBLIC_URL": f"http://127.0.0.1:{port}",
-    }
-    stack = Stack(env=env, log_dir=service_stack.stack.log_dir)
+    env = {**st.stack.env, **settings, "FAKESCOPE_PUBLIC_URL": f"http://127.0.0.1:{port}"}
+    stack = Stack(env=env, log_dir=st.stack.log_dir)
     url = f"http://127.0.0.1:{port}"
     try:
-        stack.start_api(port=port, name="api-limits")
-        wait_until(lambda: httpx.get(f"{url}/healthz", timeout=5).status_code == 200, 120, "the second API")
+        stack.start_api(port=port, name=name)
+        wait_until(lambda: httpx.get(f"{url}/healthz", timeout=5).status_code == 200, 120, f"API {name}")
+        yield url
+    finally:
+        stack.stop_all()
+
+
+def test_oversized_bodies_get_413_and_each_key_is_rate_limited(service_stack: ServiceStack) -> None:
+    tight = {"FAKESCOPE_RATE_LIMIT_PER_MINUTE": "8", "FAKESCOPE_MAX_REQUEST_BYTES": "20000"}
+    with second_api(service_stack, "api-limits", **tight) as url:
         # Fresh keys: the count is shared by every API process (it lives in Redis), and the session's
         # tenant keys have been busy on the main API this minute.
         with service_stack.svc.session() as session:
@@ -50,23 +57,12 @@ def test_oversized_bodies_get_413_and_each_key_is_rate_limited(service_stack: Se
             assert httpx.get(f"{url}/v1/jobs", timeout=30).status_code == 401
             ok = b.post("/v1/jobs", files=[("files", ("s.png", png_bytes(77), "image/png"))])
             assert ok.status_code == 202, ok.text
-    finally:
-        stack.stop_all()
 
 
 def test_database_down_gives_503_with_retry_after(service_stack: ServiceStack) -> None:
     """An API whose database is unreachable answers 503 with a clear body, not 500 and not a hang."""
-    port = free_port()
-    env = {
-        **service_stack.stack.env,
-        "FAKESCOPE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/gone",
-        "FAKESCOPE_PUBLIC_URL": f"http://127.0.0.1:{port}",
-    }
-    stack = Stack(env=env, log_dir=service_stack.stack.log_dir)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        stack.start_api(port=port, name="api-nodb")
-        wait_until(lambda: httpx.get(f"{url}/healthz", timeout=5).status_code == 200, 120, "the API without a DB")
+    gone = {"FAKESCOPE_DATABASE_URL": f"postgresql://postgres@127.0.0.1:{free_port()}/gone"}
+    with second_api(service_stack, "api-nodb", **gone) as url:
         headers = {"X-API-Key": service_stack.keys["a"]}
         r = httpx.get(f"{url}/v1/jobs", headers=headers, timeout=60)
         assert r.status_code == 503, r.text
@@ -74,5 +70,3 @@ def test_database_down_gives_503_with_retry_after(service_stack: ServiceStack) -
         r = httpx.post(f"{url}/v1/jobs", headers=headers, files=[("files", ("a.png", png_bytes(5), "image/png"))])
         assert r.status_code == 503, r.text
         assert httpx.get(f"{url}/readyz", timeout=60).status_code == 503
-    finally:
-        stack.stop_all()
