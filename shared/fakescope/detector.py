@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 from fakescope.checkpoint import CheckpointMeta, load_checkpoint
-from fakescope.gradcam import GradCAM
+from fakescope.gradcam import GradCAM, linear_head_cam
 from fakescope.imageio import to_rgb_array
 from fakescope.models.freqnet_resnet import FreqNetResNet
 
@@ -42,6 +43,9 @@ class Detector:
         self.device = device
         self.fake_index = meta.labels.index("fake")
         self._gradcam = GradCAM(model, model.stages[-1])
+        # GradCAM's maps from the forward pass alone when the head allows it (see fakescope.gradcam):
+        # one backward pass fewer per batch. Set False to take the hooks-and-gradients path.
+        self.cam_from_head = _features_feed_linear_head(model, meta.preprocess.input_size, device)
         pre = meta.preprocess
         self._mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
@@ -113,6 +117,13 @@ class Detector:
             ``(fake_prob (N,), cams (N, H, W) in [0, 1])``.
         """
         x = self.to_tensor(batch)
+        if self.cam_from_head:
+            with torch.no_grad(), self._autocast():
+                feats = self.model.forward_features(x)
+                logits = self.model.forward_head(feats).float()
+            logits = self._with_tta(x, logits)
+            cams = linear_head_cam(feats, self.model.head.weight, logits.argmax(1), x.shape[-2:])
+            return self.probabilities(logits), cams.cpu().numpy()
         if not self.meta.tta_hflip:
             with self._autocast():
                 logits, cams = self._gradcam(x)
@@ -123,3 +134,24 @@ class Detector:
             _, cams = self._gradcam(x, logits.argmax(1))
         cams = cams.float()
         return self.probabilities(logits), cams.cpu().numpy()
+
+
+def _features_feed_linear_head(model: FreqNetResNet, input_size: tuple[int, int], device: torch.device) -> bool:
+    """Whether ``forward_features`` returns the last stage's output as is, into average pooling and a linear head.
+
+    Then a logit's gradient at that output is the same at every cell and GradCAM needs no backward
+    pass. A variant whose frequency branch merged after the last stage would fail the identity check.
+    """
+    pool = model.global_pool
+    if not (
+        isinstance(pool, nn.AdaptiveAvgPool2d) and pool.output_size in (1, (1, 1)) and isinstance(model.head, nn.Linear)
+    ):
+        return False
+    seen: list[torch.Tensor] = []
+    hook = model.stages[-1].register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            feats = model.forward_features(torch.zeros(1, 3, *input_size, device=device))
+    finally:
+        hook.remove()
+    return len(seen) == 1 and feats is seen[0]

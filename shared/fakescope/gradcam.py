@@ -3,6 +3,14 @@
 As in the CIFAKE paper: forward and backward hooks on the target stage, channel weights from the
 spatially averaged gradients of the target logit, ReLU of the weighted sum, normalised to [0, 1],
 resized to the image, a colormap, blended over the image.
+
+When the target stage's output goes straight into global average pooling and a linear head (the
+FreqNet-ResNet variants whose frequency branch merges before the last stage), the gradient of a
+logit with respect to that output is the class's head weight divided by the number of cells, the
+same at every cell. GradCAM's channel weights are then known without a backward pass, and
+:func:`linear_head_cam` computes the identical map from the forward features alone (Selvaraju et
+al. note this: GradCAM generalises CAM). :class:`GradCAM` with its hooks stays the reference and
+the path for any other head; a test holds the two equal.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import nn
 
-__all__ = ["GradCAM", "colormap_jet", "overlay_png"]
+__all__ = ["GradCAM", "colormap_jet", "linear_head_cam", "overlay_png"]
 
 
 class GradCAM:
@@ -54,12 +62,36 @@ class GradCAM:
             h_bwd.remove()
         a, g = acts[0].detach().float(), grads[0].detach().float()
         weights = g.mean(dim=(2, 3), keepdim=True)
-        cam = F.relu((weights * a).sum(dim=1, keepdim=True))
-        cam = F.interpolate(cam, size=x.shape[-2:], mode="bilinear", align_corners=False)[:, 0]
-        flat = cam.flatten(1)
-        lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
-        cam = (cam - lo) / (hi - lo).clamp_min(1e-8)
-        return logits.detach(), cam
+        return logits.detach(), _normalised((weights * a).sum(dim=1, keepdim=True), x.shape[-2:])
+
+
+def linear_head_cam(
+    features: torch.Tensor, head_weight: torch.Tensor, class_idx: torch.Tensor, size: tuple[int, int] | torch.Size
+) -> torch.Tensor:
+    """GradCAM maps without a backward pass, for features followed by global average pooling and a linear head.
+
+    Args:
+        features: ``(B, C, h, w)`` output of the target stage.
+        head_weight: ``(classes, C)`` weight of the linear head.
+        class_idx: ``(B,)`` the class whose evidence to show for each image.
+        size: the input's ``(H, W)``.
+
+    Returns:
+        ``(B, H, W)`` maps in [0, 1], equal to :class:`GradCAM`'s.
+    """
+    a = features.detach().float()
+    # d logit_c / d a_k(i, j) = W[c, k] / (h * w) at every cell: GradCAM's spatial mean of it is itself.
+    weights = head_weight.detach().float()[class_idx] / (a.shape[-2] * a.shape[-1])
+    return _normalised((weights[:, :, None, None] * a).sum(dim=1, keepdim=True), size)
+
+
+def _normalised(cam: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.Tensor:
+    """ReLU, resized to ``size``, each map scaled to [0, 1]: ``(B, 1, h, w)`` to ``(B, H, W)``."""
+    cam = F.relu(cam)
+    cam = F.interpolate(cam, size=tuple(size), mode="bilinear", align_corners=False)[:, 0]
+    flat = cam.flatten(1)
+    lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
+    return (cam - lo) / (hi - lo).clamp_min(1e-8)
 
 
 def colormap_jet(cam: np.ndarray) -> np.ndarray:

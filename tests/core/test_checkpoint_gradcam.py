@@ -7,9 +7,11 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from fakescope.checkpoint import load_checkpoint
+from fakescope.checkpoint import CheckpointMeta, Preprocess, load_checkpoint
 from fakescope.detector import Detector
 from fakescope.gradcam import GradCAM, colormap_jet, overlay_png
+from fakescope.models import VARIANTS, create_model
+from fakescope.models.freqnet_resnet import FreqNetResNet
 
 
 def test_checkpoint_roundtrip_is_exact(tiny_checkpoint):
@@ -68,3 +70,35 @@ def test_colormap_and_overlay():
     png = overlay_png(np.zeros((32, 32, 3), np.uint8), np.ones((4, 4)))
     im = Image.open(io.BytesIO(png))
     assert im.format == "PNG" and im.size == (128, 128)
+
+
+class _MergesAfterLastStage(FreqNetResNet):
+    """Something between the last stage and the pooling: the forward-only shortcut no longer holds."""
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward_features(x) * 2.0
+
+
+@pytest.mark.parametrize("variant", sorted(VARIANTS))
+@pytest.mark.parametrize("tta", [False, True])
+def test_cams_from_the_head_equal_gradcam_with_hooks(variant, tta):
+    torch.manual_seed(0)
+    model = create_model(variant).eval()
+    meta = CheckpointMeta(
+        variant=variant, arch=model.cfg, preprocess=Preprocess(input_size=(32, 32)), tta_hflip=tta, temperature=1.7
+    )
+    det = Detector(model, meta, torch.device("cpu"))
+    assert det.cam_from_head
+    batch = np.random.default_rng(2).integers(0, 256, size=(5, 32, 32, 3), dtype=np.uint8)
+    probs, cams = det.predict_with_cam(batch)
+    det.cam_from_head = False
+    ref_probs, ref_cams = det.predict_with_cam(batch)
+    np.testing.assert_allclose(probs, ref_probs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cams, ref_cams, atol=2e-5)
+    assert cams.max() == pytest.approx(1.0)
+
+
+def test_cams_fall_back_to_gradients_when_the_features_are_not_the_last_stage():
+    model = _MergesAfterLastStage(create_model("freqnet_resnet_tiny").cfg).eval()
+    meta = CheckpointMeta(variant="freqnet_resnet_tiny", arch=model.cfg, preprocess=Preprocess(input_size=(32, 32)))
+    assert not Detector(model, meta, torch.device("cpu")).cam_from_head
