@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy.exc import OperationalError
 
 from fakescope.service.processing import classify_chunk, fail_items
@@ -18,7 +19,7 @@ logger = logging.getLogger(__name__)
 
 # Object store or database unreachable: worth retrying; anything else fails the chunk's items.
 TRANSIENT = (StorageError, OperationalError)
-MAX_RETRIES = 5
+MAX_RETRIES = get_settings().task_max_retries
 
 
 @app.task(name=TaskName.CLASSIFY.value, bind=True, max_retries=MAX_RETRIES, base=runtime.ChunkTask)
@@ -42,8 +43,15 @@ def _classify(self: Task, job_id: str, item_ids: list[str]) -> int:
     except TRANSIENT as e:
         if self.request.retries < MAX_RETRIES:
             logger.warning("job %s: transient error, retrying: %s", job_id, e)
-            raise self.retry(exc=e, countdown=min(60, 2**self.request.retries)) from e
+            runtime.reset_db()  # a connection the server dropped is no use to the retry
+            raise self.retry(exc=e, countdown=runtime.retry_countdown(self.request.retries)) from e
         reason = f"classification failed after {MAX_RETRIES} retries: {e}"
+    except SoftTimeLimitExceeded:
+        # Raised wherever the body was, a query included: a fresh connection records the failure.
+        runtime.reset_db()
+        with runtime.session() as session:
+            fail_items(session, job_id=job_id, item_ids=item_ids, reason=runtime.time_limit_reason(False))
+        raise
     except Exception as e:
         # The chunk's items must not stay queued forever: record why, then let Celery log the failure.
         reason = f"classification failed: {type(e).__name__}: {e}"

@@ -82,6 +82,17 @@ def observed(job_id: str, item_ids: list[str]) -> Iterator[None]:
             IMAGES_PER_S.labels(pool()).set(len(item_ids) / max(seconds, 1e-9))
 
 
+def retry_countdown(retries: int) -> float:
+    """Seconds before retry number ``retries + 1``: exponential from the configured base, capped."""
+    cfg = get_settings()
+    return min(cfg.task_retry_backoff_max_s, cfg.task_retry_backoff_s * 2**retries)
+
+
+def time_limit_reason(explain: bool) -> str:
+    what = "explanation" if explain else "classification"
+    return f"{what} exceeded the time limit of {get_settings().task_time_limit_s}s"
+
+
 class ChunkTask(Task):
     """A task over a chunk of a job's items that never leaves them waiting when it fails.
 
@@ -95,7 +106,9 @@ class ChunkTask(Task):
     def on_failure(self, exc: Exception, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
         if not isinstance(exc, TimeLimitExceeded):
             return
-        reason = f"{'explanation' if self.explain_pool else 'classification'} exceeded the time limit of {exc}s"
+        # The soft limit usually got there first and the body failed the items; this covers a body that
+        # could not finish doing so before the hard kill.
+        reason = time_limit_reason(self.explain_pool)
         logger.error("task %s: %s", task_id, reason)
         reset_db()
         with session() as s:

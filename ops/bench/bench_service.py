@@ -68,6 +68,37 @@ def pct(values: list[float], q: float) -> float:
     return float(np.percentile(values, q)) if values else float("nan")
 
 
+def _tree(pid: int) -> list[int]:
+    out, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        out.append(p)
+        with contextlib.suppress(OSError):
+            for t in Path(f"/proc/{p}/task").iterdir():
+                todo += [int(c) for c in (t / "children").read_text().split()]
+    return out
+
+
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of ``pids`` (their live threads included), from /proc."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0
+    for p in pids:
+        with contextlib.suppress(OSError):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+    return total / tick
+
+
+def _by_name(name: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (d / "comm").read_text().strip() == name:
+                    pids.append(int(d.name))
+    return pids
+
+
 def tree_peak_rss_mb(pid: int) -> float:
     """VmHWM of ``pid`` and its descendants (a prefork worker's pool children), summed, in MiB."""
     total, todo = 0, [pid]
@@ -132,7 +163,23 @@ class Bench:
         url = f"http://127.0.0.1:{port}"
         wait_until(lambda: httpx.get(url, timeout=2).status_code < 500, 60, "moto_server")
         self.cleanups.append(lambda: (os.killpg(proc.pid, signal.SIGTERM), proc.wait(10)))
+        self.moto_pid = proc.pid
         return url
+
+    def cpu(self, workers: list[int]) -> dict[str, float]:
+        """CPU seconds used so far by each part of the stack on this machine."""
+        parts = {
+            "api": _tree(self.stack.procs["api"].pid),
+            "workers": [p for w in workers for p in _tree(w)],
+            "postgres": _by_name("postgres"),
+            "redis": _by_name("redis-server"),
+        }
+        if getattr(self, "moto_pid", None):
+            parts["s3 (moto)"] = _tree(self.moto_pid)
+        out = {k: _cpu_s(v) for k, v in parts.items()}
+        t = os.times()
+        out["benchmark client"] = t.user + t.system
+        return out
 
     def close(self) -> None:
         self.stack.stop_all()
@@ -274,7 +321,9 @@ def run_for(bench: Bench, k: int, files: list[tuple[str, bytes]], with_cam: floa
     # Bytes no earlier run sent, so the first submission is classified, not answered from the cache.
     batch = [(f"k{k}-{n}", b + b"\0" * k) for n, b in files]  # trailing bytes: PNG ignores them, the hash does not
     with bench.client() as c:
+        before = bench.cpu(pids)
         job, wall = bench.run_job(c, batch)
+        used = {k: v - before[k] for k, v in bench.cpu(pids).items()}
         first = _results(c, job["id"])
         processing = _seconds(job)
         e2e = len(batch) / wall
@@ -282,6 +331,11 @@ def run_for(bench: Bench, k: int, files: list[tuple[str, bytes]], with_cam: floa
             f"[{k} worker(s)] first submission: {job['state']}, {len(first)} results; end-to-end {e2e:.0f} images/s "
             f"({wall:.1f} s), processing {len(batch) / processing:.0f} images/s; "
             f"end-to-end / model-only (forward+GradCAM) = {e2e / with_cam:.2f}"
+        )
+        print(
+            f"[{k} worker(s)] CPU ms per image, first submission ({os.cpu_count()} cores x {wall:.1f} s = "
+            f"{(os.cpu_count() or 1) * wall * 1000 / len(batch):.1f} available): "
+            + ", ".join(f"{name} {sec * 1000 / len(batch):.1f}" for name, sec in used.items())
         )
         job2, wall2 = bench.run_job(c, batch)
         again = _results(c, job2["id"])

@@ -47,6 +47,11 @@ class Settings(BaseSettings):
     explain_backend: str | None = None
     checkpoint: str | None = None
     task_time_limit_s: int = Field(1800, ge=1, description="hard limit of one task")
+    # A task that meets a transient error (object store or database unreachable) is retried this many
+    # times, waiting task_retry_backoff_s, then twice that, and so on up to task_retry_backoff_max_s.
+    task_max_retries: int = Field(5, ge=0, description="retries of a task after a transient error")
+    task_retry_backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each retry")
+    task_retry_backoff_max_s: float = Field(60.0, ge=0, description="longest retry delay")
     # Redis hands an unacknowledged message to another worker after this long; it must exceed the
     # longest task, or a slow task runs twice at once.
     visibility_timeout_s: int = Field(7200, ge=1)
