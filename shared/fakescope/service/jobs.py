@@ -17,7 +17,7 @@ from itertools import islice
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from sqlalchemy import func, update
+from sqlalchemy import func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -410,6 +410,20 @@ def finalize_if_done(session: Session, *, job_id: uuid.UUID) -> Job | None:
     still running, so when two workers finish the last chunks at once exactly one of them wins
     (and sends the callback).
     """
+    # Every chunk ends here: stop at the first unfinished item rather than count the whole job each time.
+    unfinished = session.exec(
+        select(JobItem.id)
+        .where(
+            col(JobItem.job_id) == job_id,
+            or_(
+                col(JobItem.status).in_([ItemStatus.QUEUED, ItemStatus.AWAITING_UPLOAD]),
+                col(JobItem.explain_status) == ExplainStatus.PENDING,
+            ),
+        )
+        .limit(1)
+    ).first()
+    if unfinished is not None:
+        return None
     counts = job_counts(session, job_id=job_id)
     if counts.queued or counts.awaiting_upload or counts.explain_pending:
         return None

@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import update
+from sqlalchemy import bindparam, update
 from sqlmodel import Session, col, select
 
 from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, utcnow
@@ -56,6 +56,27 @@ def _uuids(ids: Sequence[str | uuid.UUID]) -> list[uuid.UUID]:
 
 def _explain_status(job: Job, prediction: str | None) -> ExplainStatus:
     return ExplainStatus.PENDING if job.explain and prediction == "fake" else ExplainStatus.NONE
+
+
+def _write_results(session: Session, updates: Sequence[tuple[JobItem, dict[str, Any]]]) -> int:
+    """Writes the chunk's results in one executemany per shape of row; returns how many rows changed.
+
+    Conditional on the item still being queued: a cancel, or another delivery of this task that got
+    here first, wins, and this result is dropped rather than written twice.
+    """
+    table = JobItem.__table__  # type: ignore[attr-defined]
+    shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+    for it, values in updates:
+        shapes.setdefault(tuple(sorted(values)), []).append({"b_id": it.id, **{f"b_{k}": v for k, v in values.items()}})
+    written = 0
+    for keys, rows in shapes.items():
+        stmt = (
+            table.update()
+            .where(table.c.id == bindparam("b_id"), table.c.status == ItemStatus.QUEUED)
+            .values({k: bindparam(f"b_{k}") for k in keys})
+        )
+        written += session.connection().execute(stmt, rows).rowcount
+    return written
 
 
 def cached_results(
@@ -175,14 +196,7 @@ def classify_chunk(
             updates.append((it, values))
         for f in puts:
             f.result()  # a failed upload raises here, before any row says the overlay exists
-    # Conditional on the item still being queued: a cancel, or another delivery of this task that got
-    # here first, wins, and this result is dropped rather than written twice. One transaction a chunk.
-    written = 0
-    for it, values in updates:
-        r = session.exec(  # type: ignore[call-overload]
-            update(JobItem).where(col(JobItem.id) == it.id, col(JobItem.status) == ItemStatus.QUEUED).values(**values)
-        )
-        written += r.rowcount
+    written = _write_results(session, updates)
     session.commit()
     for it, values in updates:
         outcome = "cached" if values.get("cached") else str(values["status"])
