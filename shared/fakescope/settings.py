@@ -60,6 +60,9 @@ class Settings(BaseSettings):
         None, ge=0, description="re-enqueue work waiting longer than this (default: task time limit + 60 s)"
     )
     sweep_every_s: float = Field(60.0, gt=0, description="how often the sweeper runs")
+    upload_timeout_s: int = Field(
+        3600, ge=1, description="a job whose upload request has not finished after this long is closed by the sweeper"
+    )
 
     max_upload_bytes: int = 2 * 1024**3
     max_request_bytes: int = Field(2 * 1024**3, ge=1, description="larger request bodies get 413")

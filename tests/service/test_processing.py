@@ -142,3 +142,28 @@ def test_seen_images_come_from_the_tenants_cache_with_identical_results(
     for name, item in later.items():
         assert item.prediction == first[name].prediction
         assert abs(item.fake_probability - 0.5) < abs(first[name].fake_probability - 0.5) + 1e-6  # type: ignore[operator]
+
+
+def test_chunks_finished_while_the_upload_is_still_stored_do_not_close_the_job(
+    service_env: ServiceEnv, detector: Detector
+) -> None:
+    # The upload enqueues each window as soon as it is stored; here every chunk is classified the moment
+    # it is sent, so the workers finish everything they were given before the upload knows its total.
+    tenant_id = _tenant(service_env)
+    states: list[str] = []
+
+    def classify_now(job_id: uuid.UUID, item_ids: Sequence[uuid.UUID]) -> int:
+        with service_env.session() as session:
+            classify_chunk(session, service_env.store, detector, job_id=job_id, item_ids=item_ids)
+            states.append(session.get(Job, job_id).state)  # type: ignore[union-attr]
+        return 1
+
+    n = svc.UPLOAD_WINDOW * 2 + 17
+    with service_env.session() as session:
+        items = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in range(9000, 9000 + n)]
+        job, created = svc.create_job(session, service_env.store, classify_now, tenant_id=tenant_id, inputs=items)
+        assert created
+        assert (job.state, job.total) == (JobState.SUCCEEDED, n)
+        counts = svc.job_counts(session, job_id=job.id)
+    assert states == [JobState.RUNNING] * 3  # three windows, none of which closed the job
+    assert (counts.total, counts.done) == (n, n)

@@ -111,3 +111,30 @@ def _wait(st: ServiceStack, job_id: uuid.UUID) -> Job:
         return wait_until(done, 240, f"job {job_id}", interval=0.5)
     except AssertionError as e:
         raise AssertionError(f"{e}\n{st.logs()}") from None
+
+
+def test_a_job_whose_upload_request_died_is_closed_with_the_images_it_has(service_stack: ServiceStack) -> None:
+    st = service_stack
+    with st.svc.session() as session:
+        tenant, _ = create_api_key(session, tenant_name="abandoned-upload")
+        # What an API killed mid-upload leaves: the stored windows' items (classified since), total still 0.
+        job = Job(tenant_id=tenant.id, state=JobState.RUNNING, created_at=utcnow() - timedelta(hours=2))
+        session.add(job)
+        session.commit()
+        done = {"status": ItemStatus.DONE, "prediction": "real"}
+        session.add_all(
+            [JobItem(job_id=job.id, position=i, name=f"{i}.png", object_key=f"k{i}", **done) for i in range(3)]
+        )
+        session.commit()
+        job_id = job.id
+    sweep_now = {"enqueue_classify": lambda *_: 0, "enqueue_explain": lambda *_: 0, "deadline_s": 600}
+    with st.svc.session() as session:
+        report = sweep(session, **sweep_now, upload_timeout_s=3 * 3600)
+        assert session.get(Job, job_id).state == JobState.RUNNING  # type: ignore[union-attr]
+        report = sweep(session, **sweep_now, upload_timeout_s=3600)
+        job = session.get(Job, job_id)
+        assert job is not None
+        session.refresh(job)
+    assert report.abandoned_uploads >= 1
+    assert (job.state, job.total) == (JobState.PARTIALLY_SUCCEEDED, 3)
+    assert job.error == "the upload request ended before all of its images were stored"

@@ -17,7 +17,7 @@ from itertools import islice
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from sqlalchemy import func, or_, update
+from sqlalchemy import case, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
@@ -177,10 +177,13 @@ def create_job(
         row.sha256 = hashlib.sha256(data).hexdigest()
         return row, data
 
-    rows: list[JobItem] = []
+    n_rows = n_queued = 0
     numbered = ((p, it) for p, it in enumerate(inputs) if p < max_items)
     with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload") as pool:
-        # A window at a time: bounded memory, and one lookup of the tenant's known originals per window.
+        # A window at a time: bounded memory, one lookup of the tenant's known originals per window, and
+        # the window's items committed and enqueued as soon as they are stored, so the workers classify
+        # while the rest of the upload is still being stored. ``job.total`` stays 0 until the last
+        # window, which is what keeps a worker from finishing the job early (finalize_if_done).
         while window := list(islice(numbered, UPLOAD_WINDOW)):
             read = list(pool.map(lambda pi: read_one(*pi), window))
             known = _known_originals(session, tenant_id, {r.sha256 for r, d in read if d is not None})
@@ -192,19 +195,23 @@ def create_job(
                     puts.append(pool.submit(store.put, row.object_key, data))
             for f in puts:
                 f.result()
-            rows += [r for r, _ in read]
-    if not rows:
+            rows = [r for r, _ in read]
+            session.refresh(job)
+            if job.state == JobState.CANCELLED:
+                break  # cancelled while its upload was being stored (the id is known to an idempotent retry)
+            queued = [r.id for r in rows if r.status == ItemStatus.QUEUED]  # before the commit expires the rows
+            session.add_all(rows)
+            session.commit()
+            enqueue(job.id, queued)
+            n_rows, n_queued = n_rows + len(rows), n_queued + len(queued)
+    if not n_rows:
         job.state, job.error, job.finished_at = JobState.FAILED, "no images in the upload", utcnow()
-    job.total = len(rows)
-    session.add_all(rows)
+    job.total = n_rows
     session.add(job)
     session.commit()
-    queued = [r.id for r in rows if r.status == ItemStatus.QUEUED]
-    enqueue(job.id, queued)
-    if not queued:
-        finish(session, job_id=job.id)
+    finish(session, job_id=job.id)  # the workers may have finished every chunk before the total was known
     session.refresh(job)
-    logger.info("job %s: %s items, %s queued", job.id, len(rows), len(queued))
+    logger.info("job %s: %s items, %s queued", job.id, n_rows, n_queued)
     return job, True
 
 
@@ -435,8 +442,18 @@ def finalize_if_done(session: Session, *, job_id: uuid.UUID) -> Job | None:
         state = JobState.PARTIALLY_SUCCEEDED
     res = session.exec(  # type: ignore[call-overload]
         update(Job)
-        .where(col(Job.id) == job_id, col(Job.state).in_([JobState.QUEUED, JobState.RUNNING]))
-        .values(state=state, finished_at=utcnow())
+        .where(
+            col(Job.id) == job_id,
+            col(Job.state).in_([JobState.QUEUED, JobState.RUNNING]),
+            col(Job.total) == counts.total,  # 0 while an upload is still adding items
+        )
+        # A job closed with an error (an upload cut short) did not answer everything it was sent.
+        .values(
+            state=case((col(Job.error).is_(None), state), else_=JobState.PARTIALLY_SUCCEEDED)
+            if state == JobState.SUCCEEDED
+            else state,
+            finished_at=utcnow(),
+        )
     )
     session.commit()
     if res.rowcount != 1:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 
-from sqlalchemy import update
+from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, utcnow
@@ -45,6 +45,7 @@ class SweepReport:
     classify: int = 0
     explain: int = 0
     finished_jobs: int = 0
+    abandoned_uploads: int = 0
 
 
 def _claim(session: Session, where: Sequence, cutoff: object, limit: int) -> dict[uuid.UUID, list[uuid.UUID]]:
@@ -78,6 +79,7 @@ def sweep(
     enqueue_classify: Enqueue,
     enqueue_explain: Enqueue,
     deadline_s: float,
+    upload_timeout_s: float = 3600,
     limit: int = 10_000,
 ) -> SweepReport:
     """One round: re-enqueues overdue work and finishes jobs that have nothing left; returns the counts."""
@@ -96,8 +98,25 @@ def sweep(
         logger.warning(
             "sweeper: job %s: %s items waited past %ss to be explained; enqueued again", job_id, len(ids), deadline_s
         )
+    # A multipart upload's job keeps total 0 until the request has stored its last image; an API that
+    # died mid-upload leaves it so. Past the upload timeout it keeps the images it has, and says why.
+    abandoned = session.exec(  # type: ignore[call-overload]
+        update(Job)
+        .where(
+            col(Job.state).in_(ACTIVE),
+            col(Job.total) == 0,
+            col(Job.created_at) < utcnow() - timedelta(seconds=upload_timeout_s),
+        )
+        .values(
+            total=select(func.count()).where(col(JobItem.job_id) == col(Job.id)).scalar_subquery(),
+            error="the upload request ended before all of its images were stored",
+        )
+        .returning(col(Job.id))
+    ).all()
+    session.commit()
+    report.abandoned_uploads += len(abandoned)
     # Jobs with nothing left in flight that nobody closed.
-    stale = session.exec(
+    stale = [row[0] for row in abandoned] + session.exec(
         select(Job.id).where(col(Job.state).in_(ACTIVE), col(Job.created_at) < cutoff).limit(limit)
     ).all()
     for job_id in stale:
@@ -124,6 +143,7 @@ def run(every_s: float | None = None, once: bool = False) -> int:
                     enqueue_classify=enqueuer.classify,
                     enqueue_explain=enqueuer.explain,
                     deadline_s=cfg.sweep_after,
+                    upload_timeout_s=cfg.upload_timeout_s,
                 )
             logger.info("sweep: %s", rep)
         except Exception:
