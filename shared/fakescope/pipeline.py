@@ -11,7 +11,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
 from typing import Any
@@ -27,6 +27,9 @@ from fakescope.observability import pool as pool_name
 __all__ = ["DecodedImage", "ImageResult", "classify_items", "decode_item"]
 
 logger = logging.getLogger(__name__)
+
+# Threads encoding overlay PNGs while the model runs on the next batch.
+RENDER_THREADS = 2
 
 
 @dataclass
@@ -108,13 +111,16 @@ def classify_items(
         detector: the loaded detector.
         items: inputs, e.g. from :func:`fakescope.imageio.iter_inputs`.
         batch_size: images per forward pass.
-        overlays: render the GradCAM overlay PNG of each image (costs a backward pass).
+        overlays: render the GradCAM overlay PNG of each image.
         max_pixels: larger images are refused before they are decoded.
         decode_threads: threads decoding ahead of the model.
         keep_arrays: keep the model input, the display-size image (at most ``OVERLAY_MAX_SIDE`` a
             side) and the GradCAM map on each result, for the explainers.
     """
-    with ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode") as pool:
+    with (
+        ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode") as pool,
+        ThreadPoolExecutor(max_workers=RENDER_THREADS, thread_name_prefix="overlay") as render,
+    ):
         # Executor.map submits everything at once; islice over a generator of futures keeps the
         # look-ahead to a few batches so a million-image scan does not hold a million images.
         def decoded() -> Iterator[DecodedImage]:
@@ -127,6 +133,9 @@ def classify_items(
             for fut in pending:
                 yield fut.result()
 
+        # Overlays of one batch are encoded on other threads (zlib releases the GIL) while the model
+        # runs on the next: results come out one batch behind the model.
+        previous: list[tuple[ImageResult, Future[bytes] | None]] = []
         for chunk in _batched(decoded(), batch_size):
             good = [d for d in chunk if d.error is None]
             probs: np.ndarray = np.empty(0)
@@ -139,23 +148,35 @@ def classify_items(
                 else:
                     probs = detector.predict(batch)
                 MODEL_SECONDS.labels(pool_name()).observe(time.perf_counter() - t0)
+            current: list[tuple[ImageResult, Future[bytes] | None]] = []
             k = 0
             for d in chunk:
                 if d.error is not None:
-                    yield ImageResult(name=d.name, error=d.error)
+                    current.append((ImageResult(name=d.name, error=d.error), None))
                     continue
                 p = float(probs[k])
                 cam = cams[k] if cams is not None else None
-                yield ImageResult(
+                res = ImageResult(
                     name=d.name,
                     prediction="fake" if p >= 0.5 else "real",
                     fake_probability=p,
                     sha256=d.sha256,
                     width=d.width,
                     height=d.height,
-                    overlay_png=overlay_png(d.display, cam) if overlays and cam is not None else None,  # type: ignore[arg-type]
                     cam=cam if keep_arrays else None,
                     model_input=d.model_input if keep_arrays else None,
                     display=d.display if keep_arrays else None,
                 )
+                png = render.submit(overlay_png, d.display, cam) if overlays and cam is not None else None
+                current.append((res, png))
                 k += 1
+            yield from _with_overlays(previous)
+            previous = current
+        yield from _with_overlays(previous)
+
+
+def _with_overlays(results: list[tuple[ImageResult, Future[bytes] | None]]) -> Iterator[ImageResult]:
+    for res, png in results:
+        if png is not None:
+            res.overlay_png = png.result()
+        yield res
