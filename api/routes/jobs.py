@@ -25,7 +25,17 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session, col, select
 
 from api.deps import EnqueuerDep, SessionDep, SettingsDep, StoreDep, TenantDep
-from fakescope.db.models import Job, JobCreate, JobItem, JobPublic, JobsPublic, JobState, WebhookDelivery
+from fakescope.db.models import (
+    Job,
+    JobCreate,
+    JobItem,
+    JobPublic,
+    JobsPublic,
+    JobState,
+    WebhookDelivery,
+    storable_name,
+)
+from fakescope.imageio import InputItem
 from fakescope.service import jobs as svc
 from fakescope.service.webhooks import CallbackURLError, check_callback_url
 from fakescope.settings import Settings
@@ -36,6 +46,9 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 logger = logging.getLogger(__name__)
 
 JOB_NOT_FOUND = "Job not found"
+# Past any real count, and inside Postgres' bigint: a larger OFFSET is a database error, not an empty page.
+MAX_OFFSET = 2**31 - 1
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 IdempotencyKey = Annotated[
     str | None,
     Header(alias="Idempotency-Key", max_length=255, description="Retries with the same key return the same job."),
@@ -84,6 +97,22 @@ class FailuresPage(BaseModel):
     limit: int
 
 
+class FieldError(BaseModel):
+    loc: list[str | int]
+    msg: str
+    type: str
+
+
+class Unprocessable(BaseModel):
+    """A 422: FastAPI's list of field errors, or one sentence from a check the route makes itself."""
+
+    detail: str | list[FieldError]
+
+
+# Routes that refuse a request with their own 422 (a callback URL, a job size) document both forms.
+UNPROCESSABLE: dict[int | str, dict[str, Any]] = {422: {"model": Unprocessable}}
+
+
 class UploadTarget(BaseModel):
     id: uuid.UUID
     position: int
@@ -117,7 +146,7 @@ def _check_callback(url: str | None, settings: Settings) -> None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(e)) from e
 
 
-@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
+@router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic, responses=UNPROCESSABLE)
 def create_job(
     request: Request,
     response: Response,
@@ -134,7 +163,12 @@ def create_job(
     """Uploads a batch; answers 202 with the job and its status URL while workers classify it."""
     _check_callback(callback_url, settings)
     with tempfile.TemporaryDirectory(prefix="fakescope-upload-") as tmp:
-        inputs = svc.expand_uploads([(f.filename or "", f.file) for f in files], Path(tmp))
+        # Upload file names and archive member names are the client's: long or NUL-bearing ones are
+        # shortened or replaced to fit the item's name column instead of failing the whole request.
+        inputs = (
+            InputItem(storable_name(it.name), it.read)
+            for it in svc.expand_uploads([(f.filename or "", f.file) for f in files], Path(tmp))
+        )
         job, created = svc.create_job(
             session,
             store,
@@ -153,7 +187,7 @@ def create_job(
     return svc.job_public(session, job, url)
 
 
-@router.post("/uploads", status_code=status.HTTP_201_CREATED, response_model=UploadJobPublic)
+@router.post("/uploads", status_code=status.HTTP_201_CREATED, response_model=UploadJobPublic, responses=UNPROCESSABLE)
 def create_upload_job(
     request: Request,
     body: JobCreate,
@@ -201,7 +235,7 @@ def list_jobs(
     request: Request,
     session: SessionDep,
     tenant: TenantDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JobsPublic:
     jobs, count = svc.list_jobs(session, tenant_id=tenant, offset=offset, limit=limit)
@@ -274,7 +308,7 @@ def job_results(
     store: StoreDep,
     settings: SettingsDep,
     tenant: TenantDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ResultsPage:
     """Classified images in upload order, with presigned overlay URLs; failed ones are under ``/failures``."""
@@ -289,7 +323,7 @@ def job_failures(
     job_id: uuid.UUID,
     session: SessionDep,
     tenant: TenantDep,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> FailuresPage:
     """Images that could not be classified, each with its reason."""

@@ -11,6 +11,7 @@ import io
 import tarfile
 import warnings
 import zipfile
+import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
@@ -115,7 +116,8 @@ def _is_archive(name: str) -> bool:
 
 
 def _skip(name: str) -> bool:
-    parts = PurePosixPath(name).parts
+    # Backslashes as separators too, as in _unsafe: "..\\x.png" is a climb to report, not a hidden file.
+    parts = PurePosixPath(name.replace("\\", "/")).parts
     return any((p.startswith(".") and p != "..") or p == "__MACOSX" for p in parts)
 
 
@@ -162,9 +164,14 @@ def _iter_archive(path: Path, label: str, max_bytes: int, max_members: int) -> I
                 def read_zip(info: zipfile.ZipInfo = info) -> bytes:
                     if info.file_size > max_bytes:
                         raise ImageError(f"archive member is {info.file_size} bytes, over the limit of {max_bytes}")
-                    with zf.open(info) as f:
-                        # The declared size can lie: never read more than the cap.
-                        data = f.read(max_bytes + 1)
+                    try:
+                        with zf.open(info) as f:
+                            # The declared size can lie: never read more than the cap.
+                            data = f.read(max_bytes + 1)
+                    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError) as e:
+                        # A bad CRC, corrupt deflate data, an unsupported method or an encrypted member:
+                        # this member is unusable, the rest of the archive may be fine.
+                        raise ImageError(f"corrupt archive member: {e}") from None
                     if len(data) > max_bytes:
                         raise ImageError(f"archive member expands past the limit of {max_bytes} bytes")
                     return data

@@ -10,8 +10,9 @@ import secrets
 import uuid
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import StringConstraints
 from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
@@ -29,6 +30,7 @@ __all__ = [
     "JobsPublic",
     "Tenant",
     "WebhookDelivery",
+    "storable_name",
     "utcnow",
 ]
 
@@ -96,6 +98,21 @@ class ApiKey(SQLModel, table=True):
     revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
 
 
+# Item names are what the client called its files; the column holds this many characters, and
+# Postgres text can never hold NUL.
+ITEM_NAME_MAX = 1024
+ItemName = Annotated[str, StringConstraints(max_length=ITEM_NAME_MAX, pattern=r"^[^\x00]*$")]
+
+
+def storable_name(name: str) -> str:
+    """``name`` as an item can store it: NUL replaced, and the middle of an over-long name elided."""
+    name = name.replace("\x00", "\ufffd")
+    if len(name) <= ITEM_NAME_MAX:
+        return name
+    keep = (ITEM_NAME_MAX - 1) // 2
+    return f"{name[:keep]}…{name[-(ITEM_NAME_MAX - 1 - keep) :]}"
+
+
 class JobBase(SQLModel):
     explain: bool = False
     callback_url: str | None = Field(default=None, max_length=2048)
@@ -104,7 +121,9 @@ class JobBase(SQLModel):
 class JobCreate(JobBase):
     """A job whose images the client uploads itself, through presigned URLs."""
 
-    names: list[str] = Field(min_length=1, description="file names, one per image to upload")
+    names: list[ItemName] = Field(
+        min_length=1, description=f"file names, one per image to upload (at most {ITEM_NAME_MAX} characters each)"
+    )
 
 
 class Job(JobBase, table=True):
@@ -158,7 +177,7 @@ class JobItem(SQLModel, table=True):
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     job_id: uuid.UUID = Field(foreign_key="jobs.id", index=True, ondelete="CASCADE")
     position: int
-    name: str = Field(max_length=1024)
+    name: str = Field(max_length=ITEM_NAME_MAX)
     object_key: str = Field(max_length=1024)
     status: str = Field(default=ItemStatus.QUEUED, max_length=32, index=True)
     prediction: str | None = Field(default=None, max_length=8)
