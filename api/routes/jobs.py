@@ -33,9 +33,7 @@ from fakescope.db.models import (
     JobsPublic,
     JobState,
     WebhookDelivery,
-    storable_name,
 )
-from fakescope.imageio import InputItem
 from fakescope.service import jobs as svc
 from fakescope.service.webhooks import CallbackURLError, check_callback_url
 from fakescope.settings import Settings
@@ -163,12 +161,7 @@ def create_job(
     """Uploads a batch; answers 202 with the job and its status URL while workers classify it."""
     _check_callback(callback_url, settings)
     with tempfile.TemporaryDirectory(prefix="fakescope-upload-") as tmp:
-        # Upload file names and archive member names are the client's: long or NUL-bearing ones are
-        # shortened or replaced to fit the item's name column instead of failing the whole request.
-        inputs = (
-            InputItem(storable_name(it.name), it.read)
-            for it in svc.expand_uploads([(f.filename or "", f.file) for f in files], Path(tmp))
-        )
+        inputs = svc.expand_uploads([(f.filename or "", f.file) for f in files], Path(tmp))
         job, created = svc.create_job(
             session,
             store,

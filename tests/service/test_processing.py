@@ -167,3 +167,33 @@ def test_chunks_finished_while_the_upload_is_still_stored_do_not_close_the_job(
         counts = svc.job_counts(session, job_id=job.id)
     assert states == [JobState.RUNNING] * 3  # three windows, none of which closed the job
     assert (counts.total, counts.done) == (n, n)
+
+
+def test_uploads_over_the_item_limit_keep_the_first_and_say_so(
+    service_env: ServiceEnv, detector: Detector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    read: list[int] = []
+
+    def item(s: int) -> InputItem:
+        return InputItem(f"{s}.png", lambda: read.append(s) or png_bytes(s))
+
+    def classify_now(job_id: uuid.UUID, item_ids: Sequence[uuid.UUID]) -> int:
+        with service_env.session() as session:
+            return classify_chunk(session, service_env.store, detector, job_id=job_id, item_ids=item_ids)
+
+    # Windows close by bytes as well as by count: here every two images.
+    monkeypatch.setattr(svc, "UPLOAD_WINDOW_BYTES", 2 * len(png_bytes(9500)) - 1)
+    sizes: list[int] = []
+    with service_env.session() as session:
+        job, _ = svc.create_job(
+            session,
+            service_env.store,
+            lambda j, ids: sizes.append(len(ids)) or classify_now(j, ids),
+            tenant_id=_tenant(service_env),
+            inputs=[item(s) for s in range(9500, 9540)],
+            max_items=13,
+        )
+    assert job.total == 13 and len(read) <= 16  # reading stops once past the limit
+    assert job.state == JobState.PARTIALLY_SUCCEEDED
+    assert job.error == "the upload has more than 13 images; the first 13 were kept"
+    assert sum(sizes) == 13 and max(sizes) <= 8

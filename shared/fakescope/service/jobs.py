@@ -21,7 +21,17 @@ from sqlalchemy import case, func, or_, update
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
 
-from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobCounts, JobItem, JobPublic, JobState, utcnow
+from fakescope.db.models import (
+    ExplainStatus,
+    ItemStatus,
+    Job,
+    JobCounts,
+    JobItem,
+    JobPublic,
+    JobState,
+    storable_name,
+    utcnow,
+)
 from fakescope.imageio import ARCHIVE_SUFFIXES, DEFAULT_MAX_BYTES, ImageError, InputItem, iter_inputs
 from fakescope.storage import ObjectStore, original_key
 from fakescope.taskformat import TaskEntry
@@ -49,6 +59,7 @@ logger = logging.getLogger(__name__)
 
 UPLOAD_THREADS = 8
 UPLOAD_WINDOW = 256
+UPLOAD_WINDOW_BYTES = 256 * 1024**2
 
 
 class JobStateError(RuntimeError):
@@ -168,7 +179,10 @@ def create_job(
         return job, False
 
     def read_one(position: int, item: InputItem) -> tuple[JobItem, bytes | None]:
-        row = JobItem(job_id=job.id, position=position, name=item.name, object_key=original_key(job.id, position))
+        # Names are the client's: a NUL or an over-long name is made storable rather than failing the job.
+        row = JobItem(
+            job_id=job.id, position=position, name=storable_name(item.name), object_key=original_key(job.id, position)
+        )
         try:
             data = item.read()
         except ImageError as e:
@@ -177,15 +191,34 @@ def create_job(
         row.sha256 = hashlib.sha256(data).hexdigest()
         return row, data
 
+    def windows() -> Iterator[list[tuple[JobItem, bytes | None]]]:
+        # Up to UPLOAD_WINDOW images or UPLOAD_WINDOW_BYTES, whichever comes first: a small archive of
+        # large, highly compressible members must not make the API hold gigabytes at once.
+        numbered = enumerate(inputs)
+        window: list[tuple[JobItem, bytes | None]] = []
+        held = 0
+        while group := list(islice(numbered, UPLOAD_THREADS)):
+            if group[-1][0] >= max_items:
+                group = [(p, it) for p, it in group if p < max_items]
+                job.error = f"the upload has more than {max_items} images; the first {max_items} were kept"
+            for row, data in pool.map(lambda pi: read_one(*pi), group):
+                window.append((row, data))
+                held += len(data or b"")
+            if len(window) >= UPLOAD_WINDOW or held >= UPLOAD_WINDOW_BYTES:
+                yield window
+                window, held = [], 0
+            if job.error:
+                break  # the rest of the upload is not read at all
+        if window:
+            yield window
+
     n_rows = n_queued = 0
-    numbered = ((p, it) for p, it in enumerate(inputs) if p < max_items)
     with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload") as pool:
         # A window at a time: bounded memory, one lookup of the tenant's known originals per window, and
         # the window's items committed and enqueued as soon as they are stored, so the workers classify
         # while the rest of the upload is still being stored. ``job.total`` stays 0 until the last
         # window, which is what keeps a worker from finishing the job early (finalize_if_done).
-        while window := list(islice(numbered, UPLOAD_WINDOW)):
-            read = list(pool.map(lambda pi: read_one(*pi), window))
+        for read in windows():
             known = _known_originals(session, tenant_id, {r.sha256 for r, d in read if d is not None})
             puts = []
             for row, data in read:
@@ -196,7 +229,9 @@ def create_job(
             for f in puts:
                 f.result()
             rows = [r for r, _ in read]
+            error = job.error
             session.refresh(job)
+            job.error = error
             if job.state == JobState.CANCELLED:
                 break  # cancelled while its upload was being stored (the id is known to an idempotent retry)
             queued = [r.id for r in rows if r.status == ItemStatus.QUEUED]  # before the commit expires the rows
