@@ -10,6 +10,8 @@ from typing import Annotated
 from fastapi import Depends, HTTPException, Security, status
 from fastapi.security import APIKeyHeader
 from redis.exceptions import RedisError
+from sqlalchemy.exc import InterfaceError as DBInterfaceError
+from sqlalchemy.exc import OperationalError as DBOperationalError
 from sqlmodel import Session
 
 from api.limits import RateLimiter
@@ -25,8 +27,16 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def get_session(settings: SettingsDep) -> Iterator[Session]:
-    with Session(get_engine(settings.sqlalchemy_url)) as session:
+    session = Session(get_engine(settings.sqlalchemy_url))
+    try:
         yield session
+    finally:
+        try:
+            session.close()
+        except (DBOperationalError, DBInterfaceError) as e:
+            # The server went away after the route ran: closing runs after the response has started, so
+            # raising here would drop the client's connection. SQLAlchemy has invalidated the connection.
+            logging.getLogger(__name__).warning("database connection lost while closing a session: %s", e)
 
 
 # One client per settings object (the process has one, unless a test overrides get_settings).

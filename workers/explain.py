@@ -6,7 +6,8 @@ import logging
 
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from fakescope.service.processing import explain_chunk, fail_items
 from fakescope.settings import get_settings
@@ -17,7 +18,7 @@ from workers.celery_app import app
 
 logger = logging.getLogger(__name__)
 
-TRANSIENT = (StorageError, OperationalError)
+TRANSIENT = (StorageError, OperationalError, InterfaceError, PoolTimeout)
 MAX_RETRIES = get_settings().task_max_retries
 
 

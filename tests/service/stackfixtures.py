@@ -290,3 +290,119 @@ def service_env(request: pytest.FixtureRequest) -> ServiceEnv:
 def service_stack(request: pytest.FixtureRequest) -> Iterator[ServiceStack]:
     st = get_service_stack(request)
     yield st
+
+
+# Fault tests: a private broker, private processes and tight settings, on the session's database and bucket.
+
+
+@dataclass
+class PrivateRedis:
+    """A ``redis-server`` of one test on its own port, without persistence: killed, its data is gone."""
+
+    port: int
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        args = ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                args, stdout=log, stderr=subprocess.STDOUT, cwd=self.log.parent, start_new_session=True
+            )
+        wait_until(lambda: redis.Redis(port=self.port, socket_timeout=1).ping(), 30, f"redis on :{self.port}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self.proc = None
+
+
+@dataclass
+class PrivateStack(ServiceStack):
+    """A :class:`ServiceStack` of one fault test; workers may get settings of their own."""
+
+    broker: PrivateRedis | None = None
+    stacks: list[Stack] = field(default_factory=list)
+
+    def start_worker(self, pool: str, name: str, wait: bool = True, **settings: str) -> None:  # type: ignore[override]
+        stack = Stack(env={**self.stack.env, **settings}, log_dir=self.stack.log_dir)
+        self.stacks.append(stack)
+        stack.start_worker(pool, name=name)
+        if wait:
+            try:
+                wait_until(lambda: self.worker_ready(f"{name}@"), 300, f"worker {name}", interval=1)
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{self.logs()}") from None
+
+    def stop(self, name: str, sig: int = signal.SIGTERM) -> None:
+        for stack in [self.stack, *self.stacks]:
+            stack.stop(name, sig=sig)
+
+    def pid(self, name: str) -> int:
+        """The process (and process group) id of ``name``."""
+        return next(s.procs[name].pid for s in [self.stack, *self.stacks] if name in s.procs)
+
+    def log(self, name: str) -> str:
+        return (self.stack.log_dir / f"{name}.log").read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def private_stack(
+    svc: ServiceEnv, name: str, *, api: bool = True, sweeper: bool = False, **settings: str
+) -> Iterator[PrivateStack]:
+    """API (and sweeper) on a private Redis with ``FAKESCOPE_*`` overrides; start workers with ``start_worker``.
+
+    Its own broker keeps the test's short visibility timeout away from the session's messages: Kombu
+    restores every unacknowledged message of a Redis database, whichever queue it came from.
+    """
+    from fakescope.service.tenants import create_api_key
+
+    log_dir = svc.tmp / f"logs-{name}"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    broker = PrivateRedis(free_port(), log_dir / "redis.log")
+    broker.start()
+    api_port = free_port()
+    token = secrets.token_hex(4)
+    env = {
+        **svc.env,
+        "FAKESCOPE_BROKER_URL": broker.url,
+        "FAKESCOPE_QUEUE_CLASSIFY": f"classify-{token}",
+        "FAKESCOPE_QUEUE_EXPLAIN": f"explain-{token}",
+        "FAKESCOPE_PUBLIC_URL": f"http://127.0.0.1:{api_port}",
+        "FAKESCOPE_LOG_FORMAT": "text",
+        **settings,
+    }
+    cfg = Settings(
+        **{k.removeprefix("FAKESCOPE_").lower(): v for k, v in env.items() if k != "FAKESCOPE_FLOWER_BASIC_AUTH"}
+    )
+    with Session(get_engine(cfg.sqlalchemy_url)) as session:
+        key = create_api_key(session, tenant_name=f"{name}-{token}")[1]
+    stack = Stack(env=process_env(env), log_dir=log_dir)
+    st = PrivateStack(
+        svc=ServiceEnv(settings=cfg, env=env, tmp=svc.tmp),
+        stack=stack,
+        api_url=f"http://127.0.0.1:{api_port}",
+        flower_url="",
+        keys={"a": key},
+        broker=broker,
+    )
+    try:
+        if api:
+            stack.start_api(port=api_port)
+        if sweeper:
+            stack.start_sweeper()
+        if api:
+            try:
+                wait_until(lambda: httpx.get(f"{st.api_url}/readyz", timeout=5).status_code == 200, 90, "API /readyz")
+            except AssertionError as e:
+                raise AssertionError(f"{e}\n{st.logs()}") from None
+        yield st
+    finally:
+        for s in [*st.stacks, stack]:
+            s.stop_all()
+        broker.kill()

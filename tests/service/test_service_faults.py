@@ -1,0 +1,182 @@
+"""The broker and the database go away mid-job: the API answers 503, and the job still ends with one result each.
+
+Each test runs its own API, worker (and sweeper) on a private Redis (see ``private_stack``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+import httpx
+import pytest
+from sqlalchemy import func
+from sqlmodel import col, select
+from stackfixtures import PG_ADMIN_URL, PrivateStack, ServiceEnv, png_bytes, private_stack, wait_until
+
+from fakescope.db.models import ItemStatus, JobItem
+
+pytestmark = pytest.mark.slow
+
+UNAVAILABLE = {
+    "broker": "the queue broker is unavailable or busy; retry shortly",
+    "database": "the database is unavailable or busy; retry shortly",
+}
+
+
+def _files(seed: int, n: int) -> list[tuple[str, tuple[str, bytes, str]]]:
+    return [("files", (f"{i}.png", png_bytes(seed + i), "image/png")) for i in range(n)]
+
+
+def _done(c: httpx.Client, job_id: str) -> int:
+    return c.get(f"/v1/jobs/{job_id}").json()["counts"]["done"]
+
+
+def _assert_one_result_each(svc: ServiceEnv, st: PrivateStack, job_id: str, n: int) -> None:
+    job = st.wait_job(job_id, timeout=180)
+    assert job["state"] == "succeeded", job
+    assert job["counts"]["done"] == n and job["counts"]["queued"] == 0
+    with svc.session() as session:
+        per_position = session.exec(  # type: ignore[call-overload]
+            select(JobItem.position, func.count()).where(JobItem.job_id == job_id).group_by(JobItem.position)
+        ).all()
+        items = session.exec(select(JobItem).where(col(JobItem.job_id) == job_id)).all()
+    assert sorted(per_position) == [(p, 1) for p in range(n)]
+    assert all(i.status == ItemStatus.DONE and i.prediction in ("real", "fake") for i in items)
+    # Each result was written by one task run, though a chunk may have run more than once.
+    assert {i.attempts for i in items} == {1}
+
+
+def test_redis_restarted_without_its_data_mid_job(service_env: ServiceEnv) -> None:
+    n = 60
+    tight = {
+        "FAKESCOPE_CHUNK_SIZE": "3",
+        "FAKESCOPE_TASK_TIME_LIMIT_S": "20",
+        "FAKESCOPE_VISIBILITY_TIMEOUT_S": "25",
+        # The sweeper re-sends what the empty Redis forgot once it has waited this long.
+        "FAKESCOPE_SWEEP_AFTER_S": "5",
+        "FAKESCOPE_SWEEP_EVERY_S": "1",
+    }
+    with private_stack(service_env, "redis-restart", sweeper=True, **tight) as st:
+        assert st.broker is not None
+        st.start_worker("classify", "classify-1")
+        with st.client() as c:
+            r = c.post("/v1/jobs", files=_files(32000, n))
+            assert r.status_code == 202, r.text
+            job_id = r.json()["id"]
+            wait_until(lambda: _done(c, job_id) >= 6, 120, "the first chunks", interval=0.1)
+            st.broker.kill()
+            assert _done(c, job_id) < n, "the job finished before Redis died; nothing was tested"
+
+            # No broker: submissions are refused at once with a clear 503; reads still work.
+            t0 = time.monotonic()
+            r = c.post("/v1/jobs", files=_files(32100, 2))
+            assert r.status_code == 503, r.text
+            assert r.json()["detail"] == UNAVAILABLE["broker"] and r.headers["Retry-After"] == "5"
+            assert time.monotonic() - t0 < 30
+            assert c.get(f"/v1/jobs/{job_id}").status_code == 200
+
+            time.sleep(2)
+            st.broker.start()  # same port, empty
+            _assert_one_result_each(service_env, st, job_id, n)
+        # The worker lived through it: it reconnected rather than being restarted.
+        assert "Connection to broker lost" in st.log("classify-1")
+
+
+class TcpProxy:
+    """Forwards a loopback port to Postgres; :meth:`cut` drops the listener and every open connection."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self._lock = threading.Lock()
+        self._conns: set[socket.socket] = set()
+        self._listener: socket.socket | None = None
+
+    def start(self) -> None:
+        ls = socket.socket()
+        ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        ls.bind(("127.0.0.1", self.port))
+        ls.listen(64)
+        self._listener = ls
+        threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
+
+    restore = start
+
+    def _accept(self, ls: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = ls.accept()
+            except OSError:
+                return  # cut
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns |= {client, upstream}
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        for s in (src, dst):
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+
+    def cut(self) -> None:
+        if self._listener is not None:
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, set()
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            s.close()
+
+
+def test_postgres_unreachable_for_a_few_seconds_mid_job(service_env: ServiceEnv) -> None:
+    n = 90
+    host_port = PG_ADMIN_URL.split("@", 1)[1].split("/", 1)[0]
+    host, port = host_port.rsplit(":", 1)
+    proxy = TcpProxy((host, int(port)))
+    proxy.start()
+    db = service_env.env["FAKESCOPE_DATABASE_URL"].replace(host_port, f"127.0.0.1:{proxy.port}")
+    try:
+        with private_stack(service_env, "pg-cut", FAKESCOPE_DATABASE_URL=db, FAKESCOPE_CHUNK_SIZE="3") as st:
+            st.start_worker("classify", "classify-1")
+            with st.client() as c:
+                r = c.post("/v1/jobs", files=_files(33000, n))
+                assert r.status_code == 202, r.text
+                job_id = r.json()["id"]
+                wait_until(lambda: _done(c, job_id) >= 6, 120, "the first chunks", interval=0.1)
+                proxy.cut()
+                cut_at = time.monotonic()
+                r = c.get(f"/v1/jobs/{job_id}")
+                assert r.status_code == 503, r.text
+                assert r.json()["detail"] == UNAVAILABLE["database"] and r.headers["Retry-After"] == "5"
+                r = c.post("/v1/jobs", files=_files(33200, 1))
+                assert r.status_code == 503, r.text
+                with service_env.session() as session:  # directly, not through the proxy
+                    left = session.exec(
+                        select(func.count()).where(JobItem.job_id == job_id, JobItem.status == ItemStatus.QUEUED)
+                    ).one()
+                assert left > 0, "the job finished before the database went away; nothing was tested"
+                time.sleep(max(0.0, 4 - (time.monotonic() - cut_at)))
+                proxy.restore()
+                wait_until(lambda: c.get(f"/v1/jobs/{job_id}").status_code == 200, 30, "the API to recover")
+                _assert_one_result_each(service_env, st, job_id, n)
+            log = st.log("classify-1")
+            assert "transient error, retrying" in log, log[-3000:]
+    finally:
+        proxy.cut()

@@ -1,0 +1,202 @@
+"""Worker faults over real processes: each item ends with one result or one recorded error, never twice.
+
+Each test runs its own API and workers on a private Redis (see ``private_stack``), so its short time
+limits and visibility timeouts touch nobody else's messages.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import func
+from sqlmodel import col, select
+from stackfixtures import PrivateStack, ServiceEnv, free_port, png_bytes, private_stack, wait_until
+
+from fakescope.db.models import ExplainStatus, ItemStatus, JobItem
+from fakescope.detector import Detector
+
+pytestmark = pytest.mark.slow
+
+TASK_LINE = re.compile(r"Task fakescope\.(?:classify|explain)\[([0-9a-f-]+)\] (received|succeeded|retry|raised)")
+SUCCEEDED = re.compile(r"Task fakescope\.explain\[[0-9a-f-]+\] succeeded in [0-9.]+s: (\d+)")
+
+
+def _fakes(checkpoint: Path, n: int) -> list[int]:
+    """Seeds of noise images the tiny random detector calls fake (about one in twenty-five)."""
+    detector = Detector.load(checkpoint, device="cpu")
+    seeds = list(range(30000, 31500))
+    batch = np.stack([np.asarray(Image.open(io.BytesIO(png_bytes(s))).convert("RGB")) for s in seeds])
+    fakes = [s for s, p in zip(seeds, detector.predict(batch), strict=True) if p >= 0.5][:n]
+    assert len(fakes) == n, f"only {len(fakes)} fakes among {len(seeds)} seeds"
+    return fakes
+
+
+def _big_png(shade: int, side: int = 6000) -> bytes:
+    """A smooth image of ``side``² pixels (under the 40 MP limit): small to send, slow to decode and resize."""
+    ramp = np.linspace(0, 255, side, dtype=np.uint8)
+    arr = np.empty((side, side, 3), np.uint8)
+    arr[..., 0] = ramp[None, :]
+    arr[..., 1] = ramp[:, None]
+    arr[..., 2] = shade
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def _submit(st: PrivateStack, files: list[tuple[str, bytes]], **data: str) -> str:
+    with st.client() as c:
+        r = c.post("/v1/jobs", files=[("files", (n, b, "image/png")) for n, b in files], data=data)
+    assert r.status_code == 202, r.text
+    return r.json()["id"]
+
+
+def _counts(st: PrivateStack, job_id: str) -> dict[str, int]:
+    with st.client() as c:
+        return c.get(f"/v1/jobs/{job_id}").json()["counts"]
+
+
+def _items(svc: ServiceEnv, job_id: str) -> list[JobItem]:
+    with svc.session() as session:
+        return list(session.exec(select(JobItem).where(col(JobItem.job_id) == job_id).order_by(JobItem.position)))
+
+
+def _one_row_per_position(svc: ServiceEnv, job_id: str, n: int) -> None:
+    with svc.session() as session:
+        rows = session.exec(  # type: ignore[call-overload]
+            select(JobItem.position, func.count()).where(JobItem.job_id == job_id).group_by(JobItem.position)
+        ).all()
+    assert sorted(rows) == [(p, 1) for p in range(n)]
+
+
+def _task_states(log: str) -> dict[str, list[str]]:
+    states: dict[str, list[str]] = {}
+    for task_id, state in TASK_LINE.findall(log):
+        states.setdefault(task_id, []).append(state)
+    return states
+
+
+def _freeze_mid_task(st: PrivateStack, name: str, job_id: str, explained: int) -> list[str]:
+    """Stops worker ``name`` (SIGSTOP) once ``explained`` items are done and it holds an unfinished task."""
+    pid = st.pid(name)
+    wait_until(lambda: _counts(st, job_id)["explain_pending"] <= explained, 120, "the first explanations", 0.02)
+    for _ in range(500):
+        os.killpg(pid, signal.SIGSTOP)
+        # Its log is final while it is stopped: a task received and not finished is the one in its hands.
+        in_flight = [t for t, s in _task_states(st.log(name)).items() if "succeeded" not in s]
+        if in_flight:
+            return in_flight
+        os.killpg(pid, signal.SIGCONT)
+        time.sleep(0.005)
+    raise AssertionError(f"never caught {name} mid-task:\n{st.logs()}")
+
+
+def test_explain_worker_sigkilled_mid_task_loses_and_repeats_nothing(
+    service_env: ServiceEnv, tiny_checkpoint: Path
+) -> None:
+    # Each image four times: classified once, answered from the cache after that, explained every time.
+    fakes = _fakes(tiny_checkpoint, 24) * 4
+    n = len(fakes)
+    # The killed worker's message comes back after the visibility timeout, which must exceed the time limit.
+    tight = {
+        "FAKESCOPE_TASK_TIME_LIMIT_S": "10",
+        "FAKESCOPE_VISIBILITY_TIMEOUT_S": "12",
+        "FAKESCOPE_EXPLAIN_CHUNK_SIZE": "1",
+    }
+    with private_stack(service_env, "explain-kill", **tight) as st:
+        st.start_worker("classify", "classify-1")
+        job_id = _submit(st, [(f"{i}.png", png_bytes(s)) for i, s in enumerate(fakes)], explain="true")
+        # Everything classified before an explain worker exists: all the explain messages wait in the queue.
+        wait_until(lambda: _counts(st, job_id)["done"] == n, 120, "classification")
+        assert _counts(st, job_id)["explain_pending"] == n
+        st.start_worker("explain", "explain-1", wait=False)
+        in_flight = _freeze_mid_task(st, "explain-1", job_id, n - 4)
+        # SIGKILL of the whole group: no ack, no requeue; the message sits unacknowledged in Redis.
+        st.stop("explain-1", sig=signal.SIGKILL)
+        pending = _counts(st, job_id)["explain_pending"]
+        assert pending > 0, "the job was explained before the kill; nothing was tested"
+        time.sleep(2)
+        assert _counts(st, job_id)["explain_pending"] == pending, "explanations progressed with no worker"
+
+        st.start_worker("explain", "explain-2")
+        job = st.wait_job(job_id, timeout=120)
+        assert job["state"] == "succeeded", job
+        assert job["counts"]["explain_pending"] == 0
+        # The message the kill left unacknowledged was delivered again, to the new worker.
+        assert "succeeded" in _task_states(st.log("explain-2")).get(in_flight[0], []), st.logs()
+        # Each task returns how many explanations it wrote: together exactly one per image.
+        written = sum(int(w) for name in ("explain-1", "explain-2") for w in SUCCEEDED.findall(st.log(name)))
+        assert written == n
+
+    items = _items(service_env, job_id)
+    assert [i.status for i in items] == [ItemStatus.DONE] * n
+    assert all(i.explain_status == ExplainStatus.DONE and i.explanation for i in items), items
+    assert all(i.artifacts == list(i.explanation or {}) for i in items)
+    _one_row_per_position(service_env, job_id, n)
+
+
+def test_classify_past_its_time_limit_fails_its_items_and_the_job_finishes(service_env: ServiceEnv) -> None:
+    with private_stack(service_env, "time-limit", FAKESCOPE_CHUNK_SIZE="4") as st:
+        # 2 s hard, so 1 s soft: four 36-megapixel images take longer than that to decode and resize.
+        st.start_worker("classify", "classify-1", FAKESCOPE_TASK_TIME_LIMIT_S="2", FAKESCOPE_VISIBILITY_TIMEOUT_S="10")
+        big = [(f"big-{i}.png", _big_png(100 + i)) for i in range(4)]
+        small = [(f"small-{i}.png", png_bytes(31600 + i)) for i in range(4)]
+        job_id = _submit(st, big + small)
+        job = st.wait_job(job_id, timeout=120)
+        # The second chunk ran on the same worker after the first was cut off: it is still healthy.
+        assert job["state"] == "partially_succeeded", job
+        assert job["counts"]["total"] == 8
+        assert (job["counts"]["done"], job["counts"]["failed"], job["counts"]["queued"]) == (4, 4, 0)
+
+    items = _items(service_env, job_id)
+    assert [i.status for i in items[:4]] == [ItemStatus.FAILED] * 4
+    assert {i.error for i in items[:4]} == {"classification exceeded the time limit of 2s"}
+    assert all(i.prediction is None and i.overlay_key is None for i in items[:4])
+    assert [i.status for i in items[4:]] == [ItemStatus.DONE] * 4
+    _one_row_per_position(service_env, job_id, 8)
+
+
+def test_transient_errors_are_retried_with_backoff_then_fail_the_items(service_env: ServiceEnv) -> None:
+    with private_stack(service_env, "retries", FAKESCOPE_CHUNK_SIZE="2") as st:
+        # The object store is unreachable from this worker only: the API stored the originals.
+        dead_s3 = {
+            "FAKESCOPE_S3_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+            "FAKESCOPE_TASK_MAX_RETRIES": "2",
+            "FAKESCOPE_TASK_RETRY_BACKOFF_S": "0.5",
+        }
+        st.start_worker("classify", "classify-nos3", **dead_s3)
+        job_id = _submit(st, [(f"{i}.png", png_bytes(31700 + i)) for i in range(2)])
+        job = st.wait_job(job_id, timeout=120)
+        assert job["state"] == "failed", job
+        log = st.log("classify-nos3")
+        # Two retries, the second waiting twice as long as the first; then the items are failed.
+        assert re.findall(r"retry: Retry in ([0-9.]+)s", log) == ["0.5", "1.0"], log[-3000:]
+        st.stop("classify-nos3")
+        items = _items(service_env, job_id)
+        assert [i.status for i in items] == [ItemStatus.FAILED] * 2
+        for i in items:
+            assert i.error and i.error.startswith("classification failed after 2 retries: cannot read jobs/"), i.error
+
+        # Not transient (no checkpoint where the settings say): no retry, the reason names the exception.
+        missing = service_env.tmp / "no-such-checkpoint"
+        st.start_worker("classify", "classify-nockpt", FAKESCOPE_CHECKPOINT=str(missing))
+        job_id = _submit(st, [(f"{i}.png", png_bytes(31710 + i)) for i in range(2)])
+        job = st.wait_job(job_id, timeout=120)
+        assert job["state"] == "failed", job
+        assert "retry: Retry in" not in st.log("classify-nockpt")
+
+    items = _items(service_env, job_id)
+    errors: set[Any] = {i.error for i in items}
+    assert len(errors) == 1, errors
+    error = errors.pop()
+    assert error.startswith("classification failed: ") and str(missing) in error, error
+    assert [i.status for i in items] == [ItemStatus.FAILED] * 2
+    _one_row_per_position(service_env, job_id, 2)
