@@ -72,7 +72,8 @@ def test_redis_restarted_without_its_data_mid_job(service_env: ServiceEnv) -> No
 
             # No broker: submissions are refused at once with a clear 503; reads still work.
             t0 = time.monotonic()
-            r = c.post("/v1/jobs", files=_files(32100, 2))
+            retry = {"Idempotency-Key": "submitted-during-the-outage"}
+            r = c.post("/v1/jobs", files=_files(32100, 2), headers=retry)
             assert r.status_code == 503, r.text
             assert r.json()["detail"] == UNAVAILABLE["broker"] and r.headers["Retry-After"] == "5"
             assert time.monotonic() - t0 < 30
@@ -81,6 +82,12 @@ def test_redis_restarted_without_its_data_mid_job(service_env: ServiceEnv) -> No
             time.sleep(2)
             st.broker.start()  # same port, empty
             _assert_one_result_each(service_env, st, job_id, n)
+            # The refused request left nothing behind: its retry is a new job, and it completes.
+            r = c.post("/v1/jobs", files=_files(32100, 2), headers=retry)
+            assert r.status_code == 202, r.text
+            assert "Idempotent-Replayed" not in r.headers
+            _assert_one_result_each(service_env, st, r.json()["id"], 2)
+            assert c.post("/v1/jobs", files=_files(32100, 2), headers=retry).headers["Idempotent-Replayed"] == "true"
         # The worker lived through it: it reconnected rather than being restarted.
         assert "Connection to broker lost" in st.log("classify-1")
 

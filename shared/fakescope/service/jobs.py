@@ -17,8 +17,8 @@ from itertools import islice
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from sqlalchemy import case, func, or_, update
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy import case, delete, func, or_, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from fakescope.db.models import (
@@ -212,38 +212,51 @@ def create_job(
         if window:
             yield window
 
-    n_rows = n_queued = 0
-    with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload") as pool:
-        # A window at a time: bounded memory, one lookup of the tenant's known originals per window, and
-        # the window's items committed and enqueued as soon as they are stored, so the workers classify
-        # while the rest of the upload is still being stored. ``job.total`` stays 0 until the last
-        # window, which is what keeps a worker from finishing the job early (finalize_if_done).
-        for read in windows():
-            known = _known_originals(session, tenant_id, {r.sha256 for r, d in read if d is not None})
-            puts = []
-            for row, data in read:
-                if data is not None and row.sha256 in known:
-                    row.object_key = known[row.sha256]  # the same bytes are stored already: no second copy
-                elif data is not None:
-                    puts.append(pool.submit(store.put, row.object_key, data))
-            for f in puts:
-                f.result()
-            rows = [r for r, _ in read]
-            error = job.error
-            session.refresh(job)
-            job.error = error
-            if job.state == JobState.CANCELLED:
-                break  # cancelled while its upload was being stored (the id is known to an idempotent retry)
-            queued = [r.id for r in rows if r.status == ItemStatus.QUEUED]  # before the commit expires the rows
-            session.add_all(rows)
+    job_id = job.id
+    try:
+        n_rows = n_queued = 0
+        with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload") as pool:
+            # A window at a time: bounded memory, one lookup of the tenant's known originals per window, and
+            # the window's items committed and enqueued as soon as they are stored, so the workers classify
+            # while the rest of the upload is still being stored. ``job.total`` stays 0 until the last
+            # window, which is what keeps a worker from finishing the job early (finalize_if_done).
+            for read in windows():
+                known = _known_originals(session, tenant_id, {r.sha256 for r, d in read if d is not None})
+                puts = []
+                for row, data in read:
+                    if data is not None and row.sha256 in known:
+                        row.object_key = known[row.sha256]  # the same bytes are stored already: no second copy
+                    elif data is not None:
+                        puts.append(pool.submit(store.put, row.object_key, data))
+                for f in puts:
+                    f.result()
+                rows = [r for r, _ in read]
+                error = job.error
+                session.refresh(job)
+                job.error = error
+                if job.state == JobState.CANCELLED:
+                    break  # cancelled while its upload was being stored (the id is known to an idempotent retry)
+                queued = [r.id for r in rows if r.status == ItemStatus.QUEUED]  # before the commit expires the rows
+                session.add_all(rows)
+                session.commit()
+                enqueue(job.id, queued)
+                n_rows, n_queued = n_rows + len(rows), n_queued + len(queued)
+        if not n_rows:
+            job.state, job.error, job.finished_at = JobState.FAILED, "no images in the upload", utcnow()
+        job.total = n_rows
+        session.add(job)
+        session.commit()
+    except BaseException:
+        # The request fails (a broker or object store outage mid-upload): it was not accepted, so nothing of it
+        # stays. Chunks already sent find their job gone and do nothing; a retry with the same
+        # Idempotency-Key starts afresh. If the database is what failed, the sweeper closes the job later.
+        session.rollback()
+        try:
+            session.exec(delete(Job).where(col(Job.id) == job_id))  # type: ignore[call-overload]
             session.commit()
-            enqueue(job.id, queued)
-            n_rows, n_queued = n_rows + len(rows), n_queued + len(queued)
-    if not n_rows:
-        job.state, job.error, job.finished_at = JobState.FAILED, "no images in the upload", utcnow()
-    job.total = n_rows
-    session.add(job)
-    session.commit()
+        except SQLAlchemyError:
+            logger.warning("job %s: could not remove the job of a failed upload", job_id, exc_info=True)
+        raise
     finish(session, job_id=job.id)  # the workers may have finished every chunk before the total was known
     session.refresh(job)
     logger.info("job %s: %s items, %s queued", job.id, n_rows, n_queued)
