@@ -144,6 +144,8 @@ class Bench:
             "HF_HUB_OFFLINE": "1",
             "FAKESCOPE_RATE_LIMIT_PER_MINUTE": "0",  # the benchmark polls far faster than a client would
         })  # fmt: skip
+        if args.chunk_size:
+            self.env["FAKESCOPE_CHUNK_SIZE"] = str(args.chunk_size)
         if args.checkpoint:
             self.env["FAKESCOPE_CHECKPOINT"] = str(Path(args.checkpoint).resolve())
         # Logs outlive the run when FAKESCOPE_BENCH_LOGS names a folder (to read after a failure).
@@ -282,6 +284,7 @@ def main() -> None:
     p.add_argument("--n", type=int, default=2000, help="images in the throughput job")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--checkpoint", help="default: the shipped checkpoint")
+    p.add_argument("--chunk-size", type=int, help="images per classify task (default: the service's default)")
     p.add_argument("--latency-jobs", type=int, default=30)
     p.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
     p.add_argument("--redis", default="redis://127.0.0.1:6379")
@@ -304,7 +307,7 @@ def main() -> None:
         f"model-only ({len(files)} images, batch {settings.batch_size}, {os.cpu_count()} threads): "
         f"forward+GradCAM {with_cam:.0f} images/s, forward only {forward:.0f} images/s"
     )
-    print(f"service defaults: chunk_size {settings.chunk_size}, batch_size {settings.batch_size}")
+    print(f"service: chunk_size {args.chunk_size or settings.chunk_size}, batch_size {settings.batch_size}")
 
     with tempfile.TemporaryDirectory(prefix="fakescope-bench-") as tmp:
         bench = Bench(args, Path(tmp))

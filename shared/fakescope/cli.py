@@ -233,7 +233,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="fakescope-out", help="output folder (default: fakescope-out)")
     p.add_argument("--checkpoint", help="checkpoint folder (default: $FAKESCOPE_CHECKPOINT or the shipped one)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--no-overlays", action="store_true", help="skip GradCAM overlays (faster)")
     p.add_argument("--explain", action="store_true", help="name the artifacts of each fake (task2.json)")
     p.add_argument("--explain-backend", help="evidence (default) or vlm")

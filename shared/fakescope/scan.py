@@ -46,7 +46,7 @@ def run_scan(
     *,
     checkpoint: str | Path | None = None,
     device: str = "auto",
-    batch_size: int = 64,
+    batch_size: int = 32,
     overlays: bool = True,
     explain: bool = False,
     explain_backend: str | None = None,

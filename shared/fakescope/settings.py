@@ -41,8 +41,8 @@ class Settings(BaseSettings):
 
     queue_classify: str = "classify"
     queue_explain: str = "explain"
-    chunk_size: int = Field(32, ge=1, description="images per classify task")
-    batch_size: int = Field(64, ge=1, description="images per forward pass")
+    chunk_size: int = Field(128, ge=1, description="images per classify task")
+    batch_size: int = Field(32, ge=1, description="images per forward pass")
     explain_chunk_size: int = Field(8, ge=1)
     explain_backend: str | None = None
     checkpoint: str | None = None
