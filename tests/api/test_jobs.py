@@ -213,7 +213,7 @@ def test_second_tenant_gets_404(service_stack: ServiceStack) -> None:
         job_id = r.json()["id"]
         assert service_stack.wait_job(job_id)["state"] == "succeeded"
         assert a.get(f"/v1/jobs/{job_id}/results").json()["count"] == 1
-        for path in ("", "/results", "/failures", "/task1.json", "/task2.json"):
+        for path in ("", "/results", "/failures", "/task1.json", "/task2.json", "/deliveries"):
             r = b.get(f"/v1/jobs/{job_id}{path}")
             assert r.status_code == 404, path
             assert r.json() == {"detail": "Job not found"}
@@ -297,3 +297,28 @@ def test_cancel_sends_a_signed_webhook(service_stack: ServiceStack) -> None:
     finally:
         server.shutdown()
         _Callbacks.fail_first = 1
+
+
+def test_no_secret_reaches_the_logs(service_stack: ServiceStack) -> None:
+    server = HTTPServer(("127.0.0.1", 0), _Callbacks)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with service_stack.client() as c:
+            secrets_seen = [c.get("/v1/webhook-secret").json()["secret"]]
+            secrets_seen.append(c.post("/v1/webhook-secret/rotate").json()["secret"])
+            callback = f"http://127.0.0.1:{server.server_address[1]}/done"
+            r = c.post(
+                "/v1/jobs", files=[("files", ("1.png", png_bytes(8), "image/png"))], data={"callback_url": callback}
+            )
+            service_stack.wait_job(r.json()["id"])
+            c.get(
+                f"/v1/jobs/{r.json()['id']}/results"
+            ).raise_for_status()  # presigned URLs are signed with the S3 secret
+            c.get("/v1/jobs", headers={"X-API-Key": "fks_wrong-key-that-must-not-be-logged"})
+    finally:
+        server.shutdown()
+    logs = "\n".join(f.read_text(errors="replace") for f in service_stack.stack.log_dir.glob("*.log"))
+    assert r.json()["id"] in logs  # the logs are there to search, whole
+    for secret in [*service_stack.keys.values(), *secrets_seen, "fakescope-test-s3-secret-7f3a91"]:
+        assert secret not in logs
+    assert "fks_wrong-key-that-must-not-be-logged" not in logs

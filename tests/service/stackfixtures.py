@@ -192,7 +192,7 @@ def build_env(tmp: Path, checkpoint: Path) -> ServiceEnv:
         "FAKESCOPE_BROKER_URL": broker,
         "FAKESCOPE_S3_ENDPOINT": s3,
         "FAKESCOPE_S3_ACCESS_KEY": "testing",
-        "FAKESCOPE_S3_SECRET_KEY": "testing",
+        "FAKESCOPE_S3_SECRET_KEY": "fakescope-test-s3-secret-7f3a91",  # distinctive: the logs are searched for it
         "FAKESCOPE_S3_BUCKET": f"fakescope-test-{token}",
         "FAKESCOPE_QUEUE_CLASSIFY": queues["classify"],
         "FAKESCOPE_QUEUE_EXPLAIN": queues["explain"],

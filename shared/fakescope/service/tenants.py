@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import secrets
 import uuid
 
@@ -53,6 +54,17 @@ def ensure_api_key(session: Session, *, tenant_name: str, key: str) -> Tenant:
 
 
 def authenticate(session: Session, *, key: str) -> uuid.UUID | None:
-    """The tenant id of a valid, unrevoked ``key``, else None."""
-    row = session.exec(select(ApiKey).where(ApiKey.key_hash == hash_key(key), ApiKey.revoked_at.is_(None))).first()  # type: ignore[union-attr]
-    return row.tenant_id if row is not None else None
+    """The tenant id of a valid, unrevoked ``key``, else None.
+
+    Keys are found by their public prefix (the first 12 characters, which identify a key without
+    granting anything), and the candidates' hashes compared with :func:`hmac.compare_digest`, so
+    the time a wrong key takes says nothing about how close it came.
+    """
+    digest = hash_key(key)
+    candidates = session.exec(
+        select(ApiKey).where(ApiKey.prefix == key[:12], ApiKey.revoked_at.is_(None))  # type: ignore[union-attr]
+    ).all()
+    for row in candidates:
+        if hmac.compare_digest(row.key_hash, digest):
+            return row.tenant_id
+    return None
