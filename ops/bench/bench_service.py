@@ -259,7 +259,11 @@ def _results(c: httpx.Client, job_id: str) -> dict[str, tuple[str, float]]:
 
 
 def model_only(files: list[tuple[str, bytes]], checkpoint: str | None, batch: int) -> tuple[float, float]:
-    """(forward+GradCAM images/s, forward-only images/s) on decoded images, all cores."""
+    """(forward+GradCAM images/s, forward-only images/s) on decoded images, all cores, best of three passes.
+
+    The best pass, not the mean: this shared machine's speed drifts, and the ratio should not flatter
+    the service by catching the model on a slow moment.
+    """
     import torch
 
     from fakescope.detector import Detector
@@ -268,14 +272,17 @@ def model_only(files: list[tuple[str, bytes]], checkpoint: str | None, batch: in
     det = Detector.load(checkpoint, device="cpu")
     arrays = np.stack([det.prepare(Image.open(io.BytesIO(b)).convert("RGB")) for _, b in files])
     det.predict_with_cam(arrays[:batch])
-    t = time.perf_counter()
-    for i in range(0, len(arrays), batch):
-        det.predict_with_cam(arrays[i : i + batch])
-    with_cam = len(arrays) / (time.perf_counter() - t)
-    t = time.perf_counter()
-    for i in range(0, len(arrays), batch):
-        det.predict(arrays[i : i + batch])
-    return with_cam, len(arrays) / (time.perf_counter() - t)
+
+    def best(fn: Any) -> float:
+        rates = []
+        for _ in range(3):
+            t = time.perf_counter()
+            for i in range(0, len(arrays), batch):
+                fn(arrays[i : i + batch])
+            rates.append(len(arrays) / (time.perf_counter() - t))
+        return max(rates)
+
+    return best(det.predict_with_cam), best(det.predict)
 
 
 def main() -> None:
