@@ -26,7 +26,7 @@ def main() -> None:
     p.add_argument("--data", default="../shared/data/cifake_train_subset")
     p.add_argument("--n", type=int, default=2000)
     p.add_argument("--checkpoint")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=int, default=32)
     args = p.parse_args()
     files = sorted(f for f in Path(args.data).rglob("*") if f.is_file())
     files = files[:: max(1, len(files) // args.n)][: args.n]
