@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     s3_secret_key: str = "minioadmin"
     s3_bucket: str = "fakescope"
     s3_region: str = "us-east-1"
+    s3_connect_timeout_s: float = Field(5.0, gt=0)
+    s3_read_timeout_s: float = Field(60.0, gt=0)
     secret_key: str = "changethis"
     public_url: str = "http://127.0.0.1:8000"
 

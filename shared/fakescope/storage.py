@@ -69,10 +69,19 @@ class S3Store:
     """
 
     def __init__(self, settings: Settings) -> None:
+        import urllib3
         from minio import Minio
 
         assert settings.s3_endpoint is not None
         self.bucket = settings.s3_bucket
+        # minio's own default waits 5 minutes to connect: an endpoint that drops packets would hold a
+        # task or an upload that long. Fail fast instead (the callers retry StorageError with backoff);
+        # enough pooled connections for the upload and overlay threads.
+        http = urllib3.PoolManager(
+            timeout=urllib3.Timeout(connect=settings.s3_connect_timeout_s, read=settings.s3_read_timeout_s),
+            maxsize=16,
+            retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
+        )
 
         def client(endpoint: str) -> Minio:
             u = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
@@ -82,6 +91,7 @@ class S3Store:
                 secret_key=settings.s3_secret_key,
                 secure=u.scheme == "https",
                 region=settings.s3_region,
+                http_client=http,
             )
 
         self.client = client(settings.s3_endpoint)
