@@ -70,7 +70,16 @@ class Enqueuer:
     def _send(self, name: TaskName, queue: str, job_id: uuid.UUID, item_ids: Sequence[uuid.UUID], size: int) -> int:
         sent = 0
         for start in range(0, len(item_ids), size):
-            self.app.send_task(name.value, kwargs=chunk_payload(job_id, item_ids[start : start + size]), queue=queue)
+            # Explicit None time limits: where the task is registered in the sender too (a classify worker
+            # sending explain tasks), Celery would otherwise stamp the sender's limits into the message,
+            # and those override the limits of the pool that runs it.
+            self.app.send_task(
+                name.value,
+                kwargs=chunk_payload(job_id, item_ids[start : start + size]),
+                queue=queue,
+                time_limit=None,
+                soft_time_limit=None,
+            )
             sent += 1
         return sent
 

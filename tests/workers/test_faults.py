@@ -11,9 +11,11 @@ import os
 import re
 import signal
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -162,6 +164,40 @@ def test_classify_past_its_time_limit_fails_its_items_and_the_job_finishes(servi
     assert all(i.prediction is None and i.overlay_key is None for i in items[:4])
     assert [i.status for i in items[4:]] == [ItemStatus.DONE] * 4
     _one_row_per_position(service_env, job_id, 8)
+
+
+def test_explain_past_its_time_limit_fails_its_explanations_and_the_job_finishes(
+    service_env: ServiceEnv, tiny_checkpoint: Path
+) -> None:
+    # One explain task of ~1,500 fakes (about 2 ms each) against a 2 s limit (1 s soft). Uploaded through
+    # presigned URLs, so that start_job sends them as one classify chunk and so one explain task.
+    fakes = _fakes(tiny_checkpoint, 24) * 63
+    n = len(fakes)
+    sizes = {"FAKESCOPE_CHUNK_SIZE": str(n), "FAKESCOPE_EXPLAIN_CHUNK_SIZE": str(n)}
+    with private_stack(service_env, "explain-limit", **sizes) as st:
+        st.start_worker("classify", "classify-1")
+        st.start_worker("explain", "explain-1", FAKESCOPE_TASK_TIME_LIMIT_S="2", FAKESCOPE_VISIBILITY_TIMEOUT_S="10")
+        with st.client() as c:
+            r = c.post("/v1/jobs/uploads", json={"names": [f"{i}.png" for i in range(n)], "explain": True})
+            assert r.status_code == 201, r.text
+            body = r.json()
+            with ThreadPoolExecutor(8) as pool:
+                puts = pool.map(
+                    lambda u: httpx.put(u["upload_url"], content=png_bytes(fakes[u["position"]])), body["uploads"]
+                )
+                assert {p.status_code for p in puts} == {200}
+            job_id = body["job"]["id"]
+            assert c.post(f"/v1/jobs/{job_id}/start").status_code == 202
+        job = st.wait_job(job_id, timeout=180)
+        # Classification is what the job's state reports; the explanations each carry their own error.
+        assert job["state"] == "succeeded", job
+        assert (job["counts"]["done"], job["counts"]["explain_pending"]) == (n, 0)
+
+    items = _items(service_env, job_id)
+    assert {i.explain_status for i in items} == {ExplainStatus.FAILED}
+    assert {i.explain_error for i in items} == {"explanation exceeded the time limit of 2s"}
+    assert all(i.explanation is None and i.status == ItemStatus.DONE for i in items)
+    _one_row_per_position(service_env, job_id, n)
 
 
 def test_transient_errors_are_retried_with_backoff_then_fail_the_items(service_env: ServiceEnv) -> None:
