@@ -155,6 +155,7 @@ def create_job(
     tenant: TenantDep,
     files: Annotated[list[UploadFile], File(description="Images and/or zip/tar archives of images.")],
     explain: Annotated[bool, Form()] = False,
+    overlays: Annotated[bool, Form(description="a GradCAM overlay PNG per image (false: verdicts only)")] = True,
     callback_url: Annotated[str | None, Form(max_length=2048)] = None,
     idempotency_key: IdempotencyKey = None,
 ) -> JobPublic:
@@ -169,6 +170,7 @@ def create_job(
             tenant_id=tenant,
             inputs=inputs,
             explain=explain,
+            overlays=overlays,
             callback_url=callback_url or None,
             idempotency_key=idempotency_key,
             max_items=settings.max_items_per_job,
@@ -200,6 +202,7 @@ def create_upload_job(
         tenant_id=tenant,
         names=body.names,
         explain=body.explain,
+        overlays=body.overlays,
         callback_url=body.callback_url,
         idempotency_key=idempotency_key,
         expires_s=settings.presign_expiry_s,

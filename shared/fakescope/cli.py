@@ -164,6 +164,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             job = client.submit(
                 args.paths,
                 explain=args.explain,
+                overlays=not args.no_overlays,
                 callback_url=args.callback_url,
                 idempotency_key=args.idempotency_key,
                 progress=uploaded,
@@ -269,6 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_api_arg(p)
     p.add_argument("paths", nargs="+", help="files, folders, zip/tar archives")
     p.add_argument("--explain", action="store_true", help="explain the images classified fake")
+    p.add_argument("--no-overlays", action="store_true", help="verdicts only: no GradCAM overlay PNGs")
     p.add_argument("--callback-url", help="the service POSTs here when the job finishes")
     p.add_argument("--idempotency-key", help="resubmitting with the same key resumes the same job")
     p.add_argument("--wait", action="store_true", help="wait for the job to finish, with a progress bar")

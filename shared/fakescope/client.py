@@ -108,13 +108,15 @@ class FakescopeClient:
         paths: Sequence[str | Path],
         *,
         explain: bool = False,
+        overlays: bool = True,
         callback_url: str | None = None,
         idempotency_key: str | None = None,
         progress: Progress | None = None,
     ) -> dict[str, Any]:
         """Uploads every image under ``paths`` into one job and starts it; returns the job.
 
-        ``progress(done, total)`` is called as images finish uploading.
+        ``overlays=False`` asks for verdicts only, without GradCAM overlay PNGs. ``progress(done,
+        total)`` is called as images finish uploading.
         """
         from fakescope.imageio import ImageError, iter_inputs
 
@@ -122,7 +124,12 @@ class FakescopeClient:
         if not items:
             raise ValueError(f"no images under {', '.join(map(str, paths))}")
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        body = {"names": [it.name for it in items], "explain": explain, "callback_url": callback_url}
+        body = {
+            "names": [it.name for it in items],
+            "explain": explain,
+            "overlays": overlays,
+            "callback_url": callback_url,
+        }
         created = _check(self._http.post("/v1/jobs/uploads", json=body, headers=headers)).json()
         job = created["job"]
         if job["state"] != "awaiting_upload":

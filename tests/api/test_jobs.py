@@ -322,3 +322,16 @@ def test_no_secret_reaches_the_logs(service_stack: ServiceStack) -> None:
     for secret in [*service_stack.keys.values(), *secrets_seen, "fakescope-test-s3-secret-7f3a91"]:
         assert secret not in logs
     assert "fks_wrong-key-that-must-not-be-logged" not in logs
+
+
+def test_a_verdicts_only_job_has_no_overlays(service_stack: ServiceStack) -> None:
+    files = [("files", (f"{i}.png", png_bytes(9700 + i), "image/png")) for i in range(3)]
+    with service_stack.client() as c:
+        r = c.post("/v1/jobs", files=files, data={"overlays": "false"})
+        assert r.status_code == 202, r.text
+        assert r.json()["overlays"] is False
+        job = service_stack.wait_job(r.json()["id"])
+        results = c.get(f"/v1/jobs/{job['id']}/results").json()["data"]
+    assert job["state"] == "succeeded"
+    assert [x["overlay_url"] for x in results] == [None] * 3
+    assert all(x["prediction"] in ("real", "fake") and x["image_url"] for x in results)

@@ -197,3 +197,32 @@ def test_uploads_over_the_item_limit_keep_the_first_and_say_so(
     assert job.state == JobState.PARTIALLY_SUCCEEDED
     assert job.error == "the upload has more than 13 images; the first 13 were kept"
     assert sum(sizes) == 13 and max(sizes) <= 8
+
+
+def test_verdicts_only_jobs_store_no_overlays_and_share_the_cache_one_way(
+    service_env: ServiceEnv, detector: Detector
+) -> None:
+    tenant = _tenant(service_env)
+    seeds = range(9600, 9606)
+
+    def run(overlays: bool) -> dict[str, JobItem]:
+        chunks = Chunks()
+        with service_env.session() as session:
+            items = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in seeds]
+            job, _ = svc.create_job(
+                session, service_env.store, chunks, tenant_id=tenant, inputs=items, overlays=overlays
+            )
+            assert job.overlays is overlays
+        return _classify(service_env, detector, chunks)
+
+    bare = run(overlays=False)
+    assert all(i.status == ItemStatus.DONE and i.overlay_key is None and not i.cached for i in bare.values())
+    # A job that wants overlays is not answered from results that have none...
+    full = run(overlays=True)
+    assert all(i.overlay_key and not i.cached for i in full.values())
+    # ...while a verdicts-only job is answered from any earlier result of the same model.
+    again = run(overlays=False)
+    assert all(i.cached for i in again.values())
+    for name, item in full.items():
+        assert (item.prediction, item.fake_probability) == (bare[name].prediction, bare[name].fake_probability)
+        assert (item.prediction, item.fake_probability) == (again[name].prediction, again[name].fake_probability)

@@ -115,6 +115,8 @@ def storable_name(name: str) -> str:
 
 class JobBase(SQLModel):
     explain: bool = False
+    # A GradCAM overlay PNG per image; a platform that only needs verdicts saves their encoding and storage.
+    overlays: bool = Field(default=True, sa_column_kwargs={"server_default": "true"})
     callback_url: str | None = Field(default=None, max_length=2048)
 
 

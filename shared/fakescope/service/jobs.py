@@ -110,13 +110,19 @@ def _new_job(
     explain: bool,
     callback_url: str | None,
     idempotency_key: str | None,
+    overlays: bool = True,
 ) -> tuple[Job, bool]:
     """Inserts the job row first, so a concurrent retry with the same key finds it (or loses the race)."""
     existing = _by_idempotency_key(session, tenant_id, idempotency_key)
     if existing is not None:
         return existing, False
     job = Job(
-        tenant_id=tenant_id, state=state, explain=explain, callback_url=callback_url, idempotency_key=idempotency_key
+        tenant_id=tenant_id,
+        state=state,
+        explain=explain,
+        overlays=overlays,
+        callback_url=callback_url,
+        idempotency_key=idempotency_key,
     )
     session.add(job)
     try:
@@ -152,6 +158,7 @@ def create_job(
     tenant_id: uuid.UUID,
     inputs: Iterable[InputItem],
     explain: bool = False,
+    overlays: bool = True,
     callback_url: str | None = None,
     idempotency_key: str | None = None,
     max_items: int = 100_000,
@@ -172,6 +179,7 @@ def create_job(
         tenant_id=tenant_id,
         state=JobState.QUEUED,
         explain=explain,
+        overlays=overlays,
         callback_url=callback_url,
         idempotency_key=idempotency_key,
     )
@@ -270,6 +278,7 @@ def create_upload_job(
     tenant_id: uuid.UUID,
     names: Sequence[str],
     explain: bool = False,
+    overlays: bool = True,
     callback_url: str | None = None,
     idempotency_key: str | None = None,
     expires_s: int = 3600,
@@ -280,6 +289,7 @@ def create_upload_job(
         tenant_id=tenant_id,
         state=JobState.AWAITING_UPLOAD,
         explain=explain,
+        overlays=overlays,
         callback_url=callback_url,
         idempotency_key=idempotency_key,
     )
@@ -378,6 +388,7 @@ def job_public(session: Session, job: Job, status_url: str) -> JobPublic:
         id=job.id,
         state=JobState(job.state),
         explain=job.explain,
+        overlays=job.overlays,
         callback_url=job.callback_url,
         counts=job_counts(session, job_id=job.id),
         status_url=status_url,

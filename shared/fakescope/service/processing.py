@@ -80,14 +80,16 @@ def _write_results(session: Session, updates: Sequence[tuple[JobItem, dict[str, 
 
 
 def cached_results(
-    session: Session, *, tenant_id: uuid.UUID, model_version: str, sha256s: Sequence[str]
+    session: Session, *, tenant_id: uuid.UUID, model_version: str, sha256s: Sequence[str], overlays: bool = True
 ) -> dict[str, JobItem]:
-    """This tenant's latest finished result, with its overlay, for each of ``sha256s`` under ``model_version``.
+    """This tenant's latest finished result for each of ``sha256s`` under ``model_version``.
 
-    Scoped to the tenant: whether another tenant ever sent the same bytes is not theirs to learn.
+    With ``overlays``, only results that have their overlay. Scoped to the tenant: whether another
+    tenant ever sent the same bytes is not theirs to learn.
     """
     if not sha256s:
         return {}
+    with_overlay = [col(JobItem.overlay_key).is_not(None)] if overlays else []
     rows = session.exec(
         select(JobItem)
         .join(Job, col(Job.id) == col(JobItem.job_id))
@@ -96,7 +98,7 @@ def cached_results(
             col(JobItem.sha256).in_(set(sha256s)),
             col(JobItem.model_version) == model_version,
             col(JobItem.status) == ItemStatus.DONE,
-            col(JobItem.overlay_key).is_not(None),
+            *with_overlay,
         )
         .order_by(col(JobItem.finished_at))
     ).all()
@@ -137,6 +139,7 @@ def classify_chunk(
         tenant_id=job.tenant_id,
         model_version=detector.model_version,
         sha256s=[it.sha256 for it in items if it.sha256],
+        overlays=job.overlays,
     )
     updates: list[tuple[JobItem, dict[str, Any]]] = []
     todo: list[JobItem] = []
@@ -166,7 +169,8 @@ def classify_chunk(
     inputs = [store_input(store, it) for it in todo]
     with ThreadPoolExecutor(PUT_THREADS, thread_name_prefix="overlay-put") as putter:
         puts = []
-        for it, res in zip(todo, classify_items(detector, inputs, batch_size=batch_size), strict=True):
+        results = classify_items(detector, inputs, batch_size=batch_size, overlays=job.overlays)
+        for it, res in zip(todo, results, strict=True):
             values: dict[str, Any] = {
                 "started_at": started,
                 "finished_at": utcnow(),
