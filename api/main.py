@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -31,7 +31,7 @@ LATENCY = Histogram(
 )
 
 
-async def _observe(request: Request, call_next) -> Response:
+async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     t0 = time.perf_counter()
     response = await call_next(request)
     # The route template, not the path: job ids must not become label values.

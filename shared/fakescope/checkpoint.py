@@ -39,9 +39,9 @@ class Preprocess:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
         return cls(
-            input_size=tuple(d["input_size"]),  # type: ignore[arg-type]
-            mean=tuple(d["mean"]),  # type: ignore[arg-type]
-            std=tuple(d["std"]),  # type: ignore[arg-type]
+            input_size=tuple(d["input_size"]),
+            mean=tuple(d["mean"]),
+            std=tuple(d["std"]),
             interpolation=d["interpolation"],
         )
 

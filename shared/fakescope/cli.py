@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fakescope.client import FakescopeClient
@@ -83,7 +83,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         table = robustness(detector, data, batch_size=args.batch_size)
     else:
         table = {"clean": evaluate_arrays(detector, data, batch_size=args.batch_size)}
-    report = {
+    report: dict[str, Any] = {
         "model_version": detector.model_version,
         "data": args.data or DEFAULT_DATA,
         "split": args.split or "all",

@@ -213,10 +213,10 @@ def export_split(
     n = 0
     for src in sources:
         src = Path(src)
-        for name, label, blob in iter_labelled(src):
+        for name, label_idx, blob in iter_labelled(src):
             key = f"{src.name}/{name}"
             if key in wanted:
                 flat = key.replace("/", "__")
-                (out / LABELS[label].upper() / flat).write_bytes(blob)
+                (out / LABELS[label_idx].upper() / flat).write_bytes(blob)
                 n += 1
     return n

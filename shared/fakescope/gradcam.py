@@ -45,8 +45,15 @@ class GradCAM:
         """
         acts: list[torch.Tensor] = []
         grads: list[torch.Tensor] = []
+
+        # A def, not a lambda: torch's hook argument type (`_grad_t`) is not a type alias mypy can use.
+        def keep_grad(
+            _m: nn.Module, _gi: tuple[torch.Tensor, ...] | torch.Tensor, go: tuple[torch.Tensor, ...] | torch.Tensor
+        ) -> None:
+            grads.append(go[0])
+
         h_fwd = self.target.register_forward_hook(lambda _m, _i, out: acts.append(out))
-        h_bwd = self.target.register_full_backward_hook(lambda _m, _gi, go: grads.append(go[0]))
+        h_bwd = self.target.register_full_backward_hook(keep_grad)
         try:
             with torch.enable_grad():
                 x = x.detach().requires_grad_(True)  # so the backward hook fires even with frozen weights

@@ -196,7 +196,11 @@ def _iter_archive(path: Path, label: str, max_bytes: int, max_members: int) -> I
                         continue
                     f = tar.extractfile(m)
                     data = f.read() if f is not None else b""
-                    yield InputItem(f"{label}/{m.name}", lambda data=data: data)
+
+                    def read_tar(data: bytes = data) -> bytes:
+                        return data
+
+                    yield InputItem(f"{label}/{m.name}", read_tar)
         else:
             yield InputItem(label, _fail("not a zip or tar archive, though named like one"))
     except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile) as e:

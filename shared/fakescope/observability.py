@@ -93,7 +93,7 @@ _ITEMS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar("fakes
 @contextlib.contextmanager
 def log_context(job_id: Any = None, item_id: Any = None, item_ids: list[Any] | None = None) -> Iterator[None]:
     """Tags every log line inside the block with the job and item(s) it is about."""
-    tokens = []
+    tokens: list[tuple[contextvars.ContextVar[Any], contextvars.Token[Any]]] = []
     if job_id is not None:
         tokens.append((_JOB, _JOB.set(str(job_id))))
     if item_id is not None:

@@ -154,6 +154,7 @@ def classify_items(
                 if d.error is not None:
                     current.append((ImageResult(name=d.name, error=d.error), None))
                     continue
+                assert d.display is not None  # decode_item sets it whenever there is no error
                 p = float(probs[k])
                 cam = cams[k] if cams is not None else None
                 res = ImageResult(

@@ -7,7 +7,7 @@ task1 lists one ``{"index": i, "prediction": "real"|"fake"}`` per classified ima
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -25,7 +25,7 @@ class TaskEntry:
 
     name: str
     prediction: str | None
-    explanation: dict[str, str] | None = None
+    explanation: Mapping[str, str] | None = None
 
 
 def _stem(name: str) -> str:

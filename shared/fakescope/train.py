@@ -113,7 +113,7 @@ def predict_arrays(
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig, steps: int) -> tuple[torch.optim.Optimizer, Any]:
     if cfg.recipe == "paper":
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr or 1e-3)
-        sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
+        sched: torch.optim.lr_scheduler.LRScheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(
             opt, mode="min", factor=0.1, patience=5, min_lr=1e-6, threshold=1e-3
         )
         return opt, sched

@@ -82,7 +82,7 @@ class Tenant(SQLModel, table=True):
     name: str = Field(max_length=255, unique=True)
     # Signs this tenant's webhook deliveries (HMAC-SHA256); shown to the tenant by GET /v1/webhook-secret.
     webhook_secret: str = Field(default_factory=lambda: secrets.token_hex(32), max_length=128)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
 
 
 class ApiKey(SQLModel, table=True):
@@ -94,8 +94,8 @@ class ApiKey(SQLModel, table=True):
     tenant_id: uuid.UUID = Field(foreign_key="tenants.id", index=True, ondelete="CASCADE")
     key_hash: str = Field(max_length=64, unique=True, index=True)
     prefix: str = Field(max_length=16, index=True)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
-    revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    revoked_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
 # Item names are what the client called its files; the column holds this many characters, and
@@ -139,9 +139,9 @@ class Job(JobBase, table=True):
     total: int = 0
     error: str | None = None
     callback_status: str | None = Field(default=None, max_length=255)
-    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
-    started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
-    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
 class JobCounts(SQLModel):
@@ -202,12 +202,12 @@ class JobItem(SQLModel, table=True):
     # the sweeper re-enqueues work that has waited past its deadline (a lost message, a Redis wipe).
     enqueued_at: datetime | None = Field(
         default_factory=utcnow,
-        sa_type=DateTime(timezone=True),  # type: ignore[call-overload]
+        sa_type=DateTime(timezone=True),
     )
-    started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
-    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     duration_ms: float | None = None
-    explained_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    explained_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
 
 
 class WebhookDelivery(SQLModel, table=True):
@@ -225,4 +225,4 @@ class WebhookDelivery(SQLModel, table=True):
     status_code: int | None = None
     outcome: str = Field(max_length=255)
     duration_ms: float | None = None
-    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))  # type: ignore[call-overload]
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))

@@ -140,13 +140,14 @@ def finetune(cfg: FinetuneConfig) -> Path:
         if device.startswith("cuda") and torch.cuda.is_bf16_supported():
             # fp16 activations overflow in training without a loss scaler; bf16 does not.
             kwargs["dtype"] = torch.bfloat16
-        model = Idefics2ForConditionalGeneration.from_pretrained(source, **kwargs)
+        base = Idefics2ForConditionalGeneration.from_pretrained(source, **kwargs)
     if not device.startswith("cuda"):
-        model = model.to(device)
+        # transformers decorates `to` with functools.wraps, whose stub type does not bind self.
+        base = base.to(device)  # type: ignore[arg-type]
     lora = LoraConfig(
         r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=TARGET_MODULES, bias="none"
     )
-    model = get_peft_model(model, lora)
+    model = get_peft_model(base, lora)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     logger.info("LoRA on %s: %d trainable parameters, %d records", source, trainable, len(records))
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr)
@@ -175,7 +176,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
             if step >= total:
                 break
     out = Path(cfg.out)
-    model.save_pretrained(out)
+    model.save_pretrained(str(out))
     (out / "training.json").write_text(
         json.dumps(
             {

@@ -131,14 +131,15 @@ def _load(source: str, lora: str | None, device: str) -> tuple[Any, Any]:
         processor = AutoProcessor.from_pretrained(source)
         model = Idefics2ForConditionalGeneration.from_pretrained(source, **model_kwargs(device))
     if not device.startswith("cuda"):
-        model = model.to(device)
+        # transformers decorates `to` with functools.wraps, whose stub type does not bind self.
+        model = model.to(device)  # type: ignore[arg-type]
     if lora:
         from peft import PeftModel
 
         with resolving(lora, "LoRA adapter"):
-            model = PeftModel.from_pretrained(model, lora)
+            peft_model = PeftModel.from_pretrained(model, lora)
         # Folding the adapter into the weights makes generation as fast as the base model's.
-        model = model.merge_and_unload()
+        model = peft_model.merge_and_unload()
     model.eval()
     # Batched generation appends to the right end of each prompt, so prompts are padded on the left.
     processor.tokenizer.padding_side = "left"

@@ -90,7 +90,9 @@ def _pad(x: np.ndarray, k: int) -> np.ndarray:
 def _box3(x: np.ndarray) -> np.ndarray:
     p = _pad(x, 1)
     h, w = x.shape
-    return sum(p[i : i + h, j : j + w] for i in range(3) for j in range(3)) / 9.0
+    total = sum(p[i : i + h, j : j + w] for i in range(3) for j in range(3))
+    assert isinstance(total, np.ndarray)  # nine slices are summed, so never the empty sum's 0
+    return total / 9.0
 
 
 def _laplacian(x: np.ndarray) -> np.ndarray:

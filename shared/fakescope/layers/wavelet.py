@@ -15,7 +15,8 @@ def haar_dwt(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
     Returns:
         ``(LL, LH, HL, HH)``, each ``(B, C, H/2, W/2)``.
     """
-    ll, (lh, hl, hh) = ptwt.wavedec2(x.float(), "haar", level=1, mode="zero")
+    ll, *details = ptwt.wavedec2(x.float(), "haar", level=1, mode="zero")
+    ((lh, hl, hh),) = details  # one level: one tuple of detail bands
     return ll.to(x.dtype), lh.to(x.dtype), hl.to(x.dtype), hh.to(x.dtype)
 
 

@@ -105,7 +105,9 @@ class Bottleneck(nn.Module):
         self.down = WaveletAttention() if stride == 2 else nn.Identity()
         self.conv2 = _conv_bn(planes, planes, 3)
         self.conv3 = _conv_bn(planes, out_chs, 1)
-        nn.init.zeros_(self.conv3[1].weight)  # each residual block starts as the identity
+        bn3 = self.conv3[1]
+        assert isinstance(bn3, nn.BatchNorm2d)
+        nn.init.zeros_(bn3.weight)  # each residual block starts as the identity
         self.act = nn.ReLU(inplace=True)
         if stride == 2:
             self.shortcut: nn.Module = WaveletDownsample(in_chs, out_chs)

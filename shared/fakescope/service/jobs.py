@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from itertools import islice
 from pathlib import Path, PurePosixPath
-from typing import IO
+from typing import IO, overload
 
 from sqlalchemy import case, delete, func, or_, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
@@ -142,12 +142,13 @@ def _known_originals(session: Session, tenant_id: uuid.UUID, sha256s: set[str | 
     shas = [h for h in sha256s if h]
     if not shas:
         return {}
-    rows = session.exec(  # type: ignore[call-overload]
+    rows = session.exec(
         select(JobItem.sha256, JobItem.object_key)
         .join(Job, col(Job.id) == col(JobItem.job_id))
         .where(col(Job.tenant_id) == tenant_id, col(JobItem.sha256).in_(shas))
     ).all()
-    return {sha: key for sha, key in rows}
+    # The query matched non-empty hashes, so `sha` is never None; the check only narrows its type.
+    return {sha: key for sha, key in rows if sha is not None}
 
 
 def create_job(
@@ -260,7 +261,7 @@ def create_job(
         # Idempotency-Key starts afresh. If the database is what failed, the sweeper closes the job later.
         session.rollback()
         try:
-            session.exec(delete(Job).where(col(Job.id) == job_id))  # type: ignore[call-overload]
+            session.exec(delete(Job).where(col(Job.id) == job_id))
             session.commit()
         except SQLAlchemyError:
             logger.warning("job %s: could not remove the job of a failed upload", job_id, exc_info=True)
@@ -322,7 +323,7 @@ def start_job(
     job: Job,
 ) -> Job:
     """Queues the uploaded items of a presigned job; an item whose object is missing fails as not uploaded."""
-    claimed = session.exec(  # type: ignore[call-overload]
+    claimed = session.exec(
         update(Job)
         .where(col(Job.id) == job.id, col(Job.state) == JobState.AWAITING_UPLOAD)
         .values(state=JobState.QUEUED)
@@ -358,7 +359,7 @@ def get_job(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job
 
 
 def job_counts(session: Session, *, job_id: uuid.UUID) -> JobCounts:
-    rows = session.exec(  # type: ignore[call-overload]
+    rows = session.exec(
         select(JobItem.status, func.count()).where(JobItem.job_id == job_id).group_by(JobItem.status)
     ).all()
     by_status = {s: n for s, n in rows}
@@ -378,6 +379,12 @@ def job_counts(session: Session, *, job_id: uuid.UUID) -> JobCounts:
     )
 
 
+@overload
+def _aware(ts: datetime) -> datetime: ...
+@overload
+def _aware(ts: None) -> None: ...
+@overload
+def _aware(ts: datetime | None) -> datetime | None: ...
 def _aware(ts: datetime | None) -> datetime | None:
     # SQLite hands timestamps back without their zone; they were written in UTC.
     return ts.replace(tzinfo=UTC) if ts is not None and ts.tzinfo is None else ts
@@ -435,7 +442,7 @@ def list_failures(
 
 
 def task_entries(session: Session, *, job_id: uuid.UUID) -> list[TaskEntry]:
-    rows = session.exec(  # type: ignore[call-overload]
+    rows = session.exec(
         select(JobItem.name, JobItem.prediction, JobItem.explanation, JobItem.status)
         .where(JobItem.job_id == job_id)
         .order_by(col(JobItem.position))
@@ -445,7 +452,7 @@ def task_entries(session: Session, *, job_id: uuid.UUID) -> list[TaskEntry]:
 
 def cancel_job(session: Session, *, job: Job) -> Job:
     """Cancels a job that has not finished: its queued items are never classified (workers skip them)."""
-    session.exec(  # type: ignore[call-overload]
+    session.exec(
         update(JobItem)
         .where(
             col(JobItem.job_id) == job.id,
@@ -453,13 +460,13 @@ def cancel_job(session: Session, *, job: Job) -> Job:
         )
         .values(status=ItemStatus.CANCELLED, finished_at=utcnow())
     )
-    session.exec(  # type: ignore[call-overload]
+    session.exec(
         update(JobItem)
         .where(col(JobItem.job_id) == job.id, col(JobItem.explain_status) == ExplainStatus.PENDING)
         .values(explain_status=ExplainStatus.NONE)
     )
     finished = [s.value for s in JobState if s.finished]
-    session.exec(  # type: ignore[call-overload]
+    session.exec(
         update(Job)
         .where(col(Job.id) == job.id, col(Job.state).not_in(finished))
         .values(state=JobState.CANCELLED, finished_at=utcnow())
@@ -499,7 +506,7 @@ def finalize_if_done(session: Session, *, job_id: uuid.UUID) -> Job | None:
         state = JobState.FAILED
     else:
         state = JobState.PARTIALLY_SUCCEEDED
-    res = session.exec(  # type: ignore[call-overload]
+    res = session.exec(
         update(Job)
         .where(
             col(Job.id) == job_id,

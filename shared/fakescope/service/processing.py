@@ -118,7 +118,7 @@ def classify_chunk(
     """Classifies the chunk's queued items, stores overlays and results; returns how many it wrote."""
     jid = uuid.UUID(str(job_id))
     ids = _uuids(item_ids)
-    session.exec(  # type: ignore[call-overload]
+    session.exec(
         update(Job)
         .where(col(Job.id) == jid, col(Job.state) == JobState.QUEUED)
         .values(state=JobState.RUNNING, started_at=utcnow())
@@ -259,7 +259,7 @@ def explain_chunk(
             }
         else:
             values = {"explain_status": ExplainStatus.FAILED, "explain_error": r.error, "explained_at": utcnow()}
-        res = session.exec(  # type: ignore[call-overload]
+        res = session.exec(
             update(JobItem)
             .where(col(JobItem.id) == it.id, col(JobItem.explain_status) == ExplainStatus.PENDING)
             .values(**values)
@@ -296,7 +296,7 @@ def fail_items(
             .where(col(JobItem.id).in_(ids), col(JobItem.status) == ItemStatus.QUEUED)
             .values(status=ItemStatus.FAILED, error=reason, finished_at=utcnow())
         )
-    res = session.exec(stmt)  # type: ignore[call-overload]
+    res = session.exec(stmt)
     session.commit()
     finish(session, job_id=jid)
     return res.rowcount

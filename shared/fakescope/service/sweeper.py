@@ -59,7 +59,7 @@ def _claim(session: Session, where: Sequence, cutoff: object, limit: int) -> dic
     ).all()
     if not candidates:
         return {}
-    rows = session.exec(  # type: ignore[call-overload]
+    rows = session.exec(
         update(JobItem)
         .where(col(JobItem.id).in_(candidates), *where)
         .where((col(JobItem.enqueued_at) < cutoff) | col(JobItem.enqueued_at).is_(None))
@@ -100,7 +100,7 @@ def sweep(
         )
     # A multipart upload's job keeps total 0 until the request has stored its last image; an API that
     # died mid-upload leaves it so. Past the upload timeout it keeps the images it has, and says why.
-    abandoned = session.exec(  # type: ignore[call-overload]
+    abandoned = session.exec(
         update(Job)
         .where(
             col(Job.state).in_(ACTIVE),
@@ -116,7 +116,8 @@ def sweep(
     session.commit()
     report.abandoned_uploads += len(abandoned)
     # Jobs with nothing left in flight that nobody closed.
-    stale = [row[0] for row in abandoned] + session.exec(
+    stale: list[uuid.UUID] = [row[0] for row in abandoned]
+    stale += session.exec(
         select(Job.id).where(col(Job.state).in_(ACTIVE), col(Job.created_at) < cutoff).limit(limit)
     ).all()
     for job_id in stale:
