@@ -8,6 +8,7 @@ a truncated JPEG, a decompression bomb or an archive member that is too large be
 from __future__ import annotations
 
 import io
+import re
 import tarfile
 import warnings
 import zipfile
@@ -65,6 +66,9 @@ class InputItem:
     read: Callable[[], bytes]
 
 
+_BOMB_SIZE = re.compile(r"Image size \((\d+) pixels\)")
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decodes ``data`` fully, refusing empty, non-image, truncated and oversized inputs.
 
@@ -87,8 +91,12 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     except UnidentifiedImageError:
         raise ImageError("not an image Pillow can read") from None
     except Image.DecompressionBombError as e:
-        # Pillow refuses sizes past twice its own limit before we can read the header ourselves.
-        raise ImageError(f"image is over the limit of {max_pixels} pixels: {e}") from None
+        # Pillow refuses sizes past twice its own limit before we can read the header ourselves; say it in
+        # the same words as our own check, with the size Pillow read when its message carries it.
+        size = _BOMB_SIZE.search(str(e))
+        if size is None:
+            raise ImageError(f"image is over the limit of {max_pixels} pixels: {e}") from None
+        raise ImageError(f"image is {size.group(1)} pixels, over the limit of {max_pixels}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
         if isinstance(e, ImageError):
             raise

@@ -49,7 +49,7 @@ BAD = {
     "notes.txt": "not an image",
     "truncated.jpg": "truncated",
     "corrupt.png": "",
-    "bomb.png": "over the limit of 40000000 pixels",
+    "bomb.png": "400000000 pixels, over the limit of 40000000",
 }
 
 
