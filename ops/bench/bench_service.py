@@ -117,6 +117,16 @@ class Bench:
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         self.args, self.tmp = args, tmp
         self.cleanups: list[Any] = []
+        try:
+            self._setup(args, tmp)
+        except BaseException:
+            # Whatever was created before the failure (the database, the S3 server) goes with it.
+            for fn in reversed(self.cleanups):
+                with contextlib.suppress(Exception):
+                    fn()
+            raise
+
+    def _setup(self, args: argparse.Namespace, tmp: Path) -> None:
         # Verdicts only (--no-overlays): the jobs ask for no overlay PNGs.
         self.form = {"overlays": "false"} if getattr(args, "no_overlays", False) else {}
         token = secrets.token_hex(4)
