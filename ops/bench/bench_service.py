@@ -217,8 +217,7 @@ class Bench:
         pids = []
         for i in range(k):
             name = f"classify-{i + 1}"
-            self.stack.env.update({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)})
-            pids.append(self.stack.start_worker("classify", name=name).pid)
+            pids.append(self.stack.start_worker("classify", name=name, threads=threads).pid)
         # A worker loads its model in its first task: warm each one up with a tiny job.
         with self.client() as c:
             for i in range(2 * k):

@@ -75,6 +75,7 @@ class Stack:
         concurrency: int = 1,
         gpu: str | None = None,
         metrics_port: int | None = None,
+        threads: int | None = None,
     ) -> subprocess.Popen[bytes]:
         """A worker of ``pool`` (``classify`` or ``explain``) consuming that pool's queue only."""
         queue = self.env.get(f"FAKESCOPE_QUEUE_{pool.upper()}", pool)
@@ -89,6 +90,8 @@ class Stack:
             extra["CUDA_VISIBLE_DEVICES"] = gpu
         if metrics_port is not None:
             extra["FAKESCOPE_METRICS_PORT"] = str(metrics_port)
+        if threads is not None:
+            extra.update(dict.fromkeys(("OMP_NUM_THREADS", "MKL_NUM_THREADS"), str(threads)))
         return self._spawn(name, args, extra)
 
     def start_flower(self, host: str = "127.0.0.1", port: int = 5555, name: str = "flower") -> subprocess.Popen[bytes]:
@@ -151,16 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         # Processes rather than threads: on 2 cores two 1-thread workers classify 120 images/s end to end,
         # one 2-thread worker 78 (ops/bench/README.md); torch's threads wait on each other at 32x32.
-        threads = str(max(1, (os.cpu_count() or 1) // max(1, args.classify_workers)))
-        saved = {k: stack.env.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
-        stack.env.update(dict.fromkeys(saved, threads))
+        threads = max(1, (os.cpu_count() or 1) // max(1, args.classify_workers))
         for i in range(args.classify_workers):
-            stack.start_worker("classify", name=f"classify-{i}")
-        for k, v in saved.items():  # the explain workers keep whatever the caller set
-            if v is None:
-                stack.env.pop(k, None)
-            else:
-                stack.env[k] = v
+            stack.start_worker("classify", name=f"classify-{i}", threads=threads)
     for i in range(args.explain_workers):
         stack.start_worker("explain", name=f"explain-{i}")
     stack.start_sweeper()

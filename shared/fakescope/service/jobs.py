@@ -240,10 +240,8 @@ def create_job(
                 for f in puts:
                     f.result()
                 rows = [r for r, _ in read]
-                error = job.error
-                session.refresh(job)
-                job.error = error
-                if job.state == JobState.CANCELLED:
+                state = session.exec(select(Job.state).where(col(Job.id) == job_id)).one()
+                if state == JobState.CANCELLED:
                     break  # cancelled while its upload was being stored (the id is known to an idempotent retry)
                 queued = [r.id for r in rows if r.status == ItemStatus.QUEUED]  # before the commit expires the rows
                 session.add_all(rows)
