@@ -59,6 +59,12 @@ class ItemResult(BaseModel):
     name: str
     prediction: str | None
     fake_probability: float | None
+    domain_score: float | None = Field(
+        None, description="distance from the detector's training images over its threshold; above 1: out of domain"
+    )
+    in_domain: bool | None = Field(
+        None, description="false: the verdict is for an image unlike any the detector was measured on; unreliable"
+    )
     sha256: str | None
     cached: bool = Field(False, description="answered from this tenant's earlier result for the same bytes and model")
     width: int | None
@@ -281,6 +287,8 @@ def _result(item: JobItem, store: ObjectStore, expires_s: int) -> ItemResult:
         name=item.name,
         prediction=item.prediction,
         fake_probability=item.fake_probability,
+        domain_score=item.domain_score,
+        in_domain=None if item.domain_score is None else item.domain_score <= 1.0,
         sha256=item.sha256,
         cached=item.cached,
         width=item.width,

@@ -58,6 +58,8 @@ class CheckpointMeta:
     tta_hflip: bool = False
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    # The domain score's threshold and provenance (fakescope.domain); empty: no domain score.
+    domain: dict[str, Any] = field(default_factory=dict)
     format_version: int = FORMAT_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -79,6 +81,7 @@ class CheckpointMeta:
             tta_hflip=bool(d.get("tta_hflip", False)),
             training=d.get("training", {}),
             metrics=d.get("metrics", {}),
+            domain=d.get("domain", {}),
         )
 
     @property
@@ -96,6 +99,8 @@ class CheckpointMeta:
             "temperature": self.temperature,
             "tta_hflip": self.tta_hflip,
         }
+        if self.domain:
+            decides["domain"] = {"threshold": self.domain.get("threshold"), "sha256": self.domain.get("sha256")}
         digest = hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()
         return f"{self.variant}@{digest[:12]}"
 

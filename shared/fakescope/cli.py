@@ -43,8 +43,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
         threads=args.threads,
         resume=args.resume,
         max_train=args.max_train,
+        dev_size=args.dev_size,
         stop_after=args.stop_after,
         init_from=args.init_from,
+        translate=args.translate,
+        ema_decay=args.ema_decay,
+        robust_p=args.robust_p,
+        amp=args.amp,
+        weight_decay=args.weight_decay,
+        label_smoothing=args.label_smoothing,
     )
     out = train(cfg)
     print(json.dumps(json.loads((out / "config.json").read_text())["metrics"], indent=2))
@@ -216,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a detector on CIFAKE-layout data")
     _add_split_args(p)
     p.add_argument("--out", required=True, help="checkpoint folder to write")
-    p.add_argument("--model", default="freqnet_resnet_tiny", help="variant name")
+    p.add_argument("--model", default="freqnet_resnet_s", help="variant name")
     p.add_argument("--recipe", choices=["fast", "paper"], default="fast")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, default=128)
@@ -224,9 +231,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N")
     p.add_argument("--threads", type=int, help="CPU threads for torch")
     p.add_argument("--resume", action="store_true", help="continue from --out's last epoch")
-    p.add_argument("--max-train", type=int, help="train on at most this many images (smoke runs)")
+    p.add_argument("--max-train", type=int, help="train on a seeded random subset of this many images")
+    p.add_argument("--dev-size", type=int, default=0, help="hold out a dev split from training; score on it, not val")
     p.add_argument("--stop-after", type=int, help="stop after this epoch (preemptible runs; then --resume)")
     p.add_argument("--init-from", help="start from this checkpoint's weights with a fresh schedule (warm restart)")
+    p.add_argument("--translate", type=int, default=2, help="random reflect-padded shift, pixels (fast recipe)")
+    p.add_argument("--ema-decay", type=float, default=0.999, help="EMA of the weights per step; 0 turns it off")
+    p.add_argument("--robust-p", type=float, default=0.15, help="share of images rescaled, blurred or re-JPEGed")
+    p.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="bf16 autocast (auto: CUDA or AMX)")
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--label-smoothing", type=float, default=0.05)
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("scan", help="classify images, folders and archives; no services needed")
@@ -256,7 +270,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("calibrate", help="refit the temperature on the checkpoint's calibration split")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", action="append", help="the sources the checkpoint was trained on")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=False, help="mirror-image TTA")
+    p.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="mirror-image TTA on or off (default: on where the calibration split says it is more accurate)",
+    )
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("export-split", help="write one part of the train/val split as image files")

@@ -248,7 +248,14 @@ class FakescopeClient:
                 if thumbnails and r.get("image_url"):
                     rec["thumbnail"] = f"thumbs/{base}.png"
                     fetch.append((r["image_url"], out / rec["thumbnail"]))
-                rec.update(sha256=r["sha256"], width=r["width"], height=r["height"], model_version=r["model_version"])
+                rec.update(
+                    sha256=r["sha256"],
+                    width=r["width"],
+                    height=r["height"],
+                    model_version=r["model_version"],
+                    domain_score=r.get("domain_score"),
+                    in_domain=r.get("in_domain"),
+                )
                 model_version = r["model_version"] or model_version
                 if job["explain"]:
                     rec["artifacts"] = r.get("explanation") or {}

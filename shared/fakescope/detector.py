@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,12 @@ from PIL import Image
 from torch import nn
 
 from fakescope.checkpoint import CheckpointMeta, load_checkpoint
+from fakescope.domain import DOMAIN_FILE, DomainModel
 from fakescope.gradcam import GradCAM, linear_head_cam
 from fakescope.imageio import to_rgb_array
 from fakescope.models.freqnet_resnet import FreqNetResNet
 
-__all__ = ["DEFAULT_CHECKPOINT", "Detector", "resolve_checkpoint"]
+__all__ = ["DEFAULT_CHECKPOINT", "Analysis", "Detector", "resolve_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +32,17 @@ def resolve_checkpoint(checkpoint: str | Path | None) -> Path:
     return Path(checkpoint)
 
 
+@dataclass
+class Analysis:
+    """What the detector says of a batch: calibrated fake probabilities ``(N,)``, GradCAM maps
+    ``(N, H, W)`` when asked for, and domain scores ``(N,)`` (at most 1: in domain) when the
+    checkpoint has a domain model."""
+
+    probs: np.ndarray
+    cams: np.ndarray | None = None
+    domain: np.ndarray | None = None
+
+
 class Detector:
     """Real-or-fake classification with calibrated probabilities and GradCAM maps.
 
@@ -37,10 +50,13 @@ class Detector:
     instance per worker process (they are cheap to share across calls in that process).
     """
 
-    def __init__(self, model: FreqNetResNet, meta: CheckpointMeta, device: torch.device) -> None:
+    def __init__(
+        self, model: FreqNetResNet, meta: CheckpointMeta, device: torch.device, domain: DomainModel | None = None
+    ) -> None:
         self.model = model
         self.meta = meta
         self.device = device
+        self.domain = domain
         self.fake_index = meta.labels.index("fake")
         self._gradcam = GradCAM(model, model.stages[-1])
         # GradCAM's maps from the forward pass alone when the head allows it (see fakescope.gradcam):
@@ -60,8 +76,13 @@ class Detector:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         path = resolve_checkpoint(checkpoint)
         model, meta = load_checkpoint(path, device)
+        domain = None
+        if meta.domain:
+            if not (path / DOMAIN_FILE).is_file():
+                raise FileNotFoundError(f"checkpoint {path} names a domain model but has no {DOMAIN_FILE}")
+            domain = DomainModel.load(path, meta.domain, torch.device(device))
         logger.info("loaded %s from %s on %s", meta.model_version, path, device)
-        return cls(model, meta, torch.device(device))
+        return cls(model, meta, torch.device(device), domain)
 
     @property
     def model_version(self) -> str:
@@ -106,6 +127,13 @@ class Detector:
             logits = self.model(x).float()
         return self._with_tta(x, logits)
 
+    @torch.no_grad()
+    def pooled_features(self, batch: np.ndarray) -> torch.Tensor:
+        """The head's input (pooled penultimate features) of a uint8 batch: what the domain model sees."""
+        with self._autocast():
+            feats = self.model.forward_features(self.to_tensor(batch))
+            return self.model.forward_head(feats, pre_logits=True).float()
+
     def predict(self, batch: np.ndarray) -> np.ndarray:
         """Calibrated fake probabilities of a ``(N, H, W, 3)`` uint8 batch."""
         return self.probabilities(self.logits(batch))
@@ -116,24 +144,38 @@ class Detector:
         Returns:
             ``(fake_prob (N,), cams (N, H, W) in [0, 1])``.
         """
+        a = self.analyze(batch, cams=True)
+        assert a.cams is not None
+        return a.probs, a.cams
+
+    def analyze(self, batch: np.ndarray, *, cams: bool = False) -> Analysis:
+        """Probabilities, GradCAM maps (``cams=True``) and domain scores of a uint8 batch in one pass."""
         x = self.to_tensor(batch)
-        if self.cam_from_head:
-            with torch.no_grad(), self._autocast():
+        need_feats = self.domain is not None or (cams and self.cam_from_head)
+        feats = None
+        with torch.no_grad(), self._autocast():
+            if need_feats:
                 feats = self.model.forward_features(x)
                 logits = self.model.forward_head(feats).float()
-            logits = self._with_tta(x, logits)
-            cams = linear_head_cam(feats, self.model.head.weight, logits.argmax(1), x.shape[-2:])
-            return self.probabilities(logits), cams.cpu().numpy()
-        if not self.meta.tta_hflip:
+            else:
+                logits = self.model(x).float()
+        logits = self._with_tta(x, logits)
+        domain = None
+        if self.domain is not None:
+            assert feats is not None
+            with torch.no_grad():
+                pooled = self.model.forward_head(feats, pre_logits=True)
+            domain = self.domain.scores(pooled).cpu().numpy()
+        maps = None
+        if cams and self.cam_from_head:
+            assert feats is not None
+            maps = linear_head_cam(feats, self.model.head.weight, logits.argmax(1), x.shape[-2:]).cpu().numpy()
+        elif cams:
+            # With TTA the verdict comes from both views: show the evidence for that verdict.
             with self._autocast():
-                logits, cams = self._gradcam(x)
-            return self.probabilities(logits), cams.float().cpu().numpy()
-        # With TTA the verdict comes from both views: show the evidence for that verdict.
-        logits = self.logits(batch)
-        with self._autocast():
-            _, cams = self._gradcam(x, logits.argmax(1))
-        cams = cams.float()
-        return self.probabilities(logits), cams.cpu().numpy()
+                _, cam_t = self._gradcam(x, logits.argmax(1))
+            maps = cam_t.float().cpu().numpy()
+        return Analysis(self.probabilities(logits), maps, domain)
 
 
 def _features_feed_linear_head(model: FreqNetResNet, input_size: tuple[int, int], device: torch.device) -> bool:

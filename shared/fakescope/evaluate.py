@@ -1,7 +1,8 @@
 """``fakescope evaluate``: metrics on labelled data, clean and under perturbations.
 
 The robustness table re-measures every metric after JPEG re-compression (quality 75), additive
-Gaussian noise, down-then-up scaling (half size, bicubic both ways), and FGSM (Goodfellow et al.,
+Gaussian noise, down-then-up scaling (half and three-quarter size, bicubic both ways), Gaussian
+blur (sigma 1 pixel), a 4-pixel crop-and-pad, and FGSM (Goodfellow et al.,
 2015) at eps 2/255 and 4/255 computed against the model itself with the true labels: the last is a
 white-box worst case, not a threat model for a black-box service.
 """
@@ -17,13 +18,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from PIL import Image, ImageFilter
 from tqdm import tqdm
 
 from fakescope.calibration import fit_temperature
 from fakescope.checkpoint import CONFIG_FILE
 from fakescope.data import LabelledArray, load_labelled, make_split
 from fakescope.detector import Detector
+from fakescope.domain import fit_domain
 from fakescope.metrics import binary_metrics
 
 __all__ = [
@@ -65,10 +67,28 @@ def _rescale(images: np.ndarray, factor: float = 0.5) -> np.ndarray:
     return out
 
 
+def _blur(images: np.ndarray, sigma: float = 1.0) -> np.ndarray:
+    out = np.empty_like(images)
+    for i, im in enumerate(images):
+        out[i] = np.asarray(Image.fromarray(im).filter(ImageFilter.GaussianBlur(radius=sigma)))
+    return out
+
+
+def _crop_pad(images: np.ndarray, pixels: int = 4) -> np.ndarray:
+    """Crops ``pixels`` rows and columns off the top and left and pads the bottom and right with
+    black back to size: the image shifted by ``pixels`` both ways, as a careless re-frame does."""
+    out = np.zeros_like(images)
+    out[:, : images.shape[1] - pixels, : images.shape[2] - pixels] = images[:, pixels:, pixels:]
+    return out
+
+
 PERTURBATIONS: dict[str, Callable[[np.ndarray], np.ndarray]] = {
     "jpeg_q75": _jpeg,
     f"gaussian_noise_sigma{NOISE_SIGMA}": _noise,
     "down_up_0.5x": _rescale,
+    "down_up_0.75x": lambda images: _rescale(images, 0.75),
+    "gaussian_blur_sigma1": _blur,
+    "crop_pad_4px": _crop_pad,
 }
 FGSM_EPS = (2 / 255, 4 / 255)
 
@@ -130,7 +150,8 @@ def load_eval_data(
         sources: CIFAKE-layout folders or archives.
         detector: decides the input size.
         split: ``"val"`` or ``"calib"`` to keep only that held-out part of the checkpoint's own
-            training split (same sources, seed and sizes as the checkpoint records); ``None`` for all.
+            training split (same sources, seed and sizes as the checkpoint records), ``"train"`` for
+            the part it was trained on; ``None`` for all.
         limit: keep a stratified-by-order prefix of at most this many images (quick runs).
     """
     data = load_labelled(sources, size=detector.input_size)
@@ -143,7 +164,7 @@ def load_eval_data(
                 "these sources do not reproduce the checkpoint's validation split "
                 f"(fingerprint {spl.fingerprint(data.names)} != {expected}); pass the sources it was trained on"
             )
-        data = data.subset({"val": spl.val, "calib": spl.calib}[split])
+        data = data.subset({"val": spl.val, "calib": spl.calib, "train": spl.train}[split])
     if limit is not None and limit < len(data):
         rng = np.random.default_rng(0)
         data = data.subset(np.sort(rng.permutation(len(data))[:limit]))
@@ -160,29 +181,69 @@ def format_table(table: dict[str, dict[str, Any]]) -> str:
 
 
 def recalibrate(
-    checkpoint: str | Path, sources: Sequence[str | Path], *, tta_hflip: bool, batch_size: int = 256
+    checkpoint: str | Path,
+    sources: Sequence[str | Path],
+    *,
+    tta_hflip: bool | None,
+    batch_size: int = 256,
+    domain_fit_images: int = 20_000,
+    in_domain_share: float = 0.95,
 ) -> dict[str, Any]:
-    """Refits the temperature on the checkpoint's calibration split, with or without flip TTA.
+    """Refits the temperature and the domain model on held-out data, and decides on flip TTA.
 
-    Rewrites ``config.json`` (the weights are untouched) with the new temperature, the TTA setting,
-    and the validation metrics measured with them, and returns the calibration-split accuracy of
-    both choices so the decision can be made on data the reported metrics never saw.
+    The temperature is fitted on the checkpoint's calibration split. ``tta_hflip=None`` decides TTA
+    there too (on only where it is more accurate). The domain model (fakescope.domain) is fitted on
+    ``domain_fit_images`` of the training images, its threshold set so that ``in_domain_share`` of
+    the calibration split is in domain. Rewrites ``config.json`` and ``domain.safetensors`` (the
+    weights are untouched), with the validation metrics measured with them, and returns the
+    calibration-split accuracy of both TTA choices, so every decision rests on data the reported
+    metrics never saw.
     """
     checkpoint = Path(checkpoint)
     detector = Detector.load(checkpoint, device="auto")
+    detector.domain = None
     calib = load_eval_data(sources, detector, split="calib")
-    calib_acc = {}
+    calib_acc: dict[bool, float] = {}
+    calib_logits: dict[bool, torch.Tensor] = {}
     for tta in (False, True):
         detector.meta.tta_hflip = tta
-        logits = torch.cat(
+        calib_logits[tta] = torch.cat(
             [detector.logits(calib.images[i : i + batch_size]) for i in range(0, len(calib), batch_size)]
         )
-        calib_acc[tta] = float((logits.argmax(1).numpy() == calib.labels).mean())
-        if tta == tta_hflip:
-            temperature = fit_temperature(logits, torch.from_numpy(calib.labels))
+        calib_acc[tta] = float((calib_logits[tta].argmax(1).numpy() == calib.labels).mean())
+    if tta_hflip is None:
+        tta_hflip = calib_acc[True] > calib_acc[False]
+    temperature = fit_temperature(calib_logits[tta_hflip], torch.from_numpy(calib.labels))
     detector.meta.tta_hflip = tta_hflip
     detector.meta.temperature = temperature
+
+    train = load_eval_data(sources, detector, split="train")
+    rng = np.random.default_rng(0)
+    pick = np.sort(rng.permutation(len(train))[: min(domain_fit_images, len(train))])
+    feats = _features(detector, train.images[pick], batch_size)
+    domain = fit_domain(feats, torch.from_numpy(train.labels[pick]))
+    domain = domain.with_threshold(_features(detector, calib.images, batch_size), in_domain_share)
+    detector.meta.domain = domain.save(checkpoint)
+    detector.domain = domain
+
     val = load_eval_data(sources, detector, split="val")
-    detector.meta.metrics = {"validation": evaluate_arrays(detector, val, batch_size), "temperature": temperature}
+    detector.meta.metrics = {
+        "validation": evaluate_arrays(detector, val, batch_size),
+        "temperature": temperature,
+        "validation_in_domain_share": float((_domain_scores(detector, val.images, batch_size) <= 1.0).mean()),
+    }
     (checkpoint / CONFIG_FILE).write_text(json.dumps(detector.meta.to_dict(), indent=2) + "\n")
-    return {"calib_accuracy": {"plain": calib_acc[False], "hflip_tta": calib_acc[True]}, **detector.meta.metrics}
+    return {
+        "calib_accuracy": {"plain": calib_acc[False], "hflip_tta": calib_acc[True]},
+        "tta_hflip": tta_hflip,
+        **detector.meta.metrics,
+    }
+
+
+def _features(detector: Detector, images: np.ndarray, batch_size: int) -> torch.Tensor:
+    return torch.cat([detector.pooled_features(images[i : i + batch_size]) for i in range(0, len(images), batch_size)])
+
+
+def _domain_scores(detector: Detector, images: np.ndarray, batch_size: int) -> np.ndarray:
+    assert detector.domain is not None
+    return detector.domain.scores(_features(detector, images, batch_size)).cpu().numpy()

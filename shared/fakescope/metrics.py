@@ -73,3 +73,33 @@ def binary_metrics(labels: np.ndarray, fake_prob: np.ndarray, threshold: float =
         "ece": expected_calibration_error(labels, fake_prob),
         "confusion": [[tn, fp], [fn, tp]],
     }
+
+
+def domain_metrics(
+    labels: np.ndarray, fake_prob: np.ndarray, in_domain: np.ndarray, confident: float = 0.9
+) -> dict[str, Any]:
+    """How honest the verdicts are about what the detector knows.
+
+    Args:
+        labels: 0 for real, 1 for fake.
+        fake_prob: the predicted probability of fake.
+        in_domain: whether each image was scored in domain (fakescope.domain).
+        confident: a verdict is confident when ``p > confident`` or ``p < 1 - confident``.
+
+    Returns:
+        ``flagged`` (share out of domain), ``confident_wrong`` (share of all images given a
+        confident wrong verdict), ``confident_wrong_unflagged`` (those of them still in domain: the
+        answers that mislead), and the metrics of the in-domain images alone.
+    """
+    labels = np.asarray(labels).astype(int)
+    fake_prob = np.asarray(fake_prob, dtype=np.float64)
+    in_domain = np.asarray(in_domain, dtype=bool)
+    wrong = (fake_prob >= 0.5).astype(int) != labels
+    sure = (fake_prob > confident) | (fake_prob < 1.0 - confident)
+    n = max(1, len(labels))
+    return {
+        "flagged": float((~in_domain).sum() / n),
+        "confident_wrong": float((wrong & sure).sum() / n),
+        "confident_wrong_unflagged": float((wrong & sure & in_domain).sum() / n),
+        "in_domain_metrics": binary_metrics(labels[in_domain], fake_prob[in_domain]) if in_domain.any() else None,
+    }

@@ -57,6 +57,9 @@ class ImageResult:
     width: int | None = None
     height: int | None = None
     overlay_png: bytes | None = None
+    # Distance from the training distribution over the checkpoint's threshold (fakescope.domain):
+    # above 1 the image is out of domain. None when the checkpoint has no domain model.
+    domain_score: float | None = None
     cam: np.ndarray | None = None
     model_input: np.ndarray | None = None
     display: np.ndarray | None = None
@@ -65,6 +68,10 @@ class ImageResult:
     @property
     def ok(self) -> bool:
         return self.error is None
+
+    @property
+    def in_domain(self) -> bool | None:
+        return None if self.domain_score is None else self.domain_score <= 1.0
 
 
 def decode_item(item: InputItem, detector: Detector, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
@@ -140,13 +147,12 @@ def classify_items(
             good = [d for d in chunk if d.error is None]
             probs: np.ndarray = np.empty(0)
             cams: np.ndarray | None = None
+            domain: np.ndarray | None = None
             if good:
                 batch = np.stack([d.model_input for d in good])  # type: ignore[misc]
                 t0 = time.perf_counter()
-                if overlays or keep_arrays:
-                    probs, cams = detector.predict_with_cam(batch)
-                else:
-                    probs = detector.predict(batch)
+                analysis = detector.analyze(batch, cams=overlays or keep_arrays)
+                probs, cams, domain = analysis.probs, analysis.cams, analysis.domain
                 MODEL_SECONDS.labels(pool_name()).observe(time.perf_counter() - t0)
             current: list[tuple[ImageResult, Future[bytes] | None]] = []
             k = 0
@@ -164,6 +170,7 @@ def classify_items(
                     sha256=d.sha256,
                     width=d.width,
                     height=d.height,
+                    domain_score=float(domain[k]) if domain is not None else None,
                     cam=cam if keep_arrays else None,
                     model_input=d.model_input if keep_arrays else None,
                     display=d.display if keep_arrays else None,

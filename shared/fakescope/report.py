@@ -23,6 +23,7 @@ background:#fff;border:1px solid #ddd;border-radius:6px}
 .card.fake{border-left:5px solid #c62828}
 .card.real{border-left:5px solid #2e7d32}
 .card.error{border-left:5px solid #888}
+.card.ood{border-left-style:dashed;opacity:.8}
 .imgs{display:flex;gap:6px}
 .imgs figure{margin:0;text-align:center;font-size:11px;color:#777}
 .imgs img{width:140px;height:140px;object-fit:contain;image-rendering:pixelated;background:#eee}
@@ -74,9 +75,14 @@ def _card(r: dict[str, Any]) -> str:
     if r.get("artifacts"):
         items = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(v)}</li>" for k, v in r["artifacts"].items())
         arts = f'<ul class="art">{items}</ul>'
+    # An out-of-domain verdict is shown as such: its probability was never measured on images like it.
+    ood = r.get("in_domain") is False
+    verdict = f"{pred} &middot; P(fake) = {p:.3f}"
+    if ood:
+        verdict = f'{pred}? &middot; out of domain (score {float(r["domain_score"]):.1f}): unreliable'
     return (
-        f'<div class="card {pred}"><div class="imgs">{imgs}</div>'
-        f'<div class="verdict">{pred} &middot; P(fake) = {p:.3f}</div>'
+        f'<div class="card {pred}{" ood" if ood else ""}"><div class="imgs">{imgs}</div>'
+        f'<div class="verdict">{verdict}</div>'
         f'<div class="bar"><i style="width:{p * 100:.1f}%"></i></div>'
         f'<div class="name">{name}</div>{arts}</div>'
     )
@@ -94,6 +100,7 @@ def render_report(results: Sequence[dict[str, Any]], *, title: str, model_versio
     n_fake = sum(1 for r in results if r.get("prediction") == "fake")
     n_real = sum(1 for r in results if r.get("prediction") == "real")
     n_err = sum(1 for r in results if r.get("error"))
+    n_ood = sum(1 for r in results if r.get("in_domain") is False)
     links = " &middot; ".join(f'<a href="{html.escape(f)}">{html.escape(f)}</a>' for f in files)
     cards = "\n".join(_card(r) for r in results)
     return f"""<!doctype html>
@@ -102,12 +109,13 @@ def render_report(results: Sequence[dict[str, Any]], *, title: str, model_versio
 <body><h1>{html.escape(title)}</h1>
 <div class="sub">model {html.escape(model_version)} &middot; {links}</div>
 <div class="stats"><span>{len(results)} inputs</span><span>{n_fake} fake</span><span>{n_real} real</span>
-<span>{n_err} errors</span></div>
+<span>{n_err} errors</span><span>{n_ood} out of domain</span></div>
 <div class="filters">Show:
 <label><input type="radio" name="f" value="all" checked> all</label>
 <label><input type="radio" name="f" value="fake"> fake</label>
 <label><input type="radio" name="f" value="real"> real</label>
-<label><input type="radio" name="f" value="error"> errors</label></div>
+<label><input type="radio" name="f" value="error"> errors</label>
+<label><input type="radio" name="f" value="ood"> out of domain</label></div>
 <div class="grid">
 {cards}
 </div><script>{_JS}</script></body></html>

@@ -2,7 +2,8 @@
 
 Writes into ``out_dir``:
 - ``results.jsonl``: one record per input (``file``, ``prediction``, ``fake_probability``, ``overlay``,
-  ``error``, plus ``sha256``, ``width``, ``height``, ``model_version`` and, with explanations, ``artifacts``);
+  ``error``, plus ``sha256``, ``width``, ``height``, ``model_version``, ``domain_score`` and ``in_domain``
+  and, with explanations, ``artifacts``);
 - ``task1.json`` (and ``task2.json`` with explanations) in the task's format;
 - ``overlays/`` (GradCAM PNGs), ``thumbs/`` and ``report.html``.
 """
@@ -106,7 +107,14 @@ def run_scan(
                     thumb.thumbnail((160, 160))
                     rec["thumbnail"] = f"thumbs/{base}.png"
                     thumb.save(out / rec["thumbnail"])
-                rec.update(sha256=r.sha256, width=r.width, height=r.height, model_version=detector.model_version)
+                rec.update(
+                    sha256=r.sha256,
+                    width=r.width,
+                    height=r.height,
+                    model_version=detector.model_version,
+                    domain_score=r.domain_score,
+                    in_domain=r.in_domain,
+                )
                 if explainer is not None:
                     rec["artifacts"] = {}
                     if r.prediction == "fake":

@@ -61,3 +61,18 @@ def test_wavelet_downsample_shapes_and_grad():
     assert y.shape == (2, 10, 8, 8)
     y.sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("shape", [(2, 3, 32, 32), (1, 5, 8, 12)])
+def test_haar_dwt_equals_ptwt(shape):
+    # The strided-conv DWT must be ptwt's wavedec2 band for band, signs included.
+    ptwt = pytest.importorskip("ptwt")
+    x = torch.randn(*shape, dtype=torch.float64)
+    ll, (lh, hl, hh) = ptwt.wavedec2(x, "haar", level=1, mode="zero")
+    for ours, ref in zip(haar_dwt(x), (ll, lh, hl, hh), strict=True):
+        torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
+
+
+def test_haar_dwt_rejects_odd_sizes():
+    with pytest.raises(ValueError, match="even height and width"):
+        haar_dwt(torch.zeros(1, 1, 7, 8))

@@ -55,3 +55,47 @@ def test_unknown_variant():
 def test_checkpoint_filter_strips_wrappers():
     sd = {"_orig_mod.head.weight": torch.zeros(1), "module.stem.0.weight": torch.ones(1)}
     assert set(checkpoint_filter_fn(sd)) == {"head.weight", "stem.0.weight"}
+
+
+def test_shipped_variant_surface():
+    model = create_model("freqnet_resnet_s").eval()
+    names = dict(model.named_modules())
+    for key in ("hfri", "stem", "freq.0", "freq.1", "freq_proj.0", "stages.0", "stages.2", "head"):
+        assert key in names
+    with torch.no_grad():
+        feats = model.forward_features(torch.randn(1, 3, 32, 32))
+    # Full resolution in the first stage, an 8x8 last stage for GradCAM.
+    assert feats.shape == (1, 128, 8, 8)
+
+
+def test_hfrfs_after_hfri_skips_the_second_filter_on_basic_variants_only():
+    # The bottleneck variants keep the paper's second high-pass, so their checkpoints load with the
+    # outputs they were trained with; the basic-block variants feed HFRI's output to the conv.
+    assert create_model("freqnet_resnet_s").freq[0][0].prefiltered
+    assert not create_model("freqnet_resnet_tiny").freq[0][0].prefiltered
+    assert not any(b[0].prefiltered for b in list(create_model("freqnet_resnet_s").freq)[1:])
+    h = HFRFS(3, 4, kernel_size=1, prefiltered=True).eval()
+    x = torch.randn(1, 3, 8, 8)
+    torch.testing.assert_close(h(x), h.act(h.conv(x)))
+
+
+@pytest.mark.parametrize(
+    "overrides", [{"freq_merges": 0}, {"wavelet": False}, {"freq_chs": 0}, {"layers": (2, 1, 1)}]
+)
+def test_ablations_build_and_run(overrides):
+    model = create_model("freqnet_resnet_s", **overrides)
+    assert model(torch.randn(2, 3, 32, 32)).shape == (2, 2)
+    if overrides.get("freq_merges") == 0:
+        assert len(model.freq) == 0
+
+
+def test_plain_anchor_is_the_published_size():
+    n = sum(p.numel() for p in create_model("vgg3_anchor").parameters())
+    assert 0.28e6 < n < 0.30e6
+
+
+def test_bad_block_configs():
+    with pytest.raises(ValueError, match="block must be one of"):
+        create_model("freqnet_resnet_s", block="nope")
+    with pytest.raises(ValueError, match="only built for basic blocks"):
+        create_model("freqnet_resnet_tiny", wavelet=False)

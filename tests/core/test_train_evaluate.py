@@ -10,6 +10,7 @@ from fakescope.checkpoint import load_checkpoint
 from fakescope.cli import main
 from fakescope.detector import Detector
 from fakescope.evaluate import fgsm_images, format_table, load_eval_data, robustness
+from fakescope import train as train_mod
 from fakescope.train import TrainConfig, train
 from tests.core.conftest import write_cifake
 
@@ -23,7 +24,7 @@ def test_train_writes_a_complete_checkpoint(synth_cifake, tmp_path):
     out = train(_cfg(synth_cifake, tmp_path / "ck"))
     model, meta = load_checkpoint(out)
     assert not model.training
-    assert meta.variant == "freqnet_resnet_tiny" and meta.labels == ("real", "fake")
+    assert meta.variant == "freqnet_resnet_s" and meta.labels == ("real", "fake")
     assert meta.preprocess.input_size == (32, 32) and len(meta.preprocess.mean) == 3
     split = meta.training["split"]
     assert (split["train"], split["val"], split["calib"]) == (56, 16, 8)
@@ -44,9 +45,65 @@ def test_resume_continues_where_it_stopped(synth_cifake, tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
 
 
-def test_paper_recipe_bounds():
-    with pytest.raises(ValueError, match="20 to 100 epochs"):
-        TrainConfig(data=["x"], out="y", recipe="paper", epochs=5)
+def test_proxy_run_scores_dev_never_val(synth_cifake, tmp_path):
+    # The proxy protocol's runs: a seeded training subset and a dev split carved from the training
+    # part; they report dev metrics and nothing measured on validation.
+    out = train(_cfg(synth_cifake, tmp_path / "ck", epochs=1, max_train=30, dev_size=10))
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["training"]["split"]["train"] == 30
+    assert meta["metrics"]["dev"]["n"] == 10 and "validation" not in meta["metrics"]
+    assert all("val_acc" not in h and "calib_acc" in h for h in meta["training"]["history"])
+
+
+def test_translate_batch_shifts_with_reflection():
+    x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
+    gen = torch.Generator().manual_seed(0)
+    out = train_mod.translate_batch(x, 2, gen)
+    gen = torch.Generator().manual_seed(0)
+    dy = torch.randint(0, 5, (2,), generator=gen)
+    dx = torch.randint(0, 5, (2,), generator=gen)
+    padded = F.pad(x, (2, 2, 2, 2), mode="reflect")
+    for b in range(2):
+        torch.testing.assert_close(out[b], padded[b, :, dy[b] : dy[b] + 6, dx[b] : dx[b] + 6])
+    assert torch.equal(train_mod.translate_batch(x, 0, gen), x)
+
+
+@pytest.mark.parametrize("kind", ["rescale", "blur"])
+def test_degrade_keeps_shape_and_range_and_removes_detail(kind):
+    yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
+    checker = ((xx + yy) % 2).float().expand(4, 3, 32, 32).clone()
+    out = train_mod.degrade(checker, kind, torch.Generator().manual_seed(0))
+    assert out.shape == checker.shape and out.min() >= -1e-6 and out.max() <= 1 + 1e-6
+    # Both take away most of the finest (Nyquist) detail that the detector's evidence lives in.
+    assert float((out - out.mean()).abs().mean()) < 0.5 * float((checker - checker.mean()).abs().mean())
+    with pytest.raises(ValueError, match="unknown degradation"):
+        train_mod.degrade(checker, "nope", torch.Generator())
+
+
+def test_train_batch_applies_robust_share(synth_cifake):
+    images = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8)
+    cfg = TrainConfig(data=["x"], out="y", robust_p=1.0, translate=0)
+    mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    idx = torch.arange(64)
+    x = train_mod.train_batch(images, images, idx, mean, std, cfg, torch.Generator().manual_seed(0))
+    plain = images.permute(0, 3, 1, 2).float() / 255
+    changed = ((x - plain).abs().flatten(1).amax(1) > 1e-6) & ((x - plain.flip(-1)).abs().flatten(1).amax(1) > 1e-6)
+    # With robust_p=1 every image is rescaled, blurred or (here: the "JPEG copy" is itself) kept.
+    assert changed.float().mean() > 0.4
+    assert x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_ema_is_what_gets_saved(synth_cifake, tmp_path):
+    with_ema = train(_cfg(synth_cifake, tmp_path / "ema", epochs=1))
+    no_ema = train(_cfg(synth_cifake, tmp_path / "plain", epochs=1, ema_decay=0.0))
+    state = torch.load(with_ema / "train_state.pt", weights_only=False)
+    saved = load_file(str(with_ema / "model.safetensors"))
+    # The saved weights are the EMA's, not the last step's.
+    assert any(not torch.allclose(saved[k], v.cpu()) for k, v in state["model"].items() if k in saved)
+    for k, v in state["ema"].items():
+        torch.testing.assert_close(saved[k], v.cpu())
+    plain = torch.load(no_ema / "train_state.pt", weights_only=False)
+    assert plain["ema"] is None
 
 
 def test_evaluate_split_and_robustness(synth_cifake, tmp_path):
@@ -60,6 +117,9 @@ def test_evaluate_split_and_robustness(synth_cifake, tmp_path):
         "jpeg_q75",
         "gaussian_noise_sigma0.02",
         "down_up_0.5x",
+        "down_up_0.75x",
+        "gaussian_blur_sigma1",
+        "crop_pad_4px",
         "fgsm_eps2/255",
         "fgsm_eps4/255",
     ]
@@ -106,3 +166,27 @@ def test_recalibrate_with_flip_tta(synth_cifake, tmp_path):
     probs, cams = det.predict_with_cam(images)
     assert cams.shape == (16, 32, 32)
     np.testing.assert_allclose(probs, det.predict(images), rtol=1e-5, atol=1e-6)
+
+
+def test_recalibrate_fits_the_domain_model(synth_cifake, tmp_path):
+    from fakescope.evaluate import recalibrate
+
+    ck = train(_cfg(synth_cifake, tmp_path / "ck", epochs=1))
+    result = recalibrate(ck, [str(synth_cifake)], tta_hflip=None)
+    assert result["tta_hflip"] == (result["calib_accuracy"]["hflip_tta"] > result["calib_accuracy"]["plain"])
+    det = Detector.load(ck, device="cpu")
+    assert (ck / "domain.safetensors").is_file() and det.domain is not None
+    assert det.meta.domain["method"] == "mahalanobis" and det.meta.domain["fitted_on"] == 56
+    calib = load_eval_data([synth_cifake], det, split="calib")
+    a = det.analyze(calib.images)
+    assert a.domain is not None and a.cams is None
+    # The threshold puts 95% of the calibration split in domain (7 of 8 here).
+    assert (a.domain <= 1.0).sum() == 7
+    # Images unlike anything trained on (saturated noise) are far out of domain.
+    noise = np.random.default_rng(0).choice([0, 255], size=(8, 32, 32, 3)).astype(np.uint8)
+    assert (det.analyze(noise).domain > 1.0).all()
+    np.testing.assert_allclose(det.analyze(calib.images, cams=True).probs, a.probs, rtol=1e-5, atol=1e-6)
+    # The domain model decides answers: it is part of the model version.
+    version = det.model_version
+    det.meta.domain = {}
+    assert det.model_version != version

@@ -184,6 +184,8 @@ class JobItem(SQLModel, table=True):
     status: str = Field(default=ItemStatus.QUEUED, max_length=32, index=True)
     prediction: str | None = Field(default=None, max_length=8)
     fake_probability: float | None = None
+    # Distance from the training distribution over the checkpoint's threshold; above 1: out of domain.
+    domain_score: float | None = None
     # Hashed by the API at upload (or by the worker on read), so a worker can answer an image this
     # tenant already had classified by the same model version without running the model again.
     sha256: str | None = Field(default=None, max_length=64, index=True)

@@ -25,11 +25,14 @@ __all__ = [
     "HFRFS",
     "HFRI",
     "VARIANTS",
+    "BasicBlock",
     "Bottleneck",
+    "PlainBlock",
     "FreqNetResNet",
     "FreqNetResNetConfig",
     "checkpoint_filter_fn",
     "freqnet_resnet50",
+    "freqnet_resnet_s",
     "freqnet_resnet_tiny",
 ]
 
@@ -55,14 +58,19 @@ class HFRI(nn.Module):
 class HFRFS(nn.Module):
     """High-frequency representation of feature maps, then a conv, BN and ReLU."""
 
-    def __init__(self, in_chs: int, out_chs: int, kernel_size: int = 1, scale: int = 4) -> None:
+    def __init__(
+        self, in_chs: int, out_chs: int, kernel_size: int = 1, scale: int = 4, prefiltered: bool = False
+    ) -> None:
         super().__init__()
         self.scale = scale
+        # True when the input is already high-passed by the same mask (HFRI's output): filtering it
+        # again would cost two FFTs to change only the mask's boundary bins.
+        self.prefiltered = prefiltered
         self.conv = _conv_bn(in_chs, out_chs, kernel_size)
         self.act = nn.ReLU(inplace=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(self.conv(fft_highpass(x, self.scale)))
+        return self.act(self.conv(x if self.prefiltered else fft_highpass(x, self.scale)))
 
 
 class FCL(nn.Module):
@@ -123,6 +131,74 @@ class Bottleneck(nn.Module):
         return self.act(y + self.shortcut(x))
 
 
+class BasicBlock(nn.Module):
+    """ResNet basic block (two 3x3 convs, expansion 1), downsampling *before* the first conv.
+
+    Downsampling first puts both 3x3 convs at the lower resolution: at 32x32 input that halves the
+    block's cost against a stride in the second conv, and the wavelet attention still sees the
+    full-resolution detail bands when it decides what to keep. ``wavelet=False`` swaps in max
+    pooling and a strided 1x1 shortcut (the plain ResNet), for the ablation.
+    """
+
+    expansion = 1
+
+    def __init__(self, in_chs: int, planes: int, stride: int = 1, wavelet: bool = True) -> None:
+        if stride not in (1, 2):
+            raise ValueError(f"stride must be 1 or 2, got {stride}")
+        super().__init__()
+        self.down: nn.Module = nn.Identity()
+        if stride == 2:
+            self.down = WaveletAttention() if wavelet else nn.MaxPool2d(2)
+        self.conv1 = _conv_bn(in_chs, planes, 3)
+        self.conv2 = _conv_bn(planes, planes, 3)
+        bn2 = self.conv2[1]
+        assert isinstance(bn2, nn.BatchNorm2d)
+        nn.init.zeros_(bn2.weight)  # each residual block starts as the identity
+        self.act = nn.ReLU(inplace=True)
+        if stride == 2 and wavelet:
+            self.shortcut: nn.Module = WaveletDownsample(in_chs, planes)
+        elif stride == 2:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_chs, planes, 1, stride=2, bias=False), nn.BatchNorm2d(planes)
+            )
+        elif in_chs != planes:
+            self.shortcut = _conv_bn(in_chs, planes, 1)
+        else:
+            self.shortcut = nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.conv1(self.down(x)))
+        y = self.conv2(y)
+        return self.act(y + self.shortcut(x))
+
+
+class PlainBlock(nn.Module):
+    """VGG block: two 3x3 conv-BN-ReLU, then 2x2 max pooling when ``stride == 2``; no shortcut.
+
+    Only for the plain-CNN anchor of the ablation table (the 3-block, 0.29M-parameter CIFAKE
+    baseline): with ``freq_merges=0`` and no stem it is that network.
+    """
+
+    expansion = 1
+
+    def __init__(self, in_chs: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = _conv_bn(in_chs, planes, 3)
+        self.conv2 = _conv_bn(planes, planes, 3)
+        self.act = nn.ReLU(inplace=True)
+        self.pool: nn.Module = nn.MaxPool2d(2) if stride == 2 else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(self.act(self.conv2(self.act(self.conv1(x)))))
+
+
+BLOCKS: dict[str, type[Bottleneck] | type[BasicBlock] | type[PlainBlock]] = {
+    "bottleneck": Bottleneck,
+    "basic": BasicBlock,
+    "plain": PlainBlock,
+}
+
+
 @dataclass(frozen=True)
 class FreqNetResNetConfig:
     """Architecture hyper-parameters; saved with every checkpoint."""
@@ -137,6 +213,14 @@ class FreqNetResNetConfig:
     num_classes: int = 2
     drop_rate: float = 0.0
     in_chans: int = 3
+    # "bottleneck" (the paper's ResNet-50 block) or "basic" (two 3x3 convs: wide and shallow is what
+    # trains fast on a CPU, where small channel counts, not arithmetic, bound the speed).
+    block: str = "bottleneck"
+    stem_kernel: int = 7
+    # False swaps wavelet attention for max pooling and strided shortcuts (the ablation).
+    wavelet: bool = True
+    # Width of the frequency branch; 0: as wide as the backbone at each merge point.
+    freq_chs: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -164,46 +248,75 @@ class FreqNetResNet(nn.Module):
 
     def __init__(self, cfg: FreqNetResNetConfig) -> None:
         super().__init__()
-        if not 1 <= cfg.freq_merges <= len(cfg.layers):
-            raise ValueError(f"freq_merges must be in [1, {len(cfg.layers)}], got {cfg.freq_merges}")
+        if not 0 <= cfg.freq_merges <= len(cfg.layers):
+            raise ValueError(f"freq_merges must be in [0, {len(cfg.layers)}], got {cfg.freq_merges}")
+        if cfg.block not in BLOCKS:
+            raise ValueError(f"block must be one of {sorted(BLOCKS)}, got {cfg.block!r}")
+        if cfg.block == "bottleneck" and not cfg.wavelet:
+            raise ValueError("wavelet=False is only built for basic blocks")
+        if cfg.stem_chs == 0 and (cfg.freq_merges or cfg.stem_downsample):
+            raise ValueError("a model without a stem (stem_chs=0) has no frequency merges and no stem pooling")
+        block = BLOCKS[cfg.block]
         self.cfg = cfg
         self.hfri = HFRI(cfg.hfri_scale)
-        self.stem = nn.Sequential(
-            nn.Conv2d(cfg.in_chans, cfg.stem_chs, 7, padding=3, bias=False),
-            nn.BatchNorm2d(cfg.stem_chs),
-            nn.ReLU(inplace=True),
-        )
+        self.stem: nn.Module = nn.Identity()
+        if cfg.stem_chs:
+            self.stem = nn.Sequential(
+                nn.Conv2d(cfg.in_chans, cfg.stem_chs, cfg.stem_kernel, padding=cfg.stem_kernel // 2, bias=False),
+                nn.BatchNorm2d(cfg.stem_chs),
+                nn.ReLU(inplace=True),
+            )
         # The stem keeps full resolution: at 32x32 a stride-2 stem would discard exactly the
         # high-frequency bands the detector needs. Wavelet attention replaces ResNet's max pool.
-        self.stem_pool = WaveletAttention() if cfg.stem_downsample else nn.Identity()
+        self.stem_pool: nn.Module = nn.Identity()
+        if cfg.stem_downsample:
+            self.stem_pool = WaveletAttention() if cfg.wavelet else nn.MaxPool2d(2)
 
         # Backbone channels at each merge point, and how often the resolution halves on the way there.
-        merge_chs = [cfg.stem_chs] + [p * Bottleneck.expansion for p in cfg.planes]
+        merge_chs = [cfg.stem_chs] + [p * block.expansion for p in cfg.planes]
         merge_down = [0, int(cfg.stem_downsample) + int(cfg.strides[0] == 2)]
         merge_down += [int(s == 2) for s in cfg.strides[1:]]
 
         freq: list[nn.Module] = []
+        proj: list[nn.Module] = []
         in_chs = cfg.in_chans
         for i in range(cfg.freq_merges):
             # Merge 0 lands before the stem pool, merge 1 after it: so merge 1's DWT covers the pool.
             down = [WaveletDownsample(in_chs, in_chs) for _ in range(merge_down[i])]
-            freq.append(
-                nn.Sequential(
-                    *down,
-                    HFRFS(in_chs, merge_chs[i], kernel_size=3 if i == 0 else 1, scale=cfg.hfri_scale),
-                    FCL(merge_chs[i]),
-                )
+            # Merge 0's HFRFS would filter HFRI's output with the same mask again, which only halves
+            # the two boundary bins once more (the mask is not symmetric about zero at +-H/scale, so
+            # the real part keeps half of them): the basic-block variants skip that FFT pair. The
+            # bottleneck variants keep it, so their checkpoints load with unchanged outputs.
+            chs = cfg.freq_chs or merge_chs[i]
+            # A narrower branch (freq_chs) is projected to the backbone's width where it merges: the
+            # spectral ops cost in proportion to channels x pixels, and at full resolution they were
+            # most of a step's time.
+            hfrfs = HFRFS(
+                in_chs,
+                chs,
+                kernel_size=3 if i == 0 else 1,
+                scale=cfg.hfri_scale,
+                prefiltered=i == 0 and cfg.block != "bottleneck",
             )
-            in_chs = merge_chs[i]
+            freq.append(nn.Sequential(*down, hfrfs, FCL(chs)))
+            proj.append(_conv_bn(chs, merge_chs[i], 1) if chs != merge_chs[i] else nn.Identity())
+            in_chs = chs
         self.freq = nn.ModuleList(freq)
+        self.freq_proj = nn.ModuleList(proj)
 
         stages: list[nn.Module] = []
-        in_chs = cfg.stem_chs
+        in_chs = cfg.stem_chs or cfg.in_chans
         for depth, planes, stride in zip(cfg.layers, cfg.planes, cfg.strides, strict=True):
             blocks = []
             for j in range(depth):
-                blocks.append(Bottleneck(in_chs, planes, stride=stride if j == 0 else 1))
-                in_chs = planes * Bottleneck.expansion
+                s = stride if j == 0 else 1
+                if block is BasicBlock:
+                    blocks.append(BasicBlock(in_chs, planes, stride=s, wavelet=cfg.wavelet))
+                elif block is PlainBlock:
+                    blocks.append(PlainBlock(in_chs, planes, stride=s))
+                else:
+                    blocks.append(Bottleneck(in_chs, planes, stride=s))
+                in_chs = planes * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
         self.num_features = in_chs
@@ -216,15 +329,20 @@ class FreqNetResNet(nn.Module):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.freq:
+            x = self.stem_pool(self.stem(x))
+            for stage in self.stages:
+                x = stage(x)
+            return x
         f = self.hfri(x)
         x = self.stem(x)
         f = self.freq[0](f)
-        x = self.stem_pool(x + f)
+        x = self.stem_pool(x + self.freq_proj[0](f))
         for i, stage in enumerate(self.stages):
             x = stage(x)
             if i + 1 < len(self.freq):
                 f = self.freq[i + 1](f)
-                x = x + f
+                x = x + self.freq_proj[i + 1](f)
         return x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
@@ -261,7 +379,38 @@ VARIANTS: dict[str, FreqNetResNetConfig] = {
         freq_merges=3,
         drop_rate=0.1,
     ),
+    # Wide and shallow, for 2 CPU cores: basic blocks, full resolution in the first stage (no stem
+    # pooling), the frequency branch merged at the stem and after stage 1, an 8x8 last stage.
+    "freqnet_resnet_s": FreqNetResNetConfig(
+        layers=(1, 1, 1),
+        planes=(32, 64, 128),
+        strides=(1, 2, 2),
+        stem_chs=32,
+        stem_downsample=False,
+        freq_merges=2,
+        freq_chs=8,
+        drop_rate=0.1,
+        block="basic",
+        stem_kernel=3,
+    ),
 }
+
+
+# Not a detector fakescope ships: the plain-CNN anchor of the ablation table (3 VGG blocks of
+# 32/64/128 channels, 0.29M parameters, as the published CIFAKE baseline), built by the same code.
+ANCHORS: dict[str, FreqNetResNetConfig] = {
+    "vgg3_anchor": FreqNetResNetConfig(
+        layers=(1, 1, 1),
+        planes=(32, 64, 128),
+        strides=(2, 2, 2),
+        stem_chs=0,
+        stem_downsample=False,
+        freq_merges=0,
+        block="plain",
+        wavelet=False,
+    ),
+}
+VARIANTS.update(ANCHORS)
 
 
 def _create(variant: str, **overrides: Any) -> FreqNetResNet:
@@ -274,6 +423,11 @@ def _create(variant: str, **overrides: Any) -> FreqNetResNet:
 def freqnet_resnet50(**overrides: Any) -> FreqNetResNet:
     """The paper-size model."""
     return _create("freqnet_resnet50", **overrides)
+
+
+def freqnet_resnet_s(**overrides: Any) -> FreqNetResNet:
+    """The wide, shallow CPU model: the shipped default."""
+    return _create("freqnet_resnet_s", **overrides)
 
 
 def freqnet_resnet_tiny(**overrides: Any) -> FreqNetResNet:
