@@ -49,7 +49,13 @@ MAX_OFFSET = 2**31 - 1
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 IdempotencyKey = Annotated[
     str | None,
-    Header(alias="Idempotency-Key", max_length=255, description="Retries with the same key return the same job."),
+    Header(
+        alias="Idempotency-Key",
+        min_length=1,
+        max_length=255,
+        pattern=r"^[A-Za-z0-9._:~+/=-]+$",
+        description="Retries with the same key return the same job: 1-255 letters, digits or ._:~+/=-",
+    ),
 ]
 
 
@@ -145,7 +151,9 @@ def _check_callback(url: str | None, settings: Settings) -> None:
     if not url:
         return
     try:
-        check_callback_url(url, settings.callback_allowed_networks)
+        check_callback_url(
+            url, settings.callback_allowed_networks, allowed_ports=settings.callback_allowed_ports
+        )
     except CallbackURLError as e:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(e)) from e
 

@@ -21,6 +21,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 __all__ = [
+    "ALLOWED_FORMATS",
     "ARCHIVE_SUFFIXES",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
@@ -40,6 +41,9 @@ ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 DEFAULT_MAX_PIXELS = 40_000_000
 DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 DEFAULT_MAX_MEMBERS = 100_000
+# What one archive may expand to in all: its members are read one at a time, but a scan or an API
+# request should not spend hours inflating a few MB of well-compressed data.
+DEFAULT_MAX_ARCHIVE_BYTES = 8 * 1024 * 1024 * 1024
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -66,6 +70,10 @@ class InputItem:
     read: Callable[[], bytes]
 
 
+# The raster formats a platform's uploads come in, and the only ones Pillow may open: its other
+# plugins include EPS (handed to Ghostscript, an interpreter) and dozens of rarely audited parsers.
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "AVIF")
+
 _BOMB_SIZE = re.compile(r"Image size \((\d+) pixels\)")
 
 
@@ -81,7 +89,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         with warnings.catch_warnings():
             # Pillow warns, then raises, on bombs; we check the size ourselves before decoding.
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
+            im = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
             w, h = im.size
             if w * h > max_pixels:
                 raise ImageError(f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
@@ -89,7 +97,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
                 raise ImageError(f"image has no pixels ({w}x{h})")
             im.load()
     except UnidentifiedImageError:
-        raise ImageError("not an image Pillow can read") from None
+        raise ImageError(f"not an image in a supported format ({', '.join(ALLOWED_FORMATS)})") from None
     except Image.DecompressionBombError as e:
         # Pillow refuses sizes past twice its own limit before we can read the header ourselves; say it in
         # the same words as our own check, with the size Pillow read when its message carries it.
@@ -153,8 +161,12 @@ def _fail(message: str) -> Callable[[], bytes]:
     return read
 
 
-def _iter_archive(path: Path, label: str, max_bytes: int, max_members: int) -> Iterator[InputItem]:
-    """Members of a zip or tar archive, read into memory one at a time with a size cap each."""
+def _iter_archive(
+    path: Path, label: str, max_bytes: int, max_members: int, max_total_bytes: int = DEFAULT_MAX_ARCHIVE_BYTES
+) -> Iterator[InputItem]:
+    """Members of a zip or tar archive, read into memory one at a time with a size cap each and one
+    for the whole archive. Zip members come in name order (the central directory allows it); tar
+    members in archive order."""
     try:
         if zipfile.is_zipfile(path):
             zf = zipfile.ZipFile(path)
@@ -163,6 +175,10 @@ def _iter_archive(path: Path, label: str, max_bytes: int, max_members: int) -> I
             )
             if len(infos) > max_members:
                 yield InputItem(label, _fail(f"archive has {len(infos)} members, over the limit of {max_members}"))
+                return
+            declared = sum(i.file_size for i in infos if i.file_size <= max_bytes)
+            if declared > max_total_bytes:
+                yield InputItem(label, _fail(f"archive expands past the limit of {max_total_bytes} bytes in all"))
                 return
             for info in infos:
                 if _unsafe(info.filename):
@@ -186,29 +202,40 @@ def _iter_archive(path: Path, label: str, max_bytes: int, max_members: int) -> I
 
                 yield InputItem(f"{label}/{info.filename}", read_zip)
         elif tarfile.is_tarfile(path):
-            with tarfile.open(path, "r:*") as tar:
-                members = sorted(
-                    (m for m in tar.getmembers() if m.isfile() and not _skip(m.name)), key=lambda m: m.name
-                )
-                if len(members) > max_members:
-                    yield InputItem(
-                        label, _fail(f"archive has {len(members)} members, over the limit of {max_members}")
-                    )
-                    return
-                for m in members:
+            # Streamed in archive order: a compressed tar can only be read forwards, and seeking back
+            # to a member behind the current one re-decompresses from the start (sorting the members
+            # by name made a reversed archive quadratic). Members are counted as they come, and the
+            # bytes read are capped for the whole archive, so neither a member list nor a stream of
+            # small members can hold the reader for long.
+            with tarfile.open(path, "r|*") as tar:
+                count, total = 0, 0
+                for m in tar:
+                    if not m.isfile() or _skip(m.name):
+                        continue
+                    count += 1
+                    if count > max_members:
+                        yield InputItem(label, _fail(f"archive has more than {max_members} members, the limit"))
+                        return
+                    name = f"{label}/{m.name}"
                     if _unsafe(m.name):
-                        yield InputItem(f"{label}/{m.name}", _fail("unsafe path in archive (absolute or '..')"))
+                        yield InputItem(name, _fail("unsafe path in archive (absolute or '..')"))
                         continue
                     if m.size > max_bytes:
-                        yield InputItem(f"{label}/{m.name}", _fail(f"archive member is {m.size} bytes, over the limit"))
+                        yield InputItem(name, _fail(f"archive member is {m.size} bytes, over the limit"))
                         continue
+                    total += m.size
+                    if total > max_total_bytes:
+                        yield InputItem(
+                            name, _fail(f"archive expands past the limit of {max_total_bytes} bytes in all")
+                        )
+                        return
                     f = tar.extractfile(m)
                     data = f.read() if f is not None else b""
 
                     def read_tar(data: bytes = data) -> bytes:
                         return data
 
-                    yield InputItem(f"{label}/{m.name}", read_tar)
+                    yield InputItem(name, read_tar)
         else:
             yield InputItem(label, _fail("not a zip or tar archive, though named like one"))
     except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile) as e:

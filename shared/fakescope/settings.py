@@ -77,6 +77,10 @@ class Settings(BaseSettings):
     # Networks webhooks may reach besides the public internet (e.g. "10.0.0.0/8" for an in-cluster
     # receiver); loopback, private and link-local addresses are refused otherwise.
     callback_allowed_networks: list[str] = Field(default_factory=list)
+    callback_allowed_ports: list[int] = Field(
+        default_factory=lambda: [80, 443],
+        description="ports webhooks may use on public hosts (any port inside callback_allowed_networks)",
+    )
     bootstrap_api_key: str | None = None
     metrics_port: int | None = Field(None, description="a worker process serves Prometheus metrics here")
     metrics_host: str = "0.0.0.0"

@@ -75,3 +75,71 @@ def test_missing_path_and_fake_archive(tmp_path):
         missing.read()
     with pytest.raises(ImageError, match="not a zip or tar"):
         fake.read()
+
+
+def _tar_gz(path, names):
+    with tarfile.open(path, "w:gz") as tf:
+        for i, name in enumerate(names):
+            data = _png(color=(i % 256, 0, 0))
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+class _CountingFile(io.FileIO):
+    read_bytes = 0
+
+    def readinto(self, b):
+        n = super().readinto(b)
+        _CountingFile.read_bytes += n or 0
+        return n
+
+
+def test_reversed_tar_is_read_once_in_archive_order(tmp_path, monkeypatch):
+    # Members in reverse name order used to be sorted, then sought backwards in the gzip stream,
+    # which re-decompresses from the start each time: quadratic. Now the stream is read forwards
+    # once, so the bytes read from disk stay about the archive's size however the members are ordered.
+    names = [f"m/{i:04d}.png" for i in range(400)][::-1]
+    path = _tar_gz(tmp_path / "rev.tar.gz", names)
+    real_open = tarfile.open
+
+    def counting_open(name=None, mode="r", fileobj=None, **kw):
+        return real_open(fileobj=_CountingFile(name), mode=mode, **kw)
+
+    monkeypatch.setattr(tarfile, "open", counting_open)
+    _CountingFile.read_bytes = 0
+    items = list(iter_inputs([path]))
+    assert [i.name for i in items] == [f"rev.tar.gz/{n}" for n in names]
+    assert _CountingFile.read_bytes < 3 * path.stat().st_size
+    assert all(decode_image(i.read()).size == (8, 8) for i in items)
+
+
+def test_tar_member_count_and_total_bytes_are_capped_as_read(tmp_path):
+    path = _tar_gz(tmp_path / "many.tar.gz", [f"{i}.png" for i in range(5)])
+    items = list(iter_inputs([path], max_members=3))
+    assert [i.name for i in items] == ["many.tar.gz/0.png", "many.tar.gz/1.png", "many.tar.gz/2.png", "many.tar.gz"]
+    with pytest.raises(ImageError, match="more than 3 members"):
+        items[-1].read()
+    from fakescope.imageio import _iter_archive
+
+    size = len(_png())
+    capped = list(_iter_archive(path, "many.tar.gz", 10_000, 100, max_total_bytes=2 * size))
+    assert len(capped) == 3
+    with pytest.raises(ImageError, match="expands past the limit"):
+        capped[-1].read()
+
+
+def test_only_raster_formats_are_opened(tmp_path):
+    # EPS would be handed to Ghostscript; it is refused before any plugin parses it.
+    eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\nshowpage\n"
+    with pytest.raises(ImageError, match=r"not an image in a supported format \(JPEG"):
+        decode_image(eps)
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buf, format="TGA")  # a real image, but not a format on the list
+    with pytest.raises(ImageError, match="supported format"):
+        decode_image(buf.getvalue())
+    for fmt in ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM"):
+        buf = io.BytesIO()
+        Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, format=fmt)
+        assert decode_image(buf.getvalue()).size == (8, 8)

@@ -548,6 +548,7 @@ def notify(session: Session, *, job: Job) -> str | None:
         job=job,
         payload=payload,
         allowed_networks=cfg.callback_allowed_networks,
+        allowed_ports=cfg.callback_allowed_ports,
         timeout_s=cfg.callback_timeout_s,
         attempts=cfg.callback_attempts,
         backoff_s=cfg.callback_backoff_s,

@@ -50,40 +50,67 @@ def _parse_networks(allowed: Sequence[str]) -> list[Network]:
     return [ipaddress.ip_network(n.strip(), strict=False) for n in allowed if n.strip()]
 
 
+def _embedded_v4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    # IPv6 forms that carry an IPv4 destination: ::ffff:127.0.0.1, 6to4 (2002:7f00:1::1 is
+    # 127.0.0.1) and Teredo. The carried address decides where the packet really goes.
+    if not isinstance(ip, ipaddress.IPv6Address):
+        return []
+    out = [a for a in (ip.ipv4_mapped, ip.sixtofour) if a is not None]
+    if ip.teredo is not None:
+        out.extend(ip.teredo)
+    return out
+
+
 def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped  # ::ffff:127.0.0.1 is loopback too
-    return not (
-        ip.is_loopback or ip.is_private or ip.is_link_local or ip.is_multicast or ip.is_reserved or ip.is_unspecified
-    )
+    """Globally routable (``is_global``: not loopback, private, link-local, shared 100.64.0.0/10,
+    documentation, benchmarking or reserved), and so is any IPv4 address it carries."""
+    return ip.is_global and not ip.is_multicast and all(_public(v4) for v4 in _embedded_v4(ip))
 
 
-def check_callback_url(url: str, allowed_networks: Sequence[str] = (), resolve: bool = True) -> str:
+DEFAULT_PORTS = (80, 443)
+
+
+def check_callback_url(
+    url: str, allowed_networks: Sequence[str] = (), resolve: bool = True, allowed_ports: Sequence[int] = DEFAULT_PORTS
+) -> str:
     """``url`` if fakescope may POST to it, else :class:`CallbackURLError` saying why.
 
-    Every address the host resolves to must be public or inside ``allowed_networks``.
+    Every address the host resolves to must be globally routable or inside ``allowed_networks``;
+    the port must be one of ``allowed_ports`` unless every address is inside ``allowed_networks``
+    (an operator who allows an internal receiver decides its port too).
     """
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise CallbackURLError(f"callback_url is not a valid URL: {e}") from None
     if parts.scheme not in ("http", "https"):
         raise CallbackURLError("callback_url must be an http or https URL")
     if not parts.hostname:
         raise CallbackURLError("callback_url has no host")
     if parts.username or parts.password:
         raise CallbackURLError("callback_url must not carry credentials")
+    host = parts.hostname
+    if len(host) > 253 or any(not 0 < len(label) <= 63 for label in host.rstrip(".").split(".")):
+        raise CallbackURLError("callback_url host is not a valid name")
     networks = _parse_networks(allowed_networks)
     try:
-        addresses = [ipaddress.ip_address(parts.hostname)]
+        addresses = [ipaddress.ip_address(host)]
     except ValueError:
         if not resolve:
             return url
         try:
-            infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
-        except socket.gaierror as e:
-            raise CallbackURLError(f"callback_url host does not resolve: {parts.hostname}") from e
+            infos = socket.getaddrinfo(host, port or (443 if parts.scheme == "https" else 80))
+        except (socket.gaierror, UnicodeError) as e:
+            raise CallbackURLError(f"callback_url host does not resolve: {host}") from e
         addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
-    for ip in addresses:
-        if not _public(ip) and not any(ip in n for n in networks):
+    inside = [any(ip in n for n in networks) for ip in addresses]
+    for ip, ok in zip(addresses, inside, strict=True):
+        if not ok and not _public(ip):
             raise CallbackURLError(f"callback_url points at a non-public address ({ip}); not allowed")
+    if port is not None and port not in allowed_ports and not all(inside):
+        allowed = ", ".join(str(p) for p in allowed_ports)
+        raise CallbackURLError(f"callback_url port {port} is not allowed (allowed: {allowed})")
     return url
 
 
@@ -112,6 +139,7 @@ def deliver(
     job: Job,
     payload: dict[str, Any],
     allowed_networks: Sequence[str] = (),
+    allowed_ports: Sequence[int] = DEFAULT_PORTS,
     timeout_s: float = 10.0,
     attempts: int = 3,
     backoff_s: float = 1.0,
@@ -130,7 +158,8 @@ def deliver(
         t0 = time.perf_counter()
         code: int | None = None
         try:
-            check_callback_url(job.callback_url, allowed_networks)  # again: DNS may have changed
+            # Again: DNS may have changed since the job was submitted.
+            check_callback_url(job.callback_url, allowed_networks, allowed_ports=allowed_ports)
             resp = httpx.post(
                 job.callback_url,
                 content=body,
