@@ -19,8 +19,12 @@ from fakescope.models import create_model
 TINY_ARCH = {"layers": (1, 1, 1, 1), "planes": (4, 4, 8, 8), "stem_chs": 8}
 
 
-def make_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
-    """A randomly initialised, very small detector saved through the production checkpoint code."""
+def make_tiny_checkpoint(directory: Path, seed: int = 0, domain: bool = True) -> Path:
+    """A randomly initialised, very small detector saved through the production checkpoint code.
+
+    With ``domain``, a domain model (fakescope.domain) fitted on smooth colour fields, the kind of
+    image the tests call in domain, so saturated noise scores out of domain.
+    """
     torch.manual_seed(seed)
     model = create_model("freqnet_resnet_tiny", **TINY_ARCH).eval()
     meta = CheckpointMeta(
@@ -29,10 +33,33 @@ def make_tiny_checkpoint(directory: Path, seed: int = 0) -> Path:
         preprocess=Preprocess(input_size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
         training={"note": "random weights for tests"},
     )
-    return save_checkpoint(directory, model, meta)
+    save_checkpoint(directory, model, meta)
+    if domain:
+        _add_domain(directory, seed)
+    return directory
+
+
+def _add_domain(directory: Path, seed: int) -> None:
+    import json
+
+    import numpy as np
+
+    from fakescope.detector import Detector
+    from fakescope.domain import fit_domain
+
+    det = Detector.load(directory, device="cpu")
+    rng = np.random.default_rng(seed)
+    small = rng.uniform(40, 210, size=(96, 4, 4, 3)).astype(np.float32)
+    images = np.clip(np.kron(small, np.ones((1, 8, 8, 1), dtype=np.float32)), 0, 255).astype(np.uint8)
+    domain = fit_domain(det.pooled_features(images[:64]), torch.from_numpy(rng.integers(0, 2, 64)))
+    domain = domain.with_threshold(det.pooled_features(images[64:]))
+    cfg = json.loads((directory / "config.json").read_text())
+    cfg["domain"] = domain.save(directory)
+    (directory / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder of a tiny random-weight checkpoint, shared by the whole test session."""
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
+

@@ -2,6 +2,12 @@
 the achieved FLOP/s against the machine's measured peak (a matmul of the same dtype).
 
     python ops/bench/bench_model.py [--variants freqnet_resnet_tiny] [--batch-sizes 1 32 256] [--threads 1 2]
+    python ops/bench/bench_model.py --checkpoints runs/release/previous shared/fakescope/weights/default \
+        --batch-sizes 32 --threads 2
+
+``--checkpoints`` times what a worker runs per batch of already-decoded images: a checkpoint's
+whole detector (normalisation, the forward pass, mirror TTA when the checkpoint uses it, the
+domain score when it has one), not just the bare network.
 
 Random weights give the same speed as trained ones. Inference mode, fp32 on CPU (bf16 autocast on
 a GPU when one is present), channels_last; each figure is the best of ``--repeats`` timed runs after
@@ -70,6 +76,7 @@ def main() -> None:
     p.add_argument("--threads", nargs="+", type=int, default=[1, 2])
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--checkpoints", nargs="+", help="time these checkpoints' detectors instead of bare variants")
     args = p.parse_args()
     device = "cuda" if torch.cuda.is_available() else "cpu"
     print(f"machine: {describe()}")
@@ -84,6 +91,9 @@ def main() -> None:
         f"{'variant':<22}{'params':>10}{'MFLOP/img':>11}{'threads':>9}{'batch':>7}{'img/s':>10}{'GFLOP/s':>9}"
         f"{'of peak':>9}"
     )
+    if args.checkpoints:
+        _bench_checkpoints(args, device)
+        return
     for name in args.variants:
         model = create_model(name).eval()
         flops = flops_per_image(model, args.size)
@@ -96,6 +106,30 @@ def main() -> None:
                 print(
                     f"{name:<22}{n_params / 1e6:>9.2f}M{flops / 1e6:>11.1f}{threads:>9}{bs:>7}"
                     f"{ips:>10.1f}{ips * flops / 1e9:>9.2f}{ips * flops / 1e9 / peaks[threads]:>9.1%}",
+                    flush=True,
+                )
+
+
+def _bench_checkpoints(args: argparse.Namespace, device: str) -> None:
+    from fakescope.detector import Detector
+
+    print(f"{'checkpoint':<48}{'tta':>5}{'domain':>8}{'threads':>9}{'batch':>7}{'img/s':>10}")
+    for path in args.checkpoints:
+        det = Detector.load(path, device=device)
+        for threads in args.threads if device == "cpu" else [torch.get_num_threads()]:
+            torch.set_num_threads(threads)
+            for bs in args.batch_sizes:
+                batch = torch.randint(0, 256, (bs, *det.input_size, 3), dtype=torch.uint8).numpy()
+                det.analyze(batch)
+                best = float("inf")
+                for _ in range(args.repeats):
+                    t = time.perf_counter()
+                    det.analyze(batch)
+                    best = min(best, time.perf_counter() - t)
+                label = f"{det.model_version} ({path})"[:47]
+                print(
+                    f"{label:<48}{str(det.meta.tta_hflip):>5}{str(det.domain is not None):>8}{threads:>9}{bs:>7}"
+                    f"{bs / best:>10.1f}",
                     flush=True,
                 )
 

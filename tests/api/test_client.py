@@ -61,6 +61,10 @@ def test_submit_wait_results_match_scan(service_stack: ServiceStack, tiny_checkp
     assert len(got) == len(want) == N + 1
     for g, w in zip(got, want, strict=True):
         prob_g, prob_w = g.pop("fake_probability"), w.pop("fake_probability")
+        dom_g, dom_w = g.pop("domain_score", None), w.pop("domain_score", None)
+        assert (dom_g is None) == (dom_w is None)
+        if dom_w is not None:
+            assert dom_g == pytest.approx(dom_w, rel=1e-3, abs=1e-4), g["file"]
         if w["error"]:
             assert g["error"] and g["prediction"] is None
             g.pop("error"), w.pop("error")

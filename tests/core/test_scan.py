@@ -118,6 +118,7 @@ def test_scan_explain_names_taxonomy_artifacts_deterministically(tiny_checkpoint
     fake_all = tmp_path / "fake_all"
     fake_all.mkdir()
     (fake_all / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
+    (fake_all / "domain.safetensors").write_bytes((tiny_checkpoint / "domain.safetensors").read_bytes())
     state = load_file(str(tiny_checkpoint / "model.safetensors"))
     state["head.bias"] = state["head.bias"].new_tensor([-20.0, 20.0])
     save_file(state, str(fake_all / "model.safetensors"))
@@ -141,3 +142,31 @@ def test_scan_explain_names_taxonomy_artifacts_deterministically(tiny_checkpoint
         assert all(name in BY_NAME and reason.strip() for name, reason in expl.items())
         assert records[f"{entry['index']}.png"]["artifacts"] == expl
     assert records["5.png"]["error"] == "empty file (0 bytes)"
+
+
+def test_scan_reports_the_domain_score_and_shows_out_of_domain(tiny_checkpoint, tmp_path):
+    d = tmp_path / "in"
+    d.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(3):
+        small = rng.uniform(40, 210, size=(4, 4, 3)).astype(np.uint8)
+        Image.fromarray(small).resize((32, 32), Image.Resampling.NEAREST).save(d / f"{i + 1}.png")
+    noise = rng.choice([0, 255], size=(32, 32, 3)).astype(np.uint8)
+    Image.fromarray(noise).save(d / "4.png")
+    out = tmp_path / "out"
+    run_scan([d], out, checkpoint=tiny_checkpoint, device="cpu", progress=False)
+    recs = {r["file"]: r for r in map(json.loads, (out / "results.jsonl").read_text().splitlines())}
+    assert all(isinstance(r["domain_score"], float) for r in recs.values())
+    assert recs["4.png"]["in_domain"] is False and recs["4.png"]["domain_score"] > 1.0
+    assert sum(r["in_domain"] for r in recs.values()) >= 2
+    page = (out / "report.html").read_text()
+    assert "out of domain (score" in page and 'class="card ' in page
+
+    # A checkpoint without a domain model gives no score and calls nothing out of domain.
+    from tests.conftest import make_tiny_checkpoint
+
+    plain = make_tiny_checkpoint(tmp_path / "plain", domain=False)
+    run_scan([d], tmp_path / "plain-out", checkpoint=plain, device="cpu", progress=False)
+    recs = [json.loads(line) for line in (tmp_path / "plain-out" / "results.jsonl").read_text().splitlines()]
+    assert all(r["domain_score"] is None and r["in_domain"] is None for r in recs)
+    assert "out of domain (score" not in (tmp_path / "plain-out" / "report.html").read_text()
