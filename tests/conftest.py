@@ -62,4 +62,3 @@ def _add_domain(directory: Path, seed: int) -> None:
 def tiny_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder of a tiny random-weight checkpoint, shared by the whole test session."""
     return make_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny")
-

@@ -128,7 +128,7 @@ def _bench_checkpoints(args: argparse.Namespace, device: str) -> None:
                     best = min(best, time.perf_counter() - t)
                 label = f"{det.model_version} ({path})"[:47]
                 print(
-                    f"{label:<48}{str(det.meta.tta_hflip):>5}{str(det.domain is not None):>8}{threads:>9}{bs:>7}"
+                    f"{label:<48}{det.meta.tta_hflip!s:>5}{det.domain is not None!s:>8}{threads:>9}{bs:>7}"
                     f"{bs / best:>10.1f}",
                     flush=True,
                 )

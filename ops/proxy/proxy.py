@@ -58,7 +58,10 @@ ROWS: dict[str, tuple[str, dict[str, Any]]] = {
             "robust_p": 0.0,
         },
     ),
-    "previous_default": ("freqnet_resnet_tiny (the previous default's architecture)", {"variant": "freqnet_resnet_tiny"}),
+    "previous_default": (
+        "freqnet_resnet_tiny (the previous default's architecture)",
+        {"variant": "freqnet_resnet_tiny"},
+    ),
 }
 
 

@@ -79,7 +79,7 @@ def _card(r: dict[str, Any]) -> str:
     ood = r.get("in_domain") is False
     verdict = f"{pred} &middot; P(fake) = {p:.3f}"
     if ood:
-        verdict = f'{pred}? &middot; out of domain (score {float(r["domain_score"]):.1f}): unreliable'
+        verdict = f"{pred}? &middot; out of domain (score {float(r['domain_score']):.1f}): unreliable"
     return (
         f'<div class="card {pred}{" ood" if ood else ""}"><div class="imgs">{imgs}</div>'
         f'<div class="verdict">{verdict}</div>'

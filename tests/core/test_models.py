@@ -79,9 +79,7 @@ def test_hfrfs_after_hfri_skips_the_second_filter_on_basic_variants_only():
     torch.testing.assert_close(h(x), h.act(h.conv(x)))
 
 
-@pytest.mark.parametrize(
-    "overrides", [{"freq_merges": 0}, {"wavelet": False}, {"freq_chs": 0}, {"layers": (2, 1, 1)}]
-)
+@pytest.mark.parametrize("overrides", [{"freq_merges": 0}, {"wavelet": False}, {"freq_chs": 0}, {"layers": (2, 1, 1)}])
 def test_ablations_build_and_run(overrides):
     model = create_model("freqnet_resnet_s", **overrides)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 2)

@@ -6,11 +6,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
+from fakescope import train as train_mod
 from fakescope.checkpoint import load_checkpoint
 from fakescope.cli import main
 from fakescope.detector import Detector
 from fakescope.evaluate import fgsm_images, format_table, load_eval_data, robustness
-from fakescope import train as train_mod
 from fakescope.train import TrainConfig, train
 from tests.core.conftest import write_cifake
 

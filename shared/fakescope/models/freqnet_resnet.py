@@ -27,9 +27,9 @@ __all__ = [
     "VARIANTS",
     "BasicBlock",
     "Bottleneck",
-    "PlainBlock",
     "FreqNetResNet",
     "FreqNetResNetConfig",
+    "PlainBlock",
     "checkpoint_filter_fn",
     "freqnet_resnet50",
     "freqnet_resnet_s",
@@ -158,9 +158,7 @@ class BasicBlock(nn.Module):
         if stride == 2 and wavelet:
             self.shortcut: nn.Module = WaveletDownsample(in_chs, planes)
         elif stride == 2:
-            self.shortcut = nn.Sequential(
-                nn.Conv2d(in_chs, planes, 1, stride=2, bias=False), nn.BatchNorm2d(planes)
-            )
+            self.shortcut = nn.Sequential(nn.Conv2d(in_chs, planes, 1, stride=2, bias=False), nn.BatchNorm2d(planes))
         elif in_chs != planes:
             self.shortcut = _conv_bn(in_chs, planes, 1)
         else:
