@@ -1,4 +1,5 @@
-"""Request limits: a size cap on request bodies (413) and a per-API-key rate limit (429 + Retry-After).
+"""Request limits: size caps on request bodies as they arrive (413), the API key before any body
+(401), and a per-API-key rate limit (429 + Retry-After).
 
 The rate limit is a fixed one-minute window counted in Redis when the broker is Redis (so every API
 replica shares the count), else in this process (the embedded setup has one API process).
@@ -14,31 +15,86 @@ from typing import Any
 
 from fakescope.settings import Settings
 
-__all__ = ["BodySizeLimit", "RateLimiter"]
+__all__ = ["JSON_MAX_BYTES", "BodySizeLimit", "RateLimiter"]
 
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
 
-class BodySizeLimit:
-    """ASGI middleware: a request whose Content-Length exceeds ``max_bytes`` gets 413 before its body is read."""
+# Routes whose bodies are image uploads; every other body is a small JSON document.
+UPLOAD_ROUTES = (("POST", "/v1/jobs"), ("PUT", "/objects/"))
+JSON_MAX_BYTES = 16 * 1024 * 1024
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app, self.max_bytes = app, max_bytes
+
+def _json_response(status: int, detail: str) -> tuple[dict[str, Any], dict[str, Any]]:
+    body = json.dumps({"detail": detail}).encode()
+    start = {
+        "type": "http.response.start",
+        "status": status,
+        "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
+    }
+    return start, {"type": "http.response.body", "body": body}
+
+
+class BodySizeLimit:
+    """ASGI middleware: request bodies are counted as they arrive and cut off at the route's limit.
+
+    Upload routes may send ``max_bytes``; every other route ``json_max_bytes``. A Content-Length over
+    the limit gets 413 before anything is read; a chunked body (no Content-Length) gets 413 the moment
+    its running count passes the limit, so nothing ever holds more than the limit of one request.
+    ``/v1/`` requests without an ``X-API-Key`` header get 401 before their body is read: an anonymous
+    client cannot make the API parse anything.
+    """
+
+    def __init__(self, app: ASGIApp, max_bytes: int, json_max_bytes: int = JSON_MAX_BYTES) -> None:
+        self.app, self.max_bytes, self.json_max_bytes = app, max_bytes, json_max_bytes
+
+    def _limit(self, method: str, path: str) -> int:
+        for m, prefix in UPLOAD_ROUTES:
+            if method == m and (path == prefix or (prefix.endswith("/") and path.startswith(prefix))):
+                return self.max_bytes
+        return self.json_max_bytes
 
     async def __call__(self, scope: Scope, receive: Any, send: Any) -> None:
-        if scope["type"] == "http":
-            length = dict(scope.get("headers") or []).get(b"content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_bytes:
-                body = json.dumps({"detail": f"Request body over the limit of {self.max_bytes} bytes"}).encode()
-                await send({
-                    "type": "http.response.start",
-                    "status": 413,
-                    "headers": [(b"content-type", b"application/json"), (b"connection", b"close")],
-                })  # fmt: skip
-                await send({"type": "http.response.body", "body": body})
-                return
-        await self.app(scope, receive, send)
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        path, method = scope.get("path", ""), scope.get("method", "GET")
+        if path.startswith("/v1/") and not headers.get(b"x-api-key"):
+            for message in _json_response(401, "Missing API key"):
+                await send(message)
+            return
+        limit = self._limit(method, path)
+        length = headers.get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > limit:
+            for message in _json_response(413, f"Request body over the limit of {limit} bytes"):
+                await send(message)
+            return
+        seen = 0
+        refused = False
+
+        async def counted_receive() -> dict[str, Any]:
+            # Past the limit the 413 goes out at once and the app is told the client left: FastAPI
+            # turns an exception raised here into its own 400, and must not read any further.
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
+            message = dict(await receive())
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > limit:
+                    refused = True
+                    for out in _json_response(413, f"Request body over the limit of {limit} bytes"):
+                        await send(out)
+                    return {"type": "http.disconnect"}
+            return message
+
+        async def guarded_send(message: dict[str, Any]) -> None:
+            if not refused:  # whatever the app answers after a 413 has nowhere to go
+                await send(message)
+
+        await self.app(scope, counted_receive, guarded_send)
 
 
 class RateLimiter:

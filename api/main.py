@@ -70,8 +70,9 @@ def create_app() -> FastAPI:
     app.include_router(webhooks.router, prefix="/v1")
     app.include_router(objects.router)
     app.include_router(report.router)
-    # An oversized body is refused before anything reads it.
-    app.add_middleware(BodySizeLimit, max_bytes=get_settings().max_request_bytes)
+    # An oversized body is refused as it arrives, an anonymous one before anything reads it.
+    settings = get_settings()
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, json_max_bytes=settings.max_json_bytes)
     return app
 
 

@@ -122,7 +122,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--rows", nargs="+", choices=list(ROWS), default=list(ROWS))
+    p.add_argument("--rows", nargs="+", choices=list(ROWS), default=[r for r in ROWS if r != "previous_default"])
     p.add_argument("--out", default="runs/proxy", help="where the rows' checkpoints go (not committed)")
     p.add_argument("--table", action="store_true", help="print the recorded table and exit")
     args = p.parse_args()

@@ -67,7 +67,10 @@ class Settings(BaseSettings):
     )
 
     max_upload_bytes: int = 2 * 1024**3
-    max_request_bytes: int = Field(2 * 1024**3, ge=1, description="larger request bodies get 413")
+    max_request_bytes: int = Field(2 * 1024**3, ge=1, description="larger upload bodies get 413")
+    max_json_bytes: int = Field(
+        16 * 1024**2, ge=1, description="larger bodies on every other route get 413 (100,000 upload names fit)"
+    )
     rate_limit_per_minute: int = Field(3000, ge=0, description="requests per API key per minute (0: none)")
     max_items_per_job: int = 100_000
     presign_expiry_s: int = 3600

@@ -6,6 +6,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 from stackfixtures import ServiceStack, free_port, png_bytes, wait_until
@@ -17,16 +18,68 @@ from fakescope.stack import Stack
 @contextmanager
 def second_api(st: ServiceStack, name: str, **settings: str) -> Iterator[str]:
     """Another API process on the session's services with ``FAKESCOPE_*`` overrides; yields its URL."""
+    with second_api_proc(st, name, **settings) as (url, _pid):
+        yield url
+
+
+@contextmanager
+def second_api_proc(st: ServiceStack, name: str, **settings: str) -> Iterator[tuple[str, int]]:
     port = free_port()
     env = {**st.stack.env, **settings, "FAKESCOPE_PUBLIC_URL": f"http://127.0.0.1:{port}"}
     stack = Stack(env=env, log_dir=st.stack.log_dir)
     url = f"http://127.0.0.1:{port}"
     try:
-        stack.start_api(port=port, name=name)
+        proc = stack.start_api(port=port, name=name)
         wait_until(lambda: httpx.get(f"{url}/healthz", timeout=5).status_code == 200, 120, f"API {name}")
-        yield url
+        yield url, proc.pid
     finally:
         stack.stop_all()
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident memory of ``pid`` and its children (uvicorn may run the app in a child), in MB."""
+    total = 0.0
+    pids = [pid]
+    children = Path(f"/proc/{pid}/task/{pid}/children")
+    if children.exists():
+        pids += [int(c) for c in children.read_text().split()]
+    for p in pids:
+        for line in Path(f"/proc/{p}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                total += int(line.split()[1]) / 1024
+    return total
+
+
+def _chunks(total: int, size: int = 1024 * 1024) -> Iterator[bytes]:
+    sent = 0
+    while sent < total:
+        sent += size
+        yield b"{" + b" " * (size - 1)
+
+
+def test_chunked_bodies_are_counted_and_anonymous_ones_never_read(service_stack: ServiceStack) -> None:
+    # The probe: an unauthenticated, chunked (no Content-Length) 400 MB body made the API grow by
+    # 2.4 GB before it answered 422. Now it is refused before the body is read, and an authenticated
+    # chunked body is cut off at the route's limit as it arrives.
+    with second_api_proc(service_stack, "api-chunked", FAKESCOPE_MAX_JSON_BYTES="1048576") as (url, pid):
+        before = _rss_mb(pid)
+        with httpx.Client(base_url=url, timeout=120) as anon:
+            r = anon.post(
+                "/v1/jobs/uploads", content=_chunks(400 * 1024 * 1024), headers={"Content-Type": "application/json"}
+            )
+        assert (r.status_code, r.json()) == (401, {"detail": "Missing API key"})
+        with service_stack.svc.session() as session:
+            key = create_api_key(session, tenant_name=f"chunked-{uuid.uuid4().hex[:6]}")[1]
+        with httpx.Client(base_url=url, headers={"X-API-Key": key}, timeout=120) as c:
+            r = c.post(
+                "/v1/jobs/uploads", content=_chunks(50 * 1024 * 1024), headers={"Content-Type": "application/json"}
+            )
+            assert r.status_code == 413, r.text
+            assert r.json() == {"detail": "Request body over the limit of 1048576 bytes"}
+            assert _rss_mb(pid) - before < 150
+            # A body under the limit still works.
+            ok = c.post("/v1/jobs/uploads", json={"names": ["a.png"]})
+            assert ok.status_code == 201, ok.text
 
 
 def test_oversized_bodies_get_413_and_each_key_is_rate_limited(service_stack: ServiceStack) -> None:
