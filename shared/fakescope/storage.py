@@ -23,6 +23,7 @@ __all__ = [
     "LocalStore",
     "ObjectNotFound",
     "ObjectStore",
+    "ObjectTooLarge",
     "S3Store",
     "StorageError",
     "get_store",
@@ -42,6 +43,10 @@ class ObjectNotFound(KeyError):
     """No object under that key."""
 
 
+class ObjectTooLarge(ValueError):
+    """The object is larger than the reader allows; nothing past the limit was read."""
+
+
 def original_key(job_id: uuid.UUID | str, position: int) -> str:
     return f"jobs/{job_id}/originals/{position:07d}"
 
@@ -52,7 +57,7 @@ def overlay_key(job_id: uuid.UUID | str, position: int) -> str:
 
 class ObjectStore(Protocol):
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
-    def get(self, key: str) -> bytes: ...
+    def get(self, key: str, max_bytes: int | None = None) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def list(self, prefix: str) -> list[str]: ...
     def presign_get(self, key: str, expires_s: int) -> str: ...
@@ -109,13 +114,17 @@ class S3Store:
         except self._errors() as e:
             raise StorageError(f"cannot store {key}: {e}") from e
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
         from minio.error import S3Error
 
         try:
             resp = self.client.get_object(self.bucket, key)
             try:
-                return resp.read()
+                # Never more than the cap in memory: a presigned upload can be any size.
+                data = resp.read() if max_bytes is None else resp.read(max_bytes + 1)
+                if max_bytes is not None and len(data) > max_bytes:
+                    raise ObjectTooLarge(f"{key} is over the limit of {max_bytes} bytes")
+                return data
             finally:
                 resp.close()
                 resp.release_conn()
@@ -189,9 +198,12 @@ class LocalStore:
         tmp.write_bytes(data)
         tmp.replace(path)  # atomic: a reader never sees half an object
 
-    def get(self, key: str) -> bytes:
+    def get(self, key: str, max_bytes: int | None = None) -> bytes:
         try:
-            return self._path(key).read_bytes()
+            path = self._path(key)
+            if max_bytes is not None and path.stat().st_size > max_bytes:
+                raise ObjectTooLarge(f"{key} is over the limit of {max_bytes} bytes")
+            return path.read_bytes()
         except FileNotFoundError as e:
             raise ObjectNotFound(key) from e
 

@@ -17,6 +17,7 @@ from fakescope.imageio import InputItem
 from fakescope.service import jobs as svc
 from fakescope.service.processing import classify_chunk
 from fakescope.service.tenants import authenticate, create_api_key, hash_key
+from fakescope.storage import ObjectTooLarge
 
 
 class Chunks:
@@ -226,3 +227,34 @@ def test_verdicts_only_jobs_store_no_overlays_and_share_the_cache_one_way(
     for name, item in full.items():
         assert (item.prediction, item.fake_probability) == (bare[name].prediction, bare[name].fake_probability)
         assert (item.prediction, item.fake_probability) == (again[name].prediction, again[name].fake_probability)
+
+
+def test_an_original_over_the_byte_limit_fails_alone_without_being_read_whole(
+    service_env: ServiceEnv, detector: Detector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A presigned upload can be any size: the worker reads at most the per-image limit of it.
+    import fakescope.service.processing as processing
+
+    monkeypatch.setattr(processing, "DEFAULT_MAX_BYTES", 50_000)
+    chunks = _job(service_env, 3)
+    ((job_id, ids),) = chunks.sent
+    with service_env.session() as session:
+        big = session.exec(select(JobItem).where(JobItem.job_id == job_id, JobItem.position == 1)).one()
+        service_env.store.put(big.object_key, b"\0" * 5_000_000)
+    store = service_env.store
+    real_get = store.get
+    asked: list[int | None] = []
+
+    def spy(key: str, max_bytes: int | None = None) -> bytes:
+        asked.append(max_bytes)
+        return real_get(key, max_bytes=max_bytes)
+
+    monkeypatch.setattr(store, "get", spy)
+    with service_env.session() as session:
+        classify_chunk(session, store, detector, job_id=job_id, item_ids=ids)
+        items = sorted(session.exec(select(JobItem).where(JobItem.job_id == job_id)).all(), key=lambda i: i.position)
+    assert asked and set(asked) == {50_000}
+    assert items[1].status == "failed" and items[1].error == "file is over the limit of 50000 bytes"
+    assert [i.status for i in (items[0], items[2])] == ["done", "done"]
+    with pytest.raises(ObjectTooLarge):
+        real_get(big.object_key, max_bytes=1000)

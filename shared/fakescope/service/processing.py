@@ -19,11 +19,11 @@ from sqlalchemy import bindparam, update
 from sqlmodel import Session, col, select
 
 from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, utcnow
-from fakescope.imageio import ImageError, InputItem
+from fakescope.imageio import DEFAULT_MAX_BYTES, ImageError, InputItem
 from fakescope.observability import FAILURES, IMAGES, failure_reason, log_context, pool
 from fakescope.pipeline import classify_items
 from fakescope.service.jobs import finish
-from fakescope.storage import ObjectNotFound, ObjectStore, overlay_key
+from fakescope.storage import ObjectNotFound, ObjectStore, ObjectTooLarge, overlay_key
 
 if TYPE_CHECKING:
     from fakescope.detector import Detector
@@ -38,14 +38,18 @@ PUT_THREADS = 4
 Enqueue = Callable[[uuid.UUID, Sequence[uuid.UUID]], int]
 
 
-def store_input(store: ObjectStore, item: JobItem) -> InputItem:
-    """The item's original, read from the object store when the pipeline asks for it."""
+def store_input(store: ObjectStore, item: JobItem, max_bytes: int | None = None) -> InputItem:
+    """The item's original, read from the object store when the pipeline asks for it, never more
+    than ``max_bytes`` of it (default: the per-image limit; a presigned upload can be any size)."""
+    limit = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
 
     def read() -> bytes:
         try:
-            return store.get(item.object_key)
+            return store.get(item.object_key, max_bytes=limit)
         except ObjectNotFound:
             raise ImageError("original image is missing from object storage") from None
+        except ObjectTooLarge:
+            raise ImageError(f"file is over the limit of {limit} bytes") from None
 
     return InputItem(item.name, read)
 
