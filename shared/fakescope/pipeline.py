@@ -94,6 +94,9 @@ def decode_item(item: InputItem, detector: Detector, max_pixels: int = DEFAULT_M
     except OSError as e:
         # Unreadable file (permissions, vanished): an error for this input, not for the batch.
         return DecodedImage(name=item.name, error=f"cannot read file: {e.strerror or e}")
+    except Exception as e:
+        logger.exception("unexpected error decoding %s", item.name)
+        return DecodedImage(name=item.name, error=f"cannot decode image: {type(e).__name__}: {e}")
 
 
 def _batched(it: Iterable[DecodedImage], n: int) -> Iterator[list[DecodedImage]]:

@@ -170,3 +170,26 @@ def test_scan_reports_the_domain_score_and_shows_out_of_domain(tiny_checkpoint, 
     recs = [json.loads(line) for line in (tmp_path / "plain-out" / "results.jsonl").read_text().splitlines()]
     assert all(r["domain_score"] is None and r["in_domain"] is None for r in recs)
     assert "out of domain (score" not in (tmp_path / "plain-out" / "report.html").read_text()
+
+
+def test_an_unexpected_decoder_error_fails_that_image_only(tiny_checkpoint, tmp_path, monkeypatch):
+    # A parser bug (here: an IndexError from inside the decoder) used to escape decode_item and
+    # fail every image of its batch, or a worker's whole 128-image chunk.
+    import fakescope.pipeline as pipeline
+
+    real = pipeline.decode_image
+
+    def flaky(data, max_pixels):
+        if data.startswith(b"BOOM"):
+            raise IndexError("plugin bug")
+        return real(data, max_pixels=max_pixels)
+
+    monkeypatch.setattr(pipeline, "decode_image", flaky)
+    d = tmp_path / "in"
+    d.mkdir()
+    for i in range(3):
+        Image.fromarray(synth_image("real", i)).save(d / f"{i + 1}.png")
+    (d / "4.png").write_bytes(b"BOOM and more")
+    run_scan([d], tmp_path / "out", checkpoint=tiny_checkpoint, device="cpu", progress=False)
+    recs = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
+    assert [r["error"] for r in recs] == [None, None, None, "cannot decode image: IndexError: plugin bug"]
