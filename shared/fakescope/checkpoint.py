@@ -100,7 +100,7 @@ class CheckpointMeta:
             "tta_hflip": self.tta_hflip,
         }
         if self.domain:
-            decides["domain"] = {"threshold": self.domain.get("threshold"), "sha256": self.domain.get("sha256")}
+            decides["domain"] = {k: self.domain.get(k) for k in ("threshold", "sha256", "max_resample")}
         digest = hashlib.sha256(json.dumps(decides, sort_keys=True).encode()).hexdigest()
         return f"{self.variant}@{digest[:12]}"
 

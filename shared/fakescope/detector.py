@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,8 +149,17 @@ class Detector:
         assert a.cams is not None
         return a.probs, a.cams
 
-    def analyze(self, batch: np.ndarray, *, cams: bool = False) -> Analysis:
-        """Probabilities, GradCAM maps (``cams=True``) and domain scores of a uint8 batch in one pass."""
+    def analyze(
+        self, batch: np.ndarray, *, cams: bool = False, sizes: Sequence[tuple[int, int]] | None = None
+    ) -> Analysis:
+        """Probabilities, GradCAM maps (``cams=True``) and domain scores of a uint8 batch in one pass.
+
+        Args:
+            batch: ``(N, H, W, 3)`` uint8 images at the input size.
+            cams: also compute the GradCAM map of each image's predicted class.
+            sizes: each image's original ``(width, height)``, so the domain score can count how far
+                it was resampled; unknown when omitted.
+        """
         x = self.to_tensor(batch)
         need_feats = self.domain is not None or (cams and self.cam_from_head)
         feats = None
@@ -165,7 +175,12 @@ class Detector:
             assert feats is not None
             with torch.no_grad():
                 pooled = self.model.forward_head(feats, pre_logits=True)
-            domain = self.domain.scores(pooled).cpu().numpy()
+            resample = None
+            if sizes is not None:
+                h, w = self.input_size
+                factors = [max(sw / w, w / sw, sh / h, h / sh) for sw, sh in ((max(1, a), max(1, b)) for a, b in sizes)]
+                resample = torch.tensor(factors, dtype=torch.float32)
+            domain = self.domain.scores(pooled, resample).cpu().numpy()
         maps = None
         if cams and self.cam_from_head:
             assert feats is not None

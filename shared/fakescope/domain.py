@@ -8,6 +8,12 @@ by a threshold chosen on the calibration split so that a set share (95%) of held
 the training distribution score at most 1. Above 1 the image is out of domain: its verdict is
 reported as such, because nothing measured says how often the detector is right there.
 
+The checkpoint was trained on images at its native input size, with rescaling augmentation down to
+half size; an image resampled by more than ``max_resample`` (2x, either way) on its way to the input
+is outside what was trained or measured, whatever its features say. The domain score is therefore
+the larger of two ratios, each 1 at its limit: the feature distance over its threshold, and the
+resampling factor over ``max_resample``.
+
 Stored beside the weights as ``domain.safetensors`` (means, precision matrix) with the threshold and
 how it was fitted in ``config.json``; a checkpoint without it gives no domain score.
 """
@@ -35,6 +41,7 @@ class DomainModel:
     precision: torch.Tensor
     threshold: float = 1.0
     info: dict[str, Any] | None = None
+    max_resample: float | None = 2.0
 
     def distances(self, features: torch.Tensor) -> torch.Tensor:
         """Smallest squared Mahalanobis distance to a class mean for each row of ``(N, D)`` features."""
@@ -43,29 +50,44 @@ class DomainModel:
         d = torch.einsum("nkd,de,nke->nk", diff, self.precision, diff)
         return d.min(dim=1).values
 
-    def scores(self, features: torch.Tensor) -> torch.Tensor:
-        """Distances over the threshold: at most 1 is in domain."""
-        return self.distances(features) / self.threshold
+    def scores(self, features: torch.Tensor, resample: torch.Tensor | None = None) -> torch.Tensor:
+        """Domain scores: at most 1 is in domain.
+
+        Args:
+            features: ``(N, D)`` pooled penultimate features.
+            resample: ``(N,)`` factor by which each image was resized to the input (>= 1 either way),
+                when known.
+        """
+        score = self.distances(features) / self.threshold
+        if resample is not None and self.max_resample:
+            score = torch.maximum(score, resample.to(score) / self.max_resample)
+        return score
 
     def with_threshold(self, calib_features: torch.Tensor, in_domain_share: float = 0.95) -> DomainModel:
         """A copy whose threshold puts ``in_domain_share`` of ``calib_features`` in domain."""
         d = self.distances(calib_features)
         threshold = float(torch.quantile(d, in_domain_share))
         info = {**(self.info or {}), "in_domain_share": in_domain_share, "threshold_set_on": len(d)}
-        return DomainModel(self.means, self.precision, threshold, info)
+        return DomainModel(self.means, self.precision, threshold, info, self.max_resample)
 
     def save(self, directory: str | Path) -> dict[str, Any]:
         """Writes the tensors; returns the JSON part (threshold and provenance) for ``config.json``."""
         path = Path(directory) / DOMAIN_FILE
         save_file({"means": self.means.cpu().contiguous(), "precision": self.precision.cpu().contiguous()}, str(path))
         sha = hashlib.sha256(path.read_bytes()).hexdigest()
-        return {"method": "mahalanobis", "threshold": self.threshold, **(self.info or {}), "sha256": sha}
+        return {
+            "method": "mahalanobis",
+            "threshold": self.threshold,
+            "max_resample": self.max_resample,
+            **(self.info or {}),
+            "sha256": sha,
+        }
 
     @classmethod
     def load(cls, directory: str | Path, record: dict[str, Any], device: torch.device) -> DomainModel:
         t = load_file(str(Path(directory) / DOMAIN_FILE), device=str(device))
-        info = {k: v for k, v in record.items() if k not in ("method", "threshold", "sha256")}
-        return cls(t["means"], t["precision"], float(record["threshold"]), info)
+        info = {k: v for k, v in record.items() if k not in ("method", "threshold", "sha256", "max_resample")}
+        return cls(t["means"], t["precision"], float(record["threshold"]), info, record.get("max_resample"))
 
 
 def fit_domain(features: torch.Tensor, labels: torch.Tensor, shrinkage: float = 1e-3) -> DomainModel:

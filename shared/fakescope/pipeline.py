@@ -154,7 +154,8 @@ def classify_items(
             if good:
                 batch = np.stack([d.model_input for d in good])  # type: ignore[misc]
                 t0 = time.perf_counter()
-                analysis = detector.analyze(batch, cams=overlays or keep_arrays)
+                sizes = [(d.width or 0, d.height or 0) for d in good]
+                analysis = detector.analyze(batch, cams=overlays or keep_arrays, sizes=sizes)
                 probs, cams, domain = analysis.probs, analysis.cams, analysis.domain
                 MODEL_SECONDS.labels(pool_name()).observe(time.perf_counter() - t0)
             current: list[tuple[ImageResult, Future[bytes] | None]] = []

@@ -193,3 +193,19 @@ def test_an_unexpected_decoder_error_fails_that_image_only(tiny_checkpoint, tmp_
     run_scan([d], tmp_path / "out", checkpoint=tiny_checkpoint, device="cpu", progress=False)
     recs = [json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines()]
     assert [r["error"] for r in recs] == [None, None, None, "cannot decode image: IndexError: plugin bug"]
+
+
+def test_an_image_resampled_past_the_trained_range_is_out_of_domain(tiny_checkpoint, tmp_path):
+    # The checkpoint saw its input size only, with rescaling down to half: a 256x256 upload squeezed
+    # into 32x32 is outside what was trained or measured, whatever its features look like.
+    d = tmp_path / "in"
+    d.mkdir()
+    small = np.random.default_rng(3).uniform(40, 210, size=(4, 4, 3)).astype(np.uint8)
+    for side in (32, 48, 256):
+        Image.fromarray(small).resize((side, side), Image.Resampling.NEAREST).save(d / f"{side}.png")
+    run_scan([d], tmp_path / "out", checkpoint=tiny_checkpoint, device="cpu", progress=False)
+    recs = {r["file"]: r for r in map(json.loads, (tmp_path / "out" / "results.jsonl").read_text().splitlines())}
+    assert recs["256.png"]["in_domain"] is False and recs["256.png"]["domain_score"] >= 256 / 32 / 2
+    det = Detector.load(tiny_checkpoint, device="cpu")
+    assert det.domain is not None and det.domain.max_resample == 2.0
+    assert recs["48.png"]["domain_score"] >= 48 / 32 / 2
