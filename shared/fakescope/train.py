@@ -252,7 +252,7 @@ def _optimizer(model: torch.nn.Module, cfg: TrainConfig, steps: int) -> tuple[to
 
 @torch.no_grad()
 def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
-    ema_p = [p for p in ema.parameters()]
+    ema_p: list[torch.Tensor] = list(ema.parameters())
     torch._foreach_lerp_(ema_p, [p.detach() for p in model.parameters()], 1.0 - decay)
     for eb, mb in zip(ema.buffers(), model.buffers(), strict=True):
         if eb.dtype.is_floating_point:

@@ -305,7 +305,7 @@ class FreqNetResNet(nn.Module):
         stages: list[nn.Module] = []
         in_chs = cfg.stem_chs or cfg.in_chans
         for depth, planes, stride in zip(cfg.layers, cfg.planes, cfg.strides, strict=True):
-            blocks = []
+            blocks: list[nn.Module] = []
             for j in range(depth):
                 s = stride if j == 0 else 1
                 if block is BasicBlock:
