@@ -223,7 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a detector on CIFAKE-layout data")
     _add_split_args(p)
     p.add_argument("--out", required=True, help="checkpoint folder to write")
-    p.add_argument("--model", default="freqnet_resnet_s", help="variant name")
+    p.add_argument("--model", default="freqnet_vgg", help="variant name")
     p.add_argument("--recipe", choices=["fast", "paper"], default="fast")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int, default=128)

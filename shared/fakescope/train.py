@@ -51,7 +51,7 @@ class TrainConfig:
 
     data: list[str]
     out: str
-    variant: str = "freqnet_resnet_s"
+    variant: str = "freqnet_vgg"
     recipe: str = "fast"
     epochs: int = 12
     batch_size: int = 128

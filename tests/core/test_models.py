@@ -97,3 +97,16 @@ def test_bad_block_configs():
         create_model("freqnet_resnet_s", block="nope")
     with pytest.raises(ValueError, match="only built for basic blocks"):
         create_model("freqnet_resnet_tiny", wavelet=False)
+
+
+def test_default_variant_surface():
+    model = create_model("freqnet_vgg").eval()
+    names = dict(model.named_modules())
+    for key in ("hfri", "stem", "freq.0", "freq_proj.0", "stages.0", "stages.2", "head"):
+        assert key in names
+    with torch.no_grad():
+        feats = model.forward_features(torch.randn(1, 3, 32, 32))
+    assert feats.shape == (1, 256, 8, 8)  # an 8x8 grid for GradCAM
+    wav = create_model("freqnet_vgg", wavelet=True)
+    assert any(type(m).__name__ == "WaveletAttention" for m in wav.modules())
+    assert not any(type(m).__name__ == "WaveletAttention" for m in model.modules())

@@ -24,7 +24,7 @@ def test_train_writes_a_complete_checkpoint(synth_cifake, tmp_path):
     out = train(_cfg(synth_cifake, tmp_path / "ck"))
     model, meta = load_checkpoint(out)
     assert not model.training
-    assert meta.variant == "freqnet_resnet_s" and meta.labels == ("real", "fake")
+    assert meta.variant == "freqnet_vgg" and meta.labels == ("real", "fake")
     assert meta.preprocess.input_size == (32, 32) and len(meta.preprocess.mean) == 3
     split = meta.training["split"]
     assert (split["train"], split["val"], split["calib"]) == (56, 16, 8)
