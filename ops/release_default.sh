@@ -29,6 +29,8 @@ for who in previous default; do
   rm -rf "$OUT/genimage-$who"
   $FS scan "$GENIMAGE" --checkpoint "$ck" --out "$OUT/genimage-$who" --no-overlays -q
   .venv/bin/python ops/score_scan.py "$OUT/genimage-$who/results.jsonl" | tee "$OUT/genimage-$who.json"
+  # The same images through evaluate: resized first, so the domain score is the feature distance alone.
+  $FS evaluate --data "$GENIMAGE" --checkpoint "$ck" --json "$OUT/genimage-$who-eval.json" | tee "$OUT/genimage-$who-eval.txt"
 done
 .venv/bin/python ops/bench/bench_model.py --checkpoints "$OUT/previous" "$DEST" --batch-sizes 32 --threads 2 --repeats 20 \
   | tee "$OUT/bench_detectors.txt"

@@ -82,7 +82,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from fakescope.detector import Detector
-    from fakescope.evaluate import evaluate_arrays, format_table, load_eval_data, robustness
+    from fakescope.evaluate import domain_report, evaluate_arrays, format_table, load_eval_data, robustness
 
     detector = Detector.load(args.checkpoint, device=args.device)
     data = load_eval_data(args.data or DEFAULT_DATA, detector, split=args.split, limit=args.limit)
@@ -97,10 +97,19 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         "n": len(data),
         "metrics": table,
     }
+    if detector.domain is not None:
+        # The images are already at the input size here: this is the feature distance alone.
+        report["domain_features_only"] = domain_report(detector, data, batch_size=args.batch_size)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     print(f"{detector.model_version} on {report['n']} images ({report['split']} of {', '.join(report['data'])})")
     print(format_table(table))
+    if "domain_features_only" in report:
+        d = report["domain_features_only"]
+        print(
+            f"domain (feature distance only): flagged {d['flagged']:.4f}, confident wrong {d['confident_wrong']:.4f}, "
+            f"confident wrong and not flagged {d['confident_wrong_unflagged']:.4f}"
+        )
     return 0
 
 

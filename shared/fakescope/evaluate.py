@@ -26,10 +26,11 @@ from fakescope.checkpoint import CONFIG_FILE
 from fakescope.data import LabelledArray, load_labelled, make_split
 from fakescope.detector import Detector
 from fakescope.domain import fit_domain
-from fakescope.metrics import binary_metrics
+from fakescope.metrics import binary_metrics, domain_metrics
 
 __all__ = [
     "PERTURBATIONS",
+    "domain_report",
     "evaluate_arrays",
     "fgsm_images",
     "format_table",
@@ -238,6 +239,12 @@ def recalibrate(
         "tta_hflip": tta_hflip,
         **detector.meta.metrics,
     }
+
+
+def domain_report(detector: Detector, data: LabelledArray, batch_size: int = 256) -> dict[str, Any]:
+    """:func:`fakescope.metrics.domain_metrics` of ``data`` (at the input size: features only)."""
+    probs = _probs(detector, data.images, batch_size, None)
+    return domain_metrics(data.labels, probs, _domain_scores(detector, data.images, batch_size) <= 1.0)
 
 
 def _features(detector: Detector, images: np.ndarray, batch_size: int) -> torch.Tensor:

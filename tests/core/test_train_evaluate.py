@@ -186,6 +186,11 @@ def test_recalibrate_fits_the_domain_model(synth_cifake, tmp_path):
     noise = np.random.default_rng(0).choice([0, 255], size=(8, 32, 32, 3)).astype(np.uint8)
     assert (det.analyze(noise).domain > 1.0).all()
     np.testing.assert_allclose(det.analyze(calib.images, cams=True).probs, a.probs, rtol=1e-5, atol=1e-6)
+    from fakescope.evaluate import domain_report
+
+    rep = domain_report(det, calib, batch_size=4)
+    assert rep["flagged"] == pytest.approx(1 / 8)
+    assert 0.0 <= rep["confident_wrong_unflagged"] <= rep["confident_wrong"] <= 1.0
     # The domain model decides answers: it is part of the model version.
     version = det.model_version
     det.meta.domain = {}
