@@ -28,3 +28,16 @@ def test_ece_zero_when_confidence_matches_accuracy():
     assert expected_calibration_error(labels, np.full(10, 0.8)) == pytest.approx(0.0)
     # Always 100% confident, right half the time: ECE is 0.5.
     assert expected_calibration_error(np.array([1, 0]), np.array([1.0, 1.0])) == pytest.approx(0.5)
+
+
+def test_domain_metrics_count_confident_wrong_answers_and_flags():
+    from fakescope.metrics import domain_metrics
+
+    labels = np.array([0, 0, 1, 1, 1])
+    probs = np.array([0.95, 0.4, 0.05, 0.6, 0.99])  # wrong+sure, right, wrong+sure, right, right+sure
+    in_domain = np.array([False, True, True, True, True])
+    m = domain_metrics(labels, probs, in_domain)
+    assert m["flagged"] == pytest.approx(0.2)
+    assert m["confident_wrong"] == pytest.approx(0.4)
+    assert m["confident_wrong_unflagged"] == pytest.approx(0.2)  # the first is flagged
+    assert m["in_domain_metrics"]["n"] == 4
