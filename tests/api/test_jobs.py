@@ -243,7 +243,7 @@ def test_idempotency_key_returns_the_same_job(service_stack: ServiceStack) -> No
     assert again.json()["counts"]["total"] == 1
 
 
-@pytest.mark.parametrize("key", ["", " ", "a" * 256, "bad key", "naïve"])
+@pytest.mark.parametrize("key", ["", "a" * 256, "bad key", "naïve"])
 def test_idempotency_key_must_be_a_safe_token(service_stack: ServiceStack, key: str) -> None:
     # An empty key used to be a key: every such request of a tenant got the same job.
     files = [("files", ("1.png", png_bytes(12), "image/png"))]
