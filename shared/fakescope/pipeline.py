@@ -75,9 +75,19 @@ class ImageResult:
 
 
 def decode_item(item: InputItem, detector: Detector, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
-    """Reads and decodes one input; any problem with it becomes ``error``, never an exception."""
+    """Reads and decodes one input; any problem with the input becomes ``error``.
+
+    A failure to *reach* the input (the object store down: ``StorageError``) is not the input's
+    fault and propagates, so the task retries it; a failure while *decoding* it never does.
+    """
     try:
         data = item.read()
+    except ImageError as e:
+        return DecodedImage(name=item.name, error=str(e))
+    except OSError as e:
+        # Unreadable file (permissions, vanished): an error for this input, not for the batch.
+        return DecodedImage(name=item.name, error=f"cannot read file: {e.strerror or e}")
+    try:
         im = decode_image(data, max_pixels=max_pixels)
         display = im.copy()
         display.thumbnail((OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE))
@@ -91,10 +101,8 @@ def decode_item(item: InputItem, detector: Detector, max_pixels: int = DEFAULT_M
         )
     except ImageError as e:
         return DecodedImage(name=item.name, error=str(e))
-    except OSError as e:
-        # Unreadable file (permissions, vanished): an error for this input, not for the batch.
-        return DecodedImage(name=item.name, error=f"cannot read file: {e.strerror or e}")
     except Exception as e:
+        # Untrusted bytes: a parser bug fails this image, not its batch or its worker's chunk.
         logger.exception("unexpected error decoding %s", item.name)
         return DecodedImage(name=item.name, error=f"cannot decode image: {type(e).__name__}: {e}")
 
