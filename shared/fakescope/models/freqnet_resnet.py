@@ -395,12 +395,11 @@ VARIANTS: dict[str, FreqNetResNetConfig] = {
         block="basic",
         stem_kernel=3,
     ),
-    # The shipped default: what the proxy protocol found fastest per point of accuracy on 2 CPU
-    # cores. VGG-style plain blocks (no shortcut: on a CPU the residual branch and the shortcut DWT
-    # cost more than they bought), 64/128/256 channels, the first block at full resolution, max
-    # pooling after the first two (wavelet attention cost a third of the step and bought nothing the
-    # dev split could see), an 8x8 last stage for GradCAM, and the 8-channel frequency branch (HFRI,
-    # HFRFS, FCL) merged at the stem.
+    # The shipped default, after the proxy protocol's first table (ops/proxy/results.jsonl): VGG-style
+    # plain blocks (on 2 CPU cores the residual branch and the shortcut DWT cost more than they
+    # bought), 64/128/256 channels, the first block at full resolution, max pooling after the first
+    # two (wavelet attention cost a fifth of the step and 2.5 dev points), an 8x8 last stage for
+    # GradCAM, and the 8-channel frequency branch (HFRI, HFRFS, FCL) merged at the stem.
     "freqnet_vgg": FreqNetResNetConfig(
         layers=(1, 1, 1),
         planes=(64, 128, 256),
