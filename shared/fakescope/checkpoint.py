@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,10 +18,17 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from fakescope.models import FreqNetResNet, FreqNetResNetConfig
+from fakescope.models import EnsembleConfig, FreqNetEnsemble, FreqNetResNet, FreqNetResNetConfig, Network, build_network
 from fakescope.models.freqnet_resnet import checkpoint_filter_fn
 
-__all__ = ["FORMAT_VERSION", "CheckpointMeta", "Preprocess", "load_checkpoint", "save_checkpoint"]
+__all__ = [
+    "FORMAT_VERSION",
+    "CheckpointMeta",
+    "Preprocess",
+    "combine_checkpoints",
+    "load_checkpoint",
+    "save_checkpoint",
+]
 
 FORMAT_VERSION = 1
 WEIGHTS_FILE = "model.safetensors"
@@ -50,8 +58,9 @@ class Preprocess:
 class CheckpointMeta:
     """The JSON half of a checkpoint."""
 
+    # A registered variant's name, or for an ensemble its members' names joined by "+".
     variant: str
-    arch: FreqNetResNetConfig
+    arch: FreqNetResNetConfig | EnsembleConfig
     preprocess: Preprocess
     labels: tuple[str, ...] = ("real", "fake")
     temperature: float = 1.0
@@ -74,7 +83,7 @@ class CheckpointMeta:
             raise ValueError(f"checkpoint format version {version!r} is not supported (expected {FORMAT_VERSION})")
         return cls(
             variant=d["variant"],
-            arch=FreqNetResNetConfig.from_dict(d["arch"]),
+            arch=(EnsembleConfig if "members" in d["arch"] else FreqNetResNetConfig).from_dict(d["arch"]),
             preprocess=Preprocess.from_dict(d["preprocess"]),
             labels=tuple(d["labels"]),
             temperature=float(d["temperature"]),
@@ -105,7 +114,7 @@ class CheckpointMeta:
         return f"{self.variant}@{digest[:12]}"
 
 
-def save_checkpoint(directory: str | Path, model: FreqNetResNet, meta: CheckpointMeta) -> Path:
+def save_checkpoint(directory: str | Path, model: Network, meta: CheckpointMeta) -> Path:
     """Writes ``model.safetensors`` and ``config.json`` into ``directory`` (created if needed)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -118,7 +127,7 @@ def save_checkpoint(directory: str | Path, model: FreqNetResNet, meta: Checkpoin
     return directory
 
 
-def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[FreqNetResNet, CheckpointMeta]:
+def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> tuple[Network, CheckpointMeta]:
     """Builds the model described by ``config.json`` and loads its weights strictly, in eval mode.
 
     Raises:
@@ -129,7 +138,62 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         if not (directory / name).is_file():
             raise FileNotFoundError(f"checkpoint {directory} has no {name}")
     meta = CheckpointMeta.from_dict(json.loads((directory / CONFIG_FILE).read_text()))
-    model = FreqNetResNet(meta.arch)
+    model = build_network(meta.arch)
     state = checkpoint_filter_fn(load_file(str(directory / WEIGHTS_FILE), device="cpu"))
     model.load_state_dict(state, strict=True)
     return model.to(device).eval(), meta
+
+
+def combine_checkpoints(
+    members: Sequence[str | Path], directory: str | Path, weights: Sequence[float] | None = None
+) -> Path:
+    """Writes an ensemble checkpoint of ``members`` (checkpoint folders) at ``directory``.
+
+    The members must share the preprocessing and the train/validation split (the same sources, seed
+    and sizes, checked by the split's fingerprint), so the ensemble's validation images are still
+    ones no member trained on. Its temperature starts at 1 and it has no domain model: calibrate it
+    (``fakescope calibrate``) as any trained checkpoint. ``weights``: each member's share of the
+    logit average (default equal).
+    """
+    if len(members) < 2:
+        raise ValueError("an ensemble needs at least two members")
+    loaded = [load_checkpoint(m) for m in members]
+    metas = [meta for _, meta in loaded]
+    nets: list[FreqNetResNet] = []
+    for path, (net, meta) in zip(members, loaded, strict=True):
+        if not isinstance(net, FreqNetResNet):
+            raise ValueError(f"{path} is already an ensemble; combine its members instead")
+        nets.append(net)
+        if meta.preprocess != metas[0].preprocess or meta.labels != metas[0].labels:
+            raise ValueError(f"{path} has other preprocessing or labels than {members[0]}")
+        split = meta.training.get("split", {})
+        first = metas[0].training.get("split", {})
+        if not split.get("val_fingerprint") or split.get("val_fingerprint") != first.get("val_fingerprint"):
+            raise ValueError(
+                f"{path} was not trained on the same split as {members[0]} (validation fingerprints differ)"
+            )
+    ens = FreqNetEnsemble.from_members(nets, [m.variant for m in metas], weights or [1.0] * len(nets))
+    meta = CheckpointMeta(
+        variant="+".join(m.variant for m in metas),
+        arch=ens.cfg,
+        preprocess=metas[0].preprocess,
+        labels=metas[0].labels,
+        training={
+            # The split record and config of the first member: every member shares the split, and
+            # evaluation reads it from here.
+            "config": metas[0].training.get("config", {}),
+            "split": metas[0].training.get("split", {}),
+            "members": [
+                {
+                    "path": str(p),
+                    "model_version": m.model_version,
+                    "config": m.training.get("config", {}),
+                    "train_seconds": m.training.get("train_seconds"),
+                    "metrics": m.metrics,
+                }
+                for p, m in zip(members, metas, strict=True)
+            ],
+            "train_seconds": sum(float(m.training.get("train_seconds") or 0.0) for m in metas),
+        },
+    )
+    return save_checkpoint(directory, ens, meta)

@@ -52,6 +52,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         amp=args.amp,
         weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing,
+        border_p=args.border_p,
+        init_seed=args.init_seed,
     )
     out = train(cfg)
     print(json.dumps(json.loads((out / "config.json").read_text())["metrics"], indent=2))
@@ -118,6 +120,17 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
     result = recalibrate(args.checkpoint, args.data or DEFAULT_DATA, tta_hflip=args.tta)
     print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    from fakescope.checkpoint import combine_checkpoints
+
+    out = combine_checkpoints(args.members, args.out, args.weights)
+    print(
+        f"wrote the ensemble of {len(args.members)} checkpoints to {out}; "
+        f"calibrate it next: fakescope calibrate --checkpoint {out}"
+    )
     return 0
 
 
@@ -250,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="bf16 autocast (auto: CUDA or AMX)")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--label-smoothing", type=float, default=0.05)
+    p.add_argument("--border-p", type=float, default=0.0, help="share of images shifted with a black border")
+    p.add_argument("--init-seed", type=int, help="seed of weights, order and augmentation (default: --seed)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("scan", help="classify images, folders and archives; no services needed")
@@ -286,6 +301,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="mirror-image TTA on or off (default: on where the calibration split says it is more accurate)",
     )
     p.set_defaults(func=_cmd_calibrate)
+
+    p = sub.add_parser("ensemble", help="combine trained checkpoints into one ensemble checkpoint")
+    p.add_argument("members", nargs="+", help="checkpoint folders trained on the same split")
+    p.add_argument("--out", required=True, help="checkpoint folder to write")
+    p.add_argument("--weights", type=float, nargs="+", help="each member's share of the logit average (default equal)")
+    p.set_defaults(func=_cmd_ensemble)
 
     p = sub.add_parser("export-split", help="write one part of the train/val split as image files")
     _add_split_args(p)

@@ -17,7 +17,7 @@ from fakescope.checkpoint import CheckpointMeta, load_checkpoint
 from fakescope.domain import DOMAIN_FILE, DomainModel
 from fakescope.gradcam import GradCAM, linear_head_cam
 from fakescope.imageio import to_rgb_array
-from fakescope.models.freqnet_resnet import FreqNetResNet
+from fakescope.models import Network
 
 __all__ = ["DEFAULT_CHECKPOINT", "Analysis", "Detector", "resolve_checkpoint"]
 
@@ -52,14 +52,14 @@ class Detector:
     """
 
     def __init__(
-        self, model: FreqNetResNet, meta: CheckpointMeta, device: torch.device, domain: DomainModel | None = None
+        self, model: Network, meta: CheckpointMeta, device: torch.device, domain: DomainModel | None = None
     ) -> None:
         self.model = model
         self.meta = meta
         self.device = device
         self.domain = domain
         self.fake_index = meta.labels.index("fake")
-        self._gradcam = GradCAM(model, model.stages[-1])
+        self._gradcam = GradCAM(model, model.cam_target)
         # GradCAM's maps from the forward pass alone when the head allows it (see fakescope.gradcam):
         # one backward pass fewer per batch. Set False to take the hooks-and-gradients path.
         self.cam_from_head = _features_feed_linear_head(model, meta.preprocess.input_size, device)
@@ -193,7 +193,7 @@ class Detector:
         return Analysis(self.probabilities(logits), maps, domain)
 
 
-def _features_feed_linear_head(model: FreqNetResNet, input_size: tuple[int, int], device: torch.device) -> bool:
+def _features_feed_linear_head(model: Network, input_size: tuple[int, int], device: torch.device) -> bool:
     """Whether ``forward_features`` returns the last stage's output as is, into average pooling and a linear head.
 
     Then a logit's gradient at that output is the same at every cell and GradCAM needs no backward
@@ -205,7 +205,7 @@ def _features_feed_linear_head(model: FreqNetResNet, input_size: tuple[int, int]
     ):
         return False
     seen: list[torch.Tensor] = []
-    hook = model.stages[-1].register_forward_hook(lambda _m, _i, out: seen.append(out))
+    hook = model.cam_target.register_forward_hook(lambda _m, _i, out: seen.append(out))
     try:
         with torch.no_grad():
             feats = model.forward_features(torch.zeros(1, 3, *input_size, device=device))

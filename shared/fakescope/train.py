@@ -34,8 +34,7 @@ from fakescope.calibration import fit_temperature
 from fakescope.checkpoint import CheckpointMeta, Preprocess, load_checkpoint, save_checkpoint
 from fakescope.data import LABELS, load_labelled, make_split
 from fakescope.metrics import binary_metrics
-from fakescope.models import VARIANTS, create_model
-from fakescope.models.freqnet_resnet import FreqNetResNet
+from fakescope.models import VARIANTS, Network, create_model
 
 __all__ = ["TrainConfig", "predict_arrays", "resolve_device", "train"]
 
@@ -78,6 +77,12 @@ class TrainConfig:
     translate: int = 2
     ema_decay: float = 0.999
     robust_p: float = 0.15
+    # The share of images shifted by up to 4 px with a black fill instead of a reflected one: a
+    # re-framed upload has a border, and without it the detector reads any border as a fake's.
+    border_p: float = 0.0
+    # Seeds the initial weights, the batch order and the augmentations, never the split (that is
+    # ``seed``): ensemble members differ in it and share their validation images. None: ``seed``.
+    init_seed: int | None = None
     amp: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -177,6 +182,18 @@ def translate_batch(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Te
     return out.permute(0, 3, 1, 2)
 
 
+def black_border_shift(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    """Shifts each image of a ``(B, C, H, W)`` batch in [0, 1] by up to ``pad`` pixels either way,
+    filling what comes in with black: the crop-and-pad a careless re-frame does."""
+    b, _, h, w = x.shape
+    padded = F.pad(x, (pad, pad, pad, pad), mode="constant", value=0.0)
+    dy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    dx = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+    rows = (dy[:, None] + torch.arange(h))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w))[:, None, :]
+    return padded.permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+
+
 def train_batch(
     images: torch.Tensor,
     jpeg: torch.Tensor | None,
@@ -204,13 +221,17 @@ def train_batch(
     x = torch.where(flip, x.flip(-1), x)
     if cfg.recipe == "fast":
         x = translate_batch(x, cfg.translate, gen)
+        if cfg.border_p > 0:
+            sel = torch.rand(len(idx), generator=gen) < cfg.border_p
+            if bool(sel.any()):
+                x[sel] = black_border_shift(x[sel], 4, gen)
     x = (x - mean) / std
     return x.contiguous(memory_format=torch.channels_last)
 
 
 @torch.no_grad()
 def predict_arrays(
-    model: FreqNetResNet,
+    model: Network,
     images: np.ndarray,
     preprocess: Preprocess,
     device: torch.device,
@@ -266,9 +287,10 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)
+    init_seed = cfg.seed if cfg.init_seed is None else cfg.init_seed
+    random.seed(init_seed)
+    np.random.seed(init_seed)
+    torch.manual_seed(init_seed)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
 
@@ -308,7 +330,7 @@ def train(cfg: TrainConfig) -> Path:
     start_epoch = 0
     step_count = 0
     state_path = out / STATE_FILE
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(init_seed)
     if cfg.resume and state_path.exists():
         state = torch.load(state_path, map_location=device, weights_only=False)
         model.load_state_dict(state["model"])
@@ -324,7 +346,7 @@ def train(cfg: TrainConfig) -> Path:
     images_t = torch.from_numpy(train_images)
     jpeg_t = None
     if cfg.recipe == "fast" and cfg.robust_p > 0:
-        jpeg_t = torch.from_numpy(jpeg_copies(train_images, cfg.seed))
+        jpeg_t = torch.from_numpy(jpeg_copies(train_images, init_seed))
     labels_t = torch.from_numpy(data.labels[train_idx])
     mean_t = torch.tensor(mean).view(1, 3, 1, 1)
     std_t = torch.tensor(std).view(1, 3, 1, 1)

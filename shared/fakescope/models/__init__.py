@@ -1,12 +1,26 @@
-"""Model registry: every detector variant by name."""
+"""Model registry: every detector variant by name, and the ensembles built from them."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from fakescope.models.ensemble import EnsembleConfig, FreqNetEnsemble
 from fakescope.models.freqnet_resnet import VARIANTS, FreqNetResNet, FreqNetResNetConfig
 
-__all__ = ["FreqNetResNet", "FreqNetResNetConfig", "create_model", "list_models"]
+__all__ = [
+    "EnsembleConfig",
+    "FreqNetEnsemble",
+    "FreqNetResNet",
+    "FreqNetResNetConfig",
+    "Network",
+    "build_network",
+    "create_model",
+    "list_models",
+]
+
+# What a checkpoint holds: one network, or an ensemble built as one (the same surface: forward,
+# forward_features, forward_head, head, cam_target).
+Network = FreqNetResNet | FreqNetEnsemble
 
 
 def list_models() -> list[str]:
@@ -22,3 +36,10 @@ def create_model(name: str, **overrides: Any) -> FreqNetResNet:
     if overrides:
         cfg = FreqNetResNetConfig.from_dict({**cfg.to_dict(), **overrides})
     return FreqNetResNet(cfg)
+
+
+def build_network(arch: FreqNetResNetConfig | EnsembleConfig) -> Network:
+    """The network an architecture record describes, with random weights."""
+    if isinstance(arch, EnsembleConfig):
+        return FreqNetEnsemble(arch)
+    return FreqNetResNet(arch)

@@ -330,6 +330,11 @@ class FreqNetResNet(nn.Module):
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
+    @property
+    def cam_target(self) -> nn.Module:
+        """The module whose output GradCAM explains: the last stage."""
+        return self.stages[-1]
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if not self.freq:
             x = self.stem_pool(self.stem(x))
