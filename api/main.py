@@ -14,8 +14,10 @@ from sqlalchemy.exc import InterfaceError as DBInterfaceError
 from sqlalchemy.exc import OperationalError as DBOperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
+from api.deps import get_enqueuer
 from api.limits import BodySizeLimit
 from api.routes import health, jobs, objects, report, webhooks
+from fakescope.service.webhooks import set_sender
 from fakescope.settings import get_settings
 from fakescope.storage import StorageError
 
@@ -31,6 +33,9 @@ LATENCY = Histogram(
 )
 
 
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
     t0 = time.perf_counter()
     response = await call_next(request)
@@ -38,8 +43,10 @@ async def _observe(request: Request, call_next: Callable[[Request], Awaitable[Re
     route = getattr(request.scope.get("route"), "path", "unmatched")
     if request.url.path.startswith("/v1/") and not route.startswith("/v1"):
         route = "/v1" + route  # routers included under /v1 report their own paths
-    LATENCY.labels(route, request.method).observe(time.perf_counter() - t0)
-    REQUESTS.labels(route, request.method, str(response.status_code)).inc()
+    # Label values from fixed sets only: a client can send any method name, and each would be a series.
+    method = request.method if request.method in HTTP_METHODS else "OTHER"
+    LATENCY.labels(route, method).observe(time.perf_counter() - t0)
+    REQUESTS.labels(route, method, str(response.status_code)).inc()
     return response
 
 
@@ -72,6 +79,8 @@ def create_app() -> FastAPI:
     app.include_router(report.router)
     # An oversized body is refused as it arrives, an anonymous one before anything reads it.
     settings = get_settings()
+    # Webhooks of jobs this process finishes or cancels go to the webhooks queue, never inline.
+    set_sender(lambda job_id: get_enqueuer(settings).webhook(job_id))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, json_max_bytes=settings.max_json_bytes)
     return app
 

@@ -1,4 +1,4 @@
-"""The workers' Celery app: ``celery -A workers.celery_app worker -Q classify`` (or ``-Q explain``).
+"""The workers' Celery app: ``celery -A workers.celery_app worker -Q classify`` (or ``-Q explain``, ``-Q webhooks``).
 
 Each pool child serves Prometheus metrics on ``FAKESCOPE_METRICS_PORT`` (one port per worker process,
 ``-c 1``) and logs one JSON object a line when ``FAKESCOPE_LOG_FORMAT=json`` (the default).
@@ -12,13 +12,16 @@ import os
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
 from fakescope.observability import JsonFormatter, set_pool
+from fakescope.service.webhooks import set_sender
 from fakescope.settings import get_settings
-from fakescope.tasks import make_celery
+from fakescope.tasks import Enqueuer, make_celery
 
 logger = logging.getLogger(__name__)
 
-app = make_celery(get_settings(), include=["workers.classify", "workers.explain"])
+app = make_celery(get_settings(), include=["workers.classify", "workers.explain", "workers.webhooks"])
 set_pool(os.environ.get("FAKESCOPE_WORKER_POOL", "worker"))
+# A job a task finishes hands its webhook to the webhooks queue (fakescope.service.webhooks).
+set_sender(lambda job_id: Enqueuer(app, get_settings()).webhook(job_id))
 
 
 @after_setup_logger.connect

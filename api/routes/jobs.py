@@ -10,7 +10,6 @@ from typing import Annotated, Any
 
 from fastapi import (
     APIRouter,
-    BackgroundTasks,
     File,
     Form,
     Header,
@@ -22,7 +21,7 @@ from fastapi import (
     status,
 )
 from pydantic import BaseModel, Field
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
 from api.deps import EnqueuerDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from fakescope.db.models import (
@@ -31,7 +30,6 @@ from fakescope.db.models import (
     JobItem,
     JobPublic,
     JobsPublic,
-    JobState,
     WebhookDelivery,
 )
 from fakescope.service import jobs as svc
@@ -257,33 +255,13 @@ def get_job(request: Request, job_id: uuid.UUID, session: SessionDep, tenant: Te
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
-def cancel_job(
-    request: Request,
-    job_id: uuid.UUID,
-    session: SessionDep,
-    settings: SettingsDep,
-    tenant: TenantDep,
-    background: BackgroundTasks,
-) -> JobPublic:
+def cancel_job(request: Request, job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> JobPublic:
     """Cancels the job: images not classified yet never will be. Finished jobs are left as they are.
 
-    A job this call cancels sends its webhook (state ``cancelled``) after the response.
+    A job this call cancels sends its webhook (state ``cancelled``) through the webhooks queue.
     """
-    job = _job_or_404(session, tenant, job_id)
-    was_finished = JobState(job.state).finished
-    job = svc.cancel_job(session, job=job)
-    if not was_finished and job.state == JobState.CANCELLED and job.callback_url:
-        background.add_task(_notify, settings.sqlalchemy_url, job.id)
+    job = svc.cancel_job(session, job=_job_or_404(session, tenant, job_id))
     return svc.job_public(session, job, _status_url(request, job.id))
-
-
-def _notify(db_url: str, job_id: uuid.UUID) -> None:
-    from fakescope.db.engine import get_engine
-
-    with Session(get_engine(db_url)) as session:
-        job = session.get(Job, job_id)
-        if job is not None:
-            svc.notify(session, job=job)
 
 
 def _result(item: JobItem, store: ObjectStore, expires_s: int) -> ItemResult:

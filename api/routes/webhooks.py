@@ -5,17 +5,28 @@ from __future__ import annotations
 import secrets
 
 from fastapi import APIRouter, HTTPException, status
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from api.deps import SessionDep, TenantDep
 from fakescope.db.models import Tenant
+from fakescope.service.webhooks import standard_secret
 
 router = APIRouter(prefix="/webhook-secret", tags=["webhooks"])
 
 
 class WebhookSecret(BaseModel):
     secret: str
-    algorithm: str = "HMAC-SHA256 over '<t>.' + body; header X-Fakescope-Signature: t=<t>,v1=<hex>"
+    standard_secret: str = Field(
+        description="the same secret as Standard Webhooks libraries take it (whsec_ + base64 of its bytes)"
+    )
+    algorithm: str = (
+        "Standard Webhooks: webhook-signature v1,<base64 HMAC-SHA256(secret, '<webhook-id>.<webhook-timestamp>.'"
+        " + body)>; also X-Fakescope-Signature: t=<t>,v1=<hex HMAC-SHA256(secret, '<t>.' + body)>"
+    )
+
+    @classmethod
+    def of(cls, secret: str) -> WebhookSecret:
+        return cls(secret=secret, standard_secret=standard_secret(secret))
 
 
 def _tenant(session: SessionDep, tenant_id: TenantDep) -> Tenant:
@@ -27,7 +38,7 @@ def _tenant(session: SessionDep, tenant_id: TenantDep) -> Tenant:
 
 @router.get("", response_model=WebhookSecret)
 def get_secret(session: SessionDep, tenant_id: TenantDep) -> WebhookSecret:
-    return WebhookSecret(secret=_tenant(session, tenant_id).webhook_secret)
+    return WebhookSecret.of(_tenant(session, tenant_id).webhook_secret)
 
 
 @router.post("/rotate", response_model=WebhookSecret)
@@ -37,4 +48,4 @@ def rotate_secret(session: SessionDep, tenant_id: TenantDep) -> WebhookSecret:
     tenant.webhook_secret = secrets.token_hex(32)
     session.add(tenant)
     session.commit()
-    return WebhookSecret(secret=tenant.webhook_secret)
+    return WebhookSecret.of(tenant.webhook_secret)

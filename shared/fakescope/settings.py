@@ -43,6 +43,7 @@ class Settings(BaseSettings):
 
     queue_classify: str = "classify"
     queue_explain: str = "explain"
+    queue_webhooks: str = "webhooks"
     chunk_size: int = Field(128, ge=1, description="images per classify task")
     batch_size: int = Field(32, ge=1, description="images per forward pass")
     explain_chunk_size: int = Field(8, ge=1)
@@ -52,6 +53,9 @@ class Settings(BaseSettings):
     # A task that meets a transient error (object store or database unreachable) is retried this many
     # times, waiting task_retry_backoff_s, then twice that, and so on up to task_retry_backoff_max_s.
     task_max_retries: int = Field(5, ge=0, description="retries of a task after a transient error")
+    max_deliveries: int = Field(
+        3, ge=1, description="an image whose classification starts this many times without finishing fails"
+    )
     task_retry_backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each retry")
     task_retry_backoff_max_s: float = Field(60.0, ge=0, description="longest retry delay")
     # Redis hands an unacknowledged message to another worker after this long; it must exceed the
@@ -77,6 +81,12 @@ class Settings(BaseSettings):
     callback_timeout_s: float = 10.0
     callback_attempts: int = 3
     callback_backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each attempt")
+    callback_max_response_bytes: int = Field(
+        64 * 1024, ge=0, description="a receiver's response body is read up to this many bytes, then dropped"
+    )
+    callback_redeliver_after_s: float = Field(
+        300.0, gt=0, description="the sweeper re-sends a finished job's webhook still undelivered after this long"
+    )
     # Networks webhooks may reach besides the public internet (e.g. "10.0.0.0/8" for an in-cluster
     # receiver); loopback, private and link-local addresses are refused otherwise.
     callback_allowed_networks: list[str] = Field(default_factory=list)

@@ -1,4 +1,4 @@
-"""One command for the whole job service on one machine: API, both worker pools and Flower.
+"""One command for the whole job service on one machine: API, the worker pools and Flower.
 
 ``fakescope serve`` (or ``python -m fakescope.stack``) runs the prestart step (migrations, bucket,
 bootstrap key), then starts each process as a child and stops them all on Ctrl-C. Endpoints come
@@ -77,7 +77,7 @@ class Stack:
         metrics_port: int | None = None,
         threads: int | None = None,
     ) -> subprocess.Popen[bytes]:
-        """A worker of ``pool`` (``classify`` or ``explain``) consuming that pool's queue only."""
+        """A worker of ``pool`` (``classify``, ``explain`` or ``webhooks``) consuming that pool's queue only."""
         queue = self.env.get(f"FAKESCOPE_QUEUE_{pool.upper()}", pool)
         name = name or pool
         args = [
@@ -159,6 +159,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             stack.start_worker("classify", name=f"classify-{i}", threads=threads)
     for i in range(args.explain_workers):
         stack.start_worker("explain", name=f"explain-{i}")
+    # Webhook deliveries wait on receivers, not on the CPU: their own small pool, so a slow receiver
+    # holds neither a request nor a classify worker.
+    stack.start_worker("webhooks", name="webhooks-0", concurrency=2, threads=1)
     stack.start_sweeper()
     if args.flower_port:
         stack.start_flower(args.host, args.flower_port)

@@ -22,6 +22,13 @@ __all__ = ["Enqueuer", "TaskName", "chunk_payload", "make_celery"]
 class TaskName(StrEnum):
     CLASSIFY = "fakescope.classify"
     EXPLAIN = "fakescope.explain"
+    WEBHOOK = "fakescope.webhook"
+
+
+def webhook_time_limit(settings: Settings) -> float:
+    """A webhook task's hard limit: every attempt's connect, send and read are each bounded by the
+    callback timeout, and this bounds a receiver that trickles its response a byte at a time."""
+    return 3 * settings.callback_timeout_s + 10
 
 
 def chunk_payload(job_id: uuid.UUID | str, item_ids: Sequence[uuid.UUID | str]) -> dict[str, Any]:
@@ -54,6 +61,7 @@ def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
         task_routes={
             TaskName.CLASSIFY.value: {"queue": settings.queue_classify},
             TaskName.EXPLAIN.value: {"queue": settings.queue_explain},
+            TaskName.WEBHOOK.value: {"queue": settings.queue_webhooks},
         },
         task_default_queue=settings.queue_classify,
     )
@@ -89,3 +97,15 @@ class Enqueuer:
     def explain(self, job_id: uuid.UUID, item_ids: Sequence[uuid.UUID]) -> int:
         s = self.settings
         return self._send(TaskName.EXPLAIN, s.queue_explain, job_id, item_ids, s.explain_chunk_size)
+
+    def webhook(self, job_id: uuid.UUID, countdown: float | None = None) -> None:
+        """Asks the webhooks pool to deliver the job's webhook (the job row says which event)."""
+        limit = webhook_time_limit(self.settings)
+        self.app.send_task(
+            TaskName.WEBHOOK.value,
+            kwargs={"job_id": str(job_id)},
+            queue=self.settings.queue_webhooks,
+            countdown=countdown,
+            time_limit=limit,
+            soft_time_limit=limit - 5,
+        )

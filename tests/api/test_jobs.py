@@ -7,7 +7,7 @@ import json
 import threading
 import time
 import zipfile
-from http.server import BaseHTTPRequestHandler, HTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from pathlib import Path
 from typing import ClassVar
 
@@ -309,6 +309,54 @@ def test_cancel_sends_a_signed_webhook(service_stack: ServiceStack) -> None:
     finally:
         server.shutdown()
         _Callbacks.fail_first = 1
+
+
+class _HeldReceiver(BaseHTTPRequestHandler):
+    """A receiver that holds every delivery until the test releases it."""
+
+    release: ClassVar[threading.Event] = threading.Event()
+    arrived: ClassVar[threading.Event] = threading.Event()
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers["Content-Length"]))
+        _HeldReceiver.arrived.set()
+        _HeldReceiver.release.wait(120)
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_slow_receiver_holds_no_request(service_stack: ServiceStack) -> None:
+    # The only input is a corrupt archive, so the job finishes inside POST /v1/jobs. Its webhook goes to the webhooks
+    # pool: the request answers while the receiver still holds the delivery (inline, it would hang
+    # until the release, past the client's timeout).
+    _HeldReceiver.release.clear()
+    _HeldReceiver.arrived.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _HeldReceiver)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    callback = f"http://127.0.0.1:{server.server_address[1]}/slow"
+    try:
+        with httpx.Client(base_url=service_stack.api_url, headers=service_stack.client().headers, timeout=20) as c:
+            r = c.post(
+                "/v1/jobs",
+                files=[("files", ("broken.zip", b"PK\x03\x04garbage", "application/zip"))],
+                data={"callback_url": callback},
+            )
+            assert r.status_code == 202, r.text
+            job_id = r.json()["id"]
+            assert c.get(f"/v1/jobs/{job_id}").json()["state"] == "failed"
+            assert _HeldReceiver.arrived.wait(60), "the webhook never reached the receiver"
+            assert c.get(f"/v1/jobs/{job_id}").json()["callback_status"] == "pending"
+            _HeldReceiver.release.set()
+            done = wait_until(
+                lambda: (j := c.get(f"/v1/jobs/{job_id}").json())["callback_status"] != "pending" and j, 60, "outcome"
+            )
+        assert done["callback_status"] == "HTTP 204"
+    finally:
+        _HeldReceiver.release.set()
+        server.shutdown()
 
 
 def test_no_secret_reaches_the_logs(service_stack: ServiceStack) -> None:

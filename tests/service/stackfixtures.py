@@ -179,7 +179,7 @@ def build_env(tmp: Path, checkpoint: Path) -> ServiceEnv:
         cleanups.append(stop_moto)
     redis_db = int(os.environ.get("FAKESCOPE_TEST_REDIS_DB", "11"))
     broker = f"{REDIS_URL.rstrip('/')}/{redis_db}"
-    queues = {"classify": f"classify-{token}", "explain": f"explain-{token}"}
+    queues = {"classify": f"classify-{token}", "explain": f"explain-{token}", "webhooks": f"webhooks-{token}"}
 
     def drop_queues() -> None:
         r = redis.Redis.from_url(broker)
@@ -196,6 +196,7 @@ def build_env(tmp: Path, checkpoint: Path) -> ServiceEnv:
         "FAKESCOPE_S3_BUCKET": f"fakescope-test-{token}",
         "FAKESCOPE_QUEUE_CLASSIFY": queues["classify"],
         "FAKESCOPE_QUEUE_EXPLAIN": queues["explain"],
+        "FAKESCOPE_QUEUE_WEBHOOKS": queues["webhooks"],
         "FAKESCOPE_CHECKPOINT": str(checkpoint),
         "FAKESCOPE_CHUNK_SIZE": "10",
         "FAKESCOPE_EXPLAIN_CHUNK_SIZE": "4",
@@ -272,10 +273,13 @@ def get_service_stack(request: pytest.FixtureRequest) -> ServiceStack:
         stack.start_api(port=api_port)
         stack.start_worker("classify", name=st.classify_worker, metrics_port=st.metrics_port(st.classify_worker))
         stack.start_worker("explain", name="explain-1", metrics_port=st.metrics_port("explain-1"))
+        stack.start_worker("webhooks", name="webhooks-1", metrics_port=st.metrics_port("webhooks-1"))
         stack.start_flower(port=flower_port)
         try:
             wait_until(lambda: httpx.get(f"{st.api_url}/readyz", timeout=5).status_code == 200, 90, "API /readyz")
-            wait_until(lambda: st.worker_ready("classify-1@") and st.worker_ready("explain-1@"), 180, "workers", 1)
+            wait_until(
+                lambda: all(st.worker_ready(f"{w}-1@") for w in ("classify", "explain", "webhooks")), 180, "workers", 1
+            )
         except AssertionError as e:
             raise AssertionError(f"{e}\n{st.logs()}") from None
     return _state["stack"]
@@ -373,6 +377,7 @@ def private_stack(
         "FAKESCOPE_BROKER_URL": broker.url,
         "FAKESCOPE_QUEUE_CLASSIFY": f"classify-{token}",
         "FAKESCOPE_QUEUE_EXPLAIN": f"explain-{token}",
+        "FAKESCOPE_QUEUE_WEBHOOKS": f"webhooks-{token}",
         "FAKESCOPE_PUBLIC_URL": f"http://127.0.0.1:{api_port}",
         "FAKESCOPE_LOG_FORMAT": "text",
         **settings,

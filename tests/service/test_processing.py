@@ -8,14 +8,15 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
-from sqlmodel import select
+from sqlalchemy import update
+from sqlmodel import col, select
 from stackfixtures import ServiceEnv, png_bytes
 
 from fakescope.db.models import ItemStatus, Job, JobItem, JobState
 from fakescope.detector import Detector
 from fakescope.imageio import InputItem
 from fakescope.service import jobs as svc
-from fakescope.service.processing import classify_chunk
+from fakescope.service.processing import classify_chunk, release_items
 from fakescope.service.tenants import authenticate, create_api_key, hash_key
 from fakescope.storage import ObjectTooLarge
 
@@ -258,3 +259,34 @@ def test_an_original_over_the_byte_limit_fails_alone_without_being_read_whole(
     assert [i.status for i in (items[0], items[2])] == ["done", "done"]
     with pytest.raises(ObjectTooLarge):
         real_get(big.object_key, max_bytes=1000)
+
+
+def test_an_image_that_keeps_killing_its_worker_fails_instead_of_looping(
+    service_env: ServiceEnv, detector: Detector
+) -> None:
+    chunks = _job(service_env, 3)
+    ((job_id, ids),) = chunks.sent
+    with service_env.session() as session:
+        # Three deliveries that started and died (the count is raised before any work): the fourth
+        # fails the image with its reason and classifies the rest.
+        session.exec(update(JobItem).where(col(JobItem.id) == ids[0]).values(attempts=3))  # type: ignore[call-overload]
+        session.commit()
+        written = classify_chunk(session, service_env.store, detector, job_id=job_id, item_ids=ids, max_deliveries=3)
+        items = {i.id: i for i in session.exec(select(JobItem).where(JobItem.job_id == job_id)).all()}
+    assert written == 2
+    assert items[ids[0]].status == ItemStatus.FAILED
+    assert items[ids[0]].error == "classification was started 3 times without finishing; the image is not retried"
+    assert [items[i].status for i in ids[1:]] == [ItemStatus.DONE, ItemStatus.DONE]
+    assert [items[i].attempts for i in ids] == [4, 1, 1]
+
+
+def test_a_retried_transient_error_gives_its_start_back(service_env: ServiceEnv) -> None:
+    chunks = _job(service_env, 2)
+    ((job_id, ids),) = chunks.sent
+    with service_env.session() as session:
+        session.exec(update(JobItem).where(col(JobItem.id).in_(ids)).values(attempts=1))  # type: ignore[call-overload]
+        session.commit()
+        assert release_items(session, item_ids=ids) == 2
+        assert release_items(session, item_ids=ids) == 0  # never below zero
+        attempts = session.exec(select(JobItem.attempts).where(JobItem.job_id == job_id)).all()
+    assert attempts == [0, 0]

@@ -45,8 +45,10 @@ def _assert_one_result_each(svc: ServiceEnv, st: PrivateStack, job_id: str, n: i
         items = session.exec(select(JobItem).where(col(JobItem.job_id) == job_id)).all()
     assert sorted(per_position) == [(p, 1) for p in range(n)]
     assert all(i.status == ItemStatus.DONE and i.prediction in ("real", "fake") for i in items)
-    # Each result was written by one task run, though a chunk may have run more than once.
-    assert {i.attempts for i in items} == {1}
+    # No run died, so no start counts toward the poison limit beyond the one that finished (a run cut short
+    # by the outage gave its start back, or its retry did not count one; a start the outage kept from
+    # being counted leaves 0).
+    assert {i.attempts for i in items} <= {0, 1}
 
 
 def test_redis_restarted_without_its_data_mid_job(service_env: ServiceEnv) -> None:

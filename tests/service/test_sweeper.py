@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import update
 from sqlmodel import col, select
-from stackfixtures import ServiceStack, png_bytes
+from stackfixtures import ServiceEnv, ServiceStack, png_bytes
 
 from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, utcnow
 from fakescope.detector import Detector
@@ -138,3 +138,28 @@ def test_a_job_whose_upload_request_died_is_closed_with_the_images_it_has(servic
     assert report.abandoned_uploads >= 1
     assert (job.state, job.total) == (JobState.PARTIALLY_SUCCEEDED, 3)
     assert job.error == "the upload request ended before all of its images were stored"
+
+
+def test_the_deadline_runs_from_the_last_start(service_env: ServiceEnv) -> None:
+    # A long backlog: both chunks were sent long ago, but a worker started one a moment ago. Only the
+    # other is overdue; re-sending the started one would duplicate work in hand.
+    with service_env.session() as session:
+        tenant, _ = create_api_key(session, tenant_name=f"sweep-{uuid.uuid4().hex[:6]}")
+        inputs = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in (1, 2, 3, 4)]
+        job, _ = svc.create_job(session, service_env.store, _lost, tenant_id=tenant.id, inputs=inputs)
+        ids = session.exec(select(JobItem.id).where(JobItem.job_id == job.id).order_by(col(JobItem.position))).all()
+        session.exec(  # type: ignore[call-overload]
+            update(JobItem).where(col(JobItem.job_id) == job.id).values(enqueued_at=utcnow() - timedelta(seconds=1000))
+        )
+        session.exec(  # type: ignore[call-overload]
+            update(JobItem).where(col(JobItem.id).in_(ids[:2])).values(started_at=utcnow())
+        )
+        session.commit()
+        sent: list[uuid.UUID] = []
+        sweep(
+            session,
+            enqueue_classify=lambda _j, item_ids: sent.extend(item_ids) or 1,
+            enqueue_explain=_lost,
+            deadline_s=100,
+        )
+    assert sorted(sent) == sorted(ids[2:])

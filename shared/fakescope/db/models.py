@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import StringConstraints
-from sqlalchemy import JSON, Column, DateTime, UniqueConstraint
+from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 __all__ = [
@@ -130,7 +130,15 @@ class JobCreate(JobBase):
 
 class Job(JobBase, table=True):
     __tablename__ = "jobs"
-    __table_args__ = (UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency"),)
+    __table_args__ = (
+        UniqueConstraint("tenant_id", "idempotency_key", name="uq_jobs_tenant_idempotency"),
+        Index(
+            "ix_jobs_callback_pending",
+            "callback_status",
+            postgresql_where=text("callback_status = 'pending'"),
+            sqlite_where=text("callback_status = 'pending'"),
+        ),
+    )
 
     id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
     tenant_id: uuid.UUID = Field(foreign_key="tenants.id", index=True, ondelete="CASCADE")
@@ -138,7 +146,10 @@ class Job(JobBase, table=True):
     idempotency_key: str | None = Field(default=None, max_length=255)
     total: int = 0
     error: str | None = None
+    # "pending" while the webhook waits in the outbox (fakescope.service.webhooks), then the outcome.
     callback_status: str | None = Field(default=None, max_length=255)
+    # When the pending webhook was last handed to the webhooks queue: the sweeper re-sends from it.
+    callback_sent_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     started_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
     finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
@@ -163,6 +174,9 @@ class JobPublic(JobBase):
     started_at: datetime | None
     finished_at: datetime | None
     error: str | None = None
+    # The webhook's delivery: "pending" while it waits in the outbox, then the last attempt's outcome
+    # ("HTTP 204", "error: ...", "refused: ..."); None without a callback_url.
+    callback_status: str | None = None
 
 
 class JobsPublic(SQLModel):

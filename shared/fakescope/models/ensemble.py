@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -73,7 +73,7 @@ class FreqNetEnsemble(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.members = nn.ModuleList(FreqNetResNet(c) for c in cfg.members)
-        self.num_features = sum(m.num_features for m in self.members)  # type: ignore[misc]
+        self.num_features = sum(m.num_features for m in self.nets())
         self.cam_target = nn.Identity()
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.head_drop = nn.Identity()
@@ -93,16 +93,20 @@ class FreqNetEnsemble(nn.Module):
         ens.sync_head()
         return ens
 
+    def nets(self) -> list[FreqNetResNet]:
+        """The members, typed."""
+        return [cast(FreqNetResNet, m) for m in self.members]
+
     @torch.no_grad()
     def sync_head(self) -> None:
         """Sets ``head`` to the members' heads side by side, scaled by their weights."""
-        self.head.weight.copy_(
-            torch.cat([w * m.head.weight for w, m in zip(self.cfg.weights, self.members, strict=True)], dim=1)
-        )
-        self.head.bias.copy_(sum(w * m.head.bias for w, m in zip(self.cfg.weights, self.members, strict=True)))
+        heads = [m.head for m in self.nets()]
+        weights = self.cfg.weights
+        self.head.weight.copy_(torch.cat([w * h.weight for w, h in zip(weights, heads, strict=True)], dim=1))
+        self.head.bias.copy_(torch.stack([w * h.bias for w, h in zip(weights, heads, strict=True)]).sum(0))
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        maps = [m.forward_features(x) for m in self.members]
+        maps = [m.forward_features(x) for m in self.nets()]
         h = max(f.shape[-2] for f in maps)
         w = max(f.shape[-1] for f in maps)
         grown = []

@@ -33,6 +33,7 @@ from fakescope.db.models import (
     utcnow,
 )
 from fakescope.imageio import ARCHIVE_SUFFIXES, DEFAULT_MAX_BYTES, ImageError, InputItem, iter_inputs
+from fakescope.service import webhooks
 from fakescope.storage import ObjectStore, original_key
 from fakescope.taskformat import TaskEntry
 
@@ -50,7 +51,6 @@ __all__ = [
     "list_failures",
     "list_jobs",
     "list_results",
-    "notify",
     "start_job",
     "task_entries",
 ]
@@ -250,9 +250,13 @@ def create_job(
                 n_rows, n_queued = n_rows + len(rows), n_queued + len(queued)
         if not n_rows:
             job.state, job.error, job.finished_at = JobState.FAILED, "no images in the upload", utcnow()
+            if job.callback_url:  # finished here, not by finalize_if_done: the outbox row is written here too
+                job.callback_status, job.callback_sent_at = webhooks.PENDING, utcnow()
         job.total = n_rows
         session.add(job)
         session.commit()
+        if not n_rows and job.callback_url:
+            webhooks.announce(job_id)
     except BaseException:
         # The request fails (a broker or object store outage mid-upload): it was not accepted, so nothing of it
         # stays. Chunks already sent find their job gone and do nothing; a retry with the same
@@ -401,6 +405,7 @@ def job_public(session: Session, job: Job, status_url: str) -> JobPublic:
         started_at=_aware(job.started_at),
         finished_at=_aware(job.finished_at),
         error=job.error,
+        callback_status=job.callback_status,
     )
 
 
@@ -464,14 +469,25 @@ def cancel_job(session: Session, *, job: Job) -> Job:
         .values(explain_status=ExplainStatus.NONE)
     )
     finished = [s.value for s in JobState if s.finished]
-    session.exec(
+    res = session.exec(
         update(Job)
         .where(col(Job.id) == job.id, col(Job.state).not_in(finished))
-        .values(state=JobState.CANCELLED, finished_at=utcnow())
+        .values(state=JobState.CANCELLED, finished_at=utcnow(), **_outbox_values())
     )
     session.commit()
     session.refresh(job)
+    if res.rowcount == 1 and job.callback_url:
+        webhooks.announce(job.id)
     return job
+
+
+def _outbox_values() -> dict[str, object]:
+    """The columns that put a finishing job's webhook in the outbox, in the statement that finishes it."""
+    has_callback = col(Job.callback_url).is_not(None)
+    return {
+        "callback_status": case((has_callback, webhooks.PENDING), else_=col(Job.callback_status)),
+        "callback_sent_at": case((has_callback, utcnow()), else_=col(Job.callback_sent_at)),
+    }
 
 
 def finalize_if_done(session: Session, *, job_id: uuid.UUID) -> Job | None:
@@ -517,6 +533,7 @@ def finalize_if_done(session: Session, *, job_id: uuid.UUID) -> Job | None:
             if state == JobState.SUCCEEDED
             else state,
             finished_at=utcnow(),
+            **_outbox_values(),
         )
     )
     session.commit()
@@ -529,35 +546,9 @@ def finalize_if_done(session: Session, *, job_id: uuid.UUID) -> Job | None:
     return job
 
 
-def notify(session: Session, *, job: Job) -> str | None:
-    """Delivers the job's finished (or cancelled) webhook, signed and retried; None without a callback_url."""
-    if not job.callback_url:
-        return None
-    from fakescope.service.webhooks import deliver
-    from fakescope.settings import get_settings
-
-    payload = {
-        "job_id": str(job.id),
-        "state": job.state,
-        "counts": job_counts(session, job_id=job.id).model_dump(),
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-    }
-    cfg = get_settings()
-    return deliver(
-        session,
-        job=job,
-        payload=payload,
-        allowed_networks=cfg.callback_allowed_networks,
-        allowed_ports=cfg.callback_allowed_ports,
-        timeout_s=cfg.callback_timeout_s,
-        attempts=cfg.callback_attempts,
-        backoff_s=cfg.callback_backoff_s,
-    )
-
-
 def finish(session: Session, *, job_id: uuid.UUID) -> Job | None:
-    """Finalizes the job if this was its last work, and then POSTs to its ``callback_url``."""
+    """Finalizes the job if this was its last work; its webhook, if any, goes to the webhooks queue."""
     job = finalize_if_done(session, job_id=job_id)
-    if job is not None:
-        notify(session, job=job)
+    if job is not None and job.callback_url:
+        webhooks.announce(job.id)
     return job

@@ -28,7 +28,7 @@ from fakescope.storage import ObjectNotFound, ObjectStore, ObjectTooLarge, overl
 if TYPE_CHECKING:
     from fakescope.detector import Detector
 
-__all__ = ["cached_results", "classify_chunk", "explain_chunk", "fail_items", "store_input"]
+__all__ = ["cached_results", "classify_chunk", "explain_chunk", "fail_items", "release_items", "store_input"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,8 +118,14 @@ def classify_chunk(
     item_ids: Sequence[str | uuid.UUID],
     enqueue_explain: Enqueue | None = None,
     batch_size: int = 64,
+    max_deliveries: int = 3,
+    count_start: bool = True,
 ) -> int:
-    """Classifies the chunk's queued items, stores overlays and results; returns how many it wrote."""
+    """Classifies the chunk's queued items, stores overlays and results; returns how many it wrote.
+
+    An item started more than ``max_deliveries`` times fails with that reason instead (poison work).
+    ``count_start=False``: this run's start is already counted (a retry whose give-back failed).
+    """
     jid = uuid.UUID(str(job_id))
     ids = _uuids(item_ids)
     session.exec(
@@ -132,12 +138,36 @@ def classify_chunk(
     if job is None:
         logger.warning("job %s is gone; dropping %s items", jid, len(ids))
         return 0
+    started = utcnow()
+    # Counted before any work: an image that kills the worker (a decoder crash, the OOM killer) is
+    # redelivered with its count already raised, and past max_deliveries it fails with that reason
+    # instead of taking down every worker it reaches. The start time is the sweeper's clock too.
+    session.exec(
+        update(JobItem)
+        .where(col(JobItem.id).in_(ids), col(JobItem.status) == ItemStatus.QUEUED)
+        .values(attempts=col(JobItem.attempts) + int(count_start), started_at=started)
+    )
+    poisoned = session.exec(
+        update(JobItem)
+        .where(
+            col(JobItem.id).in_(ids),
+            col(JobItem.status) == ItemStatus.QUEUED,
+            col(JobItem.attempts) > max_deliveries,
+        )
+        .values(
+            status=ItemStatus.FAILED,
+            error=f"classification was started {max_deliveries} times without finishing; the image is not retried",
+            finished_at=utcnow(),
+        )
+    ).rowcount
+    session.commit()
+    if poisoned:
+        logger.error("job %s: %s items failed after %s deliveries", jid, poisoned, max_deliveries)
     items = session.exec(
         select(JobItem)
         .where(col(JobItem.id).in_(ids), JobItem.status == ItemStatus.QUEUED)
         .order_by(col(JobItem.position))
     ).all()
-    started = utcnow()
     hits = cached_results(
         session,
         tenant_id=job.tenant_id,
@@ -166,7 +196,6 @@ def classify_chunk(
             "started_at": started,
             "finished_at": utcnow(),
             "duration_ms": 0.0,
-            "attempts": it.attempts + 1,
             "explain_status": _explain_status(job, hit.prediction),
             "enqueued_at": utcnow(),
         }))  # fmt: skip
@@ -181,7 +210,6 @@ def classify_chunk(
                 "finished_at": utcnow(),
                 "duration_ms": (time.perf_counter() - t0) * 1000.0,
                 "model_version": detector.model_version,
-                "attempts": it.attempts + 1,
             }
             t0 = time.perf_counter()
             if res.error is not None:
@@ -277,6 +305,22 @@ def explain_chunk(
             FAILURES.labels(pool(), failure_reason(r.error)).inc()
     finish(session, job_id=jid)
     return written
+
+
+def release_items(session: Session, *, item_ids: Sequence[str | uuid.UUID]) -> int:
+    """Gives back the start a delivery counted (see ``classify_chunk``) when it ends in a transient
+    error it will retry: only deliveries that died count toward ``max_deliveries``."""
+    res = session.exec(
+        update(JobItem)
+        .where(
+            col(JobItem.id).in_(_uuids(item_ids)),
+            col(JobItem.status) == ItemStatus.QUEUED,
+            col(JobItem.attempts) > 0,
+        )
+        .values(attempts=col(JobItem.attempts) - 1)
+    )
+    session.commit()
+    return res.rowcount
 
 
 def fail_items(

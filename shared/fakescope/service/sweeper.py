@@ -8,7 +8,9 @@ the database, which is the record of what is owed:
 - items still ``queued`` whose classify message was sent more than ``deadline`` ago are enqueued again;
 - classified items still waiting for an explanation past the deadline likewise, on the explain queue;
 - jobs whose items are all finished but that were never closed (a worker died right after its last
-  write) are finished, which also sends their callback.
+  write) are finished, which also sends their callback;
+- webhooks still pending in the outbox ``redeliver_after_s`` after they were last handed to the
+  webhooks queue (a lost message, a broker outage, a webhooks pool that was down) are sent again.
 
 Re-sending is safe: tasks only touch items still waiting, so a duplicate finds nothing to do. Each
 item is claimed by moving its ``enqueued_at`` forward in a conditional update, so two sweepers never
@@ -30,6 +32,7 @@ from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, utcnow
+from fakescope.service import webhooks
 from fakescope.service.jobs import finish
 
 __all__ = ["SweepReport", "main", "run", "sweep"]
@@ -46,6 +49,7 @@ class SweepReport:
     explain: int = 0
     finished_jobs: int = 0
     abandoned_uploads: int = 0
+    webhooks: int = 0
 
 
 def _claim(session: Session, where: Sequence, cutoff: object, limit: int) -> dict[uuid.UUID, list[uuid.UUID]]:
@@ -81,11 +85,19 @@ def sweep(
     deadline_s: float,
     upload_timeout_s: float = 3600,
     limit: int = 10_000,
+    enqueue_webhook: Callable[[uuid.UUID], object] | None = None,
+    redeliver_after_s: float = 300,
 ) -> SweepReport:
     """One round: re-enqueues overdue work and finishes jobs that have nothing left; returns the counts."""
     cutoff = utcnow() - timedelta(seconds=deadline_s)
     report = SweepReport()
-    for job_id, ids in _claim(session, [col(JobItem.status) == ItemStatus.QUEUED], cutoff, limit).items():
+    # From the last start, not only the last send: a chunk a worker started recently is in hand, however
+    # long it waited in the queue before that.
+    queued = [
+        col(JobItem.status) == ItemStatus.QUEUED,
+        col(JobItem.started_at).is_(None) | (col(JobItem.started_at) < cutoff),
+    ]
+    for job_id, ids in _claim(session, queued, cutoff, limit).items():
         enqueue_classify(job_id, ids)
         report.classify += len(ids)
         logger.warning(
@@ -123,7 +135,29 @@ def sweep(
     for job_id in stale:
         if finish(session, job_id=job_id) is not None:
             report.finished_jobs += 1
+    if enqueue_webhook is not None:
+        report.webhooks += _resend_webhooks(session, enqueue_webhook, redeliver_after_s, limit)
     return report
+
+
+def _resend_webhooks(
+    session: Session, enqueue_webhook: Callable[[uuid.UUID], object], after_s: float, limit: int
+) -> int:
+    """Claims (moves ``callback_sent_at`` to now) and re-sends pending webhooks sent over ``after_s`` ago."""
+    cutoff = utcnow() - timedelta(seconds=after_s)
+    overdue = (col(Job.callback_sent_at) < cutoff) | col(Job.callback_sent_at).is_(None)
+    where = [col(Job.callback_status) == webhooks.PENDING, overdue]
+    candidates = session.exec(select(Job.id).where(*where).limit(limit)).all()
+    if not candidates:
+        return 0
+    claimed = session.exec(
+        update(Job).where(col(Job.id).in_(candidates), *where).values(callback_sent_at=utcnow()).returning(col(Job.id))
+    ).all()
+    session.commit()
+    for (job_id,) in claimed:
+        logger.warning("sweeper: job %s: webhook still pending after %ss; sent again", job_id, after_s)
+        enqueue_webhook(job_id)
+    return len(claimed)
 
 
 def run(every_s: float | None = None, once: bool = False) -> int:
@@ -135,6 +169,7 @@ def run(every_s: float | None = None, once: bool = False) -> int:
     cfg = get_settings()
     app = make_celery(cfg)
     enqueuer = Enqueuer(app, cfg)
+    webhooks.set_sender(enqueuer.webhook)
     engine = get_engine(cfg.sqlalchemy_url)
     while True:
         try:
@@ -145,6 +180,8 @@ def run(every_s: float | None = None, once: bool = False) -> int:
                     enqueue_explain=enqueuer.explain,
                     deadline_s=cfg.sweep_after,
                     upload_timeout_s=cfg.upload_timeout_s,
+                    enqueue_webhook=enqueuer.webhook,
+                    redeliver_after_s=cfg.callback_redeliver_after_s,
                 )
             logger.info("sweep: %s", rep)
         except Exception:

@@ -1,42 +1,82 @@
-"""Job-completion webhooks: restricted destinations, HMAC-SHA256 signatures, retries, a delivery log.
+"""Job-completion webhooks: an outbox, a pool of their own, pinned destinations, two signatures.
+
+Delivery never runs on a request or a classify worker. The statement that finishes (or cancels) a job
+also marks its webhook ``pending`` (the outbox: the state change and the promise to tell the receiver
+commit together); the process that finished it then asks the ``webhooks`` queue to deliver it
+(:func:`announce`), and the sweeper re-sends any still pending after ``callback_redeliver_after_s``
+(a lost message, a broker outage). A webhooks worker makes one attempt per task: connect, send and
+read are each bounded by ``callback_timeout_s``, the response body is read to at most
+``callback_max_response_bytes`` and dropped, and a retry is a new task after a backoff, not a sleep.
 
 Each tenant has a secret (``GET /v1/webhook-secret``). A delivery is a POST of a JSON body with
 
-- ``X-Fakescope-Event: job.finished`` and ``X-Fakescope-Delivery: <uuid>`` (the same on every retry);
-- ``X-Fakescope-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``.
+- Standard Webhooks headers (standardwebhooks.com): ``webhook-id`` (the same on every attempt and
+  re-send of a job's webhook, for deduplication), ``webhook-timestamp`` and
+  ``webhook-signature: v1,<base64 HMAC-SHA256(key, "<id>.<timestamp>." + body)>``, where the key is
+  the secret's bytes (``standard_secret`` in the API gives it as ``whsec_<base64>`` for the
+  Standard Webhooks libraries);
+- the older ``X-Fakescope-Signature: t=<unix seconds>,v1=<hex HMAC-SHA256(secret, "<t>." + body)>``
+  with ``X-Fakescope-Event`` and ``X-Fakescope-Delivery``.
 
-A receiver recomputes the HMAC over the timestamp and the raw body with :func:`verify_signature` and
-rejects old timestamps, which stops replays. Destinations must be http(s) and, unless their network is
-listed in ``FAKESCOPE_CALLBACK_ALLOWED_NETWORKS``, must not be loopback, private, link-local (cloud
-metadata), multicast or reserved addresses: checked when a job is submitted and again, after DNS,
-when it is delivered. Every attempt is logged in ``webhook_deliveries`` and listed by
-``GET /v1/jobs/{id}/deliveries``.
+Destinations must be http(s) and, unless their network is listed in ``FAKESCOPE_CALLBACK_ALLOWED_NETWORKS``,
+must not be loopback, private, link-local (cloud metadata), multicast or reserved addresses: checked when
+a job is submitted and again, after DNS, at every attempt; the attempt then connects to the address it
+checked (the Host header and TLS name stay the URL's), so a second DNS answer cannot redirect it (DNS
+rebinding). Every attempt is logged in ``webhook_deliveries`` and listed by ``GET /v1/jobs/{id}/deliveries``.
 """
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import ipaddress
 import json
 import logging
+import random
 import socket
 import time
 import uuid
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import httpx
-from sqlmodel import Session
+from sqlalchemy import func, update
+from sqlmodel import Session, col, select
 
 from fakescope.db.models import Job, Tenant, WebhookDelivery
 
-__all__ = ["CallbackURLError", "check_callback_url", "deliver", "sign", "verify_signature"]
+if TYPE_CHECKING:
+    from fakescope.settings import Settings
+
+__all__ = [
+    "PENDING",
+    "Attempt",
+    "CallbackURLError",
+    "Target",
+    "announce",
+    "attempt_delivery",
+    "check_callback_url",
+    "delivery_id",
+    "post_pinned",
+    "resolve_callback",
+    "set_sender",
+    "sign",
+    "standard_secret",
+    "standard_signature",
+    "verify_signature",
+    "verify_standard_signature",
+]
 
 logger = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Fakescope-Signature"
+EVENT = "job.finished"
+# jobs.callback_status while the webhook waits in the outbox; afterwards the last attempt's outcome.
+PENDING = "pending"
+_DELIVERY_NAMESPACE = uuid.UUID("6f1d1c9e-8a55-4f8e-9d0e-4b2a3c1f7e21")
 
 
 class CallbackURLError(ValueError):
@@ -70,14 +110,28 @@ def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 DEFAULT_PORTS = (80, 443)
 
 
-def check_callback_url(
+@dataclass(frozen=True)
+class Target:
+    """A checked callback URL: where to connect (``addresses``, all of them allowed) and what to ask for."""
+
+    url: str
+    scheme: str
+    host: str
+    port: int
+    explicit_port: bool
+    target: str  # path and query
+    addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
+
+
+def resolve_callback(
     url: str, allowed_networks: Sequence[str] = (), resolve: bool = True, allowed_ports: Sequence[int] = DEFAULT_PORTS
-) -> str:
-    """``url`` if fakescope may POST to it, else :class:`CallbackURLError` saying why.
+) -> Target:
+    """The :class:`Target` of ``url`` if fakescope may POST to it, else :class:`CallbackURLError` saying why.
 
     Every address the host resolves to must be globally routable or inside ``allowed_networks``;
     the port must be one of ``allowed_ports`` unless every address is inside ``allowed_networks``
-    (an operator who allows an internal receiver decides its port too).
+    (an operator who allows an internal receiver decides its port too). ``resolve=False`` skips the
+    DNS lookup (a name is then not checked and has no addresses).
     """
     try:
         parts = urlsplit(url)
@@ -94,16 +148,18 @@ def check_callback_url(
     if len(host) > 253 or any(not 0 < len(label) <= 63 for label in host.rstrip(".").split(".")):
         raise CallbackURLError("callback_url host is not a valid name")
     networks = _parse_networks(allowed_networks)
+    effective_port = port or (443 if parts.scheme == "https" else 80)
+    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     try:
         addresses = [ipaddress.ip_address(host)]
     except ValueError:
         if not resolve:
-            return url
+            return Target(url, parts.scheme, host, effective_port, port is not None, target, ())
         try:
-            infos = socket.getaddrinfo(host, port or (443 if parts.scheme == "https" else 80))
+            infos = socket.getaddrinfo(host, effective_port, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError) as e:
             raise CallbackURLError(f"callback_url host does not resolve: {host}") from e
-        addresses = [ipaddress.ip_address(info[4][0]) for info in infos]
+        addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
     inside = [any(ip in n for n in networks) for ip in addresses]
     for ip, ok in zip(addresses, inside, strict=True):
         if not ok and not _public(ip):
@@ -111,7 +167,49 @@ def check_callback_url(
     if port is not None and port not in allowed_ports and not all(inside):
         allowed = ", ".join(str(p) for p in allowed_ports)
         raise CallbackURLError(f"callback_url port {port} is not allowed (allowed: {allowed})")
+    return Target(url, parts.scheme, host, effective_port, port is not None, target, tuple(addresses))
+
+
+def check_callback_url(
+    url: str, allowed_networks: Sequence[str] = (), resolve: bool = True, allowed_ports: Sequence[int] = DEFAULT_PORTS
+) -> str:
+    """``url`` if fakescope may POST to it (see :func:`resolve_callback`), else :class:`CallbackURLError`."""
+    resolve_callback(url, allowed_networks, resolve=resolve, allowed_ports=allowed_ports)
     return url
+
+
+def post_pinned(
+    target: Target, body: bytes, headers: Mapping[str, str], *, timeout_s: float, max_response_bytes: int
+) -> int:
+    """POSTs ``body`` to the first checked address of ``target`` and returns the status code.
+
+    The URL's host is kept in the Host header and as the TLS server name (certificates are verified
+    against it), but the socket goes to the address that was checked. No redirects, no proxies from
+    the environment; at most ``max_response_bytes`` of the response body are read.
+    """
+    if not target.addresses:
+        raise CallbackURLError("callback_url host was not resolved")
+    ip = target.addresses[0]
+    netloc = f"[{ip}]" if ip.version == 6 else str(ip)
+    host_header = target.host if not target.explicit_port else f"{target.host}:{target.port}"
+    if ":" in target.host and not target.host.startswith("["):
+        host_header = f"[{target.host}]" + (f":{target.port}" if target.explicit_port else "")
+    url = f"{target.scheme}://{netloc}:{target.port}{target.target}"
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    with httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as client:
+        request = client.build_request(
+            "POST", url, content=body, headers={**headers, "Host": host_header}, extensions=extensions
+        )
+        response = client.send(request, stream=True)
+        try:
+            read = 0
+            for chunk in response.iter_raw():
+                read += len(chunk)
+                if read >= max_response_bytes:
+                    break
+        finally:
+            response.close()
+        return response.status_code
 
 
 def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
@@ -133,72 +231,142 @@ def verify_signature(secret: str, body: bytes, header: str, tolerance_s: int = 3
     return hmac.compare_digest(expected, fields.get("v1", ""))
 
 
-def deliver(
-    session: Session,
-    *,
-    job: Job,
-    payload: dict[str, Any],
-    allowed_networks: Sequence[str] = (),
-    allowed_ports: Sequence[int] = DEFAULT_PORTS,
-    timeout_s: float = 10.0,
-    attempts: int = 3,
-    backoff_s: float = 1.0,
-) -> str:
-    """POSTs ``payload`` to the job's callback URL, signed, retrying network errors and 5xx with backoff.
+def standard_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
+    """The Standard Webhooks ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256>``."""
+    mac = hmac.new(secret.encode(), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
+    return "v1," + base64.b64encode(mac).decode()
 
-    Returns the outcome (``HTTP 204``, ``error: ...``), also kept in ``jobs.callback_status``.
+
+def standard_secret(secret: str) -> str:
+    """The tenant secret as the Standard Webhooks libraries take it: ``whsec_`` + base64 of its bytes."""
+    return "whsec_" + base64.b64encode(secret.encode()).decode()
+
+
+def verify_standard_signature(secret: str, body: bytes, headers: Mapping[str, str], tolerance_s: int = 300) -> bool:
+    """Whether Standard Webhooks ``headers`` sign ``body`` with ``secret`` and are fresh (receivers use this)."""
+    lower = {k.lower(): v for k, v in headers.items()}
+    try:
+        msg_id, t = lower["webhook-id"], int(lower["webhook-timestamp"])
+    except (KeyError, ValueError):
+        return False
+    if abs(time.time() - t) > tolerance_s:
+        return False
+    expected = standard_signature(secret, msg_id, t, body)
+    return any(hmac.compare_digest(expected, sig) for sig in lower.get("webhook-signature", "").split())
+
+
+def delivery_id(job_id: uuid.UUID) -> uuid.UUID:
+    """The id every attempt and re-send of a job's webhook carries: receivers deduplicate on it."""
+    return uuid.uuid5(_DELIVERY_NAMESPACE, f"{job_id}/{EVENT}")
+
+
+_sender: Callable[[uuid.UUID], object] | None = None
+
+
+def set_sender(sender: Callable[[uuid.UUID], object] | None) -> None:
+    """How this process hands a pending webhook to the webhooks queue (each process sets it at start:
+    the API, the workers and the sweeper send through their Celery app)."""
+    global _sender
+    _sender = sender
+
+
+def announce(job_id: uuid.UUID) -> None:
+    """Asks the webhooks pool to deliver ``job_id``'s pending webhook now. Without a sender, or when
+    the broker refuses, the webhook stays pending and the sweeper sends it later."""
+    if _sender is None:
+        return
+    try:
+        _sender(job_id)
+    except Exception as e:  # the outbox row is committed: the sweeper's re-send covers this
+        logger.warning("could not enqueue the webhook of job %s (the sweeper will): %s", job_id, e)
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One delivery attempt's outcome, and seconds until the next attempt (None: no more)."""
+
+    outcome: str
+    retry_in: float | None
+
+
+def attempt_delivery(session: Session, *, job_id: uuid.UUID, settings: Settings) -> Attempt | None:
+    """One attempt at delivering the job's pending webhook, logged; None when nothing is pending.
+
+    The attempt number is counted from the delivery log, so re-sent and retried tasks share the budget
+    of ``callback_attempts``. The last attempt (a 2xx-4xx other than 429, a refused destination, or
+    the budget spent) writes its outcome to ``jobs.callback_status``, conditional on it still being
+    pending, so a concurrent second task cannot overwrite it.
     """
-    assert job.callback_url
+    from fakescope.service.jobs import job_counts
+
+    job = session.get(Job, job_id)
+    if job is None or not job.callback_url or job.callback_status != PENDING:
+        return None
+    attempt = 1 + session.exec(select(func.count()).where(col(WebhookDelivery.job_id) == job.id)).one()
     tenant = session.get(Tenant, job.tenant_id)
     secret = tenant.webhook_secret if tenant is not None else ""
+    payload: dict[str, Any] = {
+        "type": EVENT,
+        "job_id": str(job.id),
+        "state": job.state,
+        "counts": job_counts(session, job_id=job.id).model_dump(),
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
     body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
-    delivery_id = uuid.uuid4()
-    status = "not sent"
-    for attempt in range(1, attempts + 1):
-        t0 = time.perf_counter()
-        code: int | None = None
-        try:
-            # Again: DNS may have changed since the job was submitted.
-            check_callback_url(job.callback_url, allowed_networks, allowed_ports=allowed_ports)
-            resp = httpx.post(
-                job.callback_url,
-                content=body,
-                timeout=timeout_s,
-                follow_redirects=False,
-                headers={
-                    "Content-Type": "application/json",
-                    "User-Agent": "fakescope-webhooks/1",
-                    "X-Fakescope-Event": "job.finished",
-                    "X-Fakescope-Delivery": str(delivery_id),
-                    SIGNATURE_HEADER: sign(secret, body),
-                },
-            )
-            code = resp.status_code
-            status = f"HTTP {code}"
-        except CallbackURLError as e:
-            status = f"refused: {e}"
-        except httpx.HTTPError as e:
-            status = f"error: {type(e).__name__}: {e}"
-        session.add(
-            WebhookDelivery(
-                delivery_id=delivery_id,
-                job_id=job.id,
-                tenant_id=job.tenant_id,
-                url=job.callback_url,
-                event="job.finished",
-                attempt=attempt,
-                status_code=code,
-                outcome=status[:255],
-                duration_ms=(time.perf_counter() - t0) * 1000.0,
-            )
+    did = str(delivery_id(job.id))
+    now = int(time.time())
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "fakescope-webhooks/2",
+        "webhook-id": did,
+        "webhook-timestamp": str(now),
+        "webhook-signature": standard_signature(secret, did, now, body),
+        "X-Fakescope-Event": EVENT,
+        "X-Fakescope-Delivery": did,
+        SIGNATURE_HEADER: sign(secret, body, now),
+    }
+    t0 = time.perf_counter()
+    code: int | None = None
+    refused = False
+    try:
+        target = resolve_callback(
+            job.callback_url, settings.callback_allowed_networks, allowed_ports=settings.callback_allowed_ports
         )
-        session.commit()
-        if (code is not None and code < 500) or status.startswith("refused"):
-            break
-        logger.warning("webhook for job %s, attempt %s of %s: %s", job.id, attempt, attempts, status)
-        if attempt < attempts:
-            time.sleep(backoff_s * 2 ** (attempt - 1))
-    job.callback_status = status[:255]
-    session.add(job)
+        code = post_pinned(
+            target,
+            body,
+            headers,
+            timeout_s=settings.callback_timeout_s,
+            max_response_bytes=settings.callback_max_response_bytes,
+        )
+        status = f"HTTP {code}"
+    except CallbackURLError as e:
+        status, refused = f"refused: {e}", True
+    except httpx.HTTPError as e:
+        status = f"error: {type(e).__name__}: {e}"
+    session.add(
+        WebhookDelivery(
+            delivery_id=uuid.UUID(did),
+            job_id=job.id,
+            tenant_id=job.tenant_id,
+            url=job.callback_url,
+            event=EVENT,
+            attempt=attempt,
+            status_code=code,
+            outcome=status[:255],
+            duration_ms=(time.perf_counter() - t0) * 1000.0,
+        )
+    )
     session.commit()
-    return status
+    retryable = not refused and (code is None or code >= 500 or code == 429)
+    if retryable and attempt < settings.callback_attempts:
+        logger.warning("webhook for job %s, attempt %s of %s: %s", job.id, attempt, settings.callback_attempts, status)
+        # Exponential backoff with up to 25% jitter, so receivers coming back are not hit in lockstep.
+        return Attempt(status, settings.callback_backoff_s * 2 ** (attempt - 1) * (1 + 0.25 * random.random()))
+    session.exec(
+        update(Job)
+        .where(col(Job.id) == job.id, col(Job.callback_status) == PENDING)
+        .values(callback_status=status[:255])
+    )
+    session.commit()
+    return Attempt(status, None)
