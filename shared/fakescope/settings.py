@@ -99,6 +99,10 @@ class Settings(BaseSettings):
     metrics_host: str = "0.0.0.0"
     log_format: Literal["json", "text"] = "json"
     flower_basic_auth: str | None = None
+    internal_token: str | None = Field(
+        None,
+        description="bearer token for /metrics and /readyz's details; unset: only loopback clients get them",
+    )
 
     @field_validator("callback_allowed_networks", mode="before")
     @classmethod

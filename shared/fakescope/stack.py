@@ -9,6 +9,7 @@ folder for objects, the filesystem broker), so a newcomer can try the API at onc
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import secrets
@@ -119,6 +120,26 @@ class Stack:
             self.stop(name)
 
 
+def local_secrets(data_dir: Path) -> dict[str, str]:
+    """The secrets of a ``fakescope serve`` data folder, made on first use and kept (mode 0600) in
+    ``secrets.json``: the key that signs local object URLs and Flower's basic-auth credentials. No
+    default secret is ever shared between two installations."""
+    path = data_dir / "secrets.json"
+    stored: dict[str, str] = json.loads(path.read_text()) if path.is_file() else {}
+    wanted = {
+        "FAKESCOPE_SECRET_KEY": lambda: secrets.token_urlsafe(32),
+        "FAKESCOPE_FLOWER_BASIC_AUTH": lambda: "admin:" + secrets.token_urlsafe(12),
+    }
+    if any(name not in stored for name in wanted):
+        stored.update({name: make() for name, make in wanted.items() if name not in stored})
+        data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.touch(mode=0o600)
+        tmp.write_text(json.dumps(stored, indent=2) + "\n")
+        tmp.replace(path)
+    return stored
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``fakescope serve``: the whole stack in the foreground."""
     p = argparse.ArgumentParser(prog="fakescope serve", description=__doc__)
@@ -144,6 +165,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"API key for this run (tenant 'default'): {env['FAKESCOPE_BOOTSTRAP_API_KEY']}", flush=True)
     data_dir = Path(env.get("FAKESCOPE_DATA_DIR", ".fakescope")).resolve()
     env["FAKESCOPE_DATA_DIR"] = str(data_dir)
+    for name, value in local_secrets(data_dir).items():
+        if not env.get(name):
+            env[name] = value
     stack = Stack(env=env, log_dir=args.log_dir or data_dir / "logs")
     stack.prestart()
     stack.start_api(args.host, args.port)
@@ -165,6 +189,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     stack.start_sweeper()
     if args.flower_port:
         stack.start_flower(args.host, args.flower_port)
+        print(
+            f"Flower on http://{args.host}:{args.flower_port} (user:password {env['FAKESCOPE_FLOWER_BASIC_AUTH']}, "
+            f"kept in {data_dir / 'secrets.json'})",
+            flush=True,
+        )
     print(f"API on http://{args.host}:{args.port}/docs, logs in {stack.log_dir}; Ctrl-C stops.", flush=True)
 
     stopping = False

@@ -123,3 +123,17 @@ def test_database_down_gives_503_with_retry_after(service_stack: ServiceStack) -
         r = httpx.post(f"{url}/v1/jobs", headers=headers, files=[("files", ("a.png", png_bytes(5), "image/png"))])
         assert r.status_code == 503, r.text
         assert httpx.get(f"{url}/readyz", timeout=60).status_code == 503
+
+
+def test_metrics_and_readiness_details_are_internal(service_stack: ServiceStack) -> None:
+    with second_api(service_stack, "api-internal", FAKESCOPE_INTERNAL_TOKEN="internal-tok-8c1e") as url:
+        assert httpx.get(f"{url}/metrics", timeout=30).status_code == 403
+        wrong = {"Authorization": "Bearer internal-tok-xxxx"}
+        assert httpx.get(f"{url}/metrics", headers=wrong, timeout=30).status_code == 403
+        token = {"Authorization": "Bearer internal-tok-8c1e"}
+        r = httpx.get(f"{url}/metrics", headers=token, timeout=30)
+        assert r.status_code == 200 and "fakescope_queue_depth" in r.text
+        # Everyone may ask whether it is ready; only an internal caller learns what each check said.
+        assert httpx.get(f"{url}/readyz", timeout=30).json() == {"status": "ready"}
+        details = httpx.get(f"{url}/readyz", headers=token, timeout=30).json()
+        assert details == {"database": "ok", "storage": "ok", "broker": "ok"}

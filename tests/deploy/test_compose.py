@@ -11,7 +11,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = ROOT / "docker-compose.yml"
-SECRET_VARS = re.compile(r"PASSWORD|SECRET|BASIC_AUTH|_KEY\b")
+SECRET_VARS = re.compile(r"PASSWORD|SECRET|BASIC_AUTH|TOKEN|_KEY\b")
 
 
 def _text() -> str:
