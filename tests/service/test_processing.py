@@ -18,7 +18,7 @@ from fakescope.imageio import InputItem
 from fakescope.service import jobs as svc
 from fakescope.service.processing import classify_chunk, release_items
 from fakescope.service.tenants import authenticate, create_api_key, hash_key
-from fakescope.storage import ObjectTooLarge
+from fakescope.storage import ObjectStore, ObjectTooLarge, StorageError
 
 
 class Chunks:
@@ -290,3 +290,72 @@ def test_a_retried_transient_error_gives_its_start_back(service_env: ServiceEnv)
         assert release_items(session, item_ids=ids) == 0  # never below zero
         attempts = session.exec(select(JobItem.attempts).where(JobItem.job_id == job_id)).all()
     assert attempts == [0, 0]
+
+
+class _FlakyStore:
+    """The session's S3 store, with ``exists`` failing from its ``fail_at``-th call on."""
+
+    def __init__(self, store: ObjectStore, fail_at: int) -> None:
+        self.store, self.fail_at, self.calls = store, fail_at, 0
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.store, name)
+
+    def exists(self, key: str) -> bool:
+        self.calls += 1
+        if self.calls >= self.fail_at:
+            raise StorageError("S3 went away")
+        return self.store.exists(key)
+
+
+def _upload_job(env: ServiceEnv, n: int) -> uuid.UUID:
+    with env.session() as session:
+        job, urls, _ = svc.create_upload_job(
+            session, env.store, tenant_id=_tenant(env), names=[f"{i}.png" for i in range(n)]
+        )
+        for item, _url in urls[:-1]:  # the last image is never uploaded
+            env.store.put(item.object_key, png_bytes(item.position))
+        return job.id
+
+
+def test_a_start_that_fails_part_way_changes_nothing(service_env: ServiceEnv) -> None:
+    job_id = _upload_job(service_env, 4)
+    chunks = Chunks()
+    with service_env.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        with pytest.raises(StorageError):
+            svc.start_job(session, _FlakyStore(service_env.store, fail_at=3), chunks, job=job)  # type: ignore[arg-type]
+        session.refresh(job)
+        assert job.state == JobState.AWAITING_UPLOAD and chunks.sent == []
+        statuses = session.exec(select(JobItem.status).where(JobItem.job_id == job_id)).all()
+        assert set(statuses) == {ItemStatus.AWAITING_UPLOAD}
+        # The client's retry starts it: three queued, the missing one failed with its reason.
+        svc.start_job(session, service_env.store, chunks, job=job)
+        assert job.state == JobState.QUEUED and len(chunks.sent[0][1]) == 3
+        errors = session.exec(select(JobItem.error).where(JobItem.job_id == job_id, JobItem.error.is_not(None))).all()  # type: ignore[union-attr]
+        assert errors == ["image was not uploaded"]
+        with pytest.raises(svc.JobStateError, match="already started"):
+            svc.start_job(session, service_env.store, chunks, job=job)
+
+
+def test_a_cancel_during_a_start_is_never_undone(service_env: ServiceEnv) -> None:
+    job_id = _upload_job(service_env, 3)
+
+    class CancelWhileChecking(_FlakyStore):
+        def exists(self, key: str) -> bool:
+            if self.calls == 0:  # another request cancels the job while this one checks the objects
+                with service_env.session() as other:
+                    svc.cancel_job(other, job=other.get(Job, job_id))  # type: ignore[arg-type]
+            self.calls += 1
+            return self.store.exists(key)
+
+    chunks = Chunks()
+    with service_env.session() as session:
+        job = session.get(Job, job_id)
+        assert job is not None
+        with pytest.raises(svc.JobStateError, match="cancelled"):
+            svc.start_job(session, CancelWhileChecking(service_env.store, 0), chunks, job=job)  # type: ignore[arg-type]
+        session.refresh(job)
+        statuses = session.exec(select(JobItem.status).where(JobItem.job_id == job_id)).all()
+    assert job.state == JobState.CANCELLED and set(statuses) == {ItemStatus.CANCELLED} and chunks.sent == []

@@ -324,26 +324,46 @@ def start_job(
     *,
     job: Job,
 ) -> Job:
-    """Queues the uploaded items of a presigned job; an item whose object is missing fails as not uploaded."""
+    """Queues the uploaded items of a presigned job; an item whose object is missing fails as not uploaded.
+
+    The objects are checked first, with nothing changed: an object-store error part-way (it propagates)
+    leaves the job awaiting its start, and a retry starts it. Then the job's claim and every item's new
+    state commit together, each conditional on the state it expects, so a cancel that landed meanwhile
+    wins and is never undone.
+    """
+    if job.state != JobState.AWAITING_UPLOAD:
+        raise JobStateError("Job already started")
+    items = session.exec(
+        select(JobItem.id, JobItem.object_key).where(
+            JobItem.job_id == job.id, JobItem.status == ItemStatus.AWAITING_UPLOAD
+        )
+    ).all()
+    with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="start") as pool:
+        present = list(pool.map(lambda row: store.exists(row[1]), items))
+    queued = [row[0] for row, ok in zip(items, present, strict=True) if ok]
+    missing = [row[0] for row, ok in zip(items, present, strict=True) if not ok]
     claimed = session.exec(
         update(Job)
         .where(col(Job.id) == job.id, col(Job.state) == JobState.AWAITING_UPLOAD)
         .values(state=JobState.QUEUED)
     )
-    session.commit()
     if claimed.rowcount != 1:
-        raise JobStateError("Job already started")
-    items = session.exec(
-        select(JobItem).where(JobItem.job_id == job.id, JobItem.status == ItemStatus.AWAITING_UPLOAD)
-    ).all()
-    queued: list[uuid.UUID] = []
-    for it in items:
-        if store.exists(it.object_key):
-            it.status, it.enqueued_at = ItemStatus.QUEUED, utcnow()
-            queued.append(it.id)
-        else:
-            it.status, it.error, it.finished_at = ItemStatus.FAILED, "image was not uploaded", utcnow()
-        session.add(it)
+        session.rollback()
+        session.refresh(job)
+        raise JobStateError("Job was cancelled" if job.state == JobState.CANCELLED else "Job already started")
+    waiting = col(JobItem.status) == ItemStatus.AWAITING_UPLOAD
+    if queued:
+        session.exec(
+            update(JobItem)
+            .where(col(JobItem.id).in_(queued), waiting)
+            .values(status=ItemStatus.QUEUED, enqueued_at=utcnow())
+        )
+    if missing:
+        session.exec(
+            update(JobItem)
+            .where(col(JobItem.id).in_(missing), waiting)
+            .values(status=ItemStatus.FAILED, error="image was not uploaded", finished_at=utcnow())
+        )
     session.commit()
     enqueue(job.id, queued)
     if not queued:
