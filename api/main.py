@@ -17,6 +17,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from api.deps import get_enqueuer
 from api.limits import BodySizeLimit
 from api.routes import health, jobs, objects, report, webhooks
+from fakescope.service.jobs import IdempotencyConflict
 from fakescope.service.webhooks import set_sender
 from fakescope.settings import get_settings
 from fakescope.storage import StorageError
@@ -61,6 +62,10 @@ def _unavailable(what: str) -> Callable[[Request, Exception], Response]:
     return handler
 
 
+def _unprocessable(request: Request, exc: Exception) -> Response:
+    return JSONResponse({"detail": str(exc)}, status_code=422)
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
         title="fakescope",
@@ -72,6 +77,7 @@ def create_app() -> FastAPI:
         app.add_exception_handler(db_down, _unavailable("the database"))
     app.add_exception_handler(StorageError, _unavailable("object storage"))
     app.add_exception_handler(BrokerError, _unavailable("the queue broker"))
+    app.add_exception_handler(IdempotencyConflict, _unprocessable)
     app.include_router(health.router)
     app.include_router(jobs.router, prefix="/v1")
     app.include_router(webhooks.router, prefix="/v1")

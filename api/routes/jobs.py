@@ -173,6 +173,15 @@ def create_job(
     _check_callback(callback_url, settings)
     with tempfile.TemporaryDirectory(prefix="fakescope-upload-") as tmp:
         inputs = svc.expand_uploads([(f.filename or "", f.file) for f in files], Path(tmp))
+        # A retry sends the same files (names and sizes) with the same options; hashing the bytes
+        # themselves would read a 2-GB body twice.
+        fingerprint = svc.request_fingerprint(
+            "jobs",
+            files=[(f.filename, f.size) for f in files],
+            explain=explain,
+            overlays=overlays,
+            callback_url=callback_url or None,
+        )
         job, created = svc.create_job(
             session,
             store,
@@ -184,6 +193,7 @@ def create_job(
             callback_url=callback_url or None,
             idempotency_key=idempotency_key,
             max_items=settings.max_items_per_job,
+            fingerprint=fingerprint,
         )
     url = _status_url(request, job.id)
     response.headers["Location"] = url

@@ -243,6 +243,28 @@ def test_idempotency_key_returns_the_same_job(service_stack: ServiceStack) -> No
     assert again.json()["counts"]["total"] == 1
 
 
+def test_an_idempotency_key_is_bound_to_its_first_request(service_stack: ServiceStack) -> None:
+    files = [("files", ("1.png", png_bytes(13), "image/png"))]
+    conflict = {"detail": "Idempotency-Key was already used with a different request"}
+    with service_stack.client() as c:
+        first = c.post("/v1/jobs", files=files, headers={"Idempotency-Key": "bound-1"})
+        assert first.status_code == 202
+        # Other files, other options, or the other route: the key does not answer them with this job.
+        for kwargs in (
+            {"files": [("files", ("2.png", png_bytes(14), "image/png"))]},
+            {"files": files, "data": {"explain": "true"}},
+        ):
+            r = c.post("/v1/jobs", headers={"Idempotency-Key": "bound-1"}, **kwargs)
+            assert (r.status_code, r.json()) == (422, conflict)
+        r = c.post("/v1/jobs/uploads", json={"names": ["1.png"]}, headers={"Idempotency-Key": "bound-1"})
+        assert (r.status_code, r.json()) == (422, conflict)
+        up = c.post("/v1/jobs/uploads", json={"names": ["a.png"]}, headers={"Idempotency-Key": "bound-2"})
+        same = c.post("/v1/jobs/uploads", json={"names": ["a.png"]}, headers={"Idempotency-Key": "bound-2"})
+        assert same.json()["job"]["id"] == up.json()["job"]["id"]
+        r = c.post("/v1/jobs/uploads", json={"names": ["b.png"]}, headers={"Idempotency-Key": "bound-2"})
+        assert (r.status_code, r.json()) == (422, conflict)
+
+
 @pytest.mark.parametrize("key", ["", "a" * 256, "bad key", "naïve"])
 def test_idempotency_key_must_be_a_safe_token(service_stack: ServiceStack, key: str) -> None:
     # An empty key used to be a key: every such request of a tenant got the same job.

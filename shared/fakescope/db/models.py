@@ -144,6 +144,9 @@ class Job(JobBase, table=True):
     tenant_id: uuid.UUID = Field(foreign_key="tenants.id", index=True, ondelete="CASCADE")
     state: str = Field(default=JobState.QUEUED, max_length=32, index=True)
     idempotency_key: str | None = Field(default=None, max_length=255)
+    # SHA-256 of the route and the request the key was first used with: a reuse with another request
+    # is refused rather than answered with a job it did not ask for.
+    request_fingerprint: str | None = Field(default=None, max_length=64)
     total: int = 0
     error: str | None = None
     # "pending" while the webhook waits in the outbox (fakescope.service.webhooks), then the outcome.

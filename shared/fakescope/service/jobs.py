@@ -7,6 +7,7 @@ All state lives in the database. Item rows change only through conditional updat
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import shutil
 import uuid
@@ -38,6 +39,7 @@ from fakescope.storage import ObjectStore, original_key
 from fakescope.taskformat import TaskEntry
 
 __all__ = [
+    "IdempotencyConflict",
     "JobStateError",
     "cancel_job",
     "create_job",
@@ -51,6 +53,7 @@ __all__ = [
     "list_failures",
     "list_jobs",
     "list_results",
+    "request_fingerprint",
     "start_job",
     "task_entries",
 ]
@@ -64,6 +67,15 @@ UPLOAD_WINDOW_BYTES = 256 * 1024**2
 
 class JobStateError(RuntimeError):
     """The job is not in a state that allows the request (e.g. starting a job that already runs)."""
+
+
+class IdempotencyConflict(ValueError):
+    """The idempotency key was first used with another request (another route, other files or options)."""
+
+
+def request_fingerprint(route: str, **request: object) -> str:
+    """SHA-256 of ``route`` and the request's canonical JSON: what an idempotency key is bound to."""
+    return hashlib.sha256(json.dumps({"route": route, **request}, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _read_capped(f: IO[bytes], max_bytes: int) -> Callable[[], bytes]:
@@ -102,6 +114,13 @@ def _by_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str | None)
     return session.exec(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)).first()
 
 
+def _replayed(session: Session, tenant_id: uuid.UUID, key: str | None, fingerprint: str | None) -> Job | None:
+    existing = _by_idempotency_key(session, tenant_id, key)
+    if existing is not None and fingerprint and existing.request_fingerprint not in (None, fingerprint):
+        raise IdempotencyConflict("Idempotency-Key was already used with a different request")
+    return existing
+
+
 def _new_job(
     session: Session,
     *,
@@ -111,9 +130,14 @@ def _new_job(
     callback_url: str | None,
     idempotency_key: str | None,
     overlays: bool = True,
+    fingerprint: str | None = None,
 ) -> tuple[Job, bool]:
-    """Inserts the job row first, so a concurrent retry with the same key finds it (or loses the race)."""
-    existing = _by_idempotency_key(session, tenant_id, idempotency_key)
+    """Inserts the job row first, so a concurrent retry with the same key finds it (or loses the race).
+
+    Raises:
+        IdempotencyConflict: the key's job was made by a request with another ``fingerprint``.
+    """
+    existing = _replayed(session, tenant_id, idempotency_key, fingerprint)
     if existing is not None:
         return existing, False
     job = Job(
@@ -123,13 +147,14 @@ def _new_job(
         overlays=overlays,
         callback_url=callback_url,
         idempotency_key=idempotency_key,
+        request_fingerprint=fingerprint if idempotency_key else None,
     )
     session.add(job)
     try:
         session.commit()
     except IntegrityError:
         session.rollback()
-        existing = _by_idempotency_key(session, tenant_id, idempotency_key)
+        existing = _replayed(session, tenant_id, idempotency_key, fingerprint)
         if existing is None:
             raise
         return existing, False
@@ -163,6 +188,7 @@ def create_job(
     callback_url: str | None = None,
     idempotency_key: str | None = None,
     max_items: int = 100_000,
+    fingerprint: str | None = None,
 ) -> tuple[Job, bool]:
     """Stores every input's bytes, one item row each, and enqueues the classify chunks.
 
@@ -183,6 +209,7 @@ def create_job(
         overlays=overlays,
         callback_url=callback_url,
         idempotency_key=idempotency_key,
+        fingerprint=fingerprint,
     )
     if not created:
         return job, False
@@ -287,6 +314,9 @@ def create_upload_job(
     expires_s: int = 3600,
 ) -> tuple[Job, list[tuple[JobItem, str]], bool]:
     """A job waiting for its images: one item and one presigned PUT URL per name."""
+    fingerprint = request_fingerprint(
+        "uploads", names=list(names), explain=explain, overlays=overlays, callback_url=callback_url
+    )
     job, created = _new_job(
         session,
         tenant_id=tenant_id,
@@ -295,6 +325,7 @@ def create_upload_job(
         overlays=overlays,
         callback_url=callback_url,
         idempotency_key=idempotency_key,
+        fingerprint=fingerprint,
     )
     if created:
         rows = [
