@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import logging
 import tempfile
+import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,6 +35,7 @@ from fakescope.db.models import (
     WebhookDelivery,
 )
 from fakescope.service import jobs as svc
+from fakescope.service.tenants import make_report_token
 from fakescope.service.webhooks import CallbackURLError, check_callback_url
 from fakescope.settings import Settings
 from fakescope.storage import ObjectStore
@@ -262,6 +265,28 @@ def list_jobs(
 def get_job(request: Request, job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> JobPublic:
     job = _job_or_404(session, tenant, job_id)
     return svc.job_public(session, job, _status_url(request, job.id))
+
+
+class ReportLink(BaseModel):
+    url: str = Field(description="the report page with a read-only token for this job in its fragment")
+    token: str = Field(description="the token alone: send it as X-Report-Token to the job's GET routes")
+    expires_at: datetime
+
+
+@router.post("/{job_id}/report-link", status_code=status.HTTP_201_CREATED, response_model=ReportLink)
+def create_report_link(
+    request: Request, job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, tenant: TenantDep
+) -> ReportLink:
+    """A link to share the job's report page: it reads this job only, for ``FAKESCOPE_REPORT_LINK_EXPIRY_S``.
+
+    The token rides in the URL fragment, which browsers never send to a server; the page then sends it
+    as ``X-Report-Token``. It cannot submit, cancel or read any other job, and needs no tenant key.
+    """
+    job = _job_or_404(session, tenant, job_id)
+    expires = int(time.time()) + settings.report_link_expiry_s
+    token = make_report_token(settings.secret_key, job_id=job.id, tenant_id=job.tenant_id, expires=expires)
+    url = str(request.url_for("report_page", job_id=job.id)) + f"#token={token}"
+    return ReportLink(url=url, token=token, expires_at=datetime.fromtimestamp(expires, UTC))
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)

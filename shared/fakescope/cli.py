@@ -134,6 +134,34 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keys(args: argparse.Namespace) -> int:
+    """Tenants' API keys in the service's database (``FAKESCOPE_DATABASE_URL``): run where the API runs."""
+    from sqlmodel import Session
+
+    from fakescope.db.engine import get_engine
+    from fakescope.service.tenants import create_api_key, list_api_keys, revoke_api_key
+    from fakescope.settings import get_settings
+
+    with Session(get_engine(get_settings().sqlalchemy_url)) as session:
+        if args.keys_command == "create":
+            tenant, key = create_api_key(session, tenant_name=args.tenant)
+            print(key)
+            print(
+                f"created a key for tenant {tenant.name!r} (prefix {key[:12]}); it is shown only now", file=sys.stderr
+            )
+        elif args.keys_command == "list":
+            for name, row in list_api_keys(session, tenant_name=args.tenant):
+                revoked = row.revoked_at.isoformat() if row.revoked_at else "-"
+                print(f"{row.prefix}\t{name}\tcreated {row.created_at.isoformat()}\trevoked {revoked}")
+        else:
+            n = revoke_api_key(session, prefix=args.prefix)
+            if not n:
+                print(f"no active key has the prefix {args.prefix!r}", file=sys.stderr)
+                return 1
+            print(f"revoked {n} key(s) with the prefix {args.prefix!r}")
+    return 0
+
+
 def _cmd_export_split(args: argparse.Namespace) -> int:
     from fakescope.data import export_split
 
@@ -307,6 +335,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="checkpoint folder to write")
     p.add_argument("--weights", type=float, nargs="+", help="each member's share of the logit average (default equal)")
     p.set_defaults(func=_cmd_ensemble)
+
+    p = sub.add_parser("keys", help="create, list and revoke tenants' API keys (in the service's database)")
+    keys = p.add_subparsers(dest="keys_command", required=True)
+    k = keys.add_parser("create", help="a new key for a tenant (created if new); printed once")
+    k.add_argument("--tenant", required=True)
+    k = keys.add_parser("list", help="every key's public prefix, tenant and dates (never the key)")
+    k.add_argument("--tenant")
+    k = keys.add_parser("revoke", help="revoke a key by the prefix `keys list` shows")
+    k.add_argument("prefix")
+    p.set_defaults(func=_cmd_keys)
 
     p = sub.add_parser("export-split", help="write one part of the train/val split as image files")
     _add_split_args(p)

@@ -78,6 +78,7 @@ class Settings(BaseSettings):
     rate_limit_per_minute: int = Field(3000, ge=0, description="requests per API key per minute (0: none)")
     max_items_per_job: int = 100_000
     presign_expiry_s: int = 3600
+    report_link_expiry_s: int = Field(7 * 24 * 3600, ge=60, description="how long a report link's token reads its job")
     callback_timeout_s: float = 10.0
     callback_attempts: int = 3
     callback_backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each attempt")

@@ -11,8 +11,11 @@ import json
 import os
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -20,6 +23,7 @@ from stackfixtures import ServiceStack, png_bytes
 
 from fakescope.client import FakescopeClient
 from fakescope.scan import run_scan
+from fakescope.service.tenants import make_report_token
 
 N = 1000
 
@@ -113,3 +117,67 @@ def test_client_needs_a_key(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKESCOPE_CLIENT_CONFIG", "/nonexistent/client.json")
     with pytest.raises(ValueError, match="FAKESCOPE_API_KEY"):
         FakescopeClient("http://127.0.0.1:1")
+
+
+def _keys(st: ServiceStack, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FAKESCOPE_")}
+    env["FAKESCOPE_DATABASE_URL"] = st.svc.settings.sqlalchemy_url
+    return subprocess.run(
+        [sys.executable, "-m", "fakescope.cli", "keys", *args], env=env, capture_output=True, text=True, timeout=120
+    )
+
+
+def test_keys_are_created_listed_and_revoked_from_the_cli(service_stack: ServiceStack) -> None:
+    tenant = f"cli-{uuid.uuid4().hex[:6]}"
+    made = _keys(service_stack, "create", "--tenant", tenant)
+    assert made.returncode == 0, made.stderr
+    key = made.stdout.strip()
+    with httpx.Client(base_url=service_stack.api_url, headers={"X-API-Key": key}, timeout=30) as c:
+        assert c.get("/v1/jobs").status_code == 200
+        listed = _keys(service_stack, "list", "--tenant", tenant)
+        assert listed.returncode == 0 and key not in listed.stdout  # prefixes, never the key
+        (line,) = listed.stdout.splitlines()
+        assert line.startswith(key[:12]) and "revoked -" in line
+        assert _keys(service_stack, "revoke", key[:12]).returncode == 0
+        assert c.get("/v1/jobs").json() == {"detail": "Invalid API key"}
+    assert "revoked 20" in _keys(service_stack, "list", "--tenant", tenant).stdout
+    assert _keys(service_stack, "revoke", key[:12]).returncode == 1  # nothing active left to revoke
+
+
+def test_a_report_link_reads_its_job_and_nothing_else(service_stack: ServiceStack) -> None:
+    with service_stack.client() as c:
+        job = c.post("/v1/jobs", files=[("files", ("1.png", png_bytes(61), "image/png"))]).json()
+        other = c.post("/v1/jobs", files=[("files", ("2.png", png_bytes(62), "image/png"))]).json()
+        link = c.post(f"/v1/jobs/{job['id']}/report-link")
+        assert link.status_code == 201, link.text
+        body = link.json()
+    assert body["url"] == f"{service_stack.api_url}/report/{job['id']}#token={body['token']}"
+    service_stack.wait_job(job["id"])
+    with httpx.Client(base_url=service_stack.api_url, headers={"X-Report-Token": body["token"]}, timeout=30) as r:
+        assert r.get(f"/v1/jobs/{job['id']}").json()["state"] == "succeeded"
+        assert r.get(f"/v1/jobs/{job['id']}/results").json()["count"] == 1
+        assert r.get(f"/v1/jobs/{other['id']}").json() == {"detail": "A report token only reads its own job"}
+        assert r.get("/v1/jobs").status_code == 403
+        assert r.delete(f"/v1/jobs/{job['id']}").status_code == 401  # no key: it cannot cancel
+        assert r.post(f"/v1/jobs/{job['id']}/report-link").status_code == 401  # nor make more links
+        forged = body["token"][:-1] + ("0" if body["token"][-1] != "0" else "1")
+        bad = r.get(f"/v1/jobs/{job['id']}", headers={"X-Report-Token": forged})
+        assert (bad.status_code, bad.json()) == (401, {"detail": "Invalid or expired report token"})
+    # Expired: a token made with the service's own secret, a second in the past.
+    expired = make_report_token(
+        service_stack.svc.settings.secret_key,
+        job_id=uuid.UUID(job["id"]),
+        tenant_id=_tenant_of(service_stack, job["id"]),
+        expires=int(time.time()) - 1,
+    )
+    gone = httpx.get(f"{service_stack.api_url}/v1/jobs/{job['id']}", headers={"X-Report-Token": expired})
+    assert gone.status_code == 401
+
+
+def _tenant_of(st: ServiceStack, job_id: str) -> uuid.UUID:
+    from fakescope.db.models import Job
+
+    with st.svc.session() as session:
+        job = session.get(Job, uuid.UUID(job_id))
+        assert job is not None
+        return job.tenant_id

@@ -13,6 +13,7 @@ import shutil
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -70,12 +71,19 @@ def test_report_page_shows_a_finished_job_and_filters(
         r = c.post("/v1/jobs", files=files, data={"explain": "true"})
         assert r.status_code == 202, r.text
         job = service_stack.wait_job(r.json()["id"], timeout=300)
-    assert job["state"] == "partially_succeeded" and job["counts"]["explain_pending"] == 0
+        assert job["state"] == "partially_succeeded" and job["counts"]["explain_pending"] == 0
 
-    browser.get(f"{service_stack.api_url}/report/{job['id']}#key={service_stack.keys['a']}")
+        # The link a tenant shares: a read-only token for this job, no tenant key in it.
+        link = c.post(f"/v1/jobs/{job['id']}/report-link").json()["url"]
+    assert "#token=fkr_" in link and service_stack.keys["a"] not in link
+    page = httpx.get(link.split("#")[0])
+    csp = page.headers["Content-Security-Policy"]
+    assert "script-src 'self';" in csp and "frame-ancestors 'none'" in csp
+    assert page.headers["X-Content-Type-Options"] == "nosniff" and "<script>" not in page.text
+    browser.get(link)
     body = browser.find_element(By.TAG_NAME, "body")
     _wait(lambda: body.get_attribute("data-loaded") == "true", 60, "the page to load the job")
-    assert "#key" not in browser.current_url  # the key does not stay in the address bar
+    assert "#token" not in browser.current_url  # the token does not stay in the address bar
     cards = browser.find_elements(By.CSS_SELECTOR, ".card")
     assert len(cards) == len(files)
     assert len(browser.find_elements(By.CSS_SELECTOR, ".card.fake")) == len(fakes)
@@ -105,7 +113,7 @@ def test_report_page_shows_a_finished_job_and_filters(
     browser.save_screenshot(str(ARTIFACTS / "report-page-errors.png"))
 
     # Another tenant's key: the API says 404 and the page shows nothing of the job.
-    browser.execute_script("sessionStorage.clear()")
+    browser.execute_script("sessionStorage.clear()")  # the token too: the key alone must decide
     browser.get("about:blank")  # else a new fragment on the same page is not a new page load
     browser.get(f"{service_stack.api_url}/report/{job['id']}#key={service_stack.keys['b']}")
     body = browser.find_element(By.TAG_NAME, "body")

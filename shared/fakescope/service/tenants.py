@@ -7,13 +7,24 @@ import hmac
 import secrets
 import uuid
 
-from sqlmodel import Session, select
+from sqlmodel import Session, col, select
 
-from fakescope.db.models import ApiKey, Tenant
+from fakescope.db.models import ApiKey, Tenant, utcnow
 
-__all__ = ["authenticate", "create_api_key", "ensure_api_key", "hash_key"]
+__all__ = [
+    "authenticate",
+    "create_api_key",
+    "ensure_api_key",
+    "hash_key",
+    "list_api_keys",
+    "make_report_token",
+    "report_token_job",
+    "revoke_api_key",
+    "verify_report_token",
+]
 
 KEY_PREFIX = "fks_"
+REPORT_PREFIX = "fkr_"
 
 
 def hash_key(key: str) -> str:
@@ -68,3 +79,61 @@ def authenticate(session: Session, *, key: str) -> uuid.UUID | None:
         if hmac.compare_digest(row.key_hash, digest):
             return row.tenant_id
     return None
+
+
+def list_api_keys(session: Session, *, tenant_name: str | None = None) -> list[tuple[str, ApiKey]]:
+    """Every key (revoked ones too) as ``(tenant name, key row)``: prefixes and dates, never the key."""
+    stmt = select(Tenant.name, ApiKey).join(Tenant, col(Tenant.id) == col(ApiKey.tenant_id))
+    if tenant_name is not None:
+        stmt = stmt.where(Tenant.name == tenant_name)
+    return [(name, key) for name, key in session.exec(stmt.order_by(col(ApiKey.created_at))).all()]
+
+
+def revoke_api_key(session: Session, *, prefix: str) -> int:
+    """Revokes the unrevoked keys whose public prefix is ``prefix`` (as ``list_api_keys`` shows it)."""
+    rows = session.exec(select(ApiKey).where(ApiKey.prefix == prefix, col(ApiKey.revoked_at).is_(None))).all()
+    for row in rows:
+        row.revoked_at = utcnow()
+        session.add(row)
+    session.commit()
+    return len(rows)
+
+
+# Report links: a read-only capability for one job, not a tenant key. ``fkr_<job>.<expiry>.<mac>``,
+# the MAC an HMAC-SHA256 under the service's secret key over the job, its tenant and the expiry, so
+# the token opens nothing but that job's GET routes until it expires (rotating
+# FAKESCOPE_SECRET_KEY revokes every token at once).
+
+
+def _report_mac(secret: str, job_id: uuid.UUID, tenant_id: uuid.UUID, expires: int) -> str:
+    msg = f"report:{job_id}:{tenant_id}:{expires}".encode()
+    return hmac.new(secret.encode(), msg, hashlib.sha256).hexdigest()
+
+
+def make_report_token(secret: str, *, job_id: uuid.UUID, tenant_id: uuid.UUID, expires: int) -> str:
+    """A token that reads job ``job_id`` until ``expires`` (unix seconds)."""
+    return f"{REPORT_PREFIX}{job_id.hex}.{expires}.{_report_mac(secret, job_id, tenant_id, expires)}"
+
+
+def report_token_job(token: str) -> uuid.UUID | None:
+    """The job a well-formed report token names (not yet verified), else None."""
+    if not token.startswith(REPORT_PREFIX):
+        return None
+    try:
+        job_hex, _expires, _mac = token[len(REPORT_PREFIX) :].split(".")
+        return uuid.UUID(hex=job_hex)
+    except ValueError:
+        return None
+
+
+def verify_report_token(secret: str, token: str, *, tenant_id: uuid.UUID, now: float) -> bool:
+    """Whether ``token`` is a valid, unexpired report token for its job, whose tenant is ``tenant_id``."""
+    job_id = report_token_job(token)
+    if job_id is None:
+        return False
+    _job, expires_s, mac = token[len(REPORT_PREFIX) :].split(".")
+    try:
+        expires = int(expires_s)
+    except ValueError:
+        return False
+    return expires > now and hmac.compare_digest(mac, _report_mac(secret, job_id, tenant_id, expires))

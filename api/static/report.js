@@ -1,0 +1,97 @@
+"use strict";
+const JOB = document.body.dataset.job;
+const FINISHED = ["succeeded", "partially_succeeded", "failed", "cancelled"];
+// A report link carries a read-only token for this job (#token=...); a tenant's key also works (#key=...).
+// Fragments never reach a server; both leave the address bar at once and live in this tab only.
+const frag = new URLSearchParams(location.hash.slice(1));
+let token = frag.get("token") || sessionStorage.getItem(`fakescope-token-${JOB}`);
+let key = token ? null : (frag.get("key") || sessionStorage.getItem("fakescope-key"));
+if (location.hash) history.replaceState(null, "", location.pathname);
+if (!token && !key) key = prompt("API key of the job's tenant");
+if (token) sessionStorage.setItem(`fakescope-token-${JOB}`, token);
+if (key) sessionStorage.setItem("fakescope-key", key);
+let filter = "all";
+let items = [];
+const $ = (s) => document.querySelector(s);
+
+async function api(path) {
+  const r = await fetch(path, {headers: token ? {"X-Report-Token": token} : {"X-API-Key": key || ""}});
+  if (!r.ok) throw new Error(r.status === 404 ? "Job not found for this API key" : `HTTP ${r.status}`);
+  return r.json();
+}
+async function pages(path) {
+  let out = [], offset = 0;
+  for (;;) {
+    const p = await api(`${path}?offset=${offset}&limit=1000`);
+    out = out.concat(p.data); offset += p.data.length;
+    if (!p.data.length || offset >= p.count) return out;
+  }
+}
+function el(tag, attrs, ...kids) {
+  const e = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+  for (const k of kids) e.append(k);
+  return e;
+}
+function render() {
+  const grid = $("#grid");
+  grid.replaceChildren();
+  for (const it of items) {
+    const kind = it.error ? "error" : it.prediction;
+    if (filter === "fake" && kind !== "fake") continue;
+    if (filter === "error" && kind !== "error") continue;
+    const card = el("div", {class: `card ${kind}`, "data-kind": kind});
+    card.append(el("div", {class: "name"}, it.name));
+    if (it.error) {
+      card.append(el("div", {class: "verdict"}, "error"), el("div", {}, it.error));
+    } else {
+      const imgs = el("div", {class: "imgs"});
+      if (it.image_url) imgs.append(el("img", {src: it.image_url, alt: "image", loading: "lazy"}));
+      if (it.overlay_url) imgs.append(el("img", {src: it.overlay_url, alt: "GradCAM overlay", class: "overlay", loading: "lazy"}));
+      // An out-of-domain verdict is shown as such: its probability was never measured on images like it.
+      const verdict = it.in_domain === false
+        ? `${it.prediction}? · out of domain (score ${it.domain_score.toFixed(1)}): unreliable`
+        : `${it.prediction} · p(fake) = ${it.fake_probability.toFixed(3)}`;
+      if (it.in_domain === false) card.classList.add("ood");
+      card.append(imgs, el("div", {class: "verdict"}, verdict));
+      if (it.explanation && Object.keys(it.explanation).length) {
+        const ul = el("ul", {class: "artifacts"});
+        for (const [name, reason] of Object.entries(it.explanation)) ul.append(el("li", {}, el("b", {}, name), ": ", reason));
+        card.append(ul);
+      } else if (it.explain_status === "pending") card.append(el("div", {}, "explanation pending"));
+    }
+    grid.append(card);
+  }
+}
+async function refresh() {
+  try {
+    const job = await api(`/v1/jobs/${JOB}`);
+    const c = job.counts;
+    $("#state").textContent = job.state;
+    $("#progress").max = c.total || 1;
+    $("#progress").value = c.done + c.failed + c.cancelled;
+    $("#counts").textContent = `${c.done} done, ${c.failed} failed, ${c.queued} queued, ${c.explain_pending} explanations pending`;
+    const [results, failures] = await Promise.all([pages(`/v1/jobs/${JOB}/results`), pages(`/v1/jobs/${JOB}/failures`)]);
+    items = results.concat(failures).sort((a, b) => a.position - b.position);
+    render();
+    document.body.dataset.state = job.state;
+    if (!FINISHED.includes(job.state) || c.explain_pending) setTimeout(refresh, 2000);
+    else document.body.dataset.loaded = "true";
+  } catch (e) {
+    $("#msg").textContent = e.message;
+    document.body.dataset.error = e.message;
+  }
+}
+document.querySelectorAll("[data-filter]").forEach((b) => b.addEventListener("click", () => {
+  filter = b.dataset.filter;
+  document.querySelectorAll("[data-filter]").forEach((x) => x.classList.toggle("on", x === b));
+  render();
+}));
+document.querySelectorAll("[data-file]").forEach((b) => b.addEventListener("click", async () => {
+  const f = b.dataset.file;
+  const data = f === "results" ? items : await api(`/v1/jobs/${JOB}/${f}`);
+  const url = URL.createObjectURL(new Blob([JSON.stringify(data, null, 1)], {type: "application/json"}));
+  const a = el("a", {href: url, download: f === "results" ? `${JOB}-results.json` : f});
+  document.body.append(a); a.click(); a.remove();
+}));
+refresh();
