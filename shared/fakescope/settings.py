@@ -66,6 +66,11 @@ class Settings(BaseSettings):
         None, ge=0, description="re-enqueue work waiting longer than this (default: task time limit + 60 s)"
     )
     sweep_every_s: float = Field(60.0, gt=0, description="how often the sweeper runs")
+    retention_days: float | None = Field(
+        None,
+        gt=0,
+        description="the sweeper deletes finished jobs, their rows and objects, this long after (unset: kept)",
+    )
     upload_timeout_s: int = Field(
         3600, ge=1, description="a job whose upload request has not finished after this long is closed by the sweeper"
     )

@@ -12,6 +12,7 @@ import io
 import logging
 import time
 import uuid
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Protocol
@@ -59,6 +60,7 @@ class ObjectStore(Protocol):
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
     def get(self, key: str, max_bytes: int | None = None) -> bytes: ...
     def exists(self, key: str) -> bool: ...
+    def delete(self, keys: Sequence[str]) -> None: ...
     def list(self, prefix: str) -> list[str]: ...
     def presign_get(self, key: str, expires_s: int) -> str: ...
     def presign_put(self, key: str, expires_s: int) -> str: ...
@@ -135,6 +137,17 @@ class S3Store:
         except self._errors() as e:
             raise StorageError(f"cannot read {key}: {e}") from e
 
+    def delete(self, keys: Sequence[str]) -> None:
+        """Deletes ``keys`` (missing ones are no error), up to 1,000 a request."""
+        from minio.deleteobjects import DeleteObject
+
+        try:
+            errors = list(self.client.remove_objects(self.bucket, (DeleteObject(k) for k in keys)))
+        except self._errors() as e:
+            raise StorageError(f"cannot delete {len(keys)} objects: {e}") from e
+        if errors:
+            raise StorageError(f"cannot delete {len(errors)} of {len(keys)} objects: {errors[0]}")
+
     def exists(self, key: str) -> bool:
         from minio.error import S3Error
 
@@ -209,6 +222,10 @@ class LocalStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def delete(self, keys: Sequence[str]) -> None:
+        for key in keys:
+            self._path(key).unlink(missing_ok=True)
 
     def list(self, prefix: str) -> list[str]:
         if not self.root.is_dir():

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from sqlalchemy import update
 from sqlmodel import col, select
 from stackfixtures import ServiceEnv, png_bytes
 
-from fakescope.db.models import ItemStatus, Job, JobItem, JobState
+from fakescope.db.models import ItemStatus, Job, JobItem, JobState, utcnow
 from fakescope.detector import Detector
 from fakescope.imageio import InputItem
 from fakescope.service import jobs as svc
@@ -359,3 +360,31 @@ def test_a_cancel_during_a_start_is_never_undone(service_env: ServiceEnv) -> Non
         session.refresh(job)
         statuses = session.exec(select(JobItem.status).where(JobItem.job_id == job_id)).all()
     assert job.state == JobState.CANCELLED and set(statuses) == {ItemStatus.CANCELLED} and chunks.sent == []
+
+
+def test_retention_deletes_old_jobs_and_only_the_objects_they_alone_use(
+    service_env: ServiceEnv, detector: Detector
+) -> None:
+    tenant = _tenant(service_env)
+    old, new = _job(service_env, 2, tenant, seeds=[901, 902]), _job(service_env, 1, tenant, seeds=[901])
+    for chunks in (old, new):
+        _classify(service_env, detector, chunks)
+    ((old_id, _),), ((new_id, _),) = old.sent, new.sent
+    with service_env.session() as session:
+        old_items = session.exec(select(JobItem).where(JobItem.job_id == old_id)).all()
+        (new_item,) = session.exec(select(JobItem).where(JobItem.job_id == new_id)).all()
+        shared, alone = sorted(old_items, key=lambda i: i.name)  # 901.png is in both jobs, 902.png only in the old
+        assert shared.object_key == new_item.object_key  # stored once (content-hash deduplication)
+        # The new job's 901.png may be the result cache's answer, pointing at the old job's overlay.
+        kept = {shared.object_key, new_item.overlay_key}
+        gone = {alone.object_key, alone.overlay_key, shared.overlay_key} - kept
+        session.exec(  # type: ignore[call-overload]
+            update(Job).where(col(Job.id) == old_id).values(finished_at=utcnow() - timedelta(days=40))
+        )
+        session.commit()
+        jobs, objects = svc.purge_expired(session, service_env.store, older_than_s=30 * 86400)
+        assert session.get(Job, old_id) is None and session.get(Job, new_id) is not None
+        assert session.exec(select(JobItem).where(JobItem.job_id == old_id)).all() == []
+    assert jobs >= 1 and objects == len(gone) >= 2
+    assert not any(service_env.store.exists(k) for k in gone if k)
+    assert all(service_env.store.exists(k) for k in kept if k)

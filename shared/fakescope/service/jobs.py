@@ -13,7 +13,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from itertools import islice
 from pathlib import Path, PurePosixPath
 from typing import IO, overload
@@ -30,6 +30,7 @@ from fakescope.db.models import (
     JobItem,
     JobPublic,
     JobState,
+    WebhookDelivery,
     storable_name,
     utcnow,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "list_failures",
     "list_jobs",
     "list_results",
+    "purge_expired",
     "request_fingerprint",
     "start_job",
     "task_entries",
@@ -603,3 +605,40 @@ def finish(session: Session, *, job_id: uuid.UUID) -> Job | None:
     if job is not None and job.callback_url:
         webhooks.announce(job.id)
     return job
+
+
+def purge_expired(session: Session, store: ObjectStore, *, older_than_s: float, limit: int = 100) -> tuple[int, int]:
+    """Deletes finished jobs that finished over ``older_than_s`` ago: their rows (items, webhook
+    deliveries) and the objects only they use. An original or overlay that a newer job still points
+    at (the content-hash deduplication and the result cache share them) is kept. Objects go first,
+    so a crash in between leaves rows pointing at nothing rather than objects nothing points at.
+
+    Returns ``(jobs, objects)`` deleted.
+    """
+    finished = [st.value for st in JobState if st.finished]
+    cutoff = utcnow() - timedelta(seconds=older_than_s)
+    job_ids = session.exec(
+        select(Job.id).where(col(Job.state).in_(finished), col(Job.finished_at) < cutoff).limit(limit)
+    ).all()
+    if not job_ids:
+        return 0, 0
+    keys: set[str] = set()
+    for original, overlay in session.exec(
+        select(JobItem.object_key, JobItem.overlay_key).where(col(JobItem.job_id).in_(job_ids))
+    ).all():
+        keys.add(original)
+        if overlay:
+            keys.add(overlay)
+    others = col(JobItem.job_id).not_in(job_ids)
+    shared = set(session.exec(select(JobItem.object_key).where(others, col(JobItem.object_key).in_(keys))).all()) | set(
+        session.exec(select(JobItem.overlay_key).where(others, col(JobItem.overlay_key).in_(keys))).all()
+    )
+    doomed = sorted(keys - shared)
+    for start in range(0, len(doomed), 1000):
+        store.delete(doomed[start : start + 1000])
+    session.exec(delete(WebhookDelivery).where(col(WebhookDelivery.job_id).in_(job_ids)))
+    session.exec(delete(JobItem).where(col(JobItem.job_id).in_(job_ids)))
+    session.exec(delete(Job).where(col(Job.id).in_(job_ids)))
+    session.commit()
+    logger.info("retention: deleted %s jobs and %s objects finished before %s", len(job_ids), len(doomed), cutoff)
+    return len(job_ids), len(doomed)

@@ -9,6 +9,7 @@ the database, which is the record of what is owed:
 - classified items still waiting for an explanation past the deadline likewise, on the explain queue;
 - jobs whose items are all finished but that were never closed (a worker died right after its last
   write) are finished, which also sends their callback;
+- with ``FAKESCOPE_RETENTION_DAYS``, finished jobs past it are deleted: rows and the objects only they use;
 - webhooks still pending in the outbox ``redeliver_after_s`` after they were last handed to the
   webhooks queue (a lost message, a broker outage, a webhooks pool that was down) are sent again.
 
@@ -33,7 +34,8 @@ from sqlmodel import Session, col, select
 
 from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, utcnow
 from fakescope.service import webhooks
-from fakescope.service.jobs import finish
+from fakescope.service.jobs import finish, purge_expired
+from fakescope.storage import ObjectStore
 
 __all__ = ["SweepReport", "main", "run", "sweep"]
 
@@ -50,6 +52,8 @@ class SweepReport:
     finished_jobs: int = 0
     abandoned_uploads: int = 0
     webhooks: int = 0
+    purged_jobs: int = 0
+    purged_objects: int = 0
 
 
 def _claim(session: Session, where: Sequence, cutoff: object, limit: int) -> dict[uuid.UUID, list[uuid.UUID]]:
@@ -87,6 +91,8 @@ def sweep(
     limit: int = 10_000,
     enqueue_webhook: Callable[[uuid.UUID], object] | None = None,
     redeliver_after_s: float = 300,
+    store: ObjectStore | None = None,
+    retention_s: float | None = None,
 ) -> SweepReport:
     """One round: re-enqueues overdue work and finishes jobs that have nothing left; returns the counts."""
     cutoff = utcnow() - timedelta(seconds=deadline_s)
@@ -137,6 +143,8 @@ def sweep(
             report.finished_jobs += 1
     if enqueue_webhook is not None:
         report.webhooks += _resend_webhooks(session, enqueue_webhook, redeliver_after_s, limit)
+    if store is not None and retention_s is not None:
+        report.purged_jobs, report.purged_objects = purge_expired(session, store, older_than_s=retention_s)
     return report
 
 
@@ -164,6 +172,7 @@ def run(every_s: float | None = None, once: bool = False) -> int:
     """``fakescope sweep``: a sweep every ``every_s`` seconds (settings: ``sweep_every_s``) until stopped."""
     from fakescope.db.engine import get_engine
     from fakescope.settings import get_settings
+    from fakescope.storage import get_store
     from fakescope.tasks import Enqueuer, make_celery
 
     cfg = get_settings()
@@ -171,6 +180,7 @@ def run(every_s: float | None = None, once: bool = False) -> int:
     enqueuer = Enqueuer(app, cfg)
     webhooks.set_sender(enqueuer.webhook)
     engine = get_engine(cfg.sqlalchemy_url)
+    store = get_store(cfg) if cfg.retention_days else None
     while True:
         try:
             with Session(engine) as session:
@@ -182,6 +192,8 @@ def run(every_s: float | None = None, once: bool = False) -> int:
                     upload_timeout_s=cfg.upload_timeout_s,
                     enqueue_webhook=enqueuer.webhook,
                     redeliver_after_s=cfg.callback_redeliver_after_s,
+                    store=store,
+                    retention_s=cfg.retention_days * 86400 if cfg.retention_days else None,
                 )
             logger.info("sweep: %s", rep)
         except Exception:
