@@ -68,6 +68,30 @@ def test_translate_batch_shifts_with_reflection():
     assert torch.equal(train_mod.translate_batch(x, 0, gen), x)
 
 
+def test_black_border_shift_fills_with_black():
+    x = torch.rand(3, 3, 8, 8) + 0.1  # nothing black to begin with
+    gen = torch.Generator().manual_seed(1)
+    out = train_mod.black_border_shift(x, 4, gen)
+    gen = torch.Generator().manual_seed(1)
+    dy = torch.randint(0, 9, (3,), generator=gen)
+    dx = torch.randint(0, 9, (3,), generator=gen)
+    padded = F.pad(x, (4, 4, 4, 4))
+    for b in range(3):
+        torch.testing.assert_close(out[b], padded[b, :, dy[b] : dy[b] + 8, dx[b] : dx[b] + 8])
+    # A shift brings in exactly that many black rows and columns.
+    shifted = [b for b in range(3) if (dy[b], dx[b]) != (4, 4)]
+    assert shifted and all(bool((out[b] == 0).any()) for b in shifted)
+
+
+def test_init_seed_changes_the_weights_not_the_split(synth_cifake, tmp_path):
+    a = train(_cfg(synth_cifake, tmp_path / "a", epochs=1))
+    b = train(_cfg(synth_cifake, tmp_path / "b", epochs=1, init_seed=7))
+    ma, mb = load_checkpoint(a)[1], load_checkpoint(b)[1]
+    assert ma.training["split"] == mb.training["split"]  # same validation images: members can be combined
+    wa, wb = load_file(str(a / "model.safetensors")), load_file(str(b / "model.safetensors"))
+    assert any(not torch.equal(wa[k], wb[k]) for k in wa)
+
+
 @pytest.mark.parametrize("kind", ["rescale", "blur"])
 def test_degrade_keeps_shape_and_range_and_removes_detail(kind):
     yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
