@@ -163,3 +163,32 @@ def test_the_deadline_runs_from_the_last_start(service_env: ServiceEnv) -> None:
             deadline_s=100,
         )
     assert sorted(sent) == sorted(ids[2:])
+
+
+def test_a_presigned_job_never_started_is_started_once_its_urls_expired(service_env: ServiceEnv) -> None:
+    with service_env.session() as session:
+        tenant, _ = create_api_key(session, tenant_name=f"sweep-{uuid.uuid4().hex[:6]}")
+        job, urls, _ = svc.create_upload_job(session, service_env.store, tenant_id=tenant.id, names=["a.png", "b.png"])
+        fresh, _, _ = svc.create_upload_job(session, service_env.store, tenant_id=tenant.id, names=["c.png"])
+        first_id, first_key = urls[0][0].id, urls[0][0].object_key
+        service_env.store.put(first_key, png_bytes(5))  # one of two arrived, then the client vanished
+        session.exec(  # type: ignore[call-overload]
+            update(Job).where(col(Job.id) == job.id).values(created_at=utcnow() - timedelta(hours=3))
+        )
+        session.commit()
+        sent: list[uuid.UUID] = []
+        rep = sweep(
+            session,
+            enqueue_classify=lambda _j, ids: sent.extend(ids) or 1,
+            enqueue_explain=_lost,
+            deadline_s=3600,
+            store=service_env.store,
+            awaiting_timeout_s=7200,
+        )
+        session.refresh(job)
+        session.refresh(fresh)
+        errors = session.exec(
+            select(JobItem.error).where(JobItem.job_id == job.id).order_by(col(JobItem.position))
+        ).all()
+    assert rep.started_uploads == 1 and job.state == JobState.QUEUED and fresh.state == JobState.AWAITING_UPLOAD
+    assert sent == [first_id] and errors == [None, "image was not uploaded"]

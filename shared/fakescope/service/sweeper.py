@@ -9,6 +9,8 @@ the database, which is the record of what is owed:
 - classified items still waiting for an explanation past the deadline likewise, on the explain queue;
 - jobs whose items are all finished but that were never closed (a worker died right after its last
   write) are finished, which also sends their callback;
+- presigned jobs never started by their client are started once their upload URLs have expired
+  (``presign_expiry_s + upload_timeout_s``), with the images that arrived;
 - with ``FAKESCOPE_RETENTION_DAYS``, finished jobs past it are deleted: rows and the objects only they use;
 - webhooks still pending in the outbox ``redeliver_after_s`` after they were last handed to the
   webhooks queue (a lost message, a broker outage, a webhooks pool that was down) are sent again.
@@ -34,7 +36,7 @@ from sqlmodel import Session, col, select
 
 from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, utcnow
 from fakescope.service import webhooks
-from fakescope.service.jobs import finish, purge_expired
+from fakescope.service.jobs import JobStateError, finish, purge_expired, start_job
 from fakescope.storage import ObjectStore
 
 __all__ = ["SweepReport", "main", "run", "sweep"]
@@ -53,6 +55,7 @@ class SweepReport:
     abandoned_uploads: int = 0
     webhooks: int = 0
     purged_jobs: int = 0
+    started_uploads: int = 0
     purged_objects: int = 0
 
 
@@ -93,6 +96,7 @@ def sweep(
     redeliver_after_s: float = 300,
     store: ObjectStore | None = None,
     retention_s: float | None = None,
+    awaiting_timeout_s: float | None = None,
 ) -> SweepReport:
     """One round: re-enqueues overdue work and finishes jobs that have nothing left; returns the counts."""
     cutoff = utcnow() - timedelta(seconds=deadline_s)
@@ -143,6 +147,23 @@ def sweep(
             report.finished_jobs += 1
     if enqueue_webhook is not None:
         report.webhooks += _resend_webhooks(session, enqueue_webhook, redeliver_after_s, limit)
+    if store is not None and awaiting_timeout_s is not None:
+        # A presigned job whose client never called start (it died, or gave up) once every URL has
+        # expired: nothing more can arrive, so it is started with what did.
+        for job in session.exec(
+            select(Job)
+            .where(
+                col(Job.state) == JobState.AWAITING_UPLOAD,
+                col(Job.created_at) < utcnow() - timedelta(seconds=awaiting_timeout_s),
+            )
+            .limit(limit)
+        ).all():
+            try:
+                start_job(session, store, enqueue_classify, job=job)
+                report.started_uploads += 1
+                logger.warning("sweeper: job %s waited past %ss for its start; started it", job.id, awaiting_timeout_s)
+            except JobStateError:
+                session.rollback()  # started or cancelled meanwhile
     if store is not None and retention_s is not None:
         report.purged_jobs, report.purged_objects = purge_expired(session, store, older_than_s=retention_s)
     return report
@@ -180,7 +201,7 @@ def run(every_s: float | None = None, once: bool = False) -> int:
     enqueuer = Enqueuer(app, cfg)
     webhooks.set_sender(enqueuer.webhook)
     engine = get_engine(cfg.sqlalchemy_url)
-    store = get_store(cfg) if cfg.retention_days else None
+    store = get_store(cfg)
     while True:
         try:
             with Session(engine) as session:
@@ -194,6 +215,7 @@ def run(every_s: float | None = None, once: bool = False) -> int:
                     redeliver_after_s=cfg.callback_redeliver_after_s,
                     store=store,
                     retention_s=cfg.retention_days * 86400 if cfg.retention_days else None,
+                    awaiting_timeout_s=cfg.presign_expiry_s + cfg.upload_timeout_s,
                 )
             logger.info("sweep: %s", rep)
         except Exception:
