@@ -8,7 +8,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Generic, TypeVar
 
 from fastapi import (
     APIRouter,
@@ -60,6 +60,9 @@ IdempotencyKey = Annotated[
 ]
 
 
+T = TypeVar("T")
+
+
 class ItemResult(BaseModel):
     id: uuid.UUID
     position: int
@@ -82,8 +85,8 @@ class ItemResult(BaseModel):
     explain_status: str
     artifacts: list[str] | None
     explanation: dict[str, str] | None
-    started_at: Any
-    finished_at: Any
+    started_at: datetime | None
+    finished_at: datetime | None
     duration_ms: float | None
 
 
@@ -94,18 +97,17 @@ class ItemFailure(BaseModel):
     error: str | None
 
 
-class ResultsPage(BaseModel):
-    data: list[ItemResult]
+class Page(BaseModel, Generic[T]):
+    """One page of a job's items in upload order: ``count`` in all, from ``offset``, at most ``limit``."""
+
+    data: list[T]
     count: int
     offset: int
     limit: int
 
 
-class FailuresPage(BaseModel):
-    data: list[ItemFailure]
-    count: int
-    offset: int
-    limit: int
+ResultsPage = Page[ItemResult]
+FailuresPage = Page[ItemFailure]
 
 
 class FieldError(BaseModel):
@@ -378,7 +380,7 @@ class Delivery(BaseModel):
     status_code: int | None
     outcome: str
     duration_ms: float | None
-    created_at: Any
+    created_at: datetime
 
 
 class DeliveriesPage(BaseModel):

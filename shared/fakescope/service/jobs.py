@@ -35,7 +35,7 @@ from fakescope.db.models import (
     utcnow,
 )
 from fakescope.imageio import ARCHIVE_SUFFIXES, DEFAULT_MAX_BYTES, ImageError, InputItem, iter_inputs
-from fakescope.service import webhooks
+from fakescope.service import Enqueue, webhooks
 from fakescope.storage import ObjectStore, original_key
 from fakescope.taskformat import TaskEntry
 
@@ -181,7 +181,7 @@ def _known_originals(session: Session, tenant_id: uuid.UUID, sha256s: set[str | 
 def create_job(
     session: Session,
     store: ObjectStore,
-    enqueue: Callable[[uuid.UUID, Sequence[uuid.UUID]], int],
+    enqueue: Enqueue,
     *,
     tenant_id: uuid.UUID,
     inputs: Iterable[InputItem],
@@ -353,7 +353,7 @@ def create_upload_job(
 def start_job(
     session: Session,
     store: ObjectStore,
-    enqueue: Callable[[uuid.UUID, Sequence[uuid.UUID]], int],
+    enqueue: Enqueue,
     *,
     job: Job,
 ) -> Job:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +22,7 @@ from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobStat
 from fakescope.imageio import DEFAULT_MAX_BYTES, ImageError, InputItem
 from fakescope.observability import FAILURES, IMAGES, failure_reason, log_context, pool
 from fakescope.pipeline import classify_items
+from fakescope.service import Enqueue
 from fakescope.service.jobs import finish
 from fakescope.storage import ObjectNotFound, ObjectStore, ObjectTooLarge, overlay_key
 
@@ -34,8 +35,6 @@ logger = logging.getLogger(__name__)
 
 # Overlay PNGs go to the object store from a few threads while the model runs on the next batch.
 PUT_THREADS = 4
-
-Enqueue = Callable[[uuid.UUID, Sequence[uuid.UUID]], int]
 
 
 def store_input(store: ObjectStore, item: JobItem, max_bytes: int | None = None) -> InputItem:

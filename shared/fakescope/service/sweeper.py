@@ -35,7 +35,7 @@ from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, utcnow
-from fakescope.service import webhooks
+from fakescope.service import Enqueue, webhooks
 from fakescope.service.jobs import JobStateError, finish, purge_expired, start_job
 from fakescope.storage import ObjectStore
 
@@ -43,7 +43,6 @@ __all__ = ["SweepReport", "main", "run", "sweep"]
 
 logger = logging.getLogger(__name__)
 
-Enqueue = Callable[[uuid.UUID, Sequence[uuid.UUID]], int]
 ACTIVE = (JobState.QUEUED, JobState.RUNNING)
 
 
