@@ -78,4 +78,5 @@ def _classify(self: Task, job_id: str, item_ids: list[str], count_start: bool) -
         raise
     with runtime.session() as session:
         fail_items(session, job_id=job_id, item_ids=item_ids, reason=reason)
-    return 0
+    # Recorded as a failure (Flower, task events), not a success that wrote nothing.
+    raise runtime.ChunkFailed(reason)

@@ -54,4 +54,5 @@ def _explain(self: Task, job_id: str, item_ids: list[str]) -> int:
         raise
     with runtime.session() as session:
         fail_items(session, job_id=job_id, item_ids=item_ids, reason=reason, explain=True)
-    return 0
+    # Recorded as a failure (Flower, task events), not a success that wrote nothing.
+    raise runtime.ChunkFailed(reason)

@@ -93,6 +93,10 @@ def time_limit_reason(explain: bool) -> str:
     return f"{what} exceeded the time limit of {get_settings().task_time_limit_s}s"
 
 
+class ChunkFailed(Exception):
+    """A chunk whose items were marked failed after its retries ran out: the task ends failed."""
+
+
 class ChunkTask(Task):
     """A task over a chunk of a job's items that never leaves them waiting when it fails.
 
