@@ -260,7 +260,10 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
 ) -> JobsPublic:
     jobs, count = svc.list_jobs(session, tenant_id=tenant, offset=offset, limit=limit)
-    return JobsPublic(data=[svc.job_public(session, j, _status_url(request, j.id)) for j in jobs], count=count)
+    counts = svc.jobs_counts(session, job_ids=[j.id for j in jobs])
+    return JobsPublic(
+        data=[svc.job_public(session, j, _status_url(request, j.id), counts[j.id]) for j in jobs], count=count
+    )
 
 
 @router.get("/{job_id}", response_model=JobPublic)

@@ -13,6 +13,7 @@ from sqlalchemy import update
 from sqlmodel import col, select
 from stackfixtures import ServiceEnv, png_bytes
 
+from fakescope.db.engine import get_engine
 from fakescope.db.models import ItemStatus, Job, JobItem, JobState, utcnow
 from fakescope.detector import Detector
 from fakescope.imageio import InputItem
@@ -388,3 +389,24 @@ def test_retention_deletes_old_jobs_and_only_the_objects_they_alone_use(
     assert jobs >= 1 and objects == len(gone) >= 2
     assert not any(service_env.store.exists(k) for k in gone if k)
     assert all(service_env.store.exists(k) for k in kept if k)
+
+
+def test_a_page_of_jobs_is_counted_in_one_query(service_env: ServiceEnv, detector: Detector) -> None:
+    from sqlalchemy import event
+
+    tenant = _tenant(service_env)
+    done, waiting = _job(service_env, 3, tenant, seeds=[951, 952, 953]), _job(service_env, 2, tenant, seeds=[954, 955])
+    _classify(service_env, detector, done)
+    ids = [done.sent[0][0], waiting.sent[0][0]]
+    statements: list[str] = []
+    engine = get_engine(service_env.settings.sqlalchemy_url)
+    listen = lambda *args: statements.append(args[2])  # noqa: E731
+    event.listen(engine, "before_cursor_execute", listen)
+    try:
+        with service_env.session() as session:
+            counts = svc.jobs_counts(session, job_ids=ids)
+    finally:
+        event.remove(engine, "before_cursor_execute", listen)
+    assert len([s for s in statements if "job_items" in s]) == 1
+    assert (counts[ids[0]].total, counts[ids[0]].done, counts[ids[0]].queued) == (3, 3, 0)
+    assert (counts[ids[1]].total, counts[ids[1]].done, counts[ids[1]].queued) == (2, 0, 2)

@@ -51,6 +51,7 @@ __all__ = [
     "get_job",
     "job_counts",
     "job_public",
+    "jobs_counts",
     "list_failures",
     "list_jobs",
     "list_results",
@@ -414,24 +415,34 @@ def get_job(session: Session, *, tenant_id: uuid.UUID, job_id: uuid.UUID) -> Job
 
 
 def job_counts(session: Session, *, job_id: uuid.UUID) -> JobCounts:
+    return jobs_counts(session, job_ids=[job_id])[job_id]
+
+
+def jobs_counts(session: Session, *, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, JobCounts]:
+    """The item counts of every job in ``job_ids`` in one grouped query (a page of 500 jobs is one query)."""
+    pending = case((col(JobItem.explain_status) == ExplainStatus.PENDING, 1), else_=0)
     rows = session.exec(
-        select(JobItem.status, func.count()).where(JobItem.job_id == job_id).group_by(JobItem.status)
+        select(JobItem.job_id, JobItem.status, func.count(), func.sum(pending))
+        .where(col(JobItem.job_id).in_(job_ids))
+        .group_by(col(JobItem.job_id), col(JobItem.status))
     ).all()
-    by_status = {s: n for s, n in rows}
-    pending = session.exec(
-        select(func.count())
-        .select_from(JobItem)
-        .where(JobItem.job_id == job_id, JobItem.explain_status == ExplainStatus.PENDING)
-    ).one()
-    return JobCounts(
-        total=sum(by_status.values()),
-        queued=by_status.get(ItemStatus.QUEUED, 0),
-        done=by_status.get(ItemStatus.DONE, 0),
-        failed=by_status.get(ItemStatus.FAILED, 0),
-        cancelled=by_status.get(ItemStatus.CANCELLED, 0),
-        awaiting_upload=by_status.get(ItemStatus.AWAITING_UPLOAD, 0),
-        explain_pending=pending,
-    )
+    by_job: dict[uuid.UUID, dict[str, int]] = {j: {} for j in job_ids}
+    explain: dict[uuid.UUID, int] = dict.fromkeys(job_ids, 0)
+    for job_id, item_status, n, n_pending in rows:
+        by_job[job_id][item_status] = n
+        explain[job_id] += int(n_pending or 0)
+    return {
+        j: JobCounts(
+            total=sum(c.values()),
+            queued=c.get(ItemStatus.QUEUED, 0),
+            done=c.get(ItemStatus.DONE, 0),
+            failed=c.get(ItemStatus.FAILED, 0),
+            cancelled=c.get(ItemStatus.CANCELLED, 0),
+            awaiting_upload=c.get(ItemStatus.AWAITING_UPLOAD, 0),
+            explain_pending=explain[j],
+        )
+        for j, c in by_job.items()
+    }
 
 
 @overload
@@ -445,14 +456,15 @@ def _aware(ts: datetime | None) -> datetime | None:
     return ts.replace(tzinfo=UTC) if ts is not None and ts.tzinfo is None else ts
 
 
-def job_public(session: Session, job: Job, status_url: str) -> JobPublic:
+def job_public(session: Session, job: Job, status_url: str, counts: JobCounts | None = None) -> JobPublic:
+    """The job as the API shows it; ``counts`` when the caller already has them (a page of jobs)."""
     return JobPublic(
         id=job.id,
         state=JobState(job.state),
         explain=job.explain,
         overlays=job.overlays,
         callback_url=job.callback_url,
-        counts=job_counts(session, job_id=job.id),
+        counts=counts if counts is not None else job_counts(session, job_id=job.id),
         status_url=status_url,
         created_at=_aware(job.created_at),
         started_at=_aware(job.started_at),
