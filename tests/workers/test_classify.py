@@ -55,7 +55,8 @@ def test_sigkill_mid_job_then_fresh_worker_gives_one_result_each(service_stack: 
         ).all()
         attempts = session.exec(select(JobItem.attempts).where(col(JobItem.job_id) == job_id)).all()
     assert sorted(per_position) == [(p, 1) for p in range(N)]
-    # Each item's result was written by exactly one task run, though its chunk may have run twice.
-    assert sorted(set(attempts)) == [1]
+    # Every start counts toward the poison limit (it is counted before any work): the chunk the kill
+    # interrupted was started twice, every other item once. One chunk (10 images) at most was running.
+    assert set(attempts) <= {1, 2} and sum(a == 2 for a in attempts) <= 10, attempts
     overlays = st.svc.store.list(f"jobs/{job_id}/overlays/")
     assert overlays == sorted(overlay_key(job_id, p) for p in range(N))
