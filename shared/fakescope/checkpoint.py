@@ -25,6 +25,7 @@ __all__ = [
     "FORMAT_VERSION",
     "CheckpointMeta",
     "Preprocess",
+    "checkpoint_members",
     "combine_checkpoints",
     "load_checkpoint",
     "save_checkpoint",
@@ -144,6 +145,54 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
     return model.to(device).eval(), meta
 
 
+def checkpoint_members(
+    spec: str | Path, device: str | torch.device = "cpu"
+) -> list[tuple[str, FreqNetResNet, CheckpointMeta]]:
+    """The single networks in a checkpoint, each as ``(name, network, meta)``.
+
+    A trained checkpoint is one member, named by its path. An ensemble gives its members back, each
+    with its own head and the record it was combined with (its training config, time and metrics),
+    named by the path it was combined from. ``spec`` may end in ``#N`` to take only member ``N``
+    (from 0) of an ensemble, so a shipped ensemble's members can be recombined with new ones.
+    """
+    text = str(spec)
+    index: int | None = None
+    if "#" in text and not Path(text).exists():
+        text, _, idx = text.rpartition("#")
+        if not idx.isdigit():
+            raise ValueError(f"{spec}: a member index after '#' must be a number")
+        index = int(idx)
+    net, meta = load_checkpoint(text, device)
+    if isinstance(net, FreqNetResNet):
+        if index not in (None, 0):
+            raise ValueError(f"{text} is a single network: it has no member {index}")
+        return [(text, net, meta)]
+    assert isinstance(meta.arch, EnsembleConfig)
+    records = meta.training.get("members", [])
+    out = []
+    for i, (member, variant) in enumerate(zip(net.nets(), meta.arch.variants, strict=True)):
+        if index is not None and i != index:
+            continue
+        rec = records[i] if i < len(records) else {}
+        member_meta = CheckpointMeta(
+            variant=variant,
+            arch=member.cfg,
+            preprocess=meta.preprocess,
+            labels=meta.labels,
+            training={
+                "config": rec.get("config", {}),
+                "split": meta.training.get("split", {}),
+                "train_seconds": rec.get("train_seconds"),
+                "model_version": rec.get("model_version"),
+            },
+            metrics=rec.get("metrics", {}),
+        )
+        out.append((str(rec.get("path") or f"{text}#{i}"), member, member_meta))
+    if not out:
+        raise ValueError(f"{text} has {len(meta.arch.variants)} members: there is no member {index}")
+    return out
+
+
 def combine_checkpoints(
     members: Sequence[str | Path], directory: str | Path, weights: Sequence[float] | None = None
 ) -> Path:
@@ -151,27 +200,26 @@ def combine_checkpoints(
 
     The members must share the preprocessing and the train/validation split (the same sources, seed
     and sizes, checked by the split's fingerprint), so the ensemble's validation images are still
-    ones no member trained on. Its temperature starts at 1 and it has no domain model: calibrate it
-    (``fakescope calibrate``) as any trained checkpoint. ``weights``: each member's share of the
-    logit average (default equal).
+    ones no member trained on. An ensemble given as a member is taken apart into its members (see
+    :func:`checkpoint_members`, which also reads ``PATH#N``). Its temperature starts at 1 and it has
+    no domain model: calibrate it (``fakescope calibrate``) as any trained checkpoint. ``weights``:
+    each resulting member's share of the logit average (default equal).
     """
-    if len(members) < 2:
+    loaded = [m for spec in members for m in checkpoint_members(spec)]
+    if len(loaded) < 2:
         raise ValueError("an ensemble needs at least two members")
-    loaded = [load_checkpoint(m) for m in members]
-    metas = [meta for _, meta in loaded]
-    nets: list[FreqNetResNet] = []
-    for path, (net, meta) in zip(members, loaded, strict=True):
-        if not isinstance(net, FreqNetResNet):
-            raise ValueError(f"{path} is already an ensemble; combine its members instead")
-        nets.append(net)
+    if weights is not None and len(weights) != len(loaded):
+        raise ValueError(f"{len(weights)} weights for {len(loaded)} members")
+    names = [name for name, _, _ in loaded]
+    nets = [net for _, net, _ in loaded]
+    metas = [meta for _, _, meta in loaded]
+    for name, meta in zip(names, metas, strict=True):
         if meta.preprocess != metas[0].preprocess or meta.labels != metas[0].labels:
-            raise ValueError(f"{path} has other preprocessing or labels than {members[0]}")
+            raise ValueError(f"{name} has other preprocessing or labels than {names[0]}")
         split = meta.training.get("split", {})
         first = metas[0].training.get("split", {})
         if not split.get("val_fingerprint") or split.get("val_fingerprint") != first.get("val_fingerprint"):
-            raise ValueError(
-                f"{path} was not trained on the same split as {members[0]} (validation fingerprints differ)"
-            )
+            raise ValueError(f"{name} was not trained on the same split as {names[0]} (validation fingerprints differ)")
     ens = FreqNetEnsemble.from_members(nets, [m.variant for m in metas], weights or [1.0] * len(nets))
     meta = CheckpointMeta(
         variant="+".join(m.variant for m in metas),
@@ -185,13 +233,13 @@ def combine_checkpoints(
             "split": metas[0].training.get("split", {}),
             "members": [
                 {
-                    "path": str(p),
-                    "model_version": m.model_version,
+                    "path": name,
+                    "model_version": m.training.get("model_version") or m.model_version,
                     "config": m.training.get("config", {}),
                     "train_seconds": m.training.get("train_seconds"),
                     "metrics": m.metrics,
                 }
-                for p, m in zip(members, metas, strict=True)
+                for name, m in zip(names, metas, strict=True)
             ],
             "train_seconds": sum(float(m.training.get("train_seconds") or 0.0) for m in metas),
         },

@@ -94,7 +94,26 @@ def test_members_on_other_splits_or_preprocessing_are_refused(members: list[Path
         combine_checkpoints(members[:1], tmp_path / "bad")
 
 
-def test_an_ensemble_is_not_a_member(members: list[Path], tmp_path: Path) -> None:
-    out = combine_checkpoints(members, tmp_path / "ens")
-    with pytest.raises(ValueError, match="already an ensemble"):
-        combine_checkpoints([out, members[0]], tmp_path / "bad")
+def test_an_ensemble_given_as_a_member_is_taken_apart(members: list[Path], tmp_path: Path) -> None:
+    ens = combine_checkpoints(members, tmp_path / "ens")
+    again = combine_checkpoints([ens, members[0]], tmp_path / "again")
+    model, meta = load_checkpoint(again)
+    assert isinstance(model, FreqNetEnsemble)
+    assert meta.variant == "freqnet_vgg+vgg3_anchor+freqnet_vgg"
+    assert [m["path"] for m in meta.training["members"]] == [str(members[0]), str(members[1]), str(members[0])]
+    x = torch.from_numpy(_images()).permute(0, 3, 1, 2).float() / 255.0
+    singles = [load_checkpoint(m)[0] for m in members]
+    with torch.no_grad():
+        expected = (2 * singles[0](x) + singles[1](x)) / 3
+        torch.testing.assert_close(model(x), expected, rtol=1e-4, atol=1e-5)
+    # PATH#N takes one member: the second member of the ensemble alone, beside the first file.
+    picked = combine_checkpoints([f"{ens}#1", members[0]], tmp_path / "picked")
+    assert load_checkpoint(picked)[1].variant == "vgg3_anchor+freqnet_vgg"
+    assert (
+        load_checkpoint(picked)[1].training["members"][0]["model_version"]
+        == load_checkpoint(members[1])[1].model_version
+    )
+    with pytest.raises(ValueError, match="there is no member 5"):
+        combine_checkpoints([f"{ens}#5", members[0]], tmp_path / "bad")
+    with pytest.raises(ValueError, match="at least two members"):
+        combine_checkpoints([f"{ens}#0"], tmp_path / "bad")

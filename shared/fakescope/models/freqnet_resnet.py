@@ -434,6 +434,18 @@ ANCHORS: dict[str, FreqNetResNetConfig] = {
         block="plain",
         wavelet=False,
     ),
+    # The anchor at twice the width (64/128/256, 1.15M parameters): on 2 cores it trains at ~0.4x the
+    # anchor's speed and still serves ~5x faster than freqnet_vgg (no full-resolution block).
+    "vgg3_wide": FreqNetResNetConfig(
+        layers=(1, 1, 1),
+        planes=(64, 128, 256),
+        strides=(2, 2, 2),
+        stem_chs=0,
+        stem_downsample=False,
+        freq_merges=0,
+        block="plain",
+        wavelet=False,
+    ),
 }
 VARIANTS.update(ANCHORS)
 
