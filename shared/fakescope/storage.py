@@ -60,6 +60,7 @@ class ObjectStore(Protocol):
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
     def get(self, key: str, max_bytes: int | None = None) -> bytes: ...
     def exists(self, key: str) -> bool: ...
+    def size(self, key: str) -> int | None: ...
     def delete(self, keys: Sequence[str]) -> None: ...
     def list(self, prefix: str) -> list[str]: ...
     def presign_get(self, key: str, expires_s: int) -> str: ...
@@ -149,14 +150,19 @@ class S3Store:
             raise StorageError(f"cannot delete {len(errors)} of {len(keys)} objects: {errors[0]}")
 
     def exists(self, key: str) -> bool:
+        return self.size(key) is not None
+
+    def size(self, key: str) -> int | None:
+        """The object's size in bytes, or None when there is none (a HEAD request: nothing is read)."""
         from minio.error import S3Error
 
         try:
-            self.client.stat_object(self.bucket, key)
-            return True
+            return int(self.client.stat_object(self.bucket, key).size or 0)
         except S3Error as e:
             if e.code in ("NoSuchKey", "NoSuchObject", "NotFound", "ResourceNotFound"):
-                return False
+                return None
+            raise StorageError(f"cannot stat {key}: {e}") from e
+        except self._errors() as e:
             raise StorageError(f"cannot stat {key}: {e}") from e
 
     def list(self, prefix: str) -> list[str]:
@@ -222,6 +228,10 @@ class LocalStore:
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def size(self, key: str) -> int | None:
+        path = self._path(key)
+        return path.stat().st_size if path.is_file() else None
 
     def delete(self, keys: Sequence[str]) -> None:
         for key in keys:

@@ -295,7 +295,7 @@ def test_a_retried_transient_error_gives_its_start_back(service_env: ServiceEnv)
 
 
 class _FlakyStore:
-    """The session's S3 store, with ``exists`` failing from its ``fail_at``-th call on."""
+    """The session's S3 store, with ``size`` failing from its ``fail_at``-th call on."""
 
     def __init__(self, store: ObjectStore, fail_at: int) -> None:
         self.store, self.fail_at, self.calls = store, fail_at, 0
@@ -303,11 +303,11 @@ class _FlakyStore:
     def __getattr__(self, name: str) -> object:
         return getattr(self.store, name)
 
-    def exists(self, key: str) -> bool:
+    def size(self, key: str) -> int | None:
         self.calls += 1
         if self.calls >= self.fail_at:
             raise StorageError("S3 went away")
-        return self.store.exists(key)
+        return self.store.size(key)
 
 
 def _upload_job(env: ServiceEnv, n: int) -> uuid.UUID:
@@ -345,12 +345,12 @@ def test_a_cancel_during_a_start_is_never_undone(service_env: ServiceEnv) -> Non
     job_id = _upload_job(service_env, 3)
 
     class CancelWhileChecking(_FlakyStore):
-        def exists(self, key: str) -> bool:
+        def size(self, key: str) -> int | None:
             if self.calls == 0:  # another request cancels the job while this one checks the objects
                 with service_env.session() as other:
                     svc.cancel_job(other, job=other.get(Job, job_id))  # type: ignore[arg-type]
             self.calls += 1
-            return self.store.exists(key)
+            return self.store.size(key)
 
     chunks = Chunks()
     with service_env.session() as session:
@@ -361,6 +361,28 @@ def test_a_cancel_during_a_start_is_never_undone(service_env: ServiceEnv) -> Non
         session.refresh(job)
         statuses = session.exec(select(JobItem.status).where(JobItem.job_id == job_id)).all()
     assert job.state == JobState.CANCELLED and set(statuses) == {ItemStatus.CANCELLED} and chunks.sent == []
+
+
+def test_a_presigned_upload_over_the_limit_fails_at_the_start_and_is_deleted(service_env: ServiceEnv) -> None:
+    job_id = _upload_job(service_env, 3)  # 0 and 1 uploaded, 2 missing
+    with service_env.session() as session:
+        items = session.exec(select(JobItem).where(JobItem.job_id == job_id).order_by(JobItem.position)).all()
+        big_key = items[1].object_key
+        limit = len(png_bytes(0)) + 10
+        service_env.store.put(big_key, b"x" * (limit + 1))  # the PUT URL let any size through
+        chunks = Chunks()
+        job = session.get(Job, job_id)
+        assert job is not None
+        svc.start_job(session, service_env.store, chunks, job=job, max_bytes=limit)
+        session.expire_all()
+        rows = session.exec(select(JobItem).where(JobItem.job_id == job_id).order_by(JobItem.position)).all()
+        assert [(r.status, r.error) for r in rows] == [
+            (ItemStatus.QUEUED, None),
+            (ItemStatus.FAILED, f"file is over the limit of {limit} bytes"),
+            (ItemStatus.FAILED, "image was not uploaded"),
+        ]
+        assert chunks.sent == [(job_id, [rows[0].id])]
+    assert service_env.store.size(big_key) is None  # no worker will ever read it
 
 
 def test_retention_deletes_old_jobs_and_only_the_objects_they_alone_use(

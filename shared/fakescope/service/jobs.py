@@ -36,7 +36,7 @@ from fakescope.db.models import (
 )
 from fakescope.imageio import ARCHIVE_SUFFIXES, DEFAULT_MAX_BYTES, ImageError, InputItem, iter_inputs
 from fakescope.service import Enqueue, webhooks
-from fakescope.storage import ObjectStore, original_key
+from fakescope.storage import ObjectStore, StorageError, original_key
 from fakescope.taskformat import TaskEntry
 
 __all__ = [
@@ -357,13 +357,16 @@ def start_job(
     enqueue: Enqueue,
     *,
     job: Job,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> Job:
-    """Queues the uploaded items of a presigned job; an item whose object is missing fails as not uploaded.
+    """Queues the uploaded items of a presigned job; an item whose object is missing fails as not
+    uploaded, and one over ``max_bytes`` (a presigned PUT cannot be capped as it is sent) fails as too
+    large and its object is deleted, so no worker ever reads it.
 
-    The objects are checked first, with nothing changed: an object-store error part-way (it propagates)
-    leaves the job awaiting its start, and a retry starts it. Then the job's claim and every item's new
-    state commit together, each conditional on the state it expects, so a cancel that landed meanwhile
-    wins and is never undone.
+    The objects are checked first (a HEAD each), with nothing changed: an object-store error part-way
+    (it propagates) leaves the job awaiting its start, and a retry starts it. Then the job's claim and
+    every item's new state commit together, each conditional on the state it expects, so a cancel that
+    landed meanwhile wins and is never undone.
     """
     if job.state != JobState.AWAITING_UPLOAD:
         raise JobStateError("Job already started")
@@ -373,9 +376,10 @@ def start_job(
         )
     ).all()
     with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="start") as pool:
-        present = list(pool.map(lambda row: store.exists(row[1]), items))
-    queued = [row[0] for row, ok in zip(items, present, strict=True) if ok]
-    missing = [row[0] for row, ok in zip(items, present, strict=True) if not ok]
+        sizes = list(pool.map(lambda row: store.size(row[1]), items))
+    queued = [row[0] for row, n in zip(items, sizes, strict=True) if n is not None and n <= max_bytes]
+    missing = [row[0] for row, n in zip(items, sizes, strict=True) if n is None]
+    oversized = [row for row, n in zip(items, sizes, strict=True) if n is not None and n > max_bytes]
     claimed = session.exec(
         update(Job)
         .where(col(Job.id) == job.id, col(Job.state) == JobState.AWAITING_UPLOAD)
@@ -392,13 +396,22 @@ def start_job(
             .where(col(JobItem.id).in_(queued), waiting)
             .values(status=ItemStatus.QUEUED, enqueued_at=utcnow())
         )
-    if missing:
-        session.exec(
-            update(JobItem)
-            .where(col(JobItem.id).in_(missing), waiting)
-            .values(status=ItemStatus.FAILED, error="image was not uploaded", finished_at=utcnow())
-        )
+    for ids, error in (
+        (missing, "image was not uploaded"),
+        ([row[0] for row in oversized], f"file is over the limit of {max_bytes} bytes"),
+    ):
+        if ids:
+            session.exec(
+                update(JobItem)
+                .where(col(JobItem.id).in_(ids), waiting)
+                .values(status=ItemStatus.FAILED, error=error, finished_at=utcnow())
+            )
     session.commit()
+    if oversized:
+        try:
+            store.delete([row[1] for row in oversized])
+        except StorageError:
+            logger.warning("job %s: could not delete %s oversized uploads", job.id, len(oversized), exc_info=True)
     enqueue(job.id, queued)
     if not queued:
         finish(session, job_id=job.id)
