@@ -17,6 +17,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from api.deps import get_enqueuer
 from api.limits import BodySizeLimit
 from api.routes import health, jobs, objects, report, webhooks
+from fakescope.service.budget import ByteBudget, UploadBusy
 from fakescope.service.jobs import IdempotencyConflict
 from fakescope.service.webhooks import set_sender
 from fakescope.settings import get_settings
@@ -62,6 +63,13 @@ def _unavailable(what: str) -> Callable[[Request, Exception], Response]:
     return handler
 
 
+def _busy(request: Request, exc: Exception) -> Response:
+    logging.getLogger("api").warning("%s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        {"detail": "Too many uploads in progress; retry shortly"}, status_code=503, headers={"Retry-After": "5"}
+    )
+
+
 def _unprocessable(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": str(exc)}, status_code=422)
 
@@ -78,6 +86,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(StorageError, _unavailable("object storage"))
     app.add_exception_handler(BrokerError, _unavailable("the queue broker"))
     app.add_exception_handler(IdempotencyConflict, _unprocessable)
+    app.add_exception_handler(UploadBusy, _busy)
     app.include_router(health.router)
     app.include_router(jobs.router, prefix="/v1")
     app.include_router(webhooks.router, prefix="/v1")
@@ -85,6 +94,8 @@ def create_app() -> FastAPI:
     app.include_router(report.router)
     # An oversized body is refused as it arrives, an anonymous one before anything reads it.
     settings = get_settings()
+    # One bound for every upload request this process serves (they run on the threadpool).
+    app.state.upload_budget = ByteBudget(settings.upload_memory_bytes, settings.upload_memory_wait_s)
     # Webhooks of jobs this process finishes or cancels go to the webhooks queue, never inline.
     set_sender(lambda job_id: get_enqueuer(settings).webhook(job_id))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, json_max_bytes=settings.max_json_bytes)

@@ -199,6 +199,7 @@ def create_job(
             idempotency_key=idempotency_key,
             max_items=settings.max_items_per_job,
             fingerprint=fingerprint,
+            budget=getattr(request.app.state, "upload_budget", None),
         )
     url = _status_url(request, job.id)
     response.headers["Location"] = url

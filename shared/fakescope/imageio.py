@@ -64,10 +64,15 @@ class ImageError(ValueError):
 
 @dataclass(frozen=True)
 class InputItem:
-    """One input of a scan: a display name and a way to read its bytes (or the error reading them)."""
+    """One input of a scan: a display name and a way to read its bytes (or the error reading them).
+
+    ``size``: how many bytes ``read`` will return, where that is known before reading (an upload's
+    length, an archive member's declared size); the API reserves memory for it from this.
+    """
 
     name: str
     read: Callable[[], bytes]
+    size: int | None = None
 
 
 # The raster formats a platform's uploads come in, and the only ones Pillow may open: its other
@@ -200,7 +205,7 @@ def _iter_archive(
                         raise ImageError(f"archive member expands past the limit of {max_bytes} bytes")
                     return data
 
-                yield InputItem(f"{label}/{info.filename}", read_zip)
+                yield InputItem(f"{label}/{info.filename}", read_zip, size=info.file_size)
         elif tarfile.is_tarfile(path):
             # Streamed in archive order: a compressed tar can only be read forwards, and seeking back
             # to a member behind the current one re-decompresses from the start (sorting the members
@@ -235,7 +240,7 @@ def _iter_archive(
                     def read_tar(data: bytes = data) -> bytes:
                         return data
 
-                    yield InputItem(name, read_tar)
+                    yield InputItem(name, read_tar, size=len(data))
         else:
             yield InputItem(label, _fail("not a zip or tar archive, though named like one"))
     except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile) as e:

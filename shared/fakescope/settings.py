@@ -80,6 +80,12 @@ class Settings(BaseSettings):
     max_json_bytes: int = Field(
         16 * 1024**2, ge=1, description="larger bodies on every other route get 413 (100,000 upload names fit)"
     )
+    upload_memory_bytes: int = Field(
+        1024**3, ge=1, description="upload bytes one API process holds in memory at once, over every request"
+    )
+    upload_memory_wait_s: float = Field(
+        30.0, ge=0, description="how long an upload waits for others to free that memory before a 503"
+    )
     rate_limit_per_minute: int = Field(3000, ge=0, description="requests per API key per minute (0: none)")
     max_items_per_job: int = 100_000
     presign_expiry_s: int = 3600

@@ -36,6 +36,7 @@ from fakescope.db.models import (
 )
 from fakescope.imageio import ARCHIVE_SUFFIXES, DEFAULT_MAX_BYTES, ImageError, InputItem, iter_inputs
 from fakescope.service import Enqueue, webhooks
+from fakescope.service.budget import ByteBudget
 from fakescope.storage import ObjectStore, StorageError, original_key
 from fakescope.taskformat import TaskEntry
 
@@ -91,6 +92,17 @@ def _read_capped(f: IO[bytes], max_bytes: int) -> Callable[[], bytes]:
     return read
 
 
+def _length(f: IO[bytes]) -> int | None:
+    """The file's length, if it can seek (an upload spooled to memory or disk can)."""
+    try:
+        here = f.tell()
+        end = f.seek(0, 2)
+        f.seek(here)
+        return end - here
+    except (OSError, ValueError):
+        return None
+
+
 def expand_uploads(
     uploads: Sequence[tuple[str, IO[bytes]]], workdir: Path, max_bytes: int = DEFAULT_MAX_BYTES
 ) -> Iterator[InputItem]:
@@ -108,7 +120,7 @@ def expand_uploads(
                 shutil.copyfileobj(f, out)
             yield from iter_inputs([folder / name], max_bytes=max_bytes)
         else:
-            yield InputItem(name, _read_capped(f, max_bytes))
+            yield InputItem(name, _read_capped(f, max_bytes), size=_length(f))
 
 
 def _by_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str | None) -> Job | None:
@@ -192,8 +204,16 @@ def create_job(
     idempotency_key: str | None = None,
     max_items: int = 100_000,
     fingerprint: str | None = None,
+    budget: ByteBudget | None = None,
+    max_bytes: int = DEFAULT_MAX_BYTES,
 ) -> tuple[Job, bool]:
     """Stores every input's bytes, one item row each, and enqueues the classify chunks.
+
+    ``budget``: the process's bound on upload bytes held at once (see :mod:`fakescope.service.budget`);
+    each image's bytes are reserved from it before they are read (from its size where known, else
+    ``max_bytes``, the per-image cap) and given back once its window is stored. Raises
+    :class:`~fakescope.service.budget.UploadBusy` when other uploads hold it all for too long; the job
+    is removed then, as after any failed upload.
 
     Bytes this tenant already stored (same SHA-256) are not stored again: the item points at the
     existing object, which is what makes a resubmitted batch cheap (the workers then answer it from
@@ -230,9 +250,30 @@ def create_job(
         row.sha256 = hashlib.sha256(data).hexdigest()
         return row, data
 
-    def windows() -> Iterator[list[tuple[JobItem, bytes | None]]]:
+    held_total = 0  # bytes this request holds from ``budget``; all given back when it ends, however it ends
+
+    def reserve(n: int, *, wait: bool) -> bool:
+        nonlocal held_total
+        if budget is None:
+            return True
+        if wait:
+            budget.acquire(n)
+        elif not budget.try_acquire(n):
+            return False
+        held_total += n
+        return True
+
+    def give_back(n: int) -> None:
+        nonlocal held_total
+        n = min(n, held_total)
+        if budget is not None and n > 0:
+            budget.release(n)
+            held_total -= n
+
+    def windows() -> Iterator[tuple[list[tuple[JobItem, bytes | None]], int]]:
         # Up to UPLOAD_WINDOW images or UPLOAD_WINDOW_BYTES, whichever comes first: a small archive of
-        # large, highly compressible members must not make the API hold gigabytes at once.
+        # large, highly compressible members must not make the API hold gigabytes at once. Each window
+        # comes with the bytes it holds from the budget, which the consumer gives back once it is stored.
         numbered = enumerate(inputs)
         window: list[tuple[JobItem, bytes | None]] = []
         held = 0
@@ -240,16 +281,25 @@ def create_job(
             if group[-1][0] >= max_items:
                 group = [(p, it) for p, it in group if p < max_items]
                 job.error = f"the upload has more than {max_items} images; the first {max_items} were kept"
+            need = sum(min(max_bytes + 1, it.size if it.size is not None else max_bytes + 1) for _, it in group)
+            if not reserve(need, wait=not window):
+                # Store what this request holds before waiting for others: never wait while holding.
+                yield window, held
+                window, held = [], 0
+                reserve(need, wait=True)
+            got = 0
             for row, data in pool.map(lambda pi: read_one(*pi), group):
                 window.append((row, data))
-                held += len(data or b"")
+                got += len(data or b"")
+            give_back(need - got)  # the reservation, trimmed to what was read
+            held += got
             if len(window) >= UPLOAD_WINDOW or held >= UPLOAD_WINDOW_BYTES:
-                yield window
+                yield window, held
                 window, held = [], 0
             if job.error:
                 break  # the rest of the upload is not read at all
         if window:
-            yield window
+            yield window, held
 
     job_id = job.id
     try:
@@ -259,7 +309,7 @@ def create_job(
             # the window's items committed and enqueued as soon as they are stored, so the workers classify
             # while the rest of the upload is still being stored. ``job.total`` stays 0 until the last
             # window, which is what keeps a worker from finishing the job early (finalize_if_done).
-            for read in windows():
+            for read, held in windows():
                 known = _known_originals(session, tenant_id, {r.sha256 for r, d in read if d is not None})
                 puts = []
                 for row, data in read:
@@ -270,6 +320,8 @@ def create_job(
                 for f in puts:
                     f.result()
                 rows = [r for r, _ in read]
+                del read[:], puts  # the bytes are stored: let them go before giving their budget back
+                give_back(held)
                 state = session.exec(select(Job.state).where(col(Job.id) == job_id)).one()
                 if state == JobState.CANCELLED:
                     break  # cancelled while its upload was being stored (the id is known to an idempotent retry)
@@ -298,6 +350,8 @@ def create_job(
         except SQLAlchemyError:
             logger.warning("job %s: could not remove the job of a failed upload", job_id, exc_info=True)
         raise
+    finally:
+        give_back(held_total)
     finish(session, job_id=job.id)  # the workers may have finished every chunk before the total was known
     session.refresh(job)
     logger.info("job %s: %s items, %s queued", job.id, n_rows, n_queued)
