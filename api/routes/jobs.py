@@ -7,8 +7,9 @@ import tempfile
 import time
 import uuid
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any, Generic, TypeVar
+from urllib.parse import urlencode
 
 from fastapi import (
     APIRouter,
@@ -16,6 +17,7 @@ from fastapi import (
     Form,
     Header,
     HTTPException,
+    Path,
     Query,
     Request,
     Response,
@@ -35,10 +37,12 @@ from fakescope.db.models import (
     WebhookDelivery,
 )
 from fakescope.service import jobs as svc
+from fakescope.service.overlays import item_overlay as item_overlay_png
+from fakescope.service.overlays import overlay_resource
 from fakescope.service.tenants import make_report_token
 from fakescope.service.webhooks import CallbackURLError, check_callback_url
 from fakescope.settings import Settings
-from fakescope.storage import ObjectStore
+from fakescope.storage import ObjectStore, sign_url, verify_url
 from fakescope.taskformat import task1, task2
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -177,7 +181,7 @@ def create_job(
     """Uploads a batch; answers 202 with the job and its status URL while workers classify it."""
     _check_callback(callback_url, settings)
     with tempfile.TemporaryDirectory(prefix="fakescope-upload-") as tmp:
-        inputs = svc.expand_uploads([(f.filename or "", f.file) for f in files], Path(tmp))
+        inputs = svc.expand_uploads([(f.filename or "", f.file) for f in files], FilePath(tmp))
         # A retry sends the same files (names and sizes) with the same options; hashing the bytes
         # themselves would read a 2-GB body twice.
         fingerprint = svc.request_fingerprint(
@@ -305,7 +309,51 @@ def cancel_job(request: Request, job_id: uuid.UUID, session: SessionDep, tenant:
     return svc.job_public(session, job, _status_url(request, job.id))
 
 
-def _result(item: JobItem, store: ObjectStore, expires_s: int) -> ItemResult:
+OVERLAY_NOT_FOUND = "Overlay not found"
+
+
+def _overlay_url(request: Request, settings: Settings, item: JobItem) -> str | None:
+    """A signed URL of the item's overlay (drawn on the first GET): usable without a key, as a
+    presigned object URL is, so a browser's ``<img>`` and a plain download can fetch it."""
+    if not (item.cam_grid or item.overlay_key):
+        return None
+    expires = int(time.time()) + settings.presign_expiry_s
+    resource = overlay_resource(item.job_id, item.position)
+    url = str(request.url_for("item_overlay", job_id=item.job_id, position=item.position))
+    return (
+        url
+        + "?"
+        + urlencode({"expires": expires, "signature": sign_url(settings.secret_key, "GET", resource, expires)})
+    )
+
+
+@router.get(
+    "/{job_id}/items/{position}/overlay.png",
+    response_class=Response,
+    responses={200: {"content": {"image/png": {}}}, 403: {}, 404: {}},
+)
+def item_overlay(
+    job_id: uuid.UUID,
+    position: Annotated[int, Path(ge=0, le=MAX_OFFSET)],
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    expires: Annotated[int, Query()],
+    signature: Annotated[str, Query(max_length=128)],
+) -> Response:
+    """The GradCAM overlay PNG of one image, by the signed URL its result carries (``overlay_url``).
+
+    Drawn from the original and its GradCAM grid the first time it is asked for, then stored.
+    """
+    if not verify_url(settings.secret_key, "GET", overlay_resource(job_id, position), expires, signature):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="Invalid or expired signature")
+    png = item_overlay_png(session, store, job_id=job_id, position=position)
+    if png is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=OVERLAY_NOT_FOUND)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
+
+
+def _result(item: JobItem, store: ObjectStore, expires_s: int, overlay_url: str | None) -> ItemResult:
     return ItemResult(
         id=item.id,
         position=item.position,
@@ -318,7 +366,7 @@ def _result(item: JobItem, store: ObjectStore, expires_s: int) -> ItemResult:
         cached=item.cached,
         width=item.width,
         height=item.height,
-        overlay_url=store.presign_get(item.overlay_key, expires_s) if item.overlay_key else None,
+        overlay_url=overlay_url,
         image_url=store.presign_get(item.object_key, expires_s),
         model_version=item.model_version,
         explain_status=item.explain_status,
@@ -332,6 +380,7 @@ def _result(item: JobItem, store: ObjectStore, expires_s: int) -> ItemResult:
 
 @router.get("/{job_id}/results", response_model=ResultsPage)
 def job_results(
+    request: Request,
     job_id: uuid.UUID,
     session: SessionDep,
     store: StoreDep,
@@ -340,10 +389,10 @@ def job_results(
     offset: Offset = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> ResultsPage:
-    """Classified images in upload order, with presigned overlay URLs; failed ones are under ``/failures``."""
+    """Classified images in upload order, with signed overlay URLs; failed ones are under ``/failures``."""
     _job_or_404(session, tenant, job_id)
     items, count = svc.list_results(session, job_id=job_id, offset=offset, limit=limit)
-    data = [_result(it, store, settings.presign_expiry_s) for it in items]
+    data = [_result(it, store, settings.presign_expiry_s, _overlay_url(request, settings, it)) for it in items]
     return ResultsPage(data=data, count=count, offset=offset, limit=limit)
 
 

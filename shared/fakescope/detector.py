@@ -15,9 +15,10 @@ from torch import nn
 
 from fakescope.checkpoint import CheckpointMeta, load_checkpoint
 from fakescope.domain import DOMAIN_FILE, DomainModel
-from fakescope.gradcam import GradCAM, linear_head_cam
+from fakescope.gradcam import GradCAM, linear_head_grid
 from fakescope.imageio import to_rgb_array
 from fakescope.models import Network
+from fakescope.overlay import cam_from_grid
 
 __all__ = ["DEFAULT_CHECKPOINT", "Analysis", "Detector", "resolve_checkpoint"]
 
@@ -42,6 +43,9 @@ class Analysis:
     probs: np.ndarray
     cams: np.ndarray | None = None
     domain: np.ndarray | None = None
+    # The maps before resizing, ``(N, h, w)`` at the last stage's cells: what a result row keeps so
+    # its overlay can be drawn later (fakescope.overlay); ``cams`` is drawn from them.
+    grids: np.ndarray | None = None
 
 
 class Detector:
@@ -181,16 +185,20 @@ class Detector:
                 factors = [max(sw / w, w / sw, sh / h, h / sh) for sw, sh in ((max(1, a), max(1, b)) for a, b in sizes)]
                 resample = torch.tensor(factors, dtype=torch.float32)
             domain = self.domain.scores(pooled, resample).cpu().numpy()
-        maps = None
+        maps = grids = None
         if cams and self.cam_from_head:
             assert feats is not None
-            maps = linear_head_cam(feats, self.model.head.weight, logits.argmax(1), x.shape[-2:]).cpu().numpy()
+            grids = linear_head_grid(feats, self.model.head.weight, logits.argmax(1)).cpu().numpy()
         elif cams:
             # With TTA the verdict comes from both views: show the evidence for that verdict.
             with self._autocast():
-                _, cam_t = self._gradcam(x, logits.argmax(1))
-            maps = cam_t.float().cpu().numpy()
-        return Analysis(self.probabilities(logits), maps, domain)
+                self._gradcam(x, logits.argmax(1))
+            assert self._gradcam.last_grids is not None
+            grids = self._gradcam.last_grids.float().cpu().numpy()
+        if grids is not None:
+            # Drawn by the same torch-free code the API uses, so a map here and an overlay drawn later agree.
+            maps = np.stack([cam_from_grid(g, x.shape[-2:]) for g in grids])
+        return Analysis(self.probabilities(logits), maps, domain, grids)
 
 
 def _features_feed_linear_head(model: Network, input_size: tuple[int, int], device: torch.device) -> bool:

@@ -15,15 +15,14 @@ the path for any other head; a test holds the two equal.
 
 from __future__ import annotations
 
-import io
-
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
-__all__ = ["GradCAM", "colormap_jet", "linear_head_cam", "overlay_png"]
+# The overlay is drawn by torch-free code the API shares (fakescope.overlay); re-exported here.
+from fakescope.overlay import colormap_jet, overlay_png
+
+__all__ = ["GradCAM", "colormap_jet", "linear_head_cam", "linear_head_grid", "overlay_png"]
 
 
 class GradCAM:
@@ -32,6 +31,8 @@ class GradCAM:
     def __init__(self, model: nn.Module, target: nn.Module) -> None:
         self.model = model
         self.target = target
+        # The last call's maps before resizing: ``(B, h, w)`` at the target's cells, ReLU'd, unscaled.
+        self.last_grids: torch.Tensor | None = None
 
     def __call__(
         self, x: torch.Tensor, class_idx: int | torch.Tensor | None = None
@@ -69,7 +70,15 @@ class GradCAM:
             h_bwd.remove()
         a, g = acts[0].detach().float(), grads[0].detach().float()
         weights = g.mean(dim=(2, 3), keepdim=True)
+        self.last_grids = F.relu((weights * a).sum(dim=1))
         return logits.detach(), _normalised((weights * a).sum(dim=1, keepdim=True), x.shape[-2:])
+
+
+def linear_head_grid(features: torch.Tensor, head_weight: torch.Tensor, class_idx: torch.Tensor) -> torch.Tensor:
+    """:func:`linear_head_cam` before resizing and scaling: ``(B, h, w)`` at the features' cells, ReLU'd."""
+    a = features.detach().float()
+    weights = head_weight.detach().float()[class_idx] / (a.shape[-2] * a.shape[-1])
+    return F.relu((weights[:, :, None, None] * a).sum(dim=1))
 
 
 def linear_head_cam(
@@ -99,31 +108,3 @@ def _normalised(cam: torch.Tensor, size: tuple[int, int] | torch.Size) -> torch.
     flat = cam.flatten(1)
     lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
     return (cam - lo) / (hi - lo).clamp_min(1e-8)
-
-
-def colormap_jet(cam: np.ndarray) -> np.ndarray:
-    """``(H, W)`` values in [0, 1] to ``(H, W, 3)`` uint8 with the jet colormap (OpenCV's formula)."""
-    v = np.clip(cam, 0.0, 1.0)[..., None]
-    rgb = np.clip(1.5 - np.abs(4.0 * v - np.array([3.0, 2.0, 1.0])), 0.0, 1.0)
-    return (rgb * 255.0 + 0.5).astype(np.uint8)
-
-
-def overlay_png(image: np.ndarray, cam: np.ndarray, alpha: float = 0.45, min_side: int = 128) -> bytes:
-    """The heatmap of ``cam`` blended over ``image`` (``(H, W, 3)`` uint8), as PNG bytes.
-
-    The map is resized to the image; images smaller than ``min_side`` are upscaled with nearest
-    neighbour first, so a 32x32 verdict is still readable on a screen without inventing detail.
-    """
-    h, w = image.shape[:2]
-    scale = max(1, int(np.ceil(min_side / max(1, min(h, w)))))
-    base = Image.fromarray(image)
-    if scale > 1:
-        base = base.resize((w * scale, h * scale), Image.Resampling.NEAREST)
-    cam_img = Image.fromarray((np.clip(cam, 0, 1) * 255).astype(np.uint8)).resize(base.size, Image.Resampling.BILINEAR)
-    heat = colormap_jet(np.asarray(cam_img, dtype=np.float32) / 255.0)
-    blended = (np.asarray(base, dtype=np.float32) * (1 - alpha) + heat.astype(np.float32) * alpha).astype(np.uint8)
-    buf = io.BytesIO()
-    # zlib level 1: a blended heatmap barely compresses better at the default level 6, which took
-    # several times longer and was a large share of a classify worker's time per image.
-    Image.fromarray(blended).save(buf, format="PNG", compress_level=1)
-    return buf.getvalue()

@@ -19,10 +19,10 @@ from typing import Any
 import numpy as np
 
 from fakescope.detector import Detector
-from fakescope.gradcam import overlay_png
-from fakescope.imageio import DEFAULT_MAX_PIXELS, OVERLAY_MAX_SIDE, ImageError, InputItem, decode_image, to_rgb_array
+from fakescope.imageio import DEFAULT_MAX_PIXELS, ImageError, InputItem, decode_image
 from fakescope.observability import MODEL_SECONDS
 from fakescope.observability import pool as pool_name
+from fakescope.overlay import display_image, grid_record, overlay_png
 
 __all__ = ["DecodedImage", "ImageResult", "classify_items", "decode_item"]
 
@@ -57,6 +57,9 @@ class ImageResult:
     width: int | None = None
     height: int | None = None
     overlay_png: bytes | None = None
+    # The GradCAM grid and the input size its map is drawn at (fakescope.overlay.grid_record): what a
+    # result row keeps, so its overlay is drawn only when someone asks for it.
+    cam_grid: dict[str, Any] | None = None
     # Distance from the training distribution over the checkpoint's threshold (fakescope.domain):
     # above 1 the image is out of domain. None when the checkpoint has no domain model.
     domain_score: float | None = None
@@ -89,13 +92,11 @@ def decode_item(item: InputItem, detector: Detector, max_pixels: int = DEFAULT_M
         return DecodedImage(name=item.name, error=f"cannot read file: {e.strerror or e}")
     try:
         im = decode_image(data, max_pixels=max_pixels)
-        display = im.copy()
-        display.thumbnail((OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE))
         return DecodedImage(
             name=item.name,
             sha256=hashlib.sha256(data).hexdigest(),
             model_input=detector.prepare(im),
-            display=to_rgb_array(display),
+            display=display_image(im),
             width=im.width,
             height=im.height,
         )
@@ -119,6 +120,7 @@ def classify_items(
     *,
     batch_size: int = 64,
     overlays: bool = True,
+    grids: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     decode_threads: int = 2,
     keep_arrays: bool = False,
@@ -130,6 +132,8 @@ def classify_items(
         items: inputs, e.g. from :func:`fakescope.imageio.iter_inputs`.
         batch_size: images per forward pass.
         overlays: render the GradCAM overlay PNG of each image.
+        grids: keep each image's GradCAM grid (``cam_grid``), from which
+            :func:`fakescope.overlay.render_overlay` draws that PNG later, identical.
         max_pixels: larger images are refused before they are decoded.
         decode_threads: threads decoding ahead of the model.
         keep_arrays: keep the model input, the display-size image (at most ``OVERLAY_MAX_SIDE`` a
@@ -158,13 +162,15 @@ def classify_items(
             good = [d for d in chunk if d.error is None]
             probs: np.ndarray = np.empty(0)
             cams: np.ndarray | None = None
+            cell_grids: np.ndarray | None = None
             domain: np.ndarray | None = None
             if good:
                 batch = np.stack([d.model_input for d in good])  # type: ignore[misc]
                 t0 = time.perf_counter()
                 sizes = [(d.width or 0, d.height or 0) for d in good]
-                analysis = detector.analyze(batch, cams=overlays or keep_arrays, sizes=sizes)
+                analysis = detector.analyze(batch, cams=overlays or grids or keep_arrays, sizes=sizes)
                 probs, cams, domain = analysis.probs, analysis.cams, analysis.domain
+                cell_grids = analysis.grids
                 MODEL_SECONDS.labels(pool_name()).observe(time.perf_counter() - t0)
             current: list[tuple[ImageResult, Future[bytes] | None]] = []
             k = 0
@@ -186,6 +192,9 @@ def classify_items(
                     cam=cam if keep_arrays else None,
                     model_input=d.model_input if keep_arrays else None,
                     display=d.display if keep_arrays else None,
+                    cam_grid=grid_record(cell_grids[k], detector.input_size)
+                    if grids and cell_grids is not None
+                    else None,
                 )
                 png = render.submit(overlay_png, d.display, cam) if overlays and cam is not None else None
                 current.append((res, png))

@@ -94,15 +94,18 @@ def test_200_images_end_to_end_match_scan(service_stack: ServiceStack, tiny_chec
         assert got["fake_probability"] == pytest.approx(want.fake_probability, rel=1e-4, abs=1e-6), got["name"]
         assert got["sha256"] == want.sha256
         assert got["model_version"] == detector.model_version
-        # The overlay downloads straight from the S3 server through its presigned URL.
+        # The overlay is drawn by the API on the first GET of its signed URL (no key needed), from the
+        # original and the grid the worker kept: byte for byte the PNG `fakescope scan` writes.
         if got["position"] % 20 == 0:
             o = httpx.get(got["overlay_url"], timeout=30)
-            assert o.status_code == 200
-            im = Image.open(io.BytesIO(o.content))
-            assert im.format == "PNG"
+            assert o.status_code == 200 and o.headers["content-type"] == "image/png"
+            assert Image.open(io.BytesIO(o.content)).format == "PNG"
             data = _bytes_of(got["name"])
             (scan_overlay,) = classify_items(detector, [InputItem(got["name"], lambda data=data: data)])
-            assert im.size == Image.open(io.BytesIO(scan_overlay.overlay_png)).size
+            assert o.content == scan_overlay.overlay_png, got["name"]
+            assert httpx.get(got["overlay_url"], timeout=30).content == o.content  # stored, read back
+            forged = got["overlay_url"].replace("signature=", "signature=0")
+            assert httpx.get(forged, timeout=30).status_code == 403
 
     by_stem = {int(Path(n).stem): r.prediction for n, r in expected.items()}
     assert task1 == [{"index": i, "prediction": by_stem[i]} for i in range(1, 201)]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from datetime import UTC, datetime
 from urllib.parse import parse_qsl, quote, urlsplit
 
+import httpx
 from stackfixtures import ServiceStack, png_bytes
 
 
@@ -35,7 +37,15 @@ def test_result_urls_are_signed_for_the_configured_lifetime(service_stack: Servi
         r = c.post("/v1/jobs", files=[("files", ("p.png", png_bytes(88), "image/png"))])
         job = service_stack.wait_job(r.json()["id"])
         (item,) = c.get(f"/v1/jobs/{job['id']}/results").json()["data"]
-    for url in (item["overlay_url"], item["image_url"]):
+    # The overlay is the API's own signed URL (it draws the PNG on first use), for the same lifetime.
+    o = urlsplit(item["overlay_url"])
+    q = dict(parse_qsl(o.query))
+    assert o.path == f"/v1/jobs/{job['id']}/items/0/overlay.png"
+    assert abs(int(q["expires"]) - time.time() - settings.presign_expiry_s) < 120
+    stretched = item["overlay_url"].replace(f"expires={q['expires']}", f"expires={int(q['expires']) + 86400}")
+    assert httpx.get(stretched, timeout=30).status_code == 403
+    assert httpx.get(item["overlay_url"], timeout=30).status_code == 200
+    for url in (item["image_url"],):
         q = dict(parse_qsl(urlsplit(url).query))
         assert int(q["X-Amz-Expires"]) == settings.presign_expiry_s
         signed_at = datetime.strptime(q["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)

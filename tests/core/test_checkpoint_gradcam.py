@@ -9,9 +9,12 @@ from safetensors.torch import load_file, save_file
 
 from fakescope.checkpoint import CheckpointMeta, Preprocess, load_checkpoint
 from fakescope.detector import Detector
-from fakescope.gradcam import GradCAM, colormap_jet, overlay_png
+from fakescope.gradcam import GradCAM, _normalised, colormap_jet, overlay_png
+from fakescope.imageio import InputItem
 from fakescope.models import VARIANTS, create_model
 from fakescope.models.freqnet_resnet import FreqNetResNet
+from fakescope.overlay import cam_from_grid, render_overlay
+from fakescope.pipeline import classify_items
 
 
 def test_checkpoint_roundtrip_is_exact(tiny_checkpoint):
@@ -102,3 +105,23 @@ def test_cams_fall_back_to_gradients_when_the_features_are_not_the_last_stage():
     model = _MergesAfterLastStage(create_model("freqnet_resnet_tiny").cfg).eval()
     meta = CheckpointMeta(variant="freqnet_resnet_tiny", arch=model.cfg, preprocess=Preprocess(input_size=(32, 32)))
     assert not Detector(model, meta, torch.device("cpu")).cam_from_head
+
+
+@pytest.mark.parametrize(("grid_shape", "size"), [((4, 4), (32, 32)), ((8, 8), (32, 32)), ((3, 5), (30, 17))])
+def test_the_torch_free_map_from_a_grid_is_torchs_bilinear_resize(
+    grid_shape: tuple[int, int], size: tuple[int, int]
+) -> None:
+    grid = torch.rand(1, 1, *grid_shape) * 3 - 1  # some cells negative: both clip them at 0
+    expected = _normalised(grid, size)[0].numpy()
+    np.testing.assert_allclose(cam_from_grid(grid[0, 0].numpy(), size), expected, atol=2e-6)
+
+
+def test_an_overlay_drawn_from_a_stored_grid_is_the_scan_overlay(tiny_checkpoint) -> None:
+    det = Detector.load(tiny_checkpoint, device="cpu")
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(3).integers(0, 256, (45, 61, 3), dtype=np.uint8)).save(buf, format="PNG")
+    data = buf.getvalue()
+    (res,) = classify_items(det, [InputItem("a.png", lambda: data)], overlays=True, grids=True)
+    assert res.overlay_png is not None and res.cam_grid is not None
+    record = json.loads(json.dumps(res.cam_grid))  # as it comes back from the database
+    assert render_overlay(data, record) == res.overlay_png

@@ -18,6 +18,7 @@ from fakescope.db.models import ItemStatus, Job, JobItem, JobState, utcnow
 from fakescope.detector import Detector
 from fakescope.imageio import InputItem
 from fakescope.service import jobs as svc
+from fakescope.service.overlays import item_overlay
 from fakescope.service.processing import classify_chunk, release_items
 from fakescope.service.tenants import authenticate, create_api_key, hash_key
 from fakescope.storage import ObjectStore, ObjectTooLarge, StorageError
@@ -88,7 +89,9 @@ def test_a_chunk_run_twice_writes_each_result_once(service_env: ServiceEnv, dete
         state = session.get(Job, job_id).state  # type: ignore[union-attr]
     assert state == JobState.SUCCEEDED
     assert sorted(i.attempts for i in items) == [1] * 6
-    assert all(i.status == ItemStatus.DONE and i.overlay_key for i in items)
+    # A grid each, no overlay PNG: nobody asked for one yet, so nothing was encoded or stored.
+    assert all(i.status == ItemStatus.DONE and i.cam_grid and i.overlay_key is None for i in items)
+    assert service_env.store.list(f"jobs/{job_id}/overlays/") == []
 
 
 def test_cancelled_items_are_not_processed(service_env: ServiceEnv, detector: Detector) -> None:
@@ -121,7 +124,7 @@ def test_seen_images_come_from_the_tenants_cache_with_identical_results(
         "fake_probability",
         "width",
         "height",
-        "overlay_key",
+        "cam_grid",
         "sha256",
         "model_version",
         "object_key",
@@ -129,13 +132,15 @@ def test_seen_images_come_from_the_tenants_cache_with_identical_results(
     for name, item in first.items():
         assert item.status == again[name].status == ItemStatus.DONE
         assert [getattr(item, f) for f in fields] == [getattr(again[name], f) for f in fields]
-    for item in again.values():
-        assert service_env.store.exists(item.overlay_key)  # type: ignore[arg-type]
+    with service_env.session() as session:
+        for item in again.values():
+            png = item_overlay(session, service_env.store, job_id=item.job_id, position=item.position)
+            assert png is not None and png.startswith(b"\x89PNG")
 
     # Another tenant sending the same bytes learns nothing from the first one's history.
     other = _classify(service_env, detector, _job(service_env, 6, seeds=range(400, 406)))
     assert not any(i.cached for i in other.values())
-    assert all(i.overlay_key and i.overlay_key.split("/")[1] != first["400.png"].overlay_key.split("/")[1]
+    assert all(i.cam_grid and i.object_key.split("/")[1] != first["400.png"].object_key.split("/")[1]
                for i in other.values())  # fmt: skip
 
     # Recalibrating changes the answers, so the cache does not serve the old ones.
@@ -220,10 +225,10 @@ def test_verdicts_only_jobs_store_no_overlays_and_share_the_cache_one_way(
         return _classify(service_env, detector, chunks)
 
     bare = run(overlays=False)
-    assert all(i.status == ItemStatus.DONE and i.overlay_key is None and not i.cached for i in bare.values())
+    assert all(i.status == ItemStatus.DONE and i.cam_grid is None and not i.cached for i in bare.values())
     # A job that wants overlays is not answered from results that have none...
     full = run(overlays=True)
-    assert all(i.overlay_key and not i.cached for i in full.values())
+    assert all(i.cam_grid and not i.cached for i in full.values())
     # ...while a verdicts-only job is answered from any earlier result of the same model.
     again = run(overlays=False)
     assert all(i.cached for i in again.values())
@@ -394,11 +399,14 @@ def test_retention_deletes_old_jobs_and_only_the_objects_they_alone_use(
         _classify(service_env, detector, chunks)
     ((old_id, _),), ((new_id, _),) = old.sent, new.sent
     with service_env.session() as session:
+        for position in (0, 1):  # someone looked at the old job's overlays: they are stored objects now
+            assert item_overlay(session, service_env.store, job_id=old_id, position=position)
         old_items = session.exec(select(JobItem).where(JobItem.job_id == old_id)).all()
         (new_item,) = session.exec(select(JobItem).where(JobItem.job_id == new_id)).all()
         shared, alone = sorted(old_items, key=lambda i: i.name)  # 901.png is in both jobs, 902.png only in the old
         assert shared.object_key == new_item.object_key  # stored once (content-hash deduplication)
-        # The new job's 901.png may be the result cache's answer, pointing at the old job's overlay.
+        # The new job's 901.png is the result cache's answer; had its overlay been drawn before, it would
+        # point at the old job's overlay object.
         kept = {shared.object_key, new_item.overlay_key}
         gone = {alone.object_key, alone.overlay_key, shared.overlay_key} - kept
         session.exec(  # type: ignore[call-overload]

@@ -210,6 +210,9 @@ class JobItem(SQLModel, table=True):
     width: int | None = None
     height: int | None = None
     overlay_key: str | None = Field(default=None, max_length=1024)
+    # The GradCAM grid the overlay is drawn from (fakescope.overlay.grid_record); the overlay PNG is
+    # drawn the first time it is asked for and ``overlay_key`` set then.
+    cam_grid: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
     model_version: str | None = Field(default=None, max_length=255)
     error: str | None = None
     explain_status: str = Field(default=ExplainStatus.NONE, max_length=16)

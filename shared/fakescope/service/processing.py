@@ -1,4 +1,7 @@
-"""What the worker pools do with a chunk of items: classify (with GradCAM overlays) and explain.
+"""What the worker pools do with a chunk of items: classify (keeping GradCAM grids) and explain.
+
+A classified item keeps its GradCAM grid, not an overlay PNG: the API draws the overlay the first
+time someone asks for it (fakescope.service.overlays), so no worker encodes or stores one for nothing.
 
 Both functions are safe to run twice on the same chunk: they only touch items still waiting for
 them (``status = 'queued'`` / ``explain_status = 'pending'``), objects have fixed keys, and the row
@@ -12,10 +15,9 @@ import logging
 import time
 import uuid
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, update
+from sqlalchemy import bindparam, or_, update
 from sqlmodel import Session, col, select
 
 from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, utcnow
@@ -24,7 +26,7 @@ from fakescope.observability import FAILURES, IMAGES, failure_reason, log_contex
 from fakescope.pipeline import classify_items
 from fakescope.service import Enqueue
 from fakescope.service.jobs import finish
-from fakescope.storage import ObjectNotFound, ObjectStore, ObjectTooLarge, overlay_key
+from fakescope.storage import ObjectNotFound, ObjectStore, ObjectTooLarge
 
 if TYPE_CHECKING:
     from fakescope.detector import Detector
@@ -32,9 +34,6 @@ if TYPE_CHECKING:
 __all__ = ["cached_results", "classify_chunk", "explain_chunk", "fail_items", "release_items", "store_input"]
 
 logger = logging.getLogger(__name__)
-
-# Overlay PNGs go to the object store from a few threads while the model runs on the next batch.
-PUT_THREADS = 4
 
 
 def store_input(store: ObjectStore, item: JobItem, max_bytes: int | None = None) -> InputItem:
@@ -92,7 +91,7 @@ def cached_results(
     """
     if not sha256s:
         return {}
-    with_overlay = [col(JobItem.overlay_key).is_not(None)] if overlays else []
+    with_overlay = [or_(col(JobItem.cam_grid).is_not(None), col(JobItem.overlay_key).is_not(None))] if overlays else []
     rows = session.exec(
         select(JobItem)
         .join(Job, col(Job.id) == col(JobItem.job_id))
@@ -120,7 +119,8 @@ def classify_chunk(
     max_deliveries: int = 3,
     count_start: bool = True,
 ) -> int:
-    """Classifies the chunk's queued items, stores overlays and results; returns how many it wrote.
+    """Classifies the chunk's queued items and writes their results (with GradCAM grids, from which
+    the API draws overlays on demand) in one statement per shape of row; returns how many it wrote.
 
     An item started more than ``max_deliveries`` times fails with that reason instead (poison work).
     ``count_start=False``: this run's start is already counted (a retry whose give-back failed).
@@ -191,6 +191,7 @@ def classify_chunk(
             "width": hit.width,
             "height": hit.height,
             "overlay_key": hit.overlay_key,
+            "cam_grid": hit.cam_grid,
             "model_version": detector.model_version,
             "started_at": started,
             "finished_at": utcnow(),
@@ -200,39 +201,31 @@ def classify_chunk(
         }))  # fmt: skip
     t0 = time.perf_counter()
     inputs = [store_input(store, it) for it in todo]
-    with ThreadPoolExecutor(PUT_THREADS, thread_name_prefix="overlay-put") as putter:
-        puts = []
-        results = classify_items(detector, inputs, batch_size=batch_size, overlays=job.overlays)
-        for it, res in zip(todo, results, strict=True):
-            values: dict[str, Any] = {
-                "started_at": started,
-                "finished_at": utcnow(),
-                "duration_ms": (time.perf_counter() - t0) * 1000.0,
-                "model_version": detector.model_version,
-            }
-            t0 = time.perf_counter()
-            if res.error is not None:
-                values.update(status=ItemStatus.FAILED, error=res.error)
-            else:
-                key = None
-                if res.overlay_png is not None:
-                    key = overlay_key(jid, it.position)
-                    puts.append(putter.submit(store.put, key, res.overlay_png, content_type="image/png"))
-                values.update(
-                    status=ItemStatus.DONE,
-                    prediction=res.prediction,
-                    fake_probability=res.fake_probability,
-                    domain_score=res.domain_score,
-                    sha256=res.sha256,
-                    width=res.width,
-                    height=res.height,
-                    overlay_key=key,
-                    explain_status=_explain_status(job, res.prediction),
-                    enqueued_at=utcnow(),  # the explain task, if any, is sent below
-                )
-            updates.append((it, values))
-        for f in puts:
-            f.result()  # a failed upload raises here, before any row says the overlay exists
+    results = classify_items(detector, inputs, batch_size=batch_size, overlays=False, grids=job.overlays)
+    for it, res in zip(todo, results, strict=True):
+        values: dict[str, Any] = {
+            "started_at": started,
+            "finished_at": utcnow(),
+            "duration_ms": (time.perf_counter() - t0) * 1000.0,
+            "model_version": detector.model_version,
+        }
+        t0 = time.perf_counter()
+        if res.error is not None:
+            values.update(status=ItemStatus.FAILED, error=res.error)
+        else:
+            values.update(
+                status=ItemStatus.DONE,
+                prediction=res.prediction,
+                fake_probability=res.fake_probability,
+                domain_score=res.domain_score,
+                sha256=res.sha256,
+                width=res.width,
+                height=res.height,
+                cam_grid=res.cam_grid,
+                explain_status=_explain_status(job, res.prediction),
+                enqueued_at=utcnow(),  # the explain task, if any, is sent below
+            )
+        updates.append((it, values))
     written = _write_results(session, updates)
     session.commit()
     for it, values in updates:
