@@ -36,13 +36,15 @@ from fakescope.db.models import (
     JobsPublic,
     WebhookDelivery,
 )
+from fakescope.imageio import sniff_media_type
 from fakescope.service import jobs as svc
+from fakescope.service.originals import read_original
+from fakescope.service.overlays import image_resource, overlay_resource
 from fakescope.service.overlays import item_overlay as item_overlay_png
-from fakescope.service.overlays import overlay_resource
 from fakescope.service.tenants import make_report_token
 from fakescope.service.webhooks import CallbackURLError, check_callback_url
 from fakescope.settings import Settings
-from fakescope.storage import ObjectStore, sign_url, verify_url
+from fakescope.storage import ObjectNotFound, ObjectStore, ObjectTooLarge, sign_url, verify_url
 from fakescope.taskformat import task1, task2
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
@@ -310,21 +312,64 @@ def cancel_job(request: Request, job_id: uuid.UUID, session: SessionDep, tenant:
 
 
 OVERLAY_NOT_FOUND = "Overlay not found"
+IMAGE_NOT_FOUND = "Image not found"
+
+
+def _signed_url(request: Request, settings: Settings, route: str, resource: str, **params: object) -> str:
+    """A URL of one of the routes below, usable without a key until it expires (as a presigned object
+    URL is), so a browser's ``<img>`` and a plain download can fetch it."""
+    expires = int(time.time()) + settings.presign_expiry_s
+    signature = sign_url(settings.secret_key, "GET", resource, expires)
+    return str(request.url_for(route, **params)) + "?" + urlencode({"expires": expires, "signature": signature})
 
 
 def _overlay_url(request: Request, settings: Settings, item: JobItem) -> str | None:
-    """A signed URL of the item's overlay (drawn on the first GET): usable without a key, as a
-    presigned object URL is, so a browser's ``<img>`` and a plain download can fetch it."""
     if not (item.cam_grid or item.overlay_key):
         return None
-    expires = int(time.time()) + settings.presign_expiry_s
     resource = overlay_resource(item.job_id, item.position)
-    url = str(request.url_for("item_overlay", job_id=item.job_id, position=item.position))
-    return (
-        url
-        + "?"
-        + urlencode({"expires": expires, "signature": sign_url(settings.secret_key, "GET", resource, expires)})
-    )
+    return _signed_url(request, settings, "item_overlay", resource, job_id=item.job_id, position=item.position)
+
+
+def _image_url(request: Request, settings: Settings, store: ObjectStore, item: JobItem) -> str:
+    if item.object_offset is None:  # stored whole (a presigned upload): the object store serves it
+        return store.presign_get(item.object_key, settings.presign_expiry_s)
+    resource = image_resource(item.job_id, item.position)
+    return _signed_url(request, settings, "item_image", resource, job_id=item.job_id, position=item.position)
+
+
+def _check_signed(settings: Settings, resource: str, expires: int, signature: str) -> None:
+    if not verify_url(settings.secret_key, "GET", resource, expires, signature):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="Invalid or expired signature")
+
+
+ItemPosition = Annotated[int, Path(ge=0, le=MAX_OFFSET)]
+
+
+@router.get(
+    "/{job_id}/items/{position}/image",
+    response_class=Response,
+    responses={200: {"content": {"image/*": {}}}, 403: {}, 404: {}},
+)
+def item_image(
+    job_id: uuid.UUID,
+    position: ItemPosition,
+    session: SessionDep,
+    store: StoreDep,
+    settings: SettingsDep,
+    expires: Annotated[int, Query()],
+    signature: Annotated[str, Query(max_length=128)],
+) -> Response:
+    """One original image, by the signed URL its result carries (``image_url``): its bytes, read from
+    the upload window's shard it is stored in."""
+    _check_signed(settings, image_resource(job_id, position), expires, signature)
+    item = session.exec(select(JobItem).where(JobItem.job_id == job_id, JobItem.position == position)).first()
+    if item is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=IMAGE_NOT_FOUND)
+    try:
+        data = read_original(store, item)
+    except (ObjectNotFound, ObjectTooLarge):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=IMAGE_NOT_FOUND) from None
+    return Response(data, media_type=sniff_media_type(data), headers={"Cache-Control": "private, max-age=3600"})
 
 
 @router.get(
@@ -334,7 +379,7 @@ def _overlay_url(request: Request, settings: Settings, item: JobItem) -> str | N
 )
 def item_overlay(
     job_id: uuid.UUID,
-    position: Annotated[int, Path(ge=0, le=MAX_OFFSET)],
+    position: ItemPosition,
     session: SessionDep,
     store: StoreDep,
     settings: SettingsDep,
@@ -345,15 +390,14 @@ def item_overlay(
 
     Drawn from the original and its GradCAM grid the first time it is asked for, then stored.
     """
-    if not verify_url(settings.secret_key, "GET", overlay_resource(job_id, position), expires, signature):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="Invalid or expired signature")
+    _check_signed(settings, overlay_resource(job_id, position), expires, signature)
     png = item_overlay_png(session, store, job_id=job_id, position=position)
     if png is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=OVERLAY_NOT_FOUND)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
-def _result(item: JobItem, store: ObjectStore, expires_s: int, overlay_url: str | None) -> ItemResult:
+def _result(item: JobItem, overlay_url: str | None, image_url: str) -> ItemResult:
     return ItemResult(
         id=item.id,
         position=item.position,
@@ -367,7 +411,7 @@ def _result(item: JobItem, store: ObjectStore, expires_s: int, overlay_url: str 
         width=item.width,
         height=item.height,
         overlay_url=overlay_url,
-        image_url=store.presign_get(item.object_key, expires_s),
+        image_url=image_url,
         model_version=item.model_version,
         explain_status=item.explain_status,
         artifacts=item.artifacts,
@@ -392,7 +436,7 @@ def job_results(
     """Classified images in upload order, with signed overlay URLs; failed ones are under ``/failures``."""
     _job_or_404(session, tenant, job_id)
     items, count = svc.list_results(session, job_id=job_id, offset=offset, limit=limit)
-    data = [_result(it, store, settings.presign_expiry_s, _overlay_url(request, settings, it)) for it in items]
+    data = [_result(it, _overlay_url(request, settings, it), _image_url(request, settings, store, it)) for it in items]
     return ResultsPage(data=data, count=count, offset=offset, limit=limit)
 
 

@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import quote, urlencode, urlsplit
 
 from fakescope.settings import Settings
@@ -52,13 +52,45 @@ def original_key(job_id: uuid.UUID | str, position: int) -> str:
     return f"jobs/{job_id}/originals/{position:07d}"
 
 
+def shard_key(job_id: uuid.UUID | str, window: int) -> str:
+    """One upload window's originals, concatenated (each item's row says where its bytes lie)."""
+    return f"jobs/{job_id}/shards/{window:05d}"
+
+
 def overlay_key(job_id: uuid.UUID | str, position: int) -> str:
     return f"jobs/{job_id}/overlays/{position:07d}.png"
 
 
+class _PartsReader(io.RawIOBase):
+    """A file over a sequence of byte strings, read in order: an object's body from its parts."""
+
+    def __init__(self, parts: Sequence[bytes]) -> None:
+        self._parts = [memoryview(p) for p in parts if p]
+        self._i = 0
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        out = memoryview(buf).cast("B")
+        n = 0
+        while n < len(out) and self._i < len(self._parts):
+            part = self._parts[self._i]
+            take = min(len(out) - n, len(part) - self._pos)
+            out[n : n + take] = part[self._pos : self._pos + take]
+            n += take
+            self._pos += take
+            if self._pos == len(part):
+                self._i, self._pos = self._i + 1, 0
+        return n
+
+
 class ObjectStore(Protocol):
     def put(self, key: str, data: bytes, content_type: str = "application/octet-stream") -> None: ...
+    def put_parts(self, key: str, parts: Sequence[bytes]) -> None: ...
     def get(self, key: str, max_bytes: int | None = None) -> bytes: ...
+    def get_range(self, key: str, offset: int, length: int) -> bytes: ...
     def exists(self, key: str) -> bool: ...
     def size(self, key: str) -> int | None: ...
     def delete(self, keys: Sequence[str]) -> None: ...
@@ -117,6 +149,13 @@ class S3Store:
         except self._errors() as e:
             raise StorageError(f"cannot store {key}: {e}") from e
 
+    def put_parts(self, key: str, parts: Sequence[bytes]) -> None:
+        """Stores the concatenation of ``parts`` as one object without first joining them in memory."""
+        try:
+            self.client.put_object(self.bucket, key, _PartsReader(parts), sum(len(p) for p in parts))
+        except self._errors() as e:
+            raise StorageError(f"cannot store {key}: {e}") from e
+
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
         from minio.error import S3Error
 
@@ -137,6 +176,33 @@ class S3Store:
             raise StorageError(f"cannot read {key}: {e}") from e
         except self._errors() as e:
             raise StorageError(f"cannot read {key}: {e}") from e
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        """``length`` bytes of the object from ``offset``: one ranged GET.
+
+        Raises:
+            ObjectNotFound: no such object, or it is shorter than the range.
+        """
+        from minio.error import S3Error
+
+        if length <= 0:
+            return b""
+        try:
+            resp = self.client.get_object(self.bucket, key, offset=offset, length=length)
+            try:
+                data = resp.read(length + 1)
+            finally:
+                resp.close()
+                resp.release_conn()
+        except S3Error as e:
+            if e.code in ("NoSuchKey", "NoSuchObject", "InvalidRange"):
+                raise ObjectNotFound(key) from e
+            raise StorageError(f"cannot read {key}: {e}") from e
+        except self._errors() as e:
+            raise StorageError(f"cannot read {key}: {e}") from e
+        if len(data) != length:
+            raise ObjectNotFound(f"{key} has no bytes {offset}-{offset + length - 1}")
+        return data
 
     def delete(self, keys: Sequence[str]) -> None:
         """Deletes ``keys`` (missing ones are no error), up to 1,000 a request."""
@@ -227,6 +293,15 @@ class LocalStore:
         tmp.write_bytes(data)
         tmp.replace(path)  # atomic: a reader never sees half an object
 
+    def put_parts(self, key: str, parts: Sequence[bytes]) -> None:
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}")
+        with tmp.open("wb") as f:
+            for part in parts:
+                f.write(part)
+        tmp.replace(path)
+
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
         try:
             path = self._path(key)
@@ -235,6 +310,17 @@ class LocalStore:
             return path.read_bytes()
         except FileNotFoundError as e:
             raise ObjectNotFound(key) from e
+
+    def get_range(self, key: str, offset: int, length: int) -> bytes:
+        try:
+            with self._path(key).open("rb") as f:
+                f.seek(offset)
+                data = f.read(length)
+        except FileNotFoundError as e:
+            raise ObjectNotFound(key) from e
+        if len(data) != length:
+            raise ObjectNotFound(f"{key} has no bytes {offset}-{offset + length - 1}")
+        return data
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import uuid
+from collections import Counter
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
@@ -248,6 +249,10 @@ def test_an_original_over_the_byte_limit_fails_alone_without_being_read_whole(
     ((job_id, ids),) = chunks.sent
     with service_env.session() as session:
         big = session.exec(select(JobItem).where(JobItem.job_id == job_id, JobItem.position == 1)).one()
+        # Stored whole, as a presigned upload is (not in the upload window's shard).
+        big.object_key, big.object_offset, big.object_length = f"jobs/{job_id}/originals/big", None, None
+        session.add(big)
+        session.commit()
         service_env.store.put(big.object_key, b"\0" * 5_000_000)
     store = service_env.store
     real_get = store.get
@@ -440,3 +445,73 @@ def test_a_page_of_jobs_is_counted_in_one_query(service_env: ServiceEnv, detecto
     assert len([s for s in statements if "job_items" in s]) == 1
     assert (counts[ids[0]].total, counts[ids[0]].done, counts[ids[0]].queued) == (3, 3, 0)
     assert (counts[ids[1]].total, counts[ids[1]].done, counts[ids[1]].queued) == (2, 0, 2)
+
+
+class _CountingStore:
+    """The session's S3 store, counting the requests made through it by method."""
+
+    def __init__(self, store: ObjectStore) -> None:
+        self.store, self.calls = store, Counter[str]()
+
+    def __getattr__(self, name: str) -> object:
+        attr = getattr(self.store, name)
+        if not callable(attr):
+            return attr
+
+        def counted(*args: object, **kwargs: object) -> object:
+            self.calls[name] += 1
+            return attr(*args, **kwargs)
+
+        return counted
+
+
+def test_an_upload_window_is_one_shard_and_a_chunk_one_ranged_read(service_env: ServiceEnv, detector: Detector) -> None:
+    tenant_id = _tenant(service_env)
+    n = svc.UPLOAD_WINDOW + 44  # two windows
+    seeds = [*range(9700, 9700 + n - 2), 9700, 9701]  # the last two repeat the first two
+    counting = _CountingStore(service_env.store)
+    chunks = Chunks()
+    with service_env.session() as session:
+        items = [InputItem(f"{i}-{s}.png", lambda s=s: png_bytes(s)) for i, s in enumerate(seeds)]
+        job, _ = svc.create_job(session, counting, chunks, tenant_id=tenant_id, inputs=items)  # type: ignore[arg-type]
+    assert counting.calls == {"put_parts": 2}  # one object per window, not one per image
+    with service_env.session() as session:
+        rows = session.exec(select(JobItem).where(JobItem.job_id == job.id).order_by(JobItem.position)).all()
+        assert {r.object_key for r in rows} == {f"jobs/{job.id}/shards/00000", f"jobs/{job.id}/shards/00001"}
+        # The repeats point at the first copy's bytes in the first shard.
+        for dup, first in ((rows[-2], rows[0]), (rows[-1], rows[1])):
+            assert (dup.object_key, dup.object_offset, dup.object_length) == (
+                first.object_key,
+                first.object_offset,
+                first.object_length,
+            )
+        for r, s in zip(rows, seeds, strict=True):
+            assert service_env.store.get_range(r.object_key, r.object_offset, r.object_length) == png_bytes(s)
+    counting.calls.clear()
+    for job_id, ids in chunks.sent:
+        with service_env.session() as session:
+            classify_chunk(session, counting, detector, job_id=job_id, item_ids=ids)  # type: ignore[arg-type]
+    # One ranged GET per chunk and shard (the chunks are 128 images), no whole-object GET, no PUT.
+    assert counting.calls["get"] == 0 and counting.calls["put"] == 0
+    assert counting.calls["get_range"] <= len(chunks.sent) + 2
+    with service_env.session() as session:
+        done = session.exec(select(JobItem).where(JobItem.job_id == job.id, JobItem.status == ItemStatus.DONE)).all()
+    assert len(done) == n
+
+    # The same images again: every one points at the earlier shards, nothing new is stored.
+    counting.calls.clear()
+    with service_env.session() as session:
+        items = [InputItem(f"again-{s}.png", lambda s=s: png_bytes(s)) for s in seeds[:10]]
+        again, _ = svc.create_job(session, counting, Chunks(), tenant_id=tenant_id, inputs=items)  # type: ignore[arg-type]
+        keys = set(session.exec(select(JobItem.object_key).where(JobItem.job_id == again.id)).all())
+    assert counting.calls["put_parts"] == 0 and keys == {f"jobs/{job.id}/shards/00000"}
+
+
+def test_a_missing_shard_fails_its_items_with_the_reason(service_env: ServiceEnv, detector: Detector) -> None:
+    chunks = _job(service_env, 3)
+    ((job_id, ids),) = chunks.sent
+    service_env.store.delete([f"jobs/{job_id}/shards/00000"])
+    with service_env.session() as session:
+        classify_chunk(session, service_env.store, detector, job_id=job_id, item_ids=ids)
+        errors = session.exec(select(JobItem.error).where(JobItem.job_id == job_id)).all()
+    assert errors == ["original image is missing from object storage"] * 3

@@ -9,7 +9,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from fakescope.settings import Settings
-from fakescope.storage import LocalStore, ObjectNotFound, overlay_key, verify_local_signature
+from fakescope.storage import LocalStore, ObjectNotFound, ObjectStore, overlay_key, shard_key, verify_local_signature
 
 
 def test_local_store_round_trip_and_signed_urls(tmp_path: Path) -> None:
@@ -33,6 +33,27 @@ def test_local_store_round_trip_and_signed_urls(tmp_path: Path) -> None:
     assert not verify_local_signature(settings, "GET", key, int(q["expires"]) + 1, q["signature"])
     expired = int(time.time()) - 1
     assert not verify_local_signature(settings, "GET", key, expired, q["signature"])
+
+
+@pytest.mark.parametrize("kind", ["local", "s3"])
+def test_shards_are_written_from_parts_and_read_by_range(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    if kind == "local":
+        store: ObjectStore = LocalStore(Settings(data_dir=tmp_path, secret_key="s3cret"))
+    else:
+        store = request.getfixturevalue("service_env").store
+    key = shard_key(f"job-{kind}-{time.time_ns()}", 0)
+    parts = [b"a" * 10, b"", b"bc" * 300_000, b"d"]
+    store.put_parts(key, parts)
+    whole = b"".join(parts)
+    assert store.get(key) == whole and store.size(key) == len(whole)
+    assert store.get_range(key, 10, 600_000) == b"bc" * 300_000
+    assert store.get_range(key, len(whole) - 1, 1) == b"d"
+    with pytest.raises(ObjectNotFound):
+        store.get_range(key, len(whole) - 1, 2)  # past the end: the range is not there
+    with pytest.raises(ObjectNotFound):
+        store.get_range(key + "-gone", 0, 1)
 
 
 def test_settings_normalise_postgres_url_and_refuse_placeholders() -> None:

@@ -13,7 +13,7 @@ from enum import StrEnum
 from typing import Annotated, Any
 
 from pydantic import StringConstraints
-from sqlalchemy import JSON, Column, DateTime, Index, UniqueConstraint, text
+from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
 __all__ = [
@@ -198,6 +198,10 @@ class JobItem(SQLModel, table=True):
     position: int
     name: str = Field(max_length=ITEM_NAME_MAX)
     object_key: str = Field(max_length=1024)
+    # Where the original lies in ``object_key`` when that is a shard holding a whole upload window
+    # (one object, one request, for up to 256 images); both None: the object is the image.
+    object_offset: int | None = Field(default=None, sa_type=BigInteger)
+    object_length: int | None = Field(default=None, sa_type=BigInteger)
     status: str = Field(default=ItemStatus.QUEUED, max_length=32, index=True)
     prediction: str | None = Field(default=None, max_length=8)
     fake_probability: float | None = None

@@ -37,7 +37,7 @@ from fakescope.db.models import (
 from fakescope.imageio import ARCHIVE_SUFFIXES, DEFAULT_MAX_BYTES, ImageError, InputItem, iter_inputs
 from fakescope.service import Enqueue, webhooks
 from fakescope.service.budget import ByteBudget
-from fakescope.storage import ObjectStore, StorageError, original_key
+from fakescope.storage import ObjectStore, StorageError, original_key, shard_key
 from fakescope.taskformat import TaskEntry
 
 __all__ = [
@@ -177,18 +177,21 @@ def _new_job(
     return job, True
 
 
-def _known_originals(session: Session, tenant_id: uuid.UUID, sha256s: set[str | None]) -> dict[str, str]:
-    """Object keys of originals this tenant already stored, by content hash (one of each)."""
+Location = tuple[str, int | None, int | None]  # an original's object key, and its offset and length in a shard
+
+
+def _known_originals(session: Session, tenant_id: uuid.UUID, sha256s: set[str | None]) -> dict[str, Location]:
+    """Where originals this tenant already stored lie, by content hash (one of each)."""
     shas = [h for h in sha256s if h]
     if not shas:
         return {}
     rows = session.exec(
-        select(JobItem.sha256, JobItem.object_key)
+        select(JobItem.sha256, JobItem.object_key, JobItem.object_offset, JobItem.object_length)
         .join(Job, col(Job.id) == col(JobItem.job_id))
         .where(col(Job.tenant_id) == tenant_id, col(JobItem.sha256).in_(shas))
     ).all()
     # The query matched non-empty hashes, so `sha` is never None; the check only narrows its type.
-    return {sha: key for sha, key in rows if sha is not None}
+    return {sha: (key, off, n) for sha, key, off, n in rows if sha is not None}
 
 
 def create_job(
@@ -309,18 +312,26 @@ def create_job(
             # the window's items committed and enqueued as soon as they are stored, so the workers classify
             # while the rest of the upload is still being stored. ``job.total`` stays 0 until the last
             # window, which is what keeps a worker from finishing the job early (finalize_if_done).
-            for read, held in windows():
+            for window, (read, held) in enumerate(windows()):
+                # The window's new originals go to the object store as one shard: one request for up to
+                # 256 images, and one ranged read for a worker's chunk of them. Bytes this tenant already
+                # stored (same SHA-256, here or in an earlier upload) are pointed at, not stored again.
                 known = _known_originals(session, tenant_id, {r.sha256 for r, d in read if d is not None})
-                puts = []
+                shard = shard_key(job_id, window)
+                parts: list[bytes] = []
+                offset = 0
                 for row, data in read:
-                    if data is not None and row.sha256 in known:
-                        row.object_key = known[row.sha256]  # the same bytes are stored already: no second copy
-                    elif data is not None:
-                        puts.append(pool.submit(store.put, row.object_key, data))
-                for f in puts:
-                    f.result()
+                    if data is None or row.sha256 is None:
+                        continue
+                    if row.sha256 not in known:
+                        known[row.sha256] = (shard, offset, len(data))
+                        parts.append(data)
+                        offset += len(data)
+                    row.object_key, row.object_offset, row.object_length = known[row.sha256]
+                if parts:
+                    store.put_parts(shard, parts)
                 rows = [r for r, _ in read]
-                del read[:], puts  # the bytes are stored: let them go before giving their budget back
+                del read[:], parts  # the bytes are stored: let them go before giving their budget back
                 give_back(held)
                 state = session.exec(select(Job.state).where(col(Job.id) == job_id)).one()
                 if state == JobState.CANCELLED:

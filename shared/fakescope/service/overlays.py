@@ -16,11 +16,17 @@ from sqlmodel import Session, col, select
 from fakescope.db.models import ItemStatus, JobItem
 from fakescope.imageio import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError
 from fakescope.overlay import render_overlay
+from fakescope.service.originals import read_original
 from fakescope.storage import ObjectNotFound, ObjectStore, ObjectTooLarge, overlay_key
 
-__all__ = ["item_overlay", "overlay_resource"]
+__all__ = ["image_resource", "item_overlay", "overlay_resource"]
 
 logger = logging.getLogger(__name__)
+
+
+def image_resource(job_id: uuid.UUID | str, position: int) -> str:
+    """What an original's URL's signature covers: one item's original."""
+    return f"image/{job_id}/{position}"
 
 
 def overlay_resource(job_id: uuid.UUID | str, position: int) -> str:
@@ -53,7 +59,7 @@ def item_overlay(
     if not item.cam_grid:
         return None
     try:
-        png = render_overlay(store.get(item.object_key, max_bytes=max_bytes), item.cam_grid, max_pixels=max_pixels)
+        png = render_overlay(read_original(store, item, max_bytes), item.cam_grid, max_pixels=max_pixels)
     except (ObjectNotFound, ObjectTooLarge, ImageError) as e:
         # The original decoded when it was classified: only retention or an operator removes it.
         logger.warning("item %s: cannot draw its overlay: %s", item.id, e)

@@ -26,12 +26,21 @@ from fakescope.observability import FAILURES, IMAGES, failure_reason, log_contex
 from fakescope.pipeline import classify_items
 from fakescope.service import Enqueue
 from fakescope.service.jobs import finish
+from fakescope.service.originals import read_original
 from fakescope.storage import ObjectNotFound, ObjectStore, ObjectTooLarge
 
 if TYPE_CHECKING:
     from fakescope.detector import Detector
 
-__all__ = ["cached_results", "classify_chunk", "explain_chunk", "fail_items", "release_items", "store_input"]
+__all__ = [
+    "cached_results",
+    "chunk_inputs",
+    "classify_chunk",
+    "explain_chunk",
+    "fail_items",
+    "release_items",
+    "store_input",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -43,13 +52,71 @@ def store_input(store: ObjectStore, item: JobItem, max_bytes: int | None = None)
 
     def read() -> bytes:
         try:
-            return store.get(item.object_key, max_bytes=limit)
+            return read_original(store, item, limit)
         except ObjectNotFound:
             raise ImageError("original image is missing from object storage") from None
         except ObjectTooLarge:
             raise ImageError(f"file is over the limit of {limit} bytes") from None
 
     return InputItem(item.name, read)
+
+
+# Items of one shard closer than this are read with one ranged GET, the gap read and dropped.
+MAX_SHARD_GAP = 1024 * 1024
+
+
+def chunk_inputs(store: ObjectStore, items: Sequence[JobItem], max_bytes: int | None = None) -> list[InputItem]:
+    """The originals of a chunk's items, with one ranged GET per run of neighbours in a shard (one
+    request for a chunk of an upload window, where it was one per image); items stored whole (a
+    presigned upload) are read one by one when the pipeline asks for them.
+
+    A missing shard fails its items with the same reason a missing original does; an object store
+    that cannot be reached raises (the task retries).
+    """
+    limit = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+    data: dict[uuid.UUID, bytes | ImageError] = {}
+    runs: dict[str, list[JobItem]] = {}
+    for it in items:
+        if it.object_offset is None or it.object_length is None:
+            continue
+        if it.object_length > limit:
+            data[it.id] = ImageError(f"file is over the limit of {limit} bytes")
+            continue
+        runs.setdefault(it.object_key, []).append(it)
+    for key, members in runs.items():
+        members.sort(key=lambda i: i.object_offset or 0)
+        run: list[JobItem] = []
+        for it in [*members, None]:
+            if run and (it is None or (it.object_offset or 0) - _end(run[-1]) > MAX_SHARD_GAP):
+                start = run[0].object_offset or 0
+                try:
+                    body = store.get_range(key, start, max(_end(i) for i in run) - start)
+                except ObjectNotFound:
+                    for i in run:
+                        data[i.id] = ImageError("original image is missing from object storage")
+                else:
+                    for i in run:
+                        off = (i.object_offset or 0) - start
+                        data[i.id] = body[off : off + (i.object_length or 0)]
+                run = []
+            if it is not None:
+                run.append(it)
+
+    def from_chunk(it: JobItem) -> InputItem:
+        got = data[it.id]
+
+        def read() -> bytes:
+            if isinstance(got, ImageError):
+                raise got
+            return got
+
+        return InputItem(it.name, read)
+
+    return [from_chunk(it) if it.id in data else store_input(store, it, max_bytes) for it in items]
+
+
+def _end(item: JobItem) -> int:
+    return (item.object_offset or 0) + (item.object_length or 0)
 
 
 def _uuids(ids: Sequence[str | uuid.UUID]) -> list[uuid.UUID]:
@@ -200,7 +267,7 @@ def classify_chunk(
             "enqueued_at": utcnow(),
         }))  # fmt: skip
     t0 = time.perf_counter()
-    inputs = [store_input(store, it) for it in todo]
+    inputs = chunk_inputs(store, todo)
     results = classify_items(detector, inputs, batch_size=batch_size, overlays=False, grids=job.overlays)
     for it, res in zip(todo, results, strict=True):
         values: dict[str, Any] = {
@@ -269,7 +336,7 @@ def explain_chunk(
     if not items:
         finish(session, job_id=jid)
         return 0
-    results = list(classify_items(detector, [store_input(store, it) for it in items], overlays=False, keep_arrays=True))
+    results = list(classify_items(detector, chunk_inputs(store, items), overlays=False, keep_arrays=True))
     good = [(it, r) for it, r in zip(items, results, strict=True) if r.error is None]
     explanations = explainer.explain([ExplainInput.from_result(r) for _, r in good]) if good else []
     written = 0
