@@ -11,6 +11,7 @@ cores. Then, for each ``k``:
   byte sent to ``succeeded``, and the processing part alone (job created to finished);
 - the model-only images/s of the same detector on the same images and cores doing what the workers
   do per image (forward pass and GradCAM at the service batch size), and the ratio of the two;
+- object-store requests per image of that job (read from the S3 server's access log: moto only);
 - the same batch resubmitted: answered from the content-hash cache, and how much faster;
 - p50/p95/p99 of single-image jobs from submit to ``succeeded``, and of status polls under load;
 - peak RSS of each worker process (with its pool children) after the run.
@@ -24,6 +25,7 @@ import argparse
 import contextlib
 import io
 import os
+import re
 import secrets
 import signal
 import socket
@@ -33,6 +35,7 @@ import tempfile
 import threading
 import time
 import zipfile
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +182,13 @@ class Bench:
         self.cleanups.append(lambda: (os.killpg(proc.pid, signal.SIGTERM), proc.wait(10)))
         self.moto_pid = proc.pid
         return url
+
+    def s3_requests(self) -> Counter[str] | None:
+        """Requests the S3 server has answered so far, by HTTP method (from moto's access log)."""
+        if not getattr(self, "moto_pid", None):
+            return None
+        text = (self.tmp / "moto.log").read_text(errors="replace")
+        return Counter(m.group(1) for m in re.finditer(r'"(GET|PUT|POST|HEAD|DELETE) [^"]* HTTP/[\d.]+" \d{3}', text))
 
     def cpu(self, workers: list[int]) -> dict[str, float]:
         """CPU seconds used so far by each part of the stack on this machine."""
@@ -346,8 +356,10 @@ def run_for(bench: Bench, k: int, files: list[tuple[str, bytes]], reference: flo
     batch = [(f"k{k}-{n}", b + b"\0" * k) for n, b in files]  # trailing bytes: PNG ignores them, the hash does not
     with bench.client() as c:
         before = bench.cpu(pids)
+        requests_before = bench.s3_requests()
         job, wall = bench.run_job(c, batch)
         used = {k: v - before[k] for k, v in bench.cpu(pids).items()}
+        requests_after = bench.s3_requests()
         first = _results(c, job["id"])
         processing = _seconds(job)
         e2e = len(batch) / wall
@@ -361,6 +373,13 @@ def run_for(bench: Bench, k: int, files: list[tuple[str, bytes]], reference: flo
             f"{(os.cpu_count() or 1) * wall * 1000 / len(batch):.1f} available): "
             + ", ".join(f"{name} {sec * 1000 / len(batch):.1f}" for name, sec in used.items())
         )
+        if requests_before is not None and requests_after is not None:
+            made = requests_after - requests_before
+            print(
+                f"[{k} worker(s)] object-store requests per image, first submission: "
+                f"{sum(made.values()) / len(batch):.3f} ({', '.join(f'{m} {n}' for m, n in sorted(made.items()))} "
+                f"for {len(batch)} images)"
+            )
         job2, wall2 = bench.run_job(c, batch)
         again = _results(c, job2["id"])
         same = all(again[n][:2] == first[n][:2] for n in first) and len(again) == len(first)
