@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, BinaryIO, Protocol, cast
 from urllib.parse import quote, urlencode, urlsplit
 
 from fakescope.settings import Settings
@@ -152,7 +152,8 @@ class S3Store:
     def put_parts(self, key: str, parts: Sequence[bytes]) -> None:
         """Stores the concatenation of ``parts`` as one object without first joining them in memory."""
         try:
-            self.client.put_object(self.bucket, key, _PartsReader(parts), sum(len(p) for p in parts))
+            body = cast(BinaryIO, _PartsReader(parts))
+            self.client.put_object(self.bucket, key, body, sum(len(p) for p in parts))
         except self._errors() as e:
             raise StorageError(f"cannot store {key}: {e}") from e
 

@@ -86,8 +86,9 @@ def chunk_inputs(store: ObjectStore, items: Sequence[JobItem], max_bytes: int | 
     for key, members in runs.items():
         members.sort(key=lambda i: i.object_offset or 0)
         run: list[JobItem] = []
-        for it in [*members, None]:
-            if run and (it is None or (it.object_offset or 0) - _end(run[-1]) > MAX_SHARD_GAP):
+        following: list[JobItem | None] = [*members, None]
+        for nxt in following:
+            if run and (nxt is None or (nxt.object_offset or 0) - _end(run[-1]) > MAX_SHARD_GAP):
                 start = run[0].object_offset or 0
                 try:
                     body = store.get_range(key, start, max(_end(i) for i in run) - start)
@@ -99,8 +100,8 @@ def chunk_inputs(store: ObjectStore, items: Sequence[JobItem], max_bytes: int | 
                         off = (i.object_offset or 0) - start
                         data[i.id] = body[off : off + (i.object_length or 0)]
                 run = []
-            if it is not None:
-                run.append(it)
+            if nxt is not None:
+                run.append(nxt)
 
     def from_chunk(it: JobItem) -> InputItem:
         got = data[it.id]
@@ -127,11 +128,12 @@ def _explain_status(job: Job, prediction: str | None) -> ExplainStatus:
     return ExplainStatus.PENDING if job.explain and prediction == "fake" else ExplainStatus.NONE
 
 
-def _write_results(session: Session, updates: Sequence[tuple[JobItem, dict[str, Any]]]) -> int:
-    """Writes the chunk's results in one executemany per shape of row; returns how many rows changed.
+def _write_rows(session: Session, updates: Sequence[tuple[JobItem, dict[str, Any]]], still: Any) -> int:
+    """Writes rows in one executemany per shape of row, each only where ``still`` holds (the state the
+    write expects); returns how many rows changed.
 
-    Conditional on the item still being queued: a cancel, or another delivery of this task that got
-    here first, wins, and this result is dropped rather than written twice.
+    A cancel, or another delivery of this task that got here first, wins, and the result is dropped
+    rather than written twice.
     """
     table = JobItem.__table__  # type: ignore[attr-defined]
     shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
@@ -140,12 +142,15 @@ def _write_results(session: Session, updates: Sequence[tuple[JobItem, dict[str, 
     written = 0
     for keys, rows in shapes.items():
         stmt = (
-            table.update()
-            .where(table.c.id == bindparam("b_id"), table.c.status == ItemStatus.QUEUED)
-            .values({k: bindparam(f"b_{k}") for k in keys})
+            table.update().where(table.c.id == bindparam("b_id"), still).values({k: bindparam(f"b_{k}") for k in keys})
         )
         written += session.connection().execute(stmt, rows).rowcount
     return written
+
+
+def _write_results(session: Session, updates: Sequence[tuple[JobItem, dict[str, Any]]]) -> int:
+    """The chunk's classification results, conditional on each item still being queued."""
+    return _write_rows(session, updates, col(JobItem.status) == ItemStatus.QUEUED)
 
 
 def cached_results(
@@ -339,8 +344,8 @@ def explain_chunk(
     results = list(classify_items(detector, chunk_inputs(store, items), overlays=False, keep_arrays=True))
     good = [(it, r) for it, r in zip(items, results, strict=True) if r.error is None]
     explanations = explainer.explain([ExplainInput.from_result(r) for _, r in good]) if good else []
-    written = 0
     done = dict(zip([it.id for it, _ in good], explanations, strict=True))
+    updates: list[tuple[JobItem, dict[str, Any]]] = []
     for it, r in zip(items, results, strict=True):
         if it.id in done:
             expl = {str(k): str(v) for k, v in done[it.id].items()}
@@ -348,17 +353,21 @@ def explain_chunk(
                 "explain_status": ExplainStatus.DONE,
                 "explanation": expl,
                 "artifacts": list(expl),
+                "explain_error": None,
                 "explained_at": utcnow(),
             }
         else:
-            values = {"explain_status": ExplainStatus.FAILED, "explain_error": r.error, "explained_at": utcnow()}
-        res = session.exec(
-            update(JobItem)
-            .where(col(JobItem.id) == it.id, col(JobItem.explain_status) == ExplainStatus.PENDING)
-            .values(**values)
-        )
-        session.commit()
-        written += res.rowcount
+            values = {
+                "explain_status": ExplainStatus.FAILED,
+                "explanation": None,
+                "artifacts": None,
+                "explain_error": r.error,
+                "explained_at": utcnow(),
+            }
+        updates.append((it, values))
+    written = _write_rows(session, updates, col(JobItem.explain_status) == ExplainStatus.PENDING)
+    session.commit()
+    for it, r in zip(items, results, strict=True):
         IMAGES.labels(pool(), "done" if it.id in done else "failed").inc()
         if it.id not in done:
             FAILURES.labels(pool(), failure_reason(r.error)).inc()
