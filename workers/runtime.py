@@ -11,19 +11,23 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from billiard.exceptions import TimeLimitExceeded
 from celery import Task
+from celery.exceptions import SoftTimeLimitExceeded
+from sqlalchemy.exc import InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session
 
 from fakescope.db.engine import get_engine
 from fakescope.observability import IMAGES_PER_S, TASK_SECONDS, log_context, pool
-from fakescope.service.processing import fail_items
+from fakescope.service.processing import fail_explanations, fail_items
 from fakescope.settings import get_settings
-from fakescope.storage import ObjectStore, get_store
+from fakescope.storage import ObjectStore, StorageError, get_store
 from fakescope.tasks import Enqueuer
 
 if TYPE_CHECKING:
@@ -88,34 +92,94 @@ def retry_countdown(retries: int) -> float:
     return min(cfg.task_retry_backoff_max_s, cfg.task_retry_backoff_s * 2**retries)
 
 
-def time_limit_reason(explain: bool) -> str:
-    what = "explanation" if explain else "classification"
-    return f"{what} exceeded the time limit of {get_settings().task_time_limit_s}s"
+# Object store or database unreachable: worth retrying; anything else fails the chunk's items.
+TRANSIENT = (StorageError, OperationalError, InterfaceError, PoolTimeout)
+MAX_RETRIES = get_settings().task_max_retries
+
+
+@dataclass(frozen=True)
+class Work:
+    """What a pool does to a chunk, for the error policy: its name in reasons, and how it gives up
+    on the chunk's items (classification fails them; explanation fails only their explanations)."""
+
+    what: str
+    fail: Callable[..., int]
+
+    def time_limit_reason(self) -> str:
+        return f"{self.what} exceeded the time limit of {get_settings().task_time_limit_s}s"
+
+    def give_up(self, job_id: str, item_ids: list[str], reason: str) -> None:
+        with session() as s:
+            self.fail(s, job_id=job_id, item_ids=item_ids, reason=reason)
+
+
+CLASSIFY = Work("classification", fail_items)
+EXPLAIN = Work("explanation", fail_explanations)
 
 
 class ChunkFailed(Exception):
     """A chunk whose items were marked failed after its retries ran out: the task ends failed."""
 
 
+def run_chunk(
+    task: Task,
+    work: Work,
+    job_id: str,
+    item_ids: list[str],
+    body: Callable[[], int],
+    before_retry: Callable[[], dict[str, Any]] | None = None,
+) -> int:
+    """Runs a chunk task's ``body`` under the one error policy both pools share.
+
+    A transient error (object store or database unreachable) is retried with backoff, up to
+    ``MAX_RETRIES`` (``before_retry`` may undo what the attempt counted and add to the retry's
+    arguments); then, and after the soft time limit or any other error, the chunk's items fail with
+    the reason, and the task ends failed (Flower and task events show it), never a silent success.
+    """
+    try:
+        return body()
+    except TRANSIENT as e:
+        if task.request.retries < MAX_RETRIES:
+            logger.warning("job %s: transient error, retrying: %s", job_id, e)
+            reset_db()  # a connection the server dropped is no use to the retry
+            extra = before_retry() if before_retry is not None else {}
+            raise task.retry(
+                exc=e,
+                countdown=retry_countdown(task.request.retries),
+                kwargs={"job_id": job_id, "item_ids": item_ids, **extra},
+            ) from e
+        reason = f"{work.what} failed after {MAX_RETRIES} retries: {e}"
+    except SoftTimeLimitExceeded:
+        # Raised wherever the body was, a query included: a fresh connection records the failure.
+        reset_db()
+        work.give_up(job_id, item_ids, work.time_limit_reason())
+        raise
+    except Exception as e:
+        # The chunk's items must not stay waiting forever: record why, then let Celery log the failure.
+        reset_db()
+        work.give_up(job_id, item_ids, f"{work.what} failed: {type(e).__name__}: {e}")
+        raise
+    work.give_up(job_id, item_ids, reason)
+    raise ChunkFailed(reason)
+
+
 class ChunkTask(Task):
     """A task over a chunk of a job's items that never leaves them waiting when it fails.
 
-    Exceptions raised by the task body are handled there; ``on_failure`` also runs when the hard time
-    limit kills the pool child (Celery calls it from the parent), where the body had no chance to.
-    Marking items failed is conditional on them still waiting, so doing it twice is harmless.
+    Exceptions raised by the task body are handled there (:func:`run_chunk`); ``on_failure`` also
+    runs when the hard time limit kills the pool child (Celery calls it from the parent), where the
+    body had no chance to. Giving up on items is conditional on them still waiting, so doing it twice
+    is harmless. ``work``: what the task does, set by each task.
     """
 
-    explain_pool = False
+    work: Work = CLASSIFY
 
     def on_failure(self, exc: Exception, task_id: str, args: tuple, kwargs: dict, einfo: Any) -> None:
         if not isinstance(exc, TimeLimitExceeded):
             return
         # The soft limit usually got there first and the body failed the items; this covers a body that
         # could not finish doing so before the hard kill.
-        reason = time_limit_reason(self.explain_pool)
+        reason = self.work.time_limit_reason()
         logger.error("task %s: %s", task_id, reason)
         reset_db()
-        with session() as s:
-            fail_items(
-                s, job_id=kwargs["job_id"], item_ids=kwargs["item_ids"], reason=reason, explain=self.explain_pool
-            )
+        self.work.give_up(kwargs["job_id"], kwargs["item_ids"], reason)

@@ -37,6 +37,7 @@ __all__ = [
     "chunk_inputs",
     "classify_chunk",
     "explain_chunk",
+    "fail_explanations",
     "fail_items",
     "release_items",
     "store_input",
@@ -391,30 +392,30 @@ def release_items(session: Session, *, item_ids: Sequence[str | uuid.UUID]) -> i
     return res.rowcount
 
 
-def fail_items(
-    session: Session,
-    *,
-    job_id: str | uuid.UUID,
-    item_ids: Sequence[str | uuid.UUID],
-    reason: str,
-    explain: bool = False,
-) -> int:
-    """Marks the chunk's unfinished items failed with ``reason`` (a task gave up on them), then finalizes."""
+def fail_items(session: Session, *, job_id: str | uuid.UUID, item_ids: Sequence[str | uuid.UUID], reason: str) -> int:
+    """Marks the chunk's items still queued for classification failed with ``reason`` (a task gave up
+    on them), then finalizes the job."""
     jid = uuid.UUID(str(job_id))
-    ids = _uuids(item_ids)
-    if explain:
-        stmt = (
-            update(JobItem)
-            .where(col(JobItem.id).in_(ids), col(JobItem.explain_status) == ExplainStatus.PENDING)
-            .values(explain_status=ExplainStatus.FAILED, explain_error=reason, explained_at=utcnow())
-        )
-    else:
-        stmt = (
-            update(JobItem)
-            .where(col(JobItem.id).in_(ids), col(JobItem.status) == ItemStatus.QUEUED)
-            .values(status=ItemStatus.FAILED, error=reason, finished_at=utcnow())
-        )
-    res = session.exec(stmt)
+    res = session.exec(
+        update(JobItem)
+        .where(col(JobItem.id).in_(_uuids(item_ids)), col(JobItem.status) == ItemStatus.QUEUED)
+        .values(status=ItemStatus.FAILED, error=reason, finished_at=utcnow())
+    )
+    session.commit()
+    finish(session, job_id=jid)
+    return res.rowcount
+
+
+def fail_explanations(
+    session: Session, *, job_id: str | uuid.UUID, item_ids: Sequence[str | uuid.UUID], reason: str
+) -> int:
+    """Marks the chunk's explanations still pending failed with ``reason``; their verdicts stand."""
+    jid = uuid.UUID(str(job_id))
+    res = session.exec(
+        update(JobItem)
+        .where(col(JobItem.id).in_(_uuids(item_ids)), col(JobItem.explain_status) == ExplainStatus.PENDING)
+        .values(explain_status=ExplainStatus.FAILED, explain_error=reason, explained_at=utcnow())
+    )
     session.commit()
     finish(session, job_id=jid)
     return res.rowcount
