@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import yaml
@@ -49,3 +50,29 @@ def test_gen_env_fills_every_required_variable() -> None:
     again = subprocess.run(["bash", str(ROOT / "ops" / "gen_env.sh")], capture_output=True, text=True, check=True)
     assert env.stdout != again.stdout  # random, not a default in disguise
     assert all(len(v) >= 32 for k, v in values.items() if "PASSWORD" in k or "SECRET" in k)
+
+
+def _dockerfile(name: str) -> list[str]:
+    return [line.strip() for line in (ROOT / "docker" / name).read_text().splitlines() if line.strip()]
+
+
+def test_images_install_dependencies_before_the_code_and_the_api_ships_no_worker() -> None:
+    sys.path.insert(0, str(ROOT / "docker"))
+    try:
+        from deps import requirements
+    finally:
+        sys.path.pop(0)
+    api = requirements(ROOT / "pyproject.toml", ["api"])
+    worker = requirements(ROOT / "pyproject.toml", ["worker"])
+    assert not any(r.startswith("torch") for r in api) and "fastapi>=0.115" in api
+    assert "torch==2.14.1" in worker and "flower>=2.0" in worker and not any("fakescope" in r for r in worker)
+    for name in ("Dockerfile.api", "Dockerfile.worker-classify", "Dockerfile.worker-explain"):
+        lines = _dockerfile(name)
+        install = next(
+            i for i, line in enumerate(lines) if "pip install" in line and "-r /tmp/requirements.txt" in line
+        )
+        first_code = next(i for i, line in enumerate(lines) if line.startswith("COPY shared"))
+        assert install < first_code, name  # an edit to the code leaves the dependency layer cached
+        assert any("pip install --no-deps ." in line for line in lines[first_code:]), name
+    api_copies = [line for line in _dockerfile("Dockerfile.api") if line.startswith("COPY")]
+    assert not any("workers" in line for line in api_copies)
