@@ -16,6 +16,10 @@ import torch
 from fakescope.checkpoint import CheckpointMeta, Preprocess, save_checkpoint
 from fakescope.models import create_model
 
+# The service stack's fixtures (service_env, service_stack; see tests/utils/stack.py), for
+# every suite that asks for them; nothing is started until a test does.
+pytest_plugins = ["tests.utils.stack"]
+
 TINY_ARCH = {"layers": (1, 1, 1, 1), "planes": (4, 4, 8, 8), "stem_chs": 8}
 
 

@@ -19,11 +19,11 @@ from typing import Any
 
 import httpx
 import pytest
-from stackfixtures import ServiceStack, png_bytes
 
 from api.routes.jobs import MAX_OFFSET
 from fakescope.db.models import ITEM_NAME_MAX
 from fakescope.imageio import DEFAULT_MAX_BYTES, DEFAULT_MAX_MEMBERS, DEFAULT_MAX_PIXELS
+from tests.utils.stack import ServiceStack, png_bytes
 
 UNSAFE = "unsafe path in archive (absolute or '..')"
 NIL = "00000000-0000-0000-0000-000000000000"

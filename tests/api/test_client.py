@@ -19,11 +19,11 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from stackfixtures import ServiceStack, png_bytes
 
 from fakescope.client import FakescopeClient
 from fakescope.scan import run_scan
 from fakescope.service.tenants import make_report_token
+from tests.utils.stack import ServiceStack, png_bytes
 
 N = 1000
 

@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import response_schema_conformance
-from stackfixtures import ServiceStack, get_service_stack, png_bytes, wait_until
 
 from api.main import create_app
 from fakescope.service.tenants import create_api_key
+from tests.utils.stack import ServiceStack, get_service_stack, png_bytes, wait_until
 
 DOCUMENT = create_app().openapi()
 SCHEMA = schemathesis.openapi.from_dict(DOCUMENT)

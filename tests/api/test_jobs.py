@@ -14,12 +14,12 @@ from typing import ClassVar
 import httpx
 import pytest
 from PIL import Image
-from stackfixtures import ServiceStack, png_bytes, wait_until
 
 from fakescope.detector import Detector
 from fakescope.imageio import InputItem, iter_inputs
 from fakescope.pipeline import classify_items
 from fakescope.service.webhooks import verify_signature
+from tests.utils.stack import ServiceStack, png_bytes, wait_until
 
 pytestmark = pytest.mark.slow
 

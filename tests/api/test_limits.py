@@ -9,10 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
-from stackfixtures import ServiceStack, free_port, png_bytes, wait_until
 
 from fakescope.service.tenants import create_api_key
 from fakescope.stack import Stack
+from tests.utils.stack import ServiceStack, free_port, png_bytes, wait_until
 
 
 @contextmanager

@@ -10,7 +10,8 @@ from datetime import UTC, datetime
 from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
-from stackfixtures import ServiceStack, png_bytes
+
+from tests.utils.stack import ServiceStack, png_bytes
 
 
 def _sigv4_query_signature(url: str, secret: str, region: str) -> str:

@@ -17,9 +17,9 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
-from stackfixtures import ServiceStack, png_bytes
 
 from fakescope.detector import Detector
+from tests.utils.stack import ServiceStack, png_bytes
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"

@@ -1,6 +1,6 @@
 """The vlm backend through the real explain worker: tiny CLIP + tiny Idefics2 + LoRA, real broker.
 
-The session's service stack (tests/service/stackfixtures.py) runs an explain worker on the default
+The session's service stack (tests/utils/stack.py) runs an explain worker on the default
 evidence backend; this test starts a second API and worker pair on private queues, configured with the
 tiny models through the same environment variables production uses, and runs a job through them.
 """
@@ -21,12 +21,11 @@ pytest.importorskip("transformers")
 pytest.importorskip("celery", reason="job service not installed")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 
-from stackfixtures import ServiceStack, free_port, png_bytes, service_stack, wait_until  # noqa: F401
-
 from fakescope.detector import Detector
 from fakescope.explain.clip_scorer import ClipScorer
 from fakescope.explain.taxonomy import BY_NAME
 from fakescope.stack import Stack
+from tests.utils.stack import ServiceStack, free_port, png_bytes, service_stack, wait_until  # noqa: F401
 
 pytestmark = pytest.mark.slow
 

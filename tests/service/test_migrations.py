@@ -5,10 +5,10 @@ from __future__ import annotations
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlmodel import SQLModel
-from stackfixtures import ServiceEnv
 
 import fakescope.db.models  # noqa: F401  (registers the tables)
 from fakescope.db.engine import get_engine
+from tests.utils.stack import ServiceEnv
 
 
 def test_migrated_database_matches_the_models(service_env: ServiceEnv) -> None:

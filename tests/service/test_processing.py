@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from sqlalchemy import update
 from sqlmodel import col, select
-from stackfixtures import ServiceEnv, png_bytes
 
 from fakescope.db.engine import get_engine
 from fakescope.db.models import ItemStatus, Job, JobItem, JobState, utcnow
@@ -23,6 +22,7 @@ from fakescope.service.overlays import item_overlay
 from fakescope.service.processing import classify_chunk, release_items
 from fakescope.service.tenants import authenticate, create_api_key, hash_key
 from fakescope.storage import ObjectStore, ObjectTooLarge, StorageError
+from tests.utils.stack import ServiceEnv, png_bytes
 
 
 class Chunks:

@@ -14,9 +14,9 @@ import httpx
 import pytest
 from sqlalchemy import func
 from sqlmodel import col, select
-from stackfixtures import PG_ADMIN_URL, PrivateStack, ServiceEnv, png_bytes, private_stack, wait_until
 
 from fakescope.db.models import ItemStatus, JobItem
+from tests.utils.stack import PG_ADMIN_URL, PrivateStack, ServiceEnv, png_bytes, private_stack, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,6 @@ import numpy as np
 from PIL import Image
 from sqlalchemy import update
 from sqlmodel import col, select
-from stackfixtures import ServiceEnv, ServiceStack, png_bytes
 
 from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, utcnow
 from fakescope.detector import Detector
@@ -22,6 +21,7 @@ from fakescope.service.processing import classify_chunk
 from fakescope.service.sweeper import sweep
 from fakescope.service.tenants import create_api_key
 from fakescope.tasks import Enqueuer, make_celery
+from tests.utils.stack import ServiceEnv, ServiceStack, png_bytes
 
 
 def _lost(_job_id: uuid.UUID, _ids: Sequence[uuid.UUID]) -> int:
@@ -100,7 +100,7 @@ def test_lost_classify_and_explain_messages_are_sent_again(service_stack: Servic
 
 
 def _wait(st: ServiceStack, job_id: uuid.UUID) -> Job:
-    from stackfixtures import wait_until
+    from tests.utils.stack import wait_until
 
     def done() -> Job | None:
         with st.svc.session() as session:

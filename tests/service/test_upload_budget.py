@@ -9,13 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from sqlmodel import select
-from stackfixtures import ServiceEnv, png_bytes
 
 from fakescope.db.models import Job, JobItem, JobState
 from fakescope.imageio import InputItem
 from fakescope.service import jobs as svc
 from fakescope.service.budget import ByteBudget, UploadBusy
 from fakescope.service.tenants import create_api_key
+from tests.utils.stack import ServiceEnv, png_bytes
 
 
 class RecordingBudget(ByteBudget):

@@ -20,7 +20,6 @@ from typing import ClassVar
 import pytest
 from sqlalchemy import update
 from sqlmodel import Session, col, select
-from stackfixtures import ServiceEnv
 from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from fakescope.db.models import ItemStatus, Job, JobItem, WebhookDelivery, utcnow
@@ -42,6 +41,7 @@ from fakescope.service.webhooks import (
     verify_signature,
     verify_standard_signature,
 )
+from tests.utils.stack import ServiceEnv
 
 
 @pytest.mark.parametrize(

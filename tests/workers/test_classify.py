@@ -8,9 +8,9 @@ import time
 import pytest
 from sqlalchemy import func
 from sqlmodel import col, select
-from stackfixtures import ServiceStack, png_bytes, wait_until
 
 from fakescope.db.models import JobItem
+from tests.utils.stack import ServiceStack, png_bytes, wait_until
 
 pytestmark = pytest.mark.slow
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from stackfixtures import ServiceStack, png_bytes
 
 from fakescope.detector import Detector
+from tests.utils.stack import ServiceStack, png_bytes
 
 pytestmark = pytest.mark.slow
 

@@ -21,10 +21,10 @@ import pytest
 from PIL import Image
 from sqlalchemy import func
 from sqlmodel import col, select
-from stackfixtures import PrivateStack, ServiceEnv, free_port, png_bytes, private_stack, wait_until
 
 from fakescope.db.models import ExplainStatus, ItemStatus, JobItem
 from fakescope.detector import Detector
+from tests.utils.stack import PrivateStack, ServiceEnv, free_port, png_bytes, private_stack, wait_until
 
 pytestmark = pytest.mark.slow
 

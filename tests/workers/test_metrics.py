@@ -7,7 +7,8 @@ import re
 import threading
 
 import httpx
-from stackfixtures import FLOWER_AUTH, ServiceStack, png_bytes, wait_until
+
+from tests.utils.stack import FLOWER_AUTH, ServiceStack, png_bytes, wait_until
 
 
 def _scrape(url: str, **kw: object) -> str:

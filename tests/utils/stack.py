@@ -1,7 +1,7 @@
 """The job service's test stack: a fresh Postgres database, a Redis db with private queue names, an S3
 server on loopback (moto, or ``$FAKESCOPE_TEST_S3_ENDPOINT``), and real API, worker and Flower processes.
 
-Imported by the conftests of ``tests/api``, ``tests/workers`` and ``tests/service``; the stack is built
+Loaded for every suite by the root conftest (``pytest_plugins``); the stack is built
 once per session and shared, whichever folder asks first.
 """
 
