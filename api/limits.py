@@ -100,12 +100,17 @@ class BodySizeLimit:
 
 
 class RateLimiter:
-    """``hit(key)`` counts a request; returns 0 when allowed, else the seconds until the window resets."""
+    """``hit(key)`` counts a request; returns 0 when allowed, else the seconds until the window resets.
+
+    Fixed one-minute windows, counted in Redis when the broker is Redis (shared by API replicas), in
+    memory otherwise. ``clock``: Unix time in seconds (injectable, so a test need not wait for a minute).
+    """
 
     WINDOW_S = 60
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
         self.limit = settings.rate_limit_per_minute
+        self.clock = clock
         self._redis = None
         if settings.broker_url and settings.broker_url.startswith(("redis://", "rediss://")):
             import redis
@@ -117,7 +122,7 @@ class RateLimiter:
     def hit(self, key: str) -> int:
         if self.limit <= 0:
             return 0
-        now = int(time.time())
+        now = int(self.clock())
         window = now // self.WINDOW_S
         retry_after = (window + 1) * self.WINDOW_S - now
         if self._redis is not None:
