@@ -139,9 +139,15 @@ class UploadTarget(BaseModel):
     upload_url: str
 
 
+class ShardTarget(BaseModel):
+    index: int = Field(description="the shard's place in the request's ``shards``")
+    upload_url: str
+
+
 class UploadJobPublic(BaseModel):
     job: JobPublic
     uploads: list[UploadTarget]
+    shard_uploads: list[ShardTarget] = Field(default_factory=list, description="one PUT URL per shard, in order")
     start_url: str
 
 
@@ -224,26 +230,37 @@ def create_upload_job(
     tenant: TenantDep,
     idempotency_key: IdempotencyKey = None,
 ) -> UploadJobPublic:
-    """For batches too large for one request: one presigned PUT URL per image; then ``POST /start``."""
+    """For batches too large for one request: presigned PUT URLs, then ``POST /start``.
+
+    With ``names``, one URL per image (``uploads``). With ``shards``, one URL per shard
+    (``shard_uploads``): the client packs up to 256 images or 64 MiB into an uncompressed tar, says
+    where each member's bytes lie, and makes one request per shard instead of one per image.
+    """
     _check_callback(body.callback_url, settings)
-    if len(body.names) > settings.max_items_per_job:
+    if body.count > settings.max_items_per_job:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail="Too many images for one job")
+    shards = None
+    if body.shards is not None:
+        shards = [[(m.name, m.offset, m.length) for m in shard.members] for shard in body.shards]
     job, urls, _ = svc.create_upload_job(
         session,
         store,
         tenant_id=tenant,
         names=body.names,
+        shards=shards,
         explain=body.explain,
         overlays=body.overlays,
         callback_url=body.callback_url,
         idempotency_key=idempotency_key,
         expires_s=settings.presign_expiry_s,
     )
-    return UploadJobPublic(
-        job=svc.job_public(session, job, _status_url(request, job.id)),
-        uploads=[UploadTarget(id=it.id, position=it.position, name=it.name, upload_url=u) for it, u in urls],
-        start_url=str(request.url_for("start_job", job_id=job.id)),
-    )
+    public = svc.job_public(session, job, _status_url(request, job.id))
+    start_url = str(request.url_for("start_job", job_id=job.id))
+    if shards is not None or (urls and urls[0][0].object_offset is not None):
+        targets = [ShardTarget(index=i, upload_url=u) for i, (_, u) in enumerate(urls)]
+        return UploadJobPublic(job=public, uploads=[], shard_uploads=targets, start_url=start_url)
+    uploads = [UploadTarget(id=it.id, position=it.position, name=it.name, upload_url=u) for it, u in urls]
+    return UploadJobPublic(job=public, uploads=uploads, start_url=start_url)
 
 
 @router.post("/{job_id}/start", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)

@@ -9,10 +9,11 @@ Importable without torch (httpx, Pillow and numpy only)::
         job = fs.wait(job["id"])
         fs.download(job["id"], "out/")                          # results.jsonl, task1.json, overlays/, report.html
 
-Uploads take the presigned path: one job with a PUT URL per image, images sent straight to the object
-store from a few threads, then ``start``. Images are named exactly as ``fakescope scan`` names them
-(folders recursively, archive members as ``batch.zip/a.png``), so the files :meth:`download` writes are
-the ones a local scan of the same paths writes. With an idempotency key a failed or interrupted submit
+Uploads take the presigned path: images packed into tar shards of up to 256 images or 64 MiB, one
+PUT URL per shard, sent straight to the object store from a few threads, then ``start``. Images are
+named exactly as ``fakescope scan`` names them (folders recursively, archive members as
+``batch.zip/a.png``), so the files :meth:`download` writes are the ones a local scan of the same
+paths writes. With an idempotency key a failed or interrupted submit
 is resumed by calling it again: the API returns the same job and its URLs, and uploading again is harmless.
 
 The API key is read from the ``api_key`` argument, ``$FAKESCOPE_API_KEY``, or the ``api_key`` field of
@@ -112,24 +113,25 @@ class FakescopeClient:
         callback_url: str | None = None,
         idempotency_key: str | None = None,
         progress: Progress | None = None,
+        shards: bool = True,
     ) -> dict[str, Any]:
         """Uploads every image under ``paths`` into one job and starts it; returns the job.
 
         ``overlays=False`` asks for verdicts only, without GradCAM overlay PNGs. ``progress(done,
-        total)`` is called as images finish uploading.
+        total)`` is called as images finish uploading. ``shards`` (default): images are packed into
+        uncompressed tar shards of up to 256 images or 64 MiB (in a temporary folder) and each shard
+        is one PUT, instead of one PUT per image (``shards=False``).
         """
-        from fakescope.imageio import ImageError, iter_inputs
+        from fakescope.imageio import iter_inputs
 
         items = list(iter_inputs(list(paths)))
         if not items:
             raise ValueError(f"no images under {', '.join(map(str, paths))}")
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        body = {
-            "names": [it.name for it in items],
-            "explain": explain,
-            "overlays": overlays,
-            "callback_url": callback_url,
-        }
+        options = {"explain": explain, "overlays": overlays, "callback_url": callback_url}
+        if shards:
+            return self._submit_shards(items, options, headers, progress)
+        body = {"names": [it.name for it in items], **options}
         created = _check(self._http.post("/v1/jobs/uploads", json=body, headers=headers)).json()
         job = created["job"]
         if job["state"] != "awaiting_upload":
@@ -137,18 +139,10 @@ class FakescopeClient:
         by_position = {u["position"]: u["upload_url"] for u in created["uploads"]}
 
         def put(position: int) -> None:
-            try:
-                data = items[position].read()
-            except (ImageError, OSError):
+            data = _read_or_none(items[position])
+            if data is None:
                 return  # unreadable here (too big, vanished): the job reports it as not uploaded
-            for attempt in range(4):
-                try:
-                    _check(self._plain.put(by_position[position], content=data))
-                    return
-                except (httpx.TransportError, ApiError) as e:
-                    if attempt == 3 or (isinstance(e, ApiError) and e.status < 500):
-                        raise
-                    time.sleep(0.5 * 2**attempt)
+            self._put(by_position[position], data, len(data))
 
         done = 0
         with ThreadPoolExecutor(self.upload_threads, thread_name_prefix="upload") as pool:
@@ -158,6 +152,45 @@ class FakescopeClient:
                 if progress:
                     progress(done, len(items))
         return _check(self._http.post(created["start_url"])).json()
+
+    def _submit_shards(
+        self, items: list[Any], options: dict[str, Any], headers: dict[str, str], progress: Progress | None
+    ) -> dict[str, Any]:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="fakescope-shards-") as tmp:
+            files, specs = _pack_shards(items, Path(tmp))
+            body = {"shards": [{"members": members} for members in specs], **options}
+            created = _check(self._http.post("/v1/jobs/uploads", json=body, headers=headers)).json()
+            job = created["job"]
+            if job["state"] != "awaiting_upload":
+                return job  # an earlier call with this key got further: nothing left to upload
+            urls = [u["upload_url"] for u in sorted(created["shard_uploads"], key=lambda u: u["index"])]
+
+            def put(i: int) -> None:
+                size = files[i].stat().st_size
+                with files[i].open("rb") as f:
+                    self._put(urls[i], iter(lambda: f.read(1024 * 1024), b""), size)
+
+            done = 0
+            # Fewer threads than for single images: each holds a shard's connection for longer.
+            with ThreadPoolExecutor(min(self.upload_threads, 4), thread_name_prefix="upload") as pool:
+                for i, f in enumerate([pool.submit(put, i) for i in range(len(files))]):
+                    f.result()
+                    done += len(specs[i])
+                    if progress:
+                        progress(done, len(items))
+        return _check(self._http.post(created["start_url"])).json()
+
+    def _put(self, url: str, content: bytes | Iterator[bytes], size: int) -> None:
+        for attempt in range(4):
+            try:
+                _check(self._plain.put(url, content=content, headers={"Content-Length": str(size)}))
+                return
+            except (httpx.TransportError, ApiError) as e:
+                if attempt == 3 or (isinstance(e, ApiError) and e.status < 500) or not isinstance(content, bytes):
+                    raise
+                time.sleep(0.5 * 2**attempt)
 
     def status(self, job_id: str) -> dict[str, Any]:
         return _check(self._http.get(f"/v1/jobs/{job_id}")).json()
@@ -283,6 +316,64 @@ class FakescopeClient:
             render_report(records, title=f"fakescope job {job_id}", model_version=model_version, files=files)
         )
         return out
+
+
+# A shard the API accepts (fakescope.db.models.SHARD_MAX_ITEMS / SHARD_MAX_BYTES), less room for the
+# tar's closing blocks and record padding.
+SHARD_ITEMS = 256
+SHARD_BYTES = 64 * 1024**2
+_TAR_TAIL = 2 * 512 + 10240
+
+
+def _read_or_none(item: Any) -> bytes | None:
+    from fakescope.imageio import ImageError
+
+    try:
+        data: bytes = item.read()
+    except (ImageError, OSError):
+        return None
+    return data
+
+
+def _pack_shards(items: Sequence[Any], folder: Path) -> tuple[list[Path], list[list[dict[str, Any]]]]:
+    """Packs the items into uncompressed tar files under ``folder``; returns the files and, for each,
+    its members' names, data offsets and lengths, as ``POST /v1/jobs/uploads`` takes them.
+
+    Members are named by their position (the real names travel in the request), so no name can
+    upset a tar reader. An item that cannot be read here is still listed, with a range past the end
+    of any shard, so the job reports it as not uploaded, as the one-URL-per-image path does.
+    """
+    import tarfile
+
+    files: list[Path] = []
+    specs: list[list[dict[str, Any]]] = []
+    tar: tarfile.TarFile | None = None
+    for position, item in enumerate(items):
+        data = _read_or_none(item)
+        if data is not None and len(data) + 2 * 512 + _TAR_TAIL > SHARD_BYTES:
+            data = None  # larger than any shard can hold: the per-image limit refuses it anyway
+        full = tar is not None and (
+            len(specs[-1]) >= SHARD_ITEMS
+            or (data is not None and tar.offset + 512 + len(data) + 512 + _TAR_TAIL > SHARD_BYTES)
+        )
+        if tar is None or full:
+            if tar is not None:
+                tar.close()
+            files.append(folder / f"shard-{len(files):05d}.tar")
+            tar = tarfile.open(files[-1], "w", format=tarfile.USTAR_FORMAT)  # noqa: SIM115 (closed when full, or below)
+            specs.append([])
+        if data is None:
+            specs[-1].append({"name": item.name, "offset": SHARD_BYTES - 1, "length": 1})
+            continue
+        info = tarfile.TarInfo(f"{position:07d}")
+        info.size = len(data)
+        # The member's bytes follow its header (one 512-byte block for a short USTAR name).
+        offset = tar.offset + len(info.tobuf(tarfile.USTAR_FORMAT, tar.encoding, tar.errors))
+        tar.addfile(info, io.BytesIO(data))
+        specs[-1].append({"name": item.name, "offset": offset, "length": len(data)})
+    if tar is not None:
+        tar.close()
+    return files, specs
 
 
 def _thumbnail(data: bytes) -> bytes:

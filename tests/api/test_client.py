@@ -103,8 +103,9 @@ def test_client_resumes_with_an_idempotency_key_and_cancels(service_stack: Servi
     for i in range(5):
         (tmp_path / f"{i}.png").write_bytes(png_bytes(32_000 + i))
     with FakescopeClient(service_stack.api_url, service_stack.keys["a"]) as fs:
-        first = fs.submit([tmp_path], idempotency_key="client-resume-1")
-        again = fs.submit([tmp_path], idempotency_key="client-resume-1")
+        # One PUT per image (the path for clients that send images one by one), resumed by its key.
+        first = fs.submit([tmp_path], idempotency_key="client-resume-1", shards=False)
+        again = fs.submit([tmp_path], idempotency_key="client-resume-1", shards=False)
         assert again["id"] == first["id"]
         done = fs.wait(first["id"], timeout=300)
         assert done["state"] == "succeeded" and done["counts"]["done"] == 5

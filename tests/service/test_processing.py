@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -515,3 +516,38 @@ def test_a_missing_shard_fails_its_items_with_the_reason(service_env: ServiceEnv
         classify_chunk(session, service_env.store, detector, job_id=job_id, item_ids=ids)
         errors = session.exec(select(JobItem.error).where(JobItem.job_id == job_id)).all()
     assert errors == ["original image is missing from object storage"] * 3
+
+
+def test_presigned_shards_start_with_one_head_each_and_fail_what_is_not_there(
+    service_env: ServiceEnv, detector: Detector
+) -> None:
+    import tarfile
+
+    from fakescope.client import _pack_shards
+
+    seeds = list(range(9800, 9805))
+    items = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in seeds]
+    items.append(InputItem("gone.png", lambda: (_ for _ in ()).throw(OSError("vanished"))))
+    folder = service_env.tmp / f"shards-{uuid.uuid4().hex[:6]}"
+    folder.mkdir()
+    files, specs = _pack_shards(items, folder)
+    assert len(files) == 1 and [m["name"] for m in specs[0]] == [*(f"{s}.png" for s in seeds), "gone.png"]
+    with tarfile.open(files[0]) as tar:  # a plain tar: members by position, bytes where the spec says
+        assert tar.getnames() == [f"{i:07d}" for i in range(5)]
+    shards = [[(m["name"], m["offset"], m["length"]) for m in spec] for spec in specs]
+    counting = _CountingStore(service_env.store)
+    with service_env.session() as session:
+        job, urls, created = svc.create_upload_job(session, counting, tenant_id=_tenant(service_env), shards=shards)  # type: ignore[arg-type]
+        assert created and len(urls) == 1 and job.total == 6
+        (key,) = {it.object_key for it, _ in urls}
+        service_env.store.put(key, files[0].read_bytes())  # what the client's one PUT does
+        counting.calls.clear()
+        chunks = Chunks()
+        svc.start_job(session, counting, chunks, job=job)  # type: ignore[arg-type]
+        assert counting.calls == {"size": 1}  # one HEAD for the shard, not one per image
+        ((job_id, ids),) = chunks.sent
+        classify_chunk(session, service_env.store, detector, job_id=job_id, item_ids=ids)
+        rows = session.exec(select(JobItem).where(JobItem.job_id == job.id).order_by(JobItem.position)).all()
+    assert [r.status for r in rows] == [ItemStatus.DONE] * 5 + [ItemStatus.FAILED], [r.error for r in rows]
+    assert rows[-1].error == "image was not uploaded"
+    assert [r.sha256 for r in rows[:5]] == [hashlib.sha256(png_bytes(s)).hexdigest() for s in seeds]

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import StringConstraints
+from pydantic import StringConstraints, model_validator
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, UniqueConstraint, text
 from sqlmodel import Field, SQLModel
 
@@ -120,12 +120,48 @@ class JobBase(SQLModel):
     callback_url: str | None = Field(default=None, max_length=2048)
 
 
-class JobCreate(JobBase):
-    """A job whose images the client uploads itself, through presigned URLs."""
+# A shard a client uploads holds at most this many images and bytes (as the API's own upload windows).
+SHARD_MAX_ITEMS = 256
+SHARD_MAX_BYTES = 64 * 1024**2
 
-    names: list[ItemName] = Field(
-        min_length=1, description=f"file names, one per image to upload (at most {ITEM_NAME_MAX} characters each)"
+
+class ShardMember(SQLModel):
+    """One image in a client's shard: its name and where its bytes lie (a tar member's data offset)."""
+
+    name: ItemName
+    offset: int = Field(ge=0, lt=SHARD_MAX_BYTES)
+    length: int = Field(ge=1, le=SHARD_MAX_BYTES)
+
+
+class ShardSpec(SQLModel):
+    """One object the client PUTs: an uncompressed tar (or any concatenation) of up to 256 images."""
+
+    members: list[ShardMember] = Field(min_length=1, max_length=SHARD_MAX_ITEMS)
+
+
+class JobCreate(JobBase):
+    """A job whose images the client uploads itself, through presigned URLs: one per image
+    (``names``), or one per shard of up to 256 images or 64 MiB (``shards``), one request each."""
+
+    names: list[ItemName] | None = Field(
+        None, min_length=1, description=f"file names, one per image to upload (at most {ITEM_NAME_MAX} characters each)"
     )
+    shards: list[ShardSpec] | None = Field(
+        None, min_length=1, description="or: the shards to upload, each with its members' names, offsets and lengths"
+    )
+
+    @model_validator(mode="after")
+    def _one_layout(self) -> JobCreate:
+        if (self.names is None) == (self.shards is None):
+            raise ValueError("give either names (one upload per image) or shards, not both")
+        for i, shard in enumerate(self.shards or []):
+            if max(m.offset + m.length for m in shard.members) > SHARD_MAX_BYTES:
+                raise ValueError(f"shard {i} is over the limit of {SHARD_MAX_BYTES} bytes")
+        return self
+
+    @property
+    def count(self) -> int:
+        return len(self.names) if self.names is not None else sum(len(s.members) for s in self.shards or [])
 
 
 class Job(JobBase, table=True):

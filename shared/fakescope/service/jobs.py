@@ -23,6 +23,7 @@ from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from fakescope.db.models import (
+    SHARD_MAX_BYTES,
     ExplainStatus,
     ItemStatus,
     Job,
@@ -374,16 +375,28 @@ def create_upload_job(
     store: ObjectStore,
     *,
     tenant_id: uuid.UUID,
-    names: Sequence[str],
+    names: Sequence[str] | None = None,
+    shards: Sequence[Sequence[tuple[str, int, int]]] | None = None,
     explain: bool = False,
     overlays: bool = True,
     callback_url: str | None = None,
     idempotency_key: str | None = None,
     expires_s: int = 3600,
 ) -> tuple[Job, list[tuple[JobItem, str]], bool]:
-    """A job waiting for its images: one item and one presigned PUT URL per name."""
+    """A job waiting for its images: one item per image, and presigned PUT URLs.
+
+    With ``names``: one URL per image, returned with its item. With ``shards`` (each a list of
+    ``(name, offset, length)``, a tar's members): one URL per shard, returned with the shard's first
+    item; every item of the shard points at its range of that one object, so the client makes one
+    request per shard and a worker one ranged read per chunk.
+    """
+    if (names is None) == (shards is None):
+        raise ValueError("give either names or shards")
+    layout: dict[str, object] = (
+        {"names": list(names)} if names is not None else {"shards": [list(s) for s in shards or []]}
+    )
     fingerprint = request_fingerprint(
-        "uploads", names=list(names), explain=explain, overlays=overlays, callback_url=callback_url
+        "uploads", **layout, explain=explain, overlays=overlays, callback_url=callback_url
     )
     job, created = _new_job(
         session,
@@ -396,24 +409,38 @@ def create_upload_job(
         fingerprint=fingerprint,
     )
     if created:
-        rows = [
-            JobItem(
-                job_id=job.id,
-                position=i,
-                name=n,
-                object_key=original_key(job.id, i),
-                status=ItemStatus.AWAITING_UPLOAD,
-            )
-            for i, n in enumerate(names)
-        ]
+        waiting = ItemStatus.AWAITING_UPLOAD
+        if names is not None:
+            rows = [
+                JobItem(job_id=job.id, position=i, name=n, object_key=original_key(job.id, i), status=waiting)
+                for i, n in enumerate(names)
+            ]
+        else:
+            members = [(shard_key(job.id, s), m) for s, shard in enumerate(shards or []) for m in shard]
+            rows = [
+                JobItem(
+                    job_id=job.id,
+                    position=i,
+                    name=name,
+                    object_key=key,
+                    object_offset=offset,
+                    object_length=length,
+                    status=waiting,
+                )
+                for i, (key, (name, offset, length)) in enumerate(members)
+            ]
         job.total = len(rows)
         session.add_all(rows)
         session.add(job)
         session.commit()
         session.refresh(job)
     items = session.exec(select(JobItem).where(JobItem.job_id == job.id).order_by(col(JobItem.position))).all()
-    urls = [(it, store.presign_put(it.object_key, expires_s)) for it in items]
-    return job, urls, created
+    if items and items[0].object_offset is None:
+        return job, [(it, store.presign_put(it.object_key, expires_s)) for it in items], created
+    firsts: dict[str, JobItem] = {}
+    for it in items:
+        firsts.setdefault(it.object_key, it)
+    return job, [(it, store.presign_put(key, expires_s)) for key, it in firsts.items()], created
 
 
 def start_job(
@@ -436,15 +463,30 @@ def start_job(
     if job.state != JobState.AWAITING_UPLOAD:
         raise JobStateError("Job already started")
     items = session.exec(
-        select(JobItem.id, JobItem.object_key).where(
+        select(JobItem.id, JobItem.object_key, JobItem.object_offset, JobItem.object_length).where(
             JobItem.job_id == job.id, JobItem.status == ItemStatus.AWAITING_UPLOAD
         )
     ).all()
+    keys = sorted({row[1] for row in items})  # a shard's items share one object: one HEAD for them all
     with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="start") as pool:
-        sizes = list(pool.map(lambda row: store.size(row[1]), items))
-    queued = [row[0] for row, n in zip(items, sizes, strict=True) if n is not None and n <= max_bytes]
-    missing = [row[0] for row, n in zip(items, sizes, strict=True) if n is None]
-    oversized = [row for row, n in zip(items, sizes, strict=True) if n is not None and n > max_bytes]
+        size_of = dict(zip(keys, pool.map(store.size, keys), strict=True))
+    queued: list[uuid.UUID] = []
+    failed: dict[str, list[uuid.UUID]] = {}  # reason: items
+    doomed: set[str] = set()  # objects no worker may read: deleted once the job has started
+    for item_id, key, offset, length in items:
+        size = size_of[key]
+        if offset is not None and size is not None and size > SHARD_MAX_BYTES:
+            # The whole shard: a presigned PUT cannot cap its size as it is sent.
+            failed.setdefault(f"shard is over the limit of {SHARD_MAX_BYTES} bytes", []).append(item_id)
+            doomed.add(key)
+        elif size is None or (offset is not None and offset + (length or 0) > size):
+            failed.setdefault("image was not uploaded", []).append(item_id)  # or past the end of its shard
+        elif (length or 0 if offset is not None else size) > max_bytes:
+            failed.setdefault(f"file is over the limit of {max_bytes} bytes", []).append(item_id)
+            if offset is None:
+                doomed.add(key)
+        else:
+            queued.append(item_id)
     claimed = session.exec(
         update(Job)
         .where(col(Job.id) == job.id, col(Job.state) == JobState.AWAITING_UPLOAD)
@@ -461,22 +503,18 @@ def start_job(
             .where(col(JobItem.id).in_(queued), waiting)
             .values(status=ItemStatus.QUEUED, enqueued_at=utcnow())
         )
-    for ids, error in (
-        (missing, "image was not uploaded"),
-        ([row[0] for row in oversized], f"file is over the limit of {max_bytes} bytes"),
-    ):
-        if ids:
-            session.exec(
-                update(JobItem)
-                .where(col(JobItem.id).in_(ids), waiting)
-                .values(status=ItemStatus.FAILED, error=error, finished_at=utcnow())
-            )
+    for error, ids in failed.items():
+        session.exec(
+            update(JobItem)
+            .where(col(JobItem.id).in_(ids), waiting)
+            .values(status=ItemStatus.FAILED, error=error, finished_at=utcnow())
+        )
     session.commit()
-    if oversized:
+    if doomed:
         try:
-            store.delete([row[1] for row in oversized])
+            store.delete(sorted(doomed))
         except StorageError:
-            logger.warning("job %s: could not delete %s oversized uploads", job.id, len(oversized), exc_info=True)
+            logger.warning("job %s: could not delete %s oversized uploads", job.id, len(doomed), exc_info=True)
     enqueue(job.id, queued)
     if not queued:
         finish(session, job_id=job.id)
