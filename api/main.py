@@ -18,7 +18,7 @@ from api.deps import get_enqueuer
 from api.limits import BodySizeLimit
 from api.routes import health, jobs, objects, report, webhooks
 from fakescope.service.budget import ByteBudget, UploadBusy
-from fakescope.service.jobs import IdempotencyConflict
+from fakescope.service.uploads import IdempotencyConflict
 from fakescope.service.webhooks import set_sender
 from fakescope.settings import get_settings
 from fakescope.storage import StorageError

@@ -38,6 +38,7 @@ from fakescope.db.models import (
 )
 from fakescope.imageio import sniff_media_type
 from fakescope.service import jobs as svc
+from fakescope.service import uploads
 from fakescope.service.originals import read_original
 from fakescope.service.overlays import image_resource, overlay_resource
 from fakescope.service.overlays import item_overlay as item_overlay_png
@@ -189,17 +190,17 @@ def create_job(
     """Uploads a batch; answers 202 with the job and its status URL while workers classify it."""
     _check_callback(callback_url, settings)
     with tempfile.TemporaryDirectory(prefix="fakescope-upload-") as tmp:
-        inputs = svc.expand_uploads([(f.filename or "", f.file) for f in files], FilePath(tmp))
+        inputs = uploads.expand_uploads([(f.filename or "", f.file) for f in files], FilePath(tmp))
         # A retry sends the same files (names and sizes) with the same options; hashing the bytes
         # themselves would read a 2-GB body twice.
-        fingerprint = svc.request_fingerprint(
+        fingerprint = uploads.request_fingerprint(
             "jobs",
             files=[(f.filename, f.size) for f in files],
             explain=explain,
             overlays=overlays,
             callback_url=callback_url or None,
         )
-        job, created = svc.create_job(
+        job, created = uploads.create_job(
             session,
             store,
             enqueuer.classify,
@@ -242,7 +243,7 @@ def create_upload_job(
     shards = None
     if body.shards is not None:
         shards = [[(m.name, m.offset, m.length) for m in shard.members] for shard in body.shards]
-    job, urls, _ = svc.create_upload_job(
+    job, urls, _ = uploads.create_upload_job(
         session,
         store,
         tenant_id=tenant,
@@ -259,8 +260,8 @@ def create_upload_job(
     if shards is not None or (urls and urls[0][0].object_offset is not None):
         targets = [ShardTarget(index=i, upload_url=u) for i, (_, u) in enumerate(urls)]
         return UploadJobPublic(job=public, uploads=[], shard_uploads=targets, start_url=start_url)
-    uploads = [UploadTarget(id=it.id, position=it.position, name=it.name, upload_url=u) for it, u in urls]
-    return UploadJobPublic(job=public, uploads=uploads, start_url=start_url)
+    per_image = [UploadTarget(id=it.id, position=it.position, name=it.name, upload_url=u) for it, u in urls]
+    return UploadJobPublic(job=public, uploads=per_image, start_url=start_url)
 
 
 @router.post("/{job_id}/start", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
@@ -269,7 +270,7 @@ def start_job(
 ) -> JobPublic:
     job = _job_or_404(session, tenant, job_id)
     try:
-        job = svc.start_job(session, store, enqueuer.classify, job=job)
+        job = uploads.start_job(session, store, enqueuer.classify, job=job)
     except svc.JobStateError as e:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(e)) from e
     return svc.job_public(session, job, _status_url(request, job.id))

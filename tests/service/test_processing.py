@@ -19,6 +19,7 @@ from fakescope.db.models import ItemStatus, Job, JobItem, JobState, utcnow
 from fakescope.detector import Detector
 from fakescope.imageio import InputItem
 from fakescope.service import jobs as svc
+from fakescope.service import uploads
 from fakescope.service.overlays import item_overlay
 from fakescope.service.processing import classify_chunk, release_items
 from fakescope.service.tenants import authenticate, create_api_key, hash_key
@@ -54,7 +55,7 @@ def _job(env: ServiceEnv, n: int, tenant_id: uuid.UUID | None = None, seeds: Seq
     seeds = seeds if seeds is not None else [300 + i for i in range(n)]
     with env.session() as session:
         items = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in seeds]
-        _, created = svc.create_job(session, env.store, chunks, tenant_id=tenant_id, inputs=items)
+        _, created = uploads.create_job(session, env.store, chunks, tenant_id=tenant_id, inputs=items)
         assert created
     return chunks
 
@@ -169,10 +170,10 @@ def test_chunks_finished_while_the_upload_is_still_stored_do_not_close_the_job(
             states.append(session.get(Job, job_id).state)  # type: ignore[union-attr]
         return 1
 
-    n = svc.UPLOAD_WINDOW * 2 + 17
+    n = uploads.UPLOAD_WINDOW * 2 + 17
     with service_env.session() as session:
         items = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in range(9000, 9000 + n)]
-        job, created = svc.create_job(session, service_env.store, classify_now, tenant_id=tenant_id, inputs=items)
+        job, created = uploads.create_job(session, service_env.store, classify_now, tenant_id=tenant_id, inputs=items)
         assert created
         assert (job.state, job.total) == (JobState.SUCCEEDED, n)
         counts = svc.job_counts(session, job_id=job.id)
@@ -193,10 +194,10 @@ def test_uploads_over_the_item_limit_keep_the_first_and_say_so(
             return classify_chunk(session, service_env.store, detector, job_id=job_id, item_ids=item_ids)
 
     # Windows close by bytes as well as by count: here every two images.
-    monkeypatch.setattr(svc, "UPLOAD_WINDOW_BYTES", 2 * len(png_bytes(9500)) - 1)
+    monkeypatch.setattr(uploads, "UPLOAD_WINDOW_BYTES", 2 * len(png_bytes(9500)) - 1)
     sizes: list[int] = []
     with service_env.session() as session:
-        job, _ = svc.create_job(
+        job, _ = uploads.create_job(
             session,
             service_env.store,
             lambda j, ids: sizes.append(len(ids)) or classify_now(j, ids),
@@ -220,7 +221,7 @@ def test_verdicts_only_jobs_store_no_overlays_and_share_the_cache_one_way(
         chunks = Chunks()
         with service_env.session() as session:
             items = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in seeds]
-            job, _ = svc.create_job(
+            job, _ = uploads.create_job(
                 session, service_env.store, chunks, tenant_id=tenant, inputs=items, overlays=overlays
             )
             assert job.overlays is overlays
@@ -323,7 +324,7 @@ class _FlakyStore:
 
 def _upload_job(env: ServiceEnv, n: int) -> uuid.UUID:
     with env.session() as session:
-        job, urls, _ = svc.create_upload_job(
+        job, urls, _ = uploads.create_upload_job(
             session, env.store, tenant_id=_tenant(env), names=[f"{i}.png" for i in range(n)]
         )
         for item, _url in urls[:-1]:  # the last image is never uploaded
@@ -338,18 +339,18 @@ def test_a_start_that_fails_part_way_changes_nothing(service_env: ServiceEnv) ->
         job = session.get(Job, job_id)
         assert job is not None
         with pytest.raises(StorageError):
-            svc.start_job(session, _FlakyStore(service_env.store, fail_at=3), chunks, job=job)  # type: ignore[arg-type]
+            uploads.start_job(session, _FlakyStore(service_env.store, fail_at=3), chunks, job=job)  # type: ignore[arg-type]
         session.refresh(job)
         assert job.state == JobState.AWAITING_UPLOAD and chunks.sent == []
         statuses = session.exec(select(JobItem.status).where(JobItem.job_id == job_id)).all()
         assert set(statuses) == {ItemStatus.AWAITING_UPLOAD}
         # The client's retry starts it: three queued, the missing one failed with its reason.
-        svc.start_job(session, service_env.store, chunks, job=job)
+        uploads.start_job(session, service_env.store, chunks, job=job)
         assert job.state == JobState.QUEUED and len(chunks.sent[0][1]) == 3
         errors = session.exec(select(JobItem.error).where(JobItem.job_id == job_id, JobItem.error.is_not(None))).all()  # type: ignore[union-attr]
         assert errors == ["image was not uploaded"]
         with pytest.raises(svc.JobStateError, match="already started"):
-            svc.start_job(session, service_env.store, chunks, job=job)
+            uploads.start_job(session, service_env.store, chunks, job=job)
 
 
 def test_a_cancel_during_a_start_is_never_undone(service_env: ServiceEnv) -> None:
@@ -368,7 +369,7 @@ def test_a_cancel_during_a_start_is_never_undone(service_env: ServiceEnv) -> Non
         job = session.get(Job, job_id)
         assert job is not None
         with pytest.raises(svc.JobStateError, match="cancelled"):
-            svc.start_job(session, CancelWhileChecking(service_env.store, 0), chunks, job=job)  # type: ignore[arg-type]
+            uploads.start_job(session, CancelWhileChecking(service_env.store, 0), chunks, job=job)  # type: ignore[arg-type]
         session.refresh(job)
         statuses = session.exec(select(JobItem.status).where(JobItem.job_id == job_id)).all()
     assert job.state == JobState.CANCELLED and set(statuses) == {ItemStatus.CANCELLED} and chunks.sent == []
@@ -384,7 +385,7 @@ def test_a_presigned_upload_over_the_limit_fails_at_the_start_and_is_deleted(ser
         chunks = Chunks()
         job = session.get(Job, job_id)
         assert job is not None
-        svc.start_job(session, service_env.store, chunks, job=job, max_bytes=limit)
+        uploads.start_job(session, service_env.store, chunks, job=job, max_bytes=limit)
         session.expire_all()
         rows = session.exec(select(JobItem).where(JobItem.job_id == job_id).order_by(JobItem.position)).all()
         assert [(r.status, r.error) for r in rows] == [
@@ -468,13 +469,13 @@ class _CountingStore:
 
 def test_an_upload_window_is_one_shard_and_a_chunk_one_ranged_read(service_env: ServiceEnv, detector: Detector) -> None:
     tenant_id = _tenant(service_env)
-    n = svc.UPLOAD_WINDOW + 44  # two windows
+    n = uploads.UPLOAD_WINDOW + 44  # two windows
     seeds = [*range(9700, 9700 + n - 2), 9700, 9701]  # the last two repeat the first two
     counting = _CountingStore(service_env.store)
     chunks = Chunks()
     with service_env.session() as session:
         items = [InputItem(f"{i}-{s}.png", lambda s=s: png_bytes(s)) for i, s in enumerate(seeds)]
-        job, _ = svc.create_job(session, counting, chunks, tenant_id=tenant_id, inputs=items)  # type: ignore[arg-type]
+        job, _ = uploads.create_job(session, counting, chunks, tenant_id=tenant_id, inputs=items)  # type: ignore[arg-type]
     assert counting.calls == {"put_parts": 2}  # one object per window, not one per image
     with service_env.session() as session:
         rows = session.exec(select(JobItem).where(JobItem.job_id == job.id).order_by(JobItem.position)).all()
@@ -503,7 +504,7 @@ def test_an_upload_window_is_one_shard_and_a_chunk_one_ranged_read(service_env: 
     counting.calls.clear()
     with service_env.session() as session:
         items = [InputItem(f"again-{s}.png", lambda s=s: png_bytes(s)) for s in seeds[:10]]
-        again, _ = svc.create_job(session, counting, Chunks(), tenant_id=tenant_id, inputs=items)  # type: ignore[arg-type]
+        again, _ = uploads.create_job(session, counting, Chunks(), tenant_id=tenant_id, inputs=items)  # type: ignore[arg-type]
         keys = set(session.exec(select(JobItem.object_key).where(JobItem.job_id == again.id)).all())
     assert counting.calls["put_parts"] == 0 and keys == {f"jobs/{job.id}/shards/00000"}
 
@@ -537,13 +538,13 @@ def test_presigned_shards_start_with_one_head_each_and_fail_what_is_not_there(
     shards = [[(m["name"], m["offset"], m["length"]) for m in spec] for spec in specs]
     counting = _CountingStore(service_env.store)
     with service_env.session() as session:
-        job, urls, created = svc.create_upload_job(session, counting, tenant_id=_tenant(service_env), shards=shards)  # type: ignore[arg-type]
+        job, urls, created = uploads.create_upload_job(session, counting, tenant_id=_tenant(service_env), shards=shards)  # type: ignore[arg-type]
         assert created and len(urls) == 1 and job.total == 6
         (key,) = {it.object_key for it, _ in urls}
         service_env.store.put(key, files[0].read_bytes())  # what the client's one PUT does
         counting.calls.clear()
         chunks = Chunks()
-        svc.start_job(session, counting, chunks, job=job)  # type: ignore[arg-type]
+        uploads.start_job(session, counting, chunks, job=job)  # type: ignore[arg-type]
         assert counting.calls == {"size": 1}  # one HEAD for the shard, not one per image
         ((job_id, ids),) = chunks.sent
         classify_chunk(session, service_env.store, detector, job_id=job_id, item_ids=ids)

@@ -16,7 +16,7 @@ from sqlmodel import col, select
 from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, utcnow
 from fakescope.detector import Detector
 from fakescope.imageio import InputItem
-from fakescope.service import jobs as svc
+from fakescope.service import uploads
 from fakescope.service.processing import classify_chunk
 from fakescope.service.sweeper import sweep
 from fakescope.service.tenants import create_api_key
@@ -52,9 +52,9 @@ def test_lost_classify_and_explain_messages_are_sent_again(service_stack: Servic
     with st.svc.session() as session:
         tenant, _ = create_api_key(session, tenant_name=f"sweep-{uuid.uuid4().hex[:6]}")
         inputs = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in seeds]
-        lost_job, _ = svc.create_job(session, st.svc.store, _lost, tenant_id=tenant.id, inputs=inputs[:20])
+        lost_job, _ = uploads.create_job(session, st.svc.store, _lost, tenant_id=tenant.id, inputs=inputs[:20])
         # A second job classified here, whose explain messages are lost on the way.
-        explain_job, _ = svc.create_job(
+        explain_job, _ = uploads.create_job(
             session, st.svc.store, _lost, tenant_id=tenant.id, inputs=inputs[20:], explain=True
         )
         ids = session.exec(select(JobItem.id).where(JobItem.job_id == explain_job.id)).all()
@@ -146,7 +146,7 @@ def test_the_deadline_runs_from_the_last_start(service_env: ServiceEnv) -> None:
     with service_env.session() as session:
         tenant, _ = create_api_key(session, tenant_name=f"sweep-{uuid.uuid4().hex[:6]}")
         inputs = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in (1, 2, 3, 4)]
-        job, _ = svc.create_job(session, service_env.store, _lost, tenant_id=tenant.id, inputs=inputs)
+        job, _ = uploads.create_job(session, service_env.store, _lost, tenant_id=tenant.id, inputs=inputs)
         ids = session.exec(select(JobItem.id).where(JobItem.job_id == job.id).order_by(col(JobItem.position))).all()
         session.exec(  # type: ignore[call-overload]
             update(JobItem).where(col(JobItem.job_id) == job.id).values(enqueued_at=utcnow() - timedelta(seconds=1000))
@@ -168,8 +168,10 @@ def test_the_deadline_runs_from_the_last_start(service_env: ServiceEnv) -> None:
 def test_a_presigned_job_never_started_is_started_once_its_urls_expired(service_env: ServiceEnv) -> None:
     with service_env.session() as session:
         tenant, _ = create_api_key(session, tenant_name=f"sweep-{uuid.uuid4().hex[:6]}")
-        job, urls, _ = svc.create_upload_job(session, service_env.store, tenant_id=tenant.id, names=["a.png", "b.png"])
-        fresh, _, _ = svc.create_upload_job(session, service_env.store, tenant_id=tenant.id, names=["c.png"])
+        job, urls, _ = uploads.create_upload_job(
+            session, service_env.store, tenant_id=tenant.id, names=["a.png", "b.png"]
+        )
+        fresh, _, _ = uploads.create_upload_job(session, service_env.store, tenant_id=tenant.id, names=["c.png"])
         first_id, first_key = urls[0][0].id, urls[0][0].object_key
         service_env.store.put(first_key, png_bytes(5))  # one of two arrived, then the client vanished
         session.exec(  # type: ignore[call-overload]

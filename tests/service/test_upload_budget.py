@@ -12,7 +12,7 @@ from sqlmodel import select
 
 from fakescope.db.models import Job, JobItem, JobState
 from fakescope.imageio import InputItem
-from fakescope.service import jobs as svc
+from fakescope.service import uploads
 from fakescope.service.budget import ByteBudget, UploadBusy
 from fakescope.service.tenants import create_api_key
 from tests.utils.stack import ServiceEnv, png_bytes
@@ -60,11 +60,11 @@ def test_a_budget_waits_gives_way_and_lets_one_oversized_reservation_through_alo
 def test_concurrent_uploads_never_hold_more_than_the_budget(service_env: ServiceEnv) -> None:
     tenant_id = _tenant(service_env)
     one = max(len(png_bytes(s)) for s in range(7000, 7090))
-    budget = RecordingBudget(3 * svc.UPLOAD_THREADS * one)  # three groups of reads, for three uploads of 30
+    budget = RecordingBudget(3 * uploads.UPLOAD_THREADS * one)  # three groups of reads, for three uploads of 30
 
     def upload(start: int) -> uuid.UUID:
         with service_env.session() as session:
-            job, created = svc.create_job(
+            job, created = uploads.create_job(
                 session,
                 service_env.store,
                 lambda job_id, ids: 1,
@@ -92,7 +92,7 @@ def test_an_upload_that_cannot_get_memory_in_time_fails_whole(service_env: Servi
     budget.acquire(10_000)  # another request holds it all
     with service_env.session() as session:
         with pytest.raises(UploadBusy):
-            svc.create_job(
+            uploads.create_job(
                 session,
                 service_env.store,
                 lambda job_id, ids: 1,
@@ -105,7 +105,7 @@ def test_an_upload_that_cannot_get_memory_in_time_fails_whole(service_env: Servi
         assert budget.used == 10_000  # it gave back nothing it did not take
         budget.release(10_000)
         # The client's retry, with the same key, goes through once memory is free.
-        job, created = svc.create_job(
+        job, created = uploads.create_job(
             session,
             service_env.store,
             lambda job_id, ids: 1,

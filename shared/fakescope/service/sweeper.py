@@ -36,7 +36,8 @@ from sqlmodel import Session, col, select
 
 from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, utcnow
 from fakescope.service import Enqueue, webhooks
-from fakescope.service.jobs import JobStateError, finish, purge_expired, start_job
+from fakescope.service.jobs import JobStateError, finish, purge_expired
+from fakescope.service.uploads import start_job
 from fakescope.storage import ObjectStore
 
 __all__ = ["SweepReport", "main", "run", "sweep"]
