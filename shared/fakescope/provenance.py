@@ -154,6 +154,7 @@ DETAIL_CHARS = 200
 
 C2PA_NOT_INSTALLED = "c2pa-python is not installed"
 UNKNOWN_FORMAT = "unrecognised file format"
+TRUST_LIST_UNUSABLE = "trust list not usable, read without it"
 XMP_DTD_REFUSED = "xmp: packet declares a DTD or entities; refused"
 
 # Pillow reads EXIF from these containers without decoding pixels (PNG is read from its own eXIf
@@ -349,6 +350,8 @@ def _walk_png(data: bytes, errors: _Errors) -> _PngFindings:
         (length,) = struct.unpack(">I", data[pos : pos + 4])
         ctype = data[pos + 4 : pos + 8]
         start, end = pos + 8, pos + 8 + length
+        # A manifest box cut short is still a manifest that was there (and is now broken).
+        found.has_c2pa = found.has_c2pa or ctype == b"caBX"
         if end + 4 > len(data):
             errors.add(f"png: chunk {ctype!r} at offset {pos} runs past the end of the file")
             return found
@@ -371,8 +374,6 @@ def _walk_png(data: bytes, errors: _Errors) -> _PngFindings:
                         found.text[key] = text
         elif ctype == b"eXIf":
             found.exif = data[start:end]
-        elif ctype == b"caBX":
-            found.has_c2pa = True
         pos = end + 4
     errors.add(f"png: more than {MAX_PNG_CHUNKS} chunks; the rest are not read")
     return found
@@ -403,14 +404,16 @@ def _walk_jpeg(data: bytes, errors: _Errors) -> _JpegFindings:
             return found
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         end = pos + 2 + length
+        body = data[pos + 4 : min(end, len(data))]
+        # APP11 carries JUMBF; C2PA's superbox names itself within the first bytes. Checked before the
+        # length, so a manifest segment cut short still counts as a manifest that was there.
+        if marker == 0xEB and body[:2] == b"JP" and b"c2pa" in body[:64]:
+            found.has_c2pa = True
         if length < 2 or end > len(data):
             errors.add(f"jpeg: segment 0x{marker:02X} at offset {pos} runs past the end of the file")
             return found
-        body = data[pos + 4 : end]
         if marker == 0xE1 and body.startswith(_XMP_JPEG_PREFIX) and found.xmp is None:
             found.xmp = body[len(_XMP_JPEG_PREFIX) :]
-        elif marker == 0xEB and body[:2] == b"JP" and b"c2pa" in body[:64]:
-            found.has_c2pa = True
         pos = end
     return found
 
@@ -458,7 +461,7 @@ def _read_xmp(packet: bytes, errors: _Errors) -> _XmpFindings:
         packet = packet[start : end + len(b"</x:xmpmeta>")]
     try:
         root = ET.fromstring(packet)
-    except ET.ParseError as exc:
+    except (ET.ParseError, LookupError, ValueError) as exc:  # LookupError: an unknown declared encoding
         errors.add(f"xmp: not well-formed XML: {exc}")
         return found
     for element in root.iter():
@@ -573,9 +576,11 @@ def _c2pa_settings(trust_anchors_pem: str | None) -> dict[str, Any]:
     c2pa-rs fetches a manifest from the URL a file names when none is embedded, and can fetch OCSP
     responses; on a service reading uploads either is a request an attacker chooses.
     """
-    settings: dict[str, Any] = {"verify": {"remote_manifest_fetch": False, "ocsp_fetch": False}}
+    # Without a trust list every signer is "untrusted"; c2pa-rs would list that as a failure on every
+    # manifest, and ``trusted: None`` already says no list was asked.
+    verify = {"remote_manifest_fetch": False, "ocsp_fetch": False, "verify_trust": trust_anchors_pem is not None}
+    settings: dict[str, Any] = {"verify": verify}
     if trust_anchors_pem is not None:
-        settings["verify"]["verify_trust"] = True
         settings["trust"] = {"trust_anchors": trust_anchors_pem}
     return settings
 
@@ -588,17 +593,31 @@ def _load_c2pa() -> ModuleType | None:
         return None
 
 
-def _c2pa_read_json(c2pa: ModuleType, data: bytes, mime: str, trust_anchors_pem: str | None) -> str | None:
-    """The manifest store as c2pa-rs's JSON, or None when the file carries no manifest."""
-    with c2pa.Context.from_dict(_c2pa_settings(trust_anchors_pem)) as context:
+def _c2pa_read_json(
+    c2pa: ModuleType, data: bytes, mime: str, trust_anchors_pem: str | None
+) -> tuple[str | None, str | None]:
+    """(the manifest store as c2pa-rs's JSON or None when there is none, why the trust list was unusable).
+
+    A trust list c2pa-rs cannot parse is the operator's error, not the file's: the file is then read
+    without it, so a broken configuration neither hides tampering nor marks every upload tampered.
+    """
+    trust_error = None
+    try:
+        context = c2pa.Context.from_dict(_c2pa_settings(trust_anchors_pem))
+    except c2pa.C2paError as exc:
+        if trust_anchors_pem is None:
+            raise
+        trust_error = str(exc)
+        context = c2pa.Context.from_dict(_c2pa_settings(None))
+    with context:
         reader = c2pa.Reader.try_create(mime, io.BytesIO(data), None, context)
         if reader is None:
-            return None
+            return None, trust_error
         with reader:
-            return reader.json()
+            return reader.json(), trust_error
 
 
-def _run_bounded(fn: Callable[[], str | None], timeout_s: float) -> str | None:
+def _run_bounded(fn: Callable[[], tuple[str | None, str | None]], timeout_s: float) -> tuple[str | None, str | None]:
     """Runs ``fn`` in a daemon thread and waits at most ``timeout_s``.
 
     A native call cannot be interrupted, so on timeout the thread is left to finish on its own (it
@@ -622,7 +641,8 @@ def _run_bounded(fn: Callable[[], str | None], timeout_s: float) -> str | None:
         raise TimeoutError(f"c2pa read did not finish in {timeout_s:g} s")
     if "error" in box:
         raise box["error"]
-    return box.get("value")
+    value: tuple[str | None, str | None] = box["value"]
+    return value
 
 
 def _claim_generator(manifest: dict[str, Any]) -> str | None:
@@ -691,26 +711,32 @@ def _read_c2pa(
     if fmt is None:
         return _c2pa_empty(present=container_seen, reason=UNKNOWN_FORMAT), []
     try:
-        raw = _run_bounded(lambda: _c2pa_read_json(c2pa, data, _MIME_TYPES[fmt], trust_anchors_pem), timeout_s)
+        raw, trust_error = _run_bounded(
+            lambda: _c2pa_read_json(c2pa, data, _MIME_TYPES[fmt], trust_anchors_pem), timeout_s
+        )
     except TimeoutError as exc:
         errors.add(f"c2pa: {exc}")
         return _c2pa_empty(present=container_seen, reason=str(exc), checked=True), []
     except (c2pa.C2paError, OSError, ValueError, TypeError) as exc:
-        message = f"{type(exc).__name__.lstrip('_')}: {exc}"
+        message = str(exc) or type(exc).__name__.lstrip("_")
         errors.add(f"c2pa: {message}")
         result = _c2pa_empty(present=container_seen, reason=message, checked=True)
         if container_seen:
             result["valid"] = False
             result["validation_errors"] = ["manifest.unreadable"]
         return result, []
+    trust_reason = None
+    if trust_error is not None:
+        trust_reason = f"{TRUST_LIST_UNUSABLE}: {trust_error}"
+        errors.add(f"c2pa: {trust_reason}")
     if raw is None:
-        return _c2pa_empty(checked=True), []
+        return _c2pa_empty(checked=True, reason=trust_reason), []
     try:
         store = json.loads(raw)
     except ValueError as exc:
         errors.add(f"c2pa: manifest store is not JSON: {exc}")
         return _c2pa_empty(present=True, reason="manifest store is not JSON", checked=True), []
-    result = _c2pa_empty(present=True, checked=True)
+    result = _c2pa_empty(present=True, checked=True, reason=trust_reason)
     state = store.get("validation_state")
     codes = _validation_codes(store)
     result["validation_errors"] = codes
@@ -720,7 +746,7 @@ def _read_c2pa(
         result["valid"] = False
     else:  # an older library without validation_state: any failure but an untrusted signer is fatal
         result["valid"] = not [c for c in codes if c != "signingCredential.untrusted"]
-    if trust_anchors_pem is not None:
+    if trust_anchors_pem is not None and trust_error is None:
         result["trusted"] = state == "Trusted"
     manifest = (store.get("manifests") or {}).get(store.get("active_manifest")) or {}
     signature = manifest.get("signature_info") or {}
@@ -734,6 +760,20 @@ def _read_c2pa(
 
 # ----------------------------------------------------------------------------------------------
 # Entry point
+
+
+def _empty_details(fmt: str | None) -> dict[str, Any]:
+    """Every key ``details`` has, so a consumer never tells "not found" from "not read" by a KeyError."""
+    return {
+        "format": fmt,
+        "png_text": {},
+        "exif_software": None,
+        "exif_make": None,
+        "exif_model": None,
+        "xmp_creator_tool": None,
+        "xmp_digital_source_type": None,
+        "errors": [],
+    }
 
 
 def read_provenance(
@@ -753,7 +793,10 @@ def read_provenance(
         max_bytes: Larger inputs are not read at all (the result says so): the C2PA reader hashes the
             whole asset, and the caller's own limit should have stopped such a file earlier.
         trust_anchors_pem: The operator's C2PA trust list, PEM certificates concatenated. With it,
-            ``c2pa["trusted"]`` says whether the signer chains to one of them; without it, None.
+            ``c2pa["trusted"]`` says whether the signer chains to one of them; without it, or when
+            c2pa-rs cannot parse it (``c2pa["reason"]`` then says so), None. A signer outside the list
+            does not make a manifest invalid: its claims still count toward ``declares_ai``, since
+            nobody gains by falsely labelling an image as generated.
         timeout_s: How long the C2PA read may take; past it the read is abandoned and reported.
     """
     if len(data) > max_bytes:
@@ -765,12 +808,12 @@ def read_provenance(
             generator=None,
             digital_source_type=None,
             c2pa=_c2pa_empty(reason=reason),
-            details={"format": None, "skipped": reason, "errors": []},
+            details={**_empty_details(None), "skipped": reason},
         )
 
     errors = _Errors()
     fmt = _sniff_format(data)
-    details: dict[str, Any] = {"format": fmt}
+    details = _empty_details(fmt)
     png = _PngFindings()
     xmp_packet: bytes | None = None
     container_seen = False

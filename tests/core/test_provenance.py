@@ -1,0 +1,599 @@
+"""fakescope.provenance: what a file declares about its origin, read from bytes built here.
+
+Every asset is made in the test with Pillow (and, for C2PA, signed with a throwaway certificate chain
+made with ``cryptography``), so nothing is downloaded and nothing depends on a sample file's history.
+"""
+
+from __future__ import annotations
+
+import datetime
+import io
+import json
+import struct
+import sys
+import threading
+import zlib
+from typing import Any
+
+import pytest
+from PIL import Image, features
+from PIL.PngImagePlugin import PngInfo
+
+from fakescope import provenance
+from fakescope.provenance import (
+    C2PA_NOT_INSTALLED,
+    GENERATOR_PATTERNS,
+    XMP_DTD_REFUSED,
+    Provenance,
+    read_provenance,
+)
+
+A1111_PARAMETERS = "a cat, Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Model: sd-v1-5"
+TRAINED = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
+CAPTURE = "http://cv.iptc.org/newscodes/digitalsourcetype/digitalCapture"
+
+
+def _image() -> Image.Image:
+    return Image.new("RGB", (16, 16), (120, 60, 200))
+
+
+def _png(text: dict[str, str] | None = None, *, itxt: dict[str, str] | None = None, zip_text: bool = False) -> bytes:
+    info = PngInfo()
+    for key, value in (text or {}).items():
+        info.add_text(key, value, zip=zip_text)
+    for key, value in (itxt or {}).items():
+        info.add_itxt(key, value, zip=zip_text)
+    buf = io.BytesIO()
+    _image().save(buf, "PNG", pnginfo=info)
+    return buf.getvalue()
+
+
+def _jpeg(exif_tags: dict[int, str] | None = None) -> bytes:
+    exif = Image.Exif()
+    for tag, value in (exif_tags or {}).items():
+        exif[tag] = value
+    buf = io.BytesIO()
+    _image().save(buf, "JPEG", exif=exif.tobytes())
+    return buf.getvalue()
+
+
+def _with_app1_xmp(jpeg: bytes, packet: bytes) -> bytes:
+    """The JPEG with an XMP APP1 segment right after SOI, written by hand as a camera would."""
+    payload = b"http://ns.adobe.com/xap/1.0/\x00" + packet
+    return jpeg[:2] + b"\xff\xe1" + struct.pack(">H", len(payload) + 2) + payload + jpeg[2:]
+
+
+def _xmp(*, source_type: str | None = None, creator_tool: str | None = None, as_attribute: bool = False) -> str:
+    attrs, children = "", ""
+    if source_type and as_attribute:
+        attrs += f' Iptc4xmpExt:DigitalSourceType="{source_type}"'
+    elif source_type:
+        children += f"<Iptc4xmpExt:DigitalSourceType>{source_type}</Iptc4xmpExt:DigitalSourceType>"
+    if creator_tool:
+        children += f"<xmp:CreatorTool>{creator_tool}</xmp:CreatorTool>"
+    return (
+        '<?xpacket begin="\ufeff" id="W5M0MpCehiHzreSzNTczkc9d"?>'
+        '<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#">'
+        '<rdf:Description rdf:about="" xmlns:xmp="http://ns.adobe.com/xap/1.0/"'
+        f' xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/"{attrs}>{children}</rdf:Description>'
+        '</rdf:RDF></x:xmpmeta><?xpacket end="w"?>'
+    )
+
+
+def _png_chunks(data: bytes) -> list[tuple[bytes, int, int]]:
+    """(type, body start, body length) of each chunk of a well-formed PNG."""
+    out, pos = [], 8
+    while pos < len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        out.append((data[pos + 4 : pos + 8], pos + 8, length))
+        pos += 12 + length
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# PNG text
+
+
+def test_automatic1111_parameters_declare_ai() -> None:
+    result = read_provenance(_png({"parameters": A1111_PARAMETERS}))
+
+    assert result.declares_ai
+    assert result.sources == ("png_text",)
+    assert result.generator == "AUTOMATIC1111"
+    assert not result.tampered
+    assert result.details["png_text"]["parameters"] == A1111_PARAMETERS
+    assert result.details["errors"] == []
+
+
+def test_comfyui_prompt_and_workflow_declare_ai() -> None:
+    prompt = {"3": {"class_type": "KSampler", "inputs": {"seed": 1, "steps": 20}}}
+    workflow = {"nodes": [{"id": 3, "type": "KSampler"}], "links": []}
+    result = read_provenance(_png({"prompt": json.dumps(prompt), "workflow": json.dumps(workflow)}))
+
+    assert result.declares_ai
+    assert result.generator == "ComfyUI"
+    assert result.sources == ("png_text",)
+    assert set(result.details["png_text"]) == {"prompt", "workflow"}
+
+
+def test_long_png_text_is_truncated_in_details() -> None:
+    result = read_provenance(_png({"parameters": A1111_PARAMETERS + ", " + "x" * 5000}))
+
+    assert result.generator == "AUTOMATIC1111"
+    assert len(result.details["png_text"]["parameters"]) == provenance.DETAIL_CHARS + 1  # and an ellipsis
+
+
+def test_novelai_software_chunk_names_the_generator() -> None:
+    result = read_provenance(_png({"Software": "NovelAI", "Comment": '{"steps": 28}'}, zip_text=True))
+
+    assert result.declares_ai
+    assert result.generator == "NovelAI"
+    assert result.details["png_text"]["Software"] == "NovelAI"
+
+
+def test_a_prompt_naming_a_generator_is_not_a_declaration() -> None:
+    result = read_provenance(_png({"Description": "an oil painting in the style of Midjourney"}))
+
+    assert not result.declares_ai
+    assert result.generator is None
+
+
+def test_ztxt_bomb_is_capped() -> None:
+    bomb = b"\x00" * (3 * provenance.MAX_PNG_TEXT_BYTES)
+    body = b"Comment\x00\x00" + zlib.compress(bomb, 9)
+    chunk = struct.pack(">I", len(body)) + b"zTXt" + body + struct.pack(">I", zlib.crc32(b"zTXt" + body))
+    plain = _png()
+    data = plain[:33] + chunk + plain[33:]  # after IHDR
+
+    result = read_provenance(data)
+
+    cap = provenance.MAX_PNG_TEXT_BYTES
+    assert f"png: text chunk 'Comment' inflates past {cap} bytes; read the first {cap}" in result.details["errors"]
+    assert not result.declares_ai
+
+
+@pytest.mark.parametrize("cut", [8, 20, 33, 40, 60, -20, -13, -5])
+def test_truncated_png_does_not_raise(cut: int) -> None:
+    data = _png({"parameters": A1111_PARAMETERS})
+
+    result = read_provenance(data[:cut])
+
+    assert isinstance(result, Provenance)
+    assert any(e.startswith("png: ") for e in result.details["errors"])
+
+
+def test_corrupt_png_every_prefix_and_lengths_past_the_buffer() -> None:
+    data = bytearray(_png({"parameters": A1111_PARAMETERS}))
+    for cut in range(0, len(data), 17):
+        read_provenance(bytes(data[:cut]))
+    data[33:37] = b"\xff\xff\xff\xf0"  # the first text chunk claims 4 GB
+
+    result = read_provenance(bytes(data))
+
+    assert "png: chunk b'tEXt' at offset 33 runs past the end of the file" in result.details["errors"]
+    assert not result.declares_ai
+
+
+# ----------------------------------------------------------------------------------------------
+# EXIF
+
+
+def test_exif_software_names_the_generator() -> None:
+    result = read_provenance(_jpeg({0x0131: "Adobe Firefly"}))
+
+    assert result.declares_ai
+    assert result.sources == ("exif",)
+    assert result.generator == "Adobe Firefly"
+    assert result.details["exif_software"] == "Adobe Firefly"
+
+
+def test_camera_jpeg_declares_nothing() -> None:
+    result = read_provenance(_jpeg({0x010F: "Canon", 0x0110: "Canon EOS R5", 0x0131: "GIMP 2.10"}))
+
+    assert not result.declares_ai
+    assert result.sources == ()
+    assert result.generator is None
+    assert result.digital_source_type is None
+    assert (result.details["exif_make"], result.details["exif_model"]) == ("Canon", "Canon EOS R5")
+    assert result.details["exif_software"] == "GIMP 2.10"
+    assert result.details["errors"] == []
+
+
+def test_png_exif_chunk_is_read_without_decoding() -> None:
+    exif = Image.Exif()
+    exif[0x0131] = "Midjourney"
+    buf = io.BytesIO()
+    _image().save(buf, "PNG", exif=exif.tobytes())
+
+    result = read_provenance(buf.getvalue())
+
+    assert result.sources == ("exif",)
+    assert result.generator == "Midjourney"
+
+
+# ----------------------------------------------------------------------------------------------
+# XMP
+
+
+@pytest.mark.parametrize("as_attribute", [False, True])
+def test_jpeg_xmp_digital_source_type_declares_ai(as_attribute: bool) -> None:
+    packet = _xmp(source_type=TRAINED, as_attribute=as_attribute).encode()
+    result = read_provenance(_with_app1_xmp(_jpeg(), packet))
+
+    assert result.declares_ai
+    assert result.sources == ("xmp",)
+    assert result.digital_source_type == "trainedAlgorithmicMedia"
+    assert result.details["xmp_digital_source_type"] == TRAINED
+    assert result.generator is None
+
+
+@pytest.mark.parametrize("zip_text", [False, True])
+def test_png_itxt_xmp_declares_ai(zip_text: bool) -> None:
+    data = _png(itxt={"XML:com.adobe.xmp": _xmp(source_type=TRAINED, creator_tool="Midjourney 6")}, zip_text=zip_text)
+    result = read_provenance(data)
+
+    assert result.declares_ai
+    assert result.sources == ("xmp",)
+    assert result.digital_source_type == "trainedAlgorithmicMedia"
+    assert result.generator == "Midjourney"
+    assert result.details["xmp_creator_tool"] == "Midjourney 6"
+    assert "XML:com.adobe.xmp" not in result.details["png_text"]
+
+
+@pytest.mark.skipif(not features.check("webp"), reason="Pillow was built without WebP")
+def test_webp_xmp_is_found_by_the_raw_search() -> None:
+    buf = io.BytesIO()
+    _image().save(buf, "WEBP", xmp=_xmp(source_type=TRAINED).encode())
+
+    result = read_provenance(buf.getvalue())
+
+    assert result.details["format"] == "webp"
+    assert result.digital_source_type == "trainedAlgorithmicMedia"
+    assert result.declares_ai
+
+
+def test_digital_capture_is_reported_but_not_ai() -> None:
+    result = read_provenance(_with_app1_xmp(_jpeg(), _xmp(source_type=CAPTURE, creator_tool="GIMP 2.10").encode()))
+
+    assert not result.declares_ai
+    assert result.digital_source_type == "digitalCapture"
+    assert result.details["xmp_creator_tool"] == "GIMP 2.10"
+
+
+def test_xmp_with_a_dtd_is_refused() -> None:
+    packet = (
+        '<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol"><!ENTITY lol2 "&lol;&lol;&lol;&lol;">]>'
+        + _xmp(source_type=TRAINED).replace('rdf:about=""', 'rdf:about="&lol2;"')
+    ).encode()
+
+    result = read_provenance(_with_app1_xmp(_jpeg({0x0131: "Adobe Firefly"}), packet))
+
+    assert XMP_DTD_REFUSED in result.details["errors"]
+    assert result.digital_source_type is None
+    assert result.sources == ("exif",)  # the other readers still ran
+
+
+def test_malformed_xmp_is_an_error_not_an_exception() -> None:
+    result = read_provenance(_with_app1_xmp(_jpeg(), b"<x:xmpmeta><rdf:RDF></x:xmpmeta>"))
+
+    assert any(e.startswith("xmp: not well-formed XML") for e in result.details["errors"])
+    assert not result.declares_ai
+
+
+# ----------------------------------------------------------------------------------------------
+# Limits, generators, serialisation
+
+
+def test_input_over_max_bytes_is_not_read() -> None:
+    data = _png({"parameters": A1111_PARAMETERS})
+
+    result = read_provenance(data, max_bytes=100)
+
+    reason = f"input is {len(data)} bytes, over the 100-byte limit; not read"
+    assert result.details["skipped"] == reason
+    assert result.c2pa["checked"] is False
+    assert result.c2pa["reason"] == reason
+    assert not result.declares_ai
+
+
+def test_unknown_bytes_are_read_without_error() -> None:
+    result = read_provenance(b"not an image at all")
+
+    assert result.details["format"] is None
+    assert result.c2pa["checked"] is False
+    assert not result.declares_ai
+
+
+@pytest.mark.parametrize(
+    ("text", "name"),
+    [
+        ("stable-diffusion-webui v1.7.0", "AUTOMATIC1111"),
+        ("ComfyUI", "ComfyUI"),
+        ("Stable Diffusion XL", "Stable Diffusion"),
+        ("DALL·E 3", "DALL-E"),
+        ("OpenAI-API", "OpenAI"),
+        ("Adobe_Firefly", "Adobe Firefly"),
+        ("Google Imagen 3", "Google Imagen"),
+        ("Made with Google AI", "Google (SynthID)"),
+        ("Bing Image Creator", "Bing Image Creator"),
+        ("Microsoft Designer", "Microsoft Designer"),
+        ("Meta AI", "Meta AI"),
+        ("Leonardo.Ai", "Leonardo.Ai"),
+        ("RunwayML Gen-3", "Runway"),
+        ("ideogram.ai", "Ideogram"),
+        ("FLUX.1 [dev]", "FLUX (Black Forest Labs)"),
+        ("InvokeAI 4.2", "InvokeAI"),
+        ("Fooocus 2.5", "Fooocus"),
+        ("Krita AI Diffusion 1.20", "Krita AI Diffusion"),
+        ("GIMP 2.10", None),
+        ("Adobe Photoshop 25.0", None),
+        ("Krita 5.2", None),
+        ("f.lux", None),
+        ("Imagenomic Portraiture", None),
+    ],
+)
+def test_generator_names(text: str, name: str | None) -> None:
+    assert provenance._match_generator(text) == name
+
+
+def test_generator_patterns_are_a_tuple_of_pairs() -> None:
+    assert all(isinstance(p, str) and isinstance(n, str) for p, n in GENERATOR_PATTERNS)
+
+
+def test_to_dict_is_json_ready_and_a_copy() -> None:
+    result = read_provenance(_png({"parameters": A1111_PARAMETERS}))
+
+    out = result.to_dict()
+    out["details"]["png_text"].clear()
+
+    assert json.loads(json.dumps(out))["sources"] == ["png_text"]
+    assert result.details["png_text"]  # untouched
+
+
+# ----------------------------------------------------------------------------------------------
+# C2PA
+
+
+def test_c2pa_on_a_file_without_a_manifest() -> None:
+    pytest.importorskip("c2pa")
+
+    result = read_provenance(_jpeg())
+
+    assert result.c2pa == {
+        "checked": True,
+        "present": False,
+        "valid": None,
+        "trusted": None,
+        "signer": None,
+        "claim_generator": None,
+        "actions": [],
+        "validation_errors": [],
+        "reason": None,
+    }
+    assert result.details["errors"] == []
+    assert not result.tampered
+
+
+def test_without_c2pa_the_other_readers_still_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "c2pa", None)  # import c2pa now raises ImportError
+
+    result = read_provenance(_png({"parameters": A1111_PARAMETERS}))
+
+    assert result.c2pa["checked"] is False
+    assert result.c2pa["reason"] == C2PA_NOT_INSTALLED
+    assert result.generator == "AUTOMATIC1111"
+
+
+def test_a_c2pa_read_that_hangs_is_abandoned(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("c2pa")
+    release = threading.Event()
+
+    def hang(*args: Any) -> tuple[str | None, str | None]:
+        release.wait(10)
+        return None, None
+
+    monkeypatch.setattr(provenance, "_c2pa_read_json", hang)
+    try:
+        result = read_provenance(_png({"parameters": A1111_PARAMETERS}), timeout_s=0.01)
+    finally:
+        release.set()
+
+    assert result.c2pa["checked"] is True
+    assert result.c2pa["reason"] == "c2pa read did not finish in 0.01 s"
+    assert "c2pa: c2pa read did not finish in 0.01 s" in result.details["errors"]
+    assert result.generator == "AUTOMATIC1111"  # the other readers still ran
+
+
+def _ca(name: str) -> tuple[Any, Any]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.KeyUsage(True, False, False, False, False, True, True, False, False),  # sign, certs, CRLs
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+@pytest.fixture(scope="module")
+def signing() -> dict[str, Any]:
+    """A root CA and an end-entity signing certificate (C2PA refuses a self-signed leaf), as PEM."""
+    pytest.importorskip("c2pa")
+    pytest.importorskip("cryptography")
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    ca_key, ca_cert = _ca("Fakescope Test Root")
+    _, other_ca = _ca("Some Other Root")
+    now = datetime.datetime.now(datetime.UTC)
+    key = ec.generate_private_key(ec.SECP256R1())
+    leaf = (
+        x509.CertificateBuilder()
+        .subject_name(
+            x509.Name(
+                [
+                    x509.NameAttribute(NameOID.COMMON_NAME, "Fakescope Test Signer"),
+                    x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Fakescope Test"),
+                ]
+            )
+        )
+        .issuer_name(ca_cert.subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=30))
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(True, False, False, False, False, False, False, False, False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.EMAIL_PROTECTION]), critical=False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+
+    def pem(cert: Any) -> bytes:
+        return bytes(cert.public_bytes(serialization.Encoding.PEM))
+
+    return {
+        "chain": pem(leaf) + pem(ca_cert),
+        "key": key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        ),
+        "ca_pem": pem(ca_cert).decode(),
+        "other_ca_pem": pem(other_ca).decode(),
+    }
+
+
+def _sign(signing: dict[str, Any], source_type: str, fmt: str = "png") -> bytes:
+    import c2pa
+
+    manifest = {
+        "claim_generator_info": [{"name": "fakescope-test", "version": "1.0"}],
+        "title": "generated.png",
+        "assertions": [
+            {
+                "label": "c2pa.actions",
+                "data": {"actions": [{"action": "c2pa.created", "digitalSourceType": source_type}]},
+            }
+        ],
+    }
+    info = c2pa.C2paSignerInfo(c2pa.C2paSigningAlg.ES256, signing["chain"], signing["key"], None)
+    out = io.BytesIO()
+    with c2pa.Signer.from_info(info) as signer, c2pa.Builder(manifest) as builder:
+        builder.sign(signer, f"image/{fmt}", io.BytesIO(_png() if fmt == "png" else _jpeg()), out)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+def test_valid_c2pa_manifest_declares_ai(signing: dict[str, Any], fmt: str) -> None:
+    result = read_provenance(_sign(signing, TRAINED, fmt))
+
+    assert result.declares_ai
+    assert not result.tampered
+    assert result.sources == ("c2pa",)
+    assert result.digital_source_type == "trainedAlgorithmicMedia"
+    assert result.c2pa["checked"] and result.c2pa["present"] and result.c2pa["valid"]
+    assert result.c2pa["trusted"] is None  # no trust list configured
+    assert result.c2pa["signer"] == "Fakescope Test"
+    assert result.c2pa["claim_generator"] == "fakescope-test/1.0"
+    assert result.c2pa["actions"] == [{"action": "c2pa.created", "digital_source_type": "trainedAlgorithmicMedia"}]
+    assert result.c2pa["validation_errors"] == []
+    assert result.details["errors"] == []
+
+
+def test_an_unparsable_trust_list_is_reported_and_ignored(signing: dict[str, Any]) -> None:
+    good = _sign(signing, TRAINED)
+    bad = bytearray(good)
+    _, start, _ = next(c for c in _png_chunks(good) if c[0] == b"IDAT")
+    bad[start + 2] ^= 0xFF
+
+    read_good = read_provenance(good, trust_anchors_pem="not a certificate")
+    read_bad = read_provenance(bytes(bad), trust_anchors_pem="not a certificate")
+
+    assert read_good.c2pa["valid"] is True
+    assert read_good.c2pa["trusted"] is None
+    assert read_good.c2pa["reason"].startswith(f"{provenance.TRUST_LIST_UNUSABLE}: ")
+    assert not read_good.tampered and read_good.declares_ai
+    assert read_bad.tampered  # a broken configuration does not hide tampering
+
+
+def test_trust_list_decides_trusted(signing: dict[str, Any]) -> None:
+    data = _sign(signing, TRAINED)
+
+    ours = read_provenance(data, trust_anchors_pem=signing["ca_pem"])
+    theirs = read_provenance(data, trust_anchors_pem=signing["other_ca_pem"])
+
+    assert ours.c2pa["trusted"] is True
+    assert ours.c2pa["validation_errors"] == []
+    assert theirs.c2pa["trusted"] is False
+    assert theirs.c2pa["valid"] is True  # signed correctly, by someone the operator does not trust
+    assert "signingCredential.untrusted" in theirs.c2pa["validation_errors"]
+
+
+def test_valid_manifest_of_a_capture_does_not_declare_ai(signing: dict[str, Any]) -> None:
+    result = read_provenance(_sign(signing, CAPTURE))
+
+    assert not result.declares_ai
+    assert result.c2pa["valid"] is True
+    assert result.digital_source_type == "digitalCapture"
+
+
+def test_edited_pixels_make_the_manifest_tampered(signing: dict[str, Any]) -> None:
+    data = bytearray(_sign(signing, TRAINED))
+    _, start, _ = next(c for c in _png_chunks(bytes(data)) if c[0] == b"IDAT")
+    data[start + 2] ^= 0xFF
+
+    result = read_provenance(bytes(data))
+
+    assert result.tampered
+    assert result.c2pa["present"] is True
+    assert result.c2pa["valid"] is False
+    assert "assertion.dataHash.mismatch" in result.c2pa["validation_errors"]
+    # Its claims are reported, never counted.
+    assert result.c2pa["actions"][0]["digital_source_type"] == "trainedAlgorithmicMedia"
+    assert not result.declares_ai
+    assert result.sources == ()
+    assert result.digital_source_type is None
+
+
+def test_edited_jpeg_scan_makes_the_manifest_tampered(signing: dict[str, Any]) -> None:
+    data = bytearray(_sign(signing, TRAINED, "jpeg"))
+    data[-10] ^= 0xFF  # inside the entropy-coded scan, before EOI
+
+    result = read_provenance(bytes(data))
+
+    assert result.tampered
+    assert "assertion.dataHash.mismatch" in result.c2pa["validation_errors"]
+    assert not result.declares_ai
+
+
+@pytest.mark.parametrize(("fmt", "cut"), [("png", "after_manifest"), ("png", 3000), ("jpeg", 3000), ("jpeg", -100)])
+def test_truncated_signed_file_is_tampered(signing: dict[str, Any], fmt: str, cut: int | str) -> None:
+    data = _sign(signing, TRAINED, fmt)
+    if cut == "after_manifest":
+        cut = next(c for c in _png_chunks(data) if c[0] == b"IDAT")[1] + 4
+
+    result = read_provenance(data[: int(cut)])
+
+    assert result.tampered
+    assert result.c2pa["valid"] is False
+    assert not result.declares_ai
+    assert any(e.startswith("c2pa: ") for e in result.details["errors"])
