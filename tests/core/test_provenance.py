@@ -374,10 +374,30 @@ def test_c2pa_on_a_file_without_a_manifest() -> None:
     assert not result.tampered
 
 
+def _with_cabx(png: bytes) -> bytes:
+    """``png`` with a (meaningless) C2PA box before IEND: where c2pa would have to look."""
+    import struct
+    import zlib
+
+    body = b"jumb" + b"\0" * 16
+    chunk = struct.pack(">I", len(body)) + b"caBX" + body + struct.pack(">I", zlib.crc32(b"caBX" + body))
+    return png[:-12] + chunk + png[-12:]
+
+
+def test_a_png_or_jpeg_without_a_c2pa_box_is_not_handed_to_c2pa(monkeypatch: pytest.MonkeyPatch) -> None:
+    def never(*args: Any) -> tuple[str | None, str | None]:
+        raise AssertionError("c2pa was called")
+
+    monkeypatch.setattr(provenance, "_c2pa_read_json", never)
+    for data in (_png({"parameters": A1111_PARAMETERS}), _jpeg()):
+        result = read_provenance(data)
+        assert result.c2pa["checked"] is True and result.c2pa["present"] is False
+
+
 def test_without_c2pa_the_other_readers_still_run(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "c2pa", None)  # import c2pa now raises ImportError
 
-    result = read_provenance(_png({"parameters": A1111_PARAMETERS}))
+    result = read_provenance(_with_cabx(_png({"parameters": A1111_PARAMETERS})))
 
     assert result.c2pa["checked"] is False
     assert result.c2pa["reason"] == C2PA_NOT_INSTALLED
@@ -394,7 +414,7 @@ def test_a_c2pa_read_that_hangs_is_abandoned(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(provenance, "_c2pa_read_json", hang)
     try:
-        result = read_provenance(_png({"parameters": A1111_PARAMETERS}), timeout_s=0.01)
+        result = read_provenance(_with_cabx(_png({"parameters": A1111_PARAMETERS})), timeout_s=0.01)
     finally:
         release.set()
 
