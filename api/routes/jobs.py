@@ -83,6 +83,14 @@ class ItemResult(BaseModel):
         None, description="false: the verdict is for an image unlike any the detector was measured on; unreliable"
     )
     sha256: str | None
+    decided_by: str | None = Field(
+        None,
+        description="detector, or provenance: the file's own valid manifest or metadata says it was generated "
+        "(the prediction is then fake; fake_probability stays the detector's)",
+    )
+    provenance: dict[str, Any] | None = Field(
+        None, description="what the file declares about its origin (C2PA, IPTC, generator metadata); null: nothing"
+    )
     cached: bool = Field(False, description="answered from this tenant's earlier result for the same bytes and model")
     width: int | None
     height: int | None
@@ -425,6 +433,8 @@ def _result(item: JobItem, overlay_url: str | None, image_url: str) -> ItemResul
         domain_score=item.domain_score,
         in_domain=None if item.domain_score is None else item.domain_score <= 1.0,
         sha256=item.sha256,
+        decided_by=item.decided_by,
+        provenance=item.provenance,
         cached=item.cached,
         width=item.width,
         height=item.height,

@@ -288,6 +288,8 @@ class FakescopeClient:
                     model_version=r["model_version"],
                     domain_score=r.get("domain_score"),
                     in_domain=r.get("in_domain"),
+                    decided_by=r.get("decided_by"),
+                    provenance=r.get("provenance"),
                 )
                 model_version = r["model_version"] or model_version
                 if job["explain"]:

@@ -23,6 +23,7 @@ from fakescope.imageio import DEFAULT_MAX_PIXELS, ImageError, InputItem, decode_
 from fakescope.observability import MODEL_SECONDS
 from fakescope.observability import pool as pool_name
 from fakescope.overlay import display_image, grid_record, overlay_png
+from fakescope.provenance import read_provenance
 
 __all__ = ["DecodedImage", "ImageResult", "classify_items", "decode_item"]
 
@@ -43,6 +44,7 @@ class DecodedImage:
     width: int | None = None
     height: int | None = None
     error: str | None = None
+    provenance: dict[str, Any] | None = None
 
 
 @dataclass
@@ -60,6 +62,11 @@ class ImageResult:
     # The GradCAM grid and the input size its map is drawn at (fakescope.overlay.grid_record): what a
     # result row keeps, so its overlay is drawn only when someone asks for it.
     cam_grid: dict[str, Any] | None = None
+    # What the file declares about its origin (fakescope.provenance); ``decided_by`` is "provenance"
+    # when that declaration (a valid C2PA manifest, IPTC or generator metadata) says it was generated,
+    # which makes the prediction "fake" while ``fake_probability`` stays the detector's own.
+    provenance: dict[str, Any] | None = None
+    decided_by: str | None = None
     # Distance from the training distribution over the checkpoint's threshold (fakescope.domain):
     # above 1 the image is out of domain. None when the checkpoint has no domain model.
     domain_score: float | None = None
@@ -99,6 +106,8 @@ def decode_item(item: InputItem, detector: Detector, max_pixels: int = DEFAULT_M
             display=display_image(im),
             width=im.width,
             height=im.height,
+            # From the bytes, never the pixels: stripping the metadata changes this, not the verdict's score.
+            provenance=read_provenance(data).to_dict(),
         )
     except ImageError as e:
         return DecodedImage(name=item.name, error=str(e))
@@ -181,10 +190,13 @@ def classify_items(
                 assert d.display is not None  # decode_item sets it whenever there is no error
                 p = float(probs[k])
                 cam = cams[k] if cams is not None else None
+                declared = bool(d.provenance and d.provenance.get("declares_ai"))
                 res = ImageResult(
                     name=d.name,
-                    prediction="fake" if p >= 0.5 else "real",
+                    prediction="fake" if p >= 0.5 or declared else "real",
                     fake_probability=p,
+                    provenance=d.provenance,
+                    decided_by="provenance" if declared else "detector",
                     sha256=d.sha256,
                     width=d.width,
                     height=d.height,

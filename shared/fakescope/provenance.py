@@ -38,6 +38,7 @@ __all__ = [
     "GENERATOR_PATTERNS",
     "PNG_TEXT_KEYS",
     "Provenance",
+    "provenance_summary",
     "read_provenance",
 ]
 
@@ -885,3 +886,15 @@ def read_provenance(
         c2pa=c2pa_info,
         details=details,
     )
+
+
+def provenance_summary(record: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What a result carries of a :meth:`Provenance.to_dict` record: all of it when the file declared
+    anything (a source, a manifest, tampering), None for the ordinary file that declares nothing, so
+    results stay small where there is nothing to say."""
+    if not record:
+        return None
+    c2pa = record.get("c2pa") or {}
+    if record.get("sources") or record.get("tampered") or c2pa.get("present") or record.get("generator"):
+        return record
+    return None

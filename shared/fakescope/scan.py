@@ -23,6 +23,7 @@ from tqdm import tqdm
 from fakescope.detector import Detector
 from fakescope.imageio import DEFAULT_MAX_PIXELS, iter_inputs
 from fakescope.pipeline import ImageResult, classify_items
+from fakescope.provenance import provenance_summary
 from fakescope.report import record_base, render_report
 from fakescope.taskformat import TaskEntry, task1, task2
 
@@ -114,6 +115,8 @@ def run_scan(
                     model_version=detector.model_version,
                     domain_score=r.domain_score,
                     in_domain=r.in_domain,
+                    decided_by=r.decided_by,
+                    provenance=provenance_summary(r.provenance),
                 )
                 if explainer is not None:
                     rec["artifacts"] = {}

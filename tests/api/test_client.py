@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from fakescope.client import FakescopeClient
 from fakescope.scan import run_scan
@@ -53,16 +53,21 @@ def test_submit_wait_results_match_scan(service_stack: ServiceStack, tiny_checkp
     for i in range(10):
         (src / "sub" / f"s{i}.png").write_bytes(png_bytes(31_000 + i))
     (src / "notes.png").write_bytes(b"not an image at all")  # fails alone, like in a scan
+    sd = Image.open(io.BytesIO(png_bytes(31_500)))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a cat, Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Model: sd-v1-5")
+    sd.save(src / "sd.png", pnginfo=info)  # declares its generator: fake by provenance, in both
 
     r = _cli(service_stack, "submit", str(src), "--wait", "--out", str(tmp_path / "service"))
     assert r.returncode == 0, r.stderr[-3000:]
     job = json.loads(r.stdout)
-    assert job["state"] == "partially_succeeded" and job["counts"]["total"] == N + 1
+    assert job["state"] == "partially_succeeded" and job["counts"]["total"] == N + 2
     assert "upload" in r.stderr and "processing" in r.stderr  # the two progress bars
 
     run_scan([src], tmp_path / "scan", checkpoint=tiny_checkpoint, device="cpu", progress=False)
     got, want = _records(tmp_path / "service"), _records(tmp_path / "scan")
-    assert len(got) == len(want) == N + 1
+    assert len(got) == len(want) == N + 2
+    assert [g["decided_by"] for g in got if g["file"].endswith("sd.png")] == ["provenance"]
     for g, w in zip(got, want, strict=True):
         prob_g, prob_w = g.pop("fake_probability"), w.pop("fake_probability")
         dom_g, dom_w = g.pop("domain_score", None), w.pop("domain_score", None)

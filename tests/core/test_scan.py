@@ -209,3 +209,25 @@ def test_an_image_resampled_past_the_trained_range_is_out_of_domain(tiny_checkpo
     det = Detector.load(tiny_checkpoint, device="cpu")
     assert det.domain is not None and det.domain.max_resample == 2.0
     assert recs["48.png"]["domain_score"] >= 48 / 32 / 2
+
+
+def test_a_file_that_declares_generation_is_fake_by_provenance_and_stripping_it_keeps_the_score(
+    tiny_checkpoint, tmp_path
+):
+    from PIL import PngImagePlugin
+
+    src = tmp_path / "in"
+    src.mkdir()
+    im = Image.fromarray(synth_image("real", 7).astype(np.uint8))
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", "a dog, Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Model: sd-v1-5")
+    im.save(src / "1.png", pnginfo=info)
+    im.save(src / "2.png")  # the same pixels, the metadata stripped
+    run_scan([src], tmp_path / "out", checkpoint=tiny_checkpoint, device="cpu", progress=False)
+    declared, stripped = (json.loads(line) for line in (tmp_path / "out" / "results.jsonl").read_text().splitlines())
+    assert declared["decided_by"] == "provenance" and declared["prediction"] == "fake"
+    assert declared["provenance"]["declares_ai"] and declared["provenance"]["sources"] == ["png_text"]
+    assert stripped["decided_by"] == "detector" and stripped["provenance"] is None
+    assert stripped["prediction"] == ("fake" if stripped["fake_probability"] >= 0.5 else "real")
+    # The detector's own answer is the pixels': the metadata moves the verdict, never the score.
+    assert declared["fake_probability"] == stripped["fake_probability"]

@@ -253,6 +253,11 @@ class JobItem(SQLModel, table=True):
     # The GradCAM grid the overlay is drawn from (fakescope.overlay.grid_record); the overlay PNG is
     # drawn the first time it is asked for and ``overlay_key`` set then.
     cam_grid: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
+    # What the file declares about its origin (fakescope.provenance.provenance_summary: None when it
+    # declares nothing), and what decided the prediction: "detector", or "provenance" when the file's
+    # own valid manifest or metadata says it was generated (fake_probability stays the detector's).
+    provenance: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
+    decided_by: str | None = Field(default=None, max_length=16)
     model_version: str | None = Field(default=None, max_length=255)
     error: str | None = None
     explain_status: str = Field(default=ExplainStatus.NONE, max_length=16)

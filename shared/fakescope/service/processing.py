@@ -24,6 +24,7 @@ from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobStat
 from fakescope.imageio import DEFAULT_MAX_BYTES, ImageError, InputItem
 from fakescope.observability import FAILURES, IMAGES, failure_reason, log_context, pool
 from fakescope.pipeline import classify_items
+from fakescope.provenance import provenance_summary
 from fakescope.service import Enqueue
 from fakescope.service.jobs import finish
 from fakescope.service.originals import read_original
@@ -265,6 +266,8 @@ def classify_chunk(
             "height": hit.height,
             "overlay_key": hit.overlay_key,
             "cam_grid": hit.cam_grid,
+            "provenance": hit.provenance,
+            "decided_by": hit.decided_by,
             "model_version": detector.model_version,
             "started_at": started,
             "finished_at": utcnow(),
@@ -295,6 +298,8 @@ def classify_chunk(
                 width=res.width,
                 height=res.height,
                 cam_grid=res.cam_grid,
+                provenance=provenance_summary(res.provenance),
+                decided_by=res.decided_by,
                 explain_status=_explain_status(job, res.prediction),
                 enqueued_at=utcnow(),  # the explain task, if any, is sent below
             )
