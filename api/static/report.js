@@ -33,6 +33,19 @@ function el(tag, attrs, ...kids) {
   for (const k of kids) e.append(k);
   return e;
 }
+// What the file declares about its origin (the same words as fakescope.report.provenance_line).
+function provenanceLine(p) {
+  if (!p) return null;
+  if (p.tampered) return "C2PA manifest present but it fails validation: the file was changed after signing";
+  const c2pa = p.c2pa || {};
+  const what = p.generator || p.digital_source_type;
+  if (p.declares_ai) {
+    const signer = c2pa.valid && c2pa.signer ? `, signed by ${c2pa.signer}` : "";
+    return `declares it was generated${what ? ` (${what})` : ""}: ${(p.sources || []).join(", ")}${signer}`;
+  }
+  if (c2pa.present) return `C2PA manifest, valid, signed by ${c2pa.signer || "an unknown signer"}; declares no generation`;
+  return what ? `metadata names ${what}` : null;
+}
 function render() {
   const grid = $("#grid");
   grid.replaceChildren();
@@ -54,6 +67,8 @@ function render() {
         : `${it.prediction} · p(fake) = ${it.fake_probability.toFixed(3)}`;
       if (it.in_domain === false) card.classList.add("ood");
       card.append(imgs, el("div", {class: "verdict"}, verdict));
+      const prov = provenanceLine(it.provenance);
+      if (prov) card.append(el("div", {class: "prov"}, prov));
       if (it.explanation && Object.keys(it.explanation).length) {
         const ul = el("ul", {class: "artifacts"});
         for (const [name, reason] of Object.entries(it.explanation)) ul.append(el("li", {}, el("b", {}, name), ": ", reason));

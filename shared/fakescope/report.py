@@ -80,12 +80,30 @@ def _card(r: dict[str, Any]) -> str:
     verdict = f"{pred} &middot; P(fake) = {p:.3f}"
     if ood:
         verdict = f"{pred}? &middot; out of domain (score {float(r['domain_score']):.1f}): unreliable"
+    prov = provenance_line(r.get("provenance"))
+    prov_html = f'<div class="prov">{html.escape(prov)}</div>' if prov else ""
     return (
         f'<div class="card {pred}{" ood" if ood else ""}"><div class="imgs">{imgs}</div>'
         f'<div class="verdict">{verdict}</div>'
         f'<div class="bar"><i style="width:{p * 100:.1f}%"></i></div>'
-        f'<div class="name">{name}</div>{arts}</div>'
+        f'<div class="name">{name}</div>{prov_html}{arts}</div>'
     )
+
+
+def provenance_line(prov: dict[str, Any] | None) -> str | None:
+    """One line on what the file declares about its origin, or None when it declares nothing."""
+    if not prov:
+        return None
+    if prov.get("tampered"):
+        return "C2PA manifest present but it fails validation: the file was changed after signing"
+    c2pa = prov.get("c2pa") or {}
+    what = prov.get("generator") or prov.get("digital_source_type")
+    if prov.get("declares_ai"):
+        signer = f", signed by {c2pa['signer']}" if c2pa.get("valid") and c2pa.get("signer") else ""
+        return f"declares it was generated{f' ({what})' if what else ''}: {', '.join(prov.get('sources', []))}{signer}"
+    if c2pa.get("present"):
+        return f"C2PA manifest, valid, signed by {c2pa.get('signer') or 'an unknown signer'}; declares no generation"
+    return f"metadata names {what}" if what else None
 
 
 def render_report(results: Sequence[dict[str, Any]], *, title: str, model_version: str, files: Sequence[str]) -> str:

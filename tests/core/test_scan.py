@@ -231,3 +231,5 @@ def test_a_file_that_declares_generation_is_fake_by_provenance_and_stripping_it_
     assert stripped["prediction"] == ("fake" if stripped["fake_probability"] >= 0.5 else "real")
     # The detector's own answer is the pixels': the metadata moves the verdict, never the score.
     assert declared["fake_probability"] == stripped["fake_probability"]
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "declares it was generated (AUTOMATIC1111): png_text" in page
