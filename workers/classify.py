@@ -33,6 +33,7 @@ def classify(self: Task, job_id: str, item_ids: list[str], count_start: bool = T
                 batch_size=get_settings().batch_size,
                 max_deliveries=get_settings().max_deliveries,
                 count_start=count_start,
+                trust_anchors_pem=runtime.trust_anchors(),
             )
 
     def before_retry() -> dict[str, Any]:

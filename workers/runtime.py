@@ -67,6 +67,13 @@ def detector() -> Detector:
 
 
 @cache
+def trust_anchors() -> str | None:
+    """The operator's C2PA trust list (``FAKESCOPE_C2PA_TRUST_ANCHORS``), read once; None without one."""
+    path = get_settings().c2pa_trust_anchors
+    return path.read_text() if path else None
+
+
+@cache
 def explainer() -> Any:
     from fakescope.explain import load_explainer
 

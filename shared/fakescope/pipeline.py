@@ -84,7 +84,9 @@ class ImageResult:
         return None if self.domain_score is None else self.domain_score <= 1.0
 
 
-def decode_item(item: InputItem, detector: Detector, max_pixels: int = DEFAULT_MAX_PIXELS) -> DecodedImage:
+def decode_item(
+    item: InputItem, detector: Detector, max_pixels: int = DEFAULT_MAX_PIXELS, trust_anchors_pem: str | None = None
+) -> DecodedImage:
     """Reads and decodes one input; any problem with the input becomes ``error``.
 
     A failure to *reach* the input (the object store down: ``StorageError``) is not the input's
@@ -107,7 +109,7 @@ def decode_item(item: InputItem, detector: Detector, max_pixels: int = DEFAULT_M
             width=im.width,
             height=im.height,
             # From the bytes, never the pixels: stripping the metadata changes this, not the verdict's score.
-            provenance=read_provenance(data).to_dict(),
+            provenance=read_provenance(data, trust_anchors_pem=trust_anchors_pem).to_dict(),
         )
     except ImageError as e:
         return DecodedImage(name=item.name, error=str(e))
@@ -133,6 +135,7 @@ def classify_items(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     decode_threads: int = 2,
     keep_arrays: bool = False,
+    trust_anchors_pem: str | None = None,
 ) -> Iterator[ImageResult]:
     """Classifies ``items`` in batches and yields one :class:`ImageResult` per item, in order.
 
@@ -145,6 +148,8 @@ def classify_items(
             :func:`fakescope.overlay.render_overlay` draws that PNG later, identical.
         max_pixels: larger images are refused before they are decoded.
         decode_threads: threads decoding ahead of the model.
+        trust_anchors_pem: the C2PA trust list (PEM certificates) a manifest's signer is checked
+            against (``provenance.c2pa.trusted``); None: no list, ``trusted`` is None.
         keep_arrays: keep the model input, the display-size image (at most ``OVERLAY_MAX_SIDE`` a
             side) and the GradCAM map on each result, for the explainers.
     """
@@ -158,7 +163,7 @@ def classify_items(
             window = 4 * batch_size
             pending: list[Any] = []
             for item in items:
-                pending.append(pool.submit(decode_item, item, detector, max_pixels))
+                pending.append(pool.submit(decode_item, item, detector, max_pixels, trust_anchors_pem))
                 if len(pending) >= window:
                     yield pending.pop(0).result()
             for fut in pending:

@@ -80,6 +80,9 @@ class Settings(BaseSettings):
     max_json_bytes: int = Field(
         16 * 1024**2, ge=1, description="larger bodies on every other route get 413 (100,000 upload names fit)"
     )
+    c2pa_trust_anchors: Path | None = Field(
+        None, description="PEM file of the C2PA signers to trust (provenance.c2pa.trusted); unset: no trust list"
+    )
     upload_memory_bytes: int = Field(
         1024**3, ge=1, description="upload bytes one API process holds in memory at once, over every request"
     )

@@ -192,6 +192,7 @@ def classify_chunk(
     batch_size: int = 64,
     max_deliveries: int = 3,
     count_start: bool = True,
+    trust_anchors_pem: str | None = None,
 ) -> int:
     """Classifies the chunk's queued items and writes their results (with GradCAM grids, from which
     the API draws overlays on demand) in one statement per shape of row; returns how many it wrote.
@@ -277,7 +278,14 @@ def classify_chunk(
         }))  # fmt: skip
     t0 = time.perf_counter()
     inputs = chunk_inputs(store, todo)
-    results = classify_items(detector, inputs, batch_size=batch_size, overlays=False, grids=job.overlays)
+    results = classify_items(
+        detector,
+        inputs,
+        batch_size=batch_size,
+        overlays=False,
+        grids=job.overlays,
+        trust_anchors_pem=trust_anchors_pem,
+    )
     for it, res in zip(todo, results, strict=True):
         values: dict[str, Any] = {
             "started_at": started,
