@@ -2,10 +2,14 @@
 
 Each rule ties one tail of one signal (:mod:`fakescope.explain.signals`) to the taxonomy artifact
 that shifts it: high-frequency energy above the real range is a frequency-domain signature, residual
-noise below it in flat regions is artificial smoothness, and so on. A rule's score is how far into
-the real-photo distribution's tail the measured value lies (the empirical percentile against the
-calibration file written by :mod:`fakescope.explain.calibrate`), and its sentence quotes the value,
-the percentile and the real median, so a reader can check the claim.
+noise below it in flat regions is artificial smoothness, and so on. A rule's strength is a
+likelihood ratio: how much more common a value this far into the rule's tail is among generated
+images than among real photos, both measured on held-out images (the calibration file written by
+:mod:`fakescope.explain.calibrate`). A reason is cited only where that ratio is at least
+``min_ratio`` (2), strongest first, and rules whose signal separates fakes from reals no better than
+``min_auc`` are not used at all: a sentence that reads like evidence but is as likely on a real photo
+is not written. The sentence quotes the value, the ratio and the real median, so a reader can check
+the claim. (A calibration of real photos only, format 1, falls back to the percentile rule.)
 
 Object class: pixel statistics cannot tell a cat from a truck, so without a class gate this backend
 names only class-agnostic artifacts. When a CLIP model is configured it names the object class
@@ -35,11 +39,16 @@ __all__ = ["DEFAULT_CALIBRATION", "RULES", "Calibration", "EvidenceExplainer", "
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CALIBRATION = "calibration_real.json"
+DEFAULT_CALIBRATION = "calibration.json"
 
-# A value past the 90th percentile of real photos is reported; below that only the single strongest
-# deviation is, so every fake still gets one checkable reason rather than none.
+# Format-1 calibrations (real photos only): a value past the 90th percentile of real photos is
+# reported; below that only the single strongest deviation is.
 DEFAULT_THRESHOLD = 0.90
+# A reason is cited only where its value is at least this many times as common among generated images
+# as among real photos; a rule whose signal's ROC-AUC (in the rule's direction) is below MIN_AUC
+# separates too little to be used at all.
+MIN_RATIO = 2.0
+MIN_AUC = 0.55
 
 
 @dataclass(frozen=True)
@@ -119,6 +128,9 @@ class Scored:
     rule: Rule
     value: float
     score: float
+    # How many times as common this value (this far into the rule's tail) is among generated images as
+    # among real photos; None with a format-1 calibration.
+    ratio: float | None = None
 
 
 class Calibration:
@@ -136,6 +148,12 @@ class Calibration:
             (b, s): np.asarray(t["signals"][s]["quantiles"], dtype=np.float64)
             for b, t in self.buckets.items()
             for s in t["signals"]
+        }
+        self._fq = {
+            (b, s): np.asarray(t["signals"][s]["fake_quantiles"], dtype=np.float64)
+            for b, t in self.buckets.items()
+            for s in t["signals"]
+            if "fake_quantiles" in t["signals"][s]
         }
 
     @classmethod
@@ -170,9 +188,26 @@ class Calibration:
             return fallback
         return bucket
 
+    def has_fakes(self, bucket: str) -> bool:
+        """Whether the bucket was calibrated on generated images too (format 2)."""
+        return all((bucket, s) in self._fq for s in SIGNALS)
+
+    def fake_cdf(self, bucket: str, signal: str, x: float) -> float:
+        """Fraction of generated images whose ``signal`` is below ``x`` (ties count half)."""
+        return self._cdf(self._fq[(bucket, signal)], x)
+
+    def auc(self, bucket: str, signal: str) -> float:
+        """The signal's ROC-AUC on the calibration images, read as "higher is generated"."""
+        return float(self.buckets[bucket]["signals"][signal]["auc"])
+
+    def count_fake(self, bucket: str) -> int:
+        return int(self.buckets[bucket].get("n_fake", 0))
+
     def cdf(self, bucket: str, signal: str, x: float) -> float:
         """Fraction of real photos whose ``signal`` is below ``x`` (ties count half)."""
-        q = self._q[(bucket, signal)]
+        return self._cdf(self._q[(bucket, signal)], x)
+
+    def _cdf(self, q: np.ndarray, x: float) -> float:
         lv = self.levels
         i = int(np.searchsorted(q, x, side="left"))
         j = int(np.searchsorted(q, x, side="right"))
@@ -201,6 +236,15 @@ def _relation(tail: str, score: float, n: int, reference: str) -> str:
     return f"{side} {min(99, math.floor(score * 100))}% of {reference}"
 
 
+# Past this the tails are too thin in the calibration set for the ratio to be read more exactly.
+MAX_QUOTED_RATIO = 20.0
+
+
+def _ratio_phrase(ratio: float, reference: str) -> str:
+    times = f"over {MAX_QUOTED_RATIO:.0f}x" if ratio > MAX_QUOTED_RATIO else f"{ratio:.1f}x"
+    return f"a value {times} more common in generated images than in {reference}"
+
+
 _ROWS = ("top", "middle", "bottom")
 _COLS = ("left", "centre", "right")
 
@@ -223,7 +267,10 @@ class EvidenceExplainer:
         class_gate: optional zero-shot classifier with ``classify(images) -> list[str]`` naming one
             of :data:`fakescope.explain.taxonomy.OBJECT_CLASSES` per image.
         max_artifacts: at most this many artifacts per image.
-        threshold: percentile (0-1) into the real tail from which a rule is reported.
+        threshold: percentile (0-1) into the real tail from which a rule is reported (format-1
+            calibrations only).
+        min_ratio: with a calibration of both sides, the least likelihood ratio a reason needs.
+        min_auc: with one, the least ROC-AUC (in the rule's direction) a rule's signal needs.
     """
 
     name = "evidence"
@@ -234,6 +281,8 @@ class EvidenceExplainer:
         class_gate: Any | None = None,
         max_artifacts: int = MAX_ARTIFACTS,
         threshold: float = DEFAULT_THRESHOLD,
+        min_ratio: float = MIN_RATIO,
+        min_auc: float = MIN_AUC,
     ) -> None:
         if not 1 <= max_artifacts <= MAX_ARTIFACTS:
             raise ValueError(f"max_artifacts must be in 1..{MAX_ARTIFACTS}, got {max_artifacts}")
@@ -241,6 +290,8 @@ class EvidenceExplainer:
         self.class_gate = class_gate
         self.max_artifacts = max_artifacts
         self.threshold = threshold
+        self.min_ratio = min_ratio
+        self.min_auc = min_auc
         for rule in RULES:
             # A typo in a rule would otherwise surface as a key outside the task's taxonomy.
             assert rule.artifact in BY_NAME, rule.artifact
@@ -268,17 +319,36 @@ class EvidenceExplainer:
         bucket = self.calibration.bucket_for(h, w)
         m = measure(inp.image, inp.cam)
         kinds = _kinds(object_class)
+        cal = self.calibration
+        both = cal.has_fakes(bucket)
         scored: list[Scored] = []
         for rule in RULES:
             if rule.kinds and not (rule.kinds & kinds):
                 continue
             value = m.values[rule.signal]
-            below = self.calibration.cdf(bucket, rule.signal, value)
-            scored.append(Scored(rule, value, below if rule.tail == "high" else 1.0 - below))
-        scored.sort(key=lambda s: -s.score)  # stable: equal scores keep rule order
+            below = cal.cdf(bucket, rule.signal, value)
+            score = below if rule.tail == "high" else 1.0 - below
+            ratio = None
+            if both:
+                auc = cal.auc(bucket, rule.signal)
+                if (auc if rule.tail == "high" else 1.0 - auc) < self.min_auc:
+                    continue  # the signal separates fakes from reals too little to be evidence
+                fake_below = cal.fake_cdf(bucket, rule.signal, value)
+                # The share of each side at least this far into the tail; a tail the calibration set
+                # never reached counts as half an image, so the ratio stays finite and honest.
+                p_fake = (1.0 - fake_below) if rule.tail == "high" else fake_below
+                p_real = (1.0 - below) if rule.tail == "high" else below
+                p_fake = max(p_fake, 0.5 / max(1, cal.count_fake(bucket)))
+                p_real = max(p_real, 0.5 / max(1, cal.count(bucket)))
+                ratio = round(p_fake / p_real, 2)  # as reported: the sentence and the data agree
+            scored.append(Scored(rule, value, score, ratio))
+        # Strongest first (stable: ties keep rule order): by likelihood ratio where there is one.
+        scored.sort(key=lambda s: -(s.ratio if s.ratio is not None else s.score))
         return scored, m, bucket
 
-    def explain_one(self, inp: ExplainInput, object_class: str | None = None) -> dict[str, str]:
+    def evidence_one(self, inp: ExplainInput, object_class: str | None = None) -> list[dict[str, Any]]:
+        """The reasons for one image as data: artifact, signal, measured value, likelihood ratio (None
+        with a format-1 calibration) and the sentence, strongest first."""
         scored, m, bucket = self.score(inp, object_class)
         chosen: list[Scored] = []
         seen_artifacts: set[str] = set()
@@ -288,17 +358,29 @@ class EvidenceExplainer:
             # and detail loss) would be the padding this explainer exists to avoid.
             if s.rule.artifact in seen_artifacts or s.rule.signal in seen_signals:
                 continue
-            if chosen and s.score < self.threshold:
+            if s.ratio is not None:
+                if s.ratio < self.min_ratio:
+                    break  # sorted by ratio: nothing after this is evidence either
+            elif chosen and s.score < self.threshold:
                 break
             chosen.append(s)
             seen_artifacts.add(s.rule.artifact)
             seen_signals.add(s.rule.signal)
             if len(chosen) == self.max_artifacts:
                 break
-        out: dict[str, str] = {}
-        for k, s in enumerate(chosen):
-            out[s.rule.artifact] = self._sentence(s, m, bucket, with_cam=k == 0)
-        return out
+        return [
+            {
+                "artifact": s.rule.artifact,
+                "signal": s.rule.signal,
+                "value": float(f"{s.value:.6g}"),
+                "ratio": s.ratio,
+                "reason": self._sentence(s, m, bucket, with_cam=k == 0),
+            }
+            for k, s in enumerate(chosen)
+        ]
+
+    def explain_one(self, inp: ExplainInput, object_class: str | None = None) -> dict[str, str]:
+        return {e["artifact"]: e["reason"] for e in self.evidence_one(inp, object_class)}
 
     def _sentence(self, s: Scored, m: Measurements, bucket: str, with_cam: bool) -> str:
         sig = SIGNALS[s.rule.signal]
@@ -307,7 +389,9 @@ class EvidenceExplainer:
             label=sig.label,
             value=sig.fmt.format(s.value),
             median=sig.fmt.format(cal.median(bucket, s.rule.signal)),
-            rel=_relation(s.rule.tail, s.score, cal.count(bucket), cal.reference_name(bucket)),
+            rel=_relation(s.rule.tail, s.score, cal.count(bucket), cal.reference_name(bucket))
+            if s.ratio is None
+            else _ratio_phrase(s.ratio, cal.reference_name(bucket)),
             **m.details,
         )
         where = _where(m.details) if with_cam else None
