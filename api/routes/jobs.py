@@ -100,6 +100,11 @@ class ItemResult(BaseModel):
     explain_status: str
     artifacts: list[str] | None
     explanation: dict[str, str] | None
+    evidence: list[dict[str, Any]] | None = Field(
+        None,
+        description="the reasons as data: artifact, signal, measured value, and how many times as common that "
+        "value is among generated images as among photos (ratio, at least 2)",
+    )
     started_at: datetime | None
     finished_at: datetime | None
     duration_ms: float | None
@@ -444,6 +449,7 @@ def _result(item: JobItem, overlay_url: str | None, image_url: str) -> ItemResul
         explain_status=item.explain_status,
         artifacts=item.artifacts,
         explanation=item.explanation,
+        evidence=item.evidence,
         started_at=item.started_at,
         finished_at=item.finished_at,
         duration_ms=item.duration_ms,

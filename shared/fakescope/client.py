@@ -294,6 +294,8 @@ class FakescopeClient:
                 model_version = r["model_version"] or model_version
                 if job["explain"]:
                     rec["artifacts"] = r.get("explanation") or {}
+                    if r.get("evidence") is not None:
+                        rec["evidence"] = r["evidence"]
             records.append(rec)
 
         def get(url_path: tuple[str, Path]) -> None:

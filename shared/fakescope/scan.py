@@ -63,7 +63,7 @@ def run_scan(
     detector = detector or Detector.load(checkpoint, device=device)
     explainer = None
     if explain:
-        from fakescope.explain import ExplainInput, ExplainInputError, load_explainer
+        from fakescope.explain import ExplainInput, ExplainInputError, explain_with_evidence, load_explainer
 
         explainer = load_explainer(explain_backend)
 
@@ -81,9 +81,11 @@ def run_scan(
                     ready.append((rec, ExplainInput.from_result(r)))
                 except ExplainInputError as e:
                     rec["explain_error"] = str(e)
-            explained = explainer.explain([inp for _, inp in ready]) if ready else []
-            for (rec, _), artifacts in zip(ready, explained, strict=True):
+            explained = explain_with_evidence(explainer, [inp for _, inp in ready])
+            for (rec, _), (artifacts, evidence) in zip(ready, explained, strict=True):
                 rec["artifacts"] = artifacts
+                if evidence is not None:
+                    rec["evidence"] = evidence
         pending.clear()
 
     results = classify_items(

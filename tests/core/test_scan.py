@@ -140,7 +140,10 @@ def test_scan_explain_names_taxonomy_artifacts_deterministically(tiny_checkpoint
         expl = entry["explanation"]
         assert 1 <= len(expl) <= 5
         assert all(name in BY_NAME and reason.strip() for name, reason in expl.items())
-        assert records[f"{entry['index']}.png"]["artifacts"] == expl
+        rec = records[f"{entry['index']}.png"]
+        assert rec["artifacts"] == expl
+        assert [(e["artifact"], e["reason"]) for e in rec["evidence"]] == list(expl.items())
+        assert all(e["ratio"] >= 2.0 and isinstance(e["value"], float) for e in rec["evidence"])
     assert records["5.png"]["error"] == "empty file (0 bytes)"
 
 

@@ -46,6 +46,9 @@ def test_explain_queue_explains_the_fakes(service_stack: ServiceStack, tiny_chec
         assert item["explain_status"] == "done", item
         assert item["explanation"] and all(isinstance(v, str) and v for v in item["explanation"].values())
         assert item["artifacts"] == list(item["explanation"])
+        # The reasons as data too: the same artifacts, each with its signal, value and ratio (>= 2).
+        assert [e["artifact"] for e in item["evidence"]] == item["artifacts"]
+        assert all(e["ratio"] >= 2.0 and e["reason"] == item["explanation"][e["artifact"]] for e in item["evidence"])
     for s in real:
         assert results[names[s]]["explain_status"] == "none"
         assert results[names[s]]["explanation"] is None

@@ -263,6 +263,9 @@ class JobItem(SQLModel, table=True):
     explain_status: str = Field(default=ExplainStatus.NONE, max_length=16)
     artifacts: list[str] | None = Field(default=None, sa_column=Column(JSON))
     explanation: dict[str, str] | None = Field(default=None, sa_column=Column(JSON))
+    # The reasons as data (artifact, signal, value, likelihood ratio, reason) from an explainer that
+    # measures them; None from one that writes sentences only.
+    evidence: list[dict[str, Any]] | None = Field(default=None, sa_column=Column(JSON(none_as_null=True)))
     explain_error: str | None = None
     attempts: int = 0
     # When the item's current work (classify, or explain once classified) was last handed to the broker;

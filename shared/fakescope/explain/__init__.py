@@ -39,6 +39,7 @@ __all__ = [
     "ExplainInputError",
     "Explainer",
     "ExplainerConfigError",
+    "explain_with_evidence",
     "load_explainer",
 ]
 
@@ -143,6 +144,26 @@ class Explainer(Protocol):
     name: str
 
     def explain(self, inputs: Sequence[ExplainInput]) -> list[dict[str, str]]: ...
+
+
+Evidence = list[dict[str, Any]]
+
+
+def explain_with_evidence(
+    explainer: Explainer, inputs: Sequence[ExplainInput]
+) -> list[tuple[dict[str, str], Evidence | None]]:
+    """Each input's ``{artifact: reason}`` and, from an explainer that measures (the evidence
+    backend's ``evidence``), its reasons as data: ``artifact``, ``signal``, ``value``, likelihood
+    ``ratio`` and ``reason``; None from one that does not (a VLM writes sentences, not measurements)."""
+    if not inputs:
+        return []
+    evidence = getattr(explainer, "evidence", None)
+    if evidence is None:
+        return [(e, None) for e in explainer.explain(inputs)]
+    out: list[tuple[dict[str, str], Evidence | None]] = []
+    for items in evidence(inputs):
+        out.append(({e["artifact"]: e["reason"] for e in items}, items))
+    return out
 
 
 def _env_path(var: str) -> str | None:

@@ -1,4 +1,4 @@
-"""Measures the evidence signals on real photos and writes the reference quantiles the explainer reads.
+"""Measures the evidence signals on photos and generated images and writes the tables the explainer reads.
 
 Usage (from the repository root; this is the command that wrote the shipped file)::
 

@@ -399,11 +399,15 @@ class EvidenceExplainer:
             text = f"{text[:-1]}; {where}."
         return text
 
-    def explain(self, inputs: Sequence[ExplainInput]) -> list[dict[str, str]]:
+    def evidence(self, inputs: Sequence[ExplainInput]) -> list[list[dict[str, Any]]]:
+        """:meth:`evidence_one` of each input (the class gate, when configured, run once for all)."""
         classes: list[str | None] = [None] * len(inputs)
         if self.class_gate is not None and inputs:
             classes = list(self.class_gate.classify([i.image for i in inputs]))
-        return [self.explain_one(inp, c) for inp, c in zip(inputs, classes, strict=True)]
+        return [self.evidence_one(inp, c) for inp, c in zip(inputs, classes, strict=True)]
+
+    def explain(self, inputs: Sequence[ExplainInput]) -> list[dict[str, str]]:
+        return [{e["artifact"]: e["reason"] for e in items} for items in self.evidence(inputs)]
 
 
 def _kinds(object_class: str | None) -> frozenset[str]:

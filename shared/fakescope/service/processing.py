@@ -344,7 +344,7 @@ def explain_chunk(
     item_ids: Sequence[str | uuid.UUID],
 ) -> int:
     """Explains the chunk's items still pending explanation; returns how many it wrote."""
-    from fakescope.explain import ExplainInput
+    from fakescope.explain import ExplainInput, explain_with_evidence
 
     jid = uuid.UUID(str(job_id))
     items = session.exec(
@@ -357,16 +357,18 @@ def explain_chunk(
         return 0
     results = list(classify_items(detector, chunk_inputs(store, items), overlays=False, keep_arrays=True))
     good = [(it, r) for it, r in zip(items, results, strict=True) if r.error is None]
-    explanations = explainer.explain([ExplainInput.from_result(r) for _, r in good]) if good else []
+    explanations = explain_with_evidence(explainer, [ExplainInput.from_result(r) for _, r in good])
     done = dict(zip([it.id for it, _ in good], explanations, strict=True))
     updates: list[tuple[JobItem, dict[str, Any]]] = []
     for it, r in zip(items, results, strict=True):
         if it.id in done:
-            expl = {str(k): str(v) for k, v in done[it.id].items()}
+            reasons, evidence = done[it.id]
+            expl = {str(k): str(v) for k, v in reasons.items()}
             values: dict[str, Any] = {
                 "explain_status": ExplainStatus.DONE,
                 "explanation": expl,
                 "artifacts": list(expl),
+                "evidence": evidence,
                 "explain_error": None,
                 "explained_at": utcnow(),
             }
@@ -375,6 +377,7 @@ def explain_chunk(
                 "explain_status": ExplainStatus.FAILED,
                 "explanation": None,
                 "artifacts": None,
+                "evidence": None,
                 "explain_error": r.error,
                 "explained_at": utcnow(),
             }

@@ -1,4 +1,4 @@
-"""job_items.provenance/decided_by: what the file declares about its origin, and what decided the verdict
+"""job_items.provenance/decided_by/evidence: the file's declared origin, what decided the verdict, reasons as data
 
 Revision ID: 0012
 Revises: 0011
@@ -21,9 +21,11 @@ def upgrade() -> None:
     with op.batch_alter_table("job_items", schema=None) as batch_op:
         batch_op.add_column(sa.Column("provenance", sa.JSON(), nullable=True))
         batch_op.add_column(sa.Column("decided_by", sqlmodel.sql.sqltypes.AutoString(length=16), nullable=True))
+        batch_op.add_column(sa.Column("evidence", sa.JSON(), nullable=True))
 
 
 def downgrade() -> None:
     with op.batch_alter_table("job_items", schema=None) as batch_op:
+        batch_op.drop_column("evidence")
         batch_op.drop_column("decided_by")
         batch_op.drop_column("provenance")
