@@ -143,7 +143,7 @@ def test_scan_explain_names_taxonomy_artifacts_deterministically(tiny_checkpoint
         rec = records[f"{entry['index']}.png"]
         assert rec["artifacts"] == expl
         assert [(e["artifact"], e["reason"]) for e in rec["evidence"]] == list(expl.items())
-        assert all(e["ratio"] >= 2.0 and isinstance(e["value"], float) for e in rec["evidence"])
+        assert all(e["ratio"] >= 3.0 and isinstance(e["value"], float) for e in rec["evidence"])
     assert records["5.png"]["error"] == "empty file (0 bytes)"
 
 

@@ -77,7 +77,7 @@ def test_reason_quotes_the_measured_value_the_ratio_and_the_real_median(explaine
     expl = explainer.explain([inp])[0]
     _check_explanation(expl, at_least=1)
     top = scored[0]
-    assert top.ratio is not None and top.ratio >= 2.0
+    assert top.ratio is not None and top.ratio >= 3.0
     reason = expl[top.rule.artifact]
     assert f"{m.values[top.rule.signal]:.4f}"[:4] in reason or f"{m.values[top.rule.signal]:.3f}" in reason
     assert f"{top.ratio:.1f}x more common" in reason or "over 20x" in reason
@@ -92,7 +92,7 @@ def test_a_blurred_photo_is_not_called_generated_for_its_blur_alone(explainer, s
     inp = ExplainInput("blurred", blurred, blurred[:32, :32].copy(), None, 0.9)
     scored, _, _ = explainer.score(inp)
     assert max(s.score for s in scored) > 0.95  # far into the real photos' tail...
-    assert all(e["ratio"] >= 2.0 for e in explainer.evidence_one(inp))  # ...but cited only as evidence
+    assert all(e["ratio"] >= 3.0 for e in explainer.evidence_one(inp))  # ...but cited only as evidence
 
 
 def test_one_signal_names_one_artifact(explainer, shared_data) -> None:
@@ -157,7 +157,7 @@ def test_reasons_are_evidence_twice_as_common_in_generated_images(explainer, sha
         for items in evidence:
             for e in items:
                 assert set(e) == {"artifact", "signal", "value", "ratio", "reason"}
-                assert e["ratio"] >= 2.0 and (e["artifact"], e["signal"]) not in dead, e
+                assert e["ratio"] >= 3.0 and (e["artifact"], e["signal"]) not in dead, e
                 assert f"{e['ratio']:.1f}x" in e["reason"] or "over 20x" in e["reason"]
             assert [e["ratio"] for e in items] == sorted((e["ratio"] for e in items), reverse=True)
         cited[label] = sum(len(items) for items in evidence)

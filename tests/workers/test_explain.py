@@ -48,7 +48,7 @@ def test_explain_queue_explains_the_fakes(service_stack: ServiceStack, tiny_chec
         assert item["artifacts"] == list(item["explanation"])
         # The reasons as data too: the same artifacts, each with its signal, value and ratio (>= 2).
         assert [e["artifact"] for e in item["evidence"]] == item["artifacts"]
-        assert all(e["ratio"] >= 2.0 and e["reason"] == item["explanation"][e["artifact"]] for e in item["evidence"])
+        assert all(e["ratio"] >= 3.0 and e["reason"] == item["explanation"][e["artifact"]] for e in item["evidence"])
     for s in real:
         assert results[names[s]]["explain_status"] == "none"
         assert results[names[s]]["explanation"] is None
