@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from celery import Task
 
-from fakescope.service.processing import explain_chunk
+from fakescope.service.explanation import explain_chunk
 from fakescope.tasks import TaskName
 from workers import runtime
 from workers.celery_app import app

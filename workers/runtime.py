@@ -25,7 +25,8 @@ from sqlmodel import Session
 
 from fakescope.db.engine import get_engine
 from fakescope.observability import IMAGES_PER_S, TASK_SECONDS, log_context, pool
-from fakescope.service.processing import fail_explanations, fail_items
+from fakescope.service.explanation import fail_explanations
+from fakescope.service.processing import fail_items
 from fakescope.settings import get_settings
 from fakescope.storage import ObjectStore, StorageError, get_store
 from fakescope.tasks import Enqueuer

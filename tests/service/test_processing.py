@@ -244,9 +244,9 @@ def test_an_original_over_the_byte_limit_fails_alone_without_being_read_whole(
     service_env: ServiceEnv, detector: Detector, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A presigned upload can be any size: the worker reads at most the per-image limit of it.
-    import fakescope.service.processing as processing
+    import fakescope.service.originals as originals
 
-    monkeypatch.setattr(processing, "DEFAULT_MAX_BYTES", 50_000)
+    monkeypatch.setattr(originals, "DEFAULT_MAX_BYTES", 50_000)
     chunks = _job(service_env, 3)
     ((job_id, ids),) = chunks.sent
     with service_env.session() as session:

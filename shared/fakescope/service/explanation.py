@@ -1,0 +1,100 @@
+"""What the explain pool does with a chunk of items the classify pool found fake: artifacts and
+reasons, written in one statement per chunk; and giving up on a chunk's explanations (their verdicts stand).
+
+Safe to run twice on the same chunk: it only touches items still pending explanation.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import update
+from sqlmodel import Session, col, select
+
+from fakescope.db.models import ExplainStatus, JobItem, utcnow
+from fakescope.observability import FAILURES, IMAGES, failure_reason, pool
+from fakescope.pipeline import classify_items
+from fakescope.service.jobs import finish
+from fakescope.service.originals import chunk_inputs
+from fakescope.service.rows import uuids, write_rows
+from fakescope.storage import ObjectStore
+
+if TYPE_CHECKING:
+    from fakescope.detector import Detector
+
+__all__ = ["explain_chunk", "fail_explanations"]
+
+
+def explain_chunk(
+    session: Session,
+    store: ObjectStore,
+    detector: Detector,
+    explainer: Any,
+    *,
+    job_id: str | uuid.UUID,
+    item_ids: Sequence[str | uuid.UUID],
+) -> int:
+    """Explains the chunk's items still pending explanation; returns how many it wrote."""
+    from fakescope.explain import ExplainInput, explain_with_evidence
+
+    jid = uuid.UUID(str(job_id))
+    items = session.exec(
+        select(JobItem)
+        .where(col(JobItem.id).in_(uuids(item_ids)), JobItem.explain_status == ExplainStatus.PENDING)
+        .order_by(col(JobItem.position))
+    ).all()
+    if not items:
+        finish(session, job_id=jid)
+        return 0
+    results = list(classify_items(detector, chunk_inputs(store, items), overlays=False, keep_arrays=True))
+    good = [(it, r) for it, r in zip(items, results, strict=True) if r.error is None]
+    explanations = explain_with_evidence(explainer, [ExplainInput.from_result(r) for _, r in good])
+    done = dict(zip([it.id for it, _ in good], explanations, strict=True))
+    updates: list[tuple[JobItem, dict[str, Any]]] = []
+    for it, r in zip(items, results, strict=True):
+        if it.id in done:
+            reasons, evidence = done[it.id]
+            expl = {str(k): str(v) for k, v in reasons.items()}
+            values: dict[str, Any] = {
+                "explain_status": ExplainStatus.DONE,
+                "explanation": expl,
+                "artifacts": list(expl),
+                "evidence": evidence,
+                "explain_error": None,
+                "explained_at": utcnow(),
+            }
+        else:
+            values = {
+                "explain_status": ExplainStatus.FAILED,
+                "explanation": None,
+                "artifacts": None,
+                "evidence": None,
+                "explain_error": r.error,
+                "explained_at": utcnow(),
+            }
+        updates.append((it, values))
+    written = write_rows(session, updates, col(JobItem.explain_status) == ExplainStatus.PENDING)
+    session.commit()
+    for it, r in zip(items, results, strict=True):
+        IMAGES.labels(pool(), "done" if it.id in done else "failed").inc()
+        if it.id not in done:
+            FAILURES.labels(pool(), failure_reason(r.error)).inc()
+    finish(session, job_id=jid)
+    return written
+
+
+def fail_explanations(
+    session: Session, *, job_id: str | uuid.UUID, item_ids: Sequence[str | uuid.UUID], reason: str
+) -> int:
+    """Marks the chunk's explanations still pending failed with ``reason``; their verdicts stand."""
+    jid = uuid.UUID(str(job_id))
+    res = session.exec(
+        update(JobItem)
+        .where(col(JobItem.id).in_(uuids(item_ids)), col(JobItem.explain_status) == ExplainStatus.PENDING)
+        .values(explain_status=ExplainStatus.FAILED, explain_error=reason, explained_at=utcnow())
+    )
+    session.commit()
+    finish(session, job_id=jid)
+    return res.rowcount
