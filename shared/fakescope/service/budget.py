@@ -14,7 +14,7 @@ from __future__ import annotations
 import threading
 import time
 
-__all__ = ["ByteBudget", "UploadBusy"]
+__all__ = ["ByteBudget", "Lease", "UploadBusy"]
 
 
 class UploadBusy(RuntimeError):
@@ -66,3 +66,36 @@ class ByteBudget:
             self.used += n
             return True
         return False
+
+
+class Lease:
+    """What one request holds of a budget (none at all without one): ``reserve`` and ``give_back``
+    keep count, and ``close`` gives back whatever is still held, however the request ended."""
+
+    def __init__(self, budget: ByteBudget | None) -> None:
+        self.budget = budget
+        self.held = 0
+
+    def reserve(self, n: int, *, wait: bool) -> bool:
+        """Reserves ``n`` bytes; ``wait=False``: only if they are free now (returns whether it got them).
+
+        Raises:
+            UploadBusy: ``wait`` and they did not come free in time.
+        """
+        if self.budget is None:
+            return True
+        if wait:
+            self.budget.acquire(n)
+        elif not self.budget.try_acquire(n):
+            return False
+        self.held += n
+        return True
+
+    def give_back(self, n: int) -> None:
+        n = min(n, self.held)
+        if self.budget is not None and n > 0:
+            self.budget.release(n)
+            self.held -= n
+
+    def close(self) -> None:
+        self.give_back(self.held)

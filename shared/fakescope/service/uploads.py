@@ -33,7 +33,7 @@ from fakescope.db.models import (
 )
 from fakescope.imageio import ARCHIVE_SUFFIXES, DEFAULT_MAX_BYTES, ImageError, InputItem, iter_inputs
 from fakescope.service import Enqueue, webhooks
-from fakescope.service.budget import ByteBudget
+from fakescope.service.budget import ByteBudget, Lease
 from fakescope.service.jobs import JobStateError, finish
 from fakescope.storage import ObjectStore, StorageError, original_key, shard_key
 
@@ -221,108 +221,12 @@ def create_job(
     )
     if not created:
         return job, False
-
-    def read_one(position: int, item: InputItem) -> tuple[JobItem, bytes | None]:
-        # Names are the client's: a NUL or an over-long name is made storable rather than failing the job.
-        row = JobItem(
-            job_id=job.id, position=position, name=storable_name(item.name), object_key=original_key(job.id, position)
-        )
-        try:
-            data = item.read()
-        except ImageError as e:
-            row.status, row.error, row.finished_at = ItemStatus.FAILED, str(e), utcnow()
-            return row, None
-        row.sha256 = hashlib.sha256(data).hexdigest()
-        return row, data
-
-    held_total = 0  # bytes this request holds from ``budget``; all given back when it ends, however it ends
-
-    def reserve(n: int, *, wait: bool) -> bool:
-        nonlocal held_total
-        if budget is None:
-            return True
-        if wait:
-            budget.acquire(n)
-        elif not budget.try_acquire(n):
-            return False
-        held_total += n
-        return True
-
-    def give_back(n: int) -> None:
-        nonlocal held_total
-        n = min(n, held_total)
-        if budget is not None and n > 0:
-            budget.release(n)
-            held_total -= n
-
-    def windows() -> Iterator[tuple[list[tuple[JobItem, bytes | None]], int]]:
-        # Up to UPLOAD_WINDOW images or UPLOAD_WINDOW_BYTES, whichever comes first: a small archive of
-        # large, highly compressible members must not make the API hold gigabytes at once. Each window
-        # comes with the bytes it holds from the budget, which the consumer gives back once it is stored.
-        numbered = enumerate(inputs)
-        window: list[tuple[JobItem, bytes | None]] = []
-        held = 0
-        while group := list(islice(numbered, UPLOAD_THREADS)):
-            if group[-1][0] >= max_items:
-                group = [(p, it) for p, it in group if p < max_items]
-                job.error = f"the upload has more than {max_items} images; the first {max_items} were kept"
-            need = sum(min(max_bytes + 1, it.size if it.size is not None else max_bytes + 1) for _, it in group)
-            if not reserve(need, wait=not window):
-                # Store what this request holds before waiting for others: never wait while holding.
-                yield window, held
-                window, held = [], 0
-                reserve(need, wait=True)
-            got = 0
-            for row, data in pool.map(lambda pi: read_one(*pi), group):
-                window.append((row, data))
-                got += len(data or b"")
-            give_back(need - got)  # the reservation, trimmed to what was read
-            held += got
-            if len(window) >= UPLOAD_WINDOW or held >= UPLOAD_WINDOW_BYTES:
-                yield window, held
-                window, held = [], 0
-            if job.error:
-                break  # the rest of the upload is not read at all
-        if window:
-            yield window, held
-
     job_id = job.id
+    lease = Lease(budget)
     try:
-        n_rows = n_queued = 0
         with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload") as pool:
-            # A window at a time: bounded memory, one lookup of the tenant's known originals per window, and
-            # the window's items committed and enqueued as soon as they are stored, so the workers classify
-            # while the rest of the upload is still being stored. ``job.total`` stays 0 until the last
-            # window, which is what keeps a worker from finishing the job early (finalize_if_done).
-            for window, (read, held) in enumerate(windows()):
-                # The window's new originals go to the object store as one shard: one request for up to
-                # 256 images, and one ranged read for a worker's chunk of them. Bytes this tenant already
-                # stored (same SHA-256, here or in an earlier upload) are pointed at, not stored again.
-                known = _known_originals(session, tenant_id, {r.sha256 for r, d in read if d is not None})
-                shard = shard_key(job_id, window)
-                parts: list[bytes] = []
-                offset = 0
-                for row, data in read:
-                    if data is None or row.sha256 is None:
-                        continue
-                    if row.sha256 not in known:
-                        known[row.sha256] = (shard, offset, len(data))
-                        parts.append(data)
-                        offset += len(data)
-                    row.object_key, row.object_offset, row.object_length = known[row.sha256]
-                if parts:
-                    store.put_parts(shard, parts)
-                rows = [r for r, _ in read]
-                del read[:], parts  # the bytes are stored: let them go before giving their budget back
-                give_back(held)
-                state = session.exec(select(Job.state).where(col(Job.id) == job_id)).one()
-                if state == JobState.CANCELLED:
-                    break  # cancelled while its upload was being stored (the id is known to an idempotent retry)
-                queued = [r.id for r in rows if r.status == ItemStatus.QUEUED]  # before the commit expires the rows
-                session.add_all(rows)
-                session.commit()
-                enqueue(job.id, queued)
-                n_rows, n_queued = n_rows + len(rows), n_queued + len(queued)
+            ingest = _Ingest(session, store, enqueue, job, pool, lease, max_items=max_items, max_bytes=max_bytes)
+            n_rows, n_queued = ingest.run(inputs)
         if not n_rows:
             job.state, job.error, job.finished_at = JobState.FAILED, "no images in the upload", utcnow()
             if job.callback_url:  # finished here, not by finalize_if_done: the outbox row is written here too
@@ -344,11 +248,129 @@ def create_job(
             logger.warning("job %s: could not remove the job of a failed upload", job_id, exc_info=True)
         raise
     finally:
-        give_back(held_total)
+        lease.close()
     finish(session, job_id=job.id)  # the workers may have finished every chunk before the total was known
     session.refresh(job)
     logger.info("job %s: %s items, %s queued", job.id, n_rows, n_queued)
     return job, True
+
+
+Window = list[tuple[JobItem, bytes | None]]
+
+
+class _Ingest:
+    """One multipart upload being stored: read in groups on a thread pool, a window at a time.
+
+    A window (up to UPLOAD_WINDOW images or UPLOAD_WINDOW_BYTES, whichever comes first: a small archive
+    of large, highly compressible members must not make the API hold gigabytes at once) is stored as
+    one shard, its rows committed and its chunks enqueued as soon as it is, so the workers classify
+    while the rest of the upload is still being stored. ``job.total`` stays 0 until the last window,
+    which is what keeps a worker from finishing the job early (finalize_if_done).
+    """
+
+    def __init__(
+        self,
+        session: Session,
+        store: ObjectStore,
+        enqueue: Enqueue,
+        job: Job,
+        pool: ThreadPoolExecutor,
+        lease: Lease,
+        *,
+        max_items: int,
+        max_bytes: int,
+    ) -> None:
+        self.session, self.store, self.enqueue, self.job = session, store, enqueue, job
+        self.job_id, self.tenant_id = job.id, job.tenant_id
+        self.pool, self.lease = pool, lease
+        self.max_items, self.max_bytes = max_items, max_bytes
+
+    def run(self, inputs: Iterable[InputItem]) -> tuple[int, int]:
+        """Stores and enqueues every window; returns (rows written, items queued)."""
+        n_rows = n_queued = 0
+        for index, (window, held) in enumerate(self.windows(inputs)):
+            rows = self.store_window(index, window)
+            self.lease.give_back(held)  # the window's bytes are stored and let go
+            state = self.session.exec(select(Job.state).where(col(Job.id) == self.job_id)).one()
+            if state == JobState.CANCELLED:
+                break  # cancelled while its upload was being stored (the id is known to an idempotent retry)
+            queued = [r.id for r in rows if r.status == ItemStatus.QUEUED]  # before the commit expires the rows
+            self.session.add_all(rows)
+            self.session.commit()
+            self.enqueue(self.job_id, queued)
+            n_rows, n_queued = n_rows + len(rows), n_queued + len(queued)
+        return n_rows, n_queued
+
+    def read_one(self, position: int, item: InputItem) -> tuple[JobItem, bytes | None]:
+        # Names are the client's: a NUL or an over-long name is made storable rather than failing the job.
+        row = JobItem(
+            job_id=self.job_id,
+            position=position,
+            name=storable_name(item.name),
+            object_key=original_key(self.job_id, position),
+        )
+        try:
+            data = item.read()
+        except ImageError as e:
+            row.status, row.error, row.finished_at = ItemStatus.FAILED, str(e), utcnow()
+            return row, None
+        row.sha256 = hashlib.sha256(data).hexdigest()
+        return row, data
+
+    def windows(self, inputs: Iterable[InputItem]) -> Iterator[tuple[Window, int]]:
+        """The upload's windows, each with the bytes it holds of the lease (the consumer gives them back
+        once it is stored). Each group's bytes are reserved before they are read."""
+        numbered = enumerate(inputs)
+        window: Window = []
+        held = 0
+        cap = self.max_bytes + 1
+        while group := list(islice(numbered, UPLOAD_THREADS)):
+            if group[-1][0] >= self.max_items:
+                group = [(p, it) for p, it in group if p < self.max_items]
+                self.job.error = (
+                    f"the upload has more than {self.max_items} images; the first {self.max_items} were kept"
+                )
+            need = sum(min(cap, it.size if it.size is not None else cap) for _, it in group)
+            if not self.lease.reserve(need, wait=not window):
+                # Store what this request holds before waiting for others: never wait while holding.
+                yield window, held
+                window, held = [], 0
+                self.lease.reserve(need, wait=True)
+            got = 0
+            for row, data in self.pool.map(lambda pi: self.read_one(*pi), group):
+                window.append((row, data))
+                got += len(data or b"")
+            self.lease.give_back(need - got)  # the reservation, trimmed to what was read
+            held += got
+            if len(window) >= UPLOAD_WINDOW or held >= UPLOAD_WINDOW_BYTES:
+                yield window, held
+                window, held = [], 0
+            if self.job.error:
+                break  # the rest of the upload is not read at all
+        if window:
+            yield window, held
+
+    def store_window(self, index: int, window: Window) -> list[JobItem]:
+        """Stores the window's new originals as one shard (one request for up to 256 images, one ranged
+        read for a worker's chunk of them); bytes this tenant already stored (same SHA-256, here or in
+        an earlier upload) are pointed at, not stored again. Empties ``window``; returns its rows."""
+        known = _known_originals(self.session, self.tenant_id, {r.sha256 for r, d in window if d is not None})
+        shard = shard_key(self.job_id, index)
+        parts: list[bytes] = []
+        offset = 0
+        for row, data in window:
+            if data is None or row.sha256 is None:
+                continue
+            if row.sha256 not in known:
+                known[row.sha256] = (shard, offset, len(data))
+                parts.append(data)
+                offset += len(data)
+            row.object_key, row.object_offset, row.object_length = known[row.sha256]
+        if parts:
+            self.store.put_parts(shard, parts)
+        rows = [r for r, _ in window]
+        window.clear()
+        return rows
 
 
 def create_upload_job(
