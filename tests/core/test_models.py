@@ -110,3 +110,28 @@ def test_default_variant_surface():
     wav = create_model("freqnet_vgg", wavelet=True)
     assert any(type(m).__name__ == "WaveletAttention" for m in wav.modules())
     assert not any(type(m).__name__ == "WaveletAttention" for m in model.modules())
+
+
+@pytest.mark.parametrize("variant", ["freqnet_vgg", "vgg3_anchor", "vgg3_wide", "freqnet_resnet_tiny"])
+def test_timm_surface_feature_info_matches_the_stages(variant: str) -> None:
+    import torch
+
+    from fakescope.models import create_model
+
+    model = create_model(variant).eval()
+    maps: list[torch.Tensor] = []
+    hooks = [
+        model.get_submodule(f["module"]).register_forward_hook(lambda _m, _i, o: maps.append(o))
+        for f in model.feature_info
+    ]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    for h in hooks:
+        h.remove()
+    for info, fmap in zip(model.feature_info, maps, strict=True):
+        assert fmap.shape[1] == info["num_chs"] and fmap.shape[-1] == 32 // info["reduction"], (variant, info)
+    assert model.cam_target is model.get_submodule(model.feature_info[-1]["module"])
+    assert model.num_classes == 2 and model.get_classifier() is model.head
+    model.reset_classifier(5)
+    with torch.no_grad():
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 5)

@@ -93,6 +93,24 @@ class FreqNetEnsemble(nn.Module):
         ens.sync_head()
         return ens
 
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """One entry: the concatenated map (the finest member grid), GradCAM's target."""
+        return [
+            {
+                "num_chs": self.num_features,
+                "reduction": min(m.feature_info[-1]["reduction"] for m in self.nets()),
+                "module": "cam_target",
+            }
+        ]
+
+    @property
+    def num_classes(self) -> int:
+        return self.cfg.num_classes
+
+    def get_classifier(self) -> nn.Linear:
+        return self.head
+
     def nets(self) -> list[FreqNetResNet]:
         """The members, typed."""
         return [cast(FreqNetResNet, m) for m in self.members]

@@ -321,6 +321,14 @@ class FreqNetResNet(nn.Module):
                 in_chs = planes * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
+        # timm's surface: each stage's channels, how far its grid is reduced from the input, its module.
+        reduction = 2 if cfg.stem_downsample else 1
+        self.feature_info: list[dict[str, Any]] = []
+        for i, (planes, stride) in enumerate(zip(cfg.planes, cfg.strides, strict=True)):
+            reduction *= stride
+            self.feature_info.append(
+                {"num_chs": planes * block.expansion, "reduction": reduction, "module": f"stages.{i}"}
+            )
         self.num_features = in_chs
         self.global_pool = nn.AdaptiveAvgPool2d(1)
         self.head_drop = nn.Dropout(cfg.drop_rate)
@@ -332,8 +340,22 @@ class FreqNetResNet(nn.Module):
 
     @property
     def cam_target(self) -> nn.Module:
-        """The module whose output GradCAM explains: the last stage."""
-        return self.stages[-1]
+        """The module whose output GradCAM explains: the last entry of ``feature_info``."""
+        return self.get_submodule(self.feature_info[-1]["module"])
+
+    @property
+    def num_classes(self) -> int:
+        return self.head.out_features
+
+    def get_classifier(self) -> nn.Linear:
+        return self.head
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh linear head for ``num_classes`` (fine-tuning to other labels); ``forward_head(...,
+        pre_logits=True)`` gives the pooled features without one."""
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be at least 1, got {num_classes}")
+        self.head = nn.Linear(self.num_features, num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         if not self.freq:
