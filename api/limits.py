@@ -8,7 +8,7 @@ replica shares the count), else in this process (the embedded setup has one API 
 from __future__ import annotations
 
 import json
-import threading
+import math
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -100,40 +100,29 @@ class BodySizeLimit:
 
 
 class RateLimiter:
-    """``hit(key)`` counts a request; returns 0 when allowed, else the seconds until the window resets.
+    """``hit(key)`` counts a request; returns 0 when allowed, else the seconds until it would be.
 
-    Fixed one-minute windows, counted in Redis when the broker is Redis (shared by API replicas), in
-    memory otherwise. ``clock``: Unix time in seconds (injectable, so a test need not wait for a minute).
+    A moving one-minute window per key (the ``limits`` library), counted in Redis when the broker is
+    Redis (so API replicas share the count), in memory otherwise. A moving window has no boundary to
+    burst across: at most ``rate_limit_per_minute`` requests in any 60 seconds.
     """
 
     WINDOW_S = 60
 
-    def __init__(self, settings: Settings, clock: Callable[[], float] = time.time) -> None:
-        self.limit = settings.rate_limit_per_minute
-        self.clock = clock
-        self._redis = None
-        if settings.broker_url and settings.broker_url.startswith(("redis://", "rediss://")):
-            import redis
+    def __init__(self, settings: Settings) -> None:
+        from limits import RateLimitItemPerMinute, storage, strategies
 
-            self._redis = redis.Redis.from_url(settings.broker_url, socket_timeout=2)
-        self._local: dict[str, tuple[int, int]] = {}
-        self._lock = threading.Lock()
+        self.limit = settings.rate_limit_per_minute
+        redis_broker = bool(settings.broker_url and settings.broker_url.startswith(("redis://", "rediss://")))
+        uri = settings.broker_url if redis_broker and settings.broker_url else "memory://"
+        self._storage = storage.storage_from_string(uri, socket_timeout=2) if redis_broker else storage.MemoryStorage()
+        self._strategy = strategies.MovingWindowRateLimiter(self._storage)
+        self._item = RateLimitItemPerMinute(max(1, self.limit), namespace="fakescope-ratelimit")
 
     def hit(self, key: str) -> int:
         if self.limit <= 0:
             return 0
-        now = int(self.clock())
-        window = now // self.WINDOW_S
-        retry_after = (window + 1) * self.WINDOW_S - now
-        if self._redis is not None:
-            name = f"fakescope:ratelimit:{key}:{window}"
-            pipe = self._redis.pipeline()
-            pipe.incr(name)
-            pipe.expire(name, self.WINDOW_S + 5)
-            count = int(pipe.execute()[0])
-        else:
-            with self._lock:
-                w, c = self._local.get(key, (window, 0))
-                count = c + 1 if w == window else 1
-                self._local[key] = (window, count)
-        return retry_after if count > self.limit else 0
+        if self._strategy.hit(self._item, key):
+            return 0
+        reset = self._strategy.get_window_stats(self._item, key).reset_time
+        return max(1, min(self.WINDOW_S, math.ceil(reset - time.time())))

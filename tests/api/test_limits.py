@@ -9,6 +9,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
+import pytest
 
 from api.limits import RateLimiter
 from fakescope.service.tenants import create_api_key
@@ -89,21 +90,15 @@ def test_oversized_bodies_get_413_and_each_key_is_rate_limited(service_stack: Se
     with second_api(service_stack, "api-limits", **tight) as url:
         # Fresh keys: the count is shared by every API process (it lives in Redis), and the session's
         # tenant keys have been busy on the main API this minute.
-        for _ in range(2):  # a second try only if the burst straddled a minute (the window) boundary
-            with service_stack.svc.session() as session:
-                key_a = create_api_key(session, tenant_name=f"limits-a-{uuid.uuid4().hex[:6]}")[1]
-                key_b = create_api_key(session, tenant_name=f"limits-b-{uuid.uuid4().hex[:6]}")[1]
-            a = httpx.Client(base_url=url, headers={"X-API-Key": key_a}, timeout=30)
-            b = httpx.Client(base_url=url, headers={"X-API-Key": key_b}, timeout=30)
-            big = [("files", ("big.png", b"\0" * 30_000, "image/png"))]
-            r = a.post("/v1/jobs", files=big)
-            assert r.status_code == 413 and "limit of 20000 bytes" in r.json()["detail"]
-            started = time.time()
-            codes = [a.get("/v1/jobs").status_code for _ in range(12)]
-            if started // 60 == time.time() // 60:
-                break
-            a.close()
-            b.close()
+        with service_stack.svc.session() as session:
+            key_a = create_api_key(session, tenant_name=f"limits-a-{uuid.uuid4().hex[:6]}")[1]
+            key_b = create_api_key(session, tenant_name=f"limits-b-{uuid.uuid4().hex[:6]}")[1]
+        a = httpx.Client(base_url=url, headers={"X-API-Key": key_a}, timeout=30)
+        b = httpx.Client(base_url=url, headers={"X-API-Key": key_b}, timeout=30)
+        big = [("files", ("big.png", b"\0" * 30_000, "image/png"))]
+        r = a.post("/v1/jobs", files=big)
+        assert r.status_code == 413 and "limit of 20000 bytes" in r.json()["detail"]
+        codes = [a.get("/v1/jobs").status_code for _ in range(12)]  # a moving window: no boundary to cross
         with a, b:
             # The 413 above never reached authentication, so it used none of the 8.
             assert codes[:8] == [200] * 8 and set(codes[8:]) == {429}, codes
@@ -117,15 +112,16 @@ def test_oversized_bodies_get_413_and_each_key_is_rate_limited(service_stack: Se
             assert ok.status_code == 202, ok.text
 
 
-def test_the_rate_limiter_counts_fixed_windows_per_key_on_its_clock() -> None:
-    now = [120.0]
-    limiter = RateLimiter(Settings(broker_url=None, rate_limit_per_minute=3), clock=lambda: now[0])
-    assert [limiter.hit("a") for _ in range(4)] == [0, 0, 0, 60]
+def test_the_rate_limiter_counts_a_moving_window_per_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1_000.0]
+    monkeypatch.setattr(time, "time", lambda: now[0])  # the limiter's and the library's clock
+    limiter = RateLimiter(Settings(broker_url=None, rate_limit_per_minute=3))
+    assert [limiter.hit("a") for _ in range(3)] == [0, 0, 0]
+    now[0] += 30
+    assert limiter.hit("a") == 30  # the oldest of the three leaves the window 30 s from now
     assert limiter.hit("b") == 0  # per key
-    now[0] = 170.5
-    assert limiter.hit("a") == 10  # the same window: retry when it ends
-    now[0] = 180.0
-    assert limiter.hit("a") == 0  # a new window, a new count
+    now[0] += 31
+    assert limiter.hit("a") == 0  # a moving window: 61 s after the first, one is free again
     assert RateLimiter(Settings(broker_url=None, rate_limit_per_minute=0)).hit("a") == 0  # 0: no limit
 
 
