@@ -14,11 +14,13 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from itertools import islice
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from sqlalchemy import delete, update
+from sqlalchemy import delete, insert, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlmodel import Session, col, select
 
@@ -255,7 +257,24 @@ def create_job(
     return job, True
 
 
-Window = list[tuple[JobItem, bytes | None]]
+@dataclass
+class _Row:
+    """An item row of a multipart upload, as one statement per window inserts it (no ORM object: at
+    256 rows a window, building and flushing ORM objects cost the API more than the rest of an upload)."""
+
+    position: int
+    name: str
+    object_key: str
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    status: str = ItemStatus.QUEUED
+    error: str | None = None
+    finished_at: datetime | None = None
+    sha256: str | None = None
+    object_offset: int | None = None
+    object_length: int | None = None
+
+
+Window = list[tuple[_Row, bytes | None]]
 
 
 class _Ingest:
@@ -294,21 +313,17 @@ class _Ingest:
             state = self.session.exec(select(Job.state).where(col(Job.id) == self.job_id)).one()
             if state == JobState.CANCELLED:
                 break  # cancelled while its upload was being stored (the id is known to an idempotent retry)
-            queued = [r.id for r in rows if r.status == ItemStatus.QUEUED]  # before the commit expires the rows
-            self.session.add_all(rows)
+            queued = [r.id for r in rows if r.status == ItemStatus.QUEUED]
+            table = JobItem.__table__  # type: ignore[attr-defined]
+            self.session.connection().execute(insert(table), [{**asdict(r), "job_id": self.job_id} for r in rows])
             self.session.commit()
             self.enqueue(self.job_id, queued)
             n_rows, n_queued = n_rows + len(rows), n_queued + len(queued)
         return n_rows, n_queued
 
-    def read_one(self, position: int, item: InputItem) -> tuple[JobItem, bytes | None]:
+    def read_one(self, position: int, item: InputItem) -> tuple[_Row, bytes | None]:
         # Names are the client's: a NUL or an over-long name is made storable rather than failing the job.
-        row = JobItem(
-            job_id=self.job_id,
-            position=position,
-            name=storable_name(item.name),
-            object_key=original_key(self.job_id, position),
-        )
+        row = _Row(position=position, name=storable_name(item.name), object_key=original_key(self.job_id, position))
         try:
             data = item.read()
         except ImageError as e:
@@ -350,7 +365,7 @@ class _Ingest:
         if window:
             yield window, held
 
-    def store_window(self, index: int, window: Window) -> list[JobItem]:
+    def store_window(self, index: int, window: Window) -> list[_Row]:
         """Stores the window's new originals as one shard (one request for up to 256 images, one ranged
         read for a worker's chunk of them); bytes this tenant already stored (same SHA-256, here or in
         an earlier upload) are pointed at, not stored again. Empties ``window``; returns its rows."""
