@@ -154,7 +154,12 @@ class Detector:
         return a.probs, a.cams
 
     def analyze(
-        self, batch: np.ndarray, *, cams: bool = False, sizes: Sequence[tuple[int, int]] | None = None
+        self,
+        batch: np.ndarray,
+        *,
+        cams: bool = False,
+        sizes: Sequence[tuple[int, int]] | None = None,
+        maps: bool = True,
     ) -> Analysis:
         """Probabilities, GradCAM maps (``cams=True``) and domain scores of a uint8 batch in one pass.
 
@@ -185,7 +190,7 @@ class Detector:
                 factors = [max(sw / w, w / sw, sh / h, h / sh) for sw, sh in ((max(1, a), max(1, b)) for a, b in sizes)]
                 resample = torch.tensor(factors, dtype=torch.float32)
             domain = self.domain.scores(pooled, resample).cpu().numpy()
-        maps = grids = None
+        cam_maps = grids = None
         if cams and self.cam_from_head:
             assert feats is not None
             grids = linear_head_grid(feats, self.model.head.weight, logits.argmax(1)).cpu().numpy()
@@ -195,10 +200,10 @@ class Detector:
                 self._gradcam(x, logits.argmax(1))
             assert self._gradcam.last_grids is not None
             grids = self._gradcam.last_grids.float().cpu().numpy()
-        if grids is not None:
+        if grids is not None and maps:
             # Drawn by the same torch-free code the API uses, so a map here and an overlay drawn later agree.
-            maps = np.stack([cam_from_grid(g, x.shape[-2:]) for g in grids])
-        return Analysis(self.probabilities(logits), maps, domain, grids)
+            cam_maps = np.stack([cam_from_grid(g, x.shape[-2:]) for g in grids])
+        return Analysis(self.probabilities(logits), cam_maps, domain, grids)
 
 
 def _features_feed_linear_head(model: Network, input_size: tuple[int, int], device: torch.device) -> bool:

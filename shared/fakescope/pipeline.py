@@ -85,7 +85,11 @@ class ImageResult:
 
 
 def decode_item(
-    item: InputItem, detector: Detector, max_pixels: int = DEFAULT_MAX_PIXELS, trust_anchors_pem: str | None = None
+    item: InputItem,
+    detector: Detector,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    trust_anchors_pem: str | None = None,
+    display: bool = True,
 ) -> DecodedImage:
     """Reads and decodes one input; any problem with the input becomes ``error``.
 
@@ -105,7 +109,7 @@ def decode_item(
             name=item.name,
             sha256=hashlib.sha256(data).hexdigest(),
             model_input=detector.prepare(im),
-            display=display_image(im),
+            display=display_image(im) if display else None,
             width=im.width,
             height=im.height,
             # From the bytes, never the pixels: stripping the metadata changes this, not the verdict's score.
@@ -157,13 +161,16 @@ def classify_items(
         ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode") as pool,
         ThreadPoolExecutor(max_workers=RENDER_THREADS, thread_name_prefix="overlay") as render,
     ):
+        # The display-size copy only where an overlay or an explainer will use it.
+        need_display = overlays or keep_arrays
+
         # Executor.map submits everything at once; islice over a generator of futures keeps the
         # look-ahead to a few batches so a million-image scan does not hold a million images.
         def decoded() -> Iterator[DecodedImage]:
             window = 4 * batch_size
             pending: list[Any] = []
             for item in items:
-                pending.append(pool.submit(decode_item, item, detector, max_pixels, trust_anchors_pem))
+                pending.append(pool.submit(decode_item, item, detector, max_pixels, trust_anchors_pem, need_display))
                 if len(pending) >= window:
                     yield pending.pop(0).result()
             for fut in pending:
@@ -182,7 +189,9 @@ def classify_items(
                 batch = np.stack([d.model_input for d in good])  # type: ignore[misc]
                 t0 = time.perf_counter()
                 sizes = [(d.width or 0, d.height or 0) for d in good]
-                analysis = detector.analyze(batch, cams=overlays or grids or keep_arrays, sizes=sizes)
+                analysis = detector.analyze(
+                    batch, cams=overlays or grids or keep_arrays, sizes=sizes, maps=overlays or keep_arrays
+                )
                 probs, cams, domain = analysis.probs, analysis.cams, analysis.domain
                 cell_grids = analysis.grids
                 MODEL_SECONDS.labels(pool_name()).observe(time.perf_counter() - t0)
@@ -192,7 +201,7 @@ def classify_items(
                 if d.error is not None:
                     current.append((ImageResult(name=d.name, error=d.error), None))
                     continue
-                assert d.display is not None  # decode_item sets it whenever there is no error
+                assert d.display is not None or not need_display  # set whenever there is no error and it is needed
                 p = float(probs[k])
                 cam = cams[k] if cams is not None else None
                 declared = bool(d.provenance and d.provenance.get("declares_ai"))
@@ -213,7 +222,11 @@ def classify_items(
                     if grids and cell_grids is not None
                     else None,
                 )
-                png = render.submit(overlay_png, d.display, cam) if overlays and cam is not None else None
+                png = (
+                    render.submit(overlay_png, d.display, cam)
+                    if overlays and cam is not None and d.display is not None
+                    else None
+                )
                 current.append((res, png))
                 k += 1
             yield from _with_overlays(previous)

@@ -54,6 +54,9 @@ logger = logging.getLogger(__name__)
 
 UPLOAD_THREADS = 8
 UPLOAD_WINDOW = 256
+# The first window is smaller (one classify chunk at the default chunk size): the workers start on it
+# while the API stores the rest, instead of idling until 256 images are in.
+FIRST_UPLOAD_WINDOW = 128
 UPLOAD_WINDOW_BYTES = 256 * 1024**2
 
 
@@ -338,6 +341,7 @@ class _Ingest:
         numbered = enumerate(inputs)
         window: Window = []
         held = 0
+        first = True
         cap = self.max_bytes + 1
         while group := list(islice(numbered, UPLOAD_THREADS)):
             if group[-1][0] >= self.max_items:
@@ -357,7 +361,9 @@ class _Ingest:
                 got += len(data or b"")
             self.lease.give_back(need - got)  # the reservation, trimmed to what was read
             held += got
-            if len(window) >= UPLOAD_WINDOW or held >= UPLOAD_WINDOW_BYTES:
+            size = FIRST_UPLOAD_WINDOW if first else UPLOAD_WINDOW
+            if len(window) >= size or held >= UPLOAD_WINDOW_BYTES:
+                first = False
                 yield window, held
                 window, held = [], 0
             if self.job.error:
