@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -20,6 +21,10 @@ __all__ = ["JSON_MAX_BYTES", "BodySizeLimit", "RateLimiter"]
 Scope = dict[str, Any]
 ASGIApp = Callable[[Scope, Callable[[], Awaitable[dict]], Callable[[dict], Awaitable[None]]], Awaitable[None]]
 
+
+# GETs that carry their own authority (a signed URL, checked by the route): an item's overlay and
+# original, fetched by a browser's <img> or a plain download with no key.
+SIGNED_GETS = re.compile(r"^/v1/jobs/[^/]+/items/\d+/(overlay\.png|image)$")
 
 # Routes whose bodies are image uploads; every other body is a small JSON document.
 UPLOAD_ROUTES = (("POST", "/v1/jobs"), ("PUT", "/objects/"))
@@ -43,7 +48,8 @@ class BodySizeLimit:
     the limit gets 413 before anything is read; a chunked body (no Content-Length) gets 413 the moment
     its running count passes the limit, so nothing ever holds more than the limit of one request.
     ``/v1/`` requests without an ``X-API-Key`` header get 401 before their body is read: an anonymous
-    client cannot make the API parse anything.
+    client cannot make the API parse anything (a report token's GETs and the signed GETs of an item's
+    overlay and original have no body, and their routes check their own authority).
     """
 
     def __init__(self, app: ASGIApp, max_bytes: int, json_max_bytes: int = JSON_MAX_BYTES) -> None:
@@ -62,7 +68,7 @@ class BodySizeLimit:
         headers = dict(scope.get("headers") or [])
         path, method = scope.get("path", ""), scope.get("method", "GET")
         # A report token (read-only, one job) only ever reads: a GET has no body to hold back.
-        reads = method in ("GET", "HEAD") and headers.get(b"x-report-token")
+        reads = method in ("GET", "HEAD") and (headers.get(b"x-report-token") or SIGNED_GETS.match(path))
         if path.startswith("/v1/") and not headers.get(b"x-api-key") and not reads:
             for message in _json_response(401, "Missing API key"):
                 await send(message)

@@ -260,6 +260,8 @@ def sign_url(secret: str, method: str, key: str, expires: int) -> str:
 
 def verify_url(secret: str, method: str, key: str, expires: int, signature: str) -> bool:
     """Whether ``signature`` is :func:`sign_url`'s for these, and ``expires`` is still ahead."""
+    if not signature.isascii():
+        return False  # compare_digest refuses non-ASCII strings; no signature of ours is one
     return expires >= time.time() and hmac.compare_digest(_sign(secret, method, key, expires), signature)
 
 
@@ -269,7 +271,7 @@ def _sign(secret: str, method: str, key: str, expires: int) -> str:
 
 def verify_local_signature(settings: Settings, method: str, key: str, expires: int, signature: str) -> bool:
     """Whether a URL made by :meth:`LocalStore.presign_get`/``presign_put`` is genuine and unexpired."""
-    if expires < time.time():
+    if expires < time.time() or not signature.isascii():
         return False
     return hmac.compare_digest(_sign(settings.secret_key, method, key, expires), signature)
 

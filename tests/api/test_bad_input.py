@@ -194,7 +194,18 @@ def test_malformed_bodies_and_wrong_content_types(service_stack: ServiceStack) -
         assert r.status_code == 422
         assert [(e["type"], e["loc"]) for e in r.json()["detail"]] == [("model_attributes_type", ["body"])]
         for body, kind, loc in [
-            ({}, "missing", ["body", "names"]),
+            ({}, "value_error", ["body"]),  # neither names nor shards
+            (
+                {"names": ["a.png"], "shards": [{"members": [{"name": "b", "offset": 0, "length": 1}]}]},
+                "value_error",
+                ["body"],
+            ),
+            ({"shards": [{"members": []}]}, "too_short", ["body", "shards", 0, "members"]),
+            (
+                {"shards": [{"members": [{"name": "b", "offset": -1, "length": 1}]}]},
+                "greater_than_equal",
+                ["body", "shards", 0, "members", 0, "offset"],
+            ),
             ({"names": []}, "too_short", ["body", "names"]),
             ({"names": "a.png"}, "list_type", ["body", "names"]),
             ({"names": ["x" * (ITEM_NAME_MAX + 1)]}, "string_too_long", ["body", "names", 0]),

@@ -95,11 +95,11 @@ def test_oversized_bodies_get_413_and_each_key_is_rate_limited(service_stack: Se
             key_b = create_api_key(session, tenant_name=f"limits-b-{uuid.uuid4().hex[:6]}")[1]
         a = httpx.Client(base_url=url, headers={"X-API-Key": key_a}, timeout=30)
         b = httpx.Client(base_url=url, headers={"X-API-Key": key_b}, timeout=30)
-        big = [("files", ("big.png", b"\0" * 30_000, "image/png"))]
-        r = a.post("/v1/jobs", files=big)
-        assert r.status_code == 413 and "limit of 20000 bytes" in r.json()["detail"]
-        codes = [a.get("/v1/jobs").status_code for _ in range(12)]  # a moving window: no boundary to cross
         with a, b:
+            big = [("files", ("big.png", b"\0" * 30_000, "image/png"))]
+            r = a.post("/v1/jobs", files=big)
+            assert r.status_code == 413 and "limit of 20000 bytes" in r.json()["detail"]
+            codes = [a.get("/v1/jobs").status_code for _ in range(12)]  # a moving window: no boundary to cross
             # The 413 above never reached authentication, so it used none of the 8.
             assert codes[:8] == [200] * 8 and set(codes[8:]) == {429}, codes
             r = a.get("/v1/jobs")

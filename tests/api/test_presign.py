@@ -38,15 +38,25 @@ def test_result_urls_are_signed_for_the_configured_lifetime(service_stack: Servi
         r = c.post("/v1/jobs", files=[("files", ("p.png", png_bytes(88), "image/png"))])
         job = service_stack.wait_job(r.json()["id"])
         (item,) = c.get(f"/v1/jobs/{job['id']}/results").json()["data"]
-    # The overlay is the API's own signed URL (it draws the PNG on first use), for the same lifetime.
-    o = urlsplit(item["overlay_url"])
-    q = dict(parse_qsl(o.query))
-    assert o.path == f"/v1/jobs/{job['id']}/items/0/overlay.png"
-    assert abs(int(q["expires"]) - time.time() - settings.presign_expiry_s) < 120
-    stretched = item["overlay_url"].replace(f"expires={q['expires']}", f"expires={int(q['expires']) + 86400}")
-    assert httpx.get(stretched, timeout=30).status_code == 403
-    assert httpx.get(item["overlay_url"], timeout=30).status_code == 200
-    for url in (item["image_url"],):
+    # The overlay, and an original stored in its upload window's shard, are the API's own signed URLs
+    # (it draws the overlay on first use, and reads the original's range), for the same lifetime.
+    for field, path in (("overlay_url", "overlay.png"), ("image_url", "image")):
+        o = urlsplit(item[field])
+        q = dict(parse_qsl(o.query))
+        assert o.path == f"/v1/jobs/{job['id']}/items/0/{path}"
+        assert abs(int(q["expires"]) - time.time() - settings.presign_expiry_s) < 120
+        stretched = item[field].replace(f"expires={q['expires']}", f"expires={int(q['expires']) + 86400}")
+        assert httpx.get(stretched, timeout=30).status_code == 403
+        assert httpx.get(item[field], timeout=30).status_code == 200
+    assert httpx.get(item["image_url"], timeout=30).content == png_bytes(88)
+    # An image uploaded whole through its own presigned URL is served by the object store itself.
+    with service_stack.client() as c:
+        created = c.post("/v1/jobs/uploads", json={"names": ["q.png"]}).json()
+        assert httpx.put(created["uploads"][0]["upload_url"], content=png_bytes(89), timeout=30).status_code == 200
+        started = c.post(created["start_url"]).json()
+        service_stack.wait_job(started["id"])
+        (whole,) = c.get(f"/v1/jobs/{started['id']}/results").json()["data"]
+    for url in (whole["image_url"],):
         q = dict(parse_qsl(urlsplit(url).query))
         assert int(q["X-Amz-Expires"]) == settings.presign_expiry_s
         signed_at = datetime.strptime(q["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
