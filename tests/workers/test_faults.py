@@ -156,24 +156,25 @@ def test_explain_worker_sigkilled_mid_task_loses_and_repeats_nothing(
 
 
 def test_classify_past_its_time_limit_fails_its_items_and_the_job_finishes(service_env: ServiceEnv) -> None:
-    with private_stack(service_env, "time-limit", FAKESCOPE_CHUNK_SIZE="4") as st:
-        # 2 s hard, so 1 s soft: four 36-megapixel images take longer than that to decode and resize.
+    with private_stack(service_env, "time-limit", FAKESCOPE_CHUNK_SIZE="8") as st:
+        # 2 s hard, so 1 s soft: eight 36-megapixel images take longer than that to decode and resize
+        # (four no longer did once the workers stopped making a display copy nobody asked for).
         st.start_worker("classify", "classify-1", FAKESCOPE_TASK_TIME_LIMIT_S="2", FAKESCOPE_VISIBILITY_TIMEOUT_S="10")
-        big = [(f"big-{i}.png", _big_png(100 + i)) for i in range(4)]
-        small = [(f"small-{i}.png", png_bytes(31600 + i)) for i in range(4)]
+        big = [(f"big-{i}.png", _big_png(100 + i)) for i in range(8)]
+        small = [(f"small-{i}.png", png_bytes(31600 + i)) for i in range(8)]
         job_id = _submit(st, big + small)
         job = st.wait_job(job_id, timeout=120)
         # The second chunk ran on the same worker after the first was cut off: it is still healthy.
         assert job["state"] == "partially_succeeded", job
-        assert job["counts"]["total"] == 8
-        assert (job["counts"]["done"], job["counts"]["failed"], job["counts"]["queued"]) == (4, 4, 0)
+        assert job["counts"]["total"] == 16
+        assert (job["counts"]["done"], job["counts"]["failed"], job["counts"]["queued"]) == (8, 8, 0)
 
     items = _items(service_env, job_id)
-    assert [i.status for i in items[:4]] == [ItemStatus.FAILED] * 4
-    assert {i.error for i in items[:4]} == {"classification exceeded the time limit of 2s"}
-    assert all(i.prediction is None and i.overlay_key is None for i in items[:4])
-    assert [i.status for i in items[4:]] == [ItemStatus.DONE] * 4
-    _one_row_per_position(service_env, job_id, 8)
+    assert [i.status for i in items[:8]] == [ItemStatus.FAILED] * 8
+    assert {i.error for i in items[:8]} == {"classification exceeded the time limit of 2s"}
+    assert all(i.prediction is None and i.overlay_key is None for i in items[:8])
+    assert [i.status for i in items[8:]] == [ItemStatus.DONE] * 8
+    _one_row_per_position(service_env, job_id, 16)
 
 
 def test_explain_past_its_time_limit_fails_its_explanations_and_the_job_finishes(
