@@ -1,14 +1,13 @@
-"""Creating jobs: from a multipart upload (stored in shards, a window at a time), from presigned URLs
-(one per image or one per shard), and the start of a presigned job once its images are uploaded.
+"""Creating jobs from a multipart upload: read a window at a time within the process's byte budget,
+each window stored as one shard, its rows inserted in one statement and its chunks enqueued at once.
 
-Idempotency keys are bound here: a key names the first request made with it, and a retry of that
-request gets the same job; a reuse with another request is refused.
+The one import place for creating jobs: presigned jobs (fakescope.service.presigned) and idempotency
+(fakescope.service.idempotency) are re-exported here.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import shutil
 import uuid
@@ -20,12 +19,11 @@ from itertools import islice
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from sqlalchemy import delete, insert, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy import delete, insert
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
 from fakescope.db.models import (
-    SHARD_MAX_BYTES,
     ItemStatus,
     Job,
     JobItem,
@@ -36,8 +34,10 @@ from fakescope.db.models import (
 from fakescope.imageio import ARCHIVE_SUFFIXES, DEFAULT_MAX_BYTES, ImageError, InputItem, iter_inputs
 from fakescope.service import Enqueue, webhooks
 from fakescope.service.budget import ByteBudget, Lease
-from fakescope.service.jobs import JobStateError, finish
-from fakescope.storage import ObjectStore, StorageError, original_key, shard_key
+from fakescope.service.idempotency import IdempotencyConflict, new_job, request_fingerprint
+from fakescope.service.jobs import finish
+from fakescope.service.presigned import create_upload_job, start_job
+from fakescope.storage import ObjectStore, original_key, shard_key
 
 __all__ = [
     "UPLOAD_WINDOW",
@@ -58,15 +58,6 @@ UPLOAD_WINDOW = 256
 # while the API stores the rest, instead of idling until 256 images are in.
 FIRST_UPLOAD_WINDOW = 128
 UPLOAD_WINDOW_BYTES = 256 * 1024**2
-
-
-class IdempotencyConflict(ValueError):
-    """The idempotency key was first used with another request (another route, other files or options)."""
-
-
-def request_fingerprint(route: str, **request: object) -> str:
-    """SHA-256 of ``route`` and the request's canonical JSON: what an idempotency key is bound to."""
-    return hashlib.sha256(json.dumps({"route": route, **request}, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def _read_capped(f: IO[bytes], max_bytes: int) -> Callable[[], bytes]:
@@ -108,60 +99,6 @@ def expand_uploads(
             yield from iter_inputs([folder / name], max_bytes=max_bytes)
         else:
             yield InputItem(name, _read_capped(f, max_bytes), size=_length(f))
-
-
-def _by_idempotency_key(session: Session, tenant_id: uuid.UUID, key: str | None) -> Job | None:
-    if key is None:
-        return None
-    return session.exec(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key)).first()
-
-
-def _replayed(session: Session, tenant_id: uuid.UUID, key: str | None, fingerprint: str | None) -> Job | None:
-    existing = _by_idempotency_key(session, tenant_id, key)
-    if existing is not None and fingerprint and existing.request_fingerprint not in (None, fingerprint):
-        raise IdempotencyConflict("Idempotency-Key was already used with a different request")
-    return existing
-
-
-def _new_job(
-    session: Session,
-    *,
-    tenant_id: uuid.UUID,
-    state: JobState,
-    explain: bool,
-    callback_url: str | None,
-    idempotency_key: str | None,
-    overlays: bool = True,
-    fingerprint: str | None = None,
-) -> tuple[Job, bool]:
-    """Inserts the job row first, so a concurrent retry with the same key finds it (or loses the race).
-
-    Raises:
-        IdempotencyConflict: the key's job was made by a request with another ``fingerprint``.
-    """
-    existing = _replayed(session, tenant_id, idempotency_key, fingerprint)
-    if existing is not None:
-        return existing, False
-    job = Job(
-        tenant_id=tenant_id,
-        state=state,
-        explain=explain,
-        overlays=overlays,
-        callback_url=callback_url,
-        idempotency_key=idempotency_key,
-        request_fingerprint=fingerprint if idempotency_key else None,
-    )
-    session.add(job)
-    try:
-        session.commit()
-    except IntegrityError:
-        session.rollback()
-        existing = _replayed(session, tenant_id, idempotency_key, fingerprint)
-        if existing is None:
-            raise
-        return existing, False
-    session.refresh(job)
-    return job, True
 
 
 Location = tuple[str, int | None, int | None]  # an original's object key, and its offset and length in a shard
@@ -214,7 +151,7 @@ def create_job(
     oversized archive member, a corrupt archive) becomes a failed item with its reason; images are
     decoded by the workers, which fail bad ones the same way.
     """
-    job, created = _new_job(
+    job, created = new_job(
         session,
         tenant_id=tenant_id,
         state=JobState.QUEUED,
@@ -392,155 +329,3 @@ class _Ingest:
         rows = [r for r, _ in window]
         window.clear()
         return rows
-
-
-def create_upload_job(
-    session: Session,
-    store: ObjectStore,
-    *,
-    tenant_id: uuid.UUID,
-    names: Sequence[str] | None = None,
-    shards: Sequence[Sequence[tuple[str, int, int]]] | None = None,
-    explain: bool = False,
-    overlays: bool = True,
-    callback_url: str | None = None,
-    idempotency_key: str | None = None,
-    expires_s: int = 3600,
-) -> tuple[Job, list[tuple[JobItem, str]], bool]:
-    """A job waiting for its images: one item per image, and presigned PUT URLs.
-
-    With ``names``: one URL per image, returned with its item. With ``shards`` (each a list of
-    ``(name, offset, length)``, a tar's members): one URL per shard, returned with the shard's first
-    item; every item of the shard points at its range of that one object, so the client makes one
-    request per shard and a worker one ranged read per chunk.
-    """
-    if (names is None) == (shards is None):
-        raise ValueError("give either names or shards")
-    layout: dict[str, object] = (
-        {"names": list(names)} if names is not None else {"shards": [list(s) for s in shards or []]}
-    )
-    fingerprint = request_fingerprint(
-        "uploads", **layout, explain=explain, overlays=overlays, callback_url=callback_url
-    )
-    job, created = _new_job(
-        session,
-        tenant_id=tenant_id,
-        state=JobState.AWAITING_UPLOAD,
-        explain=explain,
-        overlays=overlays,
-        callback_url=callback_url,
-        idempotency_key=idempotency_key,
-        fingerprint=fingerprint,
-    )
-    if created:
-        waiting = ItemStatus.AWAITING_UPLOAD
-        if names is not None:
-            rows = [
-                JobItem(job_id=job.id, position=i, name=n, object_key=original_key(job.id, i), status=waiting)
-                for i, n in enumerate(names)
-            ]
-        else:
-            members = [(shard_key(job.id, s), m) for s, shard in enumerate(shards or []) for m in shard]
-            rows = [
-                JobItem(
-                    job_id=job.id,
-                    position=i,
-                    name=name,
-                    object_key=key,
-                    object_offset=offset,
-                    object_length=length,
-                    status=waiting,
-                )
-                for i, (key, (name, offset, length)) in enumerate(members)
-            ]
-        job.total = len(rows)
-        session.add_all(rows)
-        session.add(job)
-        session.commit()
-        session.refresh(job)
-    items = session.exec(select(JobItem).where(JobItem.job_id == job.id).order_by(col(JobItem.position))).all()
-    if items and items[0].object_offset is None:
-        return job, [(it, store.presign_put(it.object_key, expires_s)) for it in items], created
-    firsts: dict[str, JobItem] = {}
-    for it in items:
-        firsts.setdefault(it.object_key, it)
-    return job, [(it, store.presign_put(key, expires_s)) for key, it in firsts.items()], created
-
-
-def start_job(
-    session: Session,
-    store: ObjectStore,
-    enqueue: Enqueue,
-    *,
-    job: Job,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-) -> Job:
-    """Queues the uploaded items of a presigned job; an item whose object is missing fails as not
-    uploaded, and one over ``max_bytes`` (a presigned PUT cannot be capped as it is sent) fails as too
-    large and its object is deleted, so no worker ever reads it.
-
-    The objects are checked first (a HEAD each), with nothing changed: an object-store error part-way
-    (it propagates) leaves the job awaiting its start, and a retry starts it. Then the job's claim and
-    every item's new state commit together, each conditional on the state it expects, so a cancel that
-    landed meanwhile wins and is never undone.
-    """
-    if job.state != JobState.AWAITING_UPLOAD:
-        raise JobStateError("Job already started")
-    items = session.exec(
-        select(JobItem.id, JobItem.object_key, JobItem.object_offset, JobItem.object_length).where(
-            JobItem.job_id == job.id, JobItem.status == ItemStatus.AWAITING_UPLOAD
-        )
-    ).all()
-    keys = sorted({row[1] for row in items})  # a shard's items share one object: one HEAD for them all
-    with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="start") as pool:
-        size_of = dict(zip(keys, pool.map(store.size, keys), strict=True))
-    queued: list[uuid.UUID] = []
-    failed: dict[str, list[uuid.UUID]] = {}  # reason: items
-    doomed: set[str] = set()  # objects no worker may read: deleted once the job has started
-    for item_id, key, offset, length in items:
-        size = size_of[key]
-        if offset is not None and size is not None and size > SHARD_MAX_BYTES:
-            # The whole shard: a presigned PUT cannot cap its size as it is sent.
-            failed.setdefault(f"shard is over the limit of {SHARD_MAX_BYTES} bytes", []).append(item_id)
-            doomed.add(key)
-        elif size is None or (offset is not None and offset + (length or 0) > size):
-            failed.setdefault("image was not uploaded", []).append(item_id)  # or past the end of its shard
-        elif (length or 0 if offset is not None else size) > max_bytes:
-            failed.setdefault(f"file is over the limit of {max_bytes} bytes", []).append(item_id)
-            if offset is None:
-                doomed.add(key)
-        else:
-            queued.append(item_id)
-    claimed = session.exec(
-        update(Job)
-        .where(col(Job.id) == job.id, col(Job.state) == JobState.AWAITING_UPLOAD)
-        .values(state=JobState.QUEUED)
-    )
-    if claimed.rowcount != 1:
-        session.rollback()
-        session.refresh(job)
-        raise JobStateError("Job was cancelled" if job.state == JobState.CANCELLED else "Job already started")
-    waiting = col(JobItem.status) == ItemStatus.AWAITING_UPLOAD
-    if queued:
-        session.exec(
-            update(JobItem)
-            .where(col(JobItem.id).in_(queued), waiting)
-            .values(status=ItemStatus.QUEUED, enqueued_at=utcnow())
-        )
-    for error, ids in failed.items():
-        session.exec(
-            update(JobItem)
-            .where(col(JobItem.id).in_(ids), waiting)
-            .values(status=ItemStatus.FAILED, error=error, finished_at=utcnow())
-        )
-    session.commit()
-    if doomed:
-        try:
-            store.delete(sorted(doomed))
-        except StorageError:
-            logger.warning("job %s: could not delete %s oversized uploads", job.id, len(doomed), exc_info=True)
-    enqueue(job.id, queued)
-    if not queued:
-        finish(session, job_id=job.id)
-    session.refresh(job)
-    return job

@@ -27,9 +27,6 @@ rebinding). Every attempt is logged in ``webhook_deliveries`` and listed by ``GE
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import hmac
 import ipaddress
 import json
 import logging
@@ -39,7 +36,7 @@ import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -48,8 +45,13 @@ from sqlmodel import Session, col, select
 
 from fakescope.db.models import Job, Tenant, WebhookDelivery
 
-if TYPE_CHECKING:
-    from fakescope.settings import Settings
+# Signing lives in fakescope.service.signing; re-exported, as receivers and tests import it from here.
+from fakescope.service.signing import sign as sign
+from fakescope.service.signing import standard_secret as standard_secret
+from fakescope.service.signing import standard_signature as standard_signature
+from fakescope.service.signing import verify_signature as verify_signature
+from fakescope.service.signing import verify_standard_signature as verify_standard_signature
+from fakescope.settings import Settings
 
 __all__ = [
     "PENDING",
@@ -210,49 +212,6 @@ def post_pinned(
         finally:
             response.close()
         return response.status_code
-
-
-def sign(secret: str, body: bytes, timestamp: int | None = None) -> str:
-    t = int(time.time()) if timestamp is None else timestamp
-    mac = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return f"t={t},v1={mac}"
-
-
-def verify_signature(secret: str, body: bytes, header: str, tolerance_s: int = 300) -> bool:
-    """Whether ``header`` signs ``body`` with ``secret`` and is at most ``tolerance_s`` old (receivers use this)."""
-    try:
-        fields = dict(part.split("=", 1) for part in header.split(","))
-        t = int(fields["t"])
-    except (ValueError, KeyError):
-        return False
-    if abs(time.time() - t) > tolerance_s:
-        return False
-    expected = hmac.new(secret.encode(), f"{t}.".encode() + body, hashlib.sha256).hexdigest()
-    return hmac.compare_digest(expected, fields.get("v1", ""))
-
-
-def standard_signature(secret: str, msg_id: str, timestamp: int, body: bytes) -> str:
-    """The Standard Webhooks ``webhook-signature`` value: ``v1,<base64 HMAC-SHA256>``."""
-    mac = hmac.new(secret.encode(), f"{msg_id}.{timestamp}.".encode() + body, hashlib.sha256).digest()
-    return "v1," + base64.b64encode(mac).decode()
-
-
-def standard_secret(secret: str) -> str:
-    """The tenant secret as the Standard Webhooks libraries take it: ``whsec_`` + base64 of its bytes."""
-    return "whsec_" + base64.b64encode(secret.encode()).decode()
-
-
-def verify_standard_signature(secret: str, body: bytes, headers: Mapping[str, str], tolerance_s: int = 300) -> bool:
-    """Whether Standard Webhooks ``headers`` sign ``body`` with ``secret`` and are fresh (receivers use this)."""
-    lower = {k.lower(): v for k, v in headers.items()}
-    try:
-        msg_id, t = lower["webhook-id"], int(lower["webhook-timestamp"])
-    except (KeyError, ValueError):
-        return False
-    if abs(time.time() - t) > tolerance_s:
-        return False
-    expected = standard_signature(secret, msg_id, t, body)
-    return any(hmac.compare_digest(expected, sig) for sig in lower.get("webhook-signature", "").split())
 
 
 def delivery_id(job_id: uuid.UUID) -> uuid.UUID:
