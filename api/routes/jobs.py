@@ -8,7 +8,7 @@ import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path as FilePath
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any
 from urllib.parse import urlencode
 
 from fastapi import (
@@ -24,10 +24,22 @@ from fastapi import (
     UploadFile,
     status,
 )
-from pydantic import BaseModel, Field
 from sqlmodel import col, select
 
 from api.deps import EnqueuerDep, SessionDep, SettingsDep, StoreDep, TenantDep
+from api.schemas import (
+    UNPROCESSABLE,
+    DeliveriesPage,
+    Delivery,
+    FailuresPage,
+    ItemFailure,
+    ReportLink,
+    ResultsPage,
+    ShardTarget,
+    UploadJobPublic,
+    UploadTarget,
+    item_result,
+)
 from fakescope.db.models import (
     Job,
     JobCreate,
@@ -65,104 +77,6 @@ IdempotencyKey = Annotated[
         description="Retries with the same key return the same job: 1-255 letters, digits or ._:~+/=-",
     ),
 ]
-
-
-T = TypeVar("T")
-
-
-class ItemResult(BaseModel):
-    id: uuid.UUID
-    position: int
-    name: str
-    prediction: str | None
-    fake_probability: float | None
-    domain_score: float | None = Field(
-        None, description="distance from the detector's training images over its threshold; above 1: out of domain"
-    )
-    in_domain: bool | None = Field(
-        None, description="false: the verdict is for an image unlike any the detector was measured on; unreliable"
-    )
-    sha256: str | None
-    decided_by: str | None = Field(
-        None,
-        description="detector, or provenance: the file's own valid manifest or metadata says it was generated "
-        "(the prediction is then fake; fake_probability stays the detector's)",
-    )
-    provenance: dict[str, Any] | None = Field(
-        None, description="what the file declares about its origin (C2PA, IPTC, generator metadata); null: nothing"
-    )
-    cached: bool = Field(False, description="answered from this tenant's earlier result for the same bytes and model")
-    width: int | None
-    height: int | None
-    overlay_url: str | None
-    image_url: str | None = None
-    model_version: str | None
-    explain_status: str
-    artifacts: list[str] | None
-    explanation: dict[str, str] | None
-    evidence: list[dict[str, Any]] | None = Field(
-        None,
-        description="the reasons as data: artifact, signal, measured value, and how many times as common that "
-        "value is among generated images as among photos (ratio, at least 2)",
-    )
-    started_at: datetime | None
-    finished_at: datetime | None
-    duration_ms: float | None
-
-
-class ItemFailure(BaseModel):
-    id: uuid.UUID
-    position: int
-    name: str
-    error: str | None
-
-
-class Page(BaseModel, Generic[T]):
-    """One page of a job's items in upload order: ``count`` in all, from ``offset``, at most ``limit``."""
-
-    data: list[T]
-    count: int
-    offset: int
-    limit: int
-
-
-ResultsPage = Page[ItemResult]
-FailuresPage = Page[ItemFailure]
-
-
-class FieldError(BaseModel):
-    loc: list[str | int]
-    msg: str
-    type: str
-
-
-class Unprocessable(BaseModel):
-    """A 422: FastAPI's list of field errors, or one sentence from a check the route makes itself."""
-
-    detail: str | list[FieldError]
-
-
-# Routes that refuse a request with their own 422 (a callback URL, a job size) document both forms.
-UNPROCESSABLE: dict[int | str, dict[str, Any]] = {422: {"model": Unprocessable}}
-
-
-class UploadTarget(BaseModel):
-    id: uuid.UUID
-    position: int
-    name: str
-    upload_url: str
-
-
-class ShardTarget(BaseModel):
-    index: int = Field(description="the shard's place in the request's ``shards``")
-    upload_url: str
-
-
-class UploadJobPublic(BaseModel):
-    job: JobPublic
-    uploads: list[UploadTarget]
-    shard_uploads: list[ShardTarget] = Field(default_factory=list, description="one PUT URL per shard, in order")
-    start_url: str
 
 
 def _status_url(request: Request, job_id: uuid.UUID) -> str:
@@ -310,12 +224,6 @@ def get_job(request: Request, job_id: uuid.UUID, session: SessionDep, tenant: Te
     return svc.job_public(session, job, _status_url(request, job.id))
 
 
-class ReportLink(BaseModel):
-    url: str = Field(description="the report page with a read-only token for this job in its fragment")
-    token: str = Field(description="the token alone: send it as X-Report-Token to the job's GET routes")
-    expires_at: datetime
-
-
 @router.post("/{job_id}/report-link", status_code=status.HTTP_201_CREATED, response_model=ReportLink)
 def create_report_link(
     request: Request, job_id: uuid.UUID, session: SessionDep, settings: SettingsDep, tenant: TenantDep
@@ -428,34 +336,6 @@ def item_overlay(
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
 
-def _result(item: JobItem, overlay_url: str | None, image_url: str) -> ItemResult:
-    return ItemResult(
-        id=item.id,
-        position=item.position,
-        name=item.name,
-        prediction=item.prediction,
-        fake_probability=item.fake_probability,
-        domain_score=item.domain_score,
-        in_domain=None if item.domain_score is None else item.domain_score <= 1.0,
-        sha256=item.sha256,
-        decided_by=item.decided_by,
-        provenance=item.provenance,
-        cached=item.cached,
-        width=item.width,
-        height=item.height,
-        overlay_url=overlay_url,
-        image_url=image_url,
-        model_version=item.model_version,
-        explain_status=item.explain_status,
-        artifacts=item.artifacts,
-        explanation=item.explanation,
-        evidence=item.evidence,
-        started_at=item.started_at,
-        finished_at=item.finished_at,
-        duration_ms=item.duration_ms,
-    )
-
-
 @router.get("/{job_id}/results", response_model=ResultsPage)
 def job_results(
     request: Request,
@@ -470,7 +350,9 @@ def job_results(
     """Classified images in upload order, with signed overlay URLs; failed ones are under ``/failures``."""
     _job_or_404(session, tenant, job_id)
     items, count = svc.list_results(session, job_id=job_id, offset=offset, limit=limit)
-    data = [_result(it, _overlay_url(request, settings, it), _image_url(request, settings, store, it)) for it in items]
+    data = [
+        item_result(it, _overlay_url(request, settings, it), _image_url(request, settings, store, it)) for it in items
+    ]
     return ResultsPage(data=data, count=count, offset=offset, limit=limit)
 
 
@@ -501,21 +383,6 @@ def job_task2(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> list
     """``[{"index": 2, "explanation": {artifact: reason}}, ...]`` for the images predicted fake."""
     _job_or_404(session, tenant, job_id)
     return task2(svc.task_entries(session, job_id=job_id))
-
-
-class Delivery(BaseModel):
-    delivery_id: uuid.UUID
-    attempt: int
-    url: str
-    event: str
-    status_code: int | None
-    outcome: str
-    duration_ms: float | None
-    created_at: datetime
-
-
-class DeliveriesPage(BaseModel):
-    data: list[Delivery]
 
 
 @router.get("/{job_id}/deliveries", response_model=DeliveriesPage)
