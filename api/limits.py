@@ -1,8 +1,8 @@
 """Request limits: size caps on request bodies as they arrive (413), the API key before any body
 (401), and a per-API-key rate limit (429 + Retry-After).
 
-The rate limit is a fixed one-minute window counted in Redis when the broker is Redis (so every API
-replica shares the count), else in this process (the embedded setup has one API process).
+The rate limit is a moving one-minute window (the ``limits`` library) counted in Redis when the broker
+is Redis (so every API replica shares the count), else in this process (the embedded setup has one).
 """
 
 from __future__ import annotations
