@@ -22,33 +22,50 @@ PLACEHOLDER_SECRETS = frozenset({"changethis", "minioadmin", "secret", ""})
 
 
 class Settings(BaseSettings):
-    """Every knob of the API, the workers and the stack runner; see docs/service.md for the table."""
+    """Every knob of the API, the workers and the stack runner; docs/settings.md is generated from the
+    fields' descriptions (``python -m fakescope.settings``; a test keeps it current)."""
 
     model_config = SettingsConfigDict(env_prefix="FAKESCOPE_", env_nested_delimiter="__", extra="ignore")
 
-    environment: Literal["development", "production"] = "development"
-    data_dir: Path = Path(".fakescope")
-    database_url: str | None = None
-    broker_url: str | None = None
-    s3_endpoint: str | None = None
-    s3_public_endpoint: str | None = None
-    s3_access_key: str = "minioadmin"
-    s3_secret_key: str = "minioadmin"
-    s3_bucket: str = "fakescope"
-    s3_region: str = "us-east-1"
-    s3_connect_timeout_s: float = Field(5.0, gt=0)
-    s3_read_timeout_s: float = Field(60.0, gt=0)
-    secret_key: str = "changethis"
-    public_url: str = "http://127.0.0.1:8000"
+    environment: Literal["development", "production"] = Field(
+        "development", description="production refuses placeholder secrets"
+    )
+    data_dir: Path = Field(
+        Path(".fakescope"),
+        description="the embedded mode's folder: SQLite database, objects, broker, logs, generated secrets",
+    )
+    database_url: str | None = Field(None, description="Postgres URL (unset: SQLite under data_dir)")
+    broker_url: str | None = Field(
+        None, description="Redis URL of the Celery broker (unset: the filesystem broker under data_dir)"
+    )
+    s3_endpoint: str | None = Field(
+        None, description="S3 (MinIO) endpoint (unset: objects in a folder under data_dir, served by the API)"
+    )
+    s3_public_endpoint: str | None = Field(
+        None, description="the host presigned URLs are signed for, as clients reach it (default: s3_endpoint)"
+    )
+    s3_access_key: str = Field("minioadmin", description="object-store access key")
+    s3_secret_key: str = Field("minioadmin", description="object-store secret key (production refuses the placeholder)")
+    s3_bucket: str = Field("fakescope", description="bucket of originals, shards and overlays")
+    s3_region: str = Field("us-east-1", description="region presigned URLs are signed for")
+    s3_connect_timeout_s: float = Field(
+        5.0, gt=0, description="seconds to connect to the object store before a request fails (tasks retry it)"
+    )
+    s3_read_timeout_s: float = Field(60.0, gt=0, description="seconds to wait on an object-store read")
+    secret_key: str = Field(
+        "changethis",
+        description="signs local object, overlay and image URLs and report tokens (production refuses the placeholder)",
+    )
+    public_url: str = Field("http://127.0.0.1:8000", description="the API's address as clients reach it")
 
-    queue_classify: str = "classify"
-    queue_explain: str = "explain"
-    queue_webhooks: str = "webhooks"
+    queue_classify: str = Field("classify", description="queue of the classify pool")
+    queue_explain: str = Field("explain", description="queue of the explain pool")
+    queue_webhooks: str = Field("webhooks", description="queue of the webhooks pool")
     chunk_size: int = Field(128, ge=1, description="images per classify task")
     batch_size: int = Field(32, ge=1, description="images per forward pass")
-    explain_chunk_size: int = Field(8, ge=1)
-    explain_backend: str | None = None
-    checkpoint: str | None = None
+    explain_chunk_size: int = Field(8, ge=1, description="images per explain task")
+    explain_backend: str | None = Field(None, description="evidence (default) or vlm")
+    checkpoint: str | None = Field(None, description="detector checkpoint folder (unset: the shipped default)")
     task_time_limit_s: int = Field(1800, ge=1, description="hard limit of one task")
     # A task that meets a transient error (object store or database unreachable) is retried this many
     # times, waiting task_retry_backoff_s, then twice that, and so on up to task_retry_backoff_max_s.
@@ -60,7 +77,9 @@ class Settings(BaseSettings):
     task_retry_backoff_max_s: float = Field(60.0, ge=0, description="longest retry delay")
     # Redis hands an unacknowledged message to another worker after this long; it must exceed the
     # longest task, or a slow task runs twice at once.
-    visibility_timeout_s: int = Field(7200, ge=1)
+    visibility_timeout_s: int = Field(
+        7200, ge=1, description="Redis redelivers an unacknowledged task after this; must exceed the task limit"
+    )
     restore_interval_s: int = Field(10, ge=1, description="how often a worker looks for expired messages")
     sweep_after_s: int | None = Field(
         None, ge=0, description="re-enqueue work waiting longer than this (default: task time limit + 60 s)"
@@ -75,7 +94,7 @@ class Settings(BaseSettings):
         3600, ge=1, description="a job whose upload request has not finished after this long is closed by the sweeper"
     )
 
-    max_upload_bytes: int = 2 * 1024**3
+    max_upload_bytes: int = Field(2 * 1024**3, description="largest body of a PUT to a local presigned URL")
     max_request_bytes: int = Field(2 * 1024**3, ge=1, description="larger upload bodies get 413")
     max_json_bytes: int = Field(
         16 * 1024**2, ge=1, description="larger bodies on every other route get 413 (100,000 upload names fit)"
@@ -90,11 +109,13 @@ class Settings(BaseSettings):
         30.0, ge=0, description="how long an upload waits for others to free that memory before a 503"
     )
     rate_limit_per_minute: int = Field(3000, ge=0, description="requests per API key per minute (0: none)")
-    max_items_per_job: int = 100_000
-    presign_expiry_s: int = 3600
+    max_items_per_job: int = Field(100_000, description="images per job")
+    presign_expiry_s: int = Field(3600, description="lifetime of presigned and signed URLs")
     report_link_expiry_s: int = Field(7 * 24 * 3600, ge=60, description="how long a report link's token reads its job")
-    callback_timeout_s: float = 10.0
-    callback_attempts: int = 3
+    callback_timeout_s: float = Field(
+        10.0, description="seconds for each of connect, send and read of one webhook attempt"
+    )
+    callback_attempts: int = Field(3, description="webhook tries before the delivery is given up")
     callback_backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each attempt")
     callback_max_response_bytes: int = Field(
         64 * 1024, ge=0, description="a receiver's response body is read up to this many bytes, then dropped"
@@ -104,16 +125,19 @@ class Settings(BaseSettings):
     )
     # Networks webhooks may reach besides the public internet (e.g. "10.0.0.0/8" for an in-cluster
     # receiver); loopback, private and link-local addresses are refused otherwise.
-    callback_allowed_networks: list[str] = Field(default_factory=list)
+    callback_allowed_networks: list[str] = Field(
+        default_factory=list,
+        description="private networks webhooks may reach besides the public internet (JSON list or commas)",
+    )
     callback_allowed_ports: list[int] = Field(
         default_factory=lambda: [80, 443],
         description="ports webhooks may use on public hosts (any port inside callback_allowed_networks)",
     )
-    bootstrap_api_key: str | None = None
+    bootstrap_api_key: str | None = Field(None, description="an API key registered for tenant 'default' at prestart")
     metrics_port: int | None = Field(None, description="a worker process serves Prometheus metrics here")
-    metrics_host: str = "0.0.0.0"
-    log_format: Literal["json", "text"] = "json"
-    flower_basic_auth: str | None = None
+    metrics_host: str = Field("0.0.0.0", description="address a worker's metrics server binds")
+    log_format: Literal["json", "text"] = Field("json", description="json (one object a line) or text")
+    flower_basic_auth: str | None = Field(None, description="user:password that Flower asks for")
     internal_token: str | None = Field(
         None,
         description="bearer token for /metrics and /readyz's details; unset: only loopback clients get them",
@@ -174,3 +198,25 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def reference() -> str:
+    """docs/settings.md: every setting's variable, default and description, from the fields themselves."""
+    rows = [
+        "# Settings",
+        "",
+        "Environment variables, prefix `FAKESCOPE_` (`fakescope.settings.Settings`). Generated by",
+        "`python -m fakescope.settings > docs/settings.md` from the fields' descriptions; a test keeps it current.",
+        "",
+        "| variable | default | meaning |",
+        "|---|---|---|",
+    ]
+    for name, field in Settings.model_fields.items():
+        default = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
+        shown = "unset" if default is None else f"`{default.value if hasattr(default, 'value') else default}`"
+        rows.append(f"| `FAKESCOPE_{name.upper()}` | {shown} | {field.description or ''} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    print(reference(), end="")

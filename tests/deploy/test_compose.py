@@ -76,3 +76,12 @@ def test_images_install_dependencies_before_the_code_and_the_api_ships_no_worker
         assert any("pip install --no-deps ." in line for line in lines[first_code:]), name
     api_copies = [line for line in _dockerfile("Dockerfile.api") if line.startswith("COPY")]
     assert not any("workers" in line for line in api_copies)
+
+
+def test_the_settings_reference_is_generated_from_the_fields_and_current() -> None:
+    from fakescope.settings import Settings, reference
+
+    assert all(f.description for f in Settings.model_fields.values()), "every setting says what it does"
+    assert (ROOT / "docs" / "settings.md").read_text() == reference(), (
+        "run: python -m fakescope.settings > docs/settings.md"
+    )
