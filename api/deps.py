@@ -6,6 +6,7 @@ import logging
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Request, Security, status
@@ -18,6 +19,7 @@ from sqlmodel import Session
 from api.limits import RateLimiter
 from fakescope.db.engine import get_engine
 from fakescope.db.models import Job
+from fakescope.service.budget import ByteBudget
 from fakescope.service.tenants import authenticate, hash_key, report_token_job, verify_report_token
 from fakescope.settings import Settings, get_settings
 from fakescope.storage import ObjectStore, get_store
@@ -46,31 +48,50 @@ def get_session(settings: SettingsDep) -> Iterator[Session]:
             logging.getLogger(__name__).warning("database connection lost while closing a session: %s", e)
 
 
-# One client per settings object (the process has one, unless a test overrides get_settings).
-_stores: dict[int, ObjectStore] = {}
 logger = logging.getLogger(__name__)
 
-_enqueuers: dict[int, Enqueuer] = {}
+
+@dataclass
+class Services:
+    """The process's long-lived clients, built once when the app starts (``api.main``'s lifespan):
+    the object store, the broker's enqueuer, the rate limiter and the upload byte budget."""
+
+    store: ObjectStore
+    enqueuer: Enqueuer
+    limiter: RateLimiter
+    upload_budget: ByteBudget
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        return cls(
+            store=get_store(settings),
+            enqueuer=Enqueuer(make_celery(settings), settings),
+            limiter=RateLimiter(settings),
+            upload_budget=ByteBudget(settings.upload_memory_bytes, settings.upload_memory_wait_s),
+        )
 
 
-def get_object_store(settings: SettingsDep) -> ObjectStore:
-    if id(settings) not in _stores:
-        _stores[id(settings)] = get_store(settings)
-    return _stores[id(settings)]
+def services(request: Request) -> Services:
+    found: Services | None = getattr(request.app.state, "services", None)
+    if found is None:  # an app driven without its lifespan (a bare ASGI call): build them now, once
+        found = request.app.state.services = Services.build(get_settings())
+    return found
 
 
-def get_enqueuer(settings: SettingsDep) -> Enqueuer:
-    if id(settings) not in _enqueuers:
-        _enqueuers[id(settings)] = Enqueuer(make_celery(settings), settings)
-    return _enqueuers[id(settings)]
+ServicesDep = Annotated[Services, Depends(services)]
+
+
+def get_object_store(svc: ServicesDep) -> ObjectStore:
+    return svc.store
+
+
+def get_enqueuer(svc: ServicesDep) -> Enqueuer:
+    return svc.enqueuer
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
 StoreDep = Annotated[ObjectStore, Depends(get_object_store)]
 EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
-
-
-_limiters: dict[int, RateLimiter] = {}
 
 
 def get_tenant(
@@ -90,10 +111,8 @@ def get_tenant(
         if found is None:
             raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="Invalid API key")
         tenant_id = found
-    if id(settings) not in _limiters:  # one limiter (and Redis client) per process, as for the enqueuer
-        _limiters[id(settings)] = RateLimiter(settings)
     try:
-        retry_after = _limiters[id(settings)].hit(hash_key(key))
+        retry_after = services(request).limiter.hit(hash_key(key))
     except RedisError as e:  # the limiter's store is down: serve rather than fail every request
         logger.warning("rate limiter unavailable, not limiting: %s", e)
         retry_after = 0

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
 from fastapi.responses import JSONResponse
@@ -14,10 +15,10 @@ from sqlalchemy.exc import InterfaceError as DBInterfaceError
 from sqlalchemy.exc import OperationalError as DBOperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from api.deps import get_enqueuer
+from api.deps import Services
 from api.limits import BodySizeLimit
 from api.routes import health, jobs, objects, report, webhooks
-from fakescope.service.budget import ByteBudget, UploadBusy
+from fakescope.service.budget import UploadBusy
 from fakescope.service.uploads import IdempotencyConflict
 from fakescope.service.webhooks import set_sender
 from fakescope.settings import get_settings
@@ -74,8 +75,24 @@ def _unprocessable(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": str(exc)}, status_code=422)
 
 
+def _services(app: FastAPI) -> Services:
+    found: Services | None = getattr(app.state, "services", None)
+    if found is None:
+        found = app.state.services = Services.build(get_settings())
+    return found
+
+
+@asynccontextmanager
+async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
+    # The process's clients, built once: the object store, the enqueuer, the rate limiter and the one
+    # byte budget every upload request of this process shares (they run on the threadpool).
+    _services(app)
+    yield
+
+
 def create_app() -> FastAPI:
     app = FastAPI(
+        lifespan=_lifespan,
         title="fakescope",
         version="0.1.0",
         description="Submit image batches, poll for status, read which images are AI-generated and why.",
@@ -94,10 +111,8 @@ def create_app() -> FastAPI:
     app.include_router(report.router)
     # An oversized body is refused as it arrives, an anonymous one before anything reads it.
     settings = get_settings()
-    # One bound for every upload request this process serves (they run on the threadpool).
-    app.state.upload_budget = ByteBudget(settings.upload_memory_bytes, settings.upload_memory_wait_s)
     # Webhooks of jobs this process finishes or cancels go to the webhooks queue, never inline.
-    set_sender(lambda job_id: get_enqueuer(settings).webhook(job_id))
+    set_sender(lambda job_id: _services(app).enqueuer.webhook(job_id))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, json_max_bytes=settings.max_json_bytes)
     return app
 

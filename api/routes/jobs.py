@@ -26,7 +26,7 @@ from fastapi import (
 )
 from sqlmodel import col, select
 
-from api.deps import EnqueuerDep, SessionDep, SettingsDep, StoreDep, TenantDep
+from api.deps import EnqueuerDep, ServicesDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from api.schemas import (
     UNPROCESSABLE,
     DeliveriesPage,
@@ -104,8 +104,7 @@ def create_job(
     request: Request,
     response: Response,
     session: SessionDep,
-    store: StoreDep,
-    enqueuer: EnqueuerDep,
+    services: ServicesDep,
     settings: SettingsDep,
     tenant: TenantDep,
     files: Annotated[list[UploadFile], File(description="Images and/or zip/tar archives of images.")],
@@ -129,8 +128,8 @@ def create_job(
         )
         job, created = uploads.create_job(
             session,
-            store,
-            enqueuer.classify,
+            services.store,
+            services.enqueuer.classify,
             tenant_id=tenant,
             inputs=inputs,
             explain=explain,
@@ -139,7 +138,7 @@ def create_job(
             idempotency_key=idempotency_key,
             max_items=settings.max_items_per_job,
             fingerprint=fingerprint,
-            budget=getattr(request.app.state, "upload_budget", None),
+            budget=services.upload_budget,
         )
     url = _status_url(request, job.id)
     response.headers["Location"] = url
