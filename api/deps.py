@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, Security, status
+from fastapi import Depends, FastAPI, HTTPException, Request, Security, status
 from fastapi.security import APIKeyHeader
 from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError as DBInterfaceError
@@ -71,11 +71,16 @@ class Services:
         )
 
 
-def services(request: Request) -> Services:
-    found: Services | None = getattr(request.app.state, "services", None)
-    if found is None:  # an app driven without its lifespan (a bare ASGI call): build them now, once
-        found = request.app.state.services = Services.build(get_settings())
+def app_services(app: FastAPI) -> Services:
+    """The app's services: built by its lifespan, or here on first use by an app driven without one."""
+    found: Services | None = getattr(app.state, "services", None)
+    if found is None:
+        found = app.state.services = Services.build(get_settings())
     return found
+
+
+def services(request: Request) -> Services:
+    return app_services(request.app)
 
 
 ServicesDep = Annotated[Services, Depends(services)]

@@ -15,7 +15,7 @@ from sqlalchemy.exc import InterfaceError as DBInterfaceError
 from sqlalchemy.exc import OperationalError as DBOperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
-from api.deps import Services
+from api.deps import app_services
 from api.limits import BodySizeLimit
 from api.routes import health, jobs, objects, report, webhooks
 from fakescope.service.budget import UploadBusy
@@ -75,18 +75,11 @@ def _unprocessable(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": str(exc)}, status_code=422)
 
 
-def _services(app: FastAPI) -> Services:
-    found: Services | None = getattr(app.state, "services", None)
-    if found is None:
-        found = app.state.services = Services.build(get_settings())
-    return found
-
-
 @asynccontextmanager
 async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # The process's clients, built once: the object store, the enqueuer, the rate limiter and the one
     # byte budget every upload request of this process shares (they run on the threadpool).
-    _services(app)
+    app_services(app)
     yield
 
 
@@ -112,7 +105,7 @@ def create_app() -> FastAPI:
     # An oversized body is refused as it arrives, an anonymous one before anything reads it.
     settings = get_settings()
     # Webhooks of jobs this process finishes or cancels go to the webhooks queue, never inline.
-    set_sender(lambda job_id: _services(app).enqueuer.webhook(job_id))
+    set_sender(lambda job_id: app_services(app).enqueuer.webhook(job_id))
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, json_max_bytes=settings.max_json_bytes)
     return app
 

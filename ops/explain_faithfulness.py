@@ -4,6 +4,8 @@ but is not; the explainer is built to cite only values at least twice as common 
 
     fakescope export-split --split val --out runs/val           # the detector's validation split
     python ops/explain_faithfulness.py runs/val --limit 2000
+    # choosing the thresholds: training images the calibration (--limit 2000) never saw
+    python ops/explain_faithfulness.py runs/train-split --outside-calibration 2000 --limit 1000 --min-ratio 2
 
 Reads ``REAL/`` and ``FAKE/`` under the folder (an even stride of ``--limit`` images of each), explains
 every image as the pipeline would (the display image, no GradCAM map: the map depends on the checkpoint
@@ -26,8 +28,13 @@ from fakescope.imageio import IMAGE_SUFFIXES, ImageError, decode_image, to_rgb_a
 from fakescope.overlay import display_image
 
 
-def _files(folder: Path, limit: int | None) -> list[Path]:
+def _files(folder: Path, limit: int | None, outside: int | None = None) -> list[Path]:
     files = sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if outside:
+        # The images `python -m fakescope.explain.calibrate --limit N` took (the same even stride) are
+        # left out, so thresholds can be chosen on training images the calibration never saw.
+        taken = {files[int(i)] for i in np.linspace(0, len(files) - 1, outside)} if len(files) > outside else set(files)
+        files = [f for f in files if f not in taken]
     if limit is not None and len(files) > limit:
         files = [files[int(i)] for i in np.linspace(0, len(files) - 1, limit)]
     return files
@@ -39,6 +46,7 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=2000, help="images of each label (an even stride)")
     p.add_argument("--calibration", help="calibration JSON (default: the shipped one)")
     p.add_argument("--min-ratio", type=float, help="the explainer's least likelihood ratio (default: its own)")
+    p.add_argument("--outside-calibration", type=int, help="leave out what calibrate --limit N took from this folder")
     args = p.parse_args()
     explainer = EvidenceExplainer.load(args.calibration)
     if args.min_ratio is not None:
@@ -48,7 +56,7 @@ def main() -> int:
     with_any: dict[str, int] = {}
     for label in ("FAKE", "REAL"):
         cited[label], counts[label], with_any[label] = Counter(), 0, 0
-        for path in _files(args.folder / label, args.limit):
+        for path in _files(args.folder / label, args.limit, args.outside_calibration):
             try:
                 im = decode_image(path.read_bytes())
             except (ImageError, OSError):

@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
-import sys
 import tempfile
 import time
 import uuid
@@ -23,11 +22,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from bench.bench_service import Bench, pct
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent / "bench"))
-from bench_service import Bench, pct
-from machine import describe
+from fakescope.machine import describe
 
 
 def _png(rng: np.random.Generator) -> bytes:

@@ -34,6 +34,6 @@ for who in previous default; do
 done
 .venv/bin/python ops/bench/bench_model.py --checkpoints "$OUT/previous" "$DEST" --batch-sizes 32 --threads 2 --repeats 20 \
   | tee "$OUT/bench_detectors.txt"
-.venv/bin/python ops/bench/bench_model.py --variants freqnet_resnet_tiny freqnet_vgg vgg3_anchor --batch-sizes 1 32 256 \
+.venv/bin/python ops/bench/bench_model.py --variants freqnet_resnet_tiny freqnet_vgg vgg3_anchor vgg3_wide --batch-sizes 1 32 256 \
   --threads 1 2 | tee "$OUT/bench_model.txt"
 .venv/bin/python ops/bench/bench_scan.py --n 2000 | tee "$OUT/bench_scan.txt"

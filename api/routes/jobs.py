@@ -281,6 +281,9 @@ def _check_signed(settings: Settings, resource: str, expires: int, signature: st
 
 
 ItemPosition = Annotated[int, Path(ge=0, le=MAX_OFFSET)]
+# A signed URL's query: when it expires (Unix time) and its signature (storage.sign_url).
+Expires = Annotated[int, Query()]
+Signature = Annotated[str, Query(max_length=128)]
 
 
 @router.get(
@@ -294,8 +297,8 @@ def item_image(
     session: SessionDep,
     store: StoreDep,
     settings: SettingsDep,
-    expires: Annotated[int, Query()],
-    signature: Annotated[str, Query(max_length=128)],
+    expires: Expires,
+    signature: Signature,
 ) -> Response:
     """One original image, by the signed URL its result carries (``image_url``): its bytes, read from
     the upload window's shard it is stored in."""
@@ -321,8 +324,8 @@ def item_overlay(
     session: SessionDep,
     store: StoreDep,
     settings: SettingsDep,
-    expires: Annotated[int, Query()],
-    signature: Annotated[str, Query(max_length=128)],
+    expires: Expires,
+    signature: Signature,
 ) -> Response:
     """The GradCAM overlay PNG of one image, by the signed URL its result carries (``overlay_url``).
 

@@ -17,16 +17,12 @@ a warm-up.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe
-
+from fakescope.machine import describe
 from fakescope.models import create_model, list_models
 
 

@@ -9,15 +9,12 @@ with and without GradCAM overlays, and prints images/s for each.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe
-
 from fakescope.detector import Detector
+from fakescope.machine import describe
 from fakescope.scan import run_scan
 
 

@@ -47,9 +47,7 @@ import psycopg
 import redis
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from machine import describe
-
+from fakescope.machine import describe
 from fakescope.stack import Stack
 
 

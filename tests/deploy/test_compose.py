@@ -3,9 +3,9 @@ file is read as compose reads it, variables included)."""
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
@@ -57,11 +57,11 @@ def _dockerfile(name: str) -> list[str]:
 
 
 def test_images_install_dependencies_before_the_code_and_the_api_ships_no_worker() -> None:
-    sys.path.insert(0, str(ROOT / "docker"))
-    try:
-        from deps import requirements
-    finally:
-        sys.path.pop(0)
+    spec = importlib.util.spec_from_file_location("docker_deps", ROOT / "docker" / "deps.py")
+    assert spec is not None and spec.loader is not None
+    deps = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(deps)
+    requirements = deps.requirements
     api = requirements(ROOT / "pyproject.toml", ["api"])
     worker = requirements(ROOT / "pyproject.toml", ["worker"])
     assert not any(r.startswith("torch") for r in api) and "fastapi>=0.115" in api

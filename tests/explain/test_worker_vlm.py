@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import io
 import secrets
-import sys
 from pathlib import Path
 
 import httpx
@@ -19,7 +18,6 @@ from PIL import Image
 
 pytest.importorskip("transformers")
 pytest.importorskip("celery", reason="job service not installed")
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "service"))
 
 from fakescope.detector import Detector
 from fakescope.explain.clip_scorer import ClipScorer

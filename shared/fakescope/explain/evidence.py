@@ -46,10 +46,10 @@ DEFAULT_CALIBRATION = "calibration.json"
 DEFAULT_THRESHOLD = 0.90
 # A reason is cited only where its value is at least this many times as common among generated images
 # as among real photos; a rule whose signal's ROC-AUC (in the rule's direction) is below MIN_AUC
-# separates too little to be used at all. Both chosen with ops/explain_faithfulness.py on 1,000 + 1,000
-# training-split images outside the calibration set: at a ratio of 2 at the threshold, an artifact
-# was cited on fakes only 1.5-2x as often as on photos (the tail past a threshold of 2 is barely over
-# 2); at 3 and an AUC of 0.6, every citable artifact is cited 2.6-3.2x as often on fakes.
+# separates too little to be used at all. Chosen on 1,000 + 1,000 training-split images outside the
+# calibration set (`python ops/explain_faithfulness.py runs/train-split --outside-calibration 2000
+# --limit 1000 --min-ratio 2`, then 3): at 2, artifacts were cited on fakes only 1.2-2.1x as often as
+# on photos (the tail past a threshold of 2 is barely over 2); at 3, 2.8-3.5x.
 MIN_RATIO = 3.0
 MIN_AUC = 0.6
 
