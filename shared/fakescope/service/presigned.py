@@ -72,38 +72,49 @@ def create_upload_job(
         fingerprint=fingerprint,
     )
     if created:
-        waiting = ItemStatus.AWAITING_UPLOAD
-        if names is not None:
-            rows = [
-                JobItem(job_id=job.id, position=i, name=n, object_key=original_key(job.id, i), status=waiting)
-                for i, n in enumerate(names)
-            ]
-        else:
-            members = [(shard_key(job.id, s), m) for s, shard in enumerate(shards or []) for m in shard]
-            rows = [
-                JobItem(
-                    job_id=job.id,
-                    position=i,
-                    name=name,
-                    object_key=key,
-                    object_offset=offset,
-                    object_length=length,
-                    status=waiting,
-                )
-                for i, (key, (name, offset, length)) in enumerate(members)
-            ]
+        rows = _waiting_items(job.id, names, shards)
         job.total = len(rows)
         session.add_all(rows)
         session.add(job)
         session.commit()
         session.refresh(job)
     items = session.exec(select(JobItem).where(JobItem.job_id == job.id).order_by(col(JobItem.position))).all()
+    return job, _upload_urls(store, items, expires_s), created
+
+
+def _waiting_items(
+    job_id: uuid.UUID, names: Sequence[str] | None, shards: Sequence[Sequence[tuple[str, int, int]]] | None
+) -> list[JobItem]:
+    """The job's items awaiting upload: an object each (``names``), or a range of a shard's object each."""
+    waiting = ItemStatus.AWAITING_UPLOAD
+    if names is not None:
+        return [
+            JobItem(job_id=job_id, position=i, name=n, object_key=original_key(job_id, i), status=waiting)
+            for i, n in enumerate(names)
+        ]
+    members = [(shard_key(job_id, s), m) for s, shard in enumerate(shards or []) for m in shard]
+    return [
+        JobItem(
+            job_id=job_id,
+            position=i,
+            name=name,
+            object_key=key,
+            object_offset=offset,
+            object_length=length,
+            status=waiting,
+        )
+        for i, (key, (name, offset, length)) in enumerate(members)
+    ]
+
+
+def _upload_urls(store: ObjectStore, items: Sequence[JobItem], expires_s: int) -> list[tuple[JobItem, str]]:
+    """A presigned PUT per object: each item's own, or each shard's with its first item."""
     if items and items[0].object_offset is None:
-        return job, [(it, store.presign_put(it.object_key, expires_s)) for it in items], created
+        return [(it, store.presign_put(it.object_key, expires_s)) for it in items]
     firsts: dict[str, JobItem] = {}
     for it in items:
         firsts.setdefault(it.object_key, it)
-    return job, [(it, store.presign_put(key, expires_s)) for key, it in firsts.items()], created
+    return [(it, store.presign_put(key, expires_s)) for key, it in firsts.items()]
 
 
 def start_job(
@@ -133,6 +144,26 @@ def start_job(
     keys = sorted({row[1] for row in items})  # a shard's items share one object: one HEAD for them all
     with ThreadPoolExecutor(START_THREADS, thread_name_prefix="start") as pool:
         size_of = dict(zip(keys, pool.map(store.size, keys), strict=True))
+    queued, failed, doomed = _check_uploads(items, size_of, max_bytes)
+    _claim(session, job, queued, failed)
+    if doomed:
+        try:
+            store.delete(sorted(doomed))
+        except StorageError:
+            logger.warning("job %s: could not delete %s oversized uploads", job.id, len(doomed), exc_info=True)
+    enqueue(job.id, queued)
+    if not queued:
+        finish(session, job_id=job.id)
+    session.refresh(job)
+    return job
+
+
+def _check_uploads(
+    items: Sequence[tuple[uuid.UUID, str, int | None, int | None]],
+    size_of: dict[str, int | None],
+    max_bytes: int,
+) -> tuple[list[uuid.UUID], dict[str, list[uuid.UUID]], set[str]]:
+    """Sorts the items by what their objects' sizes say: (queued, failed by reason, objects to delete)."""
     queued: list[uuid.UUID] = []
     failed: dict[str, list[uuid.UUID]] = {}  # reason: items
     doomed: set[str] = set()  # objects no worker may read: deleted once the job has started
@@ -150,6 +181,12 @@ def start_job(
                 doomed.add(key)
         else:
             queued.append(item_id)
+    return queued, failed, doomed
+
+
+def _claim(session: Session, job: Job, queued: list[uuid.UUID], failed: dict[str, list[uuid.UUID]]) -> None:
+    """Commits the job's claim and its items' new states together, each conditional on the state it
+    expects; raises :class:`JobStateError` (changing nothing) where a cancel or another start won."""
     claimed = session.exec(
         update(Job)
         .where(col(Job.id) == job.id, col(Job.state) == JobState.AWAITING_UPLOAD)
@@ -173,13 +210,3 @@ def start_job(
             .values(status=ItemStatus.FAILED, error=error, finished_at=utcnow())
         )
     session.commit()
-    if doomed:
-        try:
-            store.delete(sorted(doomed))
-        except StorageError:
-            logger.warning("job %s: could not delete %s oversized uploads", job.id, len(doomed), exc_info=True)
-    enqueue(job.id, queued)
-    if not queued:
-        finish(session, job_id=job.id)
-    session.refresh(job)
-    return job

@@ -152,32 +152,30 @@ def _start_items(
     redelivered with its count already raised, and past ``max_deliveries`` it fails with that reason
     instead of taking down every worker it reaches. The start time is the sweeper's clock too.
     """
-    session.exec(
+    # One statement in the common case: the start is counted and the chunk's rows come back with it.
+    started_items = session.scalars(
         update(JobItem)
         .where(col(JobItem.id).in_(ids), col(JobItem.status) == ItemStatus.QUEUED)
         .values(attempts=col(JobItem.attempts) + int(count_start), started_at=started)
-    )
-    poisoned = session.exec(
-        update(JobItem)
-        .where(
-            col(JobItem.id).in_(ids),
-            col(JobItem.status) == ItemStatus.QUEUED,
-            col(JobItem.attempts) > max_deliveries,
-        )
-        .values(
-            status=ItemStatus.FAILED,
-            error=f"classification was started {max_deliveries} times without finishing; the image is not retried",
-            finished_at=utcnow(),
-        )
-    ).rowcount
-    session.commit()
-    if poisoned:
-        logger.error("job %s: %s items failed after %s deliveries", jid, poisoned, max_deliveries)
-    return session.exec(
-        select(JobItem)
-        .where(col(JobItem.id).in_(ids), JobItem.status == ItemStatus.QUEUED)
-        .order_by(col(JobItem.position))
+        .returning(JobItem)
+        .execution_options(synchronize_session=False)
     ).all()
+    poisoned = [it.id for it in started_items if it.attempts > max_deliveries]
+    if poisoned:
+        session.exec(
+            update(JobItem)
+            .where(col(JobItem.id).in_(poisoned), col(JobItem.status) == ItemStatus.QUEUED)
+            .values(
+                status=ItemStatus.FAILED,
+                error=f"classification was started {max_deliveries} times without finishing; the image is not retried",
+                finished_at=utcnow(),
+            )
+        )
+        logger.error("job %s: %s items failed after %s deliveries", jid, len(poisoned), max_deliveries)
+    for it in started_items:
+        session.expunge(it)  # read-only from here on: the commit must not expire them (a reload each)
+    session.commit()
+    return sorted((it for it in started_items if it.attempts <= max_deliveries), key=lambda it: it.position)
 
 
 def _from_cache(
@@ -185,10 +183,11 @@ def _from_cache(
 ) -> tuple[list[tuple[JobItem, dict[str, Any]]], list[JobItem]]:
     """The rows answered from this tenant's earlier results for the same bytes and model, and the
     items left to classify."""
+    version = detector.model_version
     hits = cached_results(
         session,
         tenant_id=job.tenant_id,
-        model_version=detector.model_version,
+        model_version=version,
         sha256s=[it.sha256 for it in items if it.sha256],
         overlays=job.overlays,
     )
@@ -212,7 +211,7 @@ def _from_cache(
             "cam_grid": hit.cam_grid,
             "provenance": hit.provenance,
             "decided_by": hit.decided_by,
-            "model_version": detector.model_version,
+            "model_version": version,
             "started_at": started,
             "finished_at": utcnow(),
             "duration_ms": 0.0,
@@ -227,13 +226,14 @@ def _result_rows(
 ) -> list[tuple[JobItem, dict[str, Any]]]:
     """The row values of each classified item, in order, as the pipeline yields them."""
     rows: list[tuple[JobItem, dict[str, Any]]] = []
+    version = detector.model_version  # a hash of the checkpoint's metadata: once a chunk, not once an image
     t0 = time.perf_counter()
     for it, res in zip(todo, results, strict=True):
         values: dict[str, Any] = {
             "started_at": started,
             "finished_at": utcnow(),
             "duration_ms": (time.perf_counter() - t0) * 1000.0,
-            "model_version": detector.model_version,
+            "model_version": version,
         }
         t0 = time.perf_counter()
         if res.error is not None:

@@ -29,7 +29,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
@@ -101,6 +101,28 @@ def sweep(
     """One round: re-enqueues overdue work and finishes jobs that have nothing left; returns the counts."""
     cutoff = utcnow() - timedelta(seconds=deadline_s)
     report = SweepReport()
+    _requeue(session, report, enqueue_classify, enqueue_explain, cutoff=cutoff, deadline_s=deadline_s, limit=limit)
+    _close_stale(session, report, cutoff=cutoff, upload_timeout_s=upload_timeout_s, limit=limit)
+    if enqueue_webhook is not None:
+        report.webhooks += _resend_webhooks(session, enqueue_webhook, redeliver_after_s, limit)
+    if store is not None and awaiting_timeout_s is not None:
+        report.started_uploads += _start_abandoned(session, store, enqueue_classify, awaiting_timeout_s, limit)
+    if store is not None and retention_s is not None:
+        report.purged_jobs, report.purged_objects = purge_expired(session, store, older_than_s=retention_s)
+    return report
+
+
+def _requeue(
+    session: Session,
+    report: SweepReport,
+    enqueue_classify: Enqueue,
+    enqueue_explain: Enqueue,
+    *,
+    cutoff: datetime,
+    deadline_s: float,
+    limit: int,
+) -> None:
+    """Re-enqueues items that waited past the deadline to be classified or explained."""
     # From the last start, not only the last send: a chunk a worker started recently is in hand, however
     # long it waited in the queue before that.
     queued = [
@@ -120,6 +142,12 @@ def sweep(
         logger.warning(
             "sweeper: job %s: %s items waited past %ss to be explained; enqueued again", job_id, len(ids), deadline_s
         )
+
+
+def _close_stale(
+    session: Session, report: SweepReport, *, cutoff: datetime, upload_timeout_s: float, limit: int
+) -> None:
+    """Closes abandoned uploads and finishes jobs with nothing left in flight that nobody closed."""
     # A multipart upload's job keeps total 0 until the request has stored its last image; an API that
     # died mid-upload leaves it so. Past the upload timeout it keeps the images it has, and says why.
     abandoned = session.exec(
@@ -137,7 +165,6 @@ def sweep(
     ).all()
     session.commit()
     report.abandoned_uploads += len(abandoned)
-    # Jobs with nothing left in flight that nobody closed.
     stale: list[uuid.UUID] = [row[0] for row in abandoned]
     stale += session.exec(
         select(Job.id).where(col(Job.state).in_(ACTIVE), col(Job.created_at) < cutoff).limit(limit)
@@ -145,28 +172,29 @@ def sweep(
     for job_id in stale:
         if finish(session, job_id=job_id) is not None:
             report.finished_jobs += 1
-    if enqueue_webhook is not None:
-        report.webhooks += _resend_webhooks(session, enqueue_webhook, redeliver_after_s, limit)
-    if store is not None and awaiting_timeout_s is not None:
-        # A presigned job whose client never called start (it died, or gave up) once every URL has
-        # expired: nothing more can arrive, so it is started with what did.
-        for job in session.exec(
-            select(Job)
-            .where(
-                col(Job.state) == JobState.AWAITING_UPLOAD,
-                col(Job.created_at) < utcnow() - timedelta(seconds=awaiting_timeout_s),
-            )
-            .limit(limit)
-        ).all():
-            try:
-                start_job(session, store, enqueue_classify, job=job)
-                report.started_uploads += 1
-                logger.warning("sweeper: job %s waited past %ss for its start; started it", job.id, awaiting_timeout_s)
-            except JobStateError:
-                session.rollback()  # started or cancelled meanwhile
-    if store is not None and retention_s is not None:
-        report.purged_jobs, report.purged_objects = purge_expired(session, store, older_than_s=retention_s)
-    return report
+
+
+def _start_abandoned(
+    session: Session, store: ObjectStore, enqueue_classify: Enqueue, awaiting_timeout_s: float, limit: int
+) -> int:
+    """Starts presigned jobs whose client never called start (it died, or gave up) once every URL has
+    expired: nothing more can arrive, so each is started with what did. Returns how many."""
+    started = 0
+    for job in session.exec(
+        select(Job)
+        .where(
+            col(Job.state) == JobState.AWAITING_UPLOAD,
+            col(Job.created_at) < utcnow() - timedelta(seconds=awaiting_timeout_s),
+        )
+        .limit(limit)
+    ).all():
+        try:
+            start_job(session, store, enqueue_classify, job=job)
+            started += 1
+            logger.warning("sweeper: job %s waited past %ss for its start; started it", job.id, awaiting_timeout_s)
+        except JobStateError:
+            session.rollback()  # started or cancelled meanwhile
+    return started
 
 
 def _resend_webhooks(

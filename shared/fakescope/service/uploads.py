@@ -143,8 +143,7 @@ def create_job(
     is removed then, as after any failed upload.
 
     Bytes this tenant already stored (same SHA-256) are not stored again: the item points at the
-    existing object, which is what makes a resubmitted batch cheap (the workers then answer it from
-    the result cache).
+    existing object (the workers then answer it from the result cache).
 
     Returns the job and whether it was created (False: an earlier request with the same
     ``idempotency_key`` made it, and nothing new was stored). An input that cannot be read (an
@@ -169,25 +168,9 @@ def create_job(
         with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload") as pool:
             ingest = _Ingest(session, store, enqueue, job, pool, lease, max_items=max_items, max_bytes=max_bytes)
             n_rows, n_queued = ingest.run(inputs)
-        if not n_rows:
-            job.state, job.error, job.finished_at = JobState.FAILED, "no images in the upload", utcnow()
-            if job.callback_url:  # finished here, not by finalize_if_done: the outbox row is written here too
-                job.callback_status, job.callback_sent_at = webhooks.PENDING, utcnow()
-        job.total = n_rows
-        session.add(job)
-        session.commit()
-        if not n_rows and job.callback_url:
-            webhooks.announce(job_id)
+        _set_total(session, job, n_rows)
     except BaseException:
-        # The request fails (a broker or object store outage mid-upload): it was not accepted, so nothing of it
-        # stays. Chunks already sent find their job gone and do nothing; a retry with the same
-        # Idempotency-Key starts afresh. If the database is what failed, the sweeper closes the job later.
-        session.rollback()
-        try:
-            session.exec(delete(Job).where(col(Job.id) == job_id))
-            session.commit()
-        except SQLAlchemyError:
-            logger.warning("job %s: could not remove the job of a failed upload", job_id, exc_info=True)
+        _discard(session, job_id)
         raise
     finally:
         lease.close()
@@ -195,6 +178,32 @@ def create_job(
     session.refresh(job)
     logger.info("job %s: %s items, %s queued", job.id, n_rows, n_queued)
     return job, True
+
+
+def _set_total(session: Session, job: Job, n_rows: int) -> None:
+    """Records the upload's size, which lets the job finish; an upload with no images fails here."""
+    if not n_rows:
+        job.state, job.error, job.finished_at = JobState.FAILED, "no images in the upload", utcnow()
+        if job.callback_url:  # finished here, not by finalize_if_done: the outbox row is written here too
+            job.callback_status, job.callback_sent_at = webhooks.PENDING, utcnow()
+    job.total = n_rows
+    session.add(job)
+    session.commit()
+    if not n_rows and job.callback_url:
+        webhooks.announce(job.id)
+
+
+def _discard(session: Session, job_id: uuid.UUID) -> None:
+    """Removes the job of a failed upload (a broker or object store outage mid-upload): the request was
+    not accepted, so nothing of it stays. Chunks already sent find their job gone and do nothing; a
+    retry with the same Idempotency-Key starts afresh. If the database is what failed, the sweeper
+    closes the job later."""
+    session.rollback()
+    try:
+        session.exec(delete(Job).where(col(Job.id) == job_id))
+        session.commit()
+    except SQLAlchemyError:
+        logger.warning("job %s: could not remove the job of a failed upload", job_id, exc_info=True)
 
 
 @dataclass

@@ -256,53 +256,14 @@ def attempt_delivery(session: Session, *, job_id: uuid.UUID, settings: Settings)
     the budget spent) writes its outcome to ``jobs.callback_status``, conditional on it still being
     pending, so a concurrent second task cannot overwrite it.
     """
-    from fakescope.service.jobs import job_counts
-
     job = session.get(Job, job_id)
     if job is None or not job.callback_url or job.callback_status != PENDING:
         return None
     attempt = 1 + session.exec(select(func.count()).where(col(WebhookDelivery.job_id) == job.id)).one()
-    tenant = session.get(Tenant, job.tenant_id)
-    secret = tenant.webhook_secret if tenant is not None else ""
-    payload: dict[str, Any] = {
-        "type": EVENT,
-        "job_id": str(job.id),
-        "state": job.state,
-        "counts": job_counts(session, job_id=job.id).model_dump(),
-        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
-    }
-    body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
     did = str(delivery_id(job.id))
-    now = int(time.time())
-    headers = {
-        "Content-Type": "application/json",
-        "User-Agent": "fakescope-webhooks/2",
-        "webhook-id": did,
-        "webhook-timestamp": str(now),
-        "webhook-signature": standard_signature(secret, did, now, body),
-        "X-Fakescope-Event": EVENT,
-        "X-Fakescope-Delivery": did,
-        SIGNATURE_HEADER: sign(secret, body, now),
-    }
+    body, headers = _signed_event(session, job, did)
     t0 = time.perf_counter()
-    code: int | None = None
-    refused = False
-    try:
-        target = resolve_callback(
-            job.callback_url, settings.callback_allowed_networks, allowed_ports=settings.callback_allowed_ports
-        )
-        code = post_pinned(
-            target,
-            body,
-            headers,
-            timeout_s=settings.callback_timeout_s,
-            max_response_bytes=settings.callback_max_response_bytes,
-        )
-        status = f"HTTP {code}"
-    except CallbackURLError as e:
-        status, refused = f"refused: {e}", True
-    except httpx.HTTPError as e:
-        status = f"error: {type(e).__name__}: {e}"
+    code, status, refused = _post(job.callback_url, body, headers, settings)
     session.add(
         WebhookDelivery(
             delivery_id=uuid.UUID(did),
@@ -329,3 +290,52 @@ def attempt_delivery(session: Session, *, job_id: uuid.UUID, settings: Settings)
     )
     session.commit()
     return Attempt(status, None)
+
+
+def _signed_event(session: Session, job: Job, did: str) -> tuple[bytes, dict[str, str]]:
+    """The job's event as sent: its JSON body and headers, signed with the tenant's secret both ways
+    (Standard Webhooks' ``webhook-signature`` and fakescope's own header)."""
+    from fakescope.service.jobs import job_counts
+
+    tenant = session.get(Tenant, job.tenant_id)
+    secret = tenant.webhook_secret if tenant is not None else ""
+    payload: dict[str, Any] = {
+        "type": EVENT,
+        "job_id": str(job.id),
+        "state": job.state,
+        "counts": job_counts(session, job_id=job.id).model_dump(),
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+    }
+    body = json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+    now = int(time.time())
+    headers = {
+        "Content-Type": "application/json",
+        "User-Agent": "fakescope-webhooks/2",
+        "webhook-id": did,
+        "webhook-timestamp": str(now),
+        "webhook-signature": standard_signature(secret, did, now, body),
+        "X-Fakescope-Event": EVENT,
+        "X-Fakescope-Delivery": did,
+        SIGNATURE_HEADER: sign(secret, body, now),
+    }
+    return body, headers
+
+
+def _post(url: str, body: bytes, headers: dict[str, str], settings: Settings) -> tuple[int | None, str, bool]:
+    """POSTs to the callback's resolved, allowed address: (HTTP status, outcome, refused)."""
+    try:
+        target = resolve_callback(
+            url, settings.callback_allowed_networks, allowed_ports=settings.callback_allowed_ports
+        )
+        code = post_pinned(
+            target,
+            body,
+            headers,
+            timeout_s=settings.callback_timeout_s,
+            max_response_bytes=settings.callback_max_response_bytes,
+        )
+        return code, f"HTTP {code}", False
+    except CallbackURLError as e:
+        return None, f"refused: {e}", True
+    except httpx.HTTPError as e:
+        return None, f"error: {type(e).__name__}: {e}", False
