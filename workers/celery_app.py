@@ -7,7 +7,6 @@ Each pool child serves Prometheus metrics on ``FAKESCOPE_METRICS_PORT`` (one por
 from __future__ import annotations
 
 import logging
-import os
 
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
@@ -19,7 +18,7 @@ from fakescope.tasks import Enqueuer, make_celery
 logger = logging.getLogger(__name__)
 
 app = make_celery(get_settings(), include=["workers.classify", "workers.explain", "workers.webhooks"])
-set_pool(os.environ.get("FAKESCOPE_WORKER_POOL", "worker"))
+set_pool(get_settings().worker_pool)
 # A job a task finishes hands its webhook to the webhooks queue (fakescope.service.webhooks).
 set_sender(lambda job_id: Enqueuer(app, get_settings()).webhook(job_id))
 

@@ -78,7 +78,7 @@ def trust_anchors() -> str | None:
 def explainer() -> Any:
     from fakescope.explain import load_explainer
 
-    return load_explainer(get_settings().explain_backend or None)
+    return load_explainer(config=get_settings().explain)
 
 
 @contextlib.contextmanager

@@ -60,13 +60,20 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _checkpoint(args: argparse.Namespace) -> str | None:
+    """``--checkpoint``, else the setting (``FAKESCOPE_CHECKPOINT``); None: the shipped default."""
+    from fakescope.settings import get_settings
+
+    return args.checkpoint or get_settings().checkpoint
+
+
 def _cmd_scan(args: argparse.Namespace) -> int:
     from fakescope.scan import run_scan
 
     summary = run_scan(
         args.paths,
         args.out,
-        checkpoint=args.checkpoint,
+        checkpoint=_checkpoint(args),
         device=args.device,
         batch_size=args.batch_size,
         overlays=not args.no_overlays,
@@ -86,7 +93,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from fakescope.detector import Detector
     from fakescope.evaluate import domain_report, evaluate_arrays, format_table, load_eval_data, robustness
 
-    detector = Detector.load(args.checkpoint, device=args.device)
+    detector = Detector.load(_checkpoint(args), device=args.device)
     data = load_eval_data(args.data or DEFAULT_DATA, detector, split=args.split, limit=args.limit)
     if args.robustness:
         table = robustness(detector, data, batch_size=args.batch_size)

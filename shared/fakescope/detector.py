@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,10 +27,8 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "default"
 
 
 def resolve_checkpoint(checkpoint: str | Path | None) -> Path:
-    """``checkpoint``, else ``$FAKESCOPE_CHECKPOINT``, else the shipped default."""
-    if checkpoint is None:
-        checkpoint = os.environ.get("FAKESCOPE_CHECKPOINT") or DEFAULT_CHECKPOINT
-    return Path(checkpoint)
+    """``checkpoint``, else the shipped default (the services pass ``Settings.checkpoint``)."""
+    return Path(checkpoint) if checkpoint else DEFAULT_CHECKPOINT
 
 
 @dataclass

@@ -14,11 +14,40 @@ from pathlib import Path
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
+from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "get_settings"]
+__all__ = ["ExplainSettings", "Settings", "get_settings"]
 
 PLACEHOLDER_SECRETS = frozenset({"changethis", "minioadmin", "secret", ""})
+
+
+class ExplainSettings(BaseSettings):
+    """The explainer's group (``Settings.explain``): which backend, and where its models are. Passed
+    whole to :func:`fakescope.explain.load_explainer`; its variables keep their flat names."""
+
+    model_config = SettingsConfigDict(env_prefix="FAKESCOPE_", extra="ignore", populate_by_name=True)
+
+    backend: str | None = Field(
+        None,
+        validation_alias="FAKESCOPE_EXPLAIN_BACKEND",
+        description="evidence or vlm (unset: vlm when both model folders below are set, else evidence)",
+    )
+    clip_model: str | None = Field(
+        None, description="CLIP/SigLIP hub id or folder (the vlm backend's scorer; the evidence backend's class gate)"
+    )
+    vlm_model: str | None = Field(None, description="Idefics2 hub id or folder (vlm backend)")
+    vlm_lora: str | None = Field(None, description="LoRA adapter folder for the Idefics2 model (optional)")
+    vlm_max_new_tokens: int | None = Field(None, ge=1, description="the VLM's token budget per answer (unset: 240)")
+
+    @field_validator("backend", "clip_model", "vlm_model", "vlm_lora", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, v: object) -> object:
+        return (v.strip() or None) if isinstance(v, str) else v
+
+    @property
+    def chosen_backend(self) -> str:
+        return (self.backend or ("vlm" if self.clip_model and self.vlm_model else "evidence")).lower()
 
 
 class Settings(BaseSettings):
@@ -64,7 +93,10 @@ class Settings(BaseSettings):
     chunk_size: int = Field(128, ge=1, description="images per classify task")
     batch_size: int = Field(32, ge=1, description="images per forward pass")
     explain_chunk_size: int = Field(8, ge=1, description="images per explain task")
-    explain_backend: str | None = Field(None, description="evidence (default) or vlm")
+    explain: ExplainSettings = Field(default_factory=ExplainSettings, description="the explainer (below)")
+    worker_pool: str = Field(
+        "worker", description="the pool a worker process serves (classify, explain, webhooks): its metrics' label"
+    )
     checkpoint: str | None = Field(None, description="detector checkpoint folder (unset: the shipped default)")
     task_time_limit_s: int = Field(1800, ge=1, description="hard limit of one task")
     # A task that meets a transient error (object store or database unreachable) is retried this many
@@ -178,10 +210,7 @@ class Settings(BaseSettings):
     @property
     def broker_transport_options(self) -> dict[str, object]:
         if self.broker_url is None:
-            folder = (self.data_dir / "broker").resolve()
-            control = (self.data_dir / "broker-control").resolve()
-            folder.mkdir(parents=True, exist_ok=True)
-            control.mkdir(parents=True, exist_ok=True)
+            folder, control = self.broker_folders
             # Kombu's control (broadcast) folder defaults to ./control in the working directory.
             return {"data_folder_in": str(folder), "data_folder_out": str(folder), "control_folder": str(control)}
         return {
@@ -191,6 +220,12 @@ class Settings(BaseSettings):
         }
 
     @property
+    def broker_folders(self) -> tuple[Path, Path]:
+        """The filesystem broker's message and control folders (the embedded mode; created by
+        :func:`fakescope.tasks.make_celery`, not here)."""
+        return (self.data_dir / "broker").resolve(), (self.data_dir / "broker-control").resolve()
+
+    @property
     def objects_dir(self) -> Path:
         return (self.data_dir / "objects").resolve()
 
@@ -198,6 +233,12 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def _row(variable: str, field: FieldInfo) -> str:
+    default = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
+    shown = "unset" if default is None else f"`{default.value if hasattr(default, 'value') else default}`"
+    return f"| `{variable}` | {shown} | {field.description or ''} |"
 
 
 def reference() -> str:
@@ -212,9 +253,12 @@ def reference() -> str:
         "|---|---|---|",
     ]
     for name, field in Settings.model_fields.items():
-        default = field.default_factory() if field.default_factory is not None else field.default  # type: ignore[call-arg]
-        shown = "unset" if default is None else f"`{default.value if hasattr(default, 'value') else default}`"
-        rows.append(f"| `FAKESCOPE_{name.upper()}` | {shown} | {field.description or ''} |")
+        if name == "explain":
+            continue
+        rows.append(_row(f"FAKESCOPE_{name.upper()}", field))
+    rows += ["", "The explainer's group (`Settings.explain`, variables as named):", "", *rows[5:7]]
+    for name, field in ExplainSettings.model_fields.items():
+        rows.append(_row(str(field.validation_alias or f"FAKESCOPE_{name.upper()}"), field))
     return "\n".join(rows) + "\n"
 
 

@@ -39,6 +39,9 @@ def chunk_payload(job_id: uuid.UUID | str, item_ids: Sequence[uuid.UUID | str]) 
 def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
     """A Celery app on ``settings.broker``; results stay in Postgres, so there is no result backend."""
     app = Celery("fakescope", broker=settings.broker, include=list(include))
+    if settings.broker_url is None:  # the embedded filesystem broker: its folders must exist
+        for folder in settings.broker_folders:
+            folder.mkdir(parents=True, exist_ok=True)
     options = settings.broker_transport_options
     app.conf.update(
         task_serializer="json",

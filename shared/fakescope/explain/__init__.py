@@ -17,7 +17,6 @@ Callers build :class:`ExplainInput` objects (usually with :meth:`ExplainInput.fr
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -26,6 +25,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from fakescope.pipeline import ImageResult
+    from fakescope.settings import ExplainSettings
 
 __all__ = [
     "BACKENDS",
@@ -45,6 +45,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+# The variables of fakescope.settings.ExplainSettings, named here for error messages.
 ENV_BACKEND = "FAKESCOPE_EXPLAIN_BACKEND"
 ENV_CLIP_MODEL = "FAKESCOPE_CLIP_MODEL"
 ENV_VLM_MODEL = "FAKESCOPE_VLM_MODEL"
@@ -166,48 +167,41 @@ def explain_with_evidence(
     return out
 
 
-def _env_path(var: str) -> str | None:
-    value = os.environ.get(var, "").strip()
-    return value or None
-
-
-def load_explainer(backend: str | None = None, **options: Any) -> Explainer:
+def load_explainer(backend: str | None = None, *, config: ExplainSettings | None = None, **options: Any) -> Explainer:
     """Builds the configured explainer; call once per process and reuse it.
 
     Args:
-        backend: ``"evidence"`` or ``"vlm"``. None reads ``$FAKESCOPE_EXPLAIN_BACKEND``; when that
-            is unset too, ``vlm`` is chosen if both ``$FAKESCOPE_CLIP_MODEL`` and
-            ``$FAKESCOPE_VLM_MODEL`` are set, else ``evidence``.
-        **options: passed to the backend. ``evidence``: ``calibration`` (path of a calibration
-            JSON), ``clip_model`` (optional zero-shot class gate), ``max_artifacts``. ``vlm``:
-            ``clip_model``, ``vlm_model``, ``vlm_lora`` (default from the environment variables
-            above), ``device``, ``max_new_tokens`` (default ``$FAKESCOPE_VLM_MAX_NEW_TOKENS`` or 240),
-            ``threshold``, ``top_k``, ``batch_size``.
+        backend: ``"evidence"`` or ``"vlm"``; None: ``config``'s (see
+            :class:`~fakescope.settings.ExplainSettings`: ``vlm`` when both its CLIP and VLM models
+            are set, else ``evidence``).
+        config: the explainer's settings (``Settings.explain``); None reads them from the
+            environment (``ExplainSettings()``).
+        **options: passed to the backend, over ``config``. ``evidence``: ``calibration`` (path of a
+            calibration JSON), ``clip_model`` (optional zero-shot class gate), ``max_artifacts``.
+            ``vlm``: ``clip_model``, ``vlm_model``, ``vlm_lora``, ``device``, ``max_new_tokens``
+            (default 240), ``threshold``, ``top_k``, ``batch_size``.
 
     Raises:
         ExplainerConfigError: unknown backend, or weights missing where the configuration points.
     """
-    clip_env, vlm_env, lora_env = _env_path(ENV_CLIP_MODEL), _env_path(ENV_VLM_MODEL), _env_path(ENV_VLM_LORA)
-    if backend is None:
-        backend = _env_path(ENV_BACKEND) or ("vlm" if clip_env and vlm_env else "evidence")
-    backend = backend.strip().lower()
+    from fakescope.settings import ExplainSettings
+
+    cfg = config if config is not None else ExplainSettings()
+    backend = (backend or cfg.chosen_backend).strip().lower()
     if backend == "evidence":
         from fakescope.explain.evidence import EvidenceExplainer
 
         # CLIP here only names the object class, so that class-specific artifacts (fur, wheels)
         # are reported only on images of that class; without it only class-agnostic ones are.
-        options.setdefault("clip_model", clip_env)
+        options.setdefault("clip_model", cfg.clip_model)
         return EvidenceExplainer.load(**options)
     if backend == "vlm":
         from fakescope.explain.vlm import VLMExplainer
 
-        options.setdefault("clip_model", clip_env)
-        options.setdefault("vlm_model", vlm_env)
-        options.setdefault("vlm_lora", lora_env)
-        if budget := _env_path(ENV_VLM_MAX_NEW_TOKENS):
-            try:
-                options.setdefault("max_new_tokens", int(budget))
-            except ValueError as e:
-                raise ExplainerConfigError(f"{ENV_VLM_MAX_NEW_TOKENS} must be an integer, got {budget!r}") from e
+        options.setdefault("clip_model", cfg.clip_model)
+        options.setdefault("vlm_model", cfg.vlm_model)
+        options.setdefault("vlm_lora", cfg.vlm_lora)
+        if cfg.vlm_max_new_tokens is not None:
+            options.setdefault("max_new_tokens", cfg.vlm_max_new_tokens)
         return VLMExplainer.load(**options)
     raise ExplainerConfigError(f"unknown explain backend {backend!r}; expected one of {', '.join(BACKENDS)}")

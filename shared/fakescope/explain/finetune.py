@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import random
 import sys
 from collections.abc import Sequence
@@ -40,6 +39,7 @@ from fakescope.explain import ENV_VLM_MODEL
 from fakescope.explain.idefics import build_messages, format_answer
 from fakescope.explain.loading import check_source, model_kwargs, pick_device, resolving
 from fakescope.explain.taxonomy import BY_NAME
+from fakescope.settings import ExplainSettings
 
 __all__ = ["FinetuneConfig", "Record", "finetune", "load_records", "main"]
 
@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="fakescope finetune-explainer", description="LoRA fine-tuning of the Idefics2 explainer"
     )
-    p.add_argument("--base", default=os.environ.get(ENV_VLM_MODEL), help=f"hub id or folder (default ${ENV_VLM_MODEL})")
+    p.add_argument("--base", default=ExplainSettings().vlm_model, help=f"hub id or folder (default ${ENV_VLM_MODEL})")
     p.add_argument("--data", action="append", required=True, help="annotation JSON (repeatable)")
     p.add_argument("--out", required=True, help="folder for the adapter")
     p.add_argument("--epochs", type=int, default=1)
