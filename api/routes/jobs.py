@@ -94,7 +94,7 @@ def _check_callback(url: str | None, settings: Settings) -> None:
     if not url:
         return
     try:
-        check_callback_url(url, settings.callback_allowed_networks, allowed_ports=settings.callback_allowed_ports)
+        check_callback_url(url, settings.callback.allowed_networks, allowed_ports=settings.callback.allowed_ports)
     except CallbackURLError as e:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(e)) from e
 

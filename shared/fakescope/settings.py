@@ -11,20 +11,22 @@ from __future__ import annotations
 import json
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["ExplainSettings", "Settings", "get_settings"]
+__all__ = ["CallbackSettings", "ExplainSettings", "S3Settings", "Settings", "get_settings"]
 
 PLACEHOLDER_SECRETS = frozenset({"changethis", "minioadmin", "secret", ""})
 
 
 class ExplainSettings(BaseSettings):
-    """The explainer's group (``Settings.explain``): which backend, and where its models are. Passed
-    whole to :func:`fakescope.explain.load_explainer`; its variables keep their flat names."""
+    """The explainer: which backend, and where its models are.
+
+    ``Settings.explain``, passed whole to :func:`fakescope.explain.load_explainer`.
+    """
 
     model_config = SettingsConfigDict(env_prefix="FAKESCOPE_", extra="ignore", populate_by_name=True)
 
@@ -50,6 +52,67 @@ class ExplainSettings(BaseSettings):
         return (self.backend or ("vlm" if self.clip_model and self.vlm_model else "evidence")).lower()
 
 
+class S3Settings(BaseSettings):
+    """The object store: originals, shards and overlays.
+
+    ``Settings.s3``; its variables are ``FAKESCOPE_S3_*``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FAKESCOPE_S3_", extra="ignore")
+
+    endpoint: str | None = Field(
+        None, description="S3 (MinIO) endpoint (unset: objects in a folder under data_dir, served by the API)"
+    )
+    public_endpoint: str | None = Field(
+        None, description="the host presigned URLs are signed for, as clients reach it (default: endpoint)"
+    )
+    access_key: str = Field("minioadmin", description="object-store access key")
+    secret_key: str = Field("minioadmin", description="object-store secret key (production refuses the placeholder)")
+    bucket: str = Field("fakescope", description="bucket of originals, shards and overlays")
+    region: str = Field("us-east-1", description="region presigned URLs are signed for")
+    connect_timeout_s: float = Field(
+        5.0, gt=0, description="seconds to connect to the object store before a request fails (tasks retry it)"
+    )
+    read_timeout_s: float = Field(60.0, gt=0, description="seconds to wait on an object-store read")
+
+
+class CallbackSettings(BaseSettings):
+    """Webhook delivery: timeouts, retries and where a callback may go.
+
+    ``Settings.callback``; its variables are ``FAKESCOPE_CALLBACK_*``.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FAKESCOPE_CALLBACK_", extra="ignore")
+
+    timeout_s: float = Field(10.0, description="seconds for each of connect, send and read of one webhook attempt")
+    attempts: int = Field(3, description="webhook tries before the delivery is given up")
+    backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each attempt")
+    max_response_bytes: int = Field(
+        64 * 1024, ge=0, description="a receiver's response body is read up to this many bytes, then dropped"
+    )
+    redeliver_after_s: float = Field(
+        300.0, gt=0, description="the sweeper re-sends a finished job's webhook still undelivered after this long"
+    )
+    # Networks webhooks may reach besides the public internet (e.g. "10.0.0.0/8" for an in-cluster
+    # receiver); loopback, private and link-local addresses are refused otherwise.
+    allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="private networks webhooks may reach besides the public internet (JSON list or commas)",
+    )
+    allowed_ports: list[int] = Field(
+        default_factory=lambda: [80, 443],
+        description="ports webhooks may use on public hosts (any port inside allowed_networks)",
+    )
+
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, v: object) -> object:
+        # A JSON list (["10.0.0.0/8"]) or a comma-separated string, from the environment or as an argument.
+        if isinstance(v, str):
+            return json.loads(v) if v.strip().startswith("[") else [n for n in v.split(",") if n.strip()]
+        return v
+
+
 class Settings(BaseSettings):
     """Every knob of the API, the workers and the stack runner; docs/settings.md is generated from the
     fields' descriptions (``python -m fakescope.settings``; a test keeps it current)."""
@@ -67,20 +130,7 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(
         None, description="Redis URL of the Celery broker (unset: the filesystem broker under data_dir)"
     )
-    s3_endpoint: str | None = Field(
-        None, description="S3 (MinIO) endpoint (unset: objects in a folder under data_dir, served by the API)"
-    )
-    s3_public_endpoint: str | None = Field(
-        None, description="the host presigned URLs are signed for, as clients reach it (default: s3_endpoint)"
-    )
-    s3_access_key: str = Field("minioadmin", description="object-store access key")
-    s3_secret_key: str = Field("minioadmin", description="object-store secret key (production refuses the placeholder)")
-    s3_bucket: str = Field("fakescope", description="bucket of originals, shards and overlays")
-    s3_region: str = Field("us-east-1", description="region presigned URLs are signed for")
-    s3_connect_timeout_s: float = Field(
-        5.0, gt=0, description="seconds to connect to the object store before a request fails (tasks retry it)"
-    )
-    s3_read_timeout_s: float = Field(60.0, gt=0, description="seconds to wait on an object-store read")
+    s3: S3Settings = Field(default_factory=lambda: S3Settings(), description="the object store (below)")
     secret_key: str = Field(
         "changethis",
         description="signs local object, overlay and image URLs and report tokens (production refuses the placeholder)",
@@ -144,27 +194,7 @@ class Settings(BaseSettings):
     max_items_per_job: int = Field(100_000, description="images per job")
     presign_expiry_s: int = Field(3600, description="lifetime of presigned and signed URLs")
     report_link_expiry_s: int = Field(7 * 24 * 3600, ge=60, description="how long a report link's token reads its job")
-    callback_timeout_s: float = Field(
-        10.0, description="seconds for each of connect, send and read of one webhook attempt"
-    )
-    callback_attempts: int = Field(3, description="webhook tries before the delivery is given up")
-    callback_backoff_s: float = Field(1.0, ge=0, description="first retry delay; doubles each attempt")
-    callback_max_response_bytes: int = Field(
-        64 * 1024, ge=0, description="a receiver's response body is read up to this many bytes, then dropped"
-    )
-    callback_redeliver_after_s: float = Field(
-        300.0, gt=0, description="the sweeper re-sends a finished job's webhook still undelivered after this long"
-    )
-    # Networks webhooks may reach besides the public internet (e.g. "10.0.0.0/8" for an in-cluster
-    # receiver); loopback, private and link-local addresses are refused otherwise.
-    callback_allowed_networks: list[str] = Field(
-        default_factory=list,
-        description="private networks webhooks may reach besides the public internet (JSON list or commas)",
-    )
-    callback_allowed_ports: list[int] = Field(
-        default_factory=lambda: [80, 443],
-        description="ports webhooks may use on public hosts (any port inside callback_allowed_networks)",
-    )
+    callback: CallbackSettings = Field(default_factory=lambda: CallbackSettings(), description="webhooks (below)")
     bootstrap_api_key: str | None = Field(None, description="an API key registered for tenant 'default' at prestart")
     metrics_port: int | None = Field(None, description="a worker process serves Prometheus metrics here")
     metrics_host: str = Field("0.0.0.0", description="address a worker's metrics server binds")
@@ -175,22 +205,31 @@ class Settings(BaseSettings):
         description="bearer token for /metrics and /readyz's details; unset: only loopback clients get them",
     )
 
-    @field_validator("callback_allowed_networks", mode="before")
+    @model_validator(mode="before")
     @classmethod
-    def _networks(cls, v: object) -> object:
-        # From the environment pydantic-settings decodes JSON (["10.0.0.0/8"]); as a plain string, commas.
-        if isinstance(v, str):
-            return json.loads(v) if v.strip().startswith("[") else [n for n in v.split(",") if n.strip()]
-        return v
+    def _flat_groups(cls, data: object) -> object:
+        """``Settings(s3_endpoint=...)`` as the variables spell it: flat keyword arguments of a group
+        build that group (the rest of it from the environment, as for every other field)."""
+        if isinstance(data, dict):
+            for group, model in (("s3", S3Settings), ("callback", CallbackSettings)):
+                prefix = f"{group}_"
+                flat = {
+                    k[len(prefix) :]: data.pop(k)
+                    for k in list(data)
+                    if k.removeprefix(prefix) in model.model_fields and k.startswith(prefix)
+                }
+                if flat and group not in data:
+                    data[group] = model(**flat)
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
         if self.database_url and self.database_url.startswith(("postgresql://", "postgres://")):
             self.database_url = "postgresql+psycopg://" + self.database_url.split("://", 1)[1]
         if self.environment != "development":
-            for name in ("secret_key", "s3_secret_key"):
-                if getattr(self, name) in PLACEHOLDER_SECRETS:
-                    raise ValueError(f"FAKESCOPE_{name.upper()} must be set to a real secret outside development")
+            for name, value in (("SECRET_KEY", self.secret_key), ("S3_SECRET_KEY", self.s3.secret_key)):
+                if value in PLACEHOLDER_SECRETS:
+                    raise ValueError(f"FAKESCOPE_{name} must be set to a real secret outside development")
         if self.visibility_timeout_s <= self.task_time_limit_s:
             raise ValueError("FAKESCOPE_VISIBILITY_TIMEOUT_S must exceed FAKESCOPE_TASK_TIME_LIMIT_S")
         return self
@@ -252,13 +291,15 @@ def reference() -> str:
         "| variable | default | meaning |",
         "|---|---|---|",
     ]
+    groups: dict[str, type[BaseSettings]] = {"s3": S3Settings, "callback": CallbackSettings, "explain": ExplainSettings}
     for name, field in Settings.model_fields.items():
-        if name == "explain":
-            continue
-        rows.append(_row(f"FAKESCOPE_{name.upper()}", field))
-    rows += ["", "The explainer's group (`Settings.explain`, variables as named):", "", *rows[5:7]]
-    for name, field in ExplainSettings.model_fields.items():
-        rows.append(_row(str(field.validation_alias or f"FAKESCOPE_{name.upper()}"), field))
+        if name not in groups:
+            rows.append(_row(f"FAKESCOPE_{name.upper()}", field))
+    for name, group in groups.items():
+        prefix = str(group.model_config.get("env_prefix", "FAKESCOPE_"))
+        rows += ["", f"`Settings.{name}`: {(group.__doc__ or '').splitlines()[0].lower()}", "", *rows[5:7]]
+        for key, field in group.model_fields.items():
+            rows.append(_row(str(field.validation_alias or f"{prefix}{key}".upper()), field))
     return "\n".join(rows) + "\n"
 
 

@@ -112,13 +112,13 @@ class S3Store:
         import urllib3
         from minio import Minio
 
-        assert settings.s3_endpoint is not None
-        self.bucket = settings.s3_bucket
+        assert settings.s3.endpoint is not None
+        self.bucket = settings.s3.bucket
         # minio's own default waits 5 minutes to connect: an endpoint that drops packets would hold a
         # task or an upload that long. Fail fast instead (the callers retry StorageError with backoff);
         # enough pooled connections for the upload and overlay threads.
         http = urllib3.PoolManager(
-            timeout=urllib3.Timeout(connect=settings.s3_connect_timeout_s, read=settings.s3_read_timeout_s),
+            timeout=urllib3.Timeout(connect=settings.s3.connect_timeout_s, read=settings.s3.read_timeout_s),
             maxsize=16,
             retries=urllib3.Retry(total=3, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
         )
@@ -127,15 +127,15 @@ class S3Store:
             u = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
             return Minio(
                 u.netloc,
-                access_key=settings.s3_access_key,
-                secret_key=settings.s3_secret_key,
+                access_key=settings.s3.access_key,
+                secret_key=settings.s3.secret_key,
                 secure=u.scheme == "https",
-                region=settings.s3_region,
+                region=settings.s3.region,
                 http_client=http,
             )
 
-        self.client = client(settings.s3_endpoint)
-        self.public = client(settings.s3_public_endpoint) if settings.s3_public_endpoint else self.client
+        self.client = client(settings.s3.endpoint)
+        self.public = client(settings.s3.public_endpoint) if settings.s3.public_endpoint else self.client
 
     def _errors(self) -> tuple[type[BaseException], ...]:
         from minio.error import MinioException
@@ -361,4 +361,4 @@ class LocalStore:
 
 
 def get_store(settings: Settings) -> ObjectStore:
-    return S3Store(settings) if settings.s3_endpoint else LocalStore(settings)
+    return S3Store(settings) if settings.s3.endpoint else LocalStore(settings)

@@ -28,7 +28,7 @@ class TaskName(StrEnum):
 def webhook_time_limit(settings: Settings) -> float:
     """A webhook task's hard limit: every attempt's connect, send and read are each bounded by the
     callback timeout, and this bounds a receiver that trickles its response a byte at a time."""
-    return 3 * settings.callback_timeout_s + 10
+    return 3 * settings.callback.timeout_s + 10
 
 
 def chunk_payload(job_id: uuid.UUID | str, item_ids: Sequence[uuid.UUID | str]) -> dict[str, Any]:

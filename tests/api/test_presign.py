@@ -61,10 +61,10 @@ def test_result_urls_are_signed_for_the_configured_lifetime(service_stack: Servi
         assert int(q["X-Amz-Expires"]) == settings.presign_expiry_s
         signed_at = datetime.strptime(q["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
         assert abs((datetime.now(UTC) - signed_at).total_seconds()) < 120
-        assert q["X-Amz-Credential"].startswith(settings.s3_access_key + "/")
+        assert q["X-Amz-Credential"].startswith(settings.s3.access_key + "/")
         # The signature covers X-Amz-Date and X-Amz-Expires: S3 refuses the URL after date + expires, and
         # stretching the lifetime in the query breaks the signature.
-        expected = _sigv4_query_signature(url, settings.s3_secret_key, settings.s3_region)
+        expected = _sigv4_query_signature(url, settings.s3.secret_key, settings.s3.region)
         assert q["X-Amz-Signature"] == expected
         stretched = url.replace(f"X-Amz-Expires={settings.presign_expiry_s}", "X-Amz-Expires=604800")
-        assert _sigv4_query_signature(stretched, settings.s3_secret_key, settings.s3_region) != q["X-Amz-Signature"]
+        assert _sigv4_query_signature(stretched, settings.s3.secret_key, settings.s3.region) != q["X-Amz-Signature"]

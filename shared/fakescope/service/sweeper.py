@@ -240,7 +240,7 @@ def run(every_s: float | None = None, once: bool = False) -> int:
                     deadline_s=cfg.sweep_after,
                     upload_timeout_s=cfg.upload_timeout_s,
                     enqueue_webhook=enqueuer.webhook,
-                    redeliver_after_s=cfg.callback_redeliver_after_s,
+                    redeliver_after_s=cfg.callback.redeliver_after_s,
                     store=store,
                     retention_s=cfg.retention_days * 86400 if cfg.retention_days else None,
                     awaiting_timeout_s=cfg.presign_expiry_s + cfg.upload_timeout_s,

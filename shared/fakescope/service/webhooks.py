@@ -279,10 +279,10 @@ def attempt_delivery(session: Session, *, job_id: uuid.UUID, settings: Settings)
     )
     session.commit()
     retryable = not refused and (code is None or code >= 500 or code == 429)
-    if retryable and attempt < settings.callback_attempts:
-        logger.warning("webhook for job %s, attempt %s of %s: %s", job.id, attempt, settings.callback_attempts, status)
+    if retryable and attempt < settings.callback.attempts:
+        logger.warning("webhook for job %s, attempt %s of %s: %s", job.id, attempt, settings.callback.attempts, status)
         # Exponential backoff with up to 25% jitter, so receivers coming back are not hit in lockstep.
-        return Attempt(status, settings.callback_backoff_s * 2 ** (attempt - 1) * (1 + 0.25 * random.random()))
+        return Attempt(status, settings.callback.backoff_s * 2 ** (attempt - 1) * (1 + 0.25 * random.random()))
     session.exec(
         update(Job)
         .where(col(Job.id) == job.id, col(Job.callback_status) == PENDING)
@@ -325,14 +325,14 @@ def _post(url: str, body: bytes, headers: dict[str, str], settings: Settings) ->
     """POSTs to the callback's resolved, allowed address: (HTTP status, outcome, refused)."""
     try:
         target = resolve_callback(
-            url, settings.callback_allowed_networks, allowed_ports=settings.callback_allowed_ports
+            url, settings.callback.allowed_networks, allowed_ports=settings.callback.allowed_ports
         )
         code = post_pinned(
             target,
             body,
             headers,
-            timeout_s=settings.callback_timeout_s,
-            max_response_bytes=settings.callback_max_response_bytes,
+            timeout_s=settings.callback.timeout_s,
+            max_response_bytes=settings.callback.max_response_bytes,
         )
         return code, f"HTTP {code}", False
     except CallbackURLError as e:
