@@ -40,6 +40,7 @@ from api.schemas import (
     UploadTarget,
     item_result,
 )
+from fakescope.answers import detection_answers, explanation_answers
 from fakescope.db.models import (
     Job,
     JobCreate,
@@ -58,7 +59,6 @@ from fakescope.service.tenants import make_report_token
 from fakescope.service.webhooks import CallbackURLError, check_callback_url
 from fakescope.settings import Settings
 from fakescope.storage import ObjectNotFound, ObjectStore, ObjectTooLarge, sign_url, verify_url
-from fakescope.taskformat import task1, task2
 
 router = APIRouter(prefix="/jobs", tags=["jobs"])
 logger = logging.getLogger(__name__)
@@ -377,14 +377,14 @@ def job_failures(
 def job_task1(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> list[dict[str, Any]]:
     """``[{"index": 1, "prediction": "real"}, ...]`` for every classified image."""
     _job_or_404(session, tenant, job_id)
-    return task1(svc.task_entries(session, job_id=job_id))
+    return detection_answers(svc.task_entries(session, job_id=job_id))
 
 
 @router.get("/{job_id}/task2.json")
 def job_task2(job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> list[dict[str, Any]]:
     """``[{"index": 2, "explanation": {artifact: reason}}, ...]`` for the images predicted fake."""
     _job_or_404(session, tenant, job_id)
-    return task2(svc.task_entries(session, job_id=job_id))
+    return explanation_answers(svc.task_entries(session, job_id=job_id))
 
 
 @router.get("/{job_id}/deliveries", response_model=DeliveriesPage)

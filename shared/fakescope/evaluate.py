@@ -21,12 +21,12 @@ import torch.nn.functional as F
 from PIL import Image, ImageFilter
 from tqdm import tqdm
 
-from fakescope.calibration import fit_temperature
 from fakescope.checkpoint import CONFIG_FILE
 from fakescope.data import LabelledArray, load_labelled, make_split
 from fakescope.detector import Detector
 from fakescope.domain import fit_domain
 from fakescope.metrics import binary_metrics, domain_metrics
+from fakescope.temperature import fit_temperature
 
 __all__ = [
     "PERTURBATIONS",

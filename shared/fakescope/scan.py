@@ -20,12 +20,12 @@ from typing import Any
 from PIL import Image
 from tqdm import tqdm
 
+from fakescope.answers import AnswerEntry, detection_answers, explanation_answers
 from fakescope.detector import Detector
 from fakescope.imageio import DEFAULT_MAX_PIXELS, iter_inputs
 from fakescope.pipeline import ImageResult, classify_items
 from fakescope.provenance import provenance_summary
 from fakescope.report import record_base, render_report
-from fakescope.taskformat import TaskEntry, task1, task2
 
 __all__ = ["ScanSummary", "run_scan"]
 
@@ -132,10 +132,10 @@ def run_scan(
             jsonl.write(json.dumps({k: v for k, v in rec.items() if k != "thumbnail"}) + "\n")
 
     files = ["results.jsonl", "task1.json"]
-    entries = [TaskEntry(rec["file"], rec["prediction"], rec.get("artifacts")) for rec in records]
-    (out / "task1.json").write_text(json.dumps(task1(entries), indent=1) + "\n")
+    entries = [AnswerEntry(rec["file"], rec["prediction"], rec.get("artifacts")) for rec in records]
+    (out / "task1.json").write_text(json.dumps(detection_answers(entries), indent=1) + "\n")
     if explainer is not None:
-        (out / "task2.json").write_text(json.dumps(task2(entries), indent=1) + "\n")
+        (out / "task2.json").write_text(json.dumps(explanation_answers(entries), indent=1) + "\n")
         files.append("task2.json")
     title = "fakescope scan of " + ", ".join(str(p) for p in paths)[:200]
     (out / "report.html").write_text(

@@ -30,11 +30,11 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from fakescope.calibration import fit_temperature
 from fakescope.checkpoint import CheckpointMeta, Preprocess, load_checkpoint, save_checkpoint
 from fakescope.data import LABELS, load_labelled, make_split
 from fakescope.metrics import binary_metrics
 from fakescope.models import VARIANTS, Network, create_model
+from fakescope.temperature import fit_temperature
 
 __all__ = ["TrainConfig", "predict_arrays", "resolve_device", "train"]
 

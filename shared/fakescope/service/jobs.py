@@ -17,6 +17,7 @@ from typing import overload
 from sqlalchemy import case, delete, func, or_, update
 from sqlmodel import Session, col, select
 
+from fakescope.answers import AnswerEntry
 from fakescope.db.models import (
     ExplainStatus,
     ItemStatus,
@@ -30,7 +31,6 @@ from fakescope.db.models import (
 )
 from fakescope.service import webhooks
 from fakescope.storage import ObjectStore
-from fakescope.taskformat import TaskEntry
 
 __all__ = [
     "JobStateError",
@@ -158,13 +158,13 @@ def list_failures(
     return _items(session, job_id, [ItemStatus.FAILED], offset, limit)
 
 
-def task_entries(session: Session, *, job_id: uuid.UUID) -> list[TaskEntry]:
+def task_entries(session: Session, *, job_id: uuid.UUID) -> list[AnswerEntry]:
     rows = session.exec(
         select(JobItem.name, JobItem.prediction, JobItem.explanation, JobItem.status)
         .where(JobItem.job_id == job_id)
         .order_by(col(JobItem.position))
     ).all()
-    return [TaskEntry(name, pred if status == ItemStatus.DONE else None, expl) for name, pred, expl, status in rows]
+    return [AnswerEntry(name, pred if status == ItemStatus.DONE else None, expl) for name, pred, expl, status in rows]
 
 
 def cancel_job(session: Session, *, job: Job) -> Job:

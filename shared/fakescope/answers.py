@@ -2,7 +2,7 @@
 
 task1 lists one ``{"index": i, "prediction": "real"|"fake"}`` per classified image; task2 lists one
 ``{"index": i, "explanation": {artifact: reason}}`` per image predicted fake. Both number images with
-:func:`task_index`, so a scan and a job over the same files give the same indices.
+:func:`answer_index`, so a scan and a job over the same files give the same indices.
 """
 
 from __future__ import annotations
@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
 
-__all__ = ["TaskEntry", "task1", "task2", "task_index"]
+__all__ = ["AnswerEntry", "answer_index", "detection_answers", "explanation_answers"]
 
 
 @dataclass(frozen=True)
-class TaskEntry:
+class AnswerEntry:
     """One image's outcome as the answer files need it.
 
     ``prediction`` is None for an image that could not be classified (it keeps its index, so the
@@ -40,7 +40,7 @@ def _as_int(stem: str) -> int | None:
     return int(s)
 
 
-def task_index(names: Sequence[str]) -> list[int]:
+def answer_index(names: Sequence[str]) -> list[int]:
     """The task index of each of ``names``, in the order given.
 
     The index is the file's numeric stem (``"12.png"`` is 12) when every stem is an integer and no two
@@ -57,21 +57,21 @@ def task_index(names: Sequence[str]) -> list[int]:
     return index
 
 
-def task1(entries: Iterable[TaskEntry]) -> list[dict[str, Any]]:
+def detection_answers(entries: Iterable[AnswerEntry]) -> list[dict[str, Any]]:
     """``[{"index": 1, "prediction": "real"}, ...]`` for every classified image, sorted by index."""
     items = list(entries)
-    index = task_index([e.name for e in items])
+    index = answer_index([e.name for e in items])
     rows = [{"index": i, "prediction": e.prediction} for i, e in zip(index, items, strict=True) if e.prediction]
     return sorted(rows, key=lambda r: r["index"])
 
 
-def task2(entries: Iterable[TaskEntry]) -> list[dict[str, Any]]:
+def explanation_answers(entries: Iterable[AnswerEntry]) -> list[dict[str, Any]]:
     """``[{"index": 2, "explanation": {artifact: reason}}, ...]`` for images predicted fake, sorted by index.
 
     A fake image without an explanation yet (explanations not asked for, or not done) has ``{}``.
     """
     items = list(entries)
-    index = task_index([e.name for e in items])
+    index = answer_index([e.name for e in items])
     rows = [
         {"index": i, "explanation": dict(e.explanation or {})}
         for i, e in zip(index, items, strict=True)
