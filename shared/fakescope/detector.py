@@ -63,7 +63,7 @@ class Detector:
         self._gradcam = GradCAM(model, model.cam_target)
         # GradCAM's maps from the forward pass alone when the head allows it (see fakescope.gradcam):
         # one backward pass fewer per batch. Set False to take the hooks-and-gradients path.
-        self.cam_from_head = _features_feed_linear_head(model, meta.preprocess.input_size, device)
+        self.cam_from_head = _features_feed_linear_head(model)
         pre = meta.preprocess
         self._mean = torch.tensor(pre.mean, device=device).view(1, 3, 1, 1)
         self._std = torch.tensor(pre.std, device=device).view(1, 3, 1, 1)
@@ -203,22 +203,17 @@ class Detector:
         return Analysis(self.probabilities(logits), cam_maps, domain, grids)
 
 
-def _features_feed_linear_head(model: Network, input_size: tuple[int, int], device: torch.device) -> bool:
+def _features_feed_linear_head(model: Network) -> bool:
     """Whether ``forward_features`` returns the last stage's output as is, into average pooling and a linear head.
 
     Then a logit's gradient at that output is the same at every cell and GradCAM needs no backward
-    pass. A variant whose frequency branch merged after the last stage would fail the identity check.
+    pass. Read from the architecture (``features_are_cam_target``; a test holds it to a forward pass
+    for every variant), not from a dummy forward pass at every load.
     """
     pool = model.global_pool
-    if not (
-        isinstance(pool, nn.AdaptiveAvgPool2d) and pool.output_size in (1, (1, 1)) and isinstance(model.head, nn.Linear)
-    ):
-        return False
-    seen: list[torch.Tensor] = []
-    hook = model.cam_target.register_forward_hook(lambda _m, _i, out: seen.append(out))
-    try:
-        with torch.no_grad():
-            feats = model.forward_features(torch.zeros(1, 3, *input_size, device=device))
-    finally:
-        hook.remove()
-    return len(seen) == 1 and feats is seen[0]
+    return (
+        isinstance(pool, nn.AdaptiveAvgPool2d)
+        and pool.output_size in (1, (1, 1))
+        and isinstance(model.head, nn.Linear)
+        and model.features_are_cam_target
+    )

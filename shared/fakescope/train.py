@@ -33,7 +33,7 @@ from tqdm import tqdm
 from fakescope.checkpoint import CheckpointMeta, Preprocess, load_checkpoint, save_checkpoint
 from fakescope.data import LABELS, load_labelled, make_split
 from fakescope.metrics import binary_metrics
-from fakescope.models import VARIANTS, Network, create_model
+from fakescope.models import Network, create_model, list_models
 from fakescope.temperature import fit_temperature
 
 __all__ = ["TrainConfig", "predict_arrays", "resolve_device", "train"]
@@ -89,7 +89,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
             raise ValueError(f"recipe must be one of {RECIPES}, got {self.recipe!r}")
-        if self.variant not in VARIANTS:
+        if self.variant not in list_models():
             raise ValueError(f"unknown variant {self.variant!r}")
         if self.resume and self.init_from:
             raise ValueError("resume continues a run; init_from starts a new one from trained weights: pick one")

@@ -135,3 +135,25 @@ def test_timm_surface_feature_info_matches_the_stages(variant: str) -> None:
     model.reset_classifier(5)
     with torch.no_grad():
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
+
+
+def _returns_cam_target_output(model: torch.nn.Module) -> bool:
+    seen: list[torch.Tensor] = []
+    hook = model.cam_target.register_forward_hook(lambda _m, _i, out: seen.append(out))
+    try:
+        with torch.no_grad():
+            feats = model.forward_features(torch.zeros(1, 3, 32, 32))
+    finally:
+        hook.remove()
+    return len(seen) == 1 and feats is seen[0]
+
+
+@pytest.mark.parametrize("merges", [0, 1, 3, 4])
+@pytest.mark.parametrize("name", list_models())
+def test_features_are_cam_target_matches_a_forward_pass(name: str, merges: int) -> None:
+    # The detector reads this property instead of running a dummy forward pass at every load.
+    try:
+        model = create_model(name, freq_merges=merges).eval()
+    except ValueError:
+        pytest.skip("not a valid configuration of this variant")
+    assert model.features_are_cam_target == _returns_cam_target_output(model), (name, merges)

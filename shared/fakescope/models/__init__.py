@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fakescope.models.ensemble import EnsembleConfig, FreqNetEnsemble
-from fakescope.models.freqnet_resnet import VARIANTS, FreqNetResNet, FreqNetResNetConfig
+from fakescope.models.freqnet_resnet import MODELS, FreqNetResNet, FreqNetResNetConfig
 
 __all__ = [
     "EnsembleConfig",
@@ -25,17 +25,15 @@ Network = FreqNetResNet | FreqNetEnsemble
 
 def list_models() -> list[str]:
     """Names of the registered variants."""
-    return sorted(VARIANTS)
+    return sorted(MODELS)
 
 
 def create_model(name: str, **overrides: Any) -> FreqNetResNet:
-    """Builds variant ``name`` with random weights; ``overrides`` replace fields of its config."""
-    if name not in VARIANTS:
+    """Builds variant ``name`` with random weights through its registered builder; ``overrides``
+    replace fields of its config."""
+    if name not in MODELS:
         raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}")
-    cfg = VARIANTS[name]
-    if overrides:
-        cfg = FreqNetResNetConfig.from_dict({**cfg.to_dict(), **overrides})
-    return FreqNetResNet(cfg)
+    return MODELS[name](**overrides)
 
 
 def build_network(arch: FreqNetResNetConfig | EnsembleConfig) -> Network:

@@ -123,6 +123,11 @@ class FreqNetEnsemble(nn.Module):
         self.head.weight.copy_(torch.cat([w * h.weight for w, h in zip(weights, heads, strict=True)], dim=1))
         self.head.bias.copy_(torch.stack([w * h.bias for w, h in zip(weights, heads, strict=True)]).sum(0))
 
+    @property
+    def features_are_cam_target(self) -> bool:
+        """Always: the concatenated map is ``cam_target``'s output and what ``forward_features`` returns."""
+        return True
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         maps = [m.forward_features(x) for m in self.nets()]
         h = max(f.shape[-2] for f in maps)

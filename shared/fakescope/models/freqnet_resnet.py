@@ -12,6 +12,7 @@ high frequencies. The CIFAKE solution this project starts from combined the same
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -24,6 +25,7 @@ __all__ = [
     "FCL",
     "HFRFS",
     "HFRI",
+    "MODELS",
     "VARIANTS",
     "BasicBlock",
     "Bottleneck",
@@ -34,6 +36,10 @@ __all__ = [
     "freqnet_resnet50",
     "freqnet_resnet_s",
     "freqnet_resnet_tiny",
+    "freqnet_vgg",
+    "register_model",
+    "vgg3_anchor",
+    "vgg3_wide",
 ]
 
 
@@ -344,6 +350,12 @@ class FreqNetResNet(nn.Module):
         return self.get_submodule(self.feature_info[-1]["module"])
 
     @property
+    def features_are_cam_target(self) -> bool:
+        """Whether ``forward_features`` returns ``cam_target``'s output unchanged: true unless the
+        frequency branch merges after the last stage (then GradCAM's target is not the head's input)."""
+        return len(self.freq) <= len(self.stages)
+
+    @property
     def num_classes(self) -> int:
         return self.head.out_features
 
@@ -463,6 +475,18 @@ ANCHORS["vgg3_wide"] = replace(ANCHORS["vgg3_anchor"], planes=(64, 128, 256))
 VARIANTS.update(ANCHORS)
 
 
+# The registry: variant name -> builder, filled by @register_model below (timm's pattern).
+MODELS: dict[str, Callable[..., FreqNetResNet]] = {}
+
+
+def register_model(fn: Callable[..., FreqNetResNet]) -> Callable[..., FreqNetResNet]:
+    """Registers a builder under its function's name, which is also its config's key in VARIANTS."""
+    if fn.__name__ not in VARIANTS:
+        raise KeyError(f"builder {fn.__name__!r} has no config in VARIANTS")
+    MODELS[fn.__name__] = fn
+    return fn
+
+
 def _create(variant: str, **overrides: Any) -> FreqNetResNet:
     cfg = VARIANTS[variant]
     if overrides:
@@ -470,16 +494,41 @@ def _create(variant: str, **overrides: Any) -> FreqNetResNet:
     return FreqNetResNet(cfg)
 
 
+@register_model
 def freqnet_resnet50(**overrides: Any) -> FreqNetResNet:
-    """The paper-size model."""
+    """The paper-size model (about 25M parameters)."""
     return _create("freqnet_resnet50", **overrides)
 
 
+@register_model
+def freqnet_resnet_tiny(**overrides: Any) -> FreqNetResNet:
+    """The compact FreqNet-ResNet (0.78M): the default before vgg3_wide."""
+    return _create("freqnet_resnet_tiny", **overrides)
+
+
+@register_model
 def freqnet_resnet_s(**overrides: Any) -> FreqNetResNet:
-    """The wide, shallow CPU model: the shipped default."""
+    """Wide, shallow basic blocks with wavelet attention: the first CPU candidate (ablation rows)."""
     return _create("freqnet_resnet_s", **overrides)
 
 
-def freqnet_resnet_tiny(**overrides: Any) -> FreqNetResNet:
-    """The compact model, the shipped default."""
-    return _create("freqnet_resnet_tiny", **overrides)
+@register_model
+def freqnet_vgg(**overrides: Any) -> FreqNetResNet:
+    """Plain VGG blocks with the frequency branch merged in (the ablation's FreqNet row)."""
+    return _create("freqnet_vgg", **overrides)
+
+
+@register_model
+def vgg3_anchor(**overrides: Any) -> FreqNetResNet:
+    """The published plain-CNN anchor (0.29M)."""
+    return _create("vgg3_anchor", **overrides)
+
+
+@register_model
+def vgg3_wide(**overrides: Any) -> FreqNetResNet:
+    """The anchor at twice the width (1.15M): the shipped default."""
+    return _create("vgg3_wide", **overrides)
+
+
+if set(VARIANTS) != set(MODELS):  # a config without a builder could not be created by name
+    raise RuntimeError(f"variants without a builder: {sorted(set(VARIANTS) - set(MODELS))}")
