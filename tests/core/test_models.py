@@ -157,3 +157,11 @@ def test_features_are_cam_target_matches_a_forward_pass(name: str, merges: int) 
     except ValueError:
         pytest.skip("not a valid configuration of this variant")
     assert model.features_are_cam_target == _returns_cam_target_output(model), (name, merges)
+
+
+def test_act_and_norm_layers_are_injected() -> None:
+    model = create_model("freqnet_vgg", act_layer=torch.nn.GELU, norm_layer=lambda c: torch.nn.GroupNorm(1, c))
+    kinds = {type(m) for m in model.modules()}
+    assert torch.nn.GELU in kinds and torch.nn.GroupNorm in kinds
+    assert torch.nn.ReLU not in kinds and torch.nn.BatchNorm2d not in kinds
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 2)

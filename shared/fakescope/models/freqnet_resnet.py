@@ -43,11 +43,28 @@ __all__ = [
 ]
 
 
-def _conv_bn(in_chs: int, out_chs: int, kernel_size: int = 1) -> nn.Sequential:
+# What builds a block's normalisation and activation (timm's norm_layer / act_layer): batch norm
+# and ReLU unless a model is given others.
+NormLayer = Callable[[int], nn.Module]
+ActLayer = Callable[..., nn.Module]
+
+
+def _act(act_layer: ActLayer) -> nn.Module:
+    return act_layer(inplace=True) if act_layer is nn.ReLU else act_layer()
+
+
+def _conv_bn(in_chs: int, out_chs: int, kernel_size: int = 1, norm_layer: NormLayer = nn.BatchNorm2d) -> nn.Sequential:
     return nn.Sequential(
         nn.Conv2d(in_chs, out_chs, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_chs),
+        norm_layer(out_chs),
     )
+
+
+def _zero_init_last_norm(conv_bn: nn.Sequential) -> None:
+    """Each residual block starts as the identity: its last norm's scale at zero (where it has one)."""
+    weight = getattr(conv_bn[1], "weight", None)
+    if isinstance(weight, torch.Tensor):
+        nn.init.zeros_(weight)
 
 
 class HFRI(nn.Module):
@@ -65,15 +82,23 @@ class HFRFS(nn.Module):
     """High-frequency representation of feature maps, then a conv, BN and ReLU."""
 
     def __init__(
-        self, in_chs: int, out_chs: int, kernel_size: int = 1, scale: int = 4, prefiltered: bool = False
+        self,
+        in_chs: int,
+        out_chs: int,
+        kernel_size: int = 1,
+        scale: int = 4,
+        prefiltered: bool = False,
+        *,
+        act_layer: ActLayer = nn.ReLU,
+        norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         self.scale = scale
         # True when the input is already high-passed by the same mask (HFRI's output): filtering it
         # again would cost two FFTs to change only the mask's boundary bins.
         self.prefiltered = prefiltered
-        self.conv = _conv_bn(in_chs, out_chs, kernel_size)
-        self.act = nn.ReLU(inplace=True)
+        self.conv = _conv_bn(in_chs, out_chs, kernel_size, norm_layer)
+        self.act = _act(act_layer)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.conv(x if self.prefiltered else fft_highpass(x, self.scale)))
@@ -88,12 +113,12 @@ class FCL(nn.Module):
     residual keeps the spatial features the FCL refines.
     """
 
-    def __init__(self, chs: int) -> None:
+    def __init__(self, chs: int, *, act_layer: ActLayer = nn.ReLU, norm_layer: NormLayer = nn.BatchNorm2d) -> None:
         super().__init__()
         self.amp_conv = nn.Conv2d(chs, chs, kernel_size=1)
         self.pha_conv = nn.Conv2d(chs, chs, kernel_size=1)
-        self.act = nn.ReLU(inplace=True)
-        self.bn = nn.BatchNorm2d(chs)
+        self.act = _act(act_layer)
+        self.bn = norm_layer(chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # cuFFT has no half-precision path for arbitrary sizes: keep the spectral part in fp32.
@@ -110,23 +135,29 @@ class Bottleneck(nn.Module):
 
     expansion = 4
 
-    def __init__(self, in_chs: int, planes: int, stride: int = 1) -> None:
+    def __init__(
+        self,
+        in_chs: int,
+        planes: int,
+        stride: int = 1,
+        *,
+        act_layer: ActLayer = nn.ReLU,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+    ) -> None:
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
         super().__init__()
         out_chs = planes * self.expansion
-        self.conv1 = _conv_bn(in_chs, planes, 1)
+        self.conv1 = _conv_bn(in_chs, planes, 1, norm_layer)
         self.down = WaveletAttention() if stride == 2 else nn.Identity()
-        self.conv2 = _conv_bn(planes, planes, 3)
-        self.conv3 = _conv_bn(planes, out_chs, 1)
-        bn3 = self.conv3[1]
-        assert isinstance(bn3, nn.BatchNorm2d)
-        nn.init.zeros_(bn3.weight)  # each residual block starts as the identity
-        self.act = nn.ReLU(inplace=True)
+        self.conv2 = _conv_bn(planes, planes, 3, norm_layer)
+        self.conv3 = _conv_bn(planes, out_chs, 1, norm_layer)
+        _zero_init_last_norm(self.conv3)
+        self.act = _act(act_layer)
         if stride == 2:
             self.shortcut: nn.Module = WaveletDownsample(in_chs, out_chs)
         elif in_chs != out_chs:
-            self.shortcut = _conv_bn(in_chs, out_chs, 1)
+            self.shortcut = _conv_bn(in_chs, out_chs, 1, norm_layer)
         else:
             self.shortcut = nn.Identity()
 
@@ -148,25 +179,32 @@ class BasicBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_chs: int, planes: int, stride: int = 1, wavelet: bool = True) -> None:
+    def __init__(
+        self,
+        in_chs: int,
+        planes: int,
+        stride: int = 1,
+        wavelet: bool = True,
+        *,
+        act_layer: ActLayer = nn.ReLU,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+    ) -> None:
         if stride not in (1, 2):
             raise ValueError(f"stride must be 1 or 2, got {stride}")
         super().__init__()
         self.down: nn.Module = nn.Identity()
         if stride == 2:
             self.down = WaveletAttention() if wavelet else nn.MaxPool2d(2)
-        self.conv1 = _conv_bn(in_chs, planes, 3)
-        self.conv2 = _conv_bn(planes, planes, 3)
-        bn2 = self.conv2[1]
-        assert isinstance(bn2, nn.BatchNorm2d)
-        nn.init.zeros_(bn2.weight)  # each residual block starts as the identity
-        self.act = nn.ReLU(inplace=True)
+        self.conv1 = _conv_bn(in_chs, planes, 3, norm_layer)
+        self.conv2 = _conv_bn(planes, planes, 3, norm_layer)
+        _zero_init_last_norm(self.conv2)
+        self.act = _act(act_layer)
         if stride == 2 and wavelet:
             self.shortcut: nn.Module = WaveletDownsample(in_chs, planes)
         elif stride == 2:
-            self.shortcut = nn.Sequential(nn.Conv2d(in_chs, planes, 1, stride=2, bias=False), nn.BatchNorm2d(planes))
+            self.shortcut = nn.Sequential(nn.Conv2d(in_chs, planes, 1, stride=2, bias=False), norm_layer(planes))
         elif in_chs != planes:
-            self.shortcut = _conv_bn(in_chs, planes, 1)
+            self.shortcut = _conv_bn(in_chs, planes, 1, norm_layer)
         else:
             self.shortcut = nn.Identity()
 
@@ -187,11 +225,20 @@ class PlainBlock(nn.Module):
 
     expansion = 1
 
-    def __init__(self, in_chs: int, planes: int, stride: int = 1, wavelet: bool = False) -> None:
+    def __init__(
+        self,
+        in_chs: int,
+        planes: int,
+        stride: int = 1,
+        wavelet: bool = False,
+        *,
+        act_layer: ActLayer = nn.ReLU,
+        norm_layer: NormLayer = nn.BatchNorm2d,
+    ) -> None:
         super().__init__()
-        self.conv1 = _conv_bn(in_chs, planes, 3)
-        self.conv2 = _conv_bn(planes, planes, 3)
-        self.act = nn.ReLU(inplace=True)
+        self.conv1 = _conv_bn(in_chs, planes, 3, norm_layer)
+        self.conv2 = _conv_bn(planes, planes, 3, norm_layer)
+        self.act = _act(act_layer)
         self.pool: nn.Module = nn.Identity()
         if stride == 2:
             self.pool = WaveletAttention() if wavelet else nn.MaxPool2d(2)
@@ -251,10 +298,14 @@ class FreqNetResNet(nn.Module):
     with a DWT downsample in front wherever the backbone has halved the resolution.
 
     Sub-module names are stable (``stem``, ``freq``, ``stages.N``, ``head``): GradCAM targets
-    ``stages.<last>`` and checkpoints are loaded strictly against them.
+    ``stages.<last>`` and checkpoints are loaded strictly against them. ``act_layer`` and
+    ``norm_layer`` (timm's) build every activation and normalisation: ReLU and batch norm, which
+    every shipped checkpoint was trained with, unless given others.
     """
 
-    def __init__(self, cfg: FreqNetResNetConfig) -> None:
+    def __init__(
+        self, cfg: FreqNetResNetConfig, *, act_layer: ActLayer = nn.ReLU, norm_layer: NormLayer = nn.BatchNorm2d
+    ) -> None:
         super().__init__()
         if not 0 <= cfg.freq_merges <= len(cfg.layers):
             raise ValueError(f"freq_merges must be in [0, {len(cfg.layers)}], got {cfg.freq_merges}")
@@ -265,14 +316,15 @@ class FreqNetResNet(nn.Module):
         if cfg.stem_chs == 0 and (cfg.freq_merges or cfg.stem_downsample):
             raise ValueError("a model without a stem (stem_chs=0) has no frequency merges and no stem pooling")
         block = BLOCKS[cfg.block]
+        layers: dict[str, Any] = {"act_layer": act_layer, "norm_layer": norm_layer}
         self.cfg = cfg
         self.hfri = HFRI(cfg.hfri_scale)
         self.stem: nn.Module = nn.Identity()
         if cfg.stem_chs:
             self.stem = nn.Sequential(
                 nn.Conv2d(cfg.in_chans, cfg.stem_chs, cfg.stem_kernel, padding=cfg.stem_kernel // 2, bias=False),
-                nn.BatchNorm2d(cfg.stem_chs),
-                nn.ReLU(inplace=True),
+                norm_layer(cfg.stem_chs),
+                _act(act_layer),
             )
         # The stem keeps full resolution: at 32x32 a stride-2 stem would discard exactly the
         # high-frequency bands the detector needs. Wavelet attention replaces ResNet's max pool.
@@ -305,9 +357,10 @@ class FreqNetResNet(nn.Module):
                 kernel_size=3 if i == 0 else 1,
                 scale=cfg.hfri_scale,
                 prefiltered=i == 0 and cfg.block != "bottleneck",
+                **layers,
             )
-            freq.append(nn.Sequential(*down, hfrfs, FCL(chs)))
-            proj.append(_conv_bn(chs, merge_chs[i], 1) if chs != merge_chs[i] else nn.Identity())
+            freq.append(nn.Sequential(*down, hfrfs, FCL(chs, **layers)))
+            proj.append(_conv_bn(chs, merge_chs[i], 1, norm_layer) if chs != merge_chs[i] else nn.Identity())
             in_chs = chs
         self.freq = nn.ModuleList(freq)
         self.freq_proj = nn.ModuleList(proj)
@@ -319,11 +372,11 @@ class FreqNetResNet(nn.Module):
             for j in range(depth):
                 s = stride if j == 0 else 1
                 if block is BasicBlock:
-                    blocks.append(BasicBlock(in_chs, planes, stride=s, wavelet=cfg.wavelet))
+                    blocks.append(BasicBlock(in_chs, planes, stride=s, wavelet=cfg.wavelet, **layers))
                 elif block is PlainBlock:
-                    blocks.append(PlainBlock(in_chs, planes, stride=s, wavelet=cfg.wavelet))
+                    blocks.append(PlainBlock(in_chs, planes, stride=s, wavelet=cfg.wavelet, **layers))
                 else:
-                    blocks.append(Bottleneck(in_chs, planes, stride=s))
+                    blocks.append(Bottleneck(in_chs, planes, stride=s, **layers))
                 in_chs = planes * block.expansion
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
@@ -487,11 +540,13 @@ def register_model(fn: Callable[..., FreqNetResNet]) -> Callable[..., FreqNetRes
     return fn
 
 
-def _create(variant: str, **overrides: Any) -> FreqNetResNet:
+def _create(
+    variant: str, *, act_layer: ActLayer = nn.ReLU, norm_layer: NormLayer = nn.BatchNorm2d, **overrides: Any
+) -> FreqNetResNet:
     cfg = VARIANTS[variant]
     if overrides:
         cfg = FreqNetResNetConfig.from_dict({**cfg.to_dict(), **overrides})
-    return FreqNetResNet(cfg)
+    return FreqNetResNet(cfg, act_layer=act_layer, norm_layer=norm_layer)
 
 
 @register_model
