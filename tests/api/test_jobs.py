@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 import threading
-import time
+import uuid
 import zipfile
 from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
 from pathlib import Path
@@ -15,7 +15,10 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from sqlmodel import Session, col, select
 
+from fakescope.db.engine import get_engine
+from fakescope.db.models import Job, WebhookDelivery
 from fakescope.detector import Detector
 from fakescope.imageio import InputItem, iter_inputs
 from fakescope.pipeline import classify_items
@@ -334,7 +337,19 @@ def test_cancel_sends_a_signed_webhook(service_stack: ServiceStack) -> None:
         headers, body = _Callbacks.received[0]
         assert verify_signature(secret, body, headers["X-Fakescope-Signature"])
         assert json.loads(body)["state"] == "cancelled"
-        time.sleep(1)
+        # Nothing more can be sent: the outbox says delivered (a webhook task sends only while it says
+        # pending), and the delivery log has the one attempt.
+        engine = get_engine(service_stack.svc.settings.sqlalchemy_url)
+
+        def outbox() -> str | None:
+            with Session(engine) as session:
+                job = session.get(Job, uuid.UUID(job_id))
+                return job.callback_status if job is not None else None
+
+        wait_until(lambda: outbox() == "HTTP 204", 30, "the delivery's outcome in the outbox")
+        with Session(engine) as session:
+            attempts = session.exec(select(WebhookDelivery).where(col(WebhookDelivery.job_id) == uuid.UUID(job_id)))
+            assert len(attempts.all()) == 1
         assert len(_Callbacks.received) == 1
     finally:
         server.shutdown()

@@ -7,8 +7,10 @@ once per session and shared, whichever folder asks first.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import io
+import json
 import os
 import secrets
 import signal
@@ -117,6 +119,20 @@ class ServiceStack:
                 return wait_until(finished, timeout, f"job {job_id} to finish", interval=0.5)
             except AssertionError as e:
                 raise AssertionError(f"{e}\n{self.logs()}") from None
+
+    def unacked_jobs(self) -> list[str]:
+        """The job ids of the task messages delivered to a worker and not acknowledged (Kombu's Redis
+        transport keeps them in its ``unacked`` hash until the visibility timeout restores them): what
+        a killed worker leaves behind, seen directly instead of by waiting for nothing to happen."""
+        assert self.svc.settings.broker_url is not None
+        r = redis.Redis.from_url(self.svc.settings.broker_url)
+        jobs = []
+        for raw in r.hvals("unacked"):
+            message = json.loads(raw)[0]
+            body = json.loads(base64.b64decode(message["body"])) if message.get("body") else None
+            if isinstance(body, list) and len(body) > 1:  # Celery's protocol 2: [args, kwargs, embed]
+                jobs.append(str(body[1].get("job_id")))
+        return jobs
 
     def flower_workers(self) -> dict[str, Any]:
         user, pw = FLOWER_AUTH.split(":")
