@@ -41,6 +41,7 @@ from fakescope.service.webhooks import (
     verify_signature,
     verify_standard_signature,
 )
+from fakescope.settings import Settings
 from tests.utils.stack import ServiceEnv
 
 
@@ -197,8 +198,13 @@ def _finished_job(session: Session, tenant_id: uuid.UUID, url: str) -> Job:
     return done
 
 
+def _delivery(settings: Settings, **changes: object) -> Settings:
+    """``settings`` with its webhook group changed (model_copy does not validate: a flat key would be ignored)."""
+    return settings.model_copy(update={"callback": settings.callback.model_copy(update=changes)})
+
+
 def test_the_outbox_delivers_retries_and_records_each_attempt(service_env: ServiceEnv, receiver: int) -> None:
-    settings = service_env.settings.model_copy(update={"callback_attempts": 3, "callback_backoff_s": 0.5})
+    settings = _delivery(service_env.settings, attempts=3, backoff_s=0.5)
     with service_env.session() as session:
         tenant, _ = create_api_key(session, tenant_name=f"hooks-{uuid.uuid4().hex[:6]}")
         job = _finished_job(session, tenant.id, f"http://127.0.0.1:{receiver}/done")
@@ -232,7 +238,7 @@ def test_the_outbox_delivers_retries_and_records_each_attempt(service_env: Servi
 
 
 def test_the_attempt_budget_ends_in_the_last_outcome(service_env: ServiceEnv, receiver: int) -> None:
-    settings = service_env.settings.model_copy(update={"callback_attempts": 2})
+    settings = _delivery(service_env.settings, attempts=2)
     with service_env.session() as session:
         tenant, _ = create_api_key(session, tenant_name=f"hooks-{uuid.uuid4().hex[:6]}")
         job = _finished_job(session, tenant.id, f"http://127.0.0.1:{receiver}/done")
@@ -244,7 +250,7 @@ def test_the_attempt_budget_ends_in_the_last_outcome(service_env: ServiceEnv, re
         assert job.callback_status == "HTTP 502"
         # A destination refused at delivery time (here: its network is no longer allowed) is final at once.
         other = _finished_job(session, tenant.id, f"http://127.0.0.1:{receiver}/done")
-        strict = settings.model_copy(update={"callback_allowed_networks": []})
+        strict = _delivery(settings, allowed_networks=[])
         outcome = attempt_delivery(session, job_id=other.id, settings=strict)
         assert outcome is not None and outcome.retry_in is None and outcome.outcome.startswith("refused: ")
 
