@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import PurePath
 
 import numpy as np
 
@@ -34,7 +35,7 @@ def by_generator(files: list[str], labels: list[int], probs: list[float], annota
     reals = [p for p, y in zip(probs, labels, strict=True) if y == 0]
     groups: dict[str, list[float]] = {}
     for file, y, p in zip(files, labels, probs, strict=True):
-        name = next((g for k, g in gen_of.items() if file.endswith(k)), None)
+        name = gen_of.get("/".join(PurePath(file).parts[-2:]))  # annotations name files as FAKE/x.jpg
         if y == 1 and name is not None:
             groups.setdefault(name, []).append(p)
     out: dict[str, object] = {}

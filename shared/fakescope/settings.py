@@ -130,7 +130,7 @@ class Settings(BaseSettings):
     broker_url: str | None = Field(
         None, description="Redis URL of the Celery broker (unset: the filesystem broker under data_dir)"
     )
-    s3: S3Settings = Field(default_factory=lambda: S3Settings(), description="the object store (below)")
+    s3: S3Settings = Field(default_factory=S3Settings, description="the object store (below)")
     secret_key: str = Field(
         "changethis",
         description="signs local object, overlay and image URLs and report tokens (production refuses the placeholder)",
@@ -194,7 +194,7 @@ class Settings(BaseSettings):
     max_items_per_job: int = Field(100_000, description="images per job")
     presign_expiry_s: int = Field(3600, description="lifetime of presigned and signed URLs")
     report_link_expiry_s: int = Field(7 * 24 * 3600, ge=60, description="how long a report link's token reads its job")
-    callback: CallbackSettings = Field(default_factory=lambda: CallbackSettings(), description="webhooks (below)")
+    callback: CallbackSettings = Field(default_factory=CallbackSettings, description="webhooks (below)")
     bootstrap_api_key: str | None = Field(None, description="an API key registered for tenant 'default' at prestart")
     metrics_port: int | None = Field(None, description="a worker process serves Prometheus metrics here")
     metrics_host: str = Field("0.0.0.0", description="address a worker's metrics server binds")

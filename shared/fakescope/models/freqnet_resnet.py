@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -46,11 +47,8 @@ __all__ = [
 # What builds a block's normalisation and activation (timm's norm_layer / act_layer): batch norm
 # and ReLU unless a model is given others.
 NormLayer = Callable[[int], nn.Module]
-ActLayer = Callable[..., nn.Module]
-
-
-def _act(act_layer: ActLayer) -> nn.Module:
-    return act_layer(inplace=True) if act_layer is nn.ReLU else act_layer()
+ActLayer = Callable[[], nn.Module]
+RELU: ActLayer = partial(nn.ReLU, inplace=True)
 
 
 def _conv_bn(in_chs: int, out_chs: int, kernel_size: int = 1, norm_layer: NormLayer = nn.BatchNorm2d) -> nn.Sequential:
@@ -89,7 +87,7 @@ class HFRFS(nn.Module):
         scale: int = 4,
         prefiltered: bool = False,
         *,
-        act_layer: ActLayer = nn.ReLU,
+        act_layer: ActLayer = RELU,
         norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
@@ -98,7 +96,7 @@ class HFRFS(nn.Module):
         # again would cost two FFTs to change only the mask's boundary bins.
         self.prefiltered = prefiltered
         self.conv = _conv_bn(in_chs, out_chs, kernel_size, norm_layer)
-        self.act = _act(act_layer)
+        self.act = act_layer()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.conv(x if self.prefiltered else fft_highpass(x, self.scale)))
@@ -113,11 +111,11 @@ class FCL(nn.Module):
     residual keeps the spatial features the FCL refines.
     """
 
-    def __init__(self, chs: int, *, act_layer: ActLayer = nn.ReLU, norm_layer: NormLayer = nn.BatchNorm2d) -> None:
+    def __init__(self, chs: int, *, act_layer: ActLayer = RELU, norm_layer: NormLayer = nn.BatchNorm2d) -> None:
         super().__init__()
         self.amp_conv = nn.Conv2d(chs, chs, kernel_size=1)
         self.pha_conv = nn.Conv2d(chs, chs, kernel_size=1)
-        self.act = _act(act_layer)
+        self.act = act_layer()
         self.bn = norm_layer(chs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -141,7 +139,7 @@ class Bottleneck(nn.Module):
         planes: int,
         stride: int = 1,
         *,
-        act_layer: ActLayer = nn.ReLU,
+        act_layer: ActLayer = RELU,
         norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
         if stride not in (1, 2):
@@ -153,7 +151,7 @@ class Bottleneck(nn.Module):
         self.conv2 = _conv_bn(planes, planes, 3, norm_layer)
         self.conv3 = _conv_bn(planes, out_chs, 1, norm_layer)
         _zero_init_last_norm(self.conv3)
-        self.act = _act(act_layer)
+        self.act = act_layer()
         if stride == 2:
             self.shortcut: nn.Module = WaveletDownsample(in_chs, out_chs)
         elif in_chs != out_chs:
@@ -186,7 +184,7 @@ class BasicBlock(nn.Module):
         stride: int = 1,
         wavelet: bool = True,
         *,
-        act_layer: ActLayer = nn.ReLU,
+        act_layer: ActLayer = RELU,
         norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
         if stride not in (1, 2):
@@ -198,7 +196,7 @@ class BasicBlock(nn.Module):
         self.conv1 = _conv_bn(in_chs, planes, 3, norm_layer)
         self.conv2 = _conv_bn(planes, planes, 3, norm_layer)
         _zero_init_last_norm(self.conv2)
-        self.act = _act(act_layer)
+        self.act = act_layer()
         if stride == 2 and wavelet:
             self.shortcut: nn.Module = WaveletDownsample(in_chs, planes)
         elif stride == 2:
@@ -232,13 +230,13 @@ class PlainBlock(nn.Module):
         stride: int = 1,
         wavelet: bool = False,
         *,
-        act_layer: ActLayer = nn.ReLU,
+        act_layer: ActLayer = RELU,
         norm_layer: NormLayer = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         self.conv1 = _conv_bn(in_chs, planes, 3, norm_layer)
         self.conv2 = _conv_bn(planes, planes, 3, norm_layer)
-        self.act = _act(act_layer)
+        self.act = act_layer()
         self.pool: nn.Module = nn.Identity()
         if stride == 2:
             self.pool = WaveletAttention() if wavelet else nn.MaxPool2d(2)
@@ -304,7 +302,7 @@ class FreqNetResNet(nn.Module):
     """
 
     def __init__(
-        self, cfg: FreqNetResNetConfig, *, act_layer: ActLayer = nn.ReLU, norm_layer: NormLayer = nn.BatchNorm2d
+        self, cfg: FreqNetResNetConfig, *, act_layer: ActLayer = RELU, norm_layer: NormLayer = nn.BatchNorm2d
     ) -> None:
         super().__init__()
         if not 0 <= cfg.freq_merges <= len(cfg.layers):
@@ -324,7 +322,7 @@ class FreqNetResNet(nn.Module):
             self.stem = nn.Sequential(
                 nn.Conv2d(cfg.in_chans, cfg.stem_chs, cfg.stem_kernel, padding=cfg.stem_kernel // 2, bias=False),
                 norm_layer(cfg.stem_chs),
-                _act(act_layer),
+                act_layer(),
             )
         # The stem keeps full resolution: at 32x32 a stride-2 stem would discard exactly the
         # high-frequency bands the detector needs. Wavelet attention replaces ResNet's max pool.
@@ -541,7 +539,7 @@ def register_model(fn: Callable[..., FreqNetResNet]) -> Callable[..., FreqNetRes
 
 
 def _create(
-    variant: str, *, act_layer: ActLayer = nn.ReLU, norm_layer: NormLayer = nn.BatchNorm2d, **overrides: Any
+    variant: str, *, act_layer: ActLayer = RELU, norm_layer: NormLayer = nn.BatchNorm2d, **overrides: Any
 ) -> FreqNetResNet:
     cfg = VARIANTS[variant]
     if overrides:
