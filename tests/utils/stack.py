@@ -120,19 +120,30 @@ class ServiceStack:
             except AssertionError as e:
                 raise AssertionError(f"{e}\n{self.logs()}") from None
 
-    def unacked_jobs(self) -> list[str]:
+    def _broker(self) -> redis.Redis:
+        assert self.svc.settings.broker_url is not None
+        return redis.Redis.from_url(self.svc.settings.broker_url)
+
+    def unacked_jobs(self) -> list[str | None]:
         """The job ids of the task messages delivered to a worker and not acknowledged (Kombu's Redis
         transport keeps them in its ``unacked`` hash until the visibility timeout restores them): what
         a killed worker leaves behind, seen directly instead of by waiting for nothing to happen."""
-        assert self.svc.settings.broker_url is not None
-        r = redis.Redis.from_url(self.svc.settings.broker_url)
-        jobs = []
-        for raw in r.hvals("unacked"):
-            message = json.loads(raw)[0]
-            body = json.loads(base64.b64decode(message["body"])) if message.get("body") else None
-            if isinstance(body, list) and len(body) > 1:  # Celery's protocol 2: [args, kwargs, embed]
-                jobs.append(str(body[1].get("job_id")))
-        return jobs
+        return [_job_of(json.loads(raw)[0]) for raw in self._broker().hvals("unacked")]
+
+    def queued_jobs(self, queue: str) -> list[str | None]:
+        """The job ids of the task messages waiting in ``queue`` (Kombu keeps a list per priority)."""
+        r = self._broker()
+        keys = [k for k in r.scan_iter(match=f"{queue}*") if k.decode().split("\x06", 1)[0] == queue]
+        return [_job_of(json.loads(raw)) for k in keys if r.type(k) == b"list" for raw in r.lrange(k, 0, -1)]
+
+    def ensure_classify_worker(self) -> None:
+        """Starts a fresh classify worker if a test left none running (a failure between a kill and
+        the restart), so that one test's failure is not every later test's."""
+        proc = self.stack.procs.get(self.classify_worker)
+        if proc is not None and proc.poll() is None:
+            return
+        self.classify_worker = f"classify-{int(self.classify_worker.rsplit('-', 1)[1]) + 1}"
+        self.start_worker("classify", self.classify_worker)
 
     def flower_workers(self) -> dict[str, Any]:
         user, pw = FLOWER_AUTH.split(":")
@@ -154,6 +165,12 @@ class ServiceStack:
     def start_worker(self, pool: str, name: str) -> None:
         self.stack.start_worker(pool, name=name, metrics_port=self.metrics_port(name))
         wait_until(lambda: self.worker_ready(f"{name}@"), 300, f"worker {name}", interval=1)
+
+
+def _job_of(message: dict[str, Any]) -> str | None:
+    """The ``job_id`` argument of a Celery task message (protocol 2's body: [args, kwargs, embed])."""
+    body = json.loads(base64.b64decode(message["body"])) if message.get("body") else None
+    return str(body[1].get("job_id")) if isinstance(body, list) and len(body) > 1 else None
 
 
 def _start_moto(tmp: Path) -> tuple[str, Callable[[], None]]:
@@ -310,6 +327,7 @@ def service_env(request: pytest.FixtureRequest) -> ServiceEnv:
 def service_stack(request: pytest.FixtureRequest) -> Iterator[ServiceStack]:
     st = get_service_stack(request)
     yield st
+    st.ensure_classify_worker()
 
 
 # Fault tests: a private broker, private processes and tight settings, on the session's database and bucket.

@@ -2,18 +2,47 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import time
 
 import pytest
 from sqlalchemy import func
 from sqlmodel import col, select
 
-from fakescope.db.models import JobItem
+from fakescope.db.models import ItemStatus, JobItem
 from tests.utils.stack import ServiceStack, png_bytes, wait_until
 
 pytestmark = pytest.mark.slow
 
 N = 150
+
+
+def _freeze_mid_chunk(st: ServiceStack, name: str, job_id: str) -> None:
+    """Stops worker ``name`` (SIGSTOP) while it holds a started, unfinished chunk of ``job_id``.
+
+    Killed without this, the worker can be between two chunks (one acknowledged, the next not yet
+    fetched) and leave nothing in hand: the test would then test nothing, or fail for no fault.
+    """
+    pid = st.stack.procs[name].pid
+    for _ in range(500):
+        os.killpg(pid, signal.SIGSTOP)
+        # While it is stopped the database is final: an item started and not finished is in its hands.
+        with st.svc.session() as session:
+            in_hand = session.exec(
+                select(func.count())
+                .select_from(JobItem)
+                .where(
+                    col(JobItem.job_id) == job_id,
+                    col(JobItem.status) == ItemStatus.QUEUED,
+                    col(JobItem.started_at).is_not(None),
+                )
+            ).one()
+        if in_hand:
+            return
+        os.killpg(pid, signal.SIGCONT)
+        time.sleep(0.005)
+    raise AssertionError(f"never caught {name} mid-chunk:\n{st.logs()}")
 
 
 def test_sigkill_mid_job_then_fresh_worker_gives_one_result_each(service_stack: ServiceStack) -> None:
@@ -28,9 +57,10 @@ def test_sigkill_mid_job_then_fresh_worker_gives_one_result_each(service_stack: 
             return c.get(f"/v1/jobs/{job_id}").json()["counts"]["done"]
 
         wait_until(lambda: done() >= 10, 180, "the first chunk", interval=0.1)
+        old = st.classify_worker
+        _freeze_mid_chunk(st, old, job_id)
         # SIGKILL the worker's whole process group (main process and pool child): no warm shutdown,
         # no ack, no chance to requeue; its reserved message sits unacknowledged in Redis.
-        old = st.classify_worker
         st.stack.stop(old, sig=signal.SIGKILL)
         after_kill = done()
         assert after_kill < N, "the job finished before the kill; nothing was tested"
