@@ -7,9 +7,11 @@ Starts a native stack of its own: a fresh Postgres database on ``--postgres``, p
 classify worker processes (``--workers``, torch threads split between them), all on this machine's
 cores. Then, for each ``k``:
 
-- end-to-end images/s of one job of ``--n`` CIFAKE images (one multipart upload), from the first
+- end-to-end images/s of a job of ``--n`` CIFAKE images (one multipart upload), from the first
   byte sent to the job's ``finished_at``, polled every 0.25 s as the client polls, and the processing
-  part alone (job created to finished);
+  part alone (job created to finished): ``--repeats`` such jobs, new bytes each, the best counting
+  (as the model-only figure is its best of three passes) and the median printed beside it; where the
+  best job's time went (the workers' busy share and the tail, from its rows);
 - the model-only images/s of the same detector on the same images and cores doing what the workers
   do per image (forward pass and GradCAM at the service batch size), and the ratio of the two;
 - object-store requests per image of that job (read from the S3 server's access log: moto only);
@@ -223,6 +225,37 @@ class Bench:
     def client(self) -> httpx.Client:
         return httpx.Client(base_url=self.api_url, headers={"X-API-Key": self.key}, timeout=600)
 
+    def timeline(self, job_id: str, k: int) -> str:
+        """Where the job's time went, from its rows: when the first chunk started, how busy the
+        ``k`` workers were between the job's creation and its end, and how long the tail ran on
+        fewer than ``k`` of them (a chunk's rows share its start; its end is its last row's)."""
+        with psycopg.connect(self.env["FAKESCOPE_DATABASE_URL"]) as conn:
+            created, finished = conn.execute(
+                "SELECT created_at, finished_at FROM jobs WHERE id = %s", (job_id,)
+            ).fetchone() or (None, None)
+            chunks = conn.execute(
+                "SELECT started_at, max(finished_at) FROM job_items WHERE job_id = %s GROUP BY started_at"
+                " ORDER BY started_at",
+                (job_id,),
+            ).fetchall()
+        if created is None or finished is None or not chunks:
+            return "no timeline (the job or its rows are missing)"
+        span = (finished - created).total_seconds()
+        busy = sum((end - start).total_seconds() for start, end in chunks)
+        # The tail: from the last time the number of running chunks fell below k until the job ends.
+        events = sorted([(s, 1) for s, _ in chunks] + [(e, -1) for _, e in chunks])
+        running, full_until = 0, chunks[0][0]
+        for t, step in events:
+            if running >= k > running + step:
+                full_until = t
+            running += step
+        tail = (finished - full_until).total_seconds()
+        return (
+            f"{len(chunks)} chunks; the first started {(chunks[0][0] - created).total_seconds():.2f} s after the job "
+            f"was created; workers busy {100 * busy / (k * span):.0f}% of {k} x {span:.1f} s; "
+            f"the last {tail:.2f} s ran on fewer than {k} worker(s)"
+        )
+
     def start_workers(self, k: int) -> list[int]:
         threads = max(1, (os.cpu_count() or 1) // k)
         pids = []
@@ -352,6 +385,9 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--checkpoint", help="default: the shipped checkpoint")
     p.add_argument("--chunk-size", type=int, help="images per classify task (default: the service's default)")
+    p.add_argument(
+        "--repeats", type=int, default=3, help="first submissions (new bytes each) per worker count; the best counts"
+    )
     p.add_argument("--latency-jobs", type=int, default=30)
     p.add_argument(
         "--no-overlays", action="store_true", help="verdicts-only jobs, against forward-only (TTA) model speed"
@@ -392,26 +428,38 @@ def main() -> None:
 def run_for(bench: Bench, k: int, files: list[tuple[str, bytes]], reference: float, args: argparse.Namespace) -> None:
     pids = bench.start_workers(k)
     # Bytes no earlier run sent, so the first submission is classified, not answered from the cache.
-    batch = [(f"k{k}-{n}", b + b"\0" * k) for n, b in files]  # trailing bytes: PNG ignores them, the hash does not
+    # Trailing bytes: image decoders ignore them, the content hash does not, so no run is a cache hit.
+    batches = [[(f"k{k}-{n}", b + b"\0" * (k + 8 * r)) for n, b in files] for r in range(args.repeats)]
+    what = "forward" if args.no_overlays else "forward+GradCAM"
     with bench.client() as c:
-        before = bench.cpu(pids)
-        requests_before = bench.s3_requests()
-        job, wall = bench.run_job(c, batch)
-        used = {k: v - before[k] for k, v in bench.cpu(pids).items()}
-        requests_after = bench.s3_requests()
+        runs = []
+        for r, new_bytes in enumerate(batches):
+            before, requests_before = bench.cpu(pids), bench.s3_requests()
+            job, wall = bench.run_job(c, new_bytes)
+            used = {k: v - before[k] for k, v in bench.cpu(pids).items()}
+            runs.append((wall, job, used, requests_before, bench.s3_requests(), new_bytes))
+            print(
+                f"[{k} worker(s)] first submission {r + 1}/{args.repeats}: {job['state']}; end-to-end "
+                f"{len(new_bytes) / wall:.0f} images/s ({wall:.1f} s), "
+                f"processing {len(new_bytes) / _seconds(job):.0f} images/s"
+            )
+        # The best run against the model's best pass, as the model-only figure is the best of three.
+        wall, job, used, requests_before, requests_after, batch = min(runs, key=lambda run: run[0])
         first = _results(c, job["id"])
         processing = _seconds(job)
         e2e = len(batch) / wall
+        median = len(batch) / sorted(run[0] for run in runs)[len(runs) // 2]
         print(
-            f"[{k} worker(s)] first submission: {job['state']}, {len(first)} results; end-to-end {e2e:.0f} images/s "
-            f"({wall:.1f} s), processing {len(batch) / processing:.0f} images/s; "
-            f"end-to-end / model-only ({'forward' if args.no_overlays else 'forward+GradCAM'}) = {e2e / reference:.2f}"
+            f"[{k} worker(s)] first submission, best of {len(runs)}: {job['state']}, {len(first)} results; "
+            f"end-to-end {e2e:.0f} images/s ({wall:.1f} s), processing {len(batch) / processing:.0f} images/s; "
+            f"end-to-end / model-only ({what}) = {e2e / reference:.2f} (median run: {median / reference:.2f})"
         )
         print(
             f"[{k} worker(s)] CPU ms per image, first submission ({os.cpu_count()} cores x {wall:.1f} s = "
             f"{(os.cpu_count() or 1) * wall * 1000 / len(batch):.1f} available): "
             + ", ".join(f"{name} {sec * 1000 / len(batch):.1f}" for name, sec in used.items())
         )
+        print(f"[{k} worker(s)] timeline, first submission: {bench.timeline(job['id'], k)}")
         if requests_before is not None and requests_after is not None:
             made = requests_after - requests_before
             print(
