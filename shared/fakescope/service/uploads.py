@@ -13,7 +13,7 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
 from pathlib import Path, PurePosixPath
@@ -264,7 +264,7 @@ class _Ingest:
                 break  # cancelled while its upload was being stored (the id is known to an idempotent retry)
             queued = [r.id for r in rows if r.status == ItemStatus.QUEUED]
             table = JobItem.__table__  # type: ignore[attr-defined]
-            self.session.connection().execute(insert(table), [{**asdict(r), "job_id": self.job_id} for r in rows])
+            self.session.connection().execute(insert(table), [{**vars(r), "job_id": self.job_id} for r in rows])
             self.session.commit()
             self.enqueue(self.job_id, queued)
             n_rows, n_queued = n_rows + len(rows), n_queued + len(queued)
