@@ -130,12 +130,6 @@ class ServiceStack:
         a killed worker leaves behind, seen directly instead of by waiting for nothing to happen."""
         return [_job_of(json.loads(raw)[0]) for raw in self._broker().hvals("unacked")]
 
-    def queued_jobs(self, queue: str) -> list[str | None]:
-        """The job ids of the task messages waiting in ``queue`` (Kombu keeps a list per priority)."""
-        r = self._broker()
-        keys = [k for k in r.scan_iter(match=f"{queue}*") if k.decode().split("\x06", 1)[0] == queue]
-        return [_job_of(json.loads(raw)) for k in keys if r.type(k) == b"list" for raw in r.lrange(k, 0, -1)]
-
     def ensure_classify_worker(self) -> None:
         """Starts a fresh classify worker if a test left none running (a failure between a kill and
         the restart), so that one test's failure is not every later test's."""
