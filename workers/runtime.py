@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -66,19 +65,6 @@ def detector() -> Detector:
     det = Detector.load(get_settings().checkpoint or None)
     logger.info("worker loaded detector %s", det.model_version)
     return det
-
-
-def decode_threads() -> int:
-    """Threads decoding a chunk's images ahead of the model. On a GPU, the CPU's cores (up to 8): the
-    model waits on decoding there. On CPU as many as the model has threads: decoding a 32x32 image
-    is a small share of its cost, and more threads than that only take the GIL from the thread that
-    runs the model between its operators (two workers on two cores: 2-6% slower with two decoding
-    threads each than with one, ops/bench/README.md)."""
-    import torch
-
-    if detector().device.type == "cuda":
-        return min(8, os.cpu_count() or 1)
-    return torch.get_num_threads()
 
 
 @cache

@@ -120,15 +120,13 @@ class ServiceStack:
             except AssertionError as e:
                 raise AssertionError(f"{e}\n{self.logs()}") from None
 
-    def _broker(self) -> redis.Redis:
-        assert self.svc.settings.broker_url is not None
-        return redis.Redis.from_url(self.svc.settings.broker_url)
-
     def unacked_jobs(self) -> list[str | None]:
         """The job ids of the task messages delivered to a worker and not acknowledged (Kombu's Redis
         transport keeps them in its ``unacked`` hash until the visibility timeout restores them): what
         a killed worker leaves behind, seen directly instead of by waiting for nothing to happen."""
-        return [_job_of(json.loads(raw)[0]) for raw in self._broker().hvals("unacked")]
+        assert self.svc.settings.broker_url is not None
+        broker = redis.Redis.from_url(self.svc.settings.broker_url)
+        return [_job_of(json.loads(raw)[0]) for raw in broker.hvals("unacked")]
 
     def ensure_classify_worker(self) -> None:
         """Starts a fresh classify worker if a test left none running (a failure between a kill and
