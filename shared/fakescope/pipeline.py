@@ -1,8 +1,8 @@
 """The classification pipeline that ``fakescope scan`` and the classify workers both run.
 
-Inputs are decoded on a small thread pool ahead of the model (Pillow releases the GIL while it
-decodes), grouped into batches, classified, and GradCAM overlays rendered; results come back in
-input order, one per input, each either a verdict or an error.
+Inputs are decoded (on a small thread pool ahead of the model, or in line where the model runs on a
+single CPU thread), grouped into batches, classified, and GradCAM overlays rendered; results come back in input
+order, one per input, each either a verdict or an error.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from itertools import islice
 from typing import Any
 
 import numpy as np
+import torch
 
 from fakescope.detector import Detector
 from fakescope.imageio import DEFAULT_MAX_PIXELS, ImageError, InputItem, decode_image
@@ -137,7 +139,7 @@ def classify_items(
     overlays: bool = True,
     grids: bool = False,
     max_pixels: int = DEFAULT_MAX_PIXELS,
-    decode_threads: int = 2,
+    decode_threads: int | None = None,
     keep_arrays: bool = False,
     trust_anchors_pem: str | None = None,
 ) -> Iterator[ImageResult]:
@@ -151,31 +153,41 @@ def classify_items(
         grids: keep each image's GradCAM grid (``cam_grid``), from which
             :func:`fakescope.overlay.render_overlay` draws that PNG later, identical.
         max_pixels: larger images are refused before they are decoded.
-        decode_threads: threads decoding ahead of the model.
+        decode_threads: threads decoding ahead of the model. None: none where the model runs on one
+            CPU thread (a classify worker's share of the cores), two elsewhere. A single-thread model
+            has nothing to overlap decoding with, and a decoding thread beside it only adds GIL
+            hand-offs: the job service went from 0.77 to 0.83 of model-only speed decoding in line
+            (ops/bench/README.md). On a GPU, or with several model threads, the threads overlap work.
         trust_anchors_pem: the C2PA trust list (PEM certificates) a manifest's signer is checked
             against (``provenance.c2pa.trusted``); None: no list, ``trusted`` is None.
         keep_arrays: keep the model input, the display-size image (at most ``OVERLAY_MAX_SIDE`` a
             side) and the GradCAM map on each result, for the explainers.
     """
-    with (
-        ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode") as pool,
-        ThreadPoolExecutor(max_workers=RENDER_THREADS, thread_name_prefix="overlay") as render,
-    ):
-        # The display-size copy only where an overlay or an explainer will use it.
-        need_display = overlays or keep_arrays
+    if decode_threads is None:
+        decode_threads = 0 if detector.device.type == "cpu" and torch.get_num_threads() == 1 else 2
+    # The display-size copy only where an overlay or an explainer will use it.
+    need_display = overlays or keep_arrays
 
-        # Executor.map submits everything at once; islice over a generator of futures keeps the
-        # look-ahead to a few batches so a million-image scan does not hold a million images.
-        def decoded() -> Iterator[DecodedImage]:
+    def decode(item: InputItem) -> DecodedImage:
+        return decode_item(item, detector, max_pixels, trust_anchors_pem, need_display)
+
+    def decoded() -> Iterator[DecodedImage]:
+        if not decode_threads:
+            yield from map(decode, items)
+            return
+        # Executor.map submits everything at once; a window of futures keeps the look-ahead to a few
+        # batches so a million-image scan does not hold a million images.
+        with ThreadPoolExecutor(max_workers=decode_threads, thread_name_prefix="decode") as pool:
             window = 4 * batch_size
-            pending: list[Any] = []
+            pending: deque[Future[DecodedImage]] = deque()
             for item in items:
-                pending.append(pool.submit(decode_item, item, detector, max_pixels, trust_anchors_pem, need_display))
+                pending.append(pool.submit(decode, item))
                 if len(pending) >= window:
-                    yield pending.pop(0).result()
-            for fut in pending:
-                yield fut.result()
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
+    with ThreadPoolExecutor(max_workers=RENDER_THREADS, thread_name_prefix="overlay") as render:
         # Overlays of one batch are encoded on other threads (zlib releases the GIL) while the model
         # runs on the next: results come out one batch behind the model.
         previous: list[tuple[ImageResult, Future[bytes] | None]] = []

@@ -130,3 +130,52 @@ def test_an_overlay_drawn_from_a_stored_grid_is_the_scan_overlay(tiny_checkpoint
     assert res.overlay_png is not None and res.cam_grid is not None
     record = json.loads(json.dumps(res.cam_grid))  # as it comes back from the database
     assert render_overlay(data, record) == res.overlay_png
+
+
+def test_decoding_in_line_or_on_threads_gives_the_same_results_in_order(tiny_checkpoint, monkeypatch) -> None:
+    det = Detector.load(tiny_checkpoint, device="cpu")
+    rng = np.random.default_rng(5)
+    items = []
+    for i in range(11):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
+        data = buf.getvalue() if i != 4 else b"not an image"
+        items.append(InputItem(f"{i}.png", lambda data=data: data))
+    runs = {
+        threads: list(classify_items(det, items, batch_size=4, grids=True, decode_threads=threads))
+        for threads in (0, 2)
+    }
+    # Left to itself, a single-thread CPU model decodes in line; with more threads, on threads.
+    seen: set[str] = set()
+    monkeypatch.setattr("fakescope.pipeline.decode_item", _recording_threads(seen))
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
+    list(classify_items(det, items, batch_size=4))
+    assert seen == {"MainThread"}
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    seen.clear()
+    list(classify_items(det, items, batch_size=4))
+    assert seen and "MainThread" not in seen
+    inline, threaded = runs[0], runs[2]
+    assert [r.name for r in inline] == [r.name for r in threaded] == [f"{i}.png" for i in range(11)]
+    assert inline[4].error is not None and inline[4].error == threaded[4].error
+    for a, b in zip(inline, threaded, strict=True):
+        assert (a.prediction, a.fake_probability, a.sha256, a.cam_grid, a.overlay_png) == (
+            b.prediction,
+            b.fake_probability,
+            b.sha256,
+            b.cam_grid,
+            b.overlay_png,
+        )
+
+
+def _recording_threads(seen: set[str]):
+    """decode_item, noting the name of each thread it runs on in ``seen``."""
+    import threading
+
+    from fakescope.pipeline import decode_item
+
+    def decode(*args, **kwargs):
+        seen.add(threading.current_thread().name)
+        return decode_item(*args, **kwargs)
+
+    return decode
