@@ -9,11 +9,14 @@ cores. Then, for each ``k``:
 
 - end-to-end images/s of a job of ``--n`` CIFAKE images (one multipart upload), from the first
   byte sent to the job's ``finished_at``, polled every 0.25 s as the client polls, and the processing
-  part alone (job created to finished): ``--repeats`` such jobs, new bytes each, the best counting
-  (as the model-only figure is its best of three passes) and the median printed beside it; where the
-  best job's time went (the workers' busy share and the tail, from its rows);
-- the model-only images/s of the same detector on the same images and cores doing what the workers
-  do per image (forward pass and GradCAM at the service batch size), and the ratio of the two;
+  part alone (job created to finished): ``--repeats`` such jobs, new bytes each;
+- beside each job, the model alone on the same images, already decoded, on the same cores doing what
+  the workers do per image (both TTA views, the domain score, the GradCAM grids, at the service's batch
+  size): a pass just before the job and one just after, so a job is set against the model in the same
+  minute (this shared machine's speed drifts by 10-20% within minutes); the ratio of each job to the
+  mean of its two passes, the median of those ratios, and for comparison the median and fastest jobs
+  against the fastest model-only pass of the whole benchmark; where the median job's time went (the
+  workers' busy share and the tail, from its rows) and how much CPU time the hypervisor took;
 - object-store requests per image of that job (read from the S3 server's access log: moto only);
 - the same batch resubmitted: answered from the content-hash cache, and how much faster;
 - p50/p95/p99 of single-image jobs from submit to ``succeeded``, and of status polls under load;
@@ -319,63 +322,84 @@ def _results(c: httpx.Client, job_id: str) -> dict[str, tuple[str, float]]:
             return out
 
 
-def _model_rates(
-    files: list[tuple[str, bytes]], checkpoint: str | None, batch: int, threads: int, start: Any = None
-) -> tuple[float, float]:
-    """(forward+GradCAM, forward-only) images/s of one process with ``threads`` torch threads, best of
-    three passes; ``start`` (a barrier) lines up concurrent processes before each pass."""
+_MODEL: dict[str, Any] = {}
+
+
+def _analyze_all(det: Any, arrays: np.ndarray, batch: int, cams: bool) -> None:
+    # What a classify worker runs on a chunk's decoded images (fakescope.pipeline.classify_items): both
+    # TTA views, the domain score with each image's size and, for overlay jobs, the GradCAM grids.
+    for i in range(0, len(arrays), batch):
+        part = arrays[i : i + batch]
+        det.analyze(part, cams=cams, sizes=[(32, 32)] * len(part), maps=False)
+
+
+def _model_load(files: list[tuple[str, bytes]], checkpoint: str | None, batch: int, threads: int) -> None:
+    """Loads the detector and decodes ``files`` once per process: passes then time the model alone."""
     import torch
 
     from fakescope.detector import Detector
+    from fakescope.imageio import decode_image
 
     torch.set_num_threads(threads)
     det = Detector.load(checkpoint, device="cpu")
-    arrays = np.stack([det.prepare(Image.open(io.BytesIO(b)).convert("RGB")) for _, b in files])
-    det.predict_with_cam(arrays[:batch])
-
-    def best(fn: Any) -> float:
-        rates = []
-        for _ in range(3):
-            if start is not None:
-                start.wait()
-            t = time.perf_counter()
-            for i in range(0, len(arrays), batch):
-                fn(arrays[i : i + batch])
-            rates.append(len(arrays) / (time.perf_counter() - t))
-        return max(rates)
-
-    return best(det.predict_with_cam), best(det.predict)
+    arrays = np.stack([det.prepare(decode_image(b)) for _, b in files])
+    _analyze_all(det, arrays[:batch], batch, True)  # warm-up
+    _MODEL.update(det=det, arrays=arrays, batch=batch)
 
 
-def _model_worker(args: tuple[list[tuple[str, bytes]], str | None, int, Any]) -> tuple[float, float]:
-    files, checkpoint, batch, start = args
-    return _model_rates(files, checkpoint, batch, 1, start)
+def _model_pass(args: tuple[int, int, bool, Any]) -> float:
+    """Images/s of one pass over this process's share (every ``of``-th image from ``index``)."""
+    index, of, cams, start = args
+    arrays = _MODEL["arrays"][index::of]
+    if start is not None:
+        start.wait()
+    t = time.perf_counter()
+    _analyze_all(_MODEL["det"], arrays, _MODEL["batch"], cams)
+    return len(arrays) / (time.perf_counter() - t)
 
 
-def model_only(files: list[tuple[str, bytes]], checkpoint: str | None, batch: int) -> tuple[float, float]:
-    """(forward+GradCAM images/s, forward-only images/s) on decoded images, all cores: the better of one
-    process with a thread per core and one single-thread process per core (the service's layout), each
-    the best of three passes.
+class ModelOnly:
+    """The model alone on the benchmark's images, already decoded, on all cores: one process with a
+    thread per core, and one single-thread process per core (the service's layout), both kept loaded
+    so that a pass can run right beside each service job. This machine's speed drifts by 10-20% within
+    minutes; a service job is set against the passes just before and just after it, not against a
+    figure taken minutes earlier in a faster or slower moment."""
 
-    The best, not the mean: this shared machine's speed drifts, and the ratio should not flatter the
-    service by catching the model on a slow moment or in a layout that suits it worse.
-    """
-    import multiprocessing as mp
+    def __init__(self, files: list[tuple[str, bytes]], checkpoint: str | None, batch: int, cams: bool) -> None:
+        import multiprocessing as mp
 
-    cores = os.cpu_count() or 1
-    one = _model_rates(files, checkpoint, batch, cores)
-    ctx = mp.get_context("spawn")
-    with ctx.Manager() as manager:
-        start = manager.Barrier(cores)
-        halves = [(files[i::cores], checkpoint, batch, start) for i in range(cores)]
-        with ctx.Pool(cores) as pool:
-            per_process = pool.map(_model_worker, halves)
-    many = (sum(r[0] for r in per_process), sum(r[1] for r in per_process))
-    print(
-        f"model-only layouts: 1 process x {cores} threads {one[0]:.0f} / {one[1]:.0f} images/s, "
-        f"{cores} processes x 1 thread {many[0]:.0f} / {many[1]:.0f} (forward+GradCAM / forward)"
-    )
-    return max(one[0], many[0]), max(one[1], many[1])
+        self.cores, self.cams = os.cpu_count() or 1, cams
+        _model_load(files, checkpoint, batch, self.cores)
+        ctx = mp.get_context("spawn")
+        self.manager = ctx.Manager()
+        self.start = self.manager.Barrier(self.cores)
+        self.pool = ctx.Pool(self.cores, initializer=_model_load, initargs=(files, checkpoint, batch, 1))
+        self.layout = "processes"
+
+    def one_process(self) -> float:
+        return _model_pass((0, 1, self.cams, None))
+
+    def processes(self) -> float:
+        # The barrier holds each task until every process has one, so each process takes one share.
+        return sum(self.pool.map(_model_pass, [(i, self.cores, self.cams, self.start) for i in range(self.cores)]))
+
+    def best_layout(self) -> float:
+        """Both layouts, best of three passes each; later passes use the faster layout."""
+        one = max(self.one_process() for _ in range(3))
+        many = max(self.processes() for _ in range(3))
+        print(
+            f"model-only layouts ({'forward+GradCAM' if self.cams else 'forward'}, best of 3 passes): "
+            f"1 process x {self.cores} threads {one:.0f} images/s, {self.cores} processes x 1 thread {many:.0f}"
+        )
+        self.layout = "processes" if many >= one else "one_process"
+        return max(one, many)
+
+    def measure(self) -> float:
+        return getattr(self, self.layout)()
+
+    def close(self) -> None:
+        self.pool.terminate()
+        self.manager.shutdown()
 
 
 def main() -> None:
@@ -408,11 +432,9 @@ def main() -> None:
 
     settings = Settings()
     print(f"machine: {describe()}")
-    with_cam, forward = model_only(files, args.checkpoint, settings.batch_size)
-    print(
-        f"model-only ({len(files)} images, batch {settings.batch_size}, {os.cpu_count()} threads): "
-        f"forward+GradCAM {with_cam:.0f} images/s, forward only {forward:.0f} images/s"
-    )
+    model = ModelOnly(files, args.checkpoint, settings.batch_size, cams=not args.no_overlays)
+    print(f"model-only: {len(files)} images, batch {settings.batch_size}, {os.cpu_count()} cores")
+    best = model.best_layout()
     print(f"service: chunk_size {args.chunk_size or settings.chunk_size}, batch_size {settings.batch_size}")
 
     with tempfile.TemporaryDirectory(prefix="fakescope-bench-") as tmp:
@@ -420,12 +442,15 @@ def main() -> None:
         try:
             bench.start()
             for k in args.workers:
-                run_for(bench, k, files, forward if args.no_overlays else with_cam, args)
+                run_for(bench, k, files, model, best, args)
         finally:
             bench.close()
+            model.close()
 
 
-def run_for(bench: Bench, k: int, files: list[tuple[str, bytes]], reference: float, args: argparse.Namespace) -> None:
+def run_for(
+    bench: Bench, k: int, files: list[tuple[str, bytes]], model: ModelOnly, best: float, args: argparse.Namespace
+) -> None:
     pids = bench.start_workers(k)
     # Bytes no earlier run sent, so the first submission is classified, not answered from the cache.
     # Trailing bytes: image decoders ignore them, the content hash does not, so no run is a cache hit.
@@ -433,31 +458,43 @@ def run_for(bench: Bench, k: int, files: list[tuple[str, bytes]], reference: flo
     what = "forward" if args.no_overlays else "forward+GradCAM"
     with bench.client() as c:
         runs = []
+        passes = [model.measure()]
         for r, new_bytes in enumerate(batches):
-            before, requests_before = bench.cpu(pids), bench.s3_requests()
+            before, requests_before, stolen = bench.cpu(pids), bench.s3_requests(), _steal()
             job, wall = bench.run_job(c, new_bytes)
             used = {k: v - before[k] for k, v in bench.cpu(pids).items()}
-            runs.append((wall, job, used, requests_before, bench.s3_requests(), new_bytes))
+            stolen = _steal(stolen)
+            passes.append(model.measure())
+            # Against the mean of the model-only passes just before and just after this job.
+            beside = (passes[-2] + passes[-1]) / 2
+            e2e = len(new_bytes) / wall
+            runs.append((e2e / beside, wall, job, used, requests_before, bench.s3_requests(), new_bytes, stolen))
             print(
                 f"[{k} worker(s)] first submission {r + 1}/{args.repeats}: {job['state']}; end-to-end "
-                f"{len(new_bytes) / wall:.0f} images/s ({wall:.1f} s), "
-                f"processing {len(new_bytes) / _seconds(job):.0f} images/s"
+                f"{e2e:.0f} images/s ({wall:.1f} s), processing {len(new_bytes) / _seconds(job):.0f} images/s; "
+                f"model-only just before and after it {passes[-2]:.0f} and {passes[-1]:.0f} images/s: "
+                f"ratio {e2e / beside:.2f}"
             )
-        # The best run against the model's best pass, as the model-only figure is the best of three.
-        wall, job, used, requests_before, requests_after, batch = min(runs, key=lambda run: run[0])
+        ordered = sorted(runs, key=lambda run: run[0])
+        ratio, wall, job, used, requests_before, requests_after, batch, stolen = ordered[len(runs) // 2]
         first = _results(c, job["id"])
         processing = _seconds(job)
         e2e = len(batch) / wall
-        median = len(batch) / sorted(run[0] for run in runs)[len(runs) // 2]
+        fastest = len(batch) / min(run[1] for run in runs)
+        reference = max(best, *passes)
         print(
-            f"[{k} worker(s)] first submission, best of {len(runs)}: {job['state']}, {len(first)} results; "
-            f"end-to-end {e2e:.0f} images/s ({wall:.1f} s), processing {len(batch) / processing:.0f} images/s; "
-            f"end-to-end / model-only ({what}) = {e2e / reference:.2f} (median run: {median / reference:.2f})"
+            f"[{k} worker(s)] first submission, the median of {len(runs)} runs: {job['state']}, {len(first)} "
+            f"results; end-to-end {e2e:.0f} images/s ({wall:.1f} s), processing {len(batch) / processing:.0f} "
+            f"images/s; end-to-end / model-only ({what}) = {ratio:.2f} (each run against the model-only passes "
+            f"beside it: {', '.join(f'{run[0]:.2f}' for run in runs)}); against the fastest model-only pass of "
+            f"the benchmark ({reference:.0f} images/s): median run {e2e / reference:.2f}, fastest run "
+            f"{fastest / reference:.2f}"
         )
         print(
             f"[{k} worker(s)] CPU ms per image, first submission ({os.cpu_count()} cores x {wall:.1f} s = "
             f"{(os.cpu_count() or 1) * wall * 1000 / len(batch):.1f} available): "
             + ", ".join(f"{name} {sec * 1000 / len(batch):.1f}" for name, sec in used.items())
+            + f"; {stolen:.1f}% of the CPU time stolen by the hypervisor"
         )
         print(f"[{k} worker(s)] timeline, first submission: {bench.timeline(job['id'], k)}")
         if requests_before is not None and requests_after is not None:
@@ -514,6 +551,16 @@ def run_for(bench: Bench, k: int, files: list[tuple[str, bytes]], reference: flo
     rss = [tree_peak_rss_mb(pid) for pid in pids]
     print(f"[{k} worker(s)] peak RSS per worker process tree (MiB): {', '.join(f'{m:.0f}' for m in rss)}")
     bench.stop_workers(k)
+
+
+def _steal(since: tuple[int, int] | None = None) -> Any:
+    """The hypervisor's steal ticks and all ticks from /proc/stat; given an earlier reading, the share
+    of the time since then (in %) that this VM's CPUs were runnable but given to another guest."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    now = (fields[7], sum(fields))
+    if since is None:
+        return now
+    return 100 * (now[0] - since[0]) / max(1, now[1] - since[1])
 
 
 def _seconds(job: dict[str, Any]) -> float:
