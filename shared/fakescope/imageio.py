@@ -15,7 +15,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -156,17 +156,21 @@ def _is_archive(name: str) -> bool:
     return name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
+def _parts(name: str) -> list[str]:
+    # An archive member's path components, backslashes counted as separators too ("..\\x.png" is a
+    # climb). What PurePosixPath(...).parts gives, less the root, with plain string splits: the API
+    # checks every member of a 10,000-image archive twice, and pathlib was a tenth of an upload's CPU.
+    return [p for p in name.replace("\\", "/").split("/") if p and p != "."]
+
+
 def _skip(name: str) -> bool:
-    # Backslashes as separators too, as in _unsafe: "..\\x.png" is a climb to report, not a hidden file.
-    parts = PurePosixPath(name.replace("\\", "/")).parts
-    return any((p.startswith(".") and p != "..") or p == "__MACOSX" for p in parts)
+    return any((p.startswith(".") and p != "..") or p == "__MACOSX" for p in _parts(name))
 
 
 def _unsafe(name: str) -> bool:
     # Nothing is extracted to disk, but a member that climbs out of the archive is a sign of an
     # attack and its name would mislead whoever reads the results: report it instead of reading it.
-    p = PurePosixPath(name.replace("\\", "/"))
-    return p.is_absolute() or ".." in p.parts
+    return name.replace("\\", "/").startswith("/") or ".." in _parts(name)
 
 
 def _read_file(path: Path, max_bytes: int) -> Callable[[], bytes]:

@@ -287,11 +287,12 @@ class _Ingest:
         numbered = enumerate(inputs)
         window: Window = []
         held = 0
-        first = True
+        first, over = True, False
         cap = self.max_bytes + 1
         while group := list(islice(numbered, UPLOAD_THREADS)):
             if group[-1][0] >= self.max_items:
                 group = [(p, it) for p, it in group if p < self.max_items]
+                over = True
                 self.job.error = (
                     f"the upload has more than {self.max_items} images; the first {self.max_items} were kept"
                 )
@@ -312,8 +313,10 @@ class _Ingest:
                 first = False
                 yield window, held
                 window, held = [], 0
-            if self.job.error:
-                break  # the rest of the upload is not read at all
+            if over:
+                # The rest of the upload is not read at all. (A flag, not job.error: each window's commit
+                # expires the job, and reading it back would cost a query per window.)
+                break
         if window:
             yield window, held
 
