@@ -384,6 +384,10 @@ def _walk_png(data: bytes, errors: _Errors) -> _PngFindings:
 class _JpegFindings:
     xmp: bytes | None = None
     has_c2pa: bool = False
+    # Whether an APP1 "Exif" segment came before the scan, and whether the walk got there: a JPEG whose
+    # segments were all read and held no EXIF has none for Pillow to find either.
+    has_exif: bool = False
+    complete: bool = False
 
 
 def _walk_jpeg(data: bytes, errors: _Errors) -> _JpegFindings:
@@ -402,6 +406,7 @@ def _walk_jpeg(data: bytes, errors: _Errors) -> _JpegFindings:
             pos += 2
             continue
         if marker in (0xD9, 0xDA):  # end of image, start of scan: no metadata after this point
+            found.complete = True
             return found
         (length,) = struct.unpack(">H", data[pos + 2 : pos + 4])
         end = pos + 2 + length
@@ -415,6 +420,7 @@ def _walk_jpeg(data: bytes, errors: _Errors) -> _JpegFindings:
             return found
         if marker == 0xE1 and body.startswith(_XMP_JPEG_PREFIX) and found.xmp is None:
             found.xmp = body[len(_XMP_JPEG_PREFIX) :]
+        found.has_exif |= marker == 0xE1 and body.startswith(b"Exif\0\0")  # what Pillow reads EXIF from
         pos = end
     return found
 
@@ -822,18 +828,21 @@ def read_provenance(
     png = _PngFindings()
     xmp_packet: bytes | None = None
     container_seen = False
+    exif_possible = True
     if fmt == "png":
         png = _walk_png(data, errors)
         xmp_packet, container_seen = png.xmp, png.has_c2pa
     elif fmt == "jpeg":
         jpeg = _walk_jpeg(data, errors)
         xmp_packet, container_seen = jpeg.xmp, jpeg.has_c2pa
+        # Most JPEGs carry no EXIF: then Pillow need not parse the file a second time to say so.
+        exif_possible = jpeg.has_exif or not jpeg.complete
     if xmp_packet is None:
         xmp_packet = _find_raw_xmp(data)
 
     c2pa_info, c2pa_names = _read_c2pa(data, fmt, container_seen, trust_anchors_pem, timeout_s, errors)
     xmp = _read_xmp(xmp_packet, errors) if xmp_packet is not None else _XmpFindings()
-    exif = _read_exif(data, fmt, png.exif, errors)
+    exif = _read_exif(data, fmt, png.exif, errors) if exif_possible else _ExifFindings()
 
     details["png_text"] = {k: _truncate(v) for k, v in list(png.text.items())[:MAX_REPORTED_KEYS]}
     details["exif_software"] = exif.software

@@ -199,6 +199,22 @@ def test_camera_jpeg_declares_nothing() -> None:
     assert result.details["errors"] == []
 
 
+def test_pillow_reads_a_jpegs_exif_only_where_there_may_be_some(monkeypatch: pytest.MonkeyPatch) -> None:
+    opened: list[bytes] = []
+    real = provenance._read_exif
+    monkeypatch.setattr(provenance, "_read_exif", lambda data, *rest: opened.append(data) or real(data, *rest))
+    buf = io.BytesIO()
+    _image().save(buf, "JPEG")  # no EXIF segment
+    plain = buf.getvalue()
+    with_exif = _jpeg({0x0131: "Adobe Firefly"})
+    cut_short = plain[:2] + b"\x00" + plain[2:]  # the segment walk stops at the stray byte
+
+    assert read_provenance(plain).details["errors"] == [] and opened == []
+    assert read_provenance(with_exif).generator == "Adobe Firefly" and opened == [with_exif]
+    read_provenance(cut_short)
+    assert opened == [with_exif, cut_short]  # a walk that did not reach the scan proves nothing
+
+
 def test_png_exif_chunk_is_read_without_decoding() -> None:
     exif = Image.Exif()
     exif[0x0131] = "Midjourney"
