@@ -238,7 +238,9 @@ class JobItem(SQLModel, table=True):
     # (one object, one request, for up to 256 images); both None: the object is the image.
     object_offset: int | None = Field(default=None, sa_type=BigInteger)
     object_length: int | None = Field(default=None, sa_type=BigInteger)
-    status: str = Field(default=ItemStatus.QUEUED, max_length=32, index=True)
+    # Not indexed: chunks find their items by id, and an index on a few statuses led the planner to
+    # scan every queued entry of the table, dead ones included, for each chunk (migration 0013).
+    status: str = Field(default=ItemStatus.QUEUED, max_length=32)
     prediction: str | None = Field(default=None, max_length=8)
     fake_probability: float | None = None
     # Distance from the training distribution over the checkpoint's threshold; above 1: out of domain.
