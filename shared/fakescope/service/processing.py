@@ -99,19 +99,23 @@ def classify_chunk(
     """
     jid = uuid.UUID(str(job_id))
     ids = uuids(item_ids)
-    session.exec(
-        update(Job)
-        .where(col(Job.id) == jid, col(Job.state) == JobState.QUEUED)
-        .values(state=JobState.RUNNING, started_at=utcnow())
-    )  # committed with the chunk's start
     job = session.get(Job, jid)
     if job is None:
-        session.rollback()
         logger.warning("job %s is gone; dropping %s items", jid, len(ids))
+        session.rollback()
         return 0
+    if job.state == JobState.QUEUED:  # its first chunk: the running state commits with the chunk's start
+        session.exec(
+            update(Job)
+            .where(col(Job.id) == jid, col(Job.state) == JobState.QUEUED)
+            .values(state=JobState.RUNNING, started_at=utcnow())
+        )
+    # Read from here on, never written: detached, no commit below expires it (a reload query each).
+    session.expunge(job)
     started = utcnow()
     items = _start_items(session, jid, ids, started, max_deliveries=max_deliveries, count_start=count_start)
     updates, todo = _from_cache(session, job, detector, items, started)
+    session.commit()  # the start is counted before any work (see _start_items)
     results = classify_items(
         detector,
         chunk_inputs(store, todo),
@@ -148,9 +152,9 @@ def _start_items(
 ) -> Sequence[JobItem]:
     """Counts this start of the chunk's queued items, fails those started too often, returns the rest.
 
-    Counted before any work: an image that kills the worker (a decoder crash, the OOM killer) is
-    redelivered with its count already raised, and past ``max_deliveries`` it fails with that reason
-    instead of taking down every worker it reaches. The start time is the sweeper's clock too.
+    The caller commits the count before any work: an image that kills the worker (a decoder crash, the
+    OOM killer) is redelivered with its count already raised, and past ``max_deliveries`` it fails with
+    that reason instead of taking down every worker it reaches. The start time is the sweeper's clock too.
     """
     # One statement in the common case: the start is counted and the chunk's rows come back with it.
     started_items = session.scalars(
@@ -174,7 +178,6 @@ def _start_items(
         logger.error("job %s: %s items failed after %s deliveries", jid, len(poisoned), max_deliveries)
     for it in started_items:
         session.expunge(it)  # read-only from here on: the commit must not expire them (a reload each)
-    session.commit()
     return sorted((it for it in started_items if it.attempts <= max_deliveries), key=lambda it: it.position)
 
 
