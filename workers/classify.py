@@ -31,6 +31,7 @@ def classify(self: Task, job_id: str, item_ids: list[str], count_start: bool = T
                 item_ids=item_ids,
                 enqueue_explain=runtime.enqueuer().explain,
                 batch_size=get_settings().batch_size,
+                decode_threads=get_settings().decode_threads,
                 max_deliveries=get_settings().max_deliveries,
                 count_start=count_start,
                 trust_anchors_pem=runtime.trust_anchors(),

@@ -166,6 +166,8 @@ class Bench:
         })  # fmt: skip
         if getattr(args, "chunk_size", None):  # ops/load_test.py builds its own args
             self.env["FAKESCOPE_CHUNK_SIZE"] = str(args.chunk_size)
+        if getattr(args, "decode_threads", None) is not None:
+            self.env["FAKESCOPE_DECODE_THREADS"] = str(args.decode_threads)
         if args.checkpoint:
             self.env["FAKESCOPE_CHECKPOINT"] = str(Path(args.checkpoint).resolve())
         # Logs outlive the run when FAKESCOPE_BENCH_LOGS names a folder (to read after a failure).
@@ -409,6 +411,7 @@ def main() -> None:
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
     p.add_argument("--checkpoint", help="default: the shipped checkpoint")
     p.add_argument("--chunk-size", type=int, help="images per classify task (default: the service's default)")
+    p.add_argument("--decode-threads", type=int, help="the workers' decoding threads (default: the service's choice)")
     p.add_argument(
         "--repeats", type=int, default=3, help="first submissions (new bytes each) per worker count; the best counts"
     )
@@ -435,7 +438,11 @@ def main() -> None:
     model = ModelOnly(files, args.checkpoint, settings.batch_size, cams=not args.no_overlays)
     print(f"model-only: {len(files)} images, batch {settings.batch_size}, {os.cpu_count()} cores")
     best = model.best_layout()
-    print(f"service: chunk_size {args.chunk_size or settings.chunk_size}, batch_size {settings.batch_size}")
+    decode = "the service's choice" if args.decode_threads is None else args.decode_threads
+    print(
+        f"service: chunk_size {args.chunk_size or settings.chunk_size}, batch_size {settings.batch_size}, "
+        f"decode_threads {decode}"
+    )
 
     with tempfile.TemporaryDirectory(prefix="fakescope-bench-") as tmp:
         bench = Bench(args, Path(tmp))

@@ -156,8 +156,9 @@ def classify_items(
         decode_threads: threads decoding ahead of the model. None: none where the model runs on one
             CPU thread (a classify worker's share of the cores), two elsewhere. A single-thread model
             has nothing to overlap decoding with, and a decoding thread beside it only adds GIL
-            hand-offs: the job service went from 0.77 to 0.83 of model-only speed decoding in line
-            (ops/bench/README.md). On a GPU, or with several model threads, the threads overlap work.
+            hand-offs; in the job service's paired benchmark runs decoding in line was as fast or
+            faster, and steadier (ops/bench/README.md, 2026-12-02). On a GPU, or with several model
+            threads, the threads overlap work.
         trust_anchors_pem: the C2PA trust list (PEM certificates) a manifest's signer is checked
             against (``provenance.c2pa.trusted``); None: no list, ``trusted`` is None.
         keep_arrays: keep the model input, the display-size image (at most ``OVERLAY_MAX_SIDE`` a

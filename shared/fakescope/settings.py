@@ -142,6 +142,12 @@ class Settings(BaseSettings):
     queue_webhooks: str = Field("webhooks", description="queue of the webhooks pool")
     chunk_size: int = Field(128, ge=1, description="images per classify task")
     batch_size: int = Field(32, ge=1, description="images per forward pass")
+    decode_threads: int | None = Field(
+        None,
+        ge=0,
+        description="threads a classify worker decodes images on ahead of the model (unset: none where the model"
+        " runs on one CPU thread, two elsewhere; 0: in line)",
+    )
     explain_chunk_size: int = Field(8, ge=1, description="images per explain task")
     explain: ExplainSettings = Field(default_factory=ExplainSettings, description="the explainer (below)")
     worker_pool: str = Field(

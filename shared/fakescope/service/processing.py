@@ -87,6 +87,7 @@ def classify_chunk(
     item_ids: Sequence[str | uuid.UUID],
     enqueue_explain: Enqueue | None = None,
     batch_size: int = 64,
+    decode_threads: int | None = None,
     max_deliveries: int = 3,
     count_start: bool = True,
     trust_anchors_pem: str | None = None,
@@ -96,6 +97,7 @@ def classify_chunk(
 
     An item started more than ``max_deliveries`` times fails with that reason instead (poison work).
     ``count_start=False``: this run's start is already counted (a retry whose give-back failed).
+    ``decode_threads``: as :func:`fakescope.pipeline.classify_items` takes it (None: its choice).
     """
     jid = uuid.UUID(str(job_id))
     ids = uuids(item_ids)
@@ -120,6 +122,7 @@ def classify_chunk(
         detector,
         chunk_inputs(store, todo),
         batch_size=batch_size,
+        decode_threads=decode_threads,
         overlays=False,
         grids=job.overlays,
         trust_anchors_pem=trust_anchors_pem,
