@@ -413,7 +413,7 @@ def main() -> None:
     p.add_argument("--chunk-size", type=int, help="images per classify task (default: the service's default)")
     p.add_argument("--decode-threads", type=int, help="the workers' decoding threads (default: the service's choice)")
     p.add_argument(
-        "--repeats", type=int, default=3, help="first submissions (new bytes each) per worker count; the best counts"
+        "--repeats", type=int, default=3, help="first submissions (new bytes each) per worker count; the median counts"
     )
     p.add_argument("--latency-jobs", type=int, default=30)
     p.add_argument(
@@ -467,10 +467,10 @@ def run_for(
         runs = []
         passes = [model.measure()]
         for r, new_bytes in enumerate(batches):
-            before, requests_before, stolen = bench.cpu(pids), bench.s3_requests(), _steal()
+            before, requests_before, ticks = bench.cpu(pids), bench.s3_requests(), _ticks()
             job, wall = bench.run_job(c, new_bytes)
             used = {k: v - before[k] for k, v in bench.cpu(pids).items()}
-            stolen = _steal(stolen)
+            stolen = _stolen_since(ticks)
             passes.append(model.measure())
             # Against the mean of the model-only passes just before and just after this job.
             beside = (passes[-2] + passes[-1]) / 2
@@ -560,14 +560,16 @@ def run_for(
     bench.stop_workers(k)
 
 
-def _steal(since: tuple[int, int] | None = None) -> Any:
-    """The hypervisor's steal ticks and all ticks from /proc/stat; given an earlier reading, the share
-    of the time since then (in %) that this VM's CPUs were runnable but given to another guest."""
+def _ticks() -> tuple[int, int]:
+    """(steal, all) CPU ticks of this VM so far, from /proc/stat's first line."""
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    now = (fields[7], sum(fields))
-    if since is None:
-        return now
-    return 100 * (now[0] - since[0]) / max(1, now[1] - since[1])
+    return fields[7], sum(fields)
+
+
+def _stolen_since(before: tuple[int, int]) -> float:
+    """The share (in %) of the CPU time since ``before`` that the hypervisor gave to another guest."""
+    steal, total = _ticks()
+    return 100 * (steal - before[0]) / max(1, total - before[1])
 
 
 def _seconds(job: dict[str, Any]) -> float:

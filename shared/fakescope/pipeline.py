@@ -1,8 +1,8 @@
 """The classification pipeline that ``fakescope scan`` and the classify workers both run.
 
 Inputs are decoded (on a small thread pool ahead of the model, or in line where the model runs on a
-single CPU thread), grouped into batches, classified, and GradCAM overlays rendered; results come back in input
-order, one per input, each either a verdict or an error.
+single CPU thread), grouped into batches, classified, and GradCAM overlays rendered; results come
+back in input order, one per input, each either a verdict or an error.
 """
 
 from __future__ import annotations
