@@ -44,6 +44,10 @@ class Preprocess:
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.25, 0.25, 0.25)
     interpolation: str = "bicubic"
+    # "stretch": resized to input_size whatever its aspect (the 32x32 models, trained on square
+    # thumbnails); "shorter_side": shorter side to input_size, then the centre crop, the way the
+    # full-size training data (multigen/full) was normalised.
+    resize: str = "stretch"
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preprocess:
@@ -52,6 +56,7 @@ class Preprocess:
             mean=tuple(d["mean"]),
             std=tuple(d["std"]),
             interpolation=d["interpolation"],
+            resize=d.get("resize", "stretch"),
         )
 
 
@@ -102,9 +107,13 @@ class CheckpointMeta:
         Recalibrating changes the probabilities without touching the weights, so it changes the version
         too: the job service's result cache is keyed on it.
         """
+        preprocess = asdict(self.preprocess)
+        if preprocess["resize"] == "stretch":
+            # The default, which every checkpoint before the field had: their versions (and cached results) stay.
+            del preprocess["resize"]
         decides = {
             "weights": self.training.get("weights_sha256", "unknown"),
-            "preprocess": asdict(self.preprocess),
+            "preprocess": preprocess,
             "labels": list(self.labels),
             "temperature": self.temperature,
             "tta_hflip": self.tta_hflip,

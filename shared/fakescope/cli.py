@@ -54,6 +54,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
         label_smoothing=args.label_smoothing,
         border_p=args.border_p,
         init_seed=args.init_seed,
+        input_size=args.input_size,
+        resize=args.resize,
+        interpolation=args.interpolation,
+        crop=args.crop,
+        scale_p=args.scale_p,
+        scale_min=args.scale_min,
+        holdout=args.holdout,
+        content_only=args.content_only,
     )
     out = train(cfg)
     print(json.dumps(json.loads((out / "config.json").read_text())["metrics"], indent=2))
@@ -300,6 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--label-smoothing", type=float, default=0.05)
     p.add_argument("--border-p", type=float, default=0.0, help="share of images shifted with a black border")
     p.add_argument("--init-seed", type=int, help="seed of weights, order and augmentation (default: --seed)")
+    p.add_argument("--input-size", type=int, default=32, help="images decoded at this square size")
+    p.add_argument("--resize", choices=["stretch", "shorter_side"], default="stretch", help="how inputs are fitted")
+    p.add_argument("--interpolation", default="bicubic", help="resampling filter of the saved preprocessing")
+    p.add_argument("--crop", type=int, default=0, help="train on random crops of this side (0: whole images)")
+    p.add_argument("--scale-p", type=float, default=0.0, help="share of batches shrunk before cropping")
+    p.add_argument("--scale-min", type=float, default=0.5, help="smallest shrink factor")
+    p.add_argument("--holdout", action="append", default=[], help="folder never trained on, scored at the end")
+    p.add_argument("--content-only", type=int, default=0, help="content baseline: shrink every image to this side")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("scan", help="classify images, folders and archives; no services needed")

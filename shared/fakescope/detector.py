@@ -96,7 +96,8 @@ class Detector:
 
     def prepare(self, im: Image.Image) -> np.ndarray:
         """``im`` as the model's ``(H, W, 3)`` uint8 input, resized as the checkpoint says."""
-        return to_rgb_array(im, self.input_size, self.meta.preprocess.interpolation)
+        pre = self.meta.preprocess
+        return to_rgb_array(im, self.input_size, pre.interpolation, pre.resize)
 
     def to_tensor(self, batch: np.ndarray) -> torch.Tensor:
         """``(N, H, W, 3)`` uint8 to the normalised ``(N, 3, H, W)`` input."""
@@ -184,7 +185,12 @@ class Detector:
             resample = None
             if sizes is not None:
                 h, w = self.input_size
-                factors = [max(sw / w, w / sw, sh / h, h / sh) for sw, sh in ((max(1, a), max(1, b)) for a, b in sizes)]
+                dims = [(max(1, a), max(1, b)) for a, b in sizes]
+                if self.meta.preprocess.resize == "shorter_side":
+                    # Scaled by the shorter side; the longer one is cropped, not resampled further.
+                    factors = [max(min(sw, sh) / min(h, w), min(h, w) / min(sw, sh)) for sw, sh in dims]
+                else:
+                    factors = [max(sw / w, w / sw, sh / h, h / sh) for sw, sh in dims]
                 resample = torch.tensor(factors, dtype=torch.float32)
             domain = self.domain.scores(pooled, resample).cpu().numpy()
         cam_maps = grids = None

@@ -137,16 +137,28 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     return im
 
 
-def to_rgb_array(im: Image.Image, size: tuple[int, int] | None = None, interpolation: str = "bicubic") -> np.ndarray:
+def to_rgb_array(
+    im: Image.Image, size: tuple[int, int] | None = None, interpolation: str = "bicubic", resize: str = "stretch"
+) -> np.ndarray:
     """``im`` as ``(H, W, 3)`` uint8 RGB, resized to ``size`` (height, width) when it differs.
 
-    Transparency is composited over white, so a logo with an alpha channel does not turn black.
+    ``resize="stretch"`` resizes to ``size`` whatever the aspect; ``"shorter_side"`` scales the shorter
+    side to ``size``'s and takes the centre crop. Transparency is composited over white, so a logo with
+    an alpha channel does not turn black.
     """
     if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
         rgba = im.convert("RGBA")
         bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         im = Image.alpha_composite(bg, rgba)
     im = im.convert("RGB")
+    if resize == "shorter_side" and size is not None and (im.height, im.width) != tuple(size):
+        scale = max(size[0] / im.height, size[1] / im.width)
+        w, h = max(size[1], round(im.width * scale)), max(size[0], round(im.height * scale))
+        im = im.resize((w, h), _RESAMPLE[interpolation], reducing_gap=3.0)
+        left, top = (w - size[1]) // 2, (h - size[0]) // 2
+        im = im.crop((left, top, left + size[1], top + size[0]))
+    elif resize != "stretch" and resize != "shorter_side":
+        raise ValueError(f"unknown resize {resize!r}")
     if size is not None and (im.height, im.width) != tuple(size):
         im = im.resize((size[1], size[0]), _RESAMPLE[interpolation], reducing_gap=3.0)
     return np.asarray(im, dtype=np.uint8)

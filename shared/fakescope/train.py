@@ -31,7 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from fakescope.checkpoint import CheckpointMeta, Preprocess, load_checkpoint, save_checkpoint
-from fakescope.data import LABELS, load_labelled, make_split
+from fakescope.data import LABELS, LabelledArray, Split, load_labelled, make_split
 from fakescope.metrics import binary_metrics
 from fakescope.models import Network, create_model, list_models
 from fakescope.temperature import fit_temperature
@@ -84,6 +84,24 @@ class TrainConfig:
     # ``seed``): ensemble members differ in it and share their validation images. None: ``seed``.
     init_seed: int | None = None
     amp: str = "auto"
+    # Full-size training: images are decoded at ``input_size`` square (multigen/full is stored at 224)
+    # and trained on random ``crop``-pixel crops (0: the whole image, shifted by ``translate``); the
+    # network is fully convolutional with global pooling, so it is scored on the whole image. With
+    # probability ``scale_p`` a batch is first shrunk by a factor in [``scale_min``, 1], on both labels,
+    # so how strongly an image was resampled before it reached us is not a label.
+    input_size: int = 32
+    resize: str = "stretch"
+    interpolation: str = "bicubic"
+    crop: int = 0
+    scale_p: float = 0.0
+    scale_min: float = 0.5
+    # Folders (a path part, e.g. a generator's folder) never trained on or calibrated on: their images
+    # and the validation split's images of the other label are scored once, at the end, as "holdout"
+    # (the leave-one-generator-out and leave-one-family-out protocol, ops/protocol.py).
+    holdout: list[str] = field(default_factory=list)
+    # The content-only baseline: every image shrunk to this side and back before anything else, so no
+    # generator trace survives and only content is left to learn (0: off).
+    content_only: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -93,6 +111,8 @@ class TrainConfig:
             raise ValueError(f"unknown variant {self.variant!r}")
         if self.resume and self.init_from:
             raise ValueError("resume continues a run; init_from starts a new one from trained weights: pick one")
+        if self.crop and self.crop > self.input_size:
+            raise ValueError(f"crop ({self.crop}) must not exceed input_size ({self.input_size})")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -182,6 +202,36 @@ def translate_batch(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Te
     return out.permute(0, 3, 1, 2)
 
 
+def shrink_batch(x: torch.Tensor, scale_min: float, min_side: int, gen: torch.Generator) -> torch.Tensor:
+    """The whole ``(B, C, H, W)`` batch shrunk by one random factor in [``scale_min``, 1] (antialiased),
+    never below ``min_side`` pixels a side."""
+    h, w = x.shape[-2:]
+    lo = max(scale_min, min_side / min(h, w))
+    f = lo + (1.0 - lo) * float(torch.rand(1, generator=gen))
+    size = (max(min_side, round(h * f)), max(min_side, round(w * f)))
+    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
+
+
+def crop_batch(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
+    """An independent random ``size`` x ``size`` crop of each image of a ``(B, C, H, W)`` batch."""
+    b, _, h, w = x.shape
+    dy = torch.randint(0, h - size + 1, (b,), generator=gen)
+    dx = torch.randint(0, w - size + 1, (b,), generator=gen)
+    rows = (dy[:, None] + torch.arange(size))[:, :, None]
+    cols = (dx[:, None] + torch.arange(size))[:, None, :]
+    return x.permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+
+
+def content_only(images: np.ndarray, side: int) -> np.ndarray:
+    """Each ``(N, H, W, 3)`` uint8 image shrunk to ``side`` pixels a side and back (the content baseline)."""
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float()
+    out = []
+    for i in range(0, len(x), 256):
+        small = F.interpolate(x[i : i + 256], size=(side, side), mode="area")
+        out.append(F.interpolate(small, size=images.shape[1:3], mode="bilinear", align_corners=False))
+    return torch.cat(out).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy().copy()
+
+
 def black_border_shift(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
     """Shifts each image of a ``(B, C, H, W)`` batch in [0, 1] by up to ``pad`` pixels either way,
     filling what comes in with black: the crop-and-pad a careless re-frame does."""
@@ -219,6 +269,10 @@ def train_batch(
             x[sel] = degrade(x[sel], kind, gen)
     flip = torch.rand(len(idx), 1, 1, 1, generator=gen) < 0.5
     x = torch.where(flip, x.flip(-1), x)
+    if cfg.scale_p > 0 and float(torch.rand(1, generator=gen)) < cfg.scale_p:
+        x = shrink_batch(x, cfg.scale_min, cfg.crop, gen)
+    if cfg.crop:
+        x = crop_batch(x, cfg.crop, gen)
     if cfg.recipe == "fast":
         x = translate_batch(x, cfg.translate, gen)
         if cfg.border_p > 0:
@@ -282,6 +336,18 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             eb.copy_(mb)
 
 
+def held_out(names: list[str], folders: list[str]) -> np.ndarray:
+    """A boolean mask of the images under any of ``folders``: a folder name anywhere in the path
+    (``began``), or a path from the source's name (``cifake_train_subset/FAKE``)."""
+    wanted = {f.strip("/") for f in folders}
+
+    def hit(name: str) -> bool:
+        parts = name.split("/")[:-1]
+        return bool(wanted.intersection(parts)) or any("/".join(parts[:k]) in wanted for k in range(2, len(parts) + 1))
+
+    return np.asarray([hit(n) for n in names], dtype=bool)
+
+
 def train(cfg: TrainConfig) -> Path:
     """Trains, calibrates and writes a checkpoint folder at ``cfg.out``; returns it."""
     if cfg.threads:
@@ -294,9 +360,20 @@ def train(cfg: TrainConfig) -> Path:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    size = (32, 32)
+    size = (cfg.input_size, cfg.input_size)
     data = load_labelled(cfg.data, size=size)
+    if cfg.content_only:
+        data = LabelledArray(content_only(data.images, cfg.content_only), data.labels, data.names)
     split = make_split(data.names, data.labels, cfg.val_size, cfg.calib_size, cfg.seed)
+    holdout_idx = split.val[:0]
+    if cfg.holdout:
+        held = held_out(data.names, cfg.holdout)
+        held_labels = set(data.labels[held].tolist())
+        # The held-out folders, and the validation split's images of the other label to score them against.
+        val_other = split.val[~np.isin(data.labels[split.val], list(held_labels))]
+        holdout_idx = np.sort(np.concatenate([np.flatnonzero(held), val_other]))
+        keep = ~held[split.train]
+        split = Split(split.train[keep], split.val[~held[split.val]], split.calib[~held[split.calib]])
     train_idx, dev_idx = split.train, split.train[:0]
     if cfg.max_train is not None or cfg.dev_size:
         order = np.random.default_rng(cfg.seed + 1).permutation(len(split.train))
@@ -308,7 +385,7 @@ def train(cfg: TrainConfig) -> Path:
     train_images = data.images[train_idx]
     mean = tuple(float(v) for v in train_images.reshape(-1, 3).mean(0) / 255.0)
     std = tuple(float(v) for v in train_images.reshape(-1, 3).std(0) / 255.0)
-    preprocess = Preprocess(input_size=size, mean=mean, std=std, interpolation="bicubic")  # type: ignore[arg-type]
+    preprocess = Preprocess(input_size=size, mean=mean, std=std, interpolation=cfg.interpolation, resize=cfg.resize)  # type: ignore[arg-type]
 
     model = create_model(cfg.variant, **cfg.model_overrides).to(device).to(memory_format=torch.channels_last)
     if cfg.init_from:
@@ -453,6 +530,13 @@ def train(cfg: TrainConfig) -> Path:
     held_logits = predict_arrays(saved, held.images, preprocess, device)
     fake_prob = torch.softmax(held_logits / temperature, dim=1)[:, LABELS.index("fake")].numpy()
     metrics = {name: binary_metrics(held.labels, fake_prob), "temperature": temperature}
+    if len(holdout_idx):
+        hold = data.subset(holdout_idx)
+        hold_prob = torch.softmax(predict_arrays(saved, hold.images, preprocess, device) / temperature, dim=1)
+        metrics["holdout"] = {
+            "folders": cfg.holdout,
+            **binary_metrics(hold.labels, hold_prob[:, LABELS.index("fake")].numpy()),
+        }
     save_checkpoint(out, saved, meta(metrics, temperature))
     logger.info("validation: %s", metrics)
     return out

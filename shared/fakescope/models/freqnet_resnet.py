@@ -41,6 +41,7 @@ __all__ = [
     "register_model",
     "vgg3_anchor",
     "vgg3_wide",
+    "vgg4_full",
 ]
 
 
@@ -523,6 +524,13 @@ ANCHORS: dict[str, FreqNetResNetConfig] = {
 # The anchor at twice the width (64/128/256, 1.15M parameters): the shipped default (its model card
 # says why; `python ops/bench/bench_model.py --variants vgg3_anchor vgg3_wide` for its speed).
 ANCHORS["vgg3_wide"] = replace(ANCHORS["vgg3_anchor"], planes=(64, 128, 256))
+# The full-size model: four plain blocks (16/32/64/128; 32/64/128/256 trained at a third of the
+# speed on 2 cores), the first at full resolution (no pooling before it, where a generator's
+# pixel-level traces live); 16x at the last stage, so a 224-pixel image gives a 14x14 GradCAM grid.
+# Fully convolutional: trained on 96-pixel crops, scored on the whole image.
+ANCHORS["vgg4_full"] = replace(
+    ANCHORS["vgg3_anchor"], layers=(1, 1, 1, 1), planes=(16, 32, 64, 128), strides=(2, 2, 2, 2)
+)
 VARIANTS.update(ANCHORS)
 
 
@@ -581,6 +589,12 @@ def vgg3_anchor(**overrides: Any) -> FreqNetResNet:
 def vgg3_wide(**overrides: Any) -> FreqNetResNet:
     """The anchor at twice the width (1.15M): the shipped default."""
     return _create("vgg3_wide", **overrides)
+
+
+@register_model
+def vgg4_full(**overrides: Any) -> FreqNetResNet:
+    """Four plain blocks for full-size images (0.29M): the full-size route's model."""
+    return _create("vgg4_full", **overrides)
 
 
 if set(VARIANTS) != set(MODELS):  # a config without a builder could not be created by name
