@@ -32,7 +32,7 @@ from fakescope.storage import ObjectStore, StorageError, get_store
 from fakescope.tasks import Enqueuer
 
 if TYPE_CHECKING:
-    from fakescope.detector import Detector
+    from fakescope.detector import Detector, RoutedDetector
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +59,10 @@ def enqueuer() -> Enqueuer:
 
 
 @cache
-def detector() -> Detector:
-    from fakescope.detector import Detector
+def detector() -> Detector | RoutedDetector:
+    from fakescope.detector import load_detector
 
-    det = Detector.load(get_settings().checkpoint or None)
+    det = load_detector(get_settings().checkpoint or None)
     logger.info("worker loaded detector %s", det.model_version)
     return det
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,11 +21,22 @@ from fakescope.imageio import to_rgb_array
 from fakescope.models import Network
 from fakescope.overlay import cam_from_grid
 
-__all__ = ["DEFAULT_CHECKPOINT", "Analysis", "Detector", "resolve_checkpoint"]
+__all__ = [
+    "DEFAULT_CHECKPOINT",
+    "ROUTES_FILE",
+    "Analysis",
+    "Detector",
+    "Route",
+    "RoutedDetector",
+    "load_detector",
+    "resolve_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent / "weights" / "default"
+# A folder holding this file is a routed detector: one checkpoint per route, in its sub-folders.
+ROUTES_FILE = "routes.json"
 
 
 def resolve_checkpoint(checkpoint: str | Path | None) -> Path:
@@ -89,6 +102,19 @@ class Detector:
     @property
     def model_version(self) -> str:
         return self.meta.model_version
+
+    @property
+    def members(self) -> list[Detector]:
+        """The detectors that answer, by route: this one alone (see :class:`RoutedDetector`)."""
+        return [self]
+
+    @property
+    def model_versions(self) -> list[str]:
+        return [self.model_version]
+
+    def route(self, width: int, height: int) -> int:
+        """Which of :attr:`members` answers an image of this size: this one."""
+        return 0
 
     @property
     def input_size(self) -> tuple[int, int]:
@@ -207,6 +233,74 @@ class Detector:
             # Drawn by the same torch-free code the API uses, so a map here and an overlay drawn later agree.
             cam_maps = np.stack([cam_from_grid(g, x.shape[-2:]) for g in grids])
         return Analysis(self.probabilities(logits), cam_maps, domain, grids)
+
+
+@dataclass(frozen=True)
+class Route:
+    """One detector of a routed folder: ``path`` (a sub-folder) answers images whose shorter side is
+    at most ``max_side`` pixels (None: any size); the first route that takes an image answers it."""
+
+    name: str
+    path: str
+    max_side: int | None = None
+
+    def takes(self, width: int, height: int) -> bool:
+        return self.max_side is None or min(width, height) <= self.max_side
+
+
+class RoutedDetector:
+    """Several detectors, each answering the images of its own domain.
+
+    A detector trained on 32x32 thumbnails knows nothing of a 1024-pixel photo, and one trained on
+    full-size crops nothing of a thumbnail: the shipped folder routes CIFAKE-like small images to the
+    32x32 model and the rest to the full-size model. Each result names the member that answered
+    (its ``model_version``); the routed folder's own version names the members and the rules, so a
+    cache keyed on it changes when either does.
+    """
+
+    def __init__(self, routes: Sequence[Route], detectors: Sequence[Detector]) -> None:
+        if not routes or len(routes) != len(detectors):
+            raise ValueError("a routed detector needs one detector per route, and at least one route")
+        if routes[-1].max_side is not None:
+            raise ValueError(f"the last route ({routes[-1].name}) must take every size (no max_side)")
+        self.routes = list(routes)
+        self.detectors = list(detectors)
+
+    @classmethod
+    def load(cls, path: Path, device: str = "auto") -> RoutedDetector:
+        spec = json.loads((path / ROUTES_FILE).read_text())
+        routes = [Route(r["name"], r["path"], r.get("max_side")) for r in spec["routes"]]
+        return cls(routes, [Detector.load(path / r.path, device=device) for r in routes])
+
+    @property
+    def members(self) -> list[Detector]:
+        return self.detectors
+
+    @property
+    def model_versions(self) -> list[str]:
+        return [d.model_version for d in self.detectors]
+
+    @property
+    def device(self) -> torch.device:
+        return self.detectors[0].device
+
+    @property
+    def model_version(self) -> str:
+        decides = [[r.name, r.max_side, d.model_version] for r, d in zip(self.routes, self.detectors, strict=True)]
+        digest = hashlib.sha256(json.dumps(decides).encode()).hexdigest()[:12]
+        return "+".join(d.meta.variant for d in self.detectors) + f"@{digest}"
+
+    def route(self, width: int, height: int) -> int:
+        return next(i for i, r in enumerate(self.routes) if r.takes(width, height))
+
+
+def load_detector(checkpoint: str | Path | None = None, device: str = "auto") -> Detector | RoutedDetector:
+    """A checkpoint folder as a :class:`Detector`, or a routed folder (with ``routes.json``) as a
+    :class:`RoutedDetector`; None: the shipped default."""
+    path = resolve_checkpoint(checkpoint)
+    if (path / ROUTES_FILE).is_file():
+        return RoutedDetector.load(path, device=device)
+    return Detector.load(path, device=device)
 
 
 def _features_feed_linear_head(model: Network) -> bool:

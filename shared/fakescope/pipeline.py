@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fakescope.detector import Detector
+from fakescope.detector import Analysis, Detector, RoutedDetector
 from fakescope.imageio import DEFAULT_MAX_PIXELS, ImageError, InputItem, decode_image
 from fakescope.observability import MODEL_SECONDS
 from fakescope.observability import pool as pool_name
@@ -47,6 +47,8 @@ class DecodedImage:
     height: int | None = None
     error: str | None = None
     provenance: dict[str, Any] | None = None
+    # Which of the detector's members answers it (fakescope.detector.RoutedDetector; 0 for a plain one).
+    route: int = 0
 
 
 @dataclass
@@ -72,6 +74,8 @@ class ImageResult:
     # Distance from the training distribution over the checkpoint's threshold (fakescope.domain):
     # above 1 the image is out of domain. None when the checkpoint has no domain model.
     domain_score: float | None = None
+    # The checkpoint that answered: for a routed detector, the member the image was routed to.
+    model_version: str | None = None
     cam: np.ndarray | None = None
     model_input: np.ndarray | None = None
     display: np.ndarray | None = None
@@ -88,7 +92,7 @@ class ImageResult:
 
 def decode_item(
     item: InputItem,
-    detector: Detector,
+    detector: Detector | RoutedDetector,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     trust_anchors_pem: str | None = None,
     display: bool = True,
@@ -107,10 +111,12 @@ def decode_item(
         return DecodedImage(name=item.name, error=f"cannot read file: {e.strerror or e}")
     try:
         im = decode_image(data, max_pixels=max_pixels)
+        route = detector.route(im.width, im.height)
         return DecodedImage(
             name=item.name,
+            route=route,
             sha256=hashlib.sha256(data).hexdigest(),
-            model_input=detector.prepare(im),
+            model_input=detector.members[route].prepare(im),
             display=display_image(im) if display else None,
             width=im.width,
             height=im.height,
@@ -132,7 +138,7 @@ def _batched(it: Iterable[DecodedImage], n: int) -> Iterator[list[DecodedImage]]
 
 
 def classify_items(
-    detector: Detector,
+    detector: Detector | RoutedDetector,
     items: Iterable[InputItem],
     *,
     batch_size: int = 64,
@@ -194,29 +200,20 @@ def classify_items(
         previous: list[tuple[ImageResult, Future[bytes] | None]] = []
         for chunk in _batched(decoded(), batch_size):
             good = [d for d in chunk if d.error is None]
-            probs: np.ndarray = np.empty(0)
-            cams: np.ndarray | None = None
-            cell_grids: np.ndarray | None = None
-            domain: np.ndarray | None = None
-            if good:
-                batch = np.stack([d.model_input for d in good])  # type: ignore[misc]
-                t0 = time.perf_counter()
-                sizes = [(d.width or 0, d.height or 0) for d in good]
-                analysis = detector.analyze(
-                    batch, cams=overlays or grids or keep_arrays, sizes=sizes, maps=overlays or keep_arrays
-                )
-                probs, cams, domain = analysis.probs, analysis.cams, analysis.domain
-                cell_grids = analysis.grids
-                MODEL_SECONDS.labels(pool_name()).observe(time.perf_counter() - t0)
+            analyses = _analyze_routes(
+                detector, good, cams=overlays or grids or keep_arrays, maps=overlays or keep_arrays
+            )
             current: list[tuple[ImageResult, Future[bytes] | None]] = []
-            k = 0
             for d in chunk:
                 if d.error is not None:
                     current.append((ImageResult(name=d.name, error=d.error), None))
                     continue
                 assert d.display is not None or not need_display  # set whenever there is no error and it is needed
-                p = float(probs[k])
-                cam = cams[k] if cams is not None else None
+                member = detector.members[d.route]
+                analysis, k = analyses[id(d)]
+                p = float(analysis.probs[k])
+                cam = analysis.cams[k] if analysis.cams is not None else None
+                domain, cell_grids = analysis.domain, analysis.grids
                 declared = bool(d.provenance and d.provenance.get("declares_ai"))
                 res = ImageResult(
                     name=d.name,
@@ -228,10 +225,11 @@ def classify_items(
                     width=d.width,
                     height=d.height,
                     domain_score=float(domain[k]) if domain is not None else None,
+                    model_version=member.model_version,
                     cam=cam if keep_arrays else None,
                     model_input=d.model_input if keep_arrays else None,
                     display=d.display if keep_arrays else None,
-                    cam_grid=grid_record(cell_grids[k], detector.input_size)
+                    cam_grid=grid_record(cell_grids[k], member.input_size)
                     if grids and cell_grids is not None
                     else None,
                 )
@@ -241,10 +239,27 @@ def classify_items(
                     else None
                 )
                 current.append((res, png))
-                k += 1
             yield from _with_overlays(previous)
             previous = current
         yield from _with_overlays(previous)
+
+
+def _analyze_routes(
+    detector: Detector | RoutedDetector, good: list[DecodedImage], *, cams: bool, maps: bool
+) -> dict[int, tuple[Analysis, int]]:
+    """Each decoded image's analysis and its row in it: one forward pass per route of the batch."""
+    out: dict[int, tuple[Analysis, int]] = {}
+    for route, member in enumerate(detector.members):
+        group = [d for d in good if d.route == route]
+        if not group:
+            continue
+        batch = np.stack([d.model_input for d in group])  # type: ignore[misc]
+        t0 = time.perf_counter()
+        sizes = [(d.width or 0, d.height or 0) for d in group]
+        analysis = member.analyze(batch, cams=cams, sizes=sizes, maps=maps)
+        MODEL_SECONDS.labels(pool_name()).observe(time.perf_counter() - t0)
+        out.update((id(d), (analysis, k)) for k, d in enumerate(group))
+    return out
 
 
 def _with_overlays(results: list[tuple[ImageResult, Future[bytes] | None]]) -> Iterator[ImageResult]:

@@ -21,7 +21,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from fakescope.answers import AnswerEntry, detection_answers, explanation_answers
-from fakescope.detector import Detector
+from fakescope.detector import Detector, RoutedDetector, load_detector
 from fakescope.imageio import DEFAULT_MAX_PIXELS, iter_inputs
 from fakescope.pipeline import ImageResult, classify_items
 from fakescope.provenance import provenance_summary
@@ -54,13 +54,13 @@ def run_scan(
     explain_backend: str | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
-    detector: Detector | None = None,
+    detector: Detector | RoutedDetector | None = None,
 ) -> ScanSummary:
     """Scans ``paths`` (files, folders, zip/tar archives) and writes the outputs into ``out_dir``."""
     out = Path(out_dir)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     (out / "thumbs").mkdir(parents=True, exist_ok=True)
-    detector = detector or Detector.load(checkpoint, device=device)
+    detector = detector or load_detector(checkpoint, device=device)
     explainer = None
     if explain:
         from fakescope.explain import ExplainInput, ExplainInputError, explain_with_evidence, load_explainer
@@ -114,7 +114,7 @@ def run_scan(
                     sha256=r.sha256,
                     width=r.width,
                     height=r.height,
-                    model_version=detector.model_version,
+                    model_version=r.model_version or detector.model_version,
                     domain_score=r.domain_score,
                     in_domain=r.in_domain,
                     decided_by=r.decided_by,

@@ -337,15 +337,10 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
 
 
 def held_out(names: list[str], folders: list[str]) -> np.ndarray:
-    """A boolean mask of the images under any of ``folders``: a folder name anywhere in the path
-    (``began``), or a path from the source's name (``cifake_train_subset/FAKE``)."""
-    wanted = {f.strip("/") for f in folders}
-
-    def hit(name: str) -> bool:
-        parts = name.split("/")[:-1]
-        return bool(wanted.intersection(parts)) or any("/".join(parts[:k]) in wanted for k in range(2, len(parts) + 1))
-
-    return np.asarray([hit(n) for n in names], dtype=bool)
+    """A boolean mask of the images under any of ``folders``: a folder name (``began``) or a run of
+    folders (``cifake_train_subset/FAKE``) anywhere in the image's path."""
+    wanted = [f"/{f.strip('/')}/" for f in folders]
+    return np.asarray([any(w in f"/{n.rsplit('/', 1)[0]}/" for w in wanted) for n in names], dtype=bool)
 
 
 def train(cfg: TrainConfig) -> Path:
@@ -367,13 +362,13 @@ def train(cfg: TrainConfig) -> Path:
     split = make_split(data.names, data.labels, cfg.val_size, cfg.calib_size, cfg.seed)
     holdout_idx = split.val[:0]
     if cfg.holdout:
-        held = held_out(data.names, cfg.holdout)
-        held_labels = set(data.labels[held].tolist())
+        held_mask = held_out(data.names, cfg.holdout)
+        held_labels = set(data.labels[held_mask].tolist())
         # The held-out folders, and the validation split's images of the other label to score them against.
         val_other = split.val[~np.isin(data.labels[split.val], list(held_labels))]
-        holdout_idx = np.sort(np.concatenate([np.flatnonzero(held), val_other]))
-        keep = ~held[split.train]
-        split = Split(split.train[keep], split.val[~held[split.val]], split.calib[~held[split.calib]])
+        holdout_idx = np.sort(np.concatenate([np.flatnonzero(held_mask), val_other]))
+        keep = ~held_mask[split.train]
+        split = Split(split.train[keep], split.val[~held_mask[split.val]], split.calib[~held_mask[split.calib]])
     train_idx, dev_idx = split.train, split.train[:0]
     if cfg.max_train is not None or cfg.dev_size:
         order = np.random.default_rng(cfg.seed + 1).permutation(len(split.train))

@@ -219,3 +219,42 @@ def test_recalibrate_fits_the_domain_model(synth_cifake, tmp_path):
     version = det.model_version
     det.meta.domain = {}
     assert det.model_version != version
+
+
+def test_held_out_matches_folder_names_and_source_paths():
+    names = ["small/FAKE/began/a.png", "cifake/FAKE/1.jpg", "cifake/REAL/1.jpg", "full/FAKE/began2/x.jpg"]
+    assert train_mod.held_out(names, ["began", "cifake/FAKE"]).tolist() == [True, True, False, False]
+
+
+def test_holdout_fold_never_trains_on_the_held_out_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKESCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    write_cifake(tmp_path / "d" / "gen-a", 24)
+    write_cifake(tmp_path / "d" / "gen-b", 12)
+    held = tmp_path / "d" / "gen-b" / "FAKE"
+    out = train(_cfg(tmp_path / "d", tmp_path / "ck", holdout=["gen-b/FAKE"], input_size=48, crop=32, scale_p=1.0))
+    meta = json.loads((out / "config.json").read_text())
+    hold = meta["metrics"]["holdout"]
+    # Every held-out fake, scored against the validation split's reals, which were never trained on either.
+    n_val_reals = meta["metrics"]["validation"]["confusion"][0][0] + meta["metrics"]["validation"]["confusion"][0][1]
+    assert hold["n"] == len(list(held.iterdir())) + n_val_reals
+    split = meta["training"]["split"]
+    assert split["train"] + split["val"] + split["calib"] == 72 - 12  # the held-out fakes are in none of them
+    assert meta["preprocess"]["input_size"] == [48, 48]
+
+
+def test_content_only_leaves_no_pixel_trace(synth_cifake):
+    from fakescope.data import load_labelled
+
+    data = load_labelled([synth_cifake])
+    flat = train_mod.content_only(data.images, 4)
+    assert flat.shape == data.images.shape and flat.dtype == np.uint8
+    # The fakes' 2-pixel checkerboard is gone: neighbouring pixels barely differ anywhere.
+    assert np.abs(np.diff(flat.astype(int), axis=2)).max() < np.abs(np.diff(data.images.astype(int), axis=2)).max()
+
+
+def test_crop_and_shrink_batches():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(4, 3, 64, 64)
+    assert train_mod.crop_batch(x, 24, gen).shape == (4, 3, 24, 24)
+    small = train_mod.shrink_batch(x, 0.5, 40, gen)
+    assert 40 <= small.shape[-1] <= 64 and small.shape[-1] == small.shape[-2]

@@ -22,7 +22,7 @@ from fakescope.service.rows import uuids, write_rows
 from fakescope.storage import ObjectStore
 
 if TYPE_CHECKING:
-    from fakescope.detector import Detector
+    from fakescope.detector import Detector, RoutedDetector
 
 __all__ = ["explain_chunk", "fail_explanations"]
 
@@ -30,7 +30,7 @@ __all__ = ["explain_chunk", "fail_explanations"]
 def explain_chunk(
     session: Session,
     store: ObjectStore,
-    detector: Detector,
+    detector: Detector | RoutedDetector,
     explainer: Any,
     *,
     job_id: str | uuid.UUID,

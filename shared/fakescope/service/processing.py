@@ -31,7 +31,7 @@ from fakescope.service.rows import uuids, write_rows
 from fakescope.storage import ObjectStore
 
 if TYPE_CHECKING:
-    from fakescope.detector import Detector
+    from fakescope.detector import Detector, RoutedDetector
 
 __all__ = [
     "cached_results",
@@ -53,9 +53,15 @@ def _write_results(session: Session, updates: Sequence[tuple[JobItem, dict[str, 
 
 
 def cached_results(
-    session: Session, *, tenant_id: uuid.UUID, model_version: str, sha256s: Sequence[str], overlays: bool = True
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    model_versions: Sequence[str],
+    sha256s: Sequence[str],
+    overlays: bool = True,
 ) -> dict[str, JobItem]:
-    """This tenant's latest finished result for each of ``sha256s`` under ``model_version``.
+    """This tenant's latest finished result for each of ``sha256s`` under one of ``model_versions``
+    (a routed detector's members: the same bytes always take the same route).
 
     With ``overlays``, only results that have their overlay. Scoped to the tenant: whether another
     tenant ever sent the same bytes is not theirs to learn.
@@ -69,7 +75,7 @@ def cached_results(
         .where(
             col(Job.tenant_id) == tenant_id,
             col(JobItem.sha256).in_(set(sha256s)),
-            col(JobItem.model_version) == model_version,
+            col(JobItem.model_version).in_(list(model_versions)),
             col(JobItem.status) == ItemStatus.DONE,
             *with_overlay,
         )
@@ -81,7 +87,7 @@ def cached_results(
 def classify_chunk(
     session: Session,
     store: ObjectStore,
-    detector: Detector,
+    detector: Detector | RoutedDetector,
     *,
     job_id: str | uuid.UUID,
     item_ids: Sequence[str | uuid.UUID],
@@ -185,15 +191,14 @@ def _start_items(
 
 
 def _from_cache(
-    session: Session, job: Job, detector: Detector, items: Sequence[JobItem], started: datetime
+    session: Session, job: Job, detector: Detector | RoutedDetector, items: Sequence[JobItem], started: datetime
 ) -> tuple[list[tuple[JobItem, dict[str, Any]]], list[JobItem]]:
     """The rows answered from this tenant's earlier results for the same bytes and model, and the
     items left to classify."""
-    version = detector.model_version
     hits = cached_results(
         session,
         tenant_id=job.tenant_id,
-        model_version=version,
+        model_versions=detector.model_versions,
         sha256s=[it.sha256 for it in items if it.sha256],
         overlays=job.overlays,
     )
@@ -217,7 +222,7 @@ def _from_cache(
             "cam_grid": hit.cam_grid,
             "provenance": hit.provenance,
             "decided_by": hit.decided_by,
-            "model_version": version,
+            "model_version": hit.model_version,
             "started_at": started,
             "finished_at": utcnow(),
             "duration_ms": 0.0,
@@ -228,7 +233,11 @@ def _from_cache(
 
 
 def _result_rows(
-    job: Job, detector: Detector, todo: Sequence[JobItem], results: Iterable[ImageResult], started: datetime
+    job: Job,
+    detector: Detector | RoutedDetector,
+    todo: Sequence[JobItem],
+    results: Iterable[ImageResult],
+    started: datetime,
 ) -> list[tuple[JobItem, dict[str, Any]]]:
     """The row values of each classified item, in order, as the pipeline yields them."""
     rows: list[tuple[JobItem, dict[str, Any]]] = []
@@ -239,7 +248,7 @@ def _result_rows(
             "started_at": started,
             "finished_at": utcnow(),
             "duration_ms": (time.perf_counter() - t0) * 1000.0,
-            "model_version": version,
+            "model_version": res.model_version or version,
         }
         t0 = time.perf_counter()
         if res.error is not None:
