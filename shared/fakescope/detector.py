@@ -213,8 +213,11 @@ class Detector:
                 h, w = self.input_size
                 dims = [(max(1, a), max(1, b)) for a, b in sizes]
                 if self.meta.preprocess.resize == "shorter_side":
-                    # Scaled by the shorter side; the longer one is cropped, not resampled further.
-                    factors = [max(min(sw, sh) / min(h, w), min(h, w) / min(sw, sh)) for sw, sh in dims]
+                    # Scaled by the shorter side (the longer one is cropped). Only enlarging counts: a
+                    # full-size checkpoint's training images were themselves shrunk from up to 1024
+                    # pixels and more, so a large photo shrunk to the input is what it was trained on,
+                    # while a thumbnail blown up has detail no training image had.
+                    factors = [max(1.0, min(h, w) / min(sw, sh)) for sw, sh in dims]
                 else:
                     factors = [max(sw / w, w / sw, sh / h, h / sh) for sw, sh in dims]
                 resample = torch.tensor(factors, dtype=torch.float32)

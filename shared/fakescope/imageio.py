@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
+from pillow_heif import register_heif_opener
 
 __all__ = [
     "ALLOWED_FORMATS",
@@ -34,8 +35,11 @@ __all__ = [
 ]
 
 IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".jfif", ".avif"}
-)
+    {
+        ".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff", ".ppm", ".pgm", ".pbm", ".jfif", ".avif",
+        ".heic", ".heif",
+    }
+)  # fmt: skip
 ARCHIVE_SUFFIXES = (".zip", ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 # 40 megapixels covers any camera a platform will see; a 20000x20000 bomb is 400.
 DEFAULT_MAX_PIXELS = 40_000_000
@@ -77,7 +81,13 @@ class InputItem:
 
 # The raster formats a platform's uploads come in, and the only ones Pillow may open: its other
 # plugins include EPS (handed to Ghostscript, an interpreter) and dozens of rarely audited parsers.
-ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "AVIF")
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF", "PPM", "AVIF", "HEIF")
+# HEIC/HEIF through pillow-heif's plugin (libheif), registered as Pillow's "HEIF" format (Pillow
+# reads AVIF itself).
+register_heif_opener()
+
+# The ISO-BMFF major brands of HEIC/HEIF stills and sequences.
+HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"})
 
 _BOMB_SIZE = re.compile(r"Image size \((\d+) pixels\)")
 
@@ -99,6 +109,8 @@ def sniff_media_type(data: bytes) -> str:
         return "image/webp"
     if data[4:12] in (b"ftypavif", b"ftypavis"):
         return "image/avif"
+    if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
+        return "image/heic"
     return next((t for magic, t in _MAGIC if data.startswith(magic)), "application/octet-stream")
 
 

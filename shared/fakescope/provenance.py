@@ -33,6 +33,8 @@ from typing import Any
 
 from PIL import Image
 
+import fakescope.imageio  # noqa: F401  (registers the HEIF plugin that _read_exif opens HEIC with)
+
 __all__ = [
     "AI_SOURCE_TYPES",
     "GENERATOR_PATTERNS",
@@ -160,7 +162,9 @@ XMP_DTD_REFUSED = "xmp: packet declares a DTD or entities; refused"
 
 # Pillow reads EXIF from these containers without decoding pixels (PNG is read from its own eXIf
 # chunk, see _read_exif).
-_EXIF_FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "tiff": "TIFF"}
+# HEIF is pillow-heif's plugin, registered by fakescope.imageio (imported here for that): it reads
+# EXIF from the container's metadata items without decoding the image.
+_EXIF_FORMATS = {"jpeg": "JPEG", "webp": "WEBP", "tiff": "TIFF", "heic": "HEIF"}
 
 
 @dataclass(frozen=True)

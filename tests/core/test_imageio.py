@@ -1,4 +1,5 @@
 import io
+import json
 import tarfile
 import zipfile
 
@@ -143,3 +144,46 @@ def test_only_raster_formats_are_opened(tmp_path):
         buf = io.BytesIO()
         Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, format=fmt)
         assert decode_image(buf.getvalue()).size == (8, 8)
+
+
+def _heic(width: int = 80, height: int = 64, exif: bytes | None = None) -> bytes:
+    rng = np.random.default_rng(0)
+    buf = io.BytesIO()
+    kwargs = {"exif": exif} if exif else {}
+    Image.fromarray(rng.integers(0, 255, (height, width, 3), dtype=np.uint8)).save(
+        buf, format="HEIF", quality=90, **kwargs
+    )
+    return buf.getvalue()
+
+
+def test_heic_decodes_within_the_limits_and_a_corrupt_one_fails_clearly():
+    from fakescope.imageio import sniff_media_type
+
+    data = _heic()
+    assert sniff_media_type(data) == "image/heic"
+    im = decode_image(data)
+    assert (im.format, im.size) == ("HEIF", (80, 64))
+    with pytest.raises(ImageError, match="over the limit of 1000"):
+        decode_image(data, max_pixels=1000)
+    with pytest.raises(ImageError, match="corrupt or truncated image"):
+        decode_image(data[: len(data) // 2])
+
+
+def test_heic_is_scanned_and_its_exif_read_as_provenance(tmp_path, tiny_checkpoint):
+    from fakescope.provenance import read_provenance
+    from fakescope.scan import run_scan
+
+    exif = Image.Exif()
+    exif[0x0131] = "Midjourney"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "photo.heic").write_bytes(_heic(exif=exif.tobytes()))
+    whole = _heic()
+    (tmp_path / "in" / "broken.heic").write_bytes(whole[: len(whole) // 2])
+    prov = read_provenance((tmp_path / "in" / "photo.heic").read_bytes())
+    assert prov.details["format"] == "heic" and prov.generator == "Midjourney" and prov.declares_ai
+    run_scan([tmp_path / "in"], tmp_path / "out", checkpoint=str(tiny_checkpoint), progress=False)
+
+    rows = {r["file"].rsplit("/", 1)[-1]: r for r in map(json.loads, (tmp_path / "out" / "results.jsonl").open())}
+    assert rows["photo.heic"]["error"] is None and rows["photo.heic"]["width"] == 80
+    assert rows["photo.heic"]["prediction"] == "fake" and rows["photo.heic"]["decided_by"] == "provenance"
+    assert rows["broken.heic"]["error"].startswith("corrupt or truncated image")
