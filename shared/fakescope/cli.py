@@ -58,6 +58,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         resize=args.resize,
         interpolation=args.interpolation,
         crop=args.crop,
+        repeats=args.repeats,
+        calib_every=args.calib_every,
         scale_p=args.scale_p,
         scale_min=args.scale_min,
         holdout=args.holdout,
@@ -98,10 +100,10 @@ def _cmd_scan(args: argparse.Namespace) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from fakescope.detector import Detector
+    from fakescope.detector import Detector, member_folder
     from fakescope.evaluate import domain_report, evaluate_arrays, format_table, load_eval_data, robustness
 
-    detector = Detector.load(_checkpoint(args), device=args.device)
+    detector = Detector.load(member_folder(_checkpoint(args), args.route), device=args.device)
     data = load_eval_data(args.data or DEFAULT_DATA, detector, split=args.split, limit=args.limit)
     if args.robustness:
         table = robustness(detector, data, batch_size=args.batch_size)
@@ -131,9 +133,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from fakescope.detector import member_folder
     from fakescope.evaluate import recalibrate
 
-    result = recalibrate(args.checkpoint, args.data or DEFAULT_DATA, tta_hflip=args.tta)
+    result = recalibrate(member_folder(args.checkpoint, args.route), args.data or DEFAULT_DATA, tta_hflip=args.tta)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -312,6 +315,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resize", choices=["stretch", "shorter_side"], default="stretch", help="how inputs are fitted")
     p.add_argument("--interpolation", default="bicubic", help="resampling filter of the saved preprocessing")
     p.add_argument("--crop", type=int, default=0, help="train on random crops of this side (0: whole images)")
+    p.add_argument("--repeats", type=int, default=1, help="passes over the training images per epoch")
+    p.add_argument("--calib-every", type=int, default=1, help="score the calibration split every N epochs")
     p.add_argument("--scale-p", type=float, default=0.0, help="share of batches shrunk before cropping")
     p.add_argument("--scale-min", type=float, default=0.5, help="smallest shrink factor")
     p.add_argument("--holdout", action="append", default=[], help="folder never trained on, scored at the end")
@@ -334,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="metrics (and robustness) on labelled CIFAKE-layout data")
     p.add_argument("--data", action="append", help="CIFAKE-layout folder or archive (repeatable)")
     p.add_argument("--checkpoint")
+    p.add_argument("--route", help="for a routed folder (the default): which route's checkpoint (default: the first)")
     p.add_argument("--split", choices=["val", "calib"], help="only the checkpoint's held-out part of --data")
     p.add_argument("--limit", type=int, help="at most this many images (random, seeded)")
     p.add_argument("--robustness", action="store_true", help="add JPEG, noise, rescaling and FGSM rows")
@@ -344,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("calibrate", help="refit the temperature on the checkpoint's calibration split")
     p.add_argument("--checkpoint", required=True)
+    p.add_argument("--route", help="for a routed folder: which route's checkpoint (default: the first)")
     p.add_argument("--data", action="append", help="the sources the checkpoint was trained on")
     p.add_argument(
         "--tta",

@@ -29,6 +29,7 @@ __all__ = [
     "Route",
     "RoutedDetector",
     "load_detector",
+    "member_folder",
     "resolve_checkpoint",
 ]
 
@@ -295,6 +296,26 @@ class RoutedDetector:
 
     def route(self, width: int, height: int) -> int:
         return next(i for i, r in enumerate(self.routes) if r.takes(width, height))
+
+
+def member_folder(checkpoint: str | Path | None, route: str | None = None) -> Path:
+    """The folder of one checkpoint: ``checkpoint`` itself, or for a routed folder the sub-folder of
+    ``route`` (None: its first route). Training, evaluation and calibration work on one checkpoint.
+
+    Raises:
+        ValueError: ``route`` is named for a single checkpoint, or is not one of the folder's routes.
+    """
+    path = resolve_checkpoint(checkpoint)
+    if not (path / ROUTES_FILE).is_file():
+        if route is not None:
+            raise ValueError(f"{path} is a single checkpoint: it has no route {route!r}")
+        return path
+    routes = json.loads((path / ROUTES_FILE).read_text())["routes"]
+    by_name = {r["name"]: r["path"] for r in routes}
+    name = route if route is not None else routes[0]["name"]
+    if name not in by_name:
+        raise ValueError(f"{path} has no route {name!r} (routes: {', '.join(by_name)})")
+    return path / by_name[name]
 
 
 def load_detector(checkpoint: str | Path | None = None, device: str = "auto") -> Detector | RoutedDetector:

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -231,8 +232,13 @@ def test_holdout_fold_never_trains_on_the_held_out_folder(tmp_path, monkeypatch)
     write_cifake(tmp_path / "d" / "gen-a", 24)
     write_cifake(tmp_path / "d" / "gen-b", 12)
     held = tmp_path / "d" / "gen-b" / "FAKE"
-    out = train(_cfg(tmp_path / "d", tmp_path / "ck", holdout=["gen-b/FAKE"], input_size=48, crop=32, scale_p=1.0))
+    cfg = _cfg(tmp_path / "d", tmp_path / "ck", holdout=["gen-b/FAKE"], input_size=48, crop=32, scale_p=1.0)
+    out = train(dataclasses.replace(cfg, repeats=2, calib_every=5))
     meta = json.loads((out / "config.json").read_text())
+    # Two passes an epoch; the calibration split scored only after the last epoch.
+    first, last = meta["training"]["history"]
+    assert "calib_acc" not in first and "calib_acc" in last
+    assert first["train_images_per_s"] > 0 and meta["training"]["split"]["train"] > 0
     hold = meta["metrics"]["holdout"]
     # Every held-out fake, scored against the validation split's reals, which were never trained on either.
     n_val_reals = meta["metrics"]["validation"]["confusion"][0][0] + meta["metrics"]["validation"]["confusion"][0][1]
