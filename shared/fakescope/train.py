@@ -87,8 +87,8 @@ class TrainConfig:
     # Full-size training: images are decoded at ``input_size`` square (multigen/full is stored at 224)
     # and trained on random ``crop``-pixel crops (0: the whole image, shifted by ``translate``); the
     # network is fully convolutional with global pooling, so it is scored on the whole image. With
-    # probability ``scale_p`` a batch is first shrunk by a factor in [``scale_min``, 1], on both labels,
-    # so how strongly an image was resampled before it reached us is not a label.
+    # probability ``scale_p`` a batch of crops is seen shrunk by a factor in [``scale_min``, 1], on both
+    # labels, so how strongly an image was resampled before it reached us is not a label.
     input_size: int = 32
     resize: str = "stretch"
     interpolation: str = "bicubic"
@@ -119,6 +119,8 @@ class TrainConfig:
             raise ValueError("resume continues a run; init_from starts a new one from trained weights: pick one")
         if self.crop and self.crop > self.input_size:
             raise ValueError(f"crop ({self.crop}) must not exceed input_size ({self.input_size})")
+        if self.scale_p and not self.crop:
+            raise ValueError("scale_p shrinks crops: it needs crop")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -208,24 +210,33 @@ def translate_batch(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Te
     return out.permute(0, 3, 1, 2)
 
 
-def shrink_batch(x: torch.Tensor, scale_min: float, min_side: int, gen: torch.Generator) -> torch.Tensor:
-    """The whole ``(B, C, H, W)`` batch shrunk by one random factor in [``scale_min``, 1] (antialiased),
-    never below ``min_side`` pixels a side."""
-    h, w = x.shape[-2:]
-    lo = max(scale_min, min_side / min(h, w))
-    f = lo + (1.0 - lo) * float(torch.rand(1, generator=gen))
-    size = (max(min_side, round(h * f)), max(min_side, round(w * f)))
-    return F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False).clamp_(0, 1)
-
-
 def crop_batch(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor:
-    """An independent random ``size`` x ``size`` crop of each image of a ``(B, C, H, W)`` batch."""
-    b, _, h, w = x.shape
+    """An independent random ``size`` x ``size`` crop of each image of a ``(B, H, W, C)`` batch."""
+    b, h, w, _ = x.shape
     dy = torch.randint(0, h - size + 1, (b,), generator=gen)
     dx = torch.randint(0, w - size + 1, (b,), generator=gen)
     rows = (dy[:, None] + torch.arange(size))[:, :, None]
     cols = (dx[:, None] + torch.arange(size))[:, None, :]
-    return x.permute(0, 2, 3, 1)[torch.arange(b)[:, None, None], rows, cols].permute(0, 3, 1, 2)
+    return x[torch.arange(b)[:, None, None], rows, cols]
+
+
+def scaled_crops(raw: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+    """``cfg.crop``-pixel crops of a ``(B, H, W, 3)`` uint8 batch as ``(B, 3, crop, crop)`` in [0, 1].
+
+    With probability ``cfg.scale_p`` the batch is seen shrunk by one random factor in
+    [``cfg.scale_min``, 1]: a region ``crop / factor`` pixels a side is cut and shrunk to ``crop``
+    (antialiased), which is what shrinking the whole image and cropping would give, at the cost of the
+    crops alone.
+    """
+    side = min(raw.shape[1], raw.shape[2])
+    region = cfg.crop
+    if cfg.scale_p > 0 and float(torch.rand(1, generator=gen)) < cfg.scale_p:
+        f = cfg.scale_min + (1.0 - cfg.scale_min) * float(torch.rand(1, generator=gen))
+        region = min(side, round(cfg.crop / f))
+    x = crop_batch(raw, region, gen).permute(0, 3, 1, 2).float().div_(255.0)
+    if region != cfg.crop:
+        x = F.interpolate(x, size=(cfg.crop, cfg.crop), mode="bilinear", antialias=True, align_corners=False)
+    return x.clamp_(0, 1)
 
 
 def content_only(images: np.ndarray, side: int) -> np.ndarray:
@@ -268,17 +279,13 @@ def train_batch(
         sel = hit & (kinds == 2)
         raw = raw.clone()
         raw[sel] = jpeg[idx[sel]]
-    x = raw.permute(0, 3, 1, 2).float().div_(255.0)
+    x = scaled_crops(raw, cfg, gen) if cfg.crop else raw.permute(0, 3, 1, 2).float().div_(255.0)
     for k, kind in enumerate(("rescale", "blur")):
         sel = hit & (kinds == k)
         if bool(sel.any()):
             x[sel] = degrade(x[sel], kind, gen)
     flip = torch.rand(len(idx), 1, 1, 1, generator=gen) < 0.5
     x = torch.where(flip, x.flip(-1), x)
-    if cfg.scale_p > 0 and float(torch.rand(1, generator=gen)) < cfg.scale_p:
-        x = shrink_batch(x, cfg.scale_min, cfg.crop, gen)
-    if cfg.crop:
-        x = crop_batch(x, cfg.crop, gen)
     if cfg.recipe == "fast":
         x = translate_batch(x, cfg.translate, gen)
         if cfg.border_p > 0:

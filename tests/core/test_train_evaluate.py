@@ -258,9 +258,15 @@ def test_content_only_leaves_no_pixel_trace(synth_cifake):
     assert np.abs(np.diff(flat.astype(int), axis=2)).max() < np.abs(np.diff(data.images.astype(int), axis=2)).max()
 
 
-def test_crop_and_shrink_batches():
+def test_scaled_crops_cut_and_shrink():
     gen = torch.Generator().manual_seed(0)
-    x = torch.rand(4, 3, 64, 64)
-    assert train_mod.crop_batch(x, 24, gen).shape == (4, 3, 24, 24)
-    small = train_mod.shrink_batch(x, 0.5, 40, gen)
-    assert 40 <= small.shape[-1] <= 64 and small.shape[-1] == small.shape[-2]
+    raw = torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8)
+    assert train_mod.crop_batch(raw, 24, gen).shape == (4, 24, 24, 3)
+    cfg = TrainConfig(data=["x"], out="y", input_size=64, crop=24, scale_p=1.0, scale_min=0.5)
+    x = train_mod.scaled_crops(raw, cfg, gen)
+    assert x.shape == (4, 3, 24, 24) and float(x.min()) >= 0.0 and float(x.max()) <= 1.0
+    # A shrunk region is smoother than a plain crop of the same noise.
+    plain = train_mod.scaled_crops(raw, dataclasses.replace(cfg, scale_p=0.0), gen)
+    assert x.diff(dim=-1).abs().mean() < plain.diff(dim=-1).abs().mean()
+    with pytest.raises(ValueError, match="needs crop"):
+        TrainConfig(data=["x"], out="y", scale_p=0.5)
