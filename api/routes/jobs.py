@@ -33,6 +33,7 @@ from api.schemas import (
     Delivery,
     FailuresPage,
     ItemFailure,
+    ItemResult,
     ReportLink,
     ResultsPage,
     ShardTarget,
@@ -275,6 +276,11 @@ def _image_url(request: Request, settings: Settings, store: ObjectStore, item: J
     return _signed_url(request, settings, "item_image", resource, job_id=item.job_id, position=item.position)
 
 
+def result_with_urls(request: Request, settings: Settings, store: ObjectStore, item: JobItem) -> ItemResult:
+    """An item's result as the API answers it, with its signed overlay and image URLs."""
+    return item_result(item, _overlay_url(request, settings, item), _image_url(request, settings, store, item))
+
+
 def _check_signed(settings: Settings, resource: str, expires: int, signature: str) -> None:
     if not verify_url(settings.secret_key, "GET", resource, expires, signature):
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="Invalid or expired signature")
@@ -352,9 +358,7 @@ def job_results(
     """Classified images in upload order, with signed overlay URLs; failed ones are under ``/failures``."""
     _job_or_404(session, tenant, job_id)
     items, count = svc.list_results(session, job_id=job_id, offset=offset, limit=limit)
-    data = [
-        item_result(it, _overlay_url(request, settings, it), _image_url(request, settings, store, it)) for it in items
-    ]
+    data = [result_with_urls(request, settings, store, it) for it in items]
     return ResultsPage(data=data, count=count, offset=offset, limit=limit)
 
 

@@ -253,6 +253,12 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         return 0 if job["state"] in ("succeeded", "partially_succeeded", "queued", "running") else 1
 
 
+def _cmd_detect(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        print(json.dumps(client.detect(args.path, overlays=not args.no_overlays), indent=2))
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
         job = _wait_with_bar(client, args.job, args.timeout) if args.wait else client.status(args.job)
@@ -394,6 +400,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="when finished, write the scan files here (implies --wait)")
     p.set_defaults(func=_cmd_submit)
 
+    p = sub.add_parser("detect", help="check one image now, without a job (POST /v1/detect)" + api_help)
+    _add_api_arg(p)
+    p.add_argument("path", help="one image file")
+    p.add_argument("--no-overlays", action="store_true", help="verdict only: no GradCAM overlay URL")
+    p.set_defaults(func=_cmd_detect)
+
     p = sub.add_parser("status", help="a job's state and counts" + api_help)
     _add_api_arg(p)
     p.add_argument("job")
@@ -429,7 +441,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    if args.command in ("submit", "status", "results", "cancel"):
+    if args.command in ("submit", "detect", "status", "results", "cancel"):
         from fakescope.client import ApiError
 
         try:

@@ -192,6 +192,17 @@ class FakescopeClient:
                     raise
                 time.sleep(0.5 * 2**attempt)
 
+    def detect(self, path: str | Path, *, overlays: bool = True) -> dict[str, Any]:
+        """One image checked in the request (``POST /v1/detect``): the result object a job item has.
+
+        Raises:
+            ApiError: 422 for a bad image, 503 when the service could not answer in time (retry later).
+        """
+        p = Path(path)
+        with p.open("rb") as f:
+            r = self._http.post("/v1/detect", files={"file": (p.name, f)}, data={"overlays": str(overlays).lower()})
+        return _check(r).json()
+
     def status(self, job_id: str) -> dict[str, Any]:
         return _check(self._http.get(f"/v1/jobs/{job_id}")).json()
 

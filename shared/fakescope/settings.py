@@ -198,6 +198,12 @@ class Settings(BaseSettings):
     )
     rate_limit_per_minute: int = Field(3000, ge=0, description="requests per API key per minute (0: none)")
     max_items_per_job: int = Field(100_000, description="images per job")
+    detect_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        le=120,
+        description="how long POST /v1/detect waits for the classify pool before it answers 503 and drops the check",
+    )
     presign_expiry_s: int = Field(3600, description="lifetime of presigned and signed URLs")
     report_link_expiry_s: int = Field(7 * 24 * 3600, ge=60, description="how long a report link's token reads its job")
     callback: CallbackSettings = Field(default_factory=CallbackSettings, description="webhooks (below)")

@@ -16,7 +16,14 @@ from celery import Celery
 
 from fakescope.settings import Settings
 
-__all__ = ["Enqueuer", "TaskName", "chunk_payload", "make_celery"]
+__all__ = ["DETECT_PRIORITY", "JOB_PRIORITY", "Enqueuer", "TaskName", "chunk_payload", "make_celery"]
+
+# Message priorities on the classify queue. Redis has none of its own: kombu keeps one list per
+# priority step (0, 3, 6, 9 by default; the queue's name, then name + separator + step) and a worker
+# reads them in order, lowest number first. A synchronous check (POST /v1/detect) therefore waits
+# only for the chunks the workers already hold, not for the backlog of every job before it.
+DETECT_PRIORITY = 0
+JOB_PRIORITY = 6
 
 
 class TaskName(StrEnum):
@@ -78,7 +85,15 @@ class Enqueuer:
         self.app = app
         self.settings = settings
 
-    def _send(self, name: TaskName, queue: str, job_id: uuid.UUID, item_ids: Sequence[uuid.UUID], size: int) -> int:
+    def _send(
+        self,
+        name: TaskName,
+        queue: str,
+        job_id: uuid.UUID,
+        item_ids: Sequence[uuid.UUID],
+        size: int,
+        priority: int | None = None,
+    ) -> int:
         sent = 0
         for start in range(0, len(item_ids), size):
             # Explicit None time limits: where the task is registered in the sender too (a classify worker
@@ -90,12 +105,19 @@ class Enqueuer:
                 queue=queue,
                 time_limit=None,
                 soft_time_limit=None,
+                priority=priority,
             )
             sent += 1
         return sent
 
     def classify(self, job_id: uuid.UUID, item_ids: Sequence[uuid.UUID]) -> int:
-        return self._send(TaskName.CLASSIFY, self.settings.queue_classify, job_id, item_ids, self.settings.chunk_size)
+        s = self.settings
+        return self._send(TaskName.CLASSIFY, s.queue_classify, job_id, item_ids, s.chunk_size, JOB_PRIORITY)
+
+    def detect(self, job_id: uuid.UUID, item_ids: Sequence[uuid.UUID]) -> int:
+        """A synchronous check's image, ahead of queued job chunks (same queue and pool)."""
+        s = self.settings
+        return self._send(TaskName.CLASSIFY, s.queue_classify, job_id, item_ids, s.chunk_size, DETECT_PRIORITY)
 
     def explain(self, job_id: uuid.UUID, item_ids: Sequence[uuid.UUID]) -> int:
         s = self.settings
