@@ -1,15 +1,21 @@
 """Prestart step of the API: migrate the database, create the bucket, register the bootstrap key.
 
-``python -m api.prestart``; compose runs it before the API starts, and so does the stack runner.
+``python -m api.prestart``; compose runs it before the API starts, and so does the stack runner. On
+Kubernetes it is the migration Job, and every API and worker pod first runs
+``python -m api.prestart --wait``, which returns once the schema is at this code's head revision.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
+import time
+from collections.abc import Callable, Sequence
 
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from fakescope.db.engine import get_engine, migrate
+from fakescope.db.engine import get_engine, migrate, schema_is_ready
 from fakescope.service.tenants import ensure_api_key
 from fakescope.settings import Settings, get_settings
 from fakescope.storage import get_store
@@ -26,10 +32,28 @@ def prestart(settings: Settings) -> None:
             logger.info("bootstrap API key registered for tenant %s", tenant.name)
 
 
-def main() -> None:
+def wait_for_schema(settings: Settings, every_s: float = 5.0, sleep: Callable[[float], None] = time.sleep) -> None:
+    """Returns once the database's schema is the one this code needs; another process migrates it."""
+    while True:
+        try:
+            if schema_is_ready(settings.sqlalchemy_url):
+                return
+            logger.info("schema older than this version's; waiting for the migration Job")
+        except SQLAlchemyError as e:
+            logger.info("database not reachable yet (%s); waiting", type(e).__name__)
+        sleep(every_s)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m api.prestart", description=__doc__.splitlines()[0])
+    p.add_argument("--wait", action="store_true", help="migrate nothing: wait until the schema is current")
+    args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("alembic.runtime.plugins").setLevel(logging.WARNING)
-    prestart(get_settings())
+    if args.wait:
+        wait_for_schema(get_settings())
+    else:
+        prestart(get_settings())
 
 
 if __name__ == "__main__":

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from sqlalchemy import Engine, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
 from sqlmodel import create_engine
 
-__all__ = ["MIGRATIONS_DIR", "get_engine", "migrate"]
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+__all__ = ["MIGRATIONS_DIR", "get_engine", "migrate", "schema_is_ready"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -42,13 +46,35 @@ def get_engine(url: str) -> Engine:
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=15)
 
 
-def migrate(url: str, revision: str = "head") -> None:
-    """Upgrades the schema at ``url`` to ``revision`` with Alembic (the prestart step)."""
-    from alembic import command
+def _alembic_config(url: str) -> Config:
     from alembic.config import Config
 
-    _ensure_sqlite_dir(url)
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
-    command.upgrade(cfg, revision)
+    return cfg
+
+
+def migrate(url: str, revision: str = "head") -> None:
+    """Upgrades the schema at ``url`` to ``revision`` with Alembic (the prestart step)."""
+    from alembic import command
+
+    _ensure_sqlite_dir(url)
+    command.upgrade(_alembic_config(url), revision)
+
+
+def schema_is_ready(url: str) -> bool:
+    """Whether the database at ``url`` stands at the head revision this code ships, or past it: what a pod
+    waits for before it starts. A new version's pods wait for that version's migration Job; a pod of the
+    previous version that restarts mid-rollout finds a revision it does not know (a newer one, which
+    migrations keep compatible with the version before) and starts."""
+    from alembic.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_alembic_config(url))
+    with get_engine(url).connect() as conn:
+        current = set(MigrationContext.configure(conn).get_current_heads())
+    if current == set(script.get_heads()):
+        return True
+    known = {rev.revision for rev in script.walk_revisions()}
+    return bool(current) and not current & known
