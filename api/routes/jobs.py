@@ -269,7 +269,8 @@ def _overlay_url(request: Request, settings: Settings, item: JobItem) -> str | N
     return _signed_url(request, settings, "item_overlay", resource, job_id=item.job_id, position=item.position)
 
 
-def _image_url(request: Request, settings: Settings, store: ObjectStore, item: JobItem) -> str:
+def image_url(request: Request, settings: Settings, store: ObjectStore, item: JobItem) -> str:
+    """A signed URL of the item's original (the object store's own for a presigned upload)."""
     if item.object_offset is None:  # stored whole (a presigned upload): the object store serves it
         return store.presign_get(item.object_key, settings.presign_expiry_s)
     resource = image_resource(item.job_id, item.position)
@@ -278,7 +279,7 @@ def _image_url(request: Request, settings: Settings, store: ObjectStore, item: J
 
 def result_with_urls(request: Request, settings: Settings, store: ObjectStore, item: JobItem) -> ItemResult:
     """An item's result as the API answers it, with its signed overlay and image URLs."""
-    return item_result(item, _overlay_url(request, settings, item), _image_url(request, settings, store, item))
+    return item_result(item, _overlay_url(request, settings, item), image_url(request, settings, store, item))
 
 
 def _check_signed(settings: Settings, resource: str, expires: int, signature: str) -> None:

@@ -134,7 +134,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from fakescope.detector import member_folder
-    from fakescope.evaluate import recalibrate
+    from fakescope.evaluate import operating_points, recalibrate
+
+    if args.target_fpr is not None:
+        if not args.data:
+            raise SystemExit("fakescope calibrate --target-fpr needs --data: the platform's labelled images")
+        print(json.dumps(operating_points(args.checkpoint, args.data, args.target_fpr), indent=2))
+        return 0
+    if not args.checkpoint:
+        raise SystemExit("fakescope calibrate needs --checkpoint (the folder it rewrites)")
 
     result = recalibrate(member_folder(args.checkpoint, args.route), args.data or DEFAULT_DATA, tta_hflip=args.tta)
     print(json.dumps(result, indent=2))
@@ -259,6 +267,19 @@ def _cmd_detect(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_feedback(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.feedback_command == "give":
+            print(json.dumps(client.give_feedback(args.job, args.position, args.label, args.note), indent=2))
+        else:
+            counts = client.export_feedback(args.out)
+            print(
+                f"{counts['real']} real, {counts['fake']} fake written under {args.out}/REAL and FAKE; "
+                f"{counts['skipped']} skipped (originals past retention)"
+            )
+    return 0
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
         job = _wait_with_bar(client, args.job, args.timeout) if args.wait else client.status(args.job)
@@ -354,8 +375,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", help="also write the report as JSON here")
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("calibrate", help="refit the temperature on the checkpoint's calibration split")
-    p.add_argument("--checkpoint", required=True)
+    p = sub.add_parser(
+        "calibrate",
+        help="refit the temperature on the checkpoint's calibration split, or (--target-fpr) print the "
+        "operating thresholds a platform's own labelled images call for",
+    )
+    p.add_argument("--checkpoint", help="checkpoint folder (required unless --target-fpr: then the shipped one)")
+    p.add_argument(
+        "--target-fpr",
+        type=float,
+        help="print fake_threshold/real_threshold for --data (a REAL/FAKE folder, e.g. a feedback export) so that "
+        "at most this share of its real images is called fake (and of its fakes called real); changes nothing",
+    )
     p.add_argument("--route", help="for a routed folder: which route's checkpoint (default: the first)")
     p.add_argument("--data", action="append", help="the sources the checkpoint was trained on")
     p.add_argument(
@@ -406,6 +437,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-overlays", action="store_true", help="verdict only: no GradCAM overlay URL")
     p.set_defaults(func=_cmd_detect)
 
+    p = sub.add_parser("feedback", help="label verdicts, and export the labelled images" + api_help)
+    fsub = p.add_subparsers(dest="feedback_command", required=True)
+    f = fsub.add_parser("give", help="label one classified image real or fake")
+    _add_api_arg(f)
+    f.add_argument("job")
+    f.add_argument("position", type=int)
+    f.add_argument("label", choices=["real", "fake"])
+    f.add_argument("--note", help="why, in the reviewer's words")
+    f.set_defaults(func=_cmd_feedback)
+    f = fsub.add_parser("export", help="write every labelled image under DIR/REAL and DIR/FAKE")
+    _add_api_arg(f)
+    f.add_argument("out", help="folder to write (calibrate and train read it as it is)")
+    f.set_defaults(func=_cmd_feedback)
+
     p = sub.add_parser("status", help="a job's state and counts" + api_help)
     _add_api_arg(p)
     p.add_argument("job")
@@ -441,7 +486,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    if args.command in ("submit", "detect", "status", "results", "cancel"):
+    if args.command in ("submit", "detect", "feedback", "status", "results", "cancel"):
         from fakescope.client import ApiError
 
         try:

@@ -244,6 +244,35 @@ class FakescopeClient:
             if not page["data"] or offset >= page["count"]:
                 return
 
+    # -- feedback ---------------------------------------------------------------------------------
+
+    def give_feedback(self, job_id: str, position: int, label: str, note: str | None = None) -> dict[str, Any]:
+        """Labels one classified image ``real`` or ``fake``; the same label again changes nothing."""
+        body = {"label": label, "note": note}
+        return _check(self._http.post(f"/v1/jobs/{job_id}/items/{position}/feedback", json=body)).json()
+
+    def feedback(self) -> Iterator[dict[str, Any]]:
+        """This tenant's feedback, oldest first, page by page."""
+        return self._pages("/v1/feedback")
+
+    def export_feedback(self, out_dir: str | Path) -> dict[str, int]:
+        """Writes every labelled original under ``out_dir/REAL`` and ``out_dir/FAKE`` (the layout
+        ``fakescope calibrate`` and ``fakescope train`` read), named ``<job>-<position>-<name>``; an
+        item whose original is gone (past retention) is skipped. Returns the count per label."""
+        out = Path(out_dir)
+        counts = {"real": 0, "fake": 0, "skipped": 0}
+        for f in self.feedback():
+            folder = out / f["label"].upper()
+            folder.mkdir(parents=True, exist_ok=True)
+            r = self._plain.get(f["image_url"]) if f.get("image_url") else None
+            if r is None or r.status_code == 404:
+                counts["skipped"] += 1
+                continue
+            name = Path(f["name"]).name or "image"
+            (folder / f"{f['job_id'][:8]}-{f['position']}-{name}").write_bytes(_check(r).content)
+            counts[f["label"]] += 1
+        return counts
+
     def results(self, job_id: str) -> Iterator[dict[str, Any]]:
         """Classified images in upload order, page by page."""
         return self._pages(f"/v1/jobs/{job_id}/results")

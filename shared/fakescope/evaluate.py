@@ -9,6 +9,7 @@ white-box worst case, not a threat model for a black-box service.
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from collections.abc import Callable, Sequence
@@ -22,10 +23,12 @@ from PIL import Image, ImageFilter
 from tqdm import tqdm
 
 from fakescope.checkpoint import CONFIG_FILE
-from fakescope.data import LabelledArray, load_labelled, make_split
-from fakescope.detector import Detector
+from fakescope.data import LabelledArray, iter_labelled, load_labelled, make_split
+from fakescope.detector import Detector, load_detector
 from fakescope.domain import fit_domain
+from fakescope.imageio import InputItem
 from fakescope.metrics import binary_metrics, domain_metrics
+from fakescope.pipeline import classify_items
 from fakescope.temperature import fit_temperature
 
 __all__ = [
@@ -254,3 +257,64 @@ def _features(detector: Detector, images: np.ndarray, batch_size: int) -> torch.
 def _domain_scores(detector: Detector, images: np.ndarray, batch_size: int) -> np.ndarray:
     assert detector.domain is not None
     return detector.domain.scores(_features(detector, images, batch_size)).cpu().numpy()
+
+
+def _threshold_at(values: np.ndarray, share: float, above: bool) -> float:
+    """The smallest threshold t with at most ``share`` of ``values`` at or above t (``above``), or the
+    largest with at most ``share`` of them below t (not ``above``)."""
+    v = np.sort(values)
+    allowed = int(np.floor(share * len(v) + 1e-9))
+    if above:
+        # Everything above the (n - allowed)-th smallest may be called fake; t sits just above it.
+        return 0.0 if allowed >= len(v) else float(np.nextafter(v[len(v) - allowed - 1], np.inf))
+    return 1.0 if allowed >= len(v) else float(v[allowed])
+
+
+def operating_points(
+    checkpoint: str | Path | None, sources: Sequence[str | Path], target_fpr: float, target_fnr: float | None = None
+) -> dict[str, Any]:
+    """The thresholds a platform's own labelled images call for, scored as the service scores them.
+
+    Every image of ``sources`` (``REAL/`` and ``FAKE/`` folders or archives, such as ``fakescope
+    feedback export``'s) goes through the scan's pipeline (routing, decoding, calibrated
+    probability). ``fake_threshold`` is the lowest at which at most ``target_fpr`` of the real images
+    would be called fake; ``real_threshold`` the highest below which at most ``target_fnr`` (default:
+    the same share) of the fakes would be called real. Between the two the verdict is uncertain.
+    Nothing is written: the thresholds are the caller's (a tenant default, a job's override).
+    """
+    if not 0.0 <= target_fpr < 1.0:
+        raise ValueError(f"target_fpr must be in [0, 1), got {target_fpr}")
+    target_fnr = target_fpr if target_fnr is None else target_fnr
+    detector = load_detector(checkpoint)
+    names, labels, blobs = [], [], []
+    for src in sources:
+        for name, label, data in iter_labelled(src):
+            names.append(name)
+            labels.append(label)
+            blobs.append(data)
+    items = [InputItem(n, functools.partial(bytes, b), len(b)) for n, b in zip(names, blobs, strict=True)]
+    results = list(classify_items(detector, items, overlays=False))
+    ok = [i for i, r in enumerate(results) if r.ok]
+    probs = np.asarray([results[i].fake_probability for i in ok], dtype=float)
+    y = np.asarray([labels[i] for i in ok])
+    real, fake = probs[y == 0], probs[y == 1]
+    if not len(real) or not len(fake):
+        raise ValueError(f"need both real and fake images: {len(real)} real, {len(fake)} fake could be scored")
+    fake_t = _threshold_at(real, target_fpr, above=True)
+    real_t = min(_threshold_at(fake, target_fnr, above=False), fake_t)
+    return {
+        "model_version": detector.model_version,
+        "n_real": len(real),
+        "n_fake": len(fake),
+        "errors": len(results) - len(ok),
+        "target_fpr": target_fpr,
+        "target_fnr": target_fnr,
+        "fake_threshold": fake_t,
+        "real_threshold": real_t,
+        "at_these_thresholds": {
+            "false_positive_rate": float((real >= fake_t).mean()),
+            "false_negative_rate": float((fake < real_t).mean()),
+            "fake_recall": float((fake >= fake_t).mean()),
+            "uncertain_share": float(((probs >= real_t) & (probs < fake_t)).mean()),
+        },
+    }

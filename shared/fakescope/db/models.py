@@ -14,11 +14,15 @@ from typing import Annotated, Any
 
 from pydantic import StringConstraints, model_validator
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, UniqueConstraint, text
-from sqlmodel import Field, SQLModel
+from sqlmodel import AutoString, Field, SQLModel
 
 __all__ = [
     "ApiKey",
     "ExplainStatus",
+    "Feedback",
+    "FeedbackCreate",
+    "FeedbackLabel",
+    "FeedbackPublic",
     "ItemStatus",
     "Job",
     "JobBase",
@@ -298,3 +302,55 @@ class WebhookDelivery(SQLModel, table=True):
     outcome: str = Field(max_length=255)
     duration_ms: float | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
+class FeedbackLabel(StrEnum):
+    REAL = "real"
+    FAKE = "fake"
+
+
+class FeedbackBase(SQLModel):
+    label: FeedbackLabel = Field(sa_type=AutoString(length=8), description="what the image really is: real or fake")
+    note: str | None = Field(default=None, max_length=1000, description="why, in the reviewer's words")
+
+
+class FeedbackCreate(FeedbackBase):
+    """A reviewer's correction of one verdict."""
+
+
+class Feedback(FeedbackBase, table=True):
+    """A platform's label for one classified image: one row an item, replaced when the label changes.
+
+    The verdict, probability and model version it corrects are copied from the item when it is given,
+    so a dispute still says what it disputed after the image is classified again by a newer model.
+    """
+
+    __tablename__ = "feedback"
+    __table_args__ = (UniqueConstraint("item_id", name="uq_feedback_item"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    tenant_id: uuid.UUID = Field(foreign_key="tenants.id", index=True, ondelete="CASCADE")
+    job_id: uuid.UUID = Field(foreign_key="jobs.id", index=True, ondelete="CASCADE")
+    item_id: uuid.UUID = Field(foreign_key="job_items.id", ondelete="CASCADE")
+    position: int
+    verdict: str | None = Field(default=None, max_length=8)
+    fake_probability: float | None = None
+    model_version: str | None = Field(default=None, max_length=255)
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    updated_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+
+
+class FeedbackPublic(FeedbackBase):
+    id: uuid.UUID
+    job_id: uuid.UUID
+    position: int
+    name: str = Field(description="the image's name in its job")
+    verdict: str | None = Field(description="the prediction the label corrects (or confirms)")
+    fake_probability: float | None
+    model_version: str | None
+    disputed: bool = Field(description="the label differs from the verdict")
+    image_url: str | None = Field(
+        None, description="the original, by a signed URL (usable without a key until it expires)"
+    )
+    created_at: datetime
+    updated_at: datetime
