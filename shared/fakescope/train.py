@@ -105,6 +105,9 @@ class TrainConfig:
     # and the validation split's images of the other label are scored once, at the end, as "holdout"
     # (the leave-one-generator-out and leave-one-family-out protocol, ops/protocol.py).
     holdout: list[str] = field(default_factory=list)
+    # A protocol fold: score the held-out folders only (no calibration or validation scoring, which a
+    # fold does not report and which cost as much as its training on full-size images).
+    holdout_only: bool = False
     # The content-only baseline: every image shrunk to this side and back before anything else, so no
     # generator trace survives and only content is left to learn (0: off).
     content_only: int = 0
@@ -119,6 +122,8 @@ class TrainConfig:
             raise ValueError("resume continues a run; init_from starts a new one from trained weights: pick one")
         if self.crop and self.crop > self.input_size:
             raise ValueError(f"crop ({self.crop}) must not exceed input_size ({self.input_size})")
+        if self.holdout_only and not self.holdout:
+            raise ValueError("holdout_only scores the held-out folders: name them in holdout")
         if self.scale_p and not self.crop:
             raise ValueError("scale_p shrinks crops: it needs crop")
 
@@ -494,7 +499,8 @@ def train(cfg: TrainConfig) -> Path:
             "seconds": seconds,
             "train_images_per_s": seen / seconds,
         }
-        if cfg.recipe == "paper" or (epoch + 1) % cfg.calib_every == 0 or epoch + 1 == cfg.epochs:
+        scored = cfg.recipe == "paper" or (epoch + 1) % cfg.calib_every == 0 or epoch + 1 == cfg.epochs
+        if scored and not cfg.holdout_only:
             # The per-epoch record uses the calibration split: validation stays unseen until the end.
             calib_logits = predict_arrays(saved, calib.images, preprocess, device)
             rec["calib_loss"] = float(F.cross_entropy(calib_logits, torch.from_numpy(calib.labels)))
@@ -503,9 +509,11 @@ def train(cfg: TrainConfig) -> Path:
                 sched.step(rec["calib_loss"])
         history.append(rec)
         logger.info("epoch %d: %s", epoch + 1, rec)
-        scored = f"calib_acc {rec['calib_acc']:.4f} calib_loss {rec['calib_loss']:.4f} " if "calib_acc" in rec else ""
+        calib_txt = (
+            f"calib_acc {rec['calib_acc']:.4f} calib_loss {rec['calib_loss']:.4f} " if "calib_acc" in rec else ""
+        )
         tqdm.write(
-            f"epoch {epoch + 1}: train_acc {rec['train_acc']:.4f} {scored}"
+            f"epoch {epoch + 1}: train_acc {rec['train_acc']:.4f} {calib_txt}"
             f"({seconds:.0f}s, {rec['train_images_per_s']:.0f} img/s)"
         )
         save_checkpoint(out, saved, meta({}))
@@ -528,6 +536,14 @@ def train(cfg: TrainConfig) -> Path:
         logger.info("stopped after epoch %d of %d; continue with resume", last_epoch, cfg.epochs)
         return out
 
+    if cfg.holdout_only:
+        # Accuracy at 0.5 needs no temperature: scaling two logits never changes which is larger.
+        hold = data.subset(holdout_idx)
+        hold_prob = torch.softmax(predict_arrays(saved, hold.images, preprocess, device), dim=1)
+        fold = {"folders": cfg.holdout, **binary_metrics(hold.labels, hold_prob[:, LABELS.index("fake")].numpy())}
+        save_checkpoint(out, saved, meta({"holdout": fold}))
+        logger.info("holdout: %s", fold)
+        return out
     # Calibrate on the calibration split, then report on validation: the two never overlap.
     temperature = fit_temperature(
         predict_arrays(saved, calib.images, preprocess, device), torch.from_numpy(calib.labels)

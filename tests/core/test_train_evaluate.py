@@ -248,6 +248,18 @@ def test_holdout_fold_never_trains_on_the_held_out_folder(tmp_path, monkeypatch)
     assert meta["preprocess"]["input_size"] == [48, 48]
 
 
+def test_holdout_only_fold_scores_the_held_out_folders_alone(tmp_path, monkeypatch):
+    monkeypatch.setenv("FAKESCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    write_cifake(tmp_path / "d" / "gen-a", 24)
+    write_cifake(tmp_path / "d" / "gen-b", 12)
+    cfg = _cfg(tmp_path / "d", tmp_path / "ck", holdout=["gen-b/FAKE"], holdout_only=True, content_only=8)
+    meta = json.loads((train(cfg) / "config.json").read_text())
+    assert set(meta["metrics"]) == {"holdout"} and meta["metrics"]["holdout"]["folders"] == ["gen-b/FAKE"]
+    assert all("calib_acc" not in h for h in meta["training"]["history"])
+    with pytest.raises(ValueError, match="name them in holdout"):
+        _cfg(tmp_path / "d", tmp_path / "x", holdout_only=True)
+
+
 def test_content_only_leaves_no_pixel_trace(synth_cifake):
     from fakescope.data import load_labelled
 
