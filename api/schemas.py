@@ -10,6 +10,7 @@ from typing import Any, Generic, TypeVar
 from pydantic import BaseModel, Field
 
 from fakescope.db.models import JobItem, JobPublic
+from fakescope.result import ResultContract
 
 __all__ = [
     "UNPROCESSABLE",
@@ -32,33 +33,15 @@ __all__ = [
 T = TypeVar("T")
 
 
-class ItemResult(BaseModel):
+class ItemResult(ResultContract):
+    """One classified image: the result contract's fields (fakescope.result), then the job's own."""
+
     id: uuid.UUID
     position: int
     name: str
-    prediction: str | None
-    fake_probability: float | None
-    domain_score: float | None = Field(
-        None, description="distance from the detector's training images over its threshold; above 1: out of domain"
-    )
-    in_domain: bool | None = Field(
-        None, description="false: the verdict is for an image unlike any the detector was measured on; unreliable"
-    )
-    sha256: str | None
-    decided_by: str | None = Field(
-        None,
-        description="detector, or provenance: the file's own valid manifest or metadata says it was generated "
-        "(the prediction is then fake; fake_probability stays the detector's)",
-    )
-    provenance: dict[str, Any] | None = Field(
-        None, description="what the file declares about its origin (C2PA, IPTC, generator metadata); null: nothing"
-    )
     cached: bool = Field(False, description="answered from this tenant's earlier result for the same bytes and model")
-    width: int | None
-    height: int | None
     overlay_url: str | None
     image_url: str | None = None
-    model_version: str | None
     explain_status: str
     artifacts: list[str] | None
     explanation: dict[str, str] | None
@@ -135,22 +118,13 @@ class ReportLink(BaseModel):
 
 def item_result(item: JobItem, overlay_url: str | None, image_url: str) -> ItemResult:
     return ItemResult(
+        **ResultContract.model_validate(item).stored(),
         id=item.id,
         position=item.position,
         name=item.name,
-        prediction=item.prediction,
-        fake_probability=item.fake_probability,
-        domain_score=item.domain_score,
-        in_domain=None if item.domain_score is None else item.domain_score <= 1.0,
-        sha256=item.sha256,
-        decided_by=item.decided_by,
-        provenance=item.provenance,
         cached=item.cached,
-        width=item.width,
-        height=item.height,
         overlay_url=overlay_url,
         image_url=image_url,
-        model_version=item.model_version,
         explain_status=item.explain_status,
         artifacts=item.artifacts,
         explanation=item.explanation,

@@ -294,6 +294,7 @@ class FakescopeClient:
         ``thumbs/`` (made from the originals, as the scan makes them) and ``report.html``.
         """
         from fakescope.report import record_base, render_report
+        from fakescope.result import result_record
 
         out = Path(out_dir)
         (out / "overlays").mkdir(parents=True, exist_ok=True)
@@ -306,31 +307,17 @@ class FakescopeClient:
         model_version = ""
         for position in sorted(rows):
             kind, r = rows[position]
-            rec: dict[str, Any] = {
-                "file": r["name"],
-                "prediction": r.get("prediction"),
-                "fake_probability": r.get("fake_probability"),
-                "overlay": None,
-                "error": r.get("error"),
-            }
+            rec = result_record(r["name"], error=r.get("error"))
             if kind == "ok":
                 base = record_base(len(records), r["name"])
+                overlay = thumbnail = None
                 if r.get("overlay_url"):
-                    rec["overlay"] = f"overlays/{base}.png"
-                    fetch.append((r["overlay_url"], out / rec["overlay"]))
+                    overlay = f"overlays/{base}.png"
+                    fetch.append((r["overlay_url"], out / overlay))
                 if thumbnails and r.get("image_url"):
-                    rec["thumbnail"] = f"thumbs/{base}.png"
-                    fetch.append((r["image_url"], out / rec["thumbnail"]))
-                rec.update(
-                    sha256=r["sha256"],
-                    width=r["width"],
-                    height=r["height"],
-                    model_version=r["model_version"],
-                    domain_score=r.get("domain_score"),
-                    in_domain=r.get("in_domain"),
-                    decided_by=r.get("decided_by"),
-                    provenance=r.get("provenance"),
-                )
+                    thumbnail = f"thumbs/{base}.png"
+                    fetch.append((r["image_url"], out / thumbnail))
+                rec = result_record(r["name"], result=r, overlay=overlay, thumbnail=thumbnail)
                 model_version = r["model_version"] or model_version
                 if job["explain"]:
                     rec["artifacts"] = r.get("explanation") or {}

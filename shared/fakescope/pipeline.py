@@ -25,7 +25,8 @@ from fakescope.imageio import DEFAULT_MAX_PIXELS, ImageError, InputItem, decode_
 from fakescope.observability import MODEL_SECONDS
 from fakescope.observability import pool as pool_name
 from fakescope.overlay import display_image, grid_record, overlay_png
-from fakescope.provenance import read_provenance
+from fakescope.provenance import provenance_summary, read_provenance
+from fakescope.result import RESULT_FIELDS, ResultContract
 
 __all__ = ["DecodedImage", "ImageResult", "classify_items", "decode_item"]
 
@@ -88,6 +89,12 @@ class ImageResult:
     @property
     def in_domain(self) -> bool | None:
         return None if self.domain_score is None else self.domain_score <= 1.0
+
+    def contract(self) -> ResultContract:
+        """The result as every reader takes it (fakescope.result): provenance summarised, arrays dropped."""
+        values = {name: getattr(self, name) for name in RESULT_FIELDS}
+        values["provenance"] = provenance_summary(self.provenance)
+        return ResultContract(**values)
 
 
 def decode_item(

@@ -24,8 +24,8 @@ from fakescope.answers import AnswerEntry, detection_answers, explanation_answer
 from fakescope.detector import Detector, RoutedDetector, load_detector
 from fakescope.imageio import DEFAULT_MAX_PIXELS, iter_inputs
 from fakescope.pipeline import ImageResult, classify_items
-from fakescope.provenance import provenance_summary
 from fakescope.report import record_base, render_report
+from fakescope.result import result_record
 
 __all__ = ["ScanSummary", "run_scan"]
 
@@ -93,33 +93,19 @@ def run_scan(
     )
     with open(out / "results.jsonl", "w") as jsonl:
         for i, r in enumerate(tqdm(results, total=len(items), desc="scan", unit="img", disable=not progress)):
-            rec: dict[str, Any] = {
-                "file": r.name,
-                "prediction": r.prediction,
-                "fake_probability": r.fake_probability,
-                "overlay": None,
-                "error": r.error,
-            }
+            rec = result_record(r.name, error=r.error)
             if r.ok:
                 base = record_base(i, r.name)
+                overlay = thumbnail = None
                 if r.overlay_png is not None:
-                    rec["overlay"] = f"overlays/{base}.png"
-                    (out / rec["overlay"]).write_bytes(r.overlay_png)
+                    overlay = f"overlays/{base}.png"
+                    (out / overlay).write_bytes(r.overlay_png)
                 if r.display is not None:
                     thumb = Image.fromarray(r.display)
                     thumb.thumbnail((160, 160))
-                    rec["thumbnail"] = f"thumbs/{base}.png"
-                    thumb.save(out / rec["thumbnail"])
-                rec.update(
-                    sha256=r.sha256,
-                    width=r.width,
-                    height=r.height,
-                    model_version=r.model_version or detector.model_version,
-                    domain_score=r.domain_score,
-                    in_domain=r.in_domain,
-                    decided_by=r.decided_by,
-                    provenance=provenance_summary(r.provenance),
-                )
+                    thumbnail = f"thumbs/{base}.png"
+                    thumb.save(out / thumbnail)
+                rec = result_record(r.name, result=r.contract(), overlay=overlay, thumbnail=thumbnail)
                 if explainer is not None:
                     rec["artifacts"] = {}
                     if r.prediction == "fake":

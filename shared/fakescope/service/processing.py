@@ -23,7 +23,7 @@ from sqlmodel import Session, col, select
 from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, utcnow
 from fakescope.observability import FAILURES, IMAGES, failure_reason, log_context, pool
 from fakescope.pipeline import ImageResult, classify_items
-from fakescope.provenance import provenance_summary
+from fakescope.result import ResultContract
 from fakescope.service import Enqueue
 from fakescope.service.jobs import finish
 from fakescope.service.originals import chunk_inputs
@@ -209,20 +209,14 @@ def _from_cache(
         if hit is None:
             todo.append(it)
             continue
-        # The same bytes, the same tenant, the same model: the earlier answer, overlay object included.
+        # The same bytes, the same tenant, the same model: the earlier answer (every field of the result
+        # contract), with what its overlay is drawn from.
         updates.append((it, {
+            **ResultContract.model_validate(hit).stored(),
             "status": ItemStatus.DONE,
             "cached": True,
-            "prediction": hit.prediction,
-            "fake_probability": hit.fake_probability,
-            "domain_score": hit.domain_score,
-            "width": hit.width,
-            "height": hit.height,
             "overlay_key": hit.overlay_key,
             "cam_grid": hit.cam_grid,
-            "provenance": hit.provenance,
-            "decided_by": hit.decided_by,
-            "model_version": hit.model_version,
             "started_at": started,
             "finished_at": utcnow(),
             "duration_ms": 0.0,
@@ -248,23 +242,16 @@ def _result_rows(
             "started_at": started,
             "finished_at": utcnow(),
             "duration_ms": (time.perf_counter() - t0) * 1000.0,
-            "model_version": res.model_version or version,
+            "model_version": version,
         }
         t0 = time.perf_counter()
         if res.error is not None:
             values.update(status=ItemStatus.FAILED, error=res.error)
         else:
             values.update(
+                res.contract().stored(),
                 status=ItemStatus.DONE,
-                prediction=res.prediction,
-                fake_probability=res.fake_probability,
-                domain_score=res.domain_score,
-                sha256=res.sha256,
-                width=res.width,
-                height=res.height,
                 cam_grid=res.cam_grid,
-                provenance=provenance_summary(res.provenance),
-                decided_by=res.decided_by,
                 explain_status=_explain_status(job, res.prediction),
                 enqueued_at=utcnow(),  # the explain task, if any, is sent by classify_chunk
             )

@@ -1,0 +1,92 @@
+"""One image's result: its fields defined once, here, and derived by every reader.
+
+A classified image's answer travels from the pipeline (:class:`fakescope.pipeline.ImageResult`) to
+the job row, the result cache's copy, the API's response, ``results.jsonl`` (written by a scan and by
+the client's download through :func:`result_record`) and the report pages. Each of them takes the
+fields of :class:`ResultContract` by name instead of listing them: a new field is added here (and to
+the table, with its migration), and ``tests/service/test_result_contract.py`` walks every field
+through every reader.
+
+Torch-free and database-free: the API, the client and the scan all import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, computed_field
+
+__all__ = ["RESULT_FIELDS", "ResultContract", "result_record"]
+
+
+class ResultContract(BaseModel):
+    """What fakescope answers for one classified image (the explanation stage adds its own fields)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    prediction: str | None = Field(None, description="real or fake")
+    fake_probability: float | None = Field(
+        None, description="calibrated probability that the image was generated (the detector's own, always given)"
+    )
+    domain_score: float | None = Field(
+        None, description="distance from the detector's training images over its threshold; above 1: out of domain"
+    )
+    sha256: str | None = Field(None, description="SHA-256 of the bytes received")
+    width: int | None = Field(None, description="pixels, as decoded")
+    height: int | None = Field(None, description="pixels, as decoded")
+    model_version: str | None = Field(
+        None, description="the checkpoint that answered (of a routed detector: the member the image was routed to)"
+    )
+    decided_by: str | None = Field(
+        None,
+        description="detector, or provenance: the file's own valid manifest or metadata says it was generated "
+        "(the prediction is then fake; fake_probability stays the detector's)",
+    )
+    provenance: dict[str, Any] | None = Field(
+        None, description="what the file declares about its origin (C2PA, IPTC, generator metadata); null: nothing"
+    )
+
+    @computed_field(  # type: ignore[prop-decorator]
+        description="false: the verdict is for an image unlike any the detector was measured on; unreliable"
+    )
+    @property
+    def in_domain(self) -> bool | None:
+        return None if self.domain_score is None else self.domain_score <= 1.0
+
+    def stored(self) -> dict[str, Any]:
+        """The stored fields (no derived ones), by name: what a row or a cache copy holds."""
+        return {name: getattr(self, name) for name in RESULT_FIELDS}
+
+
+# The stored fields, in order; ``in_domain`` is derived from ``domain_score`` wherever it is shown.
+RESULT_FIELDS: tuple[str, ...] = tuple(ResultContract.model_fields)
+
+
+def result_record(
+    file: str,
+    *,
+    error: str | None = None,
+    result: ResultContract | Mapping[str, Any] | None = None,
+    overlay: str | None = None,
+    thumbnail: str | None = None,
+) -> dict[str, Any]:
+    """One line of ``results.jsonl`` (and one row of the report), as a scan and a download write it:
+    the file, its verdict and probability, its overlay and error, then every other contract field."""
+    contract = None
+    if result is not None and error is None:
+        contract = result if isinstance(result, ResultContract) else ResultContract.model_validate(dict(result))
+    rec: dict[str, Any] = {
+        "file": file,
+        "prediction": contract.prediction if contract else None,
+        "fake_probability": contract.fake_probability if contract else None,
+        "overlay": overlay,
+        "error": error,
+    }
+    if contract is None:
+        return rec
+    if thumbnail is not None:
+        rec["thumbnail"] = thumbnail
+    values = contract.model_dump()
+    rec.update({k: v for k, v in values.items() if k not in rec})
+    return rec
