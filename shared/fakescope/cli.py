@@ -144,7 +144,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if not args.checkpoint:
         raise SystemExit("fakescope calibrate needs --checkpoint (the folder it rewrites)")
 
-    result = recalibrate(member_folder(args.checkpoint, args.route), args.data or DEFAULT_DATA, tta_hflip=args.tta)
+    result = recalibrate(
+        member_folder(args.checkpoint, args.route),
+        args.data or DEFAULT_DATA,
+        tta_hflip=args.tta,
+        domain_fit_images=args.domain_images,
+        batch_size=args.batch_size,
+    )
     print(json.dumps(result, indent=2))
     return 0
 
@@ -395,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="mirror-image TTA on or off (default: on where the calibration split says it is more accurate)",
     )
+    p.add_argument("--domain-images", type=int, default=20_000, help="training images the domain model is fitted on")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (smaller for full-size ones)")
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("ensemble", help="combine trained checkpoints into one ensemble checkpoint")
