@@ -169,6 +169,10 @@ def test_a_report_link_reads_its_job_and_nothing_else(service_stack: ServiceStac
         forged = body["token"][:-1] + ("0" if body["token"][-1] != "0" else "1")
         bad = r.get(f"/v1/jobs/{job['id']}", headers={"X-Report-Token": forged})
         assert (bad.status_code, bad.json()) == (401, {"detail": "Invalid or expired report token"})
+        # A MAC with a non-ASCII character (a header carries Latin-1) is refused like any other, not a 500.
+        latin = (body["token"][:-1] + "\u00e9").encode("latin-1")
+        odd = r.get(f"/v1/jobs/{job['id']}", headers=[(b"X-Report-Token", latin)])
+        assert (odd.status_code, odd.json()) == (401, {"detail": "Invalid or expired report token"})
     # Expired: a token made with the service's own secret, a second in the past.
     expired = make_report_token(
         service_stack.svc.settings.secret_key,

@@ -136,4 +136,7 @@ def verify_report_token(secret: str, token: str, *, tenant_id: uuid.UUID, now: f
         expires = int(expires_s)
     except ValueError:
         return False
-    return expires > now and hmac.compare_digest(mac, _report_mac(secret, job_id, tenant_id, expires))
+    # Bytes, not str: compare_digest refuses a str with non-ASCII characters (TypeError, a 500), and a
+    # header can carry any Latin-1 character.
+    expected = _report_mac(secret, job_id, tenant_id, expires).encode()
+    return expires > now and hmac.compare_digest(mac.encode("utf-8", "surrogateescape"), expected)
