@@ -312,6 +312,9 @@ def predict_arrays(
 ) -> torch.Tensor:
     """Logits for ``(N, H, W, 3)`` uint8 images already at the input size."""
     model.eval()
+    # The same activation memory per batch at any size: 512 thumbnails, or 10 images at 224x224 (a
+    # batch of 512 of those held gigabytes in the first block alone).
+    batch_size = max(1, min(batch_size, batch_size * 32 * 32 // (images.shape[1] * images.shape[2])))
     mean = torch.tensor(preprocess.mean, device=device).view(1, 3, 1, 1)
     std = torch.tensor(preprocess.std, device=device).view(1, 3, 1, 1)
     tensor = torch.from_numpy(images)
