@@ -92,13 +92,16 @@ def run_fold(track: str, fold: str, held: list[str], kind: str, out_dir: Path, e
         return json.loads(config.read_text())["metrics"]
     t = TRACKS[track]
     recipe = {**t.recipe, **({"epochs": epochs} if epochs else {})}
+    resume = (out / "train_state.pt").exists()
+    if resume:
+        recipe.pop("init_from", None)  # the state it resumes already started from those weights
     cfg = TrainConfig(
         data=list(t.data),
         out=str(out),
         holdout=held,
         holdout_only=True,
         content_only=t.content_side if kind == "content" else 0,
-        resume=(out / "train_state.pt").exists(),
+        resume=resume,
         **recipe,
     )
     train(cfg)
