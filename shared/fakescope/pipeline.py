@@ -181,6 +181,8 @@ def classify_items(
         decode_threads = 0 if detector.device.type == "cpu" and torch.get_num_threads() == 1 else 2
     # The display-size copy only where an overlay or an explainer will use it.
     need_display = overlays or keep_arrays
+    # A version hashes its checkpoint's metadata: once a call, not once an image.
+    versions = detector.model_versions
 
     def decode(item: InputItem) -> DecodedImage:
         return decode_item(item, detector, max_pixels, trust_anchors_pem, need_display)
@@ -232,7 +234,7 @@ def classify_items(
                     width=d.width,
                     height=d.height,
                     domain_score=float(domain[k]) if domain is not None else None,
-                    model_version=member.model_version,
+                    model_version=versions[d.route],
                     cam=cam if keep_arrays else None,
                     model_input=d.model_input if keep_arrays else None,
                     display=d.display if keep_arrays else None,
