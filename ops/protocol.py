@@ -9,6 +9,7 @@ baseline*: the same recipe on images shrunk until no generator trace survives an
     python ops/protocol.py --track full           # multigen/full: diffusion, autoregressive, vqgan-clip, unknown
     python ops/protocol.py --track small          # CIFAKE + multigen/small: gan, autoregressive, diffusion (SD)
     python ops/protocol.py --track full --table   # the table of the folds run so far, from their checkpoints
+    python ops/protocol.py --track small --kinds model --variant vgg3_wide_freq   # an architecture ablation
 
 Folds resume where they stopped (each epoch is checkpointed) and finished folds are skipped, so the
 command can be stopped and run again. Folders that are related are held out together: for the
@@ -85,13 +86,20 @@ def folds(track: str, by: str) -> dict[str, list[str]]:
     return dict(sorted(out.items()))
 
 
-def run_fold(track: str, fold: str, held: list[str], kind: str, out_dir: Path, epochs: int | None) -> dict[str, Any]:
-    out = out_dir / track / f"{fold}-{kind}"
+def fold_dir(out_dir: Path, track: str, fold: str, kind: str, variant: str | None) -> Path:
+    """A fold's checkpoint folder; an ablation's variant gets its own, beside the recipe's."""
+    return out_dir / track / (f"{fold}-{kind}" + (f"-{variant}" if variant else ""))
+
+
+def run_fold(
+    track: str, fold: str, held: list[str], kind: str, out_dir: Path, epochs: int | None, variant: str | None = None
+) -> dict[str, Any]:
+    out = fold_dir(out_dir, track, fold, kind, variant)
     config = out / "config.json"
     if config.exists() and "holdout" in json.loads(config.read_text()).get("metrics", {}):
         return json.loads(config.read_text())["metrics"]
     t = TRACKS[track]
-    recipe = {**t.recipe, **({"epochs": epochs} if epochs else {})}
+    recipe = {**t.recipe, **({"epochs": epochs} if epochs else {}), **({"variant": variant} if variant else {})}
     resume = (out / "train_state.pt").exists()
     if resume:
         recipe.pop("init_from", None)  # the state it resumes already started from those weights
@@ -158,6 +166,7 @@ def main() -> None:
     ap.add_argument("--folds", nargs="*", help="only these folds (default: all)")
     ap.add_argument("--kinds", nargs="*", default=["model", "content"], choices=["model", "content"])
     ap.add_argument("--epochs", type=int, help="override the track's epochs per fold")
+    ap.add_argument("--variant", help="another architecture on the track's recipe (an ablation; its own folders)")
     ap.add_argument("--out", default="runs/protocol", help="fold checkpoints")
     ap.add_argument("--table", action="store_true", help="only print the table of finished folds")
     args = ap.parse_args()
@@ -167,13 +176,13 @@ def main() -> None:
         if args.folds and fold not in args.folds:
             continue
         for kind in args.kinds:
-            config = Path(args.out) / args.track / f"{fold}-{kind}" / "config.json"
+            config = fold_dir(Path(args.out), args.track, fold, kind, args.variant) / "config.json"
             if args.table:
                 metrics = json.loads(config.read_text()).get("metrics", {}) if config.exists() else {}
                 if "holdout" not in metrics:
                     continue
             else:
-                metrics = run_fold(args.track, fold, held, kind, Path(args.out), args.epochs)
+                metrics = run_fold(args.track, fold, held, kind, Path(args.out), args.epochs, args.variant)
             rows.append(row(args.track, fold, kind, metrics))
             print(json.dumps(rows[-1]), flush=True)
     print(table(rows))

@@ -41,6 +41,9 @@ __all__ = [
     "register_model",
     "vgg3_anchor",
     "vgg3_wide",
+    "vgg3_wide_freq",
+    "vgg3_wide_stem",
+    "vgg3_wide_wavelet",
     "vgg4_full",
 ]
 
@@ -524,6 +527,13 @@ ANCHORS: dict[str, FreqNetResNetConfig] = {
 # The anchor at twice the width (64/128/256, 1.15M parameters): the shipped default (its model card
 # says why; `python ops/bench/bench_model.py --variants vgg3_anchor vgg3_wide` for its speed).
 ANCHORS["vgg3_wide"] = replace(ANCHORS["vgg3_anchor"], planes=(64, 128, 256))
+# The frequency question asked where FreqNet's claim lies, unseen generators (the model card's
+# leave-one-family-out ablation, `ops/protocol.py --variant`): the wide anchor with FreqNet's branch
+# (HFRI, HFRFS, FCL) merged at a 32-channel stem, the same stem alone (the control: the branch adds a
+# stem too), and the anchor with wavelet attention in place of max pooling.
+ANCHORS["vgg3_wide_stem"] = replace(ANCHORS["vgg3_wide"], stem_chs=32, stem_kernel=3)
+ANCHORS["vgg3_wide_freq"] = replace(ANCHORS["vgg3_wide_stem"], freq_merges=1, freq_chs=8)
+ANCHORS["vgg3_wide_wavelet"] = replace(ANCHORS["vgg3_wide"], wavelet=True)
 # The full-size model: four plain blocks (16/32/64/128; 32/64/128/256 trained at a third of the
 # speed on 2 cores), the first at full resolution (no pooling before it, where a generator's
 # pixel-level traces live); 16x at the last stage, so a 224-pixel image gives a 14x14 GradCAM grid.
@@ -589,6 +599,24 @@ def vgg3_anchor(**overrides: Any) -> FreqNetResNet:
 def vgg3_wide(**overrides: Any) -> FreqNetResNet:
     """The anchor at twice the width (1.15M): the shipped default."""
     return _create("vgg3_wide", **overrides)
+
+
+@register_model
+def vgg3_wide_stem(**overrides: Any) -> FreqNetResNet:
+    """``vgg3_wide`` behind a 32-channel stem: the control of the frequency-branch ablation."""
+    return _create("vgg3_wide_stem", **overrides)
+
+
+@register_model
+def vgg3_wide_freq(**overrides: Any) -> FreqNetResNet:
+    """``vgg3_wide_stem`` with FreqNet's frequency branch merged at the stem (the ablation's candidate)."""
+    return _create("vgg3_wide_freq", **overrides)
+
+
+@register_model
+def vgg3_wide_wavelet(**overrides: Any) -> FreqNetResNet:
+    """``vgg3_wide`` with wavelet attention in place of max pooling (the ablation's other candidate)."""
+    return _create("vgg3_wide_wavelet", **overrides)
 
 
 @register_model
