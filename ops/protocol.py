@@ -86,20 +86,39 @@ def folds(track: str, by: str) -> dict[str, list[str]]:
     return dict(sorted(out.items()))
 
 
-def fold_dir(out_dir: Path, track: str, fold: str, kind: str, variant: str | None) -> Path:
-    """A fold's checkpoint folder; an ablation's variant gets its own, beside the recipe's."""
-    return out_dir / track / (f"{fold}-{kind}" + (f"-{variant}" if variant else ""))
+def fold_dir(
+    out_dir: Path, track: str, fold: str, kind: str, variant: str | None, init_seed: int | None = None
+) -> Path:
+    """A fold's checkpoint folder; an ablation's variant (and another initialisation) gets its own."""
+    return (
+        out_dir
+        / track
+        / (
+            f"{fold}-{kind}"
+            + (f"-{variant}" if variant else "")
+            + (f"-init{init_seed}" if init_seed is not None else "")
+        )
+    )
 
 
 def run_fold(
-    track: str, fold: str, held: list[str], kind: str, out_dir: Path, epochs: int | None, variant: str | None = None
+    track: str,
+    fold: str,
+    held: list[str],
+    kind: str,
+    out_dir: Path,
+    epochs: int | None,
+    variant: str | None = None,
+    init_seed: int | None = None,
 ) -> dict[str, Any]:
-    out = fold_dir(out_dir, track, fold, kind, variant)
+    out = fold_dir(out_dir, track, fold, kind, variant, init_seed)
     config = out / "config.json"
     if config.exists() and "holdout" in json.loads(config.read_text()).get("metrics", {}):
         return json.loads(config.read_text())["metrics"]
     t = TRACKS[track]
     recipe = {**t.recipe, **({"epochs": epochs} if epochs else {}), **({"variant": variant} if variant else {})}
+    if init_seed is not None:
+        recipe["init_seed"] = init_seed  # the same split and data order, other initial weights
     resume = (out / "train_state.pt").exists()
     if resume:
         recipe.pop("init_from", None)  # the state it resumes already started from those weights
@@ -167,6 +186,7 @@ def main() -> None:
     ap.add_argument("--kinds", nargs="*", default=["model", "content"], choices=["model", "content"])
     ap.add_argument("--epochs", type=int, help="override the track's epochs per fold")
     ap.add_argument("--variant", help="another architecture on the track's recipe (an ablation; its own folders)")
+    ap.add_argument("--init-seed", type=int, help="another initialisation (same split): how much a fold varies")
     ap.add_argument("--out", default="runs/protocol", help="fold checkpoints")
     ap.add_argument("--table", action="store_true", help="only print the table of finished folds")
     args = ap.parse_args()
@@ -176,13 +196,15 @@ def main() -> None:
         if args.folds and fold not in args.folds:
             continue
         for kind in args.kinds:
-            config = fold_dir(Path(args.out), args.track, fold, kind, args.variant) / "config.json"
+            config = fold_dir(Path(args.out), args.track, fold, kind, args.variant, args.init_seed) / "config.json"
             if args.table:
                 metrics = json.loads(config.read_text()).get("metrics", {}) if config.exists() else {}
                 if "holdout" not in metrics:
                     continue
             else:
-                metrics = run_fold(args.track, fold, held, kind, Path(args.out), args.epochs, args.variant)
+                metrics = run_fold(
+                    args.track, fold, held, kind, Path(args.out), args.epochs, args.variant, args.init_seed
+                )
             rows.append(row(args.track, fold, kind, metrics))
             print(json.dumps(rows[-1]), flush=True)
     print(table(rows))
