@@ -17,7 +17,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api.deps import app_services
 from api.limits import BodySizeLimit
-from api.routes import detect, feedback, health, jobs, objects, report, webhooks
+from api.routes import detect, feedback, health, jobs, objects, operating_point, report, webhooks
 from fakescope.service.budget import UploadBusy
 from fakescope.service.uploads import IdempotencyConflict
 from fakescope.service.webhooks import set_sender
@@ -101,6 +101,7 @@ def create_app() -> FastAPI:
     app.include_router(jobs.router, prefix="/v1")
     app.include_router(detect.router, prefix="/v1")
     app.include_router(feedback.router, prefix="/v1")
+    app.include_router(operating_point.router, prefix="/v1")
     app.include_router(webhooks.router, prefix="/v1")
     app.include_router(objects.router)
     app.include_router(report.router)

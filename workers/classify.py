@@ -35,6 +35,7 @@ def classify(self: Task, job_id: str, item_ids: list[str], count_start: bool = T
                 max_deliveries=get_settings().max_deliveries,
                 count_start=count_start,
                 trust_anchors_pem=runtime.trust_anchors(),
+                fetch=get_settings().fetch,
             )
 
     def before_retry() -> dict[str, Any]:

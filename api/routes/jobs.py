@@ -24,6 +24,7 @@ from fastapi import (
     UploadFile,
     status,
 )
+from pydantic import ValidationError
 from sqlmodel import col, select
 
 from api.deps import EnqueuerDep, ServicesDep, SessionDep, SettingsDep, StoreDep, TenantDep
@@ -48,11 +49,13 @@ from fakescope.db.models import (
     JobItem,
     JobPublic,
     JobsPublic,
+    UrlJobCreate,
     WebhookDelivery,
 )
 from fakescope.imageio import sniff_media_type
+from fakescope.result import OperatingPoint
 from fakescope.service import jobs as svc
-from fakescope.service import uploads
+from fakescope.service import tenants, uploads, urls
 from fakescope.service.originals import read_original
 from fakescope.service.overlays import image_resource, overlay_resource
 from fakescope.service.overlays import item_overlay as item_overlay_png
@@ -65,6 +68,7 @@ router = APIRouter(prefix="/jobs", tags=["jobs"])
 logger = logging.getLogger(__name__)
 
 JOB_NOT_FOUND = "Job not found"
+THRESHOLDS_OUT_OF_ORDER = "real_threshold must not be above fake_threshold"
 # Past any real count, and inside Postgres' bigint: a larger OFFSET is a database error, not an empty page.
 MAX_OFFSET = 2**31 - 1
 Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
@@ -100,6 +104,27 @@ def _check_callback(url: str | None, settings: Settings) -> None:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=str(e)) from e
 
 
+FakeThreshold = Annotated[
+    float | None, Form(gt=0.0, le=1.0, description="fake at this probability and above (default: the tenant's)")
+]
+RealThreshold = Annotated[
+    float | None,
+    Form(gt=0.0, le=1.0, description="real below this probability; up to fake_threshold: uncertain (default: none)"),
+]
+
+
+def resolve_point(
+    session: SessionDep, tenant: uuid.UUID, fake_threshold: float | None, real_threshold: float | None
+) -> OperatingPoint:
+    """The request's operating point, else the tenant's default; 422 when the two are out of order."""
+    try:
+        return tenants.operating_point(
+            session, tenant_id=tenant, fake_threshold=fake_threshold, real_threshold=real_threshold
+        )
+    except ValidationError as e:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=THRESHOLDS_OUT_OF_ORDER) from e
+
+
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic, responses=UNPROCESSABLE)
 def create_job(
     request: Request,
@@ -112,10 +137,13 @@ def create_job(
     explain: Annotated[bool, Form()] = False,
     overlays: Annotated[bool, Form(description="a GradCAM overlay PNG per image (false: verdicts only)")] = True,
     callback_url: Annotated[str | None, Form(max_length=2048)] = None,
+    fake_threshold: FakeThreshold = None,
+    real_threshold: RealThreshold = None,
     idempotency_key: IdempotencyKey = None,
 ) -> JobPublic:
     """Uploads a batch; answers 202 with the job and its status URL while workers classify it."""
     _check_callback(callback_url, settings)
+    point = resolve_point(session, tenant, fake_threshold, real_threshold)
     with tempfile.TemporaryDirectory(prefix="fakescope-upload-") as tmp:
         inputs = uploads.expand_uploads([(f.filename or "", f.file) for f in files], FilePath(tmp))
         # A retry sends the same files (names and sizes) with the same options; hashing the bytes
@@ -126,6 +154,7 @@ def create_job(
             explain=explain,
             overlays=overlays,
             callback_url=callback_url or None,
+            point=point.model_dump(),
         )
         job, created = uploads.create_job(
             session,
@@ -140,6 +169,7 @@ def create_job(
             max_items=settings.max_items_per_job,
             fingerprint=fingerprint,
             budget=services.upload_budget,
+            point=point,
         )
     url = _status_url(request, job.id)
     response.headers["Location"] = url
@@ -165,6 +195,7 @@ def create_upload_job(
     where each member's bytes lie, and makes one request per shard instead of one per image.
     """
     _check_callback(body.callback_url, settings)
+    point = resolve_point(session, tenant, body.fake_threshold, body.real_threshold)
     if body.count > settings.max_items_per_job:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail="Too many images for one job")
     shards = None
@@ -181,6 +212,7 @@ def create_upload_job(
         callback_url=body.callback_url,
         idempotency_key=idempotency_key,
         expires_s=settings.presign_expiry_s,
+        point=point,
     )
     public = svc.job_public(session, job, _status_url(request, job.id))
     start_url = str(request.url_for("start_job", job_id=job.id))
@@ -189,6 +221,41 @@ def create_upload_job(
         return UploadJobPublic(job=public, uploads=[], shard_uploads=targets, start_url=start_url)
     per_image = [UploadTarget(id=it.id, position=it.position, name=it.name, upload_url=u) for it, u in urls]
     return UploadJobPublic(job=public, uploads=per_image, start_url=start_url)
+
+
+@router.post("/urls", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic, responses=UNPROCESSABLE)
+def create_url_job(
+    request: Request,
+    response: Response,
+    body: UrlJobCreate,
+    session: SessionDep,
+    enqueuer: EnqueuerDep,
+    settings: SettingsDep,
+    tenant: TenantDep,
+    idempotency_key: IdempotencyKey = None,
+) -> JobPublic:
+    """Images that already live somewhere, by URL: ``202`` with the job at once; the workers fetch
+    each URL (never the API), and a URL that is refused or fails fails its own item with the reason."""
+    _check_callback(body.callback_url, settings)
+    point = resolve_point(session, tenant, body.fake_threshold, body.real_threshold)
+    if len(body.urls) > settings.max_items_per_job:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail="Too many images for one job")
+    job, created = urls.create_url_job(
+        session,
+        enqueuer.classify,
+        tenant_id=tenant,
+        urls=body.urls,
+        explain=body.explain,
+        overlays=body.overlays,
+        callback_url=body.callback_url,
+        idempotency_key=idempotency_key,
+        point=point,
+    )
+    url = _status_url(request, job.id)
+    response.headers["Location"] = url
+    if not created:
+        response.headers["Idempotent-Replayed"] = "true"
+    return svc.job_public(session, job, url)
 
 
 @router.post("/{job_id}/start", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)

@@ -52,6 +52,7 @@ function render() {
   for (const it of items) {
     const kind = it.error ? "error" : it.prediction;
     if (filter === "fake" && kind !== "fake") continue;
+    if (filter === "uncertain" && kind !== "uncertain") continue;
     if (filter === "error" && kind !== "error") continue;
     const card = el("div", {class: `card ${kind}`, "data-kind": kind});
     card.append(el("div", {class: "name"}, it.name));
@@ -85,7 +86,8 @@ async function refresh() {
     $("#state").textContent = job.state;
     $("#progress").max = c.total || 1;
     $("#progress").value = c.done + c.failed + c.cancelled;
-    $("#counts").textContent = `${c.done} done, ${c.failed} failed, ${c.queued} queued, ${c.explain_pending} explanations pending`;
+    $("#counts").textContent = `${c.done} done (${c.fake} fake, ${c.real} real, ${c.uncertain} uncertain, ` +
+      `${c.out_of_domain} out of domain), ${c.failed} failed, ${c.queued} queued, ${c.explain_pending} explanations pending`;
     const [results, failures] = await Promise.all([pages(`/v1/jobs/${JOB}/results`), pages(`/v1/jobs/${JOB}/failures`)]);
     items = results.concat(failures).sort((a, b) => a.position - b.position);
     render();

@@ -1,6 +1,8 @@
 """The task's answer files, ``task1.json`` and ``task2.json``, shared by ``fakescope scan`` and the job service.
 
-task1 lists one ``{"index": i, "prediction": "real"|"fake"}`` per classified image; task2 lists one
+task1 lists one ``{"index": i, "prediction": "real"|"fake"}`` per classified image (the task's binary
+format: an ``uncertain`` verdict, between the caller's two thresholds, is written as ``real``: it was
+not called fake, and a band exists to keep real images from being accused); task2 lists one
 ``{"index": i, "explanation": {artifact: reason}}`` per image predicted fake. Both number images with
 :func:`answer_index`, so a scan and a job over the same files give the same indices.
 """
@@ -61,7 +63,11 @@ def detection_answers(entries: Iterable[AnswerEntry]) -> list[dict[str, Any]]:
     """``[{"index": 1, "prediction": "real"}, ...]`` for every classified image, sorted by index."""
     items = list(entries)
     index = answer_index([e.name for e in items])
-    rows = [{"index": i, "prediction": e.prediction} for i, e in zip(index, items, strict=True) if e.prediction]
+    rows = [
+        {"index": i, "prediction": "fake" if e.prediction == "fake" else "real"}
+        for i, e in zip(index, items, strict=True)
+        if e.prediction
+    ]
     return sorted(rows, key=lambda r: r["index"])
 
 

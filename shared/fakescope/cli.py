@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import sys
@@ -12,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from fakescope.client import FakescopeClient
+    from fakescope.result import OperatingPoint
 
 __all__ = ["main"]
 
@@ -77,6 +79,30 @@ def _checkpoint(args: argparse.Namespace) -> str | None:
     return args.checkpoint or get_settings().checkpoint
 
 
+def _threshold_args(p: argparse.ArgumentParser, default: str) -> None:
+    p.add_argument("--fake-threshold", type=float, help=f"fake at this probability and above (default: {default})")
+    p.add_argument(
+        "--real-threshold",
+        type=float,
+        help="real below this probability; between it and the fake threshold the verdict is uncertain",
+    )
+
+
+def _point(args: argparse.Namespace) -> OperatingPoint | None:
+    """The operating point the command line asks for; None: the default (the tenant's, for a service)."""
+    if args.fake_threshold is None and args.real_threshold is None:
+        return None
+    from pydantic import ValidationError
+
+    from fakescope.result import OperatingPoint
+
+    fake = 0.5 if args.fake_threshold is None else args.fake_threshold
+    try:
+        return OperatingPoint(fake_threshold=fake, real_threshold=args.real_threshold)
+    except ValidationError as e:
+        raise SystemExit(f"fakescope: bad thresholds: {e.errors()[0]['msg']}") from e
+
+
 def _cmd_scan(args: argparse.Namespace) -> int:
     from fakescope.scan import run_scan
 
@@ -91,9 +117,11 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         explain_backend=args.explain_backend,
         max_pixels=args.max_pixels,
         progress=not args.quiet,
+        point=_point(args),
     )
+    band = f"{summary.uncertain} uncertain, " if args.real_threshold is not None else ""
     print(
-        f"{summary.total} inputs: {summary.fake} fake, {summary.real} real, {summary.errors} errors "
+        f"{summary.total} inputs: {summary.fake} fake, {summary.real} real, {band}{summary.errors} errors "
         f"({summary.model_version}); wrote {summary.out_dir}/results.jsonl, task1.json, report.html"
     )
     return 0
@@ -139,7 +167,13 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     if args.target_fpr is not None:
         if not args.data:
             raise SystemExit("fakescope calibrate --target-fpr needs --data: the platform's labelled images")
-        print(json.dumps(operating_points(args.checkpoint, args.data, args.target_fpr), indent=2))
+        points = operating_points(args.checkpoint, args.data, args.target_fpr)
+        print(json.dumps(points, indent=2))
+        print(
+            "make these the tenant's default: fakescope operating-point "
+            f"--fake-threshold {points['fake_threshold']:.4f} --real-threshold {points['real_threshold']:.4f}",
+            file=sys.stderr,
+        )
         return 0
     if not args.checkpoint:
         raise SystemExit("fakescope calibrate needs --checkpoint (the folder it rewrites)")
@@ -250,13 +284,20 @@ def _cmd_submit(args: argparse.Namespace) -> int:
                 bar.n = done
                 bar.refresh()
 
-            job = client.submit(
+            from fakescope.client import is_url
+
+            web = [p for p in args.paths if is_url(p)]
+            if web and len(web) != len(args.paths):
+                raise SystemExit("fakescope submit: give files or URLs, not both, in one job")
+            submit = client.submit_urls if web else functools.partial(client.submit, progress=uploaded)
+            job = submit(
                 args.paths,
                 explain=args.explain,
                 overlays=not args.no_overlays,
                 callback_url=args.callback_url,
                 idempotency_key=args.idempotency_key,
-                progress=uploaded,
+                fake_threshold=args.fake_threshold,
+                real_threshold=args.real_threshold,
             )
         print(f"job {job['id']}: {job['state']}, {job['counts']['total']} images", file=sys.stderr)
         if args.wait or args.out:
@@ -269,7 +310,24 @@ def _cmd_submit(args: argparse.Namespace) -> int:
 
 def _cmd_detect(args: argparse.Namespace) -> int:
     with _client(args) as client:
-        print(json.dumps(client.detect(args.path, overlays=not args.no_overlays), indent=2))
+        result = client.detect(
+            args.path,
+            overlays=not args.no_overlays,
+            fake_threshold=args.fake_threshold,
+            real_threshold=args.real_threshold,
+        )
+        print(json.dumps(result, indent=2))
+    return 0
+
+
+def _cmd_operating_point(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        if args.fake_threshold is None and args.real_threshold is None:
+            point = client.operating_point()
+        else:
+            fake = 0.5 if args.fake_threshold is None else args.fake_threshold
+            point = client.set_operating_point(fake, args.real_threshold)
+        print(json.dumps(point, indent=2))
     return 0
 
 
@@ -366,6 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true", help="name the artifacts of each fake (task2.json)")
     p.add_argument("--explain-backend", help="evidence (default) or vlm")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images")
+    _threshold_args(p, default="0.5")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_scan)
 
@@ -430,20 +489,29 @@ def build_parser() -> argparse.ArgumentParser:
     api_help = " (API key: $FAKESCOPE_API_KEY or ~/.config/fakescope/client.json)"
     p = sub.add_parser("submit", help="send images to a fakescope service" + api_help)
     _add_api_arg(p)
-    p.add_argument("paths", nargs="+", help="files, folders, zip/tar archives")
+    p.add_argument("paths", nargs="+", help="files, folders, zip/tar archives; or image URLs (https://...)")
     p.add_argument("--explain", action="store_true", help="explain the images classified fake")
     p.add_argument("--no-overlays", action="store_true", help="verdicts only: no GradCAM overlay PNGs")
     p.add_argument("--callback-url", help="the service POSTs here when the job finishes")
     p.add_argument("--idempotency-key", help="resubmitting with the same key resumes the same job")
     p.add_argument("--wait", action="store_true", help="wait for the job to finish, with a progress bar")
     p.add_argument("--out", help="when finished, write the scan files here (implies --wait)")
+    _threshold_args(p, default="the tenant's")
     p.set_defaults(func=_cmd_submit)
 
     p = sub.add_parser("detect", help="check one image now, without a job (POST /v1/detect)" + api_help)
     _add_api_arg(p)
-    p.add_argument("path", help="one image file")
+    p.add_argument("path", help="one image file, or its URL (https://...)")
     p.add_argument("--no-overlays", action="store_true", help="verdict only: no GradCAM overlay URL")
+    _threshold_args(p, default="the tenant's")
     p.set_defaults(func=_cmd_detect)
+
+    p = sub.add_parser(
+        "operating-point", help="show the tenant's default thresholds, or set them with the options" + api_help
+    )
+    _add_api_arg(p)
+    _threshold_args(p, default="0.5")
+    p.set_defaults(func=_cmd_operating_point)
 
     p = sub.add_parser("feedback", help="label verdicts, and export the labelled images" + api_help)
     fsub = p.add_subparsers(dest="feedback_command", required=True)

@@ -34,7 +34,7 @@ from typing import Any
 
 import httpx
 
-__all__ = ["ApiError", "FakescopeClient", "load_config"]
+__all__ = ["ApiError", "FakescopeClient", "is_url", "load_config"]
 
 DEFAULT_CONFIG = Path("~/.config/fakescope/client.json")
 FINISHED = frozenset({"succeeded", "partially_succeeded", "failed", "cancelled"})
@@ -56,6 +56,16 @@ def load_config() -> dict[str, str]:
         return {k: str(v) for k, v in json.loads(path.read_text()).items()}
     except FileNotFoundError:
         return {}
+
+
+def is_url(path: str | Path) -> bool:
+    """Whether a command-line input names an image by URL rather than a file."""
+    return isinstance(path, str) and path.startswith(("https://", "http://"))
+
+
+def _thresholds(fake: float | None, real: float | None) -> dict[str, float]:
+    """The operating point's fields a request sends: only those given (none: the tenant's default)."""
+    return {k: v for k, v in (("fake_threshold", fake), ("real_threshold", real)) if v is not None}
 
 
 def _check(r: httpx.Response) -> httpx.Response:
@@ -114,10 +124,14 @@ class FakescopeClient:
         idempotency_key: str | None = None,
         progress: Progress | None = None,
         shards: bool = True,
+        fake_threshold: float | None = None,
+        real_threshold: float | None = None,
     ) -> dict[str, Any]:
         """Uploads every image under ``paths`` into one job and starts it; returns the job.
 
-        ``overlays=False`` asks for verdicts only, without GradCAM overlay PNGs. ``progress(done,
+        ``overlays=False`` asks for verdicts only, without GradCAM overlay PNGs. ``fake_threshold``
+        and ``real_threshold``: the job's operating point (None for both: the tenant's default; see
+        :meth:`set_operating_point`); between them a verdict is ``uncertain``. ``progress(done,
         total)`` is called as images finish uploading. ``shards`` (default): images are packed into
         uncompressed tar shards of up to 256 images or 64 MiB (in a temporary folder) and each shard
         is one PUT, instead of one PUT per image (``shards=False``).
@@ -128,7 +142,12 @@ class FakescopeClient:
         if not items:
             raise ValueError(f"no images under {', '.join(map(str, paths))}")
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        options = {"explain": explain, "overlays": overlays, "callback_url": callback_url}
+        options = {
+            "explain": explain,
+            "overlays": overlays,
+            "callback_url": callback_url,
+            **_thresholds(fake_threshold, real_threshold),
+        }
         if shards:
             return self._submit_shards(items, options, headers, progress)
         body = {"names": [it.name for it in items], **options}
@@ -152,6 +171,30 @@ class FakescopeClient:
                 if progress:
                     progress(done, len(items))
         return _check(self._http.post(created["start_url"])).json()
+
+    def submit_urls(
+        self,
+        urls: Sequence[str],
+        *,
+        explain: bool = False,
+        overlays: bool = True,
+        callback_url: str | None = None,
+        idempotency_key: str | None = None,
+        fake_threshold: float | None = None,
+        real_threshold: float | None = None,
+    ) -> dict[str, Any]:
+        """A job of images that already live somewhere (``POST /v1/jobs/urls``); returns the job,
+        already queued. The service's workers fetch each URL; one that is refused or fails is a failed
+        item with its reason (:meth:`failures`)."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        body = {
+            "urls": list(urls),
+            "explain": explain,
+            "overlays": overlays,
+            "callback_url": callback_url,
+            **_thresholds(fake_threshold, real_threshold),
+        }
+        return _check(self._http.post("/v1/jobs/urls", json=body, headers=headers)).json()
 
     def _submit_shards(
         self, items: list[Any], options: dict[str, Any], headers: dict[str, str], progress: Progress | None
@@ -192,16 +235,36 @@ class FakescopeClient:
                     raise
                 time.sleep(0.5 * 2**attempt)
 
-    def detect(self, path: str | Path, *, overlays: bool = True) -> dict[str, Any]:
+    def detect(
+        self,
+        path: str | Path,
+        *,
+        overlays: bool = True,
+        fake_threshold: float | None = None,
+        real_threshold: float | None = None,
+    ) -> dict[str, Any]:
         """One image checked in the request (``POST /v1/detect``): the result object a job item has.
+        ``path`` is a file, or an ``https://`` (or ``http://``) URL the service fetches.
 
         Raises:
-            ApiError: 422 for a bad image, 503 when the service could not answer in time (retry later).
+            ApiError: 422 for a bad image (or URL), 503 when the service could not answer in time (retry later).
         """
+        form = {"overlays": str(overlays).lower(), **_thresholds(fake_threshold, real_threshold)}
+        if is_url(path):
+            return _check(self._http.post("/v1/detect", data={**form, "url": str(path)})).json()
         p = Path(path)
         with p.open("rb") as f:
-            r = self._http.post("/v1/detect", files={"file": (p.name, f)}, data={"overlays": str(overlays).lower()})
+            r = self._http.post("/v1/detect", files={"file": (p.name, f)}, data=form)
         return _check(r).json()
+
+    def operating_point(self) -> dict[str, Any]:
+        """The tenant's default thresholds (``fake_threshold``, ``real_threshold``)."""
+        return _check(self._http.get("/v1/operating-point")).json()
+
+    def set_operating_point(self, fake_threshold: float, real_threshold: float | None = None) -> dict[str, Any]:
+        """Sets the tenant's default for jobs and checks created from now on (those made earlier keep theirs)."""
+        body = {"fake_threshold": fake_threshold, "real_threshold": real_threshold}
+        return _check(self._http.put("/v1/operating-point", json=body)).json()
 
     def status(self, job_id: str) -> dict[str, Any]:
         return _check(self._http.get(f"/v1/jobs/{job_id}")).json()

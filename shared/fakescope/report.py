@@ -22,6 +22,7 @@ background:#fff;border:1px solid #ddd;border-radius:6px}
 .card{background:#fff;border:1px solid #ddd;border-radius:8px;padding:10px}
 .card.fake{border-left:5px solid #c62828}
 .card.real{border-left:5px solid #2e7d32}
+.card.uncertain{border-left:5px solid #ef6c00}
 .card.error{border-left:5px solid #888}
 .card.ood{border-left-style:dashed;opacity:.8}
 .imgs{display:flex;gap:6px}
@@ -30,6 +31,7 @@ background:#fff;border:1px solid #ddd;border-radius:6px}
 .verdict{font-weight:600;font-size:15px}
 .fake .verdict{color:#c62828}
 .real .verdict{color:#2e7d32}
+.uncertain .verdict{color:#ef6c00}
 .name{font-family:monospace;font-size:12px;word-break:break-all;color:#444}
 .bar{height:6px;background:#eee;border-radius:3px;margin:4px 0}
 .bar i{display:block;height:6px;background:#c62828;border-radius:3px}
@@ -117,6 +119,7 @@ def render_report(results: Sequence[dict[str, Any]], *, title: str, model_versio
     """
     n_fake = sum(1 for r in results if r.get("prediction") == "fake")
     n_real = sum(1 for r in results if r.get("prediction") == "real")
+    n_uncertain = sum(1 for r in results if r.get("prediction") == "uncertain")
     n_err = sum(1 for r in results if r.get("error"))
     n_ood = sum(1 for r in results if r.get("in_domain") is False)
     links = " &middot; ".join(f'<a href="{html.escape(f)}">{html.escape(f)}</a>' for f in files)
@@ -127,11 +130,12 @@ def render_report(results: Sequence[dict[str, Any]], *, title: str, model_versio
 <body><h1>{html.escape(title)}</h1>
 <div class="sub">model {html.escape(model_version)} &middot; {links}</div>
 <div class="stats"><span>{len(results)} inputs</span><span>{n_fake} fake</span><span>{n_real} real</span>
-<span>{n_err} errors</span><span>{n_ood} out of domain</span></div>
+<span>{n_uncertain} uncertain</span><span>{n_err} errors</span><span>{n_ood} out of domain</span></div>
 <div class="filters">Show:
 <label><input type="radio" name="f" value="all" checked> all</label>
 <label><input type="radio" name="f" value="fake"> fake</label>
 <label><input type="radio" name="f" value="real"> real</label>
+<label><input type="radio" name="f" value="uncertain"> uncertain</label>
 <label><input type="radio" name="f" value="error"> errors</label>
 <label><input type="radio" name="f" value="ood"> out of domain</label></div>
 <div class="grid">

@@ -13,11 +13,51 @@ Torch-free and database-free: the API, the client and the scan all import it.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from enum import StrEnum
+from typing import Any, Self
 
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, model_validator
 
-__all__ = ["RESULT_FIELDS", "ResultContract", "result_record"]
+__all__ = ["RESULT_FIELDS", "OperatingPoint", "ResultContract", "Verdict", "result_record"]
+
+
+class Verdict(StrEnum):
+    REAL = "real"
+    FAKE = "fake"
+    # Between the caller's two thresholds: the detector leans neither way strongly enough to accuse
+    # or to clear; a platform routes these to a person.
+    UNCERTAIN = "uncertain"
+
+
+class OperatingPoint(BaseModel):
+    """Where the caller turns a probability into a verdict: fake at ``fake_threshold`` and above, real
+    below ``real_threshold`` (by default the same threshold: no band), uncertain in between.
+
+    A file whose own valid manifest says it was generated is fake at any threshold (``decided_by``
+    provenance). False accusations of real photos cost platforms the most, and the right threshold
+    differs by platform: ``fakescope calibrate --target-fpr`` finds one on a platform's own images.
+    """
+
+    fake_threshold: float = Field(0.5, gt=0.0, le=1.0, description="fake at this probability and above")
+    real_threshold: float | None = Field(
+        None,
+        gt=0.0,
+        le=1.0,
+        description="real below this probability (at most fake_threshold); between the two: uncertain. "
+        "Null: the fake threshold (no uncertain band)",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Self:
+        if self.real_threshold is not None and self.real_threshold > self.fake_threshold:
+            raise ValueError("real_threshold must not be above fake_threshold")
+        return self
+
+    def verdict(self, fake_probability: float, decided_by: str | None = None) -> Verdict:
+        if decided_by == "provenance" or fake_probability >= self.fake_threshold:
+            return Verdict.FAKE
+        real_below = self.fake_threshold if self.real_threshold is None else self.real_threshold
+        return Verdict.REAL if fake_probability < real_below else Verdict.UNCERTAIN
 
 
 class ResultContract(BaseModel):
@@ -25,7 +65,9 @@ class ResultContract(BaseModel):
 
     model_config = ConfigDict(from_attributes=True)
 
-    prediction: str | None = Field(None, description="real or fake")
+    prediction: str | None = Field(
+        None, description="real, fake or uncertain: the verdict at the operating point the job (or request) asked for"
+    )
     fake_probability: float | None = Field(
         None, description="calibrated probability that the image was generated (the detector's own, always given)"
     )
@@ -53,6 +95,12 @@ class ResultContract(BaseModel):
     @property
     def in_domain(self) -> bool | None:
         return None if self.domain_score is None else self.domain_score <= 1.0
+
+    def decided(self, point: OperatingPoint) -> Self:
+        """This result with its verdict at ``point`` (the probability and the rest unchanged)."""
+        if self.fake_probability is None:
+            return self
+        return self.model_copy(update={"prediction": point.verdict(self.fake_probability, self.decided_by)})
 
     def stored(self) -> dict[str, Any]:
         """The stored fields (no derived ones), by name: what a row or a cache copy holds."""

@@ -25,7 +25,7 @@ from fakescope.detector import Detector, RoutedDetector, load_detector
 from fakescope.imageio import DEFAULT_MAX_PIXELS, iter_inputs
 from fakescope.pipeline import ImageResult, classify_items
 from fakescope.report import record_base, render_report
-from fakescope.result import result_record
+from fakescope.result import OperatingPoint, Verdict, result_record
 
 __all__ = ["ScanSummary", "run_scan"]
 
@@ -40,6 +40,7 @@ class ScanSummary:
     real: int
     errors: int
     model_version: str
+    uncertain: int = 0
 
 
 def run_scan(
@@ -55,8 +56,11 @@ def run_scan(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     progress: bool = True,
     detector: Detector | RoutedDetector | None = None,
+    point: OperatingPoint | None = None,
 ) -> ScanSummary:
-    """Scans ``paths`` (files, folders, zip/tar archives) and writes the outputs into ``out_dir``."""
+    """Scans ``paths`` (files, folders, zip/tar archives) and writes the outputs into ``out_dir``;
+    verdicts at ``point`` (default: fake at 0.5, no uncertain band)."""
+    point = point or OperatingPoint()
     out = Path(out_dir)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
     (out / "thumbs").mkdir(parents=True, exist_ok=True)
@@ -105,10 +109,11 @@ def run_scan(
                     thumb.thumbnail((160, 160))
                     thumbnail = f"thumbs/{base}.png"
                     thumb.save(out / thumbnail)
-                rec = result_record(r.name, result=r.contract(), overlay=overlay, thumbnail=thumbnail)
+                contract = r.contract().decided(point)
+                rec = result_record(r.name, result=contract, overlay=overlay, thumbnail=thumbnail)
                 if explainer is not None:
                     rec["artifacts"] = {}
-                    if r.prediction == "fake":
+                    if contract.prediction == Verdict.FAKE:
                         pending.append((rec, r))
             records.append(rec)
             if len(pending) >= batch_size:
@@ -132,6 +137,7 @@ def run_scan(
         total=len(records),
         fake=sum(1 for r in records if r["prediction"] == "fake"),
         real=sum(1 for r in records if r["prediction"] == "real"),
+        uncertain=sum(1 for r in records if r["prediction"] == "uncertain"),
         errors=sum(1 for r in records if r["error"]),
         model_version=detector.model_version,
     )

@@ -17,7 +17,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-__all__ = ["CallbackSettings", "ExplainSettings", "S3Settings", "Settings", "get_settings"]
+__all__ = ["CallbackSettings", "ExplainSettings", "FetchSettings", "S3Settings", "Settings", "get_settings"]
 
 PLACEHOLDER_SECRETS = frozenset({"changethis", "minioadmin", "secret", ""})
 
@@ -108,6 +108,38 @@ class CallbackSettings(BaseSettings):
     @classmethod
     def _networks(cls, v: object) -> object:
         # A JSON list (["10.0.0.0/8"]) or a comma-separated string, from the environment or as an argument.
+        if isinstance(v, str):
+            return json.loads(v) if v.strip().startswith("[") else [n for n in v.split(",") if n.strip()]
+        return v
+
+
+class FetchSettings(BaseSettings):
+    """Fetched images: where a worker may fetch an image a job names by address, and for how long.
+
+    ``Settings.fetch``; its variables are ``FAKESCOPE_FETCH_*``. The same outbound guard as webhooks
+    (:mod:`fakescope.outbound`): public addresses only unless a network is allowed here.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="FAKESCOPE_FETCH_", extra="ignore")
+
+    allow_http: bool = Field(False, description="fetch http:// URLs too (https only by default)")
+    allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="private networks image URLs may point into besides the public internet (JSON list or commas)",
+    )
+    allowed_ports: list[int] = Field(
+        default_factory=lambda: [80, 443],
+        description="ports image URLs may use on public hosts (any port inside allowed_networks)",
+    )
+    connect_timeout_s: float = Field(5.0, gt=0, description="seconds to connect to an image's host")
+    read_timeout_s: float = Field(10.0, gt=0, description="longest wait for the next bytes of an image")
+    deadline_s: float = Field(30.0, gt=0, description="a whole fetch, redirects and body included, within this")
+    max_redirects: int = Field(3, ge=0, description="redirects followed, each checked again")
+    max_bytes: int = Field(64 * 1024**2, ge=1, description="an image URL's body is refused past this many bytes")
+
+    @field_validator("allowed_networks", mode="before")
+    @classmethod
+    def _networks(cls, v: object) -> object:
         if isinstance(v, str):
             return json.loads(v) if v.strip().startswith("[") else [n for n in v.split(",") if n.strip()]
         return v
@@ -207,6 +239,7 @@ class Settings(BaseSettings):
     presign_expiry_s: int = Field(3600, description="lifetime of presigned and signed URLs")
     report_link_expiry_s: int = Field(7 * 24 * 3600, ge=60, description="how long a report link's token reads its job")
     callback: CallbackSettings = Field(default_factory=CallbackSettings, description="webhooks (below)")
+    fetch: FetchSettings = Field(default_factory=FetchSettings, description="image URLs (below)")
     bootstrap_api_key: str | None = Field(None, description="an API key registered for tenant 'default' at prestart")
     metrics_port: int | None = Field(None, description="a worker process serves Prometheus metrics here")
     metrics_host: str = Field("0.0.0.0", description="address a worker's metrics server binds")
@@ -223,7 +256,7 @@ class Settings(BaseSettings):
         """``Settings(s3_endpoint=...)`` as the variables spell it: flat keyword arguments of a group
         build that group (the rest of it from the environment, as for every other field)."""
         if isinstance(data, dict):
-            for group, model in (("s3", S3Settings), ("callback", CallbackSettings)):
+            for group, model in (("s3", S3Settings), ("callback", CallbackSettings), ("fetch", FetchSettings)):
                 prefix = f"{group}_"
                 flat = {
                     k[len(prefix) :]: data.pop(k)
@@ -303,7 +336,12 @@ def reference() -> str:
         "| variable | default | meaning |",
         "|---|---|---|",
     ]
-    groups: dict[str, type[BaseSettings]] = {"s3": S3Settings, "callback": CallbackSettings, "explain": ExplainSettings}
+    groups: dict[str, type[BaseSettings]] = {
+        "s3": S3Settings,
+        "callback": CallbackSettings,
+        "fetch": FetchSettings,
+        "explain": ExplainSettings,
+    }
     for name, field in Settings.model_fields.items():
         if name not in groups:
             rows.append(_row(f"FAKESCOPE_{name.upper()}", field))

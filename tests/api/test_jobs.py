@@ -63,6 +63,7 @@ def test_200_images_end_to_end_match_scan(service_stack: ServiceStack, tiny_chec
         assert created["status_url"] == f"{service_stack.api_url}/v1/jobs/{created['id']}"
         job = service_stack.wait_job(created["id"], timeout=400)
         assert job["state"] == "succeeded", job
+        by_status = {k: job["counts"].pop(k) for k in ("real", "fake", "uncertain", "out_of_domain")}
         assert job["counts"] == {
             "total": 200,
             "queued": 0,
@@ -74,6 +75,10 @@ def test_200_images_end_to_end_match_scan(service_stack: ServiceStack, tiny_chec
         }
         assert job["started_at"] and job["finished_at"]
         results = _all_results(c, created["id"])
+        # At the default point (0.5, no band) every verdict is real or fake.
+        assert by_status["uncertain"] == 0
+        assert by_status["fake"] == sum(r["prediction"] == "fake" for r in results)
+        assert by_status["real"] + by_status["fake"] == 200
         task1 = c.get(f"/v1/jobs/{created['id']}/task1.json").json()
         failures = c.get(f"/v1/jobs/{created['id']}/failures").json()
     assert failures["count"] == 0

@@ -235,6 +235,12 @@ def build_env(tmp: Path, checkpoint: Path) -> ServiceEnv:
         # The tests' webhook receivers listen on loopback; everything else private stays refused.
         "FAKESCOPE_CALLBACK_ALLOWED_NETWORKS": '["127.0.0.1/32"]',
         "FAKESCOPE_CALLBACK_BACKOFF_S": "0.2",
+        # Image URLs: the tests' own HTTP servers on loopback, over http, with a short deadline.
+        "FAKESCOPE_FETCH_ALLOW_HTTP": "true",
+        "FAKESCOPE_FETCH_ALLOWED_NETWORKS": '["127.0.0.1/32"]',
+        "FAKESCOPE_FETCH_DEADLINE_S": "3",
+        "FAKESCOPE_FETCH_READ_TIMEOUT_S": "2",
+        "FAKESCOPE_FETCH_MAX_BYTES": str(2 * 1024**2),
     }
     settings = Settings(
         **{k.removeprefix("FAKESCOPE_").lower(): v for k, v in env.items() if k != "FAKESCOPE_FLOWER_BASIC_AUTH"}

@@ -16,6 +16,8 @@ from pydantic import StringConstraints, model_validator
 from sqlalchemy import JSON, BigInteger, Column, DateTime, Index, UniqueConstraint, text
 from sqlmodel import AutoString, Field, SQLModel
 
+from fakescope.result import OperatingPoint
+
 __all__ = [
     "ApiKey",
     "ExplainStatus",
@@ -33,6 +35,7 @@ __all__ = [
     "JobState",
     "JobsPublic",
     "Tenant",
+    "UrlJobCreate",
     "WebhookDelivery",
     "storable_name",
     "utcnow",
@@ -86,6 +89,9 @@ class Tenant(SQLModel, table=True):
     name: str = Field(max_length=255, unique=True)
     # Signs this tenant's webhook deliveries (HMAC-SHA256); shown to the tenant by GET /v1/webhook-secret.
     webhook_secret: str = Field(default_factory=lambda: secrets.token_hex(32), max_length=128)
+    # The tenant's default operating point (PUT /v1/operating-point); None: 0.5, no band.
+    fake_threshold: float | None = None
+    real_threshold: float | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
 
 
@@ -122,6 +128,21 @@ class JobBase(SQLModel):
     # A GradCAM overlay PNG per image; a platform that only needs verdicts saves their encoding and storage.
     overlays: bool = Field(default=True, sa_column_kwargs={"server_default": "true"})
     callback_url: str | None = Field(default=None, max_length=2048)
+    # The operating point (fakescope.result.OperatingPoint): asked for by the request, else the
+    # tenant's default, else 0.5; a job stores what it was scored at, so its verdicts never change.
+    fake_threshold: float | None = Field(
+        default=None, gt=0.0, le=1.0, description="fake at this probability and above (default: the tenant's, else 0.5)"
+    )
+    real_threshold: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=1.0,
+        description="real below this probability; between it and fake_threshold the verdict is uncertain "
+        "(default: the tenant's when fake_threshold is not given either, else no band)",
+    )
+
+    def operating_point(self) -> OperatingPoint:
+        return OperatingPoint(fake_threshold=self.fake_threshold or 0.5, real_threshold=self.real_threshold)
 
 
 # A shard a client uploads holds at most this many images and bytes (as the API's own upload windows).
@@ -168,6 +189,17 @@ class JobCreate(JobBase):
         return len(self.names) if self.names is not None else sum(len(s.members) for s in self.shards or [])
 
 
+# An image URL as a job takes it (the worker checks where it points, fakescope.fetch).
+ImageURL = Annotated[str, StringConstraints(min_length=1, max_length=2048, pattern=r"^[^\x00-\x20]*$")]
+
+
+class UrlJobCreate(JobBase):
+    """A job of images that already live somewhere: the workers fetch each URL (https; http only
+    where the service allows it) through the same outbound guard as webhooks."""
+
+    urls: list[ImageURL] = Field(min_length=1, description="image URLs, one item each, in this order")
+
+
 class Job(JobBase, table=True):
     __tablename__ = "jobs"
     __table_args__ = (
@@ -206,6 +238,12 @@ class JobCounts(SQLModel):
     cancelled: int = 0
     awaiting_upload: int = 0
     explain_pending: int = 0
+    # The classified items (done) by verdict, which add up to ``done``, and those of them out of the
+    # detector's domain (a flag on any verdict).
+    real: int = 0
+    fake: int = 0
+    uncertain: int = 0
+    out_of_domain: int = 0
 
 
 class JobPublic(JobBase):
@@ -242,10 +280,14 @@ class JobItem(SQLModel, table=True):
     # (one object, one request, for up to 256 images); both None: the object is the image.
     object_offset: int | None = Field(default=None, sa_type=BigInteger)
     object_length: int | None = Field(default=None, sa_type=BigInteger)
+    # An image the caller named by URL: a worker fetches it (fakescope.fetch) and stores it at
+    # ``object_key`` before classifying it; None: the caller uploaded the bytes.
+    source_url: str | None = Field(default=None, max_length=2048)
     # Not indexed: chunks find their items by id, and an index on a few statuses led the planner to
     # scan every queued entry of the table, dead ones included, for each chunk (migration 0013).
     status: str = Field(default=ItemStatus.QUEUED, max_length=32)
-    prediction: str | None = Field(default=None, max_length=8)
+    # The verdict at the job's operating point: real, fake or uncertain (fakescope.result.Verdict).
+    prediction: str | None = Field(default=None, max_length=16)
     fake_probability: float | None = None
     # Distance from the training distribution over the checkpoint's threshold; above 1: out of domain.
     domain_score: float | None = None
@@ -333,7 +375,7 @@ class Feedback(FeedbackBase, table=True):
     job_id: uuid.UUID = Field(foreign_key="jobs.id", index=True, ondelete="CASCADE")
     item_id: uuid.UUID = Field(foreign_key="job_items.id", ondelete="CASCADE")
     position: int
-    verdict: str | None = Field(default=None, max_length=8)
+    verdict: str | None = Field(default=None, max_length=16)
     fake_probability: float | None = None
     model_version: str | None = Field(default=None, max_length=255)
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))

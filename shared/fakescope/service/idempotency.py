@@ -15,6 +15,7 @@ from fakescope.db.models import (
     Job,
     JobState,
 )
+from fakescope.result import OperatingPoint
 
 __all__ = ["IdempotencyConflict", "new_job", "request_fingerprint"]
 
@@ -51,6 +52,7 @@ def new_job(
     idempotency_key: str | None,
     overlays: bool = True,
     fingerprint: str | None = None,
+    point: OperatingPoint | None = None,
 ) -> tuple[Job, bool]:
     """Inserts the job row first, so a concurrent retry with the same key finds it (or loses the race).
 
@@ -68,6 +70,8 @@ def new_job(
         callback_url=callback_url,
         idempotency_key=idempotency_key,
         request_fingerprint=fingerprint if idempotency_key else None,
+        fake_threshold=(point or OperatingPoint()).fake_threshold,
+        real_threshold=(point or OperatingPoint()).real_threshold,
     )
     session.add(job)
     try:

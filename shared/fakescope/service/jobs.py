@@ -29,6 +29,7 @@ from fakescope.db.models import (
     WebhookDelivery,
     utcnow,
 )
+from fakescope.result import Verdict
 from fakescope.service import webhooks
 from fakescope.storage import ObjectStore
 
@@ -68,18 +69,25 @@ def job_counts(session: Session, *, job_id: uuid.UUID) -> JobCounts:
 
 
 def jobs_counts(session: Session, *, job_ids: Sequence[uuid.UUID]) -> dict[uuid.UUID, JobCounts]:
-    """The item counts of every job in ``job_ids`` in one grouped query (a page of 500 jobs is one query)."""
+    """The item counts of every job in ``job_ids`` in one grouped query (a page of 500 jobs is one query):
+    by status, and the classified ones by verdict and out of domain."""
     pending = case((col(JobItem.explain_status) == ExplainStatus.PENDING, 1), else_=0)
+    outside = case((col(JobItem.domain_score) > 1.0, 1), else_=0)
     rows = session.exec(
-        select(JobItem.job_id, JobItem.status, func.count(), func.sum(pending))
+        select(JobItem.job_id, JobItem.status, JobItem.prediction, func.count(), func.sum(pending), func.sum(outside))
         .where(col(JobItem.job_id).in_(job_ids))
-        .group_by(col(JobItem.job_id), col(JobItem.status))
+        .group_by(col(JobItem.job_id), col(JobItem.status), col(JobItem.prediction))
     ).all()
     by_job: dict[uuid.UUID, dict[str, int]] = {j: {} for j in job_ids}
+    verdicts: dict[uuid.UUID, dict[str, int]] = {j: {} for j in job_ids}
     explain: dict[uuid.UUID, int] = dict.fromkeys(job_ids, 0)
-    for job_id, item_status, n, n_pending in rows:
-        by_job[job_id][item_status] = n
+    out_of_domain: dict[uuid.UUID, int] = dict.fromkeys(job_ids, 0)
+    for job_id, item_status, prediction, n, n_pending, n_outside in rows:
+        by_job[job_id][item_status] = by_job[job_id].get(item_status, 0) + n
         explain[job_id] += int(n_pending or 0)
+        if item_status == ItemStatus.DONE:
+            verdicts[job_id][prediction] = n
+            out_of_domain[job_id] += int(n_outside or 0)
     return {
         j: JobCounts(
             total=sum(c.values()),
@@ -89,6 +97,10 @@ def jobs_counts(session: Session, *, job_ids: Sequence[uuid.UUID]) -> dict[uuid.
             cancelled=c.get(ItemStatus.CANCELLED, 0),
             awaiting_upload=c.get(ItemStatus.AWAITING_UPLOAD, 0),
             explain_pending=explain[j],
+            real=verdicts[j].get(Verdict.REAL, 0),
+            fake=verdicts[j].get(Verdict.FAKE, 0),
+            uncertain=verdicts[j].get(Verdict.UNCERTAIN, 0),
+            out_of_domain=out_of_domain[j],
         )
         for j, c in by_job.items()
     }
@@ -113,6 +125,8 @@ def job_public(session: Session, job: Job, status_url: str, counts: JobCounts | 
         explain=job.explain,
         overlays=job.overlays,
         callback_url=job.callback_url,
+        fake_threshold=job.operating_point().fake_threshold,
+        real_threshold=job.real_threshold,
         counts=counts if counts is not None else job_counts(session, job_id=job.id),
         status_url=status_url,
         created_at=_aware(job.created_at),

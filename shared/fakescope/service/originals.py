@@ -7,10 +7,12 @@ import uuid
 from collections.abc import Sequence
 
 from fakescope.db.models import JobItem
-from fakescope.imageio import DEFAULT_MAX_BYTES, ImageError, InputItem
+from fakescope.fetch import fetch_image
+from fakescope.imageio import DEFAULT_MAX_BYTES, ImageError, InputItem, sniff_media_type
+from fakescope.settings import FetchSettings
 from fakescope.storage import ObjectNotFound, ObjectStore, ObjectTooLarge
 
-__all__ = ["MAX_SHARD_GAP", "chunk_inputs", "read_original", "store_input"]
+__all__ = ["MAX_SHARD_GAP", "chunk_inputs", "read_original", "store_input", "url_input"]
 
 
 def read_original(store: ObjectStore, item: JobItem, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
@@ -48,7 +50,23 @@ def store_input(store: ObjectStore, item: JobItem, max_bytes: int | None = None)
 MAX_SHARD_GAP = 1024 * 1024
 
 
-def chunk_inputs(store: ObjectStore, items: Sequence[JobItem], max_bytes: int | None = None) -> list[InputItem]:
+def url_input(store: ObjectStore, item: JobItem, fetch: FetchSettings) -> InputItem:
+    """The item's image fetched from its ``source_url`` when the pipeline asks for it, and stored as
+    its original (the report's image and the overlay are drawn from it later). A URL that fails
+    raises :class:`ImageError` with the reason, which fails this item only."""
+    assert item.source_url is not None
+
+    def read() -> bytes:
+        data = fetch_image(item.source_url or "", fetch)
+        store.put(item.object_key, data, sniff_media_type(data))
+        return data
+
+    return InputItem(item.name, read)
+
+
+def chunk_inputs(
+    store: ObjectStore, items: Sequence[JobItem], max_bytes: int | None = None, fetch: FetchSettings | None = None
+) -> list[InputItem]:
     """The originals of a chunk's items, with one ranged GET per run of neighbours in a shard (one
     request for a chunk of an upload window, where it was one per image); items stored whole (a
     presigned upload) are read one by one when the pipeline asks for them.
@@ -60,7 +78,7 @@ def chunk_inputs(store: ObjectStore, items: Sequence[JobItem], max_bytes: int | 
     data: dict[uuid.UUID, bytes | ImageError] = {}
     runs: dict[str, list[JobItem]] = {}
     for it in items:
-        if it.object_offset is None or it.object_length is None:
+        if it.source_url is not None or it.object_offset is None or it.object_length is None:
             continue
         if it.object_length > limit:
             data[it.id] = ImageError(f"file is over the limit of {limit} bytes")
@@ -96,7 +114,15 @@ def chunk_inputs(store: ObjectStore, items: Sequence[JobItem], max_bytes: int | 
 
         return InputItem(it.name, read)
 
-    return [from_chunk(it) if it.id in data else store_input(store, it, max_bytes) for it in items]
+    def one(it: JobItem) -> InputItem:
+        if it.source_url is not None:
+            if fetch is None:
+                data[it.id] = ImageError("image URLs are not fetched by this process")
+                return from_chunk(it)
+            return url_input(store, it, fetch)
+        return from_chunk(it) if it.id in data else store_input(store, it, max_bytes)
+
+    return [one(it) for it in items]
 
 
 def _end(item: JobItem) -> int:

@@ -20,6 +20,7 @@ from fakescope.db.models import (
     utcnow,
 )
 from fakescope.imageio import DEFAULT_MAX_BYTES
+from fakescope.result import OperatingPoint
 from fakescope.service import Enqueue
 from fakescope.service.idempotency import new_job, request_fingerprint
 from fakescope.service.jobs import JobStateError, finish
@@ -45,6 +46,7 @@ def create_upload_job(
     callback_url: str | None = None,
     idempotency_key: str | None = None,
     expires_s: int = 3600,
+    point: OperatingPoint | None = None,
 ) -> tuple[Job, list[tuple[JobItem, str]], bool]:
     """A job waiting for its images: one item per image, and presigned PUT URLs.
 
@@ -58,8 +60,9 @@ def create_upload_job(
     layout: dict[str, object] = (
         {"names": list(names)} if names is not None else {"shards": [list(s) for s in shards or []]}
     )
+    point = point or OperatingPoint()
     fingerprint = request_fingerprint(
-        "uploads", **layout, explain=explain, overlays=overlays, callback_url=callback_url
+        "uploads", **layout, explain=explain, overlays=overlays, callback_url=callback_url, point=point.model_dump()
     )
     job, created = new_job(
         session,
@@ -70,6 +73,7 @@ def create_upload_job(
         callback_url=callback_url,
         idempotency_key=idempotency_key,
         fingerprint=fingerprint,
+        point=point,
     )
     if created:
         rows = _waiting_items(job.id, names, shards)

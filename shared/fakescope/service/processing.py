@@ -28,6 +28,7 @@ from fakescope.service import Enqueue
 from fakescope.service.jobs import finish
 from fakescope.service.originals import chunk_inputs
 from fakescope.service.rows import uuids, write_rows
+from fakescope.settings import FetchSettings
 from fakescope.storage import ObjectStore
 
 if TYPE_CHECKING:
@@ -97,6 +98,7 @@ def classify_chunk(
     max_deliveries: int = 3,
     count_start: bool = True,
     trust_anchors_pem: str | None = None,
+    fetch: FetchSettings | None = None,
 ) -> int:
     """Classifies the chunk's queued items and writes their results (with GradCAM grids, from which
     the API draws overlays on demand) in one statement per shape of row; returns how many it wrote.
@@ -104,6 +106,7 @@ def classify_chunk(
     An item started more than ``max_deliveries`` times fails with that reason instead (poison work).
     ``count_start=False``: this run's start is already counted (a retry whose give-back failed).
     ``decode_threads``: as :func:`fakescope.pipeline.classify_items` takes it (None: its choice).
+    ``fetch``: how items named by URL are fetched (None: they fail, nothing is fetched).
     """
     jid = uuid.UUID(str(job_id))
     ids = uuids(item_ids)
@@ -126,7 +129,7 @@ def classify_chunk(
     session.commit()  # the start is counted before any work (see _start_items)
     results = classify_items(
         detector,
-        chunk_inputs(store, todo),
+        chunk_inputs(store, todo, fetch=fetch),
         batch_size=batch_size,
         decode_threads=decode_threads,
         overlays=False,
@@ -204,6 +207,8 @@ def _from_cache(
     )
     updates: list[tuple[JobItem, dict[str, Any]]] = []
     todo: list[JobItem] = []
+    # An earlier job's verdict was at its own operating point: only the probability carries over.
+    point = job.operating_point()
     for it in items:
         hit = hits.get(it.sha256) if it.sha256 else None
         if hit is None:
@@ -211,8 +216,9 @@ def _from_cache(
             continue
         # The same bytes, the same tenant, the same model: the earlier answer (every field of the result
         # contract), with what its overlay is drawn from.
+        result = ResultContract.model_validate(hit).decided(point)
         updates.append((it, {
-            **ResultContract.model_validate(hit).stored(),
+            **result.stored(),
             "status": ItemStatus.DONE,
             "cached": True,
             "overlay_key": hit.overlay_key,
@@ -220,7 +226,7 @@ def _from_cache(
             "started_at": started,
             "finished_at": utcnow(),
             "duration_ms": 0.0,
-            "explain_status": _explain_status(job, hit.prediction),
+            "explain_status": _explain_status(job, result.prediction),
             "enqueued_at": utcnow(),
         }))  # fmt: skip
     return updates, todo
@@ -236,6 +242,7 @@ def _result_rows(
     """The row values of each classified item, in order, as the pipeline yields them."""
     rows: list[tuple[JobItem, dict[str, Any]]] = []
     version = detector.model_version  # a hash of the checkpoint's metadata: once a chunk, not once an image
+    point = job.operating_point()
     t0 = time.perf_counter()
     for it, res in zip(todo, results, strict=True):
         values: dict[str, Any] = {
@@ -248,11 +255,12 @@ def _result_rows(
         if res.error is not None:
             values.update(status=ItemStatus.FAILED, error=res.error)
         else:
+            result = res.contract().decided(point)
             values.update(
-                res.contract().stored(),
+                result.stored(),
                 status=ItemStatus.DONE,
                 cam_grid=res.cam_grid,
-                explain_status=_explain_status(job, res.prediction),
+                explain_status=_explain_status(job, result.prediction),
                 enqueued_at=utcnow(),  # the explain task, if any, is sent by classify_chunk
             )
         rows.append((it, values))

@@ -10,6 +10,7 @@ import uuid
 from sqlmodel import Session, col, select
 
 from fakescope.db.models import ApiKey, Tenant, utcnow
+from fakescope.result import OperatingPoint
 
 __all__ = [
     "authenticate",
@@ -18,8 +19,10 @@ __all__ = [
     "hash_key",
     "list_api_keys",
     "make_report_token",
+    "operating_point",
     "report_token_job",
     "revoke_api_key",
+    "set_operating_point",
     "verify_report_token",
 ]
 
@@ -140,3 +143,39 @@ def verify_report_token(secret: str, token: str, *, tenant_id: uuid.UUID, now: f
     # header can carry any Latin-1 character.
     expected = _report_mac(secret, job_id, tenant_id, expires).encode()
     return expires > now and hmac.compare_digest(mac.encode("utf-8", "surrogateescape"), expected)
+
+
+def operating_point(
+    session: Session,
+    *,
+    tenant_id: uuid.UUID,
+    fake_threshold: float | None = None,
+    real_threshold: float | None = None,
+) -> OperatingPoint:
+    """The operating point a request scores at: the thresholds it gives (a request that gives either
+    gives the whole point: an unset fake threshold is 0.5, an unset real one means no band), else the
+    tenant's default, else 0.5 without a band.
+
+    Raises:
+        pydantic.ValidationError: a threshold outside (0, 1], or the real one above the fake one.
+    """
+    if fake_threshold is not None or real_threshold is not None:
+        return OperatingPoint(
+            fake_threshold=0.5 if fake_threshold is None else fake_threshold, real_threshold=real_threshold
+        )
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None or tenant.fake_threshold is None:
+        return OperatingPoint()
+    return OperatingPoint(fake_threshold=tenant.fake_threshold, real_threshold=tenant.real_threshold)
+
+
+def set_operating_point(session: Session, *, tenant_id: uuid.UUID, point: OperatingPoint) -> OperatingPoint:
+    """Makes ``point`` the tenant's default for the jobs and checks it creates from now on."""
+    tenant = session.get(Tenant, tenant_id)
+    if tenant is None:
+        raise LookupError(f"no tenant {tenant_id}")
+    tenant.fake_threshold = point.fake_threshold
+    tenant.real_threshold = point.real_threshold
+    session.add(tenant)
+    session.commit()
+    return point

@@ -32,6 +32,7 @@ from fakescope.db.models import (
     utcnow,
 )
 from fakescope.imageio import ARCHIVE_SUFFIXES, DEFAULT_MAX_BYTES, ImageError, InputItem, iter_inputs
+from fakescope.result import OperatingPoint
 from fakescope.service import Enqueue, webhooks
 from fakescope.service.budget import ByteBudget, Lease
 from fakescope.service.idempotency import IdempotencyConflict, new_job, request_fingerprint
@@ -133,6 +134,7 @@ def create_job(
     fingerprint: str | None = None,
     budget: ByteBudget | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    point: OperatingPoint | None = None,
 ) -> tuple[Job, bool]:
     """Stores every input's bytes, one item row each, and enqueues the classify chunks.
 
@@ -159,6 +161,7 @@ def create_job(
         callback_url=callback_url,
         idempotency_key=idempotency_key,
         fingerprint=fingerprint,
+        point=point,
     )
     if not created:
         return job, False

@@ -27,23 +27,21 @@ rebinding). Every attempt is logged in ``webhook_deliveries`` and listed by ``GE
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import logging
 import random
-import socket
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import httpx
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
 from fakescope.db.models import Job, Tenant, WebhookDelivery
+from fakescope.outbound import DEFAULT_PORTS, OutboundURLError, Target, pinned_url, resolve_target
 
 # Signing lives in fakescope.service.signing; re-exported, as receivers and tests import it from here.
 from fakescope.service.signing import sign as sign
@@ -81,95 +79,16 @@ PENDING = "pending"
 _DELIVERY_NAMESPACE = uuid.UUID("6f1d1c9e-8a55-4f8e-9d0e-4b2a3c1f7e21")
 
 
-class CallbackURLError(ValueError):
+class CallbackURLError(OutboundURLError):
     """The callback URL is not one fakescope will call."""
-
-
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-def _parse_networks(allowed: Sequence[str]) -> list[Network]:
-    return [ipaddress.ip_network(n.strip(), strict=False) for n in allowed if n.strip()]
-
-
-def _embedded_v4(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
-    # IPv6 forms that carry an IPv4 destination: ::ffff:127.0.0.1, 6to4 (2002:7f00:1::1 is
-    # 127.0.0.1) and Teredo. The carried address decides where the packet really goes.
-    if not isinstance(ip, ipaddress.IPv6Address):
-        return []
-    out = [a for a in (ip.ipv4_mapped, ip.sixtofour) if a is not None]
-    if ip.teredo is not None:
-        out.extend(ip.teredo)
-    return out
-
-
-def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    """Globally routable (``is_global``: not loopback, private, link-local, shared 100.64.0.0/10,
-    documentation, benchmarking or reserved), and so is any IPv4 address it carries."""
-    return ip.is_global and not ip.is_multicast and all(_public(v4) for v4 in _embedded_v4(ip))
-
-
-DEFAULT_PORTS = (80, 443)
-
-
-@dataclass(frozen=True)
-class Target:
-    """A checked callback URL: where to connect (``addresses``, all of them allowed) and what to ask for."""
-
-    url: str
-    scheme: str
-    host: str
-    port: int
-    explicit_port: bool
-    target: str  # path and query
-    addresses: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
 
 
 def resolve_callback(
     url: str, allowed_networks: Sequence[str] = (), resolve: bool = True, allowed_ports: Sequence[int] = DEFAULT_PORTS
 ) -> Target:
-    """The :class:`Target` of ``url`` if fakescope may POST to it, else :class:`CallbackURLError` saying why.
-
-    Every address the host resolves to must be globally routable or inside ``allowed_networks``;
-    the port must be one of ``allowed_ports`` unless every address is inside ``allowed_networks``
-    (an operator who allows an internal receiver decides its port too). ``resolve=False`` skips the
-    DNS lookup (a name is then not checked and has no addresses).
-    """
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError as e:
-        raise CallbackURLError(f"callback_url is not a valid URL: {e}") from None
-    if parts.scheme not in ("http", "https"):
-        raise CallbackURLError("callback_url must be an http or https URL")
-    if not parts.hostname:
-        raise CallbackURLError("callback_url has no host")
-    if parts.username or parts.password:
-        raise CallbackURLError("callback_url must not carry credentials")
-    host = parts.hostname
-    if len(host) > 253 or any(not 0 < len(label) <= 63 for label in host.rstrip(".").split(".")):
-        raise CallbackURLError("callback_url host is not a valid name")
-    networks = _parse_networks(allowed_networks)
-    effective_port = port or (443 if parts.scheme == "https" else 80)
-    target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-    try:
-        addresses = [ipaddress.ip_address(host)]
-    except ValueError:
-        if not resolve:
-            return Target(url, parts.scheme, host, effective_port, port is not None, target, ())
-        try:
-            infos = socket.getaddrinfo(host, effective_port, type=socket.SOCK_STREAM)
-        except (socket.gaierror, UnicodeError) as e:
-            raise CallbackURLError(f"callback_url host does not resolve: {host}") from e
-        addresses = list(dict.fromkeys(ipaddress.ip_address(str(info[4][0]).split("%")[0]) for info in infos))
-    inside = [any(ip in n for n in networks) for ip in addresses]
-    for ip, ok in zip(addresses, inside, strict=True):
-        if not ok and not _public(ip):
-            raise CallbackURLError(f"callback_url points at a non-public address ({ip}); not allowed")
-    if port is not None and port not in allowed_ports and not all(inside):
-        allowed = ", ".join(str(p) for p in allowed_ports)
-        raise CallbackURLError(f"callback_url port {port} is not allowed (allowed: {allowed})")
-    return Target(url, parts.scheme, host, effective_port, port is not None, target, tuple(addresses))
+    """The :class:`Target` of ``url`` if fakescope may POST to it, else :class:`CallbackURLError` saying
+    why (the outbound guard, :func:`fakescope.outbound.resolve_target`)."""
+    return resolve_target(url, allowed_networks, resolve, allowed_ports, what="callback_url", error=CallbackURLError)
 
 
 def check_callback_url(
@@ -191,17 +110,9 @@ def post_pinned(
     """
     if not target.addresses:
         raise CallbackURLError("callback_url host was not resolved")
-    ip = target.addresses[0]
-    netloc = f"[{ip}]" if ip.version == 6 else str(ip)
-    host_header = target.host if not target.explicit_port else f"{target.host}:{target.port}"
-    if ":" in target.host and not target.host.startswith("["):
-        host_header = f"[{target.host}]" + (f":{target.port}" if target.explicit_port else "")
-    url = f"{target.scheme}://{netloc}:{target.port}{target.target}"
-    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    url, pinned, extensions = pinned_url(target)
     with httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as client:
-        request = client.build_request(
-            "POST", url, content=body, headers={**headers, "Host": host_header}, extensions=extensions
-        )
+        request = client.build_request("POST", url, content=body, headers={**headers, **pinned}, extensions=extensions)
         response = client.send(request, stream=True)
         try:
             read = 0

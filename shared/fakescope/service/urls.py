@@ -1,0 +1,69 @@
+"""Jobs of images a caller names by URL: one item per URL, queued at once; the workers fetch them.
+
+The API never opens a connection on a URL a caller sends (it has no business on the network the
+workers classify from, and a slow host must not hold an API thread): it stores the URLs and enqueues
+the items; a worker fetches each through the outbound guard (:mod:`fakescope.fetch`), stores the
+bytes as the item's original and classifies them, and a URL that fails fails its own item.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+
+from sqlmodel import Session
+
+from fakescope.db.models import Job, JobItem, JobState, storable_name
+from fakescope.result import OperatingPoint
+from fakescope.service import Enqueue
+from fakescope.service.idempotency import new_job, request_fingerprint
+from fakescope.service.jobs import finish
+from fakescope.storage import original_key
+
+__all__ = ["create_url_job"]
+
+
+def create_url_job(
+    session: Session,
+    enqueue: Enqueue,
+    *,
+    tenant_id: uuid.UUID,
+    urls: Sequence[str],
+    explain: bool = False,
+    overlays: bool = True,
+    callback_url: str | None = None,
+    idempotency_key: str | None = None,
+    point: OperatingPoint | None = None,
+) -> tuple[Job, bool]:
+    """A queued job with one item per URL (named by its URL), its chunks enqueued; returns the job
+    and whether it was created (False: the ``idempotency_key``'s earlier job)."""
+    point = point or OperatingPoint()
+    fingerprint = request_fingerprint(
+        "urls", urls=list(urls), explain=explain, overlays=overlays, callback_url=callback_url, point=point.model_dump()
+    )
+    job, created = new_job(
+        session,
+        tenant_id=tenant_id,
+        state=JobState.QUEUED,
+        explain=explain,
+        overlays=overlays,
+        callback_url=callback_url,
+        idempotency_key=idempotency_key,
+        fingerprint=fingerprint,
+        point=point,
+    )
+    if not created:
+        return job, False
+    rows = [
+        JobItem(job_id=job.id, position=i, name=storable_name(url), object_key=original_key(job.id, i), source_url=url)
+        for i, url in enumerate(urls)
+    ]
+    ids = [r.id for r in rows]
+    job.total = len(rows)
+    session.add_all(rows)
+    session.add(job)
+    session.commit()
+    enqueue(job.id, ids)
+    finish(session, job_id=job.id)  # the workers may have finished before this line
+    session.refresh(job)
+    return job, True
