@@ -16,7 +16,7 @@ from sqlalchemy.exc import InterfaceError as DBInterfaceError
 from sqlalchemy.exc import OperationalError as DBOperationalError
 from sqlmodel import Session
 
-from api.limits import RateLimiter
+from api.limits import REPORT_MARKS, RateLimiter
 from fakescope.db.engine import get_engine
 from fakescope.db.models import Job
 from fakescope.service.budget import ByteBudget
@@ -131,12 +131,15 @@ def get_tenant(
 
 
 def _report_reader(request: Request, session: Session, settings: Settings, token: str) -> uuid.UUID:
-    """The tenant of a report token's job, if the request only reads that job and the token is valid."""
+    """The tenant of a report token's job, if the request only reads that job (or marks one of its
+    items real or fake: :data:`api.limits.REPORT_MARKS`) and the token is valid."""
     job_id = report_token_job(token)
     job = session.get(Job, job_id) if job_id is not None else None
     if job is None or not verify_report_token(settings.secret_key, token, tenant_id=job.tenant_id, now=time.time()):
         raise HTTPException(status.HTTP_401_UNAUTHORIZED, detail="Invalid or expired report token")
-    if request.method not in ("GET", "HEAD") or str(request.path_params.get("job_id", "")) != str(job_id):
+    marks = request.method == "POST" and REPORT_MARKS.match(request.url.path) is not None
+    allowed = request.method in ("GET", "HEAD") or marks
+    if not allowed or str(request.path_params.get("job_id", "")) != str(job_id):
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="A report token only reads its own job")
     return job.tenant_id
 

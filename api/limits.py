@@ -25,6 +25,8 @@ ASGIApp = Callable[[Scope, Callable[[], Awaitable[dict]], Callable[[dict], Await
 # GETs that carry their own authority (a signed URL, checked by the route): an item's overlay and
 # original, fetched by a browser's <img> or a plain download with no key.
 SIGNED_GETS = re.compile(r"^/v1/jobs/[^/]+/items/\d+/(overlay\.png|image)$")
+# The one write a report token may make: feedback on an item of its own job (api.deps checks the job).
+REPORT_MARKS = re.compile(r"^/v1/jobs/[0-9a-fA-F-]{36}/items/[0-9]+/feedback$")
 
 # Routes whose bodies are image uploads; every other body is a small JSON document.
 UPLOAD_ROUTES = (("POST", "/v1/jobs"), ("PUT", "/objects/"))
@@ -67,9 +69,12 @@ class BodySizeLimit:
             return
         headers = dict(scope.get("headers") or [])
         path, method = scope.get("path", ""), scope.get("method", "GET")
-        # A report token (read-only, one job) only ever reads: a GET has no body to hold back.
-        reads = method in ("GET", "HEAD") and (headers.get(b"x-report-token") or SIGNED_GETS.match(path))
-        if path.startswith("/v1/") and not headers.get(b"x-api-key") and not reads:
+        # A report token (one job) reads, and marks an item with a small JSON body (the JSON limit
+        # below); the route checks the token before it parses anything.
+        token = headers.get(b"x-report-token")
+        reads = method in ("GET", "HEAD") and (token or SIGNED_GETS.match(path))
+        marks = method == "POST" and token and REPORT_MARKS.match(path)
+        if path.startswith("/v1/") and not headers.get(b"x-api-key") and not (reads or marks):
             for message in _json_response(401, "Missing API key"):
                 await send(message)
             return

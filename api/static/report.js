@@ -14,8 +14,10 @@ let filter = "all";
 let items = [];
 const $ = (s) => document.querySelector(s);
 
+const labels = {};  // position -> the label this reviewer gave in this tab
+const auth = () => (token ? {"X-Report-Token": token} : {"X-API-Key": key || ""});
 async function api(path) {
-  const r = await fetch(path, {headers: token ? {"X-Report-Token": token} : {"X-API-Key": key || ""}});
+  const r = await fetch(path, {headers: auth()});
   if (!r.ok) throw new Error(r.status === 404 ? "Job not found for this API key" : `HTTP ${r.status}`);
   return r.json();
 }
@@ -46,6 +48,25 @@ function provenanceLine(p) {
   if (c2pa.present) return `C2PA manifest, valid, signed by ${c2pa.signer || "an unknown signer"}; declares no generation`;
   return what ? `metadata names ${what}` : null;
 }
+// A reviewer marks a verdict real or fake (feedback: an appeal, or a correction to train on).
+function markButtons(it) {
+  const box = el("div", {class: "mark"});
+  const said = el("span", {class: "marked"}, labels[it.position] ? `marked ${labels[it.position]}` : "");
+  for (const label of ["real", "fake"]) {
+    const b = el("button", {"data-mark": label}, `mark ${label}`);
+    b.addEventListener("click", async () => {
+      const r = await fetch(`/v1/jobs/${JOB}/items/${it.position}/feedback`, {
+        method: "POST", headers: {...auth(), "Content-Type": "application/json"}, body: JSON.stringify({label}),
+      });
+      if (!r.ok) { said.textContent = `not saved (HTTP ${r.status})`; return; }
+      labels[it.position] = label;
+      said.textContent = `marked ${label}`;
+    });
+    box.append(b);
+  }
+  box.append(said);
+  return box;
+}
 function render() {
   const grid = $("#grid");
   grid.replaceChildren();
@@ -67,7 +88,7 @@ function render() {
         ? `${it.prediction}? · out of domain (score ${it.domain_score.toFixed(1)}): unreliable`
         : `${it.prediction} · p(fake) = ${it.fake_probability.toFixed(3)}`;
       if (it.in_domain === false) card.classList.add("ood");
-      card.append(imgs, el("div", {class: "verdict"}, verdict));
+      card.append(imgs, el("div", {class: "verdict"}, verdict), markButtons(it));
       const prov = provenanceLine(it.provenance);
       if (prov) card.append(el("div", {class: "prov"}, prov));
       if (it.explanation && Object.keys(it.explanation).length) {

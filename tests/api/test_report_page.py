@@ -11,6 +11,7 @@ import io
 import os
 import shutil
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -111,6 +112,24 @@ def test_report_page_shows_a_finished_job_and_filters(
     (err,) = browser.find_elements(By.CSS_SELECTOR, ".card")
     assert "broken.png" in err.text and err.get_attribute("data-kind") == "error"
     browser.save_screenshot(str(ARTIFACTS / "report-page-errors.png"))
+
+    # A reviewer with the link marks a verdict; it lands as the tenant's feedback on that item.
+    browser.find_element(By.CSS_SELECTOR, "[data-filter=fake]").click()
+    first = browser.find_elements(By.CSS_SELECTOR, ".card")[0]
+    first.find_element(By.CSS_SELECTOR, "[data-mark=real]").click()
+    _wait(lambda: first.find_element(By.CSS_SELECTOR, ".marked").text == "marked real", 30, "the mark")
+    with service_stack.client() as c:
+        given = [f for f in c.get("/v1/feedback", params={"limit": 1000}).json()["data"] if f["job_id"] == job["id"]]
+    name = first.find_element(By.CSS_SELECTOR, ".name").text
+    assert [(f["name"], f["label"], f["verdict"], f["disputed"]) for f in given] == [(name, "real", "fake", True)]
+    # The token writes nothing else: not another route, not another job.
+    token = link.split("#token=")[1]
+    with httpx.Client(base_url=service_stack.api_url, headers={"X-Report-Token": token}) as anon:
+        # (refused before the body is read: a token's only write is feedback)
+        assert anon.post(f"/v1/jobs/{job['id']}/report-link").status_code == 401
+        assert anon.delete(f"/v1/jobs/{job['id']}").status_code == 401
+        other = anon.post(f"/v1/jobs/{uuid.uuid4()}/items/0/feedback", json={"label": "real"})
+        assert other.status_code == 403 and other.json() == {"detail": "A report token only reads its own job"}
 
     # Another tenant's key: the API says 404 and the page shows nothing of the job.
     browser.execute_script("sessionStorage.clear()")  # the token too: the key alone must decide

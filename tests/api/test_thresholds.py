@@ -10,7 +10,7 @@ from fakescope.client import FakescopeClient
 from fakescope.result import OperatingPoint
 from tests.utils.stack import ServiceStack, png_bytes
 
-FILES = [(f"{i}.png", png_bytes(9100 + i)) for i in range(8)]
+FILES = [(f"{i}.png", png_bytes(61_000 + i)) for i in range(8)]
 
 
 def _multipart(stack: ServiceStack, tenant: str = "a", **form: Any) -> dict[str, Any]:

@@ -3,10 +3,12 @@ the guard allows, and every URL that is refused or fails fails its own item; not
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 
+from fakescope.cli import main
 from fakescope.client import FakescopeClient
 from tests.utils.image_server import IMAGES, image_server
 from tests.utils.stack import ServiceStack
@@ -63,3 +65,26 @@ def test_a_url_job_classifies_what_it_may_fetch_and_fails_the_rest_one_by_one(
         # A URL job is validated like any other: no empty list, no spaces in a URL.
         assert c.post("/v1/jobs/urls", json={"urls": []}).status_code == 422
         assert c.post("/v1/jobs/urls", json={"urls": ["https://a b/"]}).status_code == 422
+
+
+def test_the_cli_submits_urls_and_sets_the_operating_point(
+    service_stack: ServiceStack, base: str, capsys, monkeypatch
+) -> None:
+    monkeypatch.setenv("FAKESCOPE_API_KEY", service_stack.keys["b"])
+    api = ["--api", service_stack.api_url]
+    capsys.readouterr()
+    assert main(["operating-point", "--fake-threshold", "0.8", "--real-threshold", "0.2", *api]) == 0
+    assert json.loads(capsys.readouterr().out) == {"fake_threshold": 0.8, "real_threshold": 0.2}
+    try:
+        assert main(["submit", f"{base}/img/0.png", f"{base}/missing.png", "--wait", *api]) == 0
+        job = json.loads(capsys.readouterr().out)
+        assert job["state"] == "partially_succeeded" and (job["fake_threshold"], job["real_threshold"]) == (0.8, 0.2)
+        assert (job["counts"]["done"], job["counts"]["failed"]) == (1, 1)
+        # Files and URLs are not mixed in one job.
+        with pytest.raises(SystemExit, match="give files or URLs, not both"):
+            main(["submit", f"{base}/img/0.png", __file__, *api])
+    finally:
+        assert main(["operating-point", "--fake-threshold", "0.5", *api]) == 0
+    capsys.readouterr()
+    assert main(["operating-point", *api]) == 0
+    assert json.loads(capsys.readouterr().out) == {"fake_threshold": 0.5, "real_threshold": None}

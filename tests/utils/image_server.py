@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 from tests.utils.stack import png_bytes
 
-IMAGES = {f"/img/{i}.png": png_bytes(9300 + i) for i in range(3)}
+IMAGES = {f"/img/{i}.png": png_bytes(61_100 + i) for i in range(3)}
 
 
 class _Handler(BaseHTTPRequestHandler):
