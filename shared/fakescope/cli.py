@@ -65,6 +65,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         scale_p=args.scale_p,
         scale_min=args.scale_min,
         holdout=args.holdout,
+        train_only=args.train_only,
         content_only=args.content_only,
     )
     out = train(cfg)
@@ -411,6 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale-p", type=float, default=0.0, help="share of batches shrunk before cropping")
     p.add_argument("--scale-min", type=float, default=0.5, help="smallest shrink factor")
     p.add_argument("--holdout", action="append", default=[], help="folder never trained on, scored at the end")
+    p.add_argument(
+        "--train-only",
+        action="append",
+        default=[],
+        help="a source trained on in full, outside the split (the --data split and its validation stay as they were)",
+    )
     p.add_argument("--content-only", type=int, default=0, help="content baseline: shrink every image to this side")
     p.set_defaults(func=_cmd_train)
 

@@ -111,6 +111,9 @@ class TrainConfig:
     # The content-only baseline: every image shrunk to this side and back before anything else, so no
     # generator trace survives and only content is left to learn (0: off).
     content_only: int = 0
+    # Sources trained on in full and never split: more generators beside ``data``, whose split (and
+    # so its validation images) stays what it was without them.
+    train_only: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -381,6 +384,14 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.content_only:
         data = LabelledArray(content_only(data.images, cfg.content_only), data.labels, data.names)
     split = make_split(data.names, data.labels, cfg.val_size, cfg.calib_size, cfg.seed)
+    if cfg.train_only:
+        more = load_labelled(cfg.train_only, size=size)
+        if cfg.content_only:
+            more = LabelledArray(content_only(more.images, cfg.content_only), more.labels, more.names)
+        added = np.arange(len(data), len(data) + len(more))
+        images, labels = np.concatenate([data.images, more.images]), np.concatenate([data.labels, more.labels])
+        data = LabelledArray(images, labels, data.names + more.names)
+        split = Split(np.concatenate([split.train, added]), split.val, split.calib)
     holdout_idx = split.val[:0]
     if cfg.holdout:
         held_mask = held_out(data.names, cfg.holdout)
