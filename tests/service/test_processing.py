@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import event, update
 from sqlmodel import col, select
 
 from fakescope.db.engine import get_engine
@@ -21,7 +21,7 @@ from fakescope.imageio import InputItem
 from fakescope.service import jobs as svc
 from fakescope.service import uploads
 from fakescope.service.overlays import item_overlay
-from fakescope.service.processing import classify_chunk, release_items
+from fakescope.service.processing import cached_results, classify_chunk, release_items
 from fakescope.service.tenants import authenticate, create_api_key, hash_key
 from fakescope.storage import ObjectStore, ObjectTooLarge, StorageError
 from tests.utils.stack import ServiceEnv, png_bytes
@@ -552,3 +552,42 @@ def test_presigned_shards_start_with_one_head_each_and_fail_what_is_not_there(
     assert [r.status for r in rows] == [ItemStatus.DONE] * 5 + [ItemStatus.FAILED], [r.error for r in rows]
     assert rows[-1].error == "image was not uploaded"
     assert [r.sha256 for r in rows[:5]] == [hashlib.sha256(png_bytes(s)).hexdigest() for s in seeds]
+
+
+def test_the_cache_answers_from_the_latest_of_many_copies(service_env: ServiceEnv, detector: Detector) -> None:
+    tenant = _tenant(service_env)
+    # Three jobs of the same bytes: three finished copies (the later two answered from the cache).
+    sha = next(iter(_classify(service_env, detector, _job(service_env, 1, tenant, seeds=[430])).values())).sha256
+    for _ in range(2):
+        _classify(service_env, detector, _job(service_env, 1, tenant, seeds=[430]))
+    with service_env.session() as session:
+        copies = session.exec(select(JobItem).where(JobItem.sha256 == sha)).all()
+        assert len(copies) == 3
+        # Mark one as the newest, with its own probability: the cache must answer from it.
+        newest, keys = copies[1].id, {c.object_key for c in copies}
+        session.exec(
+            update(JobItem)
+            .where(col(JobItem.id) == newest)
+            .values(finished_at=utcnow() + timedelta(minutes=5), fake_probability=0.123)
+        )
+        session.commit()
+    loaded: list[object] = []
+
+    def count(target: object, _context: object) -> None:
+        loaded.append(target)
+
+    event.listen(JobItem, "load", count)
+    try:
+        with service_env.session() as session:
+            hits = cached_results(
+                session, tenant_id=tenant, model_versions=detector.model_versions, sha256s=[sha, sha, "0" * 64]
+            )
+    finally:
+        event.remove(JobItem, "load", count)
+    assert list(hits) == [sha] and hits[sha].id == newest and hits[sha].fake_probability == 0.123
+    # Only that copy was loaded: a hash sent thousands of times costs one row per chunk.
+    assert len(loaded) == 1
+    # Dedup of stored originals picks one location per hash, however many copies point at it.
+    with service_env.session() as session:
+        known = uploads._known_originals(session, tenant, {sha, None})
+    assert list(known) == [sha] and known[sha][0] in keys

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import or_, update
+from sqlalchemy import func, or_, update
 from sqlmodel import Session, col, select
 
 from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, utcnow
@@ -70,8 +70,15 @@ def cached_results(
     if not sha256s:
         return {}
     with_overlay = [or_(col(JobItem.cam_grid).is_not(None), col(JobItem.overlay_key).is_not(None))] if overlays else []
-    rows = session.exec(
-        select(JobItem)
+    # The latest copy of each hash is chosen by the database: a tenant that sent the same bytes
+    # thousands of times must not have every copy loaded for each chunk (the untrusted-input issue).
+    latest = (
+        select(
+            col(JobItem.id).label("id"),
+            func.row_number()
+            .over(partition_by=col(JobItem.sha256), order_by=col(JobItem.finished_at).desc())
+            .label("rank"),
+        )
         .join(Job, col(Job.id) == col(JobItem.job_id))
         .where(
             col(Job.tenant_id) == tenant_id,
@@ -80,8 +87,9 @@ def cached_results(
             col(JobItem.status) == ItemStatus.DONE,
             *with_overlay,
         )
-        .order_by(col(JobItem.finished_at))
-    ).all()
+        .subquery()
+    )
+    rows = session.exec(select(JobItem).join(latest, latest.c.id == col(JobItem.id)).where(latest.c.rank == 1)).all()
     return {r.sha256: r for r in rows if r.sha256}
 
 

@@ -19,7 +19,7 @@ from itertools import islice
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from sqlalchemy import delete, insert
+from sqlalchemy import delete, func, insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
@@ -110,10 +110,23 @@ def _known_originals(session: Session, tenant_id: uuid.UUID, sha256s: set[str | 
     shas = [h for h in sha256s if h]
     if not shas:
         return {}
-    rows = session.exec(
-        select(JobItem.sha256, JobItem.object_key, JobItem.object_offset, JobItem.object_length)
+    # One row per hash, chosen by the database, however many copies the tenant sent.
+    copies = (
+        select(
+            col(JobItem.sha256).label("sha256"),
+            col(JobItem.object_key).label("object_key"),
+            col(JobItem.object_offset).label("object_offset"),
+            col(JobItem.object_length).label("object_length"),
+            func.row_number().over(partition_by=col(JobItem.sha256), order_by=col(JobItem.id)).label("rank"),
+        )
         .join(Job, col(Job.id) == col(JobItem.job_id))
         .where(col(Job.tenant_id) == tenant_id, col(JobItem.sha256).in_(shas))
+        .subquery()
+    )
+    rows = session.exec(
+        select(copies.c.sha256, copies.c.object_key, copies.c.object_offset, copies.c.object_length).where(
+            copies.c.rank == 1
+        )
     ).all()
     # The query matched non-empty hashes, so `sha` is never None; the check only narrows its type.
     return {sha: (key, off, n) for sha, key, off, n in rows if sha is not None}
