@@ -155,7 +155,8 @@ def load_eval_data(
         detector: decides the input size.
         split: ``"val"`` or ``"calib"`` to keep only that held-out part of the checkpoint's own
             training split (same sources, seed and sizes as the checkpoint records), ``"train"`` for
-            the part it was trained on; ``None`` for all.
+            the part it was trained on (with the sources it trained on outside the split); ``None``
+            for all.
         limit: keep a stratified-by-order prefix of at most this many images (quick runs).
     """
     data = load_labelled(sources, size=detector.input_size)
@@ -169,6 +170,15 @@ def load_eval_data(
                 f"(fingerprint {spl.fingerprint(data.names)} != {expected}); pass the sources it was trained on"
             )
         data = data.subset({"val": spl.val, "calib": spl.calib, "train": spl.train}[split])
+        train_only = rec.get("train_only") or []
+        if split == "train" and train_only:
+            # Sources the run trained on in full, outside the split (``fakescope train --train-only``).
+            more = load_labelled(train_only, size=detector.input_size)
+            data = LabelledArray(
+                np.concatenate([data.images, more.images]),
+                np.concatenate([data.labels, more.labels]),
+                data.names + more.names,
+            )
     if limit is not None and limit < len(data):
         rng = np.random.default_rng(0)
         data = data.subset(np.sort(rng.permutation(len(data))[:limit]))
