@@ -11,7 +11,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, update
+from sqlalchemy import String, cast, event, func, update
 from sqlmodel import col, select
 
 from fakescope.db.engine import get_engine
@@ -591,3 +591,36 @@ def test_the_cache_answers_from_the_latest_of_many_copies(service_env: ServiceEn
     with service_env.session() as session:
         known = uploads._known_originals(session, tenant, {sha, None})
     assert list(known) == [sha] and known[sha][0] in keys
+
+
+@pytest.mark.slow
+def test_a_job_over_the_parameter_limit_starts_and_expires(service_env: ServiceEnv) -> None:
+    """70,000 items: more than one Postgres statement can bind (65,535), at start and at retention."""
+    n, per_shard = 70_000, 256
+    shards = [
+        [(f"{s}-{m}.png", m * 10, 10) for m in range(min(per_shard, n - s * per_shard))]
+        for s in range(-(-n // per_shard))
+    ]
+    with service_env.session() as session:
+        job, _, created = uploads.create_upload_job(
+            session, service_env.store, tenant_id=_tenant(service_env), shards=shards
+        )
+        assert created and job.total == n
+        # Nothing was uploaded: every item fails at the start, in one transaction.
+        chunks = Chunks()
+        job = uploads.start_job(session, service_env.store, chunks, job=job)
+        assert (job.state == JobState.FAILED and chunks.sent == [(job.id, [])]) or not chunks.sent
+        assert svc.job_counts(session, job_id=job.id).failed == n
+        job_id = job.id
+        # Give every item an object of its own and let the job expire: retention looks for sharers of
+        # 70,000 keys and deletes the rows.
+        session.exec(
+            update(JobItem)
+            .where(col(JobItem.job_id) == job_id)
+            .values(object_key=func.concat("t/", cast(JobItem.id, String)), object_offset=None, object_length=None)
+        )
+        session.exec(update(Job).where(col(Job.id) == job_id).values(finished_at=utcnow() - timedelta(days=40)))
+        session.commit()
+        jobs, objects = svc.purge_expired(session, service_env.store, older_than_s=30 * 86400)
+        assert jobs >= 1 and objects >= n
+        assert session.get(Job, job_id) is None

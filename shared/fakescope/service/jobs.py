@@ -31,6 +31,7 @@ from fakescope.db.models import (
 )
 from fakescope.result import Verdict
 from fakescope.service import webhooks
+from fakescope.service.rows import batched
 from fakescope.storage import ObjectStore
 
 __all__ = [
@@ -305,9 +306,10 @@ def purge_expired(session: Session, store: ObjectStore, *, older_than_s: float, 
         if overlay:
             keys.add(overlay)
     others = col(JobItem.job_id).not_in(job_ids)
-    shared = set(session.exec(select(JobItem.object_key).where(others, col(JobItem.object_key).in_(keys))).all()) | set(
-        session.exec(select(JobItem.overlay_key).where(others, col(JobItem.overlay_key).in_(keys))).all()
-    )
+    shared: set[str | None] = set()
+    for part in batched(sorted(keys)):  # expired jobs can hold more objects than one statement's parameters
+        shared |= set(session.exec(select(JobItem.object_key).where(others, col(JobItem.object_key).in_(part))).all())
+        shared |= set(session.exec(select(JobItem.overlay_key).where(others, col(JobItem.overlay_key).in_(part))).all())
     doomed = sorted(keys - shared)
     for start in range(0, len(doomed), 1000):
         store.delete(doomed[start : start + 1000])

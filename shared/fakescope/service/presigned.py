@@ -24,6 +24,7 @@ from fakescope.result import OperatingPoint
 from fakescope.service import Enqueue
 from fakescope.service.idempotency import new_job, request_fingerprint
 from fakescope.service.jobs import JobStateError, finish
+from fakescope.service.rows import batched
 from fakescope.storage import ObjectStore, StorageError, original_key, shard_key
 
 __all__ = ["create_upload_job", "start_job"]
@@ -201,16 +202,17 @@ def _claim(session: Session, job: Job, queued: list[uuid.UUID], failed: dict[str
         session.refresh(job)
         raise JobStateError("Job was cancelled" if job.state == JobState.CANCELLED else "Job already started")
     waiting = col(JobItem.status) == ItemStatus.AWAITING_UPLOAD
-    if queued:
+    for part in batched(queued):  # one transaction, in statements under the parameter limit
         session.exec(
             update(JobItem)
-            .where(col(JobItem.id).in_(queued), waiting)
+            .where(col(JobItem.id).in_(part), waiting)
             .values(status=ItemStatus.QUEUED, enqueued_at=utcnow())
         )
     for error, ids in failed.items():
-        session.exec(
-            update(JobItem)
-            .where(col(JobItem.id).in_(ids), waiting)
-            .values(status=ItemStatus.FAILED, error=error, finished_at=utcnow())
-        )
+        for part in batched(ids):
+            session.exec(
+                update(JobItem)
+                .where(col(JobItem.id).in_(part), waiting)
+                .values(status=ItemStatus.FAILED, error=error, finished_at=utcnow())
+            )
     session.commit()

@@ -4,16 +4,28 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import JSON, String, bindparam, cast, func, literal_column
 from sqlmodel import Session
 
 from fakescope.db.models import JobItem
 
-__all__ = ["uuids", "write_rows"]
+T = TypeVar("T")
+
+__all__ = ["IN_BATCH", "batched", "uuids", "write_rows"]
+
+# Values bound in one ``IN (...)``: Postgres takes at most 65,535 parameters a statement, and a job
+# can have more items than that (the untrusted-input issue: a 70,000-image job could never start).
+IN_BATCH = 10_000
+
+
+def batched(values: Sequence[T], n: int = IN_BATCH) -> Iterator[Sequence[T]]:
+    """``values`` in consecutive slices of at most ``n`` (none for an empty sequence)."""
+    for start in range(0, len(values), n):
+        yield values[start : start + n]
 
 
 def uuids(ids: Sequence[str | uuid.UUID]) -> list[uuid.UUID]:
