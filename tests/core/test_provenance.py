@@ -23,8 +23,10 @@ from fakescope import provenance
 from fakescope.provenance import (
     C2PA_NOT_INSTALLED,
     GENERATOR_PATTERNS,
+    MAX_RECORD_CHARS,
     XMP_DTD_REFUSED,
     Provenance,
+    provenance_summary,
     read_provenance,
 )
 
@@ -633,3 +635,31 @@ def test_truncated_signed_file_is_tampered(signing: dict[str, Any], fmt: str, cu
     assert result.c2pa["valid"] is False
     assert not result.declares_ai
     assert any(e.startswith("c2pa: ") for e in result.details["errors"])
+
+
+def test_a_result_carries_a_bounded_record_whatever_the_file_declares() -> None:
+    huge = "x" * 5_000_000
+    record = {
+        "declares_ai": True,
+        "tampered": False,
+        "sources": ["c2pa"] * 10_000,
+        "generator": "Midjourney",
+        "digital_source_type": huge,
+        "c2pa": {
+            "present": True,
+            "valid": True,
+            "signer": huge,
+            "assertions": [{"a": {"b": {"c": {"d": {"e": {"f": huge}}}}}}] * 1000,
+        },
+        "details": {f"key{i}": huge for i in range(10_000)},
+    }
+    summary = provenance_summary(record)
+    assert summary is not None and len(json.dumps(summary)) <= MAX_RECORD_CHARS
+    # What a verdict rests on survives: the declaration, the generator, the manifest's validity.
+    assert summary["declares_ai"] is True and summary["generator"] == "Midjourney"
+    assert summary["c2pa"]["present"] is True and summary["c2pa"]["valid"] is True
+    assert summary["truncated"] is True
+    # A small record is carried whole.
+    small = {**record, "sources": ["c2pa"], "digital_source_type": "trainedAlgorithmicMedia", "details": {}}
+    small["c2pa"] = {"present": True, "valid": True, "signer": "Adobe"}
+    assert provenance_summary(small) == small
