@@ -9,6 +9,8 @@ folder for objects, the filesystem broker), so a newcomer can try the API at onc
 from __future__ import annotations
 
 import argparse
+import ctypes
+import functools
 import json
 import logging
 import os
@@ -27,6 +29,19 @@ logger = logging.getLogger(__name__)
 
 # The API and workers packages sit next to shared/ in a source checkout.
 REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+# prctl(2): ask the kernel to signal a child when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with(parent: int) -> None:
+    """Runs in each child before it starts (Linux): SIGTERM it when ``parent`` dies, even by SIGKILL,
+    so a killed ``fakescope serve`` leaves no API still answering on its port nor workers consuming."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != parent:  # the parent died before the request was made
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 @dataclass
@@ -52,6 +67,7 @@ class Stack:
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            preexec_fn=functools.partial(_die_with, os.getpid()) if sys.platform == "linux" else None,
         )
         log.close()
         self.procs[name] = proc
@@ -204,6 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     signal.signal(signal.SIGINT, _stop)
     signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGHUP, _stop)  # the terminal closed: stop the children too, as on Ctrl-C
     try:
         while not stopping:
             dead = [n for n, pr in stack.procs.items() if pr.poll() is not None]
