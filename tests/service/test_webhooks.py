@@ -105,12 +105,21 @@ class _Receiver(BaseHTTPRequestHandler):
     received: ClassVar[list[tuple[dict[str, str], bytes]]] = []
     codes: ClassVar[list[int]] = []
     endless: ClassVar[bool] = False
+    trickle: ClassVar[bool] = False
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers["Content-Length"]))
         _Receiver.received.append((dict(self.headers), body))
         code = _Receiver.codes.pop(0) if _Receiver.codes else 204
-        self.send_response(200 if _Receiver.endless else code)
+        self.send_response(200 if _Receiver.endless or _Receiver.trickle else code)
+        if _Receiver.trickle:  # a byte every 0.2 s: each read is quick, the body never ends
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                for _ in range(3000):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    time.sleep(0.2)
+            return
         if _Receiver.endless:
             self.send_header("Content-Type", "application/octet-stream")
             self.end_headers()
@@ -127,7 +136,7 @@ class _Receiver(BaseHTTPRequestHandler):
 
 @pytest.fixture
 def receiver() -> Iterator[int]:
-    _Receiver.received, _Receiver.codes, _Receiver.endless = [], [], False
+    _Receiver.received, _Receiver.codes, _Receiver.endless, _Receiver.trickle = [], [], False, False
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Receiver)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     yield server.server_address[1]
@@ -169,6 +178,16 @@ def test_an_endless_response_is_read_to_the_limit_and_dropped(receiver: int) -> 
     _Receiver.endless = True
     target = resolve_callback(f"http://127.0.0.1:{receiver}/", ["127.0.0.1/32"])
     assert post_pinned(target, b"{}", {}, timeout_s=5, max_response_bytes=256 * 1024) == 200
+
+
+def test_a_trickling_response_is_dropped_at_the_deadline(receiver: int) -> None:
+    # Every read returns within the read timeout, so only a deadline on the whole body ends it: the
+    # attempt then has its outcome (the status line's) well inside the task's time limit.
+    _Receiver.trickle = True
+    target = resolve_callback(f"http://127.0.0.1:{receiver}/", ["127.0.0.1/32"])
+    t0 = time.monotonic()
+    assert post_pinned(target, b"{}", {}, timeout_s=1, max_response_bytes=64 * 1024) == 200
+    assert time.monotonic() - t0 < 30  # the body alone would take 600 s
 
 
 def test_standard_webhooks_signature_is_the_documented_hmac() -> None:

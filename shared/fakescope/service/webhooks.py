@@ -106,7 +106,10 @@ def post_pinned(
 
     The URL's host is kept in the Host header and as the TLS server name (certificates are verified
     against it), but the socket goes to the address that was checked. No redirects, no proxies from
-    the environment; at most ``max_response_bytes`` of the response body are read.
+    the environment; at most ``max_response_bytes`` of the response body are read, for at most
+    ``timeout_s`` after the status line: the status decides the outcome, and a receiver that
+    trickles its body must not hold the task past its time limit (where no outcome is recorded and
+    the sweeper sends again, forever).
     """
     if not target.addresses:
         raise CallbackURLError("callback_url host was not resolved")
@@ -114,11 +117,12 @@ def post_pinned(
     with httpx.Client(timeout=timeout_s, follow_redirects=False, trust_env=False) as client:
         request = client.build_request("POST", url, content=body, headers={**headers, **pinned}, extensions=extensions)
         response = client.send(request, stream=True)
+        deadline = time.monotonic() + timeout_s
         try:
             read = 0
             for chunk in response.iter_raw():
                 read += len(chunk)
-                if read >= max_response_bytes:
+                if read >= max_response_bytes or time.monotonic() > deadline:
                     break
         finally:
             response.close()
