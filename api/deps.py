@@ -141,6 +141,10 @@ def _report_reader(request: Request, session: Session, settings: Settings, token
     allowed = request.method in ("GET", "HEAD") or marks
     if not allowed or str(request.path_params.get("job_id", "")) != str(job_id):
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="A report token only reads its own job")
+    if request.url.path.endswith("/deliveries"):
+        # The webhook delivery log (the tenant's receiver, its answers) is the tenant's, not the report's.
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="A report token does not read webhook deliveries")
+    request.state.report_token = True
     return job.tenant_id
 
 

@@ -288,7 +288,11 @@ def list_jobs(
 @router.get("/{job_id}", response_model=JobPublic)
 def get_job(request: Request, job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> JobPublic:
     job = _job_or_404(session, tenant, job_id)
-    return svc.job_public(session, job, _status_url(request, job.id))
+    public = svc.job_public(session, job, _status_url(request, job.id))
+    if getattr(request.state, "report_token", False):
+        # A shared report link shows the report, not where the tenant's webhooks go.
+        public.callback_url = None
+    return public
 
 
 @router.post("/{job_id}/report-link", status_code=status.HTTP_201_CREATED, response_model=ReportLink)

@@ -152,7 +152,8 @@ def test_keys_are_created_listed_and_revoked_from_the_cli(service_stack: Service
 
 def test_a_report_link_reads_its_job_and_nothing_else(service_stack: ServiceStack) -> None:
     with service_stack.client() as c:
-        job = c.post("/v1/jobs", files=[("files", ("1.png", png_bytes(61), "image/png"))]).json()
+        hook = {"callback_url": "http://127.0.0.1:9/hook"}  # the tenant's receiver: not the report's to show
+        job = c.post("/v1/jobs", files=[("files", ("1.png", png_bytes(61), "image/png"))], data=hook).json()
         other = c.post("/v1/jobs", files=[("files", ("2.png", png_bytes(62), "image/png"))]).json()
         link = c.post(f"/v1/jobs/{job['id']}/report-link")
         assert link.status_code == 201, link.text
@@ -160,8 +161,12 @@ def test_a_report_link_reads_its_job_and_nothing_else(service_stack: ServiceStac
     assert body["url"] == f"{service_stack.api_url}/report/{job['id']}#token={body['token']}"
     service_stack.wait_job(job["id"])
     with httpx.Client(base_url=service_stack.api_url, headers={"X-Report-Token": body["token"]}, timeout=30) as r:
-        assert r.get(f"/v1/jobs/{job['id']}").json()["state"] == "succeeded"
+        shown = r.get(f"/v1/jobs/{job['id']}").json()
+        assert shown["state"] == "succeeded" and shown["callback_url"] is None
         assert r.get(f"/v1/jobs/{job['id']}/results").json()["count"] == 1
+        deliveries = r.get(f"/v1/jobs/{job['id']}/deliveries")
+        assert deliveries.status_code == 403
+        assert deliveries.json() == {"detail": "A report token does not read webhook deliveries"}
         assert r.get(f"/v1/jobs/{other['id']}").json() == {"detail": "A report token only reads its own job"}
         assert r.get("/v1/jobs").status_code == 403
         assert r.delete(f"/v1/jobs/{job['id']}").status_code == 401  # no key: it cannot cancel
