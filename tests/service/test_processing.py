@@ -7,6 +7,7 @@ import hashlib
 import uuid
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
 
@@ -624,3 +625,39 @@ def test_a_job_over_the_parameter_limit_starts_and_expires(service_env: ServiceE
         jobs, objects = svc.purge_expired(session, service_env.store, older_than_s=30 * 86400)
         assert jobs >= 1 and objects >= n
         assert session.get(Job, job_id) is None
+
+
+def test_overlays_are_drawn_a_few_at_a_time(
+    service_env: ServiceEnv, detector: Detector, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+    import time
+
+    from fakescope.service import overlays
+
+    items = _classify(service_env, detector, _job(service_env, 8, _tenant(service_env), seeds=range(61_200, 61_208)))
+    job_id = next(iter(items.values())).job_id
+    now, most = 0, 0
+    lock = threading.Lock()
+    real = overlays.render_overlay
+
+    def slow_render(*args: object, **kwargs: object) -> bytes:
+        nonlocal now, most
+        with lock:
+            now += 1
+            most = max(most, now)
+        time.sleep(0.2)  # long enough for every request to be waiting at once
+        with lock:
+            now -= 1
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(overlays, "render_overlay", slow_render)
+
+    def draw(position: int) -> bytes | None:
+        with service_env.session() as session:
+            return overlays.item_overlay(session, service_env.store, job_id=job_id, position=position)
+
+    with ThreadPoolExecutor(8) as pool:
+        pngs = list(pool.map(draw, range(8)))
+    assert all(p is not None and p.startswith(b"\x89PNG") for p in pngs)
+    assert most == overlays.DRAW_SLOTS

@@ -8,6 +8,7 @@ platform that reads verdicts only pays for neither. Torch-free: the API runs thi
 from __future__ import annotations
 
 import logging
+import threading
 import uuid
 
 from sqlalchemy import update
@@ -22,6 +23,12 @@ from fakescope.storage import ObjectNotFound, ObjectStore, ObjectTooLarge, overl
 __all__ = ["image_resource", "item_overlay", "overlay_resource"]
 
 logger = logging.getLogger(__name__)
+
+# Overlays a process draws at once. A draw decodes the whole original (up to the pixel limit, a few
+# hundred MB for the largest), and the signed URLs that ask for them are not rate-limited by key:
+# twelve keyless GETs at once once grew the API by 2.7 GB. The rest wait their turn.
+DRAW_SLOTS = 2
+_drawing = threading.BoundedSemaphore(DRAW_SLOTS)
 
 
 def image_resource(job_id: uuid.UUID | str, position: int) -> str:
@@ -59,7 +66,8 @@ def item_overlay(
     if not item.cam_grid:
         return None
     try:
-        png = render_overlay(read_original(store, item, max_bytes), item.cam_grid, max_pixels=max_pixels)
+        with _drawing:
+            png = render_overlay(read_original(store, item, max_bytes), item.cam_grid, max_pixels=max_pixels)
     except (ObjectNotFound, ObjectTooLarge, ImageError) as e:
         # The original decoded when it was classified: only retention or an operator removes it.
         logger.warning("item %s: cannot draw its overlay: %s", item.id, e)
