@@ -99,6 +99,33 @@ StoreDep = Annotated[ObjectStore, Depends(get_object_store)]
 EnqueuerDep = Annotated[Enqueuer, Depends(get_enqueuer)]
 
 
+# Set by api.gate.KeyGate on the request's state when it already checked the key (and counted the
+# request against its rate limit) before the body was received.
+GATED_TENANT = "gated_tenant"
+
+
+def check_key(app: FastAPI, key: str) -> tuple[uuid.UUID | None, int]:
+    """``(tenant, retry_after)`` of an API key: the tenant None when the key is unknown or revoked,
+    ``retry_after`` the seconds until its rate limit allows it (0: allowed; the request is counted)."""
+    with Session(get_engine(get_settings().sqlalchemy_url)) as session:
+        tenant = authenticate(session, key=key)
+    if tenant is None:
+        return None, 0
+    try:
+        return tenant, app_services(app).limiter.hit(hash_key(key))
+    except RedisError as e:  # the limiter's store is down: serve rather than fail every request
+        logger.warning("rate limiter unavailable, not limiting: %s", e)
+        return tenant, 0
+
+
+def rate_limited(settings: Settings, retry_after: int) -> HTTPException:
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        detail=f"Rate limit of {settings.rate_limit_per_minute} requests a minute for this key",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
 def get_tenant(
     request: Request,
     session: SessionDep,
@@ -106,6 +133,9 @@ def get_tenant(
     key: Annotated[str | None, Security(api_key_header)],
     report_token: Annotated[str | None, Security(report_token_header)],
 ) -> uuid.UUID:
+    gated: uuid.UUID | None = getattr(request.state, GATED_TENANT, None)
+    if gated is not None:
+        return gated  # checked and counted before the body was read (api.gate)
     if not key and report_token:
         tenant_id = _report_reader(request, session, settings, report_token)
         key = report_token  # rate-limited like a key of its own
@@ -122,11 +152,7 @@ def get_tenant(
         logger.warning("rate limiter unavailable, not limiting: %s", e)
         retry_after = 0
     if retry_after:
-        raise HTTPException(
-            status.HTTP_429_TOO_MANY_REQUESTS,
-            detail=f"Rate limit of {settings.rate_limit_per_minute} requests a minute for this key",
-            headers={"Retry-After": str(retry_after)},
-        )
+        raise rate_limited(settings, retry_after)
     return tenant_id
 
 

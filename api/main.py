@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError as DBOperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api.deps import app_services
+from api.gate import KeyGate
 from api.limits import BodySizeLimit
 from api.routes import detect, feedback, health, jobs, objects, operating_point, report, webhooks
 from fakescope.service.budget import UploadBusy
@@ -109,6 +110,8 @@ def create_app() -> FastAPI:
     settings = get_settings()
     # Webhooks of jobs this process finishes or cancels go to the webhooks queue, never inline.
     set_sender(lambda job_id: app_services(app).enqueuer.webhook(job_id))
+    # Inner: a key is checked, and its rate limit counted, before any body byte is received (api.gate).
+    app.add_middleware(KeyGate)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, json_max_bytes=settings.max_json_bytes)
     return app
 
