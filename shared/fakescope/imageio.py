@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 import tarfile
 import warnings
 import zipfile
@@ -48,6 +49,53 @@ DEFAULT_MAX_MEMBERS = 100_000
 # What one archive may expand to in all: its members are read one at a time, but a scan or an API
 # request should not spend hours inflating a few MB of well-compressed data.
 DEFAULT_MAX_ARCHIVE_BYTES = 8 * 1024 * 1024 * 1024
+# Images are already compressed: an archive of them expands by little. One that expands by more than
+# this ratio (plus a floor for tiny archives) is a decompression bomb, whatever its members are.
+MAX_EXPANSION_RATIO = 8
+EXPANSION_FLOOR_BYTES = 64 * 1024 * 1024
+# A tar header's long name or pax record is a file name, not data: tarfile reads it whole into memory.
+MAX_TAR_HEADER_BYTES = 64 * 1024
+# A zip's central directory entry is about 50 bytes plus the name: one much larger per member is no
+# directory of images.
+MAX_ZIP_DIRECTORY_BYTES_PER_MEMBER = 4096
+
+
+class _BoundedTarInfo(tarfile.TarInfo):
+    """tarfile reads a GNU long-name or pax header's declared size into memory before anything else
+    looks at it (a 0.5 MiB .tar.gz declaring a 512 MiB name grew the API by 1 GB): refuse large ones."""
+
+    def _proc_gnulong(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.size > MAX_TAR_HEADER_BYTES:
+            raise tarfile.HeaderError(f"long-name header of {self.size} bytes")
+        return super()._proc_gnulong(tarfile_)  # type: ignore[misc]
+
+    def _proc_pax(self, tarfile_: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.size > MAX_TAR_HEADER_BYTES:
+            raise tarfile.HeaderError(f"pax header of {self.size} bytes")
+        return super()._proc_pax(tarfile_)  # type: ignore[misc]
+
+
+def _zip_directory(path: Path) -> tuple[int, int] | None:
+    """``(members, central directory bytes)`` a zip's end records declare, read from its last 64 KiB
+    before :class:`zipfile.ZipFile` parses (and holds) the whole directory; None when not found."""
+    size = path.stat().st_size
+    with path.open("rb") as f:
+        f.seek(max(0, size - 65_558))
+        tail = f.read()
+    at = tail.rfind(b"PK\x05\x06")
+    if at < 0 or len(tail) < at + 22:
+        return None
+    members, directory = struct.unpack("<HI", tail[at + 10 : at + 16])
+    locator = tail.rfind(b"PK\x06\x07", 0, at)
+    if (members == 0xFFFF or directory == 0xFFFFFFFF) and locator >= 0:
+        (record,) = struct.unpack("<Q", tail[locator + 8 : locator + 16])
+        with path.open("rb") as f:
+            f.seek(record)
+            zip64 = f.read(56)
+        if zip64[:4] == b"PK\x06\x06" and len(zip64) >= 48:
+            members, directory = struct.unpack("<QQ", zip64[32:48])
+    return members, directory
+
 
 _RESAMPLE = {
     "nearest": Image.Resampling.NEAREST,
@@ -220,8 +268,19 @@ def _iter_archive(
     """Members of a zip or tar archive, read into memory one at a time with a size cap each and one
     for the whole archive. Zip members come in name order (the central directory allows it); tar
     members in archive order."""
+    # Decompressed bytes (every member's, read or skipped) this archive may cost in all.
+    budget = min(max_total_bytes, EXPANSION_FLOOR_BYTES + MAX_EXPANSION_RATIO * path.stat().st_size)
     try:
         if zipfile.is_zipfile(path):
+            declared_dir = _zip_directory(path)
+            if declared_dir is not None:
+                members, directory = declared_dir
+                if members > max_members:
+                    yield InputItem(label, _fail(f"archive has {members} members, over the limit of {max_members}"))
+                    return
+                if directory > MAX_ZIP_DIRECTORY_BYTES_PER_MEMBER * max(members, 1):
+                    yield InputItem(label, _fail("corrupt archive: its directory is too large for its members"))
+                    return
             zf = zipfile.ZipFile(path)
             infos = sorted(
                 (i for i in zf.infolist() if not i.is_dir() and not _skip(i.filename)), key=lambda i: i.filename
@@ -230,8 +289,8 @@ def _iter_archive(
                 yield InputItem(label, _fail(f"archive has {len(infos)} members, over the limit of {max_members}"))
                 return
             declared = sum(i.file_size for i in infos if i.file_size <= max_bytes)
-            if declared > max_total_bytes:
-                yield InputItem(label, _fail(f"archive expands past the limit of {max_total_bytes} bytes in all"))
+            if declared > budget:
+                yield InputItem(label, _fail(f"archive expands past the limit of {budget} bytes in all"))
                 return
             for info in infos:
                 if _unsafe(info.filename):
@@ -254,15 +313,27 @@ def _iter_archive(
                     return data
 
                 yield InputItem(f"{label}/{info.filename}", read_zip, size=info.file_size)
-        elif tarfile.is_tarfile(path):
+        else:
+            # Not tarfile.is_tarfile: it reads the first header with the stock TarInfo, which reads a
+            # long-name header's declared size into memory. Opening the stream reads it with ours.
+            try:
+                tar = tarfile.open(path, "r|*", tarinfo=_BoundedTarInfo)  # noqa: SIM115 - closed by the with below
+            except tarfile.ReadError:
+                yield InputItem(label, _fail("not a zip or tar archive, though named like one"))
+                return
             # Streamed in archive order: a compressed tar can only be read forwards, and seeking back
             # to a member behind the current one re-decompresses from the start (sorting the members
             # by name made a reversed archive quadratic). Members are counted as they come, and the
             # bytes read are capped for the whole archive, so neither a member list nor a stream of
             # small members can hold the reader for long.
-            with tarfile.open(path, "r|*") as tar:
+            with tar:
                 count, total = 0, 0
                 for m in tar:
+                    # Every member is decompressed to move past it, read or skipped: each counts.
+                    total += max(m.size, 0)
+                    if total > budget:
+                        yield InputItem(label, _fail(f"archive expands past the limit of {budget} bytes in all"))
+                        return
                     if not m.isfile() or _skip(m.name):
                         continue
                     count += 1
@@ -276,12 +347,6 @@ def _iter_archive(
                     if m.size > max_bytes:
                         yield InputItem(name, _fail(f"archive member is {m.size} bytes, over the limit"))
                         continue
-                    total += m.size
-                    if total > max_total_bytes:
-                        yield InputItem(
-                            name, _fail(f"archive expands past the limit of {max_total_bytes} bytes in all")
-                        )
-                        return
                     f = tar.extractfile(m)
                     data = f.read() if f is not None else b""
 
@@ -289,8 +354,7 @@ def _iter_archive(
                         return data
 
                     yield InputItem(name, read_tar, size=len(data))
-        else:
-            yield InputItem(label, _fail("not a zip or tar archive, though named like one"))
+
     except (OSError, EOFError, tarfile.TarError, zipfile.BadZipFile) as e:
         yield InputItem(label, _fail(f"corrupt archive: {e}"))
 

@@ -1,5 +1,7 @@
+import gzip
 import io
 import json
+import struct
 import tarfile
 import zipfile
 
@@ -187,3 +189,48 @@ def test_heic_is_scanned_and_its_exif_read_as_provenance(tmp_path, tiny_checkpoi
     assert rows["photo.heic"]["error"] is None and rows["photo.heic"]["width"] == 80
     assert rows["photo.heic"]["prediction"] == "fake" and rows["photo.heic"]["decided_by"] == "provenance"
     assert rows["broken.heic"]["error"].startswith("corrupt or truncated image")
+
+
+def test_a_tar_long_name_header_is_not_read_into_memory(tmp_path):
+    # A GNU long-name header declaring a 512 MiB name: tarfile would read it whole before anything
+    # else looked at it. The header is refused as it is met.
+    header = tarfile.TarInfo("././@LongLink")
+    header.type = tarfile.GNUTYPE_LONGNAME
+    header.size = 512 * 1024 * 1024
+    path = tmp_path / "longname.tar.gz"
+    with gzip.open(path, "wb") as f:
+        f.write(header.tobuf(format=tarfile.GNU_FORMAT))
+        f.write(b"\0" * (4 * 1024 * 1024))  # some of the "name"; gzip makes it tiny
+    (item,) = list(iter_inputs([path]))
+    with pytest.raises(ImageError, match="long-name header of 536870912 bytes"):
+        item.read()
+
+
+def test_skipped_tar_members_count_toward_the_archive_budget(tmp_path):
+    # Oversized members are skipped, but reaching the next one means decompressing them: they count.
+    path = tmp_path / "skips.tar.gz"
+    with tarfile.open(path, "w:gz") as tf:
+        for i in range(4):
+            info = tarfile.TarInfo(f"{i}.png")
+            info.size = 2 * 1024 * 1024
+            tf.addfile(info, io.BytesIO(b"\0" * info.size))
+    from fakescope.imageio import _iter_archive
+
+    items = list(_iter_archive(path, "skips.tar.gz", 1024 * 1024, 100, max_total_bytes=5 * 1024 * 1024))
+    assert [i.name for i in items] == ["skips.tar.gz/0.png", "skips.tar.gz/1.png", "skips.tar.gz"]
+    with pytest.raises(ImageError, match="expands past the limit"):
+        items[-1].read()
+    # And a well-compressed archive may not expand past a multiple of its own size, whatever the cap.
+    from fakescope import imageio
+
+    assert path.stat().st_size * imageio.MAX_EXPANSION_RATIO + imageio.EXPANSION_FLOOR_BYTES < 8 * 1024**3
+
+
+def test_a_zip_declaring_too_many_members_is_refused_before_its_directory_is_parsed(tmp_path):
+    # Only an end-of-central-directory record declaring 60,000 entries: zipfile would parse (and hold)
+    # a directory that large; the count is read from the record first.
+    path = tmp_path / "many.zip"
+    path.write_bytes(b"PK\x05\x06" + struct.pack("<HHHHIIH", 0, 0, 60_000, 60_000, 60_000 * 46, 0, 0))
+    (item,) = list(iter_inputs([path], max_members=100))
+    with pytest.raises(ImageError, match="archive has 60000 members, over the limit of 100"):
+        item.read()
