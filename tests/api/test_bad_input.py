@@ -39,6 +39,9 @@ JOB_ROUTES = [
 ]
 
 
+OVERLAPPING = ({"name": "a", "offset": 0, "length": 100}, {"name": "b", "offset": 50, "length": 100})
+
+
 def _zip(members: dict[str, bytes], method: int = zipfile.ZIP_DEFLATED) -> bytes:
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", method) as zf:
@@ -206,7 +209,13 @@ def test_malformed_bodies_and_wrong_content_types(service_stack: ServiceStack) -
                 "greater_than_equal",
                 ["body", "shards", 0, "members", 0, "offset"],
             ),
+            (  # two members over the same bytes: each would be a copy of them in the worker
+                {"shards": [{"members": [OVERLAPPING[0], OVERLAPPING[1]]}]},
+                "value_error",
+                ["body"],
+            ),
             ({"names": []}, "too_short", ["body", "names"]),
+            ({"names": ["a.png"], "fake_threshold": 0}, "greater_than", ["body", "fake_threshold"]),
             ({"names": "a.png"}, "list_type", ["body", "names"]),
             ({"names": ["x" * (ITEM_NAME_MAX + 1)]}, "string_too_long", ["body", "names", 0]),
             ({"names": ["ok.png", "nul\x00.png"]}, "string_pattern_mismatch", ["body", "names", 1]),
