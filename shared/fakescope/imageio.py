@@ -162,6 +162,30 @@ def sniff_media_type(data: bytes) -> str:
     return next((t for magic, t in _MAGIC if data.startswith(magic)), "application/octet-stream")
 
 
+# Compressed text chunks (zTXt, iTXt) a PNG may carry: a real file has a handful. Pillow inflates up
+# to 1 MiB of each and does not count one whose checksum fails, so thousands of small bombs with bad
+# checksums cost tens of seconds of inflating while staying "valid".
+MAX_PNG_COMPRESSED_TEXT_CHUNKS = 64
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _screen_png(data: bytes) -> None:
+    """Walks a PNG's chunk headers (no chunk is read) and refuses one Pillow would spend long on."""
+    pos, compressed = len(_PNG_SIGNATURE), 0
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        if kind in (b"zTXt", b"iTXt"):
+            compressed += 1
+            if compressed > MAX_PNG_COMPRESSED_TEXT_CHUNKS:
+                raise ImageError(
+                    f"PNG carries more than {MAX_PNG_COMPRESSED_TEXT_CHUNKS} compressed text chunks, the limit"
+                )
+        if kind == b"IEND":
+            return
+        pos += 12 + length
+
+
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decodes ``data`` fully, refusing empty, non-image, truncated and oversized inputs.
 
@@ -170,6 +194,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     """
     if not data:
         raise ImageError("empty file (0 bytes)")
+    if data.startswith(_PNG_SIGNATURE):
+        _screen_png(data)
     try:
         with warnings.catch_warnings():
             # Pillow warns, then raises, on bombs; we check the size ourselves before decoding.

@@ -298,15 +298,27 @@ class _PngFindings:
     has_c2pa: bool = False
 
 
+class _InflateFailed(Exception):
+    """A text chunk that does not inflate, after ``spent`` bytes of output were produced for it."""
+
+    def __init__(self, spent: int) -> None:
+        self.spent = spent
+
+
 def _inflate(payload: bytes, key: str, budget: int, errors: _Errors) -> bytes:
-    """Inflates a text chunk, capped: a zlib bomb yields its first MAX_PNG_TEXT_BYTES and an error."""
+    """Inflates a text chunk, capped: a zlib bomb yields its first MAX_PNG_TEXT_BYTES and an error.
+
+    Raises:
+        _InflateFailed: the stream is corrupt (its checksum, say); the inflating it cost still counts
+            against the file's text budget, or thousands of such chunks cost tens of seconds.
+    """
     cap = min(MAX_PNG_TEXT_BYTES, budget)
     inflater = zlib.decompressobj()
     try:
         out = inflater.decompress(payload, cap)
     except zlib.error as exc:
         errors.add(f"png: text chunk {key!r} does not inflate: {exc}")
-        return b""
+        raise _InflateFailed(cap) from None
     if inflater.unconsumed_tail:
         errors.add(f"png: text chunk {key!r} inflates past {cap} bytes; read the first {cap}")
     return out
@@ -373,7 +385,12 @@ def _walk_png(data: bytes, errors: _Errors) -> _PngFindings:
                     errors.add(f"png: text chunks exceed {MAX_PNG_TEXT_TOTAL} bytes; the rest are not read")
                     over_budget_reported = True
             else:
-                parsed = _parse_png_text(ctype, data[start:end], budget, errors)
+                try:
+                    parsed = _parse_png_text(ctype, data[start:end], budget, errors)
+                except _InflateFailed as failed:
+                    budget -= failed.spent  # the work was done: it counts
+                    parsed = None
+                budget -= length  # every text chunk's bytes count too, parsed or not
                 if parsed is not None:
                     key, text = parsed
                     budget -= len(text)

@@ -20,6 +20,7 @@ from PIL import Image, features
 from PIL.PngImagePlugin import PngInfo
 
 from fakescope import provenance
+from fakescope.imageio import ImageError, decode_image
 from fakescope.provenance import (
     C2PA_NOT_INSTALLED,
     GENERATOR_PATTERNS,
@@ -152,6 +153,25 @@ def test_ztxt_bomb_is_capped() -> None:
     cap = provenance.MAX_PNG_TEXT_BYTES
     assert f"png: text chunk 'Comment' inflates past {cap} bytes; read the first {cap}" in result.details["errors"]
     assert not result.declares_ai
+
+
+def test_text_chunks_that_fail_to_inflate_still_spend_the_budget() -> None:
+    # Thousands of small zlib bombs whose checksum fails at the end: each inflated to its cap before
+    # failing, and none counted, so a 16 MiB file cost 42 s here and 40 s more in Pillow.
+    z = zlib.compress(b"\x00" * (2 * 1024 * 1024), 9)
+    body = b"Comment\x00\x00" + z[:-4] + bytes(4)  # a bad adler32
+    chunk = struct.pack(">I", len(body)) + b"zTXt" + body + struct.pack(">I", zlib.crc32(b"zTXt" + body))
+    plain = _png()
+    data = plain[:33] + chunk * 2000 + plain[33:]
+
+    errors = read_provenance(data).details["errors"]
+
+    assert any("does not inflate" in e for e in errors)
+    # The budget ran out after a few of them: the rest were never inflated.
+    assert f"png: text chunks exceed {provenance.MAX_PNG_TEXT_TOTAL} bytes; the rest are not read" in errors
+    # Pillow is never handed such a file.
+    with pytest.raises(ImageError, match="more than 64 compressed text chunks"):
+        decode_image(data)
 
 
 @pytest.mark.parametrize("cut", [8, 20, 33, 40, 60, -20, -13, -5])
