@@ -154,6 +154,8 @@ MAX_REPORTED_KEYS = 64
 MAX_REPORTED_ACTIONS = 64
 MAX_REPORTED_ERRORS = 32
 DETAIL_CHARS = 200
+# Markers (fill bytes included) walked before a JPEG's scan: a real file has a few dozen.
+MAX_JPEG_MARKERS = 4096
 # What one result may carry of a file's declarations, whatever the file says: every string, list and
 # mapping bounded (a 0.06 MiB upload once produced 16 MiB of provenance per item), and the record
 # as JSON at most this many characters.
@@ -420,7 +422,9 @@ def _walk_jpeg(data: bytes, errors: _Errors) -> _JpegFindings:
     """The XMP APP1 segment and any C2PA (APP11 JUMBF) segment, up to the start of the scan."""
     found = _JpegFindings()
     pos = 2
-    while pos + 4 <= len(data):
+    for _ in range(MAX_JPEG_MARKERS):
+        if pos + 4 > len(data):
+            return found
         if data[pos] != 0xFF:
             errors.add(f"jpeg: no segment marker at offset {pos}")
             return found
@@ -448,6 +452,7 @@ def _walk_jpeg(data: bytes, errors: _Errors) -> _JpegFindings:
             found.xmp = body[len(_XMP_JPEG_PREFIX) :]
         found.has_exif |= marker == 0xE1 and body.startswith(b"Exif\0\0")  # what Pillow reads EXIF from
         pos = end
+    errors.add(f"jpeg: more than {MAX_JPEG_MARKERS} markers before the scan; the rest are not read")
     return found
 
 
