@@ -154,6 +154,8 @@ MAX_REPORTED_KEYS = 64
 MAX_REPORTED_ACTIONS = 64
 MAX_REPORTED_ERRORS = 32
 DETAIL_CHARS = 200
+# The label of a C2PA manifest store's JUMBF box, in every format that embeds one.
+_C2PA_LABEL = b"c2pa"
 # Markers (fill bytes included) walked before a JPEG's scan: a real file has a few dozen.
 MAX_JPEG_MARKERS = 4096
 # What one result may carry of a file's declarations, whatever the file says: every string, list and
@@ -655,6 +657,12 @@ def _c2pa_read_json(
             return reader.json(), trust_error
 
 
+# A native read that timed out and still runs (at most one per process: see _run_bounded).
+_abandoned: threading.Thread | None = None
+_abandoned_lock = threading.Lock()
+C2PA_BUSY = "an earlier c2pa read that timed out is still running; this file's manifest was not read"
+
+
 def _run_bounded(fn: Callable[[], tuple[str | None, str | None]], timeout_s: float) -> tuple[str | None, str | None]:
     """Runs ``fn`` in a daemon thread and waits at most ``timeout_s``.
 
@@ -672,10 +680,18 @@ def _run_bounded(fn: Callable[[], tuple[str | None, str | None]], timeout_s: flo
         except Exception as exc:  # re-raised in the caller's thread below
             box["error"] = exc
 
-    worker = threading.Thread(target=target, name="fakescope-c2pa-read", daemon=True)
-    worker.start()
+    global _abandoned
+    with _abandoned_lock:
+        if _abandoned is not None and _abandoned.is_alive():
+            # An earlier read that timed out still runs (native code cannot be stopped): a second
+            # would burn another core beside the model. This file's manifest goes unread instead.
+            raise TimeoutError(C2PA_BUSY)
+        worker = threading.Thread(target=target, name="fakescope-c2pa-read", daemon=True)
+        worker.start()
     worker.join(timeout_s)
     if worker.is_alive():
+        with _abandoned_lock:
+            _abandoned = worker
         raise TimeoutError(f"c2pa read did not finish in {timeout_s:g} s")
     if "error" in box:
         raise box["error"]
@@ -752,6 +768,11 @@ def _read_c2pa(
         return _c2pa_empty(present=container_seen, reason=C2PA_NOT_INSTALLED), []
     if fmt is None:
         return _c2pa_empty(present=container_seen, reason=UNKNOWN_FORMAT), []
+    if fmt not in ("png", "jpeg") and _C2PA_LABEL not in data:
+        # Every manifest store is a JUMBF box labelled "c2pa": without those bytes anywhere there is
+        # none to read, and the native reader need not walk the file (a GIF comment of 1-byte
+        # sub-blocks cost it about 5 s a MiB).
+        return _c2pa_empty(checked=True), []
     try:
         raw, trust_error = _run_bounded(
             lambda: _c2pa_read_json(c2pa, data, _MIME_TYPES[fmt], trust_anchors_pem), timeout_s

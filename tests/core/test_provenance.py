@@ -698,3 +698,33 @@ def test_a_jpeg_of_empty_segments_is_walked_only_so_far() -> None:
     with pytest.raises(ImageError, match="more than 4096 markers"):
         decode_image(data)
     decode_image(real)  # a real one is untouched
+
+
+def test_native_c2pa_reads_only_files_that_could_hold_a_manifest_and_one_stuck_read_at_a_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    pytest.importorskip("c2pa")
+    calls: list[int] = []
+    release = threading.Event()
+
+    def hang(*args: Any) -> tuple[str | None, str | None]:
+        calls.append(1)
+        release.wait(30)
+        return None, None
+
+    monkeypatch.setattr(provenance, "_c2pa_read_json", hang)
+    # A GIF whose comment is 1-byte sub-blocks (the native reader's slow path) and no manifest label.
+    buf = io.BytesIO()
+    Image.new("P", (4, 4)).save(buf, "GIF", comment=b"x" * 10_000)
+    assert read_provenance(buf.getvalue(), timeout_s=0.01).c2pa["checked"] is True
+    assert calls == []
+    # Files that could hold one are read; a read that hangs is abandoned, and while it still runs
+    # no second native read starts beside it.
+    try:
+        first = read_provenance(_with_cabx(_png({"parameters": A1111_PARAMETERS})), timeout_s=0.01)
+        second = read_provenance(_with_cabx(_png({"parameters": A1111_PARAMETERS})), timeout_s=0.01)
+    finally:
+        release.set()
+    assert first.c2pa["reason"] == "c2pa read did not finish in 0.01 s"
+    assert second.c2pa["reason"] == provenance.C2PA_BUSY
+    assert calls == [1]
