@@ -661,3 +661,14 @@ def test_overlays_are_drawn_a_few_at_a_time(
         pngs = list(pool.map(draw, range(8)))
     assert all(p is not None and p.startswith(b"\x89PNG") for p in pngs)
     assert most == overlays.DRAW_SLOTS
+
+
+def test_a_chunk_classifies_only_its_own_jobs_items(service_env: ServiceEnv, detector: Detector) -> None:
+    tenant = _tenant(service_env)
+    mine, theirs = _job(service_env, 1, tenant, seeds=[61_300]), _job(service_env, 2, tenant, seeds=[61_301, 61_302])
+    ((my_job, _),), ((_, their_items),) = mine.sent, theirs.sent
+    with service_env.session() as session:
+        # A message that names job A but item ids of job B: none of B's items is started or written.
+        assert classify_chunk(session, service_env.store, detector, job_id=my_job, item_ids=their_items) == 0
+        rows = session.exec(select(JobItem).where(col(JobItem.id).in_(their_items))).all()
+    assert [(r.status, r.attempts) for r in rows] == [(ItemStatus.QUEUED, 0)] * 2

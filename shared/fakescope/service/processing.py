@@ -179,7 +179,8 @@ def _start_items(
     # One statement in the common case: the start is counted and the chunk's rows come back with it.
     started_items = session.scalars(
         update(JobItem)
-        .where(col(JobItem.id).in_(ids), col(JobItem.status) == ItemStatus.QUEUED)
+        # By id and job: a task naming another job's item ids (a forged or stale message) starts none.
+        .where(col(JobItem.id).in_(ids), col(JobItem.job_id) == jid, col(JobItem.status) == ItemStatus.QUEUED)
         .values(attempts=col(JobItem.attempts) + int(count_start), started_at=started)
         .returning(JobItem)
         .execution_options(synchronize_session=False)
