@@ -168,6 +168,7 @@ C2PA_NOT_INSTALLED = "c2pa-python is not installed"
 UNKNOWN_FORMAT = "unrecognised file format"
 TRUST_LIST_UNUSABLE = "trust list not usable, read without it"
 XMP_DTD_REFUSED = "xmp: packet declares a DTD or entities; refused"
+XMP_NOT_UTF8 = "xmp: packet is UTF-16 or UTF-32, not UTF-8; refused"
 
 # Pillow reads EXIF from these containers without decoding pixels (PNG is read from its own eXIf
 # chunk, see _read_exif).
@@ -489,6 +490,11 @@ def _read_xmp(packet: bytes, errors: _Errors) -> _XmpFindings:
     found = _XmpFindings()
     if len(packet) > MAX_XMP_BYTES:
         errors.add(f"xmp: packet is {len(packet)} bytes, over the {MAX_XMP_BYTES}-byte limit")
+        return found
+    if b"\x00" in packet:
+        # UTF-16 or UTF-32 (every ASCII character carries a NUL): the byte check below would not see a
+        # DTD in it, and expat would parse one. XMP embedded in files is UTF-8 in practice.
+        errors.add(XMP_NOT_UTF8)
         return found
     upper = packet.upper()
     if b"<!DOCTYPE" in upper or b"<!ENTITY" in upper:

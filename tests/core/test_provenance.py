@@ -26,6 +26,7 @@ from fakescope.provenance import (
     GENERATOR_PATTERNS,
     MAX_RECORD_CHARS,
     XMP_DTD_REFUSED,
+    XMP_NOT_UTF8,
     Provenance,
     provenance_summary,
     read_provenance,
@@ -309,6 +310,14 @@ def test_xmp_with_a_dtd_is_refused() -> None:
     assert XMP_DTD_REFUSED in result.details["errors"]
     assert result.digital_source_type is None
     assert result.sources == ("exif",)  # the other readers still ran
+
+
+def test_xmp_in_utf16_cannot_hide_a_dtd() -> None:
+    text = '<?xml version="1.0" encoding="UTF-16"?><!DOCTYPE x [<!ENTITY a "aaaaaaaaaa">]>' + _xmp(source_type=TRAINED)
+    # The DTD check reads bytes: in UTF-16 "<!DOCTYPE" is not those bytes, and expat would parse it.
+    result = read_provenance(_with_app1_xmp(_jpeg({0x0131: "Adobe Firefly"}), text.encode("utf-16")))
+    assert XMP_NOT_UTF8 in result.details["errors"]
+    assert result.digital_source_type is None
 
 
 def test_malformed_xmp_is_an_error_not_an_exception() -> None:
