@@ -12,6 +12,8 @@ if (token) sessionStorage.setItem(`fakescope-token-${JOB}`, token);
 if (key) sessionStorage.setItem("fakescope-key", key);
 let filter = "all";
 let items = [];
+let lastSeen = null;
+let pollMs = 2000;
 const $ = (s) => document.querySelector(s);
 
 const labels = {};  // position -> the label this reviewer gave in this tab
@@ -109,11 +111,20 @@ async function refresh() {
     $("#progress").value = c.done + c.failed + c.cancelled;
     $("#counts").textContent = `${c.done} done (${c.fake} fake, ${c.real} real, ${c.uncertain} uncertain, ` +
       `${c.out_of_domain} out of domain), ${c.failed} failed, ${c.queued} queued, ${c.explain_pending} explanations pending`;
-    const [results, failures] = await Promise.all([pages(`/v1/jobs/${JOB}/results`), pages(`/v1/jobs/${JOB}/failures`)]);
-    items = results.concat(failures).sort((a, b) => a.position - b.position);
-    render();
+    // The pages are fetched again only when the counts say something changed: a large job's report
+    // left open must not re-read every page every few seconds. Quiet polls back off to 10 s.
+    const seen = `${c.done}/${c.failed}/${c.cancelled}/${c.explain_pending}/${job.state}`;
+    if (seen !== lastSeen) {
+      const [results, failures] = await Promise.all([pages(`/v1/jobs/${JOB}/results`), pages(`/v1/jobs/${JOB}/failures`)]);
+      items = results.concat(failures).sort((a, b) => a.position - b.position);
+      render();
+      lastSeen = seen;
+      pollMs = 2000;
+    } else {
+      pollMs = Math.min(10000, pollMs * 1.5);
+    }
     document.body.dataset.state = job.state;
-    if (!FINISHED.includes(job.state) || c.explain_pending) setTimeout(refresh, 2000);
+    if (!FINISHED.includes(job.state) || c.explain_pending) setTimeout(refresh, pollMs);
     else document.body.dataset.loaded = "true";
   } catch (e) {
     $("#msg").textContent = e.message;
