@@ -190,6 +190,14 @@ class Settings(BaseSettings):
     # A task that meets a transient error (object store or database unreachable) is retried this many
     # times, waiting task_retry_backoff_s, then twice that, and so on up to task_retry_backoff_max_s.
     task_max_retries: int = Field(5, ge=0, description="retries of a task after a transient error")
+    worker_max_tasks_per_child: int | None = Field(
+        1000, ge=1, description="a worker's pool process is replaced after this many tasks (unset: never)"
+    )
+    worker_max_memory_per_child_mb: int | None = Field(
+        4096,
+        ge=64,
+        description="a worker's pool process is replaced after a task that leaves it above this resident size",
+    )
     max_deliveries: int = Field(
         3, ge=1, description="an image whose classification starts this many times without finishing fails"
     )

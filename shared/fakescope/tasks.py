@@ -60,6 +60,12 @@ def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
+        # Pool processes are replaced now and then, and when a task leaves one large: whatever a
+        # hostile input left behind in it (an abandoned native read, fragmented memory) goes with it.
+        worker_max_tasks_per_child=settings.worker_max_tasks_per_child,
+        worker_max_memory_per_child=(
+            settings.worker_max_memory_per_child_mb * 1024 if settings.worker_max_memory_per_child_mb else None
+        ),
         task_time_limit=settings.task_time_limit_s,
         # The soft limit leaves the task time to mark its items failed before the hard kill.
         task_soft_time_limit=max(1, settings.task_time_limit_s - min(30, max(1, settings.task_time_limit_s // 10))),

@@ -357,6 +357,15 @@ def test_a_stopped_worker_finishes_its_chunk_first(overlay: str) -> None:
         assert pool == "webhooks" or conf.task_soft_time_limit < limit
         assert dep["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] > limit, name
         assert conf.task_acks_late and conf.task_reject_on_worker_lost
+        # A pool process is replaced when a task leaves it large, before its container's limit is met.
+        limit_mib = _mebibytes(dep["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"])
+        assert conf.worker_max_memory_per_child is not None and conf.worker_max_tasks_per_child
+        assert conf.worker_max_memory_per_child / 1024 < limit_mib, name
+
+
+def _mebibytes(quantity: str) -> float:
+    units = {"Ki": 1 / 1024, "Mi": 1, "Gi": 1024}
+    return float(quantity[:-2]) * units[quantity[-2:]]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
