@@ -56,7 +56,7 @@ from fakescope.imageio import sniff_media_type
 from fakescope.result import OperatingPoint
 from fakescope.service import jobs as svc
 from fakescope.service import tenants, uploads, urls
-from fakescope.service.originals import read_original
+from fakescope.service.originals import read_original, same_original
 from fakescope.service.overlays import image_resource, overlay_resource
 from fakescope.service.overlays import item_overlay as item_overlay_png
 from fakescope.service.tenants import make_report_token
@@ -322,6 +322,7 @@ def cancel_job(request: Request, job_id: uuid.UUID, session: SessionDep, tenant:
 
 
 OVERLAY_NOT_FOUND = "Overlay not found"
+ORIGINAL_CHANGED = "The original was replaced after it was classified; it is not this result's image"
 IMAGE_NOT_FOUND = "Image not found"
 
 
@@ -341,9 +342,9 @@ def _overlay_url(request: Request, settings: Settings, item: JobItem) -> str | N
 
 
 def image_url(request: Request, settings: Settings, store: ObjectStore, item: JobItem) -> str:
-    """A signed URL of the item's original (the object store's own for a presigned upload)."""
-    if item.object_offset is None:  # stored whole (a presigned upload): the object store serves it
-        return store.presign_get(item.object_key, settings.presign_expiry_s)
+    """A signed URL of the item's original, served by the API, which checks that the bytes are still
+    the ones classified: a presigned upload URL outlives the job's start, so the object store's own
+    URL could show other pixels under this verdict."""
     resource = image_resource(item.job_id, item.position)
     return _signed_url(request, settings, "item_image", resource, job_id=item.job_id, position=item.position)
 
@@ -388,6 +389,8 @@ def item_image(
         data = read_original(store, item)
     except (ObjectNotFound, ObjectTooLarge):
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=IMAGE_NOT_FOUND) from None
+    if not same_original(item, data):
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=ORIGINAL_CHANGED)
     return Response(data, media_type=sniff_media_type(data), headers={"Cache-Control": "private, max-age=3600"})
 
 

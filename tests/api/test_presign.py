@@ -11,17 +11,18 @@ from urllib.parse import parse_qsl, quote, urlsplit
 
 import httpx
 
+from api.routes.jobs import ORIGINAL_CHANGED
 from tests.utils.stack import ServiceStack, png_bytes
 
 
-def _sigv4_query_signature(url: str, secret: str, region: str) -> str:
-    """The signature AWS S3 (and MinIO) computes for a presigned GET, from everything but the signature."""
+def _sigv4_query_signature(url: str, secret: str, region: str, method: str = "GET") -> str:
+    """The signature AWS S3 (and MinIO) computes for a presigned URL, from everything but the signature."""
     parts = urlsplit(url)
     params = [(k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k != "X-Amz-Signature"]
     canonical_query = "&".join(f"{quote(k, safe='-_.~')}={quote(v, safe='-_.~')}" for k, v in sorted(params))
     q = dict(params)
     canonical = "\n".join([
-        "GET", parts.path, canonical_query, f"host:{parts.netloc}\n", q["X-Amz-SignedHeaders"], "UNSIGNED-PAYLOAD",
+        method, parts.path, canonical_query, f"host:{parts.netloc}\n", q["X-Amz-SignedHeaders"], "UNSIGNED-PAYLOAD",
     ])  # fmt: skip
     date = q["X-Amz-Date"]
     scope = f"{date[:8]}/{region}/s3/aws4_request"
@@ -49,14 +50,25 @@ def test_result_urls_are_signed_for_the_configured_lifetime(service_stack: Servi
         assert httpx.get(stretched, timeout=30).status_code == 403
         assert httpx.get(item[field], timeout=30).status_code == 200
     assert httpx.get(item["image_url"], timeout=30).content == png_bytes(88)
-    # An image uploaded whole through its own presigned URL is served by the object store itself.
+    # An image uploaded whole through its own presigned URL is served by the API too, which checks the
+    # bytes are still the ones classified: the upload URL outlives the start, and whatever is PUT
+    # through it afterwards must not appear under this verdict (image or overlay).
     with service_stack.client() as c:
         created = c.post("/v1/jobs/uploads", json={"names": ["q.png"]}).json()
-        assert httpx.put(created["uploads"][0]["upload_url"], content=png_bytes(89), timeout=30).status_code == 200
+        upload_url = created["uploads"][0]["upload_url"]
+        assert httpx.put(upload_url, content=png_bytes(89), timeout=30).status_code == 200
         started = c.post(created["start_url"]).json()
         service_stack.wait_job(started["id"])
         (whole,) = c.get(f"/v1/jobs/{started['id']}/results").json()["data"]
-    for url in (whole["image_url"],):
+    assert urlsplit(whole["image_url"]).path == f"/v1/jobs/{started['id']}/items/0/image"
+    assert httpx.get(whole["image_url"], timeout=30).content == png_bytes(89)
+    assert httpx.put(upload_url, content=png_bytes(90), timeout=30).status_code == 200  # after the verdict
+    replaced = httpx.get(whole["image_url"], timeout=30)
+    assert replaced.status_code == 409
+    assert replaced.json()["detail"] == ORIGINAL_CHANGED
+    assert httpx.get(whole["overlay_url"], timeout=30).status_code == 404
+    # The presigned upload URL is signed for the configured lifetime, and S3 checks it.
+    for url in (upload_url,):
         q = dict(parse_qsl(urlsplit(url).query))
         assert int(q["X-Amz-Expires"]) == settings.presign_expiry_s
         signed_at = datetime.strptime(q["X-Amz-Date"], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
@@ -64,7 +76,8 @@ def test_result_urls_are_signed_for_the_configured_lifetime(service_stack: Servi
         assert q["X-Amz-Credential"].startswith(settings.s3.access_key + "/")
         # The signature covers X-Amz-Date and X-Amz-Expires: S3 refuses the URL after date + expires, and
         # stretching the lifetime in the query breaks the signature.
-        expected = _sigv4_query_signature(url, settings.s3.secret_key, settings.s3.region)
+        expected = _sigv4_query_signature(url, settings.s3.secret_key, settings.s3.region, "PUT")
         assert q["X-Amz-Signature"] == expected
         stretched = url.replace(f"X-Amz-Expires={settings.presign_expiry_s}", "X-Amz-Expires=604800")
-        assert _sigv4_query_signature(stretched, settings.s3.secret_key, settings.s3.region) != q["X-Amz-Signature"]
+        resigned = _sigv4_query_signature(stretched, settings.s3.secret_key, settings.s3.region, "PUT")
+        assert resigned != q["X-Amz-Signature"]

@@ -3,6 +3,7 @@ chunk's originals with one ranged read per shard (what a classify or explain tas
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from collections.abc import Sequence
 
@@ -12,7 +13,7 @@ from fakescope.imageio import DEFAULT_MAX_BYTES, ImageError, InputItem, sniff_me
 from fakescope.settings import FetchSettings
 from fakescope.storage import ObjectNotFound, ObjectStore, ObjectTooLarge
 
-__all__ = ["MAX_SHARD_GAP", "chunk_inputs", "read_original", "store_input", "url_input"]
+__all__ = ["MAX_SHARD_GAP", "chunk_inputs", "read_original", "same_original", "store_input", "url_input"]
 
 
 def read_original(store: ObjectStore, item: JobItem, max_bytes: int = DEFAULT_MAX_BYTES) -> bytes:
@@ -28,6 +29,13 @@ def read_original(store: ObjectStore, item: JobItem, max_bytes: int = DEFAULT_MA
             raise ObjectTooLarge(f"{item.object_key} is over the limit of {max_bytes} bytes")
         return store.get_range(item.object_key, item.object_offset, item.object_length)
     return store.get(item.object_key, max_bytes=max_bytes)
+
+
+def same_original(item: JobItem, data: bytes) -> bool:
+    """Whether ``data`` are the bytes the item was classified from (its SHA-256), so a result is never
+    shown over other pixels: a presigned upload URL stays valid after the job starts, and what is
+    PUT through it later replaces the object, not the verdict. True when the item has no hash yet."""
+    return item.sha256 is None or hashlib.sha256(data).hexdigest() == item.sha256
 
 
 def store_input(store: ObjectStore, item: JobItem, max_bytes: int | None = None) -> InputItem:

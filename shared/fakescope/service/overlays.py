@@ -17,7 +17,7 @@ from sqlmodel import Session, col, select
 from fakescope.db.models import ItemStatus, JobItem
 from fakescope.imageio import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError
 from fakescope.overlay import render_overlay
-from fakescope.service.originals import read_original
+from fakescope.service.originals import read_original, same_original
 from fakescope.storage import ObjectNotFound, ObjectStore, ObjectTooLarge, overlay_key
 
 __all__ = ["image_resource", "item_overlay", "overlay_resource"]
@@ -67,7 +67,12 @@ def item_overlay(
         return None
     try:
         with _drawing:
-            png = render_overlay(read_original(store, item, max_bytes), item.cam_grid, max_pixels=max_pixels)
+            original = read_original(store, item, max_bytes)
+            if not same_original(item, original):
+                # Replaced after it was classified (a presigned URL outlives the start): its map is of
+                # other pixels, and none is drawn on these.
+                raise ImageError("the original was replaced after it was classified")
+            png = render_overlay(original, item.cam_grid, max_pixels=max_pixels)
     except (ObjectNotFound, ObjectTooLarge, ImageError) as e:
         # The original decoded when it was classified: only retention or an operator removes it.
         logger.warning("item %s: cannot draw its overlay: %s", item.id, e)
