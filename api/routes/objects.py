@@ -52,8 +52,17 @@ async def put_object(
     signature: Annotated[str, Query()],
 ) -> Response:
     local = _check(store, settings, "PUT", key, expires, signature)
-    data = await request.body()
-    if len(data) > settings.max_upload_bytes:
-        raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, detail="Object too large")
-    local.put(key, data)
+    # Written to disk as it arrives, never held whole: a 2 GiB shard PUT is 2 GiB of file, not of memory.
+    tmp, path = local.staging(key)
+    size = 0
+    try:
+        with tmp.open("wb") as f:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > settings.max_upload_bytes:
+                    raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, detail="Object too large")
+                f.write(chunk)
+        tmp.replace(path)  # atomic: a reader never sees half an object
+    finally:
+        tmp.unlink(missing_ok=True)
     return Response(status_code=status.HTTP_200_OK)

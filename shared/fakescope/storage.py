@@ -305,6 +305,13 @@ class LocalStore:
                 f.write(part)
         tmp.replace(path)
 
+    def staging(self, key: str) -> tuple[Path, Path]:
+        """``(temporary file, object's file)`` for writing ``key`` piece by piece: write the first,
+        then ``replace`` it onto the second (atomic, as ``put``)."""
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path.with_name(f".{path.name}.{uuid.uuid4().hex}"), path
+
     def get(self, key: str, max_bytes: int | None = None) -> bytes:
         try:
             path = self._path(key)

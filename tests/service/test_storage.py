@@ -63,3 +63,36 @@ def test_settings_normalise_postgres_url_and_refuse_placeholders() -> None:
         Settings(environment="production", s3_secret_key="real-one")
     with pytest.raises(ValueError, match="VISIBILITY_TIMEOUT"):
         Settings(task_time_limit_s=100, visibility_timeout_s=50)
+
+
+def test_an_embedded_object_put_is_written_as_it_arrives(tmp_path: Path) -> None:
+    # The embedded store's PUT route read whole bodies into memory: a 2 GiB shard was 2 GiB of API.
+    import tracemalloc
+
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from api.deps import get_object_store
+    from api.routes import objects
+    from fakescope.settings import get_settings
+
+    settings = Settings(data_dir=tmp_path, secret_key="s3cret", max_upload_bytes=64 * 1024**2)
+    store = LocalStore(settings)
+    app = FastAPI()
+    app.include_router(objects.router)
+    app.dependency_overrides[get_object_store] = lambda: store
+    app.dependency_overrides[get_settings] = lambda: settings
+    chunk = bytes(range(256)) * 4096  # 1 MiB
+    url = urlsplit(store.presign_put("jobs/j/shards/0.tar", 60))
+    with TestClient(app) as client:
+        tracemalloc.start()
+        r = client.put(f"{url.path}?{url.query}", content=iter([chunk] * 48))
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert r.status_code == 200, r.text
+        over = client.put(f"{url.path}?{url.query}", content=iter([chunk] * 65))
+        assert over.status_code == 413
+    assert store.get("jobs/j/shards/0.tar") == chunk * 48  # the refused one replaced nothing
+    # The test client holds the whole body itself before sending it (48 MiB); the route now holds none
+    # of it beyond a chunk (before: a second 48 MiB, a peak of 96 MiB).
+    assert peak < 56 * 1024**2, peak
