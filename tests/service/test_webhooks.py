@@ -304,3 +304,32 @@ def test_the_sweeper_resends_webhooks_left_pending(service_env: ServiceEnv) -> N
             redeliver_after_s=300,
         )
         assert stuck.id not in again
+
+
+def test_re_sends_are_logged_and_capped(service_env: ServiceEnv) -> None:
+    # A delivery whose task never records an outcome (killed at its time limit every time) was re-sent
+    # every interval, forever, with no delivery row. Each re-send is now a row, and they stop.
+    from fakescope.service.sweeper import MAX_RESENDS, RESENT
+
+    with service_env.session() as session:
+        tenant, _ = create_api_key(session, tenant_name=f"hooks-{uuid.uuid4().hex[:6]}")
+        stuck = _finished_job(session, tenant.id, "http://127.0.0.1:9/never")
+        sent: list[uuid.UUID] = []
+        for _ in range(MAX_RESENDS + 2):
+            session.exec(  # type: ignore[call-overload]
+                update(Job).where(col(Job.id) == stuck.id).values(callback_sent_at=utcnow() - timedelta(seconds=600))
+            )
+            session.commit()
+            sweep(
+                session,
+                enqueue_classify=lambda *_: 0,
+                enqueue_explain=lambda *_: 0,
+                deadline_s=3600,
+                enqueue_webhook=sent.append,
+                redeliver_after_s=300,
+            )
+        assert sent.count(stuck.id) == MAX_RESENDS
+        rows = session.exec(select(WebhookDelivery).where(WebhookDelivery.job_id == stuck.id)).all()
+        assert [r.outcome for r in rows] == [RESENT] * MAX_RESENDS
+        session.refresh(stuck)
+        assert stuck.callback_status == f"error: gave up after {MAX_RESENDS} re-sends that recorded no outcome"

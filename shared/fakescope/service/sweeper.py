@@ -34,7 +34,7 @@ from datetime import datetime, timedelta
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
-from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, utcnow
+from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, WebhookDelivery, utcnow
 from fakescope.service import Enqueue, webhooks
 from fakescope.service.jobs import JobStateError, finish, purge_expired
 from fakescope.service.uploads import start_job
@@ -197,6 +197,12 @@ def _start_abandoned(
     return started
 
 
+# A webhook the sweeper found still pending is re-sent at most this many times (each logged as a
+# delivery row with this outcome), then given up on with the reason in the job's callback_status.
+MAX_RESENDS = 5
+RESENT = "re-sent by the sweeper: the last attempt recorded no outcome"
+
+
 def _resend_webhooks(
     session: Session, enqueue_webhook: Callable[[uuid.UUID], object], after_s: float, limit: int
 ) -> int:
@@ -208,13 +214,48 @@ def _resend_webhooks(
     if not candidates:
         return 0
     claimed = session.exec(
-        update(Job).where(col(Job.id).in_(candidates), *where).values(callback_sent_at=utcnow()).returning(col(Job.id))
+        update(Job)
+        .where(col(Job.id).in_(candidates), *where)
+        .values(callback_sent_at=utcnow())
+        .returning(col(Job.id), col(Job.tenant_id), col(Job.callback_url))
     ).all()
+    # Each re-send is logged as an attempt of its own, and they are capped: a delivery that never
+    # records an outcome (its task killed every time) is given up on instead of being sent forever.
+    resent = dict(
+        session.exec(
+            select(WebhookDelivery.job_id, func.count())
+            .where(col(WebhookDelivery.job_id).in_([c[0] for c in claimed]), col(WebhookDelivery.outcome) == RESENT)
+            .group_by(col(WebhookDelivery.job_id))
+        ).all()
+    )
+    send: list[uuid.UUID] = []
+    for job_id, tenant_id, url in claimed:
+        n = resent.get(job_id, 0)
+        if n >= MAX_RESENDS:
+            session.exec(
+                update(Job)
+                .where(col(Job.id) == job_id, col(Job.callback_status) == webhooks.PENDING)
+                .values(callback_status=f"error: gave up after {n} re-sends that recorded no outcome")
+            )
+            logger.error("sweeper: job %s: webhook given up after %s re-sends without an outcome", job_id, n)
+            continue
+        session.add(
+            WebhookDelivery(
+                delivery_id=webhooks.delivery_id(job_id),
+                job_id=job_id,
+                tenant_id=tenant_id,
+                url=url or "",
+                event=webhooks.EVENT,
+                attempt=n + 1,
+                outcome=RESENT,
+            )
+        )
+        send.append(job_id)
     session.commit()
-    for (job_id,) in claimed:
+    for job_id in send:
         logger.warning("sweeper: job %s: webhook still pending after %ss; sent again", job_id, after_s)
         enqueue_webhook(job_id)
-    return len(claimed)
+    return len(send)
 
 
 def run(every_s: float | None = None, once: bool = False) -> int:
