@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import overload
 
 from sqlalchemy import case, delete, func, or_, update
+from sqlalchemy import select as sa_select
 from sqlmodel import Session, col, select
 
 from fakescope.answers import AnswerEntry
@@ -74,8 +75,15 @@ def jobs_counts(session: Session, *, job_ids: Sequence[uuid.UUID]) -> dict[uuid.
     by status, and the classified ones by verdict and out of domain."""
     pending = case((col(JobItem.explain_status) == ExplainStatus.PENDING, 1), else_=0)
     outside = case((col(JobItem.domain_score) > 1.0, 1), else_=0)
-    rows = session.exec(
-        select(JobItem.job_id, JobItem.status, JobItem.prediction, func.count(), func.sum(pending), func.sum(outside))
+    rows = session.execute(  # SQLAlchemy's select and execute: sqlmodel's are typed for four columns at most
+        sa_select(
+            col(JobItem.job_id),
+            col(JobItem.status),
+            col(JobItem.prediction),
+            func.count(),
+            func.sum(pending),
+            func.sum(outside),
+        )
         .where(col(JobItem.job_id).in_(job_ids))
         .group_by(col(JobItem.job_id), col(JobItem.status), col(JobItem.prediction))
     ).all()

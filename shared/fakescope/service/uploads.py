@@ -20,6 +20,7 @@ from pathlib import Path, PurePosixPath
 from typing import IO
 
 from sqlalchemy import delete, func, insert
+from sqlalchemy import select as sa_select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
 
@@ -112,7 +113,7 @@ def _known_originals(session: Session, tenant_id: uuid.UUID, sha256s: set[str | 
         return {}
     # One row per hash, chosen by the database, however many copies the tenant sent.
     copies = (
-        select(
+        sa_select(  # SQLAlchemy's select: sqlmodel's is typed for at most four columns
             col(JobItem.sha256).label("sha256"),
             col(JobItem.object_key).label("object_key"),
             col(JobItem.object_offset).label("object_offset"),
