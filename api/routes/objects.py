@@ -60,7 +60,7 @@ async def put_object(
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > settings.max_upload_bytes:
-                    raise HTTPException(status.HTTP_413_REQUEST_ENTITY_TOO_LARGE, detail="Object too large")
+                    raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail="Object too large")
                 f.write(chunk)
         tmp.replace(path)  # atomic: a reader never sees half an object
     finally:
