@@ -25,10 +25,9 @@ from fastapi import (
     status,
 )
 from pydantic import ValidationError
-from redis.exceptions import RedisError
 from sqlmodel import col, select
 
-from api.deps import EnqueuerDep, ServicesDep, SessionDep, SettingsDep, StoreDep, TenantDep, rate_limited, services
+from api.deps import EnqueuerDep, ServicesDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from api.schemas import (
     UNPROCESSABLE,
     DeliveriesPage,
@@ -355,20 +354,9 @@ def result_with_urls(request: Request, settings: Settings, store: ObjectStore, i
     return item_result(item, _overlay_url(request, settings, item), image_url(request, settings, store, item))
 
 
-def _check_signed(
-    request: Request, settings: Settings, job_id: uuid.UUID, resource: str, expires: int, signature: str
-) -> None:
+def _check_signed(settings: Settings, resource: str, expires: int, signature: str) -> None:
     if not verify_url(settings.secret_key, "GET", resource, expires, signature):
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="Invalid or expired signature")
-    # Signed URLs carry no key, so they are counted per job: a job's links cannot be used to make the
-    # API decode originals and draw overlays without limit.
-    try:
-        retry_after = services(request).limiter.hit(f"signed-job:{job_id}")
-    except RedisError as e:
-        logger.warning("rate limiter unavailable, not limiting: %s", e)
-        retry_after = 0
-    if retry_after:
-        raise rate_limited(settings, retry_after)
 
 
 ItemPosition = Annotated[int, Path(ge=0, le=MAX_OFFSET)]
@@ -383,7 +371,6 @@ Signature = Annotated[str, Query(max_length=128)]
     responses={200: {"content": {"image/*": {}}}, 403: {}, 404: {}},
 )
 def item_image(
-    request: Request,
     job_id: uuid.UUID,
     position: ItemPosition,
     session: SessionDep,
@@ -394,7 +381,7 @@ def item_image(
 ) -> Response:
     """One original image, by the signed URL its result carries (``image_url``): its bytes, read from
     the upload window's shard it is stored in."""
-    _check_signed(request, settings, job_id, image_resource(job_id, position), expires, signature)
+    _check_signed(settings, image_resource(job_id, position), expires, signature)
     item = session.exec(select(JobItem).where(JobItem.job_id == job_id, JobItem.position == position)).first()
     if item is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=IMAGE_NOT_FOUND)
@@ -413,7 +400,6 @@ def item_image(
     responses={200: {"content": {"image/png": {}}}, 403: {}, 404: {}},
 )
 def item_overlay(
-    request: Request,
     job_id: uuid.UUID,
     position: ItemPosition,
     session: SessionDep,
@@ -426,7 +412,7 @@ def item_overlay(
 
     Drawn from the original and its GradCAM grid the first time it is asked for, then stored.
     """
-    _check_signed(request, settings, job_id, overlay_resource(job_id, position), expires, signature)
+    _check_signed(settings, overlay_resource(job_id, position), expires, signature)
     png = item_overlay_png(session, store, job_id=job_id, position=position)
     if png is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=OVERLAY_NOT_FOUND)

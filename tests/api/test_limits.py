@@ -8,7 +8,6 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import httpx
 import pytest
@@ -182,16 +181,3 @@ def test_a_bad_key_is_refused_before_its_body_is_received(service_stack: Service
     # is looked up (and its rate limit counted) before the first byte of the body arrives.
     answer = _answer_before_body(service_stack.api_url, "fks_made-up-key", 300 * 1024 * 1024)
     assert answer.startswith(b"HTTP/1.1 401") and b'"Invalid API key"' in answer, answer[:200]
-
-
-def test_signed_result_urls_are_rate_limited_per_job(service_stack: ServiceStack) -> None:
-    # Signed overlay and image URLs carry no key, and each first overlay GET decodes an original:
-    # twelve keyless GETs at once once grew the API by 2.7 GB. They are now counted per job.
-    with service_stack.client() as c:
-        r = c.post("/v1/jobs", files=[("files", ("sig.png", png_bytes(61_400), "image/png"))])
-        job = service_stack.wait_job(r.json()["id"])
-        (item,) = c.get(f"/v1/jobs/{job['id']}/results").json()["data"]
-    with second_api(service_stack, "api-signed", FAKESCOPE_RATE_LIMIT_PER_MINUTE="5") as url:
-        path = urlsplit(item["image_url"])
-        codes = [httpx.get(f"{url}{path.path}?{path.query}", timeout=30).status_code for _ in range(7)]
-    assert codes[:5] == [200] * 5 and codes[5:] == [429, 429], codes
