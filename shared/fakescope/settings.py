@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BeforeValidator, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -76,6 +76,17 @@ class S3Settings(BaseSettings):
     read_timeout_s: float = Field(60.0, gt=0, description="seconds to wait on an object-store read")
 
 
+def _network_list(v: object) -> object:
+    # A JSON list (["10.0.0.0/8"]) or a comma-separated string, from the environment or as an argument.
+    if isinstance(v, str):
+        return json.loads(v) if v.strip().startswith("[") else [n for n in v.split(",") if n.strip()]
+    return v
+
+
+# Networks an outbound request may reach besides the public internet (webhooks, image URLs).
+NetworkList = Annotated[list[str], NoDecode, BeforeValidator(_network_list)]
+
+
 class CallbackSettings(BaseSettings):
     """Webhook delivery: timeouts, retries and where a callback may go.
 
@@ -95,7 +106,7 @@ class CallbackSettings(BaseSettings):
     )
     # Networks webhooks may reach besides the public internet (e.g. "10.0.0.0/8" for an in-cluster
     # receiver); loopback, private and link-local addresses are refused otherwise.
-    allowed_networks: Annotated[list[str], NoDecode] = Field(
+    allowed_networks: NetworkList = Field(
         default_factory=list,
         description="private networks webhooks may reach besides the public internet (JSON list or commas)",
     )
@@ -103,14 +114,6 @@ class CallbackSettings(BaseSettings):
         default_factory=lambda: [80, 443],
         description="ports webhooks may use on public hosts (any port inside allowed_networks)",
     )
-
-    @field_validator("allowed_networks", mode="before")
-    @classmethod
-    def _networks(cls, v: object) -> object:
-        # A JSON list (["10.0.0.0/8"]) or a comma-separated string, from the environment or as an argument.
-        if isinstance(v, str):
-            return json.loads(v) if v.strip().startswith("[") else [n for n in v.split(",") if n.strip()]
-        return v
 
 
 class FetchSettings(BaseSettings):
@@ -123,7 +126,7 @@ class FetchSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="FAKESCOPE_FETCH_", extra="ignore")
 
     allow_http: bool = Field(False, description="fetch http:// URLs too (https only by default)")
-    allowed_networks: Annotated[list[str], NoDecode] = Field(
+    allowed_networks: NetworkList = Field(
         default_factory=list,
         description="private networks image URLs may point into besides the public internet (JSON list or commas)",
     )
@@ -136,13 +139,6 @@ class FetchSettings(BaseSettings):
     deadline_s: float = Field(30.0, gt=0, description="a whole fetch, redirects and body included, within this")
     max_redirects: int = Field(3, ge=0, description="redirects followed, each checked again")
     max_bytes: int = Field(64 * 1024**2, ge=1, description="an image URL's body is refused past this many bytes")
-
-    @field_validator("allowed_networks", mode="before")
-    @classmethod
-    def _networks(cls, v: object) -> object:
-        if isinstance(v, str):
-            return json.loads(v) if v.strip().startswith("[") else [n for n in v.split(",") if n.strip()]
-        return v
 
 
 class Settings(BaseSettings):
