@@ -10,6 +10,7 @@ baseline*: the same recipe on images shrunk until no generator trace survives an
     python ops/protocol.py --track small          # CIFAKE + multigen/small: gan, autoregressive, diffusion (SD)
     python ops/protocol.py --track full --table   # the table of the folds run so far, from their checkpoints
     python ops/protocol.py --track small --kinds model --variant vgg3_wide_freq   # an architecture ablation
+    python ops/protocol.py --track full --tiles   # the full recipe with CIFAKE and multigen/small as windows
 
 Folds resume where they stopped (each epoch is checkpointed) and finished folds are skipped, so the
 command can be stopped and run again. Folders that are related are held out together: for the
@@ -31,6 +32,9 @@ from fakescope.train import TrainConfig, train
 
 DATA = Path("../shared/data")
 MANIFEST = DATA / "multigen" / "manifest.csv"
+# ``--tiles`` (full track): the 32x32 sources trained on as windows beside the crops. A fold holds
+# out the tiles of its own family too (``tile_folds``), so the family stays unseen.
+TILES = (str(DATA / "cifake_train_subset"), str(DATA / "multigen" / "small"))
 
 
 @dataclass(frozen=True)
@@ -86,8 +90,23 @@ def folds(track: str, by: str) -> dict[str, list[str]]:
     return dict(sorted(out.items()))
 
 
+def tile_folds(fold: str) -> list[str]:
+    """The tile folders (``TILES``) a full-size fold holds out: the small track's of the same family."""
+    small = folds("small", "family")
+    held = list(small.get(fold, []))
+    if fold == "diffusion":  # the full diffusion fold holds out the unknown web images too: same here
+        held += small.get("unknown", [])
+    return held
+
+
 def fold_dir(
-    out_dir: Path, track: str, fold: str, kind: str, variant: str | None, init_seed: int | None = None
+    out_dir: Path,
+    track: str,
+    fold: str,
+    kind: str,
+    variant: str | None,
+    init_seed: int | None = None,
+    tiles: bool = False,
 ) -> Path:
     """A fold's checkpoint folder; an ablation's variant (and another initialisation) gets its own."""
     return (
@@ -96,6 +115,7 @@ def fold_dir(
         / (
             f"{fold}-{kind}"
             + (f"-{variant}" if variant else "")
+            + ("-tiles" if tiles else "")
             + (f"-init{init_seed}" if init_seed is not None else "")
         )
     )
@@ -110,8 +130,9 @@ def run_fold(
     epochs: int | None,
     variant: str | None = None,
     init_seed: int | None = None,
+    tiles: bool = False,
 ) -> dict[str, Any]:
-    out = fold_dir(out_dir, track, fold, kind, variant, init_seed)
+    out = fold_dir(out_dir, track, fold, kind, variant, init_seed, tiles)
     config = out / "config.json"
     if config.exists() and "holdout" in json.loads(config.read_text()).get("metrics", {}):
         return json.loads(config.read_text())["metrics"]
@@ -122,6 +143,11 @@ def run_fold(
     resume = (out / "train_state.pt").exists()
     if resume:
         recipe.pop("init_from", None)  # the state it resumes already started from those weights
+    if tiles:
+        if track != "full":
+            raise ValueError("--tiles adds 32x32 sources to the full track's crops")
+        recipe["tiles"] = list(TILES)
+        held = [*held, *tile_folds(fold)]
     cfg = TrainConfig(
         data=list(t.data),
         out=str(out),
@@ -187,6 +213,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, help="override the track's epochs per fold")
     ap.add_argument("--variant", help="another architecture on the track's recipe (an ablation; its own folders)")
     ap.add_argument("--init-seed", type=int, help="another initialisation (same split): how much a fold varies")
+    ap.add_argument("--tiles", action="store_true", help="full track: train on the 32x32 sources as windows too")
     ap.add_argument("--out", default="runs/protocol", help="fold checkpoints")
     ap.add_argument("--table", action="store_true", help="only print the table of finished folds")
     args = ap.parse_args()
@@ -196,14 +223,15 @@ def main() -> None:
         if args.folds and fold not in args.folds:
             continue
         for kind in args.kinds:
-            config = fold_dir(Path(args.out), args.track, fold, kind, args.variant, args.init_seed) / "config.json"
+            folder = fold_dir(Path(args.out), args.track, fold, kind, args.variant, args.init_seed, args.tiles)
+            config = folder / "config.json"
             if args.table:
                 metrics = json.loads(config.read_text()).get("metrics", {}) if config.exists() else {}
                 if "holdout" not in metrics:
                     continue
             else:
                 metrics = run_fold(
-                    args.track, fold, held, kind, Path(args.out), args.epochs, args.variant, args.init_seed
+                    args.track, fold, held, kind, Path(args.out), args.epochs, args.variant, args.init_seed, args.tiles
                 )
             rows.append(row(args.track, fold, kind, metrics))
             print(json.dumps(rows[-1]), flush=True)

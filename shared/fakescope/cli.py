@@ -67,6 +67,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         scale_min=args.scale_min,
         holdout=args.holdout,
         train_only=args.train_only,
+        tiles=args.tiles,
+        tile_share=args.tile_share,
         content_only=args.content_only,
     )
     out = train(cfg)
@@ -421,6 +423,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         help="a source trained on in full, outside the split (the --data split and its validation stay as they were)",
     )
+    p.add_argument(
+        "--tiles",
+        action="append",
+        default=[],
+        help="with --crop: a source of small images trained on as windows beside the crops (CIFAKE, multigen/small)",
+    )
+    p.add_argument("--tile-share", type=float, default=0.25, help="share of each batch that is --tiles")
     p.add_argument("--content-only", type=int, default=0, help="content baseline: shrink every image to this side")
     p.set_defaults(func=_cmd_train)
 

@@ -20,7 +20,7 @@ import logging
 import math
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,6 +114,12 @@ class TrainConfig:
     # Sources trained on in full and never split: more generators beside ``data``, whose split (and
     # so its validation images) stays what it was without them.
     train_only: list[str] = field(default_factory=list)
+    # Full-size training (``crop`` > 0): sources of small images (CIFAKE, multigen/small) decoded at
+    # ``crop`` pixels a side and mixed into every batch as windows, ``tile_share`` of it beside the
+    # crops: generators that exist only as thumbnails still teach the window model their traces.
+    # Trained on in full like ``train_only``; a ``holdout`` folder is held out of them too.
+    tiles: list[str] = field(default_factory=list)
+    tile_share: float = 0.25
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -129,6 +135,10 @@ class TrainConfig:
             raise ValueError("holdout_only scores the held-out folders: name them in holdout")
         if self.scale_p and not self.crop:
             raise ValueError("scale_p shrinks crops: it needs crop")
+        if self.tiles and not self.crop:
+            raise ValueError("tiles are windows beside the crops of full-size images: they need crop")
+        if self.tiles and not 0 < self.tile_share < 1:
+            raise ValueError(f"tile_share must be in (0, 1), got {self.tile_share}")
 
 
 def resolve_device(device: str) -> torch.device:
@@ -360,6 +370,42 @@ def _ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> N
             eb.copy_(mb)
 
 
+@dataclass
+class Tiles:
+    """Small images trained on as windows beside a full-size run's crops (``TrainConfig.tiles``)."""
+
+    images: torch.Tensor
+    jpeg: torch.Tensor | None
+    labels: torch.Tensor
+    cfg: TrainConfig  # the run's, as for images already cut to the window size
+
+    def extend(
+        self, x: torch.Tensor, y: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The crops' batch ``(x, y)`` with tiles added, ``tile_share`` of the result."""
+        n = max(1, round(len(x) * self.cfg.tile_share / (1 - self.cfg.tile_share)))
+        idx = torch.randint(0, len(self.images), (n,), generator=gen)
+        tx = train_batch(self.images, self.jpeg, idx, mean, std, self.cfg, gen)
+        return torch.cat([x, tx]).contiguous(memory_format=torch.channels_last), torch.cat([y, self.labels[idx]])
+
+
+def _load_tiles(cfg: TrainConfig, seed: int) -> Tiles | None:
+    if not cfg.tiles:
+        return None
+    data = load_labelled(cfg.tiles, size=(cfg.crop, cfg.crop))
+    keep = ~held_out(data.names, cfg.holdout) if cfg.holdout else np.ones(len(data), dtype=bool)
+    if cfg.content_only:
+        data = LabelledArray(
+            content_only(data.images, cfg.content_only * cfg.crop // cfg.input_size or 1), data.labels, data.names
+        )
+    images = data.images[keep]
+    logger.info("%d tiles of %s (%d held out)", len(images), cfg.tiles, int((~keep).sum()))
+    jpeg = torch.from_numpy(jpeg_copies(images, seed)) if cfg.recipe == "fast" and cfg.robust_p > 0 else None
+    # Already window-sized: no crop, no shrink; the rest of the augmentation is the run's.
+    as_windows = replace(cfg, crop=0, scale_p=0.0, tiles=[], holdout=[], holdout_only=False)
+    return Tiles(torch.from_numpy(images), jpeg, torch.from_numpy(data.labels[keep]), as_windows)
+
+
 def held_out(names: list[str], folders: list[str]) -> np.ndarray:
     """A boolean mask of the images under any of ``folders``: a folder name (``began``) or a run of
     folders (``cifake_train_subset/FAKE``) anywhere in the image's path."""
@@ -452,6 +498,7 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.recipe == "fast" and cfg.robust_p > 0:
         jpeg_t = torch.from_numpy(jpeg_copies(train_images, init_seed))
     labels_t = torch.from_numpy(data.labels[train_idx])
+    tiles = _load_tiles(cfg, init_seed)
     mean_t = torch.tensor(mean).view(1, 3, 1, 1)
     std_t = torch.tensor(std).view(1, 3, 1, 1)
     calib = data.subset(split.calib)
@@ -486,8 +533,11 @@ def train(cfg: TrainConfig) -> Path:
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
         for step in bar:
             idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            x = train_batch(images_t, jpeg_t, idx, mean_t, std_t, cfg, gen).to(device, non_blocking=True)
-            y = labels_t[idx].to(device)
+            x = train_batch(images_t, jpeg_t, idx, mean_t, std_t, cfg, gen)
+            y = labels_t[idx]
+            if tiles is not None:
+                x, y = tiles.extend(x, y, mean_t, std_t, gen)
+            x, y = x.to(device, non_blocking=True), y.to(device)
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)

@@ -282,3 +282,35 @@ def test_scaled_crops_cut_and_shrink():
     assert x.diff(dim=-1).abs().mean() < plain.diff(dim=-1).abs().mean()
     with pytest.raises(ValueError, match="needs crop"):
         TrainConfig(data=["x"], out="y", scale_p=0.5)
+
+
+def test_tiles_are_windows_beside_the_crops_and_honour_the_holdout(tmp_path, monkeypatch):
+    # Thumbnails of other generators (CIFAKE, multigen/small) trained on as windows of a full-size
+    # run: every batch gains tile_share of them, and a held-out folder is held out of them too.
+    monkeypatch.setenv("FAKESCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    write_cifake(tmp_path / "full", 24)
+    write_cifake(tmp_path / "tiles" / "gen-a", 10)
+    write_cifake(tmp_path / "tiles" / "gen-b", 6)
+    cfg = _cfg(
+        tmp_path / "full",
+        tmp_path / "ck",
+        input_size=48,
+        crop=32,
+        tiles=[str(tmp_path / "tiles")],
+        tile_share=0.25,
+        holdout=["gen-b/FAKE"],
+    )
+    tiles = train_mod._load_tiles(cfg, 0)
+    assert tiles is not None and tiles.images.shape == (26, 32, 32, 3)  # 32 tiles less gen-b's 6 fakes
+    assert int(tiles.labels.sum()) == 10 and tiles.cfg.crop == 0
+    gen = torch.Generator().manual_seed(0)
+    mean, std = torch.full((1, 3, 1, 1), 0.5), torch.full((1, 3, 1, 1), 0.25)
+    x, y = torch.zeros(12, 3, 32, 32), torch.zeros(12, dtype=torch.long)
+    bx, by = tiles.extend(x, y, mean, std, gen)
+    assert bx.shape == (16, 3, 32, 32) and by.shape == (16,)  # 4 of 16 are tiles
+    assert bool((bx[12:] != 0).any()) and set(by[12:].tolist()) <= {0, 1}
+    meta = json.loads((train(cfg) / "config.json").read_text())
+    assert meta["training"]["config"]["tiles"] == [str(tmp_path / "tiles")]
+    assert meta["preprocess"]["input_size"] == [48, 48] and "validation" in meta["metrics"]
+    with pytest.raises(ValueError, match="need crop"):
+        _cfg(tmp_path / "full", tmp_path / "x", tiles=[str(tmp_path / "tiles")])
