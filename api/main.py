@@ -21,7 +21,6 @@ from api.limits import BodySizeLimit
 from api.routes import detect, feedback, health, jobs, objects, operating_point, report, webhooks
 from fakescope.service.budget import UploadBusy
 from fakescope.service.uploads import IdempotencyConflict
-from fakescope.service.webhooks import set_sender
 from fakescope.settings import get_settings
 from fakescope.storage import StorageError
 
@@ -108,8 +107,6 @@ def create_app() -> FastAPI:
     app.include_router(report.router)
     # An oversized body is refused as it arrives, an anonymous one before anything reads it.
     settings = get_settings()
-    # Webhooks of jobs this process finishes or cancels go to the webhooks queue, never inline.
-    set_sender(lambda job_id: app_services(app).enqueuer.webhook(job_id))
     # Inner: a key is checked, and its rate limit counted, before any body byte is received (api.gate).
     app.add_middleware(KeyGate)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, json_max_bytes=settings.max_json_bytes)

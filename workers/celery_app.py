@@ -11,16 +11,13 @@ import logging
 from celery.signals import after_setup_logger, after_setup_task_logger, worker_process_init
 
 from fakescope.observability import JsonFormatter, set_pool
-from fakescope.service.webhooks import set_sender
 from fakescope.settings import get_settings
-from fakescope.tasks import Enqueuer, make_celery
+from fakescope.tasks import make_celery
 
 logger = logging.getLogger(__name__)
 
 app = make_celery(get_settings(), include=["workers.classify", "workers.explain", "workers.webhooks"])
 set_pool(get_settings().worker_pool)
-# A job a task finishes hands its webhook to the webhooks queue (fakescope.service.webhooks).
-set_sender(lambda job_id: Enqueuer(app, get_settings()).webhook(job_id))
 
 
 @after_setup_logger.connect

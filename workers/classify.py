@@ -36,6 +36,7 @@ def classify(self: Task, job_id: str, item_ids: list[str], count_start: bool = T
                 count_start=count_start,
                 trust_anchors_pem=runtime.trust_anchors(),
                 fetch=get_settings().fetch,
+                enqueue_webhook=runtime.enqueuer().webhook,
             )
 
     def before_retry() -> dict[str, Any]:

@@ -21,7 +21,13 @@ def explain(self: Task, job_id: str, item_ids: list[str]) -> int:
     def body() -> int:
         with runtime.session() as session:
             return explain_chunk(
-                session, runtime.store(), runtime.detector(), runtime.explainer(), job_id=job_id, item_ids=item_ids
+                session,
+                runtime.store(),
+                runtime.detector(),
+                runtime.explainer(),
+                job_id=job_id,
+                item_ids=item_ids,
+                enqueue_webhook=runtime.enqueuer().webhook,
             )
 
     with runtime.observed(job_id, item_ids):

@@ -118,7 +118,7 @@ class Work:
 
     def give_up(self, job_id: str, item_ids: list[str], reason: str) -> None:
         with session() as s:
-            self.fail(s, job_id=job_id, item_ids=item_ids, reason=reason)
+            self.fail(s, job_id=job_id, item_ids=item_ids, reason=reason, enqueue_webhook=enqueuer().webhook)
 
 
 CLASSIFY = Work("classification", fail_items)

@@ -170,6 +170,7 @@ def create_job(
             fingerprint=fingerprint,
             budget=services.upload_budget,
             point=point,
+            enqueue_webhook=services.enqueuer.webhook,
         )
     url = _status_url(request, job.id)
     response.headers["Location"] = url
@@ -250,6 +251,7 @@ def create_url_job(
         callback_url=body.callback_url,
         idempotency_key=idempotency_key,
         point=point,
+        enqueue_webhook=enqueuer.webhook,
     )
     url = _status_url(request, job.id)
     response.headers["Location"] = url
@@ -264,7 +266,7 @@ def start_job(
 ) -> JobPublic:
     job = _job_or_404(session, tenant, job_id)
     try:
-        job = uploads.start_job(session, store, enqueuer.classify, job=job)
+        job = uploads.start_job(session, store, enqueuer.classify, job=job, enqueue_webhook=enqueuer.webhook)
     except svc.JobStateError as e:
         raise HTTPException(status.HTTP_409_CONFLICT, detail=str(e)) from e
     return svc.job_public(session, job, _status_url(request, job.id))
@@ -312,12 +314,14 @@ def create_report_link(
 
 
 @router.delete("/{job_id}", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic)
-def cancel_job(request: Request, job_id: uuid.UUID, session: SessionDep, tenant: TenantDep) -> JobPublic:
+def cancel_job(
+    request: Request, job_id: uuid.UUID, session: SessionDep, enqueuer: EnqueuerDep, tenant: TenantDep
+) -> JobPublic:
     """Cancels the job: images not classified yet never will be. Finished jobs are left as they are.
 
     A job this call cancels sends its webhook (state ``cancelled``) through the webhooks queue.
     """
-    job = svc.cancel_job(session, job=_job_or_404(session, tenant, job_id))
+    job = svc.cancel_job(session, job=_job_or_404(session, tenant, job_id), enqueue_webhook=enqueuer.webhook)
     return svc.job_public(session, job, _status_url(request, job.id))
 
 

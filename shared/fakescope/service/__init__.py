@@ -2,6 +2,10 @@
 
 ``tenants`` and ``jobs`` import no ML code and serve the API; ``processing`` runs the detection
 pipeline and is imported by the workers only.
+
+What talks to the broker is passed in, never reached for: each process builds its ``Enqueuer`` once
+(the API's lifespan, a worker's runtime, the sweeper's loop) and hands its methods to the functions
+below as an :data:`Enqueue` or an :data:`EnqueueWebhook`.
 """
 
 from __future__ import annotations
@@ -9,8 +13,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Sequence
 
-__all__ = ["Enqueue"]
+__all__ = ["Enqueue", "EnqueueWebhook"]
 
 # Sends a job's items to a worker queue (chunked by the sender); returns how many tasks it sent.
 # The API and the sweeper pass ``Enqueuer.classify``/``.explain``; tests pass a recorder.
 Enqueue = Callable[[uuid.UUID, Sequence[uuid.UUID]], int]
+
+# Hands a job's pending webhook to the webhooks queue (fakescope.service.outbox). The API, the workers
+# and the sweeper pass ``Enqueuer.webhook``; None leaves it in the outbox for the sweeper to send.
+EnqueueWebhook = Callable[[uuid.UUID], object]

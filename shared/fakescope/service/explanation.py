@@ -16,6 +16,7 @@ from sqlmodel import Session, col, select
 from fakescope.db.models import ExplainStatus, JobItem, utcnow
 from fakescope.observability import FAILURES, IMAGES, failure_reason, pool
 from fakescope.pipeline import classify_items
+from fakescope.service import EnqueueWebhook
 from fakescope.service.jobs import finish
 from fakescope.service.originals import chunk_inputs
 from fakescope.service.rows import uuids, write_rows
@@ -35,8 +36,10 @@ def explain_chunk(
     *,
     job_id: str | uuid.UUID,
     item_ids: Sequence[str | uuid.UUID],
+    enqueue_webhook: EnqueueWebhook | None = None,
 ) -> int:
-    """Explains the chunk's items still pending explanation; returns how many it wrote."""
+    """Explains the chunk's items still pending explanation; returns how many it wrote. A job this
+    finishes hands its webhook to ``enqueue_webhook``."""
     from fakescope.explain import ExplainInput, explain_with_evidence
 
     jid = uuid.UUID(str(job_id))
@@ -46,7 +49,7 @@ def explain_chunk(
         .order_by(col(JobItem.position))
     ).all()
     if not items:
-        finish(session, job_id=jid)
+        finish(session, job_id=jid, enqueue_webhook=enqueue_webhook)
         return 0
     results = list(classify_items(detector, chunk_inputs(store, items), overlays=False, keep_arrays=True))
     good = [(it, r) for it, r in zip(items, results, strict=True) if r.error is None]
@@ -81,12 +84,17 @@ def explain_chunk(
         IMAGES.labels(pool(), "done" if it.id in done else "failed").inc()
         if it.id not in done:
             FAILURES.labels(pool(), failure_reason(r.error)).inc()
-    finish(session, job_id=jid)
+    finish(session, job_id=jid, enqueue_webhook=enqueue_webhook)
     return written
 
 
 def fail_explanations(
-    session: Session, *, job_id: str | uuid.UUID, item_ids: Sequence[str | uuid.UUID], reason: str
+    session: Session,
+    *,
+    job_id: str | uuid.UUID,
+    item_ids: Sequence[str | uuid.UUID],
+    reason: str,
+    enqueue_webhook: EnqueueWebhook | None = None,
 ) -> int:
     """Marks the chunk's explanations still pending failed with ``reason``; their verdicts stand."""
     jid = uuid.UUID(str(job_id))
@@ -96,5 +104,5 @@ def fail_explanations(
         .values(explain_status=ExplainStatus.FAILED, explain_error=reason, explained_at=utcnow())
     )
     session.commit()
-    finish(session, job_id=jid)
+    finish(session, job_id=jid, enqueue_webhook=enqueue_webhook)
     return res.rowcount

@@ -31,7 +31,7 @@ from fakescope.db.models import (
     utcnow,
 )
 from fakescope.result import Verdict
-from fakescope.service import webhooks
+from fakescope.service import EnqueueWebhook, outbox
 from fakescope.service.rows import batched
 from fakescope.storage import ObjectStore
 
@@ -190,8 +190,9 @@ def task_entries(session: Session, *, job_id: uuid.UUID) -> list[AnswerEntry]:
     return [AnswerEntry(name, pred if status == ItemStatus.DONE else None, expl) for name, pred, expl, status in rows]
 
 
-def cancel_job(session: Session, *, job: Job) -> Job:
-    """Cancels a job that has not finished: its queued items are never classified (workers skip them)."""
+def cancel_job(session: Session, *, job: Job, enqueue_webhook: EnqueueWebhook | None = None) -> Job:
+    """Cancels a job that has not finished: its queued items are never classified (workers skip them).
+    A job this call cancels hands its webhook, if any, to ``enqueue_webhook`` (:mod:`.outbox`)."""
     session.exec(
         update(JobItem)
         .where(
@@ -209,22 +210,13 @@ def cancel_job(session: Session, *, job: Job) -> Job:
     res = session.exec(
         update(Job)
         .where(col(Job.id) == job.id, col(Job.state).not_in(finished))
-        .values(state=JobState.CANCELLED, finished_at=utcnow(), **_outbox_values())
+        .values(state=JobState.CANCELLED, finished_at=utcnow(), **outbox.pending_values())
     )
     session.commit()
     session.refresh(job)
-    if res.rowcount == 1 and job.callback_url:
-        webhooks.announce(job.id)
+    if res.rowcount == 1:
+        outbox.announce(enqueue_webhook, job)
     return job
-
-
-def _outbox_values() -> dict[str, object]:
-    """The columns that put a finishing job's webhook in the outbox, in the statement that finishes it."""
-    has_callback = col(Job.callback_url).is_not(None)
-    return {
-        "callback_status": case((has_callback, webhooks.PENDING), else_=col(Job.callback_status)),
-        "callback_sent_at": case((has_callback, utcnow()), else_=col(Job.callback_sent_at)),
-    }
 
 
 def finalize_if_done(session: Session, *, job_id: uuid.UUID) -> Job | None:
@@ -270,7 +262,7 @@ def finalize_if_done(session: Session, *, job_id: uuid.UUID) -> Job | None:
             if state == JobState.SUCCEEDED
             else state,
             finished_at=utcnow(),
-            **_outbox_values(),
+            **outbox.pending_values(),
         )
     )
     session.commit()
@@ -283,11 +275,12 @@ def finalize_if_done(session: Session, *, job_id: uuid.UUID) -> Job | None:
     return job
 
 
-def finish(session: Session, *, job_id: uuid.UUID) -> Job | None:
-    """Finalizes the job if this was its last work; its webhook, if any, goes to the webhooks queue."""
+def finish(session: Session, *, job_id: uuid.UUID, enqueue_webhook: EnqueueWebhook | None = None) -> Job | None:
+    """Finalizes the job if this was its last work; its webhook, if any, goes to ``enqueue_webhook``
+    (None: it waits in the outbox for the sweeper)."""
     job = finalize_if_done(session, job_id=job_id)
-    if job is not None and job.callback_url:
-        webhooks.announce(job.id)
+    if job is not None:
+        outbox.announce(enqueue_webhook, job)
     return job
 
 

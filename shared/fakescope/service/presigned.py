@@ -21,7 +21,7 @@ from fakescope.db.models import (
 )
 from fakescope.imageio import DEFAULT_MAX_BYTES
 from fakescope.result import OperatingPoint
-from fakescope.service import Enqueue
+from fakescope.service import Enqueue, EnqueueWebhook
 from fakescope.service.idempotency import new_job, request_fingerprint
 from fakescope.service.jobs import JobStateError, finish
 from fakescope.service.rows import batched
@@ -129,6 +129,7 @@ def start_job(
     *,
     job: Job,
     max_bytes: int = DEFAULT_MAX_BYTES,
+    enqueue_webhook: EnqueueWebhook | None = None,
 ) -> Job:
     """Queues the uploaded items of a presigned job; an item whose object is missing fails as not
     uploaded, and one over ``max_bytes`` (a presigned PUT cannot be capped as it is sent) fails as too
@@ -137,7 +138,8 @@ def start_job(
     The objects are checked first (a HEAD each), with nothing changed: an object-store error part-way
     (it propagates) leaves the job awaiting its start, and a retry starts it. Then the job's claim and
     every item's new state commit together, each conditional on the state it expects, so a cancel that
-    landed meanwhile wins and is never undone.
+    landed meanwhile wins and is never undone. A job with nothing to queue finishes here and hands its
+    webhook to ``enqueue_webhook``.
     """
     if job.state != JobState.AWAITING_UPLOAD:
         raise JobStateError("Job already started")
@@ -158,7 +160,7 @@ def start_job(
             logger.warning("job %s: could not delete %s oversized uploads", job.id, len(doomed), exc_info=True)
     enqueue(job.id, queued)
     if not queued:
-        finish(session, job_id=job.id)
+        finish(session, job_id=job.id, enqueue_webhook=enqueue_webhook)
     session.refresh(job)
     return job
 

@@ -24,7 +24,7 @@ from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobStat
 from fakescope.observability import FAILURES, IMAGES, failure_reason, log_context, pool
 from fakescope.pipeline import ImageResult, classify_items
 from fakescope.result import ResultContract
-from fakescope.service import Enqueue
+from fakescope.service import Enqueue, EnqueueWebhook
 from fakescope.service.jobs import finish
 from fakescope.service.originals import chunk_inputs
 from fakescope.service.rows import uuids, write_rows
@@ -107,6 +107,7 @@ def classify_chunk(
     count_start: bool = True,
     trust_anchors_pem: str | None = None,
     fetch: FetchSettings | None = None,
+    enqueue_webhook: EnqueueWebhook | None = None,
 ) -> int:
     """Classifies the chunk's queued items and writes their results (with GradCAM grids, from which
     the API draws overlays on demand) in one statement per shape of row; returns how many it wrote.
@@ -115,6 +116,7 @@ def classify_chunk(
     ``count_start=False``: this run's start is already counted (a retry whose give-back failed).
     ``decode_threads``: as :func:`fakescope.pipeline.classify_items` takes it (None: its choice).
     ``fetch``: how items named by URL are fetched (None: they fail, nothing is fetched).
+    ``enqueue_webhook``: where a job this chunk finishes hands its webhook (None: the sweeper sends it).
     """
     jid = uuid.UUID(str(job_id))
     ids = uuids(item_ids)
@@ -156,7 +158,7 @@ def classify_chunk(
         ).all()
         if pending:
             enqueue_explain(jid, list(pending))
-    finish(session, job_id=jid)
+    finish(session, job_id=jid, enqueue_webhook=enqueue_webhook)
     logger.info("job %s: classified %s of %s items (%s from the cache)", jid, written, len(ids), len(items) - len(todo))
     return written
 
@@ -302,7 +304,14 @@ def release_items(session: Session, *, item_ids: Sequence[str | uuid.UUID]) -> i
     return res.rowcount
 
 
-def fail_items(session: Session, *, job_id: str | uuid.UUID, item_ids: Sequence[str | uuid.UUID], reason: str) -> int:
+def fail_items(
+    session: Session,
+    *,
+    job_id: str | uuid.UUID,
+    item_ids: Sequence[str | uuid.UUID],
+    reason: str,
+    enqueue_webhook: EnqueueWebhook | None = None,
+) -> int:
     """Marks the chunk's items still queued for classification failed with ``reason`` (a task gave up
     on them), then finalizes the job."""
     jid = uuid.UUID(str(job_id))
@@ -312,5 +321,5 @@ def fail_items(session: Session, *, job_id: str | uuid.UUID, item_ids: Sequence[
         .values(status=ItemStatus.FAILED, error=reason, finished_at=utcnow())
     )
     session.commit()
-    finish(session, job_id=jid)
+    finish(session, job_id=jid, enqueue_webhook=enqueue_webhook)
     return res.rowcount

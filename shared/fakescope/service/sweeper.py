@@ -27,20 +27,22 @@ import logging
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
-from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, WebhookDelivery, utcnow
-from fakescope.service import Enqueue, webhooks
+from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, utcnow
+from fakescope.service import Enqueue, EnqueueWebhook, outbox
 from fakescope.service.jobs import JobStateError, finish, purge_expired
+from fakescope.service.outbox import MAX_RESENDS, RESENT
 from fakescope.service.uploads import start_job
 from fakescope.storage import ObjectStore
 
-__all__ = ["SweepReport", "main", "run", "sweep"]
+# MAX_RESENDS and RESENT are the outbox's: re-exported, as the sweeper applies them.
+__all__ = ["MAX_RESENDS", "RESENT", "SweepReport", "main", "run", "sweep"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,21 +94,27 @@ def sweep(
     deadline_s: float,
     upload_timeout_s: float = 3600,
     limit: int = 10_000,
-    enqueue_webhook: Callable[[uuid.UUID], object] | None = None,
+    enqueue_webhook: EnqueueWebhook | None = None,
     redeliver_after_s: float = 300,
     store: ObjectStore | None = None,
     retention_s: float | None = None,
     awaiting_timeout_s: float | None = None,
 ) -> SweepReport:
-    """One round: re-enqueues overdue work and finishes jobs that have nothing left; returns the counts."""
+    """One round: re-enqueues overdue work and finishes jobs that have nothing left; returns the counts.
+
+    ``enqueue_webhook`` hands the webhooks of jobs this round finishes to the webhooks queue, and
+    re-sends those left pending past ``redeliver_after_s`` (None: neither, they stay in the outbox).
+    """
     cutoff = utcnow() - timedelta(seconds=deadline_s)
     report = SweepReport()
     _requeue(session, report, enqueue_classify, enqueue_explain, cutoff=cutoff, deadline_s=deadline_s, limit=limit)
-    _close_stale(session, report, cutoff=cutoff, upload_timeout_s=upload_timeout_s, limit=limit)
+    _close_stale(session, report, enqueue_webhook, cutoff=cutoff, upload_timeout_s=upload_timeout_s, limit=limit)
     if enqueue_webhook is not None:
-        report.webhooks += _resend_webhooks(session, enqueue_webhook, redeliver_after_s, limit)
+        report.webhooks += outbox.resend_overdue(session, enqueue_webhook, after_s=redeliver_after_s, limit=limit)
     if store is not None and awaiting_timeout_s is not None:
-        report.started_uploads += _start_abandoned(session, store, enqueue_classify, awaiting_timeout_s, limit)
+        report.started_uploads += _start_abandoned(
+            session, store, enqueue_classify, enqueue_webhook, awaiting_timeout_s, limit
+        )
     if store is not None and retention_s is not None:
         report.purged_jobs, report.purged_objects = purge_expired(session, store, older_than_s=retention_s)
     return report
@@ -145,7 +153,13 @@ def _requeue(
 
 
 def _close_stale(
-    session: Session, report: SweepReport, *, cutoff: datetime, upload_timeout_s: float, limit: int
+    session: Session,
+    report: SweepReport,
+    enqueue_webhook: EnqueueWebhook | None,
+    *,
+    cutoff: datetime,
+    upload_timeout_s: float,
+    limit: int,
 ) -> None:
     """Closes abandoned uploads and finishes jobs with nothing left in flight that nobody closed."""
     # A multipart upload's job keeps total 0 until the request has stored its last image; an API that
@@ -170,12 +184,17 @@ def _close_stale(
         select(Job.id).where(col(Job.state).in_(ACTIVE), col(Job.created_at) < cutoff).limit(limit)
     ).all()
     for job_id in stale:
-        if finish(session, job_id=job_id) is not None:
+        if finish(session, job_id=job_id, enqueue_webhook=enqueue_webhook) is not None:
             report.finished_jobs += 1
 
 
 def _start_abandoned(
-    session: Session, store: ObjectStore, enqueue_classify: Enqueue, awaiting_timeout_s: float, limit: int
+    session: Session,
+    store: ObjectStore,
+    enqueue_classify: Enqueue,
+    enqueue_webhook: EnqueueWebhook | None,
+    awaiting_timeout_s: float,
+    limit: int,
 ) -> int:
     """Starts presigned jobs whose client never called start (it died, or gave up) once every URL has
     expired: nothing more can arrive, so each is started with what did. Returns how many."""
@@ -189,73 +208,12 @@ def _start_abandoned(
         .limit(limit)
     ).all():
         try:
-            start_job(session, store, enqueue_classify, job=job)
+            start_job(session, store, enqueue_classify, job=job, enqueue_webhook=enqueue_webhook)
             started += 1
             logger.warning("sweeper: job %s waited past %ss for its start; started it", job.id, awaiting_timeout_s)
         except JobStateError:
             session.rollback()  # started or cancelled meanwhile
     return started
-
-
-# A webhook the sweeper found still pending is re-sent at most this many times (each logged as a
-# delivery row with this outcome), then given up on with the reason in the job's callback_status.
-MAX_RESENDS = 5
-RESENT = "re-sent by the sweeper: the last attempt recorded no outcome"
-
-
-def _resend_webhooks(
-    session: Session, enqueue_webhook: Callable[[uuid.UUID], object], after_s: float, limit: int
-) -> int:
-    """Claims (moves ``callback_sent_at`` to now) and re-sends pending webhooks sent over ``after_s`` ago."""
-    cutoff = utcnow() - timedelta(seconds=after_s)
-    overdue = (col(Job.callback_sent_at) < cutoff) | col(Job.callback_sent_at).is_(None)
-    where = [col(Job.callback_status) == webhooks.PENDING, overdue]
-    candidates = session.exec(select(Job.id).where(*where).limit(limit)).all()
-    if not candidates:
-        return 0
-    claimed = session.exec(
-        update(Job)
-        .where(col(Job.id).in_(candidates), *where)
-        .values(callback_sent_at=utcnow())
-        .returning(col(Job.id), col(Job.tenant_id), col(Job.callback_url))
-    ).all()
-    # Each re-send is logged as an attempt of its own, and they are capped: a delivery that never
-    # records an outcome (its task killed every time) is given up on instead of being sent forever.
-    resent = dict(
-        session.exec(
-            select(WebhookDelivery.job_id, func.count())
-            .where(col(WebhookDelivery.job_id).in_([c[0] for c in claimed]), col(WebhookDelivery.outcome) == RESENT)
-            .group_by(col(WebhookDelivery.job_id))
-        ).all()
-    )
-    send: list[uuid.UUID] = []
-    for job_id, tenant_id, url in claimed:
-        n = resent.get(job_id, 0)
-        if n >= MAX_RESENDS:
-            session.exec(
-                update(Job)
-                .where(col(Job.id) == job_id, col(Job.callback_status) == webhooks.PENDING)
-                .values(callback_status=f"error: gave up after {n} re-sends that recorded no outcome")
-            )
-            logger.error("sweeper: job %s: webhook given up after %s re-sends without an outcome", job_id, n)
-            continue
-        session.add(
-            WebhookDelivery(
-                delivery_id=webhooks.delivery_id(job_id),
-                job_id=job_id,
-                tenant_id=tenant_id,
-                url=url or "",
-                event=webhooks.EVENT,
-                attempt=n + 1,
-                outcome=RESENT,
-            )
-        )
-        send.append(job_id)
-    session.commit()
-    for job_id in send:
-        logger.warning("sweeper: job %s: webhook still pending after %ss; sent again", job_id, after_s)
-        enqueue_webhook(job_id)
-    return len(send)
 
 
 def run(every_s: float | None = None, once: bool = False) -> int:
@@ -268,7 +226,6 @@ def run(every_s: float | None = None, once: bool = False) -> int:
     cfg = get_settings()
     app = make_celery(cfg)
     enqueuer = Enqueuer(app, cfg)
-    webhooks.set_sender(enqueuer.webhook)
     engine = get_engine(cfg.sqlalchemy_url)
     store = get_store(cfg)
     while True:

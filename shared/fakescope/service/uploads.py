@@ -19,7 +19,7 @@ from itertools import islice
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from sqlalchemy import delete, func, insert
+from sqlalchemy import delete, func, insert, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
@@ -34,7 +34,7 @@ from fakescope.db.models import (
 )
 from fakescope.imageio import ARCHIVE_SUFFIXES, DEFAULT_MAX_BYTES, ImageError, InputItem, iter_inputs
 from fakescope.result import OperatingPoint
-from fakescope.service import Enqueue, webhooks
+from fakescope.service import Enqueue, EnqueueWebhook, outbox
 from fakescope.service.budget import ByteBudget, Lease
 from fakescope.service.idempotency import IdempotencyConflict, new_job, request_fingerprint
 from fakescope.service.jobs import finish
@@ -149,6 +149,7 @@ def create_job(
     budget: ByteBudget | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
     point: OperatingPoint | None = None,
+    enqueue_webhook: EnqueueWebhook | None = None,
 ) -> tuple[Job, bool]:
     """Stores every input's bytes, one item row each, and enqueues the classify chunks.
 
@@ -164,7 +165,8 @@ def create_job(
     Returns the job and whether it was created (False: an earlier request with the same
     ``idempotency_key`` made it, and nothing new was stored). An input that cannot be read (an
     oversized archive member, a corrupt archive) becomes a failed item with its reason; images are
-    decoded by the workers, which fail bad ones the same way.
+    decoded by the workers, which fail bad ones the same way. A job that finishes here (an upload
+    with no images, or one the workers already finished) hands its webhook to ``enqueue_webhook``.
     """
     job, created = new_job(
         session,
@@ -185,29 +187,28 @@ def create_job(
         with ThreadPoolExecutor(UPLOAD_THREADS, thread_name_prefix="upload") as pool:
             ingest = _Ingest(session, store, enqueue, job, pool, lease, max_items=max_items, max_bytes=max_bytes)
             n_rows, n_queued = ingest.run(inputs)
-        _set_total(session, job, n_rows)
+        _set_total(session, job, n_rows, enqueue_webhook)
     except BaseException:
         _discard(session, job_id)
         raise
     finally:
         lease.close()
-    finish(session, job_id=job.id)  # the workers may have finished every chunk before the total was known
+    # The workers may have finished every chunk before the total was known.
+    finish(session, job_id=job.id, enqueue_webhook=enqueue_webhook)
     session.refresh(job)
     logger.info("job %s: %s items, %s queued", job.id, n_rows, n_queued)
     return job, True
 
 
-def _set_total(session: Session, job: Job, n_rows: int) -> None:
-    """Records the upload's size, which lets the job finish; an upload with no images fails here."""
-    if not n_rows:
-        job.state, job.error, job.finished_at = JobState.FAILED, "no images in the upload", utcnow()
-        if job.callback_url:  # finished here, not by finalize_if_done: the outbox row is written here too
-            job.callback_status, job.callback_sent_at = webhooks.PENDING, utcnow()
-    job.total = n_rows
-    session.add(job)
+def _set_total(session: Session, job: Job, n_rows: int, enqueue_webhook: EnqueueWebhook | None) -> None:
+    """Records the upload's size, which lets the job finish; an upload with no images fails here (and
+    puts its webhook in the outbox in the same statement: it is finished here, not by finalize_if_done)."""
+    failed = {"state": JobState.FAILED, "error": "no images in the upload", "finished_at": utcnow()}
+    values = {"total": n_rows} if n_rows else {"total": 0, **failed, **outbox.pending_values()}
+    session.exec(update(Job).where(col(Job.id) == job.id).values(**values))
     session.commit()
-    if not n_rows and job.callback_url:
-        webhooks.announce(job.id)
+    if not n_rows:
+        outbox.announce(enqueue_webhook, job)
 
 
 def _discard(session: Session, job_id: uuid.UUID) -> None:

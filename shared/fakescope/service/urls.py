@@ -15,7 +15,7 @@ from sqlmodel import Session
 
 from fakescope.db.models import Job, JobItem, JobState, storable_name
 from fakescope.result import OperatingPoint
-from fakescope.service import Enqueue
+from fakescope.service import Enqueue, EnqueueWebhook
 from fakescope.service.idempotency import new_job, request_fingerprint
 from fakescope.service.jobs import finish
 from fakescope.storage import original_key
@@ -34,9 +34,11 @@ def create_url_job(
     callback_url: str | None = None,
     idempotency_key: str | None = None,
     point: OperatingPoint | None = None,
+    enqueue_webhook: EnqueueWebhook | None = None,
 ) -> tuple[Job, bool]:
     """A queued job with one item per URL (named by its URL), its chunks enqueued; returns the job
-    and whether it was created (False: the ``idempotency_key``'s earlier job)."""
+    and whether it was created (False: the ``idempotency_key``'s earlier job). A job the workers
+    finished before this returns hands its webhook to ``enqueue_webhook``."""
     point = point or OperatingPoint()
     fingerprint = request_fingerprint(
         "urls", urls=list(urls), explain=explain, overlays=overlays, callback_url=callback_url, point=point.model_dump()
@@ -64,6 +66,6 @@ def create_url_job(
     session.add(job)
     session.commit()
     enqueue(job.id, ids)
-    finish(session, job_id=job.id)  # the workers may have finished before this line
+    finish(session, job_id=job.id, enqueue_webhook=enqueue_webhook)  # the workers may have finished already
     session.refresh(job)
     return job, True

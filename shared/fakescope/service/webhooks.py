@@ -1,9 +1,9 @@
 """Job-completion webhooks: an outbox, a pool of their own, pinned destinations, two signatures.
 
 Delivery never runs on a request or a classify worker. The statement that finishes (or cancels) a job
-also marks its webhook ``pending`` (the outbox: the state change and the promise to tell the receiver
-commit together); the process that finished it then asks the ``webhooks`` queue to deliver it
-(:func:`announce`), and the sweeper re-sends any still pending after ``callback_redeliver_after_s``
+also marks its webhook ``pending`` (:mod:`fakescope.service.outbox`: the state change and the promise
+to tell the receiver commit together); the process that finished it then asks the ``webhooks`` queue
+to deliver it, and the sweeper re-sends any still pending after ``callback_redeliver_after_s``
 (a lost message, a broker outage). A webhooks worker makes one attempt per task: connect, send and
 read are each bounded by ``callback_timeout_s``, the response body is read to at most
 ``callback_max_response_bytes`` and dropped, and a retry is a new task after a backoff, not a sleep.
@@ -32,7 +32,7 @@ import logging
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,12 @@ from sqlmodel import Session, col, select
 
 from fakescope.db.models import Job, Tenant, WebhookDelivery
 from fakescope.outbound import DEFAULT_PORTS, OutboundURLError, Target, pinned_url, resolve_target
+from fakescope.service.jobs import job_counts
+
+# The outbox's names, re-exported: receivers' docs and tests import them from here.
+from fakescope.service.outbox import EVENT as EVENT
+from fakescope.service.outbox import PENDING as PENDING
+from fakescope.service.outbox import delivery_id as delivery_id
 
 # Signing lives in fakescope.service.signing; re-exported, as receivers and tests import it from here.
 from fakescope.service.signing import sign as sign
@@ -56,13 +62,11 @@ __all__ = [
     "Attempt",
     "CallbackURLError",
     "Target",
-    "announce",
     "attempt_delivery",
     "check_callback_url",
     "delivery_id",
     "post_pinned",
     "resolve_callback",
-    "set_sender",
     "sign",
     "standard_secret",
     "standard_signature",
@@ -73,10 +77,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 SIGNATURE_HEADER = "X-Fakescope-Signature"
-EVENT = "job.finished"
-# jobs.callback_status while the webhook waits in the outbox; afterwards the last attempt's outcome.
-PENDING = "pending"
-_DELIVERY_NAMESPACE = uuid.UUID("6f1d1c9e-8a55-4f8e-9d0e-4b2a3c1f7e21")
 
 
 class CallbackURLError(OutboundURLError):
@@ -127,32 +127,6 @@ def post_pinned(
         finally:
             response.close()
         return response.status_code
-
-
-def delivery_id(job_id: uuid.UUID) -> uuid.UUID:
-    """The id every attempt and re-send of a job's webhook carries: receivers deduplicate on it."""
-    return uuid.uuid5(_DELIVERY_NAMESPACE, f"{job_id}/{EVENT}")
-
-
-_sender: Callable[[uuid.UUID], object] | None = None
-
-
-def set_sender(sender: Callable[[uuid.UUID], object] | None) -> None:
-    """How this process hands a pending webhook to the webhooks queue (each process sets it at start:
-    the API, the workers and the sweeper send through their Celery app)."""
-    global _sender
-    _sender = sender
-
-
-def announce(job_id: uuid.UUID) -> None:
-    """Asks the webhooks pool to deliver ``job_id``'s pending webhook now. Without a sender, or when
-    the broker refuses, the webhook stays pending and the sweeper sends it later."""
-    if _sender is None:
-        return
-    try:
-        _sender(job_id)
-    except Exception as e:  # the outbox row is committed: the sweeper's re-send covers this
-        logger.warning("could not enqueue the webhook of job %s (the sweeper will): %s", job_id, e)
 
 
 @dataclass(frozen=True)
@@ -210,8 +184,6 @@ def attempt_delivery(session: Session, *, job_id: uuid.UUID, settings: Settings)
 def _signed_event(session: Session, job: Job, did: str) -> tuple[bytes, dict[str, str]]:
     """The job's event as sent: its JSON body and headers, signed with the tenant's secret both ways
     (Standard Webhooks' ``webhook-signature`` and fakescope's own header)."""
-    from fakescope.service.jobs import job_counts
-
     tenant = session.get(Tenant, job.tenant_id)
     secret = tenant.webhook_secret if tenant is not None else ""
     payload: dict[str, Any] = {
