@@ -53,7 +53,7 @@ import redis
 from PIL import Image
 
 from fakescope.machine import describe
-from fakescope.stack import Stack
+from serve.stack import Stack
 
 
 def free_port() -> int:

@@ -249,7 +249,8 @@ def _cmd_export_split(args: argparse.Namespace) -> int:
 
 # Subcommands whose own module parses the rest of the command line.
 DELEGATED = {
-    "serve": ("fakescope.stack", "run the job service natively: API, classify and explain pools, Flower"),
+    # The process runner lives beside the apps it starts (serve/), not in this package.
+    "serve": ("serve.stack", "run the job service natively: API, classify and explain pools, Flower"),
     "finetune-explainer": ("fakescope.explain.finetune", "LoRA fine-tuning of the Idefics2 explainer"),
     "calibrate-evidence": ("fakescope.explain.calibrate", "measure the evidence signals on real images"),
     "sweep": ("fakescope.service.sweeper", "re-enqueue job work that waited past its deadline (run one)"),

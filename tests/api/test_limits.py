@@ -15,7 +15,7 @@ import pytest
 from api.limits import RateLimiter
 from fakescope.service.tenants import create_api_key
 from fakescope.settings import Settings
-from fakescope.stack import Stack
+from serve.stack import Stack
 from tests.utils.stack import ServiceStack, free_port, png_bytes, wait_until
 
 

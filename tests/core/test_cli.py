@@ -22,7 +22,7 @@ def test_unknown_subcommand_is_an_error(capsys):
 
 def test_serve_makes_its_own_secrets_once(tmp_path: Path) -> None:
     from fakescope.settings import PLACEHOLDER_SECRETS
-    from fakescope.stack import local_secrets
+    from serve.stack import local_secrets
 
     first = local_secrets(tmp_path / "data")
     assert set(first) == {"FAKESCOPE_SECRET_KEY", "FAKESCOPE_FLOWER_BASIC_AUTH"}

@@ -1,5 +1,5 @@
 """`fakescope serve`'s children do not outlive it: killed by SIGKILL (no handler of its own runs), its
-API and workers are signalled by the kernel (SIGHUP is handled like Ctrl-C, in ``fakescope.stack.main``)."""
+API and workers are signalled by the kernel (SIGHUP is handled like Ctrl-C, in ``serve.stack.main``)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from tests.utils.stack import wait_until
 PARENT = """
 import sys, time
 from pathlib import Path
-from fakescope.stack import Stack
+from serve.stack import Stack
 stack = Stack(env={}, log_dir=Path(sys.argv[1]))
 child = stack._spawn("child", ["-c", "import time; time.sleep(300)"])
 print(child.pid, flush=True)

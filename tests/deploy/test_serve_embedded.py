@@ -28,7 +28,7 @@ from tests.utils.stack import free_port, png_bytes, process_env, wait_until
 def test_serve_runs_a_job_end_to_end_on_embedded_defaults(tiny_checkpoint: Path, tmp_path: Path) -> None:
     port = free_port()
     env = process_env({"FAKESCOPE_DATA_DIR": str(tmp_path / "data"), "FAKESCOPE_CHECKPOINT": str(tiny_checkpoint)})
-    cmd = [sys.executable, "-m", "fakescope.stack", "--port", str(port), "--flower-port", "0"]
+    cmd = [sys.executable, "-m", "fakescope.cli", "serve", "--port", str(port), "--flower-port", "0"]
     cmd += ["--classify-workers", "1", "--explain-workers", "1"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out: list[str] = []

@@ -22,7 +22,7 @@ pytest.importorskip("celery", reason="job service not installed")
 from fakescope.detector import Detector
 from fakescope.explain.clip_scorer import ClipScorer
 from fakescope.explain.taxonomy import BY_NAME
-from fakescope.stack import Stack
+from serve.stack import Stack
 from tests.utils.stack import ServiceStack, free_port, png_bytes, service_stack, wait_until  # noqa: F401
 
 pytestmark = pytest.mark.slow

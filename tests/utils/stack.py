@@ -33,8 +33,8 @@ from sqlmodel import Session
 
 from fakescope.db.engine import get_engine
 from fakescope.settings import Settings
-from fakescope.stack import Stack
 from fakescope.storage import ObjectStore, get_store
+from serve.stack import Stack
 
 PG_ADMIN_URL = os.environ.get("FAKESCOPE_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("FAKESCOPE_TEST_REDIS_URL", "redis://127.0.0.1:6379")

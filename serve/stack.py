@@ -1,6 +1,6 @@
 """One command for the whole job service on one machine: API, the worker pools and Flower.
 
-``fakescope serve`` (or ``python -m fakescope.stack``) runs the prestart step (migrations, bucket,
+``fakescope serve`` (or ``python -m serve.stack``) runs the prestart step (migrations, bucket,
 bootstrap key), then starts each process as a child and stops them all on Ctrl-C. Endpoints come
 from ``FAKESCOPE_*`` settings; with none set it runs on the embedded defaults (SQLite, a local
 folder for objects, the filesystem broker), so a newcomer can try the API at once.
@@ -27,8 +27,9 @@ __all__ = ["Stack", "main"]
 
 logger = logging.getLogger(__name__)
 
-# The API and workers packages sit next to shared/ in a source checkout.
-REPO_ROOT = Path(__file__).resolve().parents[2]
+# The folder that holds api/, workers/ and this package (a source checkout's root): the children's
+# working directory, and on their path, so they import these packages as the parent does.
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 # prctl(2): ask the kernel to signal a child when its parent dies.
