@@ -11,7 +11,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import islice
@@ -22,8 +22,6 @@ import torch
 
 from fakescope.detector import Analysis, Detector, RoutedDetector
 from fakescope.imageio import DEFAULT_MAX_PIXELS, ImageError, InputItem, decode_image
-from fakescope.observability import MODEL_SECONDS
-from fakescope.observability import pool as pool_name
 from fakescope.overlay import display_image, grid_record, overlay_png
 from fakescope.provenance import provenance_summary, read_provenance
 from fakescope.result import RESULT_FIELDS, ResultContract
@@ -154,6 +152,7 @@ def classify_items(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     decode_threads: int | None = None,
     keep_arrays: bool = False,
+    model_seconds: Callable[[float], None] | None = None,
     trust_anchors_pem: str | None = None,
 ) -> Iterator[ImageResult]:
     """Classifies ``items`` in batches and yields one :class:`ImageResult` per item, in order.
@@ -176,6 +175,8 @@ def classify_items(
             against (``provenance.c2pa.trusted``); None: no list, ``trusted`` is None.
         keep_arrays: keep the model input, the display-size image (at most ``OVERLAY_MAX_SIDE`` a
             side) and the GradCAM map on each result, for the explainers.
+        model_seconds: called with the seconds of each forward pass (the workers pass their
+            Prometheus histogram's ``observe``); None: not measured.
     """
     if decode_threads is None:
         decode_threads = 0 if detector.device.type == "cpu" and torch.get_num_threads() == 1 else 2
@@ -210,7 +211,11 @@ def classify_items(
         for chunk in _batched(decoded(), batch_size):
             good = [d for d in chunk if d.error is None]
             analyses = _analyze_routes(
-                detector, good, cams=overlays or grids or keep_arrays, maps=overlays or keep_arrays
+                detector,
+                good,
+                cams=overlays or grids or keep_arrays,
+                maps=overlays or keep_arrays,
+                model_seconds=model_seconds,
             )
             current: list[tuple[ImageResult, Future[bytes] | None]] = []
             for d in chunk:
@@ -254,7 +259,12 @@ def classify_items(
 
 
 def _analyze_routes(
-    detector: Detector | RoutedDetector, good: list[DecodedImage], *, cams: bool, maps: bool
+    detector: Detector | RoutedDetector,
+    good: list[DecodedImage],
+    *,
+    cams: bool,
+    maps: bool,
+    model_seconds: Callable[[float], None] | None,
 ) -> dict[int, tuple[Analysis, int]]:
     """Each decoded image's analysis and its row in it: one forward pass per route of the batch."""
     out: dict[int, tuple[Analysis, int]] = {}
@@ -266,7 +276,8 @@ def _analyze_routes(
         t0 = time.perf_counter()
         sizes = [(d.width or 0, d.height or 0) for d in group]
         analysis = member.analyze(batch, cams=cams, sizes=sizes, maps=maps)
-        MODEL_SECONDS.labels(pool_name()).observe(time.perf_counter() - t0)
+        if model_seconds is not None:
+            model_seconds(time.perf_counter() - t0)
         out.update((id(d), (analysis, k)) for k, d in enumerate(group))
     return out
 

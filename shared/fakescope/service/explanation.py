@@ -14,7 +14,7 @@ from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from fakescope.db.models import ExplainStatus, JobItem, utcnow
-from fakescope.observability import FAILURES, IMAGES, failure_reason, pool
+from fakescope.observability import FAILURES, IMAGES, MODEL_SECONDS, failure_reason, pool
 from fakescope.pipeline import classify_items
 from fakescope.service import EnqueueWebhook
 from fakescope.service.jobs import finish
@@ -51,7 +51,15 @@ def explain_chunk(
     if not items:
         finish(session, job_id=jid, enqueue_webhook=enqueue_webhook)
         return 0
-    results = list(classify_items(detector, chunk_inputs(store, items), overlays=False, keep_arrays=True))
+    results = list(
+        classify_items(
+            detector,
+            chunk_inputs(store, items),
+            overlays=False,
+            keep_arrays=True,
+            model_seconds=MODEL_SECONDS.labels(pool()).observe,
+        )
+    )
     good = [(it, r) for it, r in zip(items, results, strict=True) if r.error is None]
     explanations = explain_with_evidence(explainer, [ExplainInput.from_result(r) for _, r in good])
     done = dict(zip([it.id for it, _ in good], explanations, strict=True))

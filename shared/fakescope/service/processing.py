@@ -21,7 +21,7 @@ from sqlalchemy import func, or_, update
 from sqlmodel import Session, col, select
 
 from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobState, utcnow
-from fakescope.observability import FAILURES, IMAGES, failure_reason, log_context, pool
+from fakescope.observability import FAILURES, IMAGES, MODEL_SECONDS, failure_reason, log_context, pool
 from fakescope.pipeline import ImageResult, classify_items
 from fakescope.result import ResultContract
 from fakescope.service import Enqueue, EnqueueWebhook
@@ -145,6 +145,7 @@ def classify_chunk(
         overlays=False,
         grids=job.overlays,
         trust_anchors_pem=trust_anchors_pem,
+        model_seconds=MODEL_SECONDS.labels(pool()).observe,
     )
     updates += _result_rows(job, detector, todo, results, started)
     written = _write_results(session, updates)
