@@ -37,6 +37,7 @@ def classify(self: Task, job_id: str, item_ids: list[str], count_start: bool = T
                 trust_anchors_pem=runtime.trust_anchors(),
                 fetch=get_settings().fetch,
                 enqueue_webhook=runtime.enqueuer().webhook,
+                image_time_limit_s=get_settings().image_time_limit_s,
             )
 
     def before_retry() -> dict[str, Any]:

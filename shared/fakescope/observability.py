@@ -70,6 +70,7 @@ _REASONS = (
     ("unsafe", "unsafe_path"),
     ("missing from object storage", "missing_object"),
     ("not uploaded", "not_uploaded"),
+    ("per-image time limit", "image_time_limit"),
     ("time limit", "time_limit"),
     ("retries", "retries_exhausted"),
     ("cannot read", "unreadable"),

@@ -25,8 +25,9 @@ from fakescope.imageio import DEFAULT_MAX_PIXELS, ImageError, InputItem, decode_
 from fakescope.overlay import display_image, grid_record, overlay_png
 from fakescope.provenance import provenance_summary, read_provenance
 from fakescope.result import RESULT_FIELDS, ResultContract
+from fakescope.timelimit import TimeLimitExceeded, call_with_time_limit
 
-__all__ = ["DecodedImage", "ImageResult", "classify_items", "decode_item"]
+__all__ = ["IMAGE_TIME_LIMIT_ERROR", "DecodedImage", "ImageResult", "classify_items", "decode_item"]
 
 logger = logging.getLogger(__name__)
 
@@ -101,11 +102,14 @@ def decode_item(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     trust_anchors_pem: str | None = None,
     display: bool = True,
+    time_limit_s: float | None = None,
 ) -> DecodedImage:
     """Reads and decodes one input; any problem with the input becomes ``error``.
 
     A failure to *reach* the input (the object store down: ``StorageError``) is not the input's
     fault and propagates, so the task retries it; a failure while *decoding* it never does.
+    ``time_limit_s``: the work on its bytes (decoding, preparing, provenance) is stopped past this and
+    the input fails alone (None: no limit); reading them is bounded by the store's own timeouts.
     """
     try:
         data = item.read()
@@ -115,25 +119,46 @@ def decode_item(
         # Unreadable file (permissions, vanished): an error for this input, not for the batch.
         return DecodedImage(name=item.name, error=f"cannot read file: {e.strerror or e}")
     try:
-        im = decode_image(data, max_pixels=max_pixels)
-        route = detector.route(im.width, im.height)
-        return DecodedImage(
-            name=item.name,
-            route=route,
-            sha256=hashlib.sha256(data).hexdigest(),
-            model_input=detector.members[route].prepare(im),
-            display=display_image(im) if display else None,
-            width=im.width,
-            height=im.height,
-            # From the bytes, never the pixels: stripping the metadata changes this, not the verdict's score.
-            provenance=read_provenance(data, trust_anchors_pem=trust_anchors_pem).to_dict(),
+        return call_with_time_limit(
+            time_limit_s, lambda: _decode_bytes(item.name, data, detector, max_pixels, trust_anchors_pem, display)
         )
+    except TimeLimitExceeded:
+        # One image's bytes may cost tens of seconds (a parser's worst case): it fails, its chunk goes on.
+        return DecodedImage(name=item.name, error=f"{IMAGE_TIME_LIMIT_ERROR} of {time_limit_s:g} s")
     except ImageError as e:
         return DecodedImage(name=item.name, error=str(e))
     except Exception as e:
-        # Untrusted bytes: a parser bug fails this image, not its batch or its worker's chunk.
+        # Untrusted bytes: a parser bug fails this image, not its batch or its worker's chunk. Logged
+        # here, outside the time limit: logging takes locks the limit's exception must not land inside.
         logger.exception("unexpected error decoding %s", item.name)
         return DecodedImage(name=item.name, error=f"cannot decode image: {type(e).__name__}: {e}")
+
+
+# What a stopped image's error starts with (fakescope.observability counts it under its own reason).
+IMAGE_TIME_LIMIT_ERROR = "decoding the image took longer than the per-image time limit"
+
+
+def _decode_bytes(
+    name: str,
+    data: bytes,
+    detector: Detector | RoutedDetector,
+    max_pixels: int,
+    trust_anchors_pem: str | None,
+    display: bool,
+) -> DecodedImage:
+    im = decode_image(data, max_pixels=max_pixels)
+    route = detector.route(im.width, im.height)
+    return DecodedImage(
+        name=name,
+        route=route,
+        sha256=hashlib.sha256(data).hexdigest(),
+        model_input=detector.members[route].prepare(im),
+        display=display_image(im) if display else None,
+        width=im.width,
+        height=im.height,
+        # From the bytes, never the pixels: stripping the metadata changes this, not the verdict's score.
+        provenance=read_provenance(data, trust_anchors_pem=trust_anchors_pem).to_dict(),
+    )
 
 
 def _batched(it: Iterable[DecodedImage], n: int) -> Iterator[list[DecodedImage]]:
@@ -154,6 +179,7 @@ def classify_items(
     keep_arrays: bool = False,
     model_seconds: Callable[[float], None] | None = None,
     trust_anchors_pem: str | None = None,
+    image_time_limit_s: float | None = None,
 ) -> Iterator[ImageResult]:
     """Classifies ``items`` in batches and yields one :class:`ImageResult` per item, in order.
 
@@ -173,6 +199,8 @@ def classify_items(
             threads, the threads overlap work.
         trust_anchors_pem: the C2PA trust list (PEM certificates) a manifest's signer is checked
             against (``provenance.c2pa.trusted``); None: no list, ``trusted`` is None.
+        image_time_limit_s: how long one image's decoding, preparing and provenance reading may take
+            before that image fails alone with its own error (None: no limit).
         keep_arrays: keep the model input, the display-size image (at most ``OVERLAY_MAX_SIDE`` a
             side) and the GradCAM map on each result, for the explainers.
         model_seconds: called with the seconds of each forward pass (the workers pass their
@@ -186,7 +214,7 @@ def classify_items(
     versions = detector.model_versions
 
     def decode(item: InputItem) -> DecodedImage:
-        return decode_item(item, detector, max_pixels, trust_anchors_pem, need_display)
+        return decode_item(item, detector, max_pixels, trust_anchors_pem, need_display, image_time_limit_s)
 
     def decoded() -> Iterator[DecodedImage]:
         if not decode_threads:

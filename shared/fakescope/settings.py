@@ -183,6 +183,14 @@ class Settings(BaseSettings):
     )
     checkpoint: str | None = Field(None, description="detector checkpoint folder (unset: the shipped default)")
     task_time_limit_s: int = Field(1800, ge=1, description="hard limit of one task")
+    # A 40-megapixel PNG decodes and shrinks in a second or two on one core; a crafted file can cost tens
+    # of seconds of parsing, which would otherwise come out of its whole chunk's time limit.
+    image_time_limit_s: float = Field(
+        10.0,
+        gt=0,
+        description="one image's decoding and provenance reading in a classify chunk is stopped past this,"
+        " and that image fails alone",
+    )
     # A task that meets a transient error (object store or database unreachable) is retried this many
     # times, waiting task_retry_backoff_s, then twice that, and so on up to task_retry_backoff_max_s.
     task_max_retries: int = Field(5, ge=0, description="retries of a task after a transient error")

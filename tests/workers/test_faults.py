@@ -177,6 +177,49 @@ def test_classify_past_its_time_limit_fails_its_items_and_the_job_finishes(servi
     _one_row_per_position(service_env, job_id, 16)
 
 
+def test_slow_images_fail_alone_and_the_rest_of_their_chunk_is_answered(service_env: ServiceEnv) -> None:
+    # One chunk: eight 36-megapixel images (each over a second to decode and shrink here, 10-16 s
+    # together) among eight small ones, under a chunk limit of 8 s (7 s soft). Without a per-image limit
+    # the eight spend the chunk's time and all sixteen fail, as in the test above; stopped at 0.25 s
+    # each, they cost the chunk about 2 s and fail alone.
+    with private_stack(service_env, "image-limit", FAKESCOPE_CHUNK_SIZE="16") as st:
+        st.start_worker(
+            "classify",
+            "classify-1",
+            FAKESCOPE_IMAGE_TIME_LIMIT_S="0.25",
+            FAKESCOPE_TASK_TIME_LIMIT_S="8",
+            FAKESCOPE_VISIBILITY_TIMEOUT_S="14",
+        )
+        small, big = iter(range(71_000, 71_008)), {1, 3, 5, 7, 9, 11, 13, 15}
+        files = [
+            (f"big-{i}.png", _big_png(200 + i)) if i in big else (f"small-{i}.png", png_bytes(next(small)))
+            for i in range(16)
+        ]
+        job_id = _submit(st, files)
+        job = st.wait_job(job_id, timeout=120)
+        assert job["state"] == "partially_succeeded", job
+        assert (job["counts"]["done"], job["counts"]["failed"], job["counts"]["queued"]) == (8, 8, 0)
+        took = [
+            float(s)
+            for s in re.findall(
+                r"Task fakescope\.classify\[[0-9a-f-]+\] succeeded in ([0-9.]+)s: 16", st.log("classify-1")
+            )
+        ]
+
+    assert len(took) == 1, st.logs()
+    # Answered inside its chunk's soft limit: the eight slow images did not spend it.
+    assert took[0] < 7, took
+    print(f"the chunk of 16 with eight stopped images took {took[0]:.2f} s")
+    items = _items(service_env, job_id)
+    for item in items:
+        if item.name.startswith("big-"):
+            assert item.status == ItemStatus.FAILED, item
+            assert item.error == "decoding the image took longer than the per-image time limit of 0.25 s"
+        else:
+            assert item.status == ItemStatus.DONE and item.prediction in ("real", "fake"), item
+    _one_row_per_position(service_env, job_id, 16)
+
+
 def test_explain_past_its_time_limit_fails_its_explanations_and_the_job_finishes(
     service_env: ServiceEnv, tiny_checkpoint: Path
 ) -> None:

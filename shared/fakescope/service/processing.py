@@ -108,6 +108,7 @@ def classify_chunk(
     trust_anchors_pem: str | None = None,
     fetch: FetchSettings | None = None,
     enqueue_webhook: EnqueueWebhook | None = None,
+    image_time_limit_s: float | None = None,
 ) -> int:
     """Classifies the chunk's queued items and writes their results (with GradCAM grids, from which
     the API draws overlays on demand) in one statement per shape of row; returns how many it wrote.
@@ -117,6 +118,8 @@ def classify_chunk(
     ``decode_threads``: as :func:`fakescope.pipeline.classify_items` takes it (None: its choice).
     ``fetch``: how items named by URL are fetched (None: they fail, nothing is fetched).
     ``enqueue_webhook``: where a job this chunk finishes hands its webhook (None: the sweeper sends it).
+    ``image_time_limit_s``: one image's decoding and provenance reading is stopped past this, and that
+    image fails alone while the chunk goes on (None: only the task's own limit).
     """
     jid = uuid.UUID(str(job_id))
     ids = uuids(item_ids)
@@ -146,6 +149,7 @@ def classify_chunk(
         grids=job.overlays,
         trust_anchors_pem=trust_anchors_pem,
         model_seconds=MODEL_SECONDS.labels(pool()).observe,
+        image_time_limit_s=image_time_limit_s,
     )
     updates += _result_rows(job, detector, todo, results, started)
     written = _write_results(session, updates)
