@@ -6,34 +6,32 @@ a signed manifest that no longer matches the pixels says the file was changed af
 module reads those declarations from the bytes and nothing else: it never decodes pixels, never
 fetches a remote manifest or an OCSP response, and never executes what it finds. Every reader is
 bounded in the bytes it looks at, and the C2PA read, the one call into native code whose cost we do
-not control, runs in a worker thread with a timeout.
+not control, runs in a helper process that is killed past its timeout (fakescope.c2pa_process).
 
 The absence of a declaration proves nothing (metadata is stripped by every re-encode), so the caller
 uses a positive finding as evidence next to the detector's score, never a missing one. The module
-imports neither torch nor, until it is needed, ``c2pa``.
+imports neither torch nor ``c2pa``.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
+import importlib.util
 import io
 import json
 import logging
 import re
 import struct
-import threading
 import warnings
 import xml.etree.ElementTree as ET
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from types import ModuleType
 from typing import Any
 
 from PIL import Image
 
 import fakescope.imageio  # noqa: F401  (registers the HEIF plugin that _read_exif opens HEIC with)
+from fakescope.c2pa_process import C2paReadError, read_manifest_store
 
 __all__ = [
     "AI_SOURCE_TYPES",
@@ -616,93 +614,10 @@ def _c2pa_empty(*, present: bool = False, reason: str | None = None, checked: bo
     }
 
 
-def _c2pa_settings(trust_anchors_pem: str | None) -> dict[str, Any]:
-    """Reader settings: no network, ever, and the operator's trust list when there is one.
-
-    c2pa-rs fetches a manifest from the URL a file names when none is embedded, and can fetch OCSP
-    responses; on a service reading uploads either is a request an attacker chooses.
-    """
-    # Without a trust list every signer is "untrusted"; c2pa-rs would list that as a failure on every
-    # manifest, and ``trusted: None`` already says no list was asked.
-    verify = {"remote_manifest_fetch": False, "ocsp_fetch": False, "verify_trust": trust_anchors_pem is not None}
-    settings: dict[str, Any] = {"verify": verify}
-    if trust_anchors_pem is not None:
-        settings["trust"] = {"trust_anchors": trust_anchors_pem}
-    return settings
-
-
-def _load_c2pa() -> ModuleType | None:
-    """The ``c2pa`` module, imported on first use: its native library is large and the extra optional."""
-    try:
-        return importlib.import_module("c2pa")
-    except ImportError:
-        return None
-
-
-def _c2pa_read_json(
-    c2pa: ModuleType, data: bytes, mime: str, trust_anchors_pem: str | None
-) -> tuple[str | None, str | None]:
-    """(the manifest store as c2pa-rs's JSON or None when there is none, why the trust list was unusable).
-
-    A trust list c2pa-rs cannot parse is the operator's error, not the file's: the file is then read
-    without it, so a broken configuration neither hides tampering nor marks every upload tampered.
-    """
-    trust_error = None
-    try:
-        context = c2pa.Context.from_dict(_c2pa_settings(trust_anchors_pem))
-    except c2pa.C2paError as exc:
-        if trust_anchors_pem is None:
-            raise
-        trust_error = str(exc)
-        context = c2pa.Context.from_dict(_c2pa_settings(None))
-    with context:
-        reader = c2pa.Reader.try_create(mime, io.BytesIO(data), None, context)
-        if reader is None:
-            return None, trust_error
-        with reader:
-            return reader.json(), trust_error
-
-
-# A native read that timed out and still runs (at most one per process: see _run_bounded).
-_abandoned: threading.Thread | None = None
-_abandoned_lock = threading.Lock()
-C2PA_BUSY = "an earlier c2pa read that timed out is still running; this file's manifest was not read"
-
-
-def _run_bounded(fn: Callable[[], tuple[str | None, str | None]], timeout_s: float) -> tuple[str | None, str | None]:
-    """Runs ``fn`` in a daemon thread and waits at most ``timeout_s``.
-
-    A native call cannot be interrupted, so on timeout the thread is left to finish on its own (it
-    holds no lock of ours and dies with the process); the caller's request goes on without it.
-
-    Raises:
-        TimeoutError: ``fn`` did not return in time.
-    """
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except Exception as exc:  # re-raised in the caller's thread below
-            box["error"] = exc
-
-    global _abandoned
-    with _abandoned_lock:
-        if _abandoned is not None and _abandoned.is_alive():
-            # An earlier read that timed out still runs (native code cannot be stopped): a second
-            # would burn another core beside the model. This file's manifest goes unread instead.
-            raise TimeoutError(C2PA_BUSY)
-        worker = threading.Thread(target=target, name="fakescope-c2pa-read", daemon=True)
-        worker.start()
-    worker.join(timeout_s)
-    if worker.is_alive():
-        with _abandoned_lock:
-            _abandoned = worker
-        raise TimeoutError(f"c2pa read did not finish in {timeout_s:g} s")
-    if "error" in box:
-        raise box["error"]
-    value: tuple[str | None, str | None] = box["value"]
-    return value
+def _c2pa_installed() -> bool:
+    """Whether c2pa-python is there to read with: the helper process imports it, this one never does
+    (its native library is large and the extra optional)."""
+    return importlib.util.find_spec("c2pa") is not None
 
 
 def _claim_generator(manifest: dict[str, Any]) -> str | None:
@@ -769,8 +684,7 @@ def _read_c2pa(
         # Our own walk covers every place these two formats embed a manifest (caBX, APP11): none,
         # so no call into native code, which costs most of a read of an ordinary upload.
         return _c2pa_empty(checked=True), []
-    c2pa = _load_c2pa()
-    if c2pa is None:
+    if not _c2pa_installed():
         return _c2pa_empty(present=container_seen, reason=C2PA_NOT_INSTALLED), []
     if fmt is None:
         return _c2pa_empty(present=container_seen, reason=UNKNOWN_FORMAT), []
@@ -780,14 +694,13 @@ def _read_c2pa(
         # sub-blocks cost it about 5 s a MiB).
         return _c2pa_empty(checked=True), []
     try:
-        raw, trust_error = _run_bounded(
-            lambda: _c2pa_read_json(c2pa, data, _MIME_TYPES[fmt], trust_anchors_pem), timeout_s
-        )
+        # In a helper process, killed past the timeout: native code cannot be stopped in this one.
+        raw, trust_error = read_manifest_store(data, _MIME_TYPES[fmt], trust_anchors_pem, timeout_s)
     except TimeoutError as exc:
         errors.add(f"c2pa: {exc}")
         return _c2pa_empty(present=container_seen, reason=str(exc), checked=True), []
-    except (c2pa.C2paError, OSError, ValueError, TypeError) as exc:
-        message = str(exc) or type(exc).__name__.lstrip("_")
+    except C2paReadError as exc:
+        message = str(exc)
         errors.add(f"c2pa: {message}")
         result = _c2pa_empty(present=container_seen, reason=message, checked=True)
         if container_seen:
@@ -866,7 +779,8 @@ def read_provenance(
             c2pa-rs cannot parse it (``c2pa["reason"]`` then says so), None. A signer outside the list
             does not make a manifest invalid: its claims still count toward ``declares_ai``, since
             nobody gains by falsely labelling an image as generated.
-        timeout_s: How long the C2PA read may take; past it the read is abandoned and reported.
+        timeout_s: How long the C2PA read may take; past it the helper process reading it is killed and
+            the result says so.
     """
     if len(data) > max_bytes:
         reason = f"input is {len(data)} bytes, over the {max_bytes}-byte limit; not read"
