@@ -596,8 +596,9 @@ def test_the_cache_answers_from_the_latest_of_many_copies(service_env: ServiceEn
 
 @pytest.mark.slow
 def test_a_job_over_the_parameter_limit_starts_and_expires(service_env: ServiceEnv) -> None:
-    """70,000 items: more than one Postgres statement can bind (65,535), at start and at retention."""
-    n, per_shard = 70_000, 256
+    """100,000 items (the most a job may hold): more than one Postgres statement can bind (65,535), at
+    start and at retention."""
+    n, per_shard = 100_000, 256
     shards = [
         [(f"{s}-{m}.png", m * 10, 10) for m in range(min(per_shard, n - s * per_shard))]
         for s in range(-(-n // per_shard))
@@ -614,7 +615,7 @@ def test_a_job_over_the_parameter_limit_starts_and_expires(service_env: ServiceE
         assert svc.job_counts(session, job_id=job.id).failed == n
         job_id = job.id
         # Give every item an object of its own and let the job expire: retention looks for sharers of
-        # 70,000 keys and deletes the rows.
+        # 100,000 keys and deletes the rows.
         session.exec(
             update(JobItem)
             .where(col(JobItem.job_id) == job_id)
