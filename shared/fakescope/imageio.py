@@ -207,8 +207,15 @@ def _screen_jpeg(data: bytes) -> None:
     raise ImageError(f"JPEG has more than {MAX_JPEG_MARKERS} markers before its image data, the limit")
 
 
-def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def decode_image(
+    data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS, at_least: tuple[int, int] | None = None
+) -> Image.Image:
     """Decodes ``data`` fully, refusing empty, non-image, truncated and oversized inputs.
+
+    ``at_least``: ``(width, height)`` the caller needs no more than. A JPEG is then decoded at the
+    smallest of its DCT scales (1/2, 1/4, 1/8) that still covers it, so a 40-megapixel photo is never
+    held at full size for a 384-pixel thumbnail; other formats decode whole. The pixel limit applies
+    to the size the file declares either way.
 
     Raises:
         ImageError: with a short reason.
@@ -229,6 +236,8 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
                 raise ImageError(f"image is {w}x{h} = {w * h} pixels, over the limit of {max_pixels}")
             if w == 0 or h == 0:
                 raise ImageError(f"image has no pixels ({w}x{h})")
+            if at_least is not None and im.format == "JPEG":
+                im.draft(None, at_least)
             im.load()
     except UnidentifiedImageError:
         raise ImageError(f"not an image in a supported format ({', '.join(ALLOWED_FORMATS)})") from None

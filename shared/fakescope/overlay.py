@@ -93,6 +93,10 @@ def render_overlay(data: bytes, record: dict[str, Any], max_pixels: int = DEFAUL
     Raises:
         fakescope.imageio.ImageError: the original does not decode (it did when it was classified).
     """
-    im = decode_image(data, max_pixels=max_pixels)
+    # Drawn at most OVERLAY_MAX_SIDE a side: a JPEG is decoded no larger than that needs (the API draws
+    # these on demand, for signed URLs anyone holding one may ask for). Unless both sides are at least
+    # twice that, it is the same decode as the scan's, so the same PNG; past that, the same map on a
+    # background a DCT scale away from the scan's.
+    im = decode_image(data, max_pixels=max_pixels, at_least=(OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE))
     cam = cam_from_grid(np.asarray(record["grid"], dtype=np.float32), record["size"])
     return overlay_png(display_image(im), cam)

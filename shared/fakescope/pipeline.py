@@ -189,7 +189,9 @@ def classify_items(
         batch_size: images per forward pass.
         overlays: render the GradCAM overlay PNG of each image.
         grids: keep each image's GradCAM grid (``cam_grid``), from which
-            :func:`fakescope.overlay.render_overlay` draws that PNG later, identical.
+            :func:`fakescope.overlay.render_overlay` draws that PNG later, identical
+            (for a JPEG at least twice ``OVERLAY_MAX_SIDE`` on both sides, from a reduced decode: the
+            same map).
         max_pixels: larger images are refused before they are decoded.
         decode_threads: threads decoding ahead of the model. None: none where the model runs on one
             CPU thread (a classify worker's share of the cores), two elsewhere. A single-thread model

@@ -1,5 +1,7 @@
 import io
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -130,6 +132,50 @@ def test_an_overlay_drawn_from_a_stored_grid_is_the_scan_overlay(tiny_checkpoint
     assert res.overlay_png is not None and res.cam_grid is not None
     record = json.loads(json.dumps(res.cam_grid))  # as it comes back from the database
     assert render_overlay(data, record) == res.overlay_png
+
+
+# Draws one overlay and prints how far the process's peak resident size rose doing it (KiB).
+_DRAW_AND_MEASURE = """
+import json, resource, sys
+from fakescope.overlay import render_overlay
+data, record = open(sys.argv[1], "rb").read(), json.load(open(sys.argv[2]))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+png = render_overlay(data, record)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)
+open(sys.argv[3], "wb").write(png)
+"""
+
+
+def test_an_overlay_of_a_large_jpeg_is_drawn_from_a_reduced_decode(tiny_checkpoint, tmp_path) -> None:
+    # A 35-megapixel photo: about 100 MiB decoded whole, for an overlay 384 pixels across.
+    ramp = np.linspace(0, 255, 7000, dtype=np.uint8)
+    arr = np.empty((5000, 7000, 3), np.uint8)
+    arr[..., 0], arr[..., 1], arr[..., 2] = ramp[None, :], ramp[:5000, None], 71
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=80)
+    data = buf.getvalue()
+    del arr
+    det = Detector.load(tiny_checkpoint, device="cpu")
+    (res,) = classify_items(det, [InputItem("big.jpg", lambda: data)], overlays=True, grids=True)
+    assert res.overlay_png is not None and res.cam_grid is not None
+    (tmp_path / "big.jpg").write_bytes(data)
+    (tmp_path / "grid.json").write_text(json.dumps(res.cam_grid))
+
+    # In a process of its own: its peak resident size is this draw's, not the test session's.
+    out = subprocess.run(
+        [sys.executable, "-c", _DRAW_AND_MEASURE, *(str(tmp_path / n) for n in ("big.jpg", "grid.json", "o.png"))],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    grew_mib = int(out.stdout.strip()) / 1024
+    print(f"drawing the overlay of a {len(data) / 2**20:.1f} MiB 7000x5000 JPEG raised the peak by {grew_mib:.1f} MiB")
+    assert grew_mib < 32, grew_mib  # decoded whole, the peak rose by about 270 MiB
+    # The same map as the scan's overlay, on a background a DCT scale away.
+    a = np.asarray(Image.open(tmp_path / "o.png"), dtype=np.int16)
+    b = np.asarray(Image.open(io.BytesIO(res.overlay_png)), dtype=np.int16)
+    assert a.shape == b.shape == (274, 384, 3)
+    assert np.abs(a - b).mean() < 2, np.abs(a - b).mean()
 
 
 def test_decoding_in_line_or_on_threads_gives_the_same_results_in_order(tiny_checkpoint, monkeypatch) -> None:
