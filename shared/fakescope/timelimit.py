@@ -66,6 +66,9 @@ class _Watchdog:
         self._wake = threading.Event()
         self._entries: list[_Entry] = []
         self._thread: threading.Thread | None = None
+        # The deadline the watchdog sleeps until (None: until woken). A call whose deadline is later
+        # need not wake it: with one limit for every image, only the first of a quiet spell does.
+        self._next_wake: float | None = None
 
     def arm(self, seconds: float) -> _Entry:
         entry = _Entry(threading.get_ident(), time.monotonic() + seconds)
@@ -74,7 +77,9 @@ class _Watchdog:
                 self._thread = threading.Thread(target=self._run, name="fakescope-time-limit", daemon=True)
                 self._thread.start()
             self._entries.append(entry)
-        self._wake.set()
+            wake = self._next_wake is None or entry.deadline < self._next_wake
+        if wake:
+            self._wake.set()
         return entry
 
     def disarm(self, entry: _Entry) -> None:
@@ -100,8 +105,9 @@ class _Watchdog:
                         entry.fired = True
                         _set_async_exc(entry.thread_id, _Expired)
                 waiting = [e.deadline for e in self._entries if not e.fired]
+                self._next_wake = min(waiting) if waiting else None
                 self._wake.clear()
-            self._wake.wait(min(waiting) - now if waiting else None)
+            self._wake.wait(self._next_wake - now if self._next_wake is not None else None)
 
     def _after_fork(self) -> None:
         # Threads do not survive fork, and the lock may have been held by one that did not.
