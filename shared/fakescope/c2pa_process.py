@@ -27,7 +27,7 @@ import threading
 import time
 from typing import Any, BinaryIO
 
-__all__ = ["C2paReadError", "read_manifest_store"]
+__all__ = ["C2paReadError", "C2paReaderFailed", "read_manifest_store"]
 
 # Starting the helper (interpreter and c2pa's native library) is not the file's cost: it has its own wait.
 STARTUP_TIMEOUT_S = 30.0
@@ -38,7 +38,12 @@ _LENGTH = struct.Struct(">I")
 
 
 class C2paReadError(Exception):
-    """c2pa-rs refused the file, or the helper died reading it: the message says which."""
+    """c2pa-rs refused the file: the message is its own."""
+
+
+class C2paReaderFailed(Exception):
+    """The helper died reading the file (a crash, its own CPU or memory cap) or did not start: the
+    file's manifest was not read, which says nothing about the manifest."""
 
 
 # ----------------------------------------------------------------------------------------------
@@ -134,8 +139,10 @@ class _Helper:
             stderr=subprocess.DEVNULL,
         )
         self.proc = proc
-        if self._receive(proc, len(_READY), time.monotonic() + STARTUP_TIMEOUT_S) != _READY:
-            raise C2paReadError("the c2pa reader did not start")
+        try:
+            self._receive(proc, len(_READY), time.monotonic() + STARTUP_TIMEOUT_S)
+        except TimeoutError:
+            raise C2paReaderFailed(f"the c2pa reader did not start in {STARTUP_TIMEOUT_S:g} s") from None
         return proc
 
     def kill(self) -> None:
@@ -160,7 +167,7 @@ class _Helper:
                 raise TimeoutError
             chunk = os.read(fd, n - len(out))
             if not chunk:
-                raise C2paReadError(f"the c2pa reader died ({_exit_reason(proc.wait())})")
+                raise C2paReaderFailed(f"the c2pa reader died ({_exit_reason(proc.wait())})")
             out += chunk
         return out
 
@@ -184,7 +191,7 @@ class _Helper:
             if isinstance(exc, TimeoutError):
                 raise TimeoutError(f"c2pa read did not finish in {timeout_s:g} s; the reader was stopped") from None
             if isinstance(exc, BrokenPipeError):
-                raise C2paReadError("the c2pa reader died") from None
+                raise C2paReaderFailed("the c2pa reader died") from None
             raise
         self.dirty = False
         return answer
@@ -218,7 +225,8 @@ def read_manifest_store(
 
     Raises:
         TimeoutError: the read took longer than ``timeout_s``; the helper was killed.
-        C2paReadError: c2pa-rs refused the file, or the helper died reading it.
+        C2paReadError: c2pa-rs refused the file.
+        C2paReaderFailed: the helper died reading it, or did not start.
     """
     helper = _HELPER
     # Blocking, and bounded: whoever holds the helper lets go within its own timeout (and a plain

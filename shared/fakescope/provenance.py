@@ -31,7 +31,7 @@ from typing import Any
 from PIL import Image
 
 import fakescope.imageio  # noqa: F401  (registers the HEIF plugin that _read_exif opens HEIC with)
-from fakescope.c2pa_process import C2paReadError, read_manifest_store
+from fakescope.c2pa_process import C2paReaderFailed, C2paReadError, read_manifest_store
 
 __all__ = [
     "AI_SOURCE_TYPES",
@@ -696,7 +696,8 @@ def _read_c2pa(
     try:
         # In a helper process, killed past the timeout: native code cannot be stopped in this one.
         raw, trust_error = read_manifest_store(data, _MIME_TYPES[fmt], trust_anchors_pem, timeout_s)
-    except TimeoutError as exc:
+    except (TimeoutError, C2paReaderFailed) as exc:
+        # Not read: that says nothing about the manifest, so it is neither valid nor broken.
         errors.add(f"c2pa: {exc}")
         return _c2pa_empty(present=container_seen, reason=str(exc), checked=True), []
     except C2paReadError as exc:

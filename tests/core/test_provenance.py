@@ -12,6 +12,7 @@ import json
 import os
 import struct
 import sys
+import threading
 import time
 import zlib
 from pathlib import Path
@@ -728,6 +729,32 @@ def test_a_jpeg_of_empty_segments_is_walked_only_so_far() -> None:
     with pytest.raises(ImageError, match="more than 4096 markers"):
         decode_image(data)
     decode_image(real)  # a real one is untouched
+
+
+def test_a_reader_that_dies_leaves_the_manifest_unread_not_broken() -> None:
+    pytest.importorskip("c2pa")
+    # A read in progress whose helper is killed (a crash, or its own CPU or memory cap) ...
+    assert read_provenance(_with_cabx(_png())).c2pa["checked"] is True  # a helper is running
+    helper = c2pa_process._HELPER.proc
+    assert helper is not None
+    threading.Timer(0.5, helper.kill).start()
+    with pytest.raises(c2pa_process.C2paReaderFailed, match=r"the c2pa reader died \(signal 9\)"):
+        c2pa_process.read_manifest_store(_slow_gif(1_000_000), "image/gif", None, 30)
+    assert c2pa_process._HELPER.proc is None
+
+
+def test_a_file_whose_read_failed_is_not_tampered(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("c2pa")
+
+    def died(*args: Any) -> tuple[str | None, str | None]:
+        raise c2pa_process.C2paReaderFailed("the c2pa reader died (signal 24)")
+
+    monkeypatch.setattr(provenance, "read_manifest_store", died)
+    result = read_provenance(_with_cabx(_png({"parameters": A1111_PARAMETERS})))
+    # ... says nothing about the manifest: present, unread, neither valid nor broken.
+    assert result.c2pa["present"] and result.c2pa["valid"] is None and not result.tampered
+    assert result.c2pa["reason"] == "the c2pa reader died (signal 24)"
+    assert result.generator == "AUTOMATIC1111"  # the other readers still ran
 
 
 def test_native_c2pa_reads_only_files_that_could_hold_a_manifest(monkeypatch: pytest.MonkeyPatch) -> None:
