@@ -182,13 +182,14 @@ def test_classify_past_its_time_limit_fails_its_items_and_the_job_finishes(servi
 def test_slow_images_fail_alone_and_the_rest_of_their_chunk_is_answered(service_env: ServiceEnv) -> None:
     # One chunk: eight 36-megapixel images (each over a second to decode and shrink here, 10-16 s
     # together) among eight small ones, under a chunk limit of 8 s (7 s soft). Without a per-image limit
-    # the eight spend the chunk's time and all sixteen fail, as in the test above; stopped at 0.25 s
-    # each, they cost the chunk about 2 s and fail alone.
+    # the eight spend the chunk's time and all sixteen fail, as in the test above. With a limit of 0.1 s
+    # each is stopped after the block of compressed data it is decoding (a quarter of a second here),
+    # so they cost the chunk about 2 s and fail alone.
     with private_stack(service_env, "image-limit", FAKESCOPE_CHUNK_SIZE="16") as st:
         st.start_worker(
             "classify",
             "classify-1",
-            FAKESCOPE_IMAGE_TIME_LIMIT_S="0.25",
+            FAKESCOPE_IMAGE_TIME_LIMIT_S="0.1",
             FAKESCOPE_TASK_TIME_LIMIT_S="8",
             FAKESCOPE_VISIBILITY_TIMEOUT_S="14",
         )
@@ -216,7 +217,7 @@ def test_slow_images_fail_alone_and_the_rest_of_their_chunk_is_answered(service_
     for item in items:
         if item.name.startswith("big-"):
             assert item.status == ItemStatus.FAILED, item
-            assert item.error == "decoding the image took longer than the per-image time limit of 0.25 s"
+            assert item.error == "decoding the image took longer than the per-image time limit of 0.1 s"
         else:
             assert item.status == ItemStatus.DONE and item.prediction in ("real", "fake"), item
     _one_row_per_position(service_env, job_id, 16)
