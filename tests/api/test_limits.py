@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+import io
 import socket
+import tarfile
 import time
 import uuid
 from collections.abc import Iterator
@@ -181,3 +184,42 @@ def test_a_bad_key_is_refused_before_its_body_is_received(service_stack: Service
     # is looked up (and its rate limit counted) before the first byte of the body arrives.
     answer = _answer_before_body(service_stack.api_url, "fks_made-up-key", 300 * 1024 * 1024)
     assert answer.startswith(b"HTTP/1.1 401") and b'"Invalid API key"' in answer, answer[:200]
+
+
+def _longname_tar_gz() -> bytes:
+    """The probe: a GNU long-name header declaring a 512 MiB name (4 MiB of it present, gzip makes that
+    tiny)."""
+    buf = io.BytesIO()
+    with gzip.GzipFile(fileobj=buf, mode="wb") as f:
+        header = tarfile.TarInfo("././@LongLink")
+        header.type = tarfile.GNUTYPE_LONGNAME
+        header.size = 512 * 1024 * 1024
+        f.write(header.tobuf(format=tarfile.GNU_FORMAT))
+        f.write(b"\0" * (4 * 1024 * 1024))
+    return buf.getvalue()
+
+
+def test_archive_headers_do_not_grow_the_api(service_stack: ServiceStack) -> None:
+    # The probe: a 0.5 MiB .tar.gz whose long-name header declares 512 MiB grew the API by 1.0-1.5 GB.
+    # Now the header is refused as it is met: that archive fails as one item, the image beside it is
+    # classified, and the API process grows by far less than the header declared.
+    archive = _longname_tar_gz()
+    assert len(archive) < 1024 * 1024
+    with second_api_proc(service_stack, "api-archive") as (url, pid):
+        before = _rss_mb(pid)
+        headers = {"X-API-Key": service_stack.keys["a"]}
+        with httpx.Client(base_url=url, headers=headers, timeout=120) as c:
+            files = [
+                ("files", ("longname.tar.gz", archive, "application/gzip")),
+                ("files", ("ok.png", png_bytes(71_900), "image/png")),
+            ]
+            r = c.post("/v1/jobs", files=files)
+            grown = _rss_mb(pid) - before
+            assert r.status_code == 202, r.text
+    job = service_stack.wait_job(r.json()["id"])
+    with service_stack.client() as c:
+        failures = c.get(f"/v1/jobs/{job['id']}/failures").json()["data"]
+        results = c.get(f"/v1/jobs/{job['id']}/results").json()["data"]
+    assert [x["name"] for x in results] == ["ok.png"]
+    assert len(failures) == 1 and "long-name header of 536870912 bytes" in failures[0]["error"], failures
+    assert grown < 150, f"the API grew by {grown:.0f} MB"
