@@ -38,6 +38,7 @@ def classify(self: Task, job_id: str, item_ids: list[str], count_start: bool = T
                 fetch=get_settings().fetch,
                 enqueue_webhook=runtime.enqueuer().webhook,
                 image_time_limit_s=get_settings().image_time_limit_s,
+                on_started=runtime.hold_point(self.request.id, job_id, item_ids),
             )
 
     def before_retry() -> dict[str, Any]:

@@ -28,6 +28,7 @@ def explain(self: Task, job_id: str, item_ids: list[str]) -> int:
                 job_id=job_id,
                 item_ids=item_ids,
                 enqueue_webhook=runtime.enqueuer().webhook,
+                on_started=runtime.hold_point(self.request.id, job_id, item_ids),
             )
 
     with runtime.observed(job_id, item_ids):

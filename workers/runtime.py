@@ -9,6 +9,7 @@ after a few seconds.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -98,6 +99,35 @@ def retry_countdown(retries: int) -> float:
     """Seconds before retry number ``retries + 1``: exponential from the configured base, capped."""
     cfg = get_settings()
     return min(cfg.task_retry_backoff_max_s, cfg.task_retry_backoff_s * 2**retries)
+
+
+HOLD_MAX_S = 120.0
+
+
+def hold_point(task_id: str, job_id: str, item_ids: list[str]) -> Callable[[], None] | None:
+    """The tests' hold point (``FAKESCOPE_TEST_HOLD_DIR``; None when unset, as in production).
+
+    What a chunk task calls once its start is committed: it writes ``<dir>/<task_id>.reached`` (the job
+    and items, as JSON) and waits for ``<dir>/<task_id>.release`` or ``<dir>/release``, at most
+    ``HOLD_MAX_S`` (and the task's time limit). A fault test then kills the worker while it provably
+    holds a started chunk, or lets it go on, instead of racing it with signals.
+    """
+    folder = get_settings().test_hold_dir
+    if folder is None:
+        return None
+
+    def hold() -> None:
+        partial = folder / f"{task_id}.partial"
+        partial.write_text(json.dumps({"job_id": job_id, "item_ids": item_ids}))
+        partial.rename(folder / f"{task_id}.reached")  # whole when the test sees it
+        deadline = time.monotonic() + HOLD_MAX_S
+        while not ((folder / f"{task_id}.release").exists() or (folder / "release").exists()):
+            if time.monotonic() > deadline:
+                logger.warning("task %s: not released after %s s; going on", task_id, HOLD_MAX_S)
+                return
+            time.sleep(0.01)
+
+    return hold
 
 
 # Object store or database unreachable: worth retrying; anything else fails the chunk's items.

@@ -213,6 +213,13 @@ class Settings(BaseSettings):
         7200, ge=1, description="Redis redelivers an unacknowledged task after this; must exceed the task limit"
     )
     restore_interval_s: int = Field(10, ge=1, description="how often a worker looks for expired messages")
+    # Test only: fault tests kill a worker while it provably holds a started chunk, instead of racing it
+    # with signals. Never set in production: every chunk would wait on a file nobody writes.
+    test_hold_dir: Path | None = Field(
+        None,
+        description="test only (unset: off): after a chunk's start commits, its task writes"
+        " `<dir>/<task id>.reached` and waits (up to 120 s) for `<dir>/<task id>.release` or `<dir>/release`",
+    )
     sweep_after_s: int | None = Field(
         None, ge=0, description="re-enqueue work waiting longer than this (default: task time limit + 60 s)"
     )

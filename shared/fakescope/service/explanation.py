@@ -7,7 +7,7 @@ Safe to run twice on the same chunk: it only touches items still pending explana
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import update
@@ -37,9 +37,11 @@ def explain_chunk(
     job_id: str | uuid.UUID,
     item_ids: Sequence[str | uuid.UUID],
     enqueue_webhook: EnqueueWebhook | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> int:
     """Explains the chunk's items still pending explanation; returns how many it wrote. A job this
-    finishes hands its webhook to ``enqueue_webhook``."""
+    finishes hands its webhook to ``enqueue_webhook``. ``on_started``: called once the items in hand
+    are read, before any work (the tests' hold point)."""
     from fakescope.explain import ExplainInput, explain_with_evidence
 
     jid = uuid.UUID(str(job_id))
@@ -51,6 +53,8 @@ def explain_chunk(
     if not items:
         finish(session, job_id=jid, enqueue_webhook=enqueue_webhook)
         return 0
+    if on_started is not None:
+        on_started()
     results = list(
         classify_items(
             detector,

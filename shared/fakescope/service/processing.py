@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -109,6 +109,7 @@ def classify_chunk(
     fetch: FetchSettings | None = None,
     enqueue_webhook: EnqueueWebhook | None = None,
     image_time_limit_s: float | None = None,
+    on_started: Callable[[], None] | None = None,
 ) -> int:
     """Classifies the chunk's queued items and writes their results (with GradCAM grids, from which
     the API draws overlays on demand) in one statement per shape of row; returns how many it wrote.
@@ -120,6 +121,7 @@ def classify_chunk(
     ``enqueue_webhook``: where a job this chunk finishes hands its webhook (None: the sweeper sends it).
     ``image_time_limit_s``: one image's decoding and provenance reading is stopped past this, and that
     image fails alone while the chunk goes on (None: only the task's own limit).
+    ``on_started``: called once the chunk's start is committed, before any work (the tests' hold point).
     """
     jid = uuid.UUID(str(job_id))
     ids = uuids(item_ids)
@@ -140,6 +142,8 @@ def classify_chunk(
     items = _start_items(session, jid, ids, started, max_deliveries=max_deliveries, count_start=count_start)
     updates, todo = _from_cache(session, job, detector, items, started)
     session.commit()  # the start is counted before any work (see _start_items)
+    if on_started is not None:
+        on_started()
     results = classify_items(
         detector,
         chunk_inputs(store, todo, fetch=fetch),
