@@ -387,6 +387,38 @@ class PrivateStack(ServiceStack):
         return (self.stack.log_dir / f"{name}.log").read_text(errors="replace")
 
 
+@dataclass
+class HoldPoint:
+    """The test's side of the workers' hold point (``workers.runtime.hold_point``).
+
+    A worker started with :attr:`env` stops each chunk task once its start is committed, until the test
+    releases it: the test kills the worker while it provably holds a started chunk, with no timing luck.
+    """
+
+    folder: Path
+    seen: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {"FAKESCOPE_TEST_HOLD_DIR": str(self.folder)}
+
+    def next_held(self, timeout: float = 120) -> tuple[str, dict[str, Any]]:
+        """Waits for a task not seen before to stop at the hold point; returns its id and its job and items."""
+
+        def arrived() -> Path | None:
+            return next((f for f in sorted(self.folder.glob("*.reached")) if f.stem not in self.seen), None)
+
+        reached: Path = wait_until(arrived, timeout, "a task at the hold point", interval=0.01)
+        self.seen.add(reached.stem)
+        return reached.stem, json.loads(reached.read_text())
+
+    def release(self, task_id: str) -> None:
+        (self.folder / f"{task_id}.release").touch()
+
+
 @contextlib.contextmanager
 def private_stack(
     svc: ServiceEnv, name: str, *, api: bool = True, sweeper: bool = False, **settings: str

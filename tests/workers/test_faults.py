@@ -12,6 +12,7 @@ import os
 import re
 import signal
 import time
+import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -26,7 +27,7 @@ from sqlmodel import col, select
 from fakescope.db.models import ExplainStatus, ItemStatus, JobItem
 from fakescope.detector import Detector
 from tests.core.test_provenance import TRAINED, _png, _slow_gif, _with_cabx, _xmp
-from tests.utils.stack import PrivateStack, ServiceEnv, free_port, png_bytes, private_stack, wait_until
+from tests.utils.stack import HoldPoint, PrivateStack, ServiceEnv, free_port, png_bytes, private_stack, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -88,27 +89,13 @@ def _task_states(log: str) -> dict[str, list[str]]:
     return states
 
 
-def _freeze_mid_task(st: PrivateStack, name: str, job_id: str, explained: int) -> list[str]:
-    """Stops worker ``name`` (SIGSTOP) once ``explained`` items are done and it holds an unfinished task."""
-    pid = st.pid(name)
-    wait_until(lambda: _counts(st, job_id)["explain_pending"] <= explained, 120, "the first explanations", 0.02)
-    for _ in range(500):
-        os.killpg(pid, signal.SIGSTOP)
-        # Its log is final while it is stopped: a task received and not finished is the one in its hands.
-        in_flight = [t for t, s in _task_states(st.log(name)).items() if "succeeded" not in s]
-        if in_flight:
-            return in_flight
-        os.killpg(pid, signal.SIGCONT)
-        time.sleep(0.005)
-    raise AssertionError(f"never caught {name} mid-task:\n{st.logs()}")
-
-
 def test_explain_worker_sigkilled_mid_task_loses_and_repeats_nothing(
     service_env: ServiceEnv, tiny_checkpoint: Path
 ) -> None:
     # Each image four times: classified once, answered from the cache after that, explained every time.
     fakes = _fakes(tiny_checkpoint, 24) * 4
     n = len(fakes)
+    hold = HoldPoint(service_env.tmp / f"hold-{uuid.uuid4().hex[:8]}")
     # The killed worker's message comes back after the visibility timeout, which must exceed the time limit.
     tight = {
         "FAKESCOPE_TASK_TIME_LIMIT_S": "10",
@@ -121,34 +108,34 @@ def test_explain_worker_sigkilled_mid_task_loses_and_repeats_nothing(
         # Everything classified before an explain worker exists: all the explain messages wait in the queue.
         wait_until(lambda: _counts(st, job_id)["done"] == n, 120, "classification")
         assert _counts(st, job_id)["explain_pending"] == n
-        st.start_worker("explain", "explain-1", wait=False)
-        in_flight = _freeze_mid_task(st, "explain-1", job_id, n - 4)
+        st.start_worker("explain", "explain-1", wait=False, **hold.env)
+        # Four tasks are let through and answered; the worker then stops in the fifth, its item read and
+        # nothing of it written: the kill lands mid-task every time.
+        for _ in range(4):
+            hold.release(hold.next_held()[0])
+        in_flight, held = hold.next_held()
+        assert held["job_id"] == job_id
+        assert _counts(st, job_id)["explain_pending"] == n - 4
         # SIGKILL of the whole group: no ack, no requeue; the message sits unacknowledged in Redis.
         st.stop("explain-1", sig=signal.SIGKILL)
-        pending = _counts(st, job_id)["explain_pending"]
-        assert pending > 0, "the job was explained before the kill; nothing was tested"
-        # What the kill left: the chunk in hand, delivered and never acknowledged.
-        assert job_id in st.unacked_jobs(), "the killed worker's chunk is not waiting for redelivery"
+        # What the kill left: the task in hand, delivered and never acknowledged.
+        assert job_id in st.unacked_jobs(), "the killed worker's task is not waiting for redelivery"
 
         st.start_worker("explain", "explain-2")
         job = st.wait_job(job_id, timeout=120)
         assert job["state"] == "succeeded", job
         assert job["counts"]["explain_pending"] == 0
-        # The message the kill left unacknowledged is delivered again, to the new worker, once its visibility
-        # timeout has passed. The job may finish before that: the frozen task can have written its result
-        # just before the kill (then the redelivered copy writes nothing, and the count below still holds).
+        # The held item is explained only by the redelivered message, once its visibility timeout has passed.
         try:
-            wait_until(lambda: "succeeded" in _task_states(st.log("explain-2")).get(in_flight[0], []), 60, "redelivery")
+            wait_until(lambda: "succeeded" in _task_states(st.log("explain-2")).get(in_flight, []), 60, "redelivery")
         except AssertionError as e:
             raise AssertionError(f"{e}\n{st.logs()}") from None
-        # Each task returns how many explanations it wrote: together exactly one per image. The killed task
-        # never logged its count; if it had committed before the kill, its redelivered copy wrote 0.
+        # Each task returns how many explanations it wrote: together exactly one per image, the killed
+        # task's one written by its redelivered copy.
+        again = re.search(rf"Task fakescope\.explain\[{in_flight}\] succeeded in [0-9.]+s: (\d+)", st.log("explain-2"))
+        assert again is not None and again.group(1) == "1", st.log("explain-2")[-3000:]
         written = sum(int(w) for name in ("explain-1", "explain-2") for w in SUCCEEDED.findall(st.log(name)))
-        again = re.search(
-            rf"Task fakescope\.explain\[{in_flight[0]}\] succeeded in [0-9.]+s: (\d+)", st.log("explain-2")
-        )
-        assert again is not None
-        assert written == (n if again.group(1) == "1" else n - 1)
+        assert written == n
 
     items = _items(service_env, job_id)
     assert [i.status for i in items] == [ItemStatus.DONE] * n
