@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -140,9 +141,11 @@ def test_calibration_command_writes_a_file_the_explainer_loads(tmp_path: Path, m
 
 
 def test_reasons_are_evidence_twice_as_common_in_generated_images(explainer, shared_data) -> None:
-    """Each reason carries its signal, value and likelihood ratio; none falls under 2; a signal that
-    separates nothing (light gradient, texture energy at 32x32) is never cited; and reasons are cited
-    far more on generated images than on photos."""
+    """What the name claims, counted on labelled images rather than read back from the ratio the
+    explainer computes (it cites nothing under its own threshold by construction): each artifact is
+    cited at least twice as often on generated images as on real photos. Also: each reason carries its
+    signal, value and likelihood ratio, strongest first, and a signal that separates nothing (light
+    gradient, texture energy at 32x32) is never cited."""
     cal = explainer.calibration
 
     def directional_auc(r: Rule) -> float:
@@ -150,18 +153,23 @@ def test_reasons_are_evidence_twice_as_common_in_generated_images(explainer, sha
 
     dead = {(r.artifact, r.signal) for r in RULES if directional_auc(r) < 0.55}  # the rules not used
     assert {s for _, s in dead} >= {"light_gradient", "texture_energy"}
-    cited: dict[str, int] = {}
+    cited: dict[str, Counter[str]] = {}
     for label in ("REAL", "FAKE"):
-        paths = sorted(shared_data("cifake_train_subset", label).glob("*.jpg"))[::97][:60]
-        evidence = [explainer.evidence_one(inp) for inp in _inputs(paths)]
-        for items in evidence:
+        # 300 of each, spread over the folder: every artifact is then cited at least a dozen times on photos.
+        paths = sorted(shared_data("cifake_train_subset", label).glob("*.jpg"))[::33][:300]
+        assert len(paths) == 300
+        cited[label] = Counter()
+        for items in (explainer.evidence_one(inp) for inp in _inputs(paths)):
             for e in items:
                 assert set(e) == {"artifact", "signal", "value", "ratio", "reason"}
-                assert e["ratio"] >= 3.0 and (e["artifact"], e["signal"]) not in dead, e
+                assert (e["artifact"], e["signal"]) not in dead, e
                 assert f"{e['ratio']:.1f}x" in e["reason"] or "over 20x" in e["reason"]
             assert [e["ratio"] for e in items] == sorted((e["ratio"] for e in items), reverse=True)
-        cited[label] = sum(len(items) for items in evidence)
-    assert cited["FAKE"] >= 1.4 * cited["REAL"], cited
+            cited[label].update(e["artifact"] for e in items)
+    # Measured here: 2.8x (aliasing) to 4.3x (depth of field); the explainer's threshold is 3.
+    assert cited["FAKE"].keys() >= cited["REAL"].keys(), cited
+    for artifact, on_fakes in cited["FAKE"].items():
+        assert on_fakes >= 2 * cited["REAL"][artifact], (artifact, cited)
 
 
 def test_cdf_interpolates_and_splits_ties() -> None:
