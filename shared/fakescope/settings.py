@@ -8,31 +8,88 @@ stack runs on one machine with no server. Production points ``database_url``, ``
 
 from __future__ import annotations
 
+import difflib
+import functools
 import json
-from functools import lru_cache
+import os
+from collections.abc import Mapping
+from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BeforeValidator, Field, field_validator, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 from pydantic.fields import FieldInfo
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
-__all__ = ["CallbackSettings", "ExplainSettings", "FetchSettings", "S3Settings", "Settings", "get_settings"]
+__all__ = [
+    "OTHER_VARIABLES",
+    "PREFIX",
+    "CallbackSettings",
+    "ExplainSettings",
+    "FetchSettings",
+    "S3Settings",
+    "Settings",
+    "SettingsGroup",
+    "get_settings",
+    "variables",
+]
 
 PLACEHOLDER_SECRETS = frozenset({"changethis", "minioadmin", "secret", ""})
 
+PREFIX = "FAKESCOPE_"
 
-class ExplainSettings(BaseSettings):
+# The environment Settings.from_env reads instead of os.environ: pydantic-settings builds its sources in a
+# classmethod that takes no argument of the call, and validation calls __init__ again, so it travels here.
+_ENVIRON: ContextVar[Mapping[str, str] | None] = ContextVar("fakescope_settings_environ", default=None)
+
+# Variables of the same prefix that are no setting: the service ignores them, and refuses every other
+# unknown FAKESCOPE_ variable (a misspelt one would otherwise leave its setting at the default unnoticed).
+OTHER_VARIABLES: dict[str, str] = {
+    "FAKESCOPE_API_URL": "the client's API address (fakescope.client)",
+    "FAKESCOPE_API_KEY": "the client's API key (fakescope.client)",
+    "FAKESCOPE_CLIENT_CONFIG": "the client's config file (fakescope.client)",
+    "FAKESCOPE_CACHE_DIR": "downloaded training data (fakescope.data)",
+    "FAKESCOPE_TEST_POSTGRES_URL": "the test suite's Postgres server (tests/utils)",
+    "FAKESCOPE_TEST_REDIS_URL": "the test suite's Redis server (tests/utils)",
+    "FAKESCOPE_TEST_REDIS_DB": "the test suite's Redis database (tests/utils)",
+    "FAKESCOPE_TEST_S3_ENDPOINT": "the test suite's S3 server, instead of moto (tests/utils)",
+    "FAKESCOPE_TEST_ARTIFACTS": "the report-page test's screenshots (tests/api)",
+    "FAKESCOPE_BENCH_LOGS": "the service benchmark's log folder (ops/bench)",
+}
+
+
+class SettingsGroup(BaseModel):
+    """Settings that belong together: one field of :class:`Settings`, read the same way as the others.
+
+    Field ``name`` of a group is the variable ``FAKESCOPE_<env_prefix><NAME>``, and the keyword
+    argument ``Settings(<env_prefix><name>=...)``; a field whose variable is spelt otherwise says so in
+    ``env_names``. Unknown keys are refused.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    env_prefix: ClassVar[str] = ""
+    env_names: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def key(cls, field: str) -> str:
+        """The flat key of ``field``: its variable without ``FAKESCOPE_``, in lower case."""
+        return cls.env_names.get(field, f"{cls.env_prefix}{field}").lower()
+
+
+class ExplainSettings(SettingsGroup):
     """The explainer: which backend, and where its models are.
 
     ``Settings.explain``, passed whole to :func:`fakescope.explain.load_explainer`.
     """
 
-    model_config = SettingsConfigDict(env_prefix="FAKESCOPE_", extra="ignore", populate_by_name=True)
+    # These variables predate the group and deployments set them: FAKESCOPE_CLIP_MODEL and so on,
+    # with the backend under FAKESCOPE_EXPLAIN_BACKEND.
+    env_prefix = ""
+    env_names = {"backend": "explain_backend"}
 
     backend: str | None = Field(
         None,
-        validation_alias="FAKESCOPE_EXPLAIN_BACKEND",
         description="evidence or vlm (unset: vlm when both model folders below are set, else evidence)",
     )
     clip_model: str | None = Field(
@@ -52,13 +109,13 @@ class ExplainSettings(BaseSettings):
         return (self.backend or ("vlm" if self.clip_model and self.vlm_model else "evidence")).lower()
 
 
-class S3Settings(BaseSettings):
+class S3Settings(SettingsGroup):
     """The object store: originals, shards and overlays.
 
     ``Settings.s3``; its variables are ``FAKESCOPE_S3_*``.
     """
 
-    model_config = SettingsConfigDict(env_prefix="FAKESCOPE_S3_", extra="ignore")
+    env_prefix = "s3_"
 
     endpoint: str | None = Field(
         None, description="S3 (MinIO) endpoint (unset: objects in a folder under data_dir, served by the API)"
@@ -76,24 +133,25 @@ class S3Settings(BaseSettings):
     read_timeout_s: float = Field(60.0, gt=0, description="seconds to wait on an object-store read")
 
 
-def _network_list(v: object) -> object:
+def _listed(v: object) -> object:
     # A JSON list (["10.0.0.0/8"]) or a comma-separated string, from the environment or as an argument.
     if isinstance(v, str):
-        return json.loads(v) if v.strip().startswith("[") else [n for n in v.split(",") if n.strip()]
+        return json.loads(v) if v.strip().startswith("[") else [n.strip() for n in v.split(",") if n.strip()]
     return v
 
 
 # Networks an outbound request may reach besides the public internet (webhooks, image URLs).
-NetworkList = Annotated[list[str], NoDecode, BeforeValidator(_network_list)]
+NetworkList = Annotated[list[str], BeforeValidator(_listed)]
+PortList = Annotated[list[int], BeforeValidator(_listed)]
 
 
-class CallbackSettings(BaseSettings):
+class CallbackSettings(SettingsGroup):
     """Webhook delivery: timeouts, retries and where a callback may go.
 
     ``Settings.callback``; its variables are ``FAKESCOPE_CALLBACK_*``.
     """
 
-    model_config = SettingsConfigDict(env_prefix="FAKESCOPE_CALLBACK_", extra="ignore")
+    env_prefix = "callback_"
 
     timeout_s: float = Field(10.0, description="seconds for each of connect, send and read of one webhook attempt")
     attempts: int = Field(3, description="webhook tries before the delivery is given up")
@@ -110,27 +168,27 @@ class CallbackSettings(BaseSettings):
         default_factory=list,
         description="private networks webhooks may reach besides the public internet (JSON list or commas)",
     )
-    allowed_ports: list[int] = Field(
+    allowed_ports: PortList = Field(
         default_factory=lambda: [80, 443],
         description="ports webhooks may use on public hosts (any port inside allowed_networks)",
     )
 
 
-class FetchSettings(BaseSettings):
+class FetchSettings(SettingsGroup):
     """Fetched images: where a worker may fetch an image a job names by address, and for how long.
 
     ``Settings.fetch``; its variables are ``FAKESCOPE_FETCH_*``. The same outbound guard as webhooks
     (:mod:`fakescope.outbound`): public addresses only unless a network is allowed here.
     """
 
-    model_config = SettingsConfigDict(env_prefix="FAKESCOPE_FETCH_", extra="ignore")
+    env_prefix = "fetch_"
 
     allow_http: bool = Field(False, description="fetch http:// URLs too (https only by default)")
     allowed_networks: NetworkList = Field(
         default_factory=list,
         description="private networks image URLs may point into besides the public internet (JSON list or commas)",
     )
-    allowed_ports: list[int] = Field(
+    allowed_ports: PortList = Field(
         default_factory=lambda: [80, 443],
         description="ports image URLs may use on public hosts (any port inside allowed_networks)",
     )
@@ -145,7 +203,9 @@ class Settings(BaseSettings):
     """Every knob of the API, the workers and the stack runner; docs/settings.md is generated from the
     fields' descriptions (``python -m fakescope.settings``; a test keeps it current)."""
 
-    model_config = SettingsConfigDict(env_prefix="FAKESCOPE_", env_nested_delimiter="__", extra="ignore")
+    # Only the sources below: keyword arguments over FAKESCOPE_* variables, both spelt as docs/settings.md
+    # lists them and both through _nest, which refuses unknown keys.
+    model_config = SettingsConfigDict(extra="forbid")
 
     environment: Literal["development", "production"] = Field(
         "development", description="production refuses placeholder secrets"
@@ -269,22 +329,34 @@ class Settings(BaseSettings):
         description="bearer token for /metrics and /readyz's details; unset: only loopback clients get them",
     )
 
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        environ = _ENVIRON.get()
+        return _Nested(settings_cls, init_settings), _Environment(
+            settings_cls, os.environ if environ is None else environ
+        )
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str], **values: Any) -> Settings:
+        """Settings from ``environ`` alone (and ``values`` over it), as a process with exactly that
+        environment reads them: this process's own ``os.environ`` is not looked at."""
+        token = _ENVIRON.set(environ)
+        try:
+            return cls(**values)
+        finally:
+            _ENVIRON.reset(token)
+
     @model_validator(mode="before")
     @classmethod
-    def _flat_groups(cls, data: object) -> object:
-        """``Settings(s3_endpoint=...)`` as the variables spell it: flat keyword arguments of a group
-        build that group (the rest of it from the environment, as for every other field)."""
-        if isinstance(data, dict):
-            for group, model in (("s3", S3Settings), ("callback", CallbackSettings), ("fetch", FetchSettings)):
-                prefix = f"{group}_"
-                flat = {
-                    k[len(prefix) :]: data.pop(k)
-                    for k in list(data)
-                    if k.removeprefix(prefix) in model.model_fields and k.startswith(prefix)
-                }
-                if flat and group not in data:
-                    data[group] = model(**flat)
-        return data
+    def _nest(cls, data: object) -> object:
+        return _nest(data) if isinstance(data, dict) else data
 
     @model_validator(mode="after")
     def _check(self) -> Settings:
@@ -333,9 +405,113 @@ class Settings(BaseSettings):
         return (self.data_dir / "objects").resolve()
 
 
-@lru_cache
+@functools.lru_cache
 def get_settings() -> Settings:
     return Settings()
+
+
+def _groups() -> dict[str, type[SettingsGroup]]:
+    groups = {}
+    for name, field in Settings.model_fields.items():
+        if isinstance(field.annotation, type) and issubclass(field.annotation, SettingsGroup):
+            groups[name] = field.annotation
+    return groups
+
+
+@functools.cache
+def _keys() -> dict[str, tuple[str, str | None]]:
+    """Every setting's flat key (its variable without ``FAKESCOPE_``, lower case): its Settings field,
+    and the field within that group for a grouped one."""
+    groups = _groups()
+    keys: dict[str, tuple[str, str | None]] = {
+        name: (name, None) for name in Settings.model_fields if name not in groups
+    }
+    for name, group in groups.items():
+        for field in group.model_fields:
+            key = group.key(field)
+            if key in keys or key in groups:
+                raise TypeError(f"{PREFIX}{key.upper()} would name two settings")
+            keys[key] = (name, field)
+    return keys
+
+
+def variables() -> dict[str, tuple[str, str | None]]:
+    """Every variable ``Settings`` reads: its Settings field, and the field within that group for a grouped one."""
+    return {f"{PREFIX}{key.upper()}": path for key, path in _keys().items()}
+
+
+def _unknown(key: str) -> str:
+    known = list(_keys())
+    near = difflib.get_close_matches(key, known, n=1)
+    hint = f"; did you mean {PREFIX}{near[0].upper()} ({near[0]})?" if near else ""
+    return f"{PREFIX}{key.upper()} ({key}){hint}"
+
+
+def _nest(data: dict[str, Any]) -> dict[str, Any]:
+    """Flat keys (``s3_endpoint``, ``clip_model``) into their groups; unknown keys refused, by name.
+
+    A group given whole (``s3=S3Settings(...)`` or a dict) takes the flat keys of its fields on top.
+    """
+    keys, groups = _keys(), _groups()
+    out: dict[str, Any] = {}
+    flat: dict[str, dict[str, Any]] = {}
+    unknown = []
+    for key, value in data.items():
+        path = keys.get(key)
+        if key in groups:
+            out[key] = value
+        elif path is None:
+            unknown.append(key)
+        elif path[1] is None:
+            out[key] = value
+        else:
+            flat.setdefault(path[0], {})[path[1]] = value
+    if unknown:
+        raise ValueError("unknown setting " + ", ".join(_unknown(k) for k in sorted(unknown)))
+    for group, fields in flat.items():
+        whole = out.get(group)
+        if isinstance(whole, BaseModel):
+            whole = whole.model_dump()
+        out[group] = {**whole, **fields} if isinstance(whole, dict) else fields
+    return out
+
+
+def _environment_keys(environ: Mapping[str, str]) -> dict[str, str]:
+    """The ``FAKESCOPE_*`` variables of ``environ`` as flat keys; the other variables of the prefix left out."""
+    return {
+        k[len(PREFIX) :].lower(): v
+        for k, v in environ.items()
+        if k.upper().startswith(PREFIX) and k.upper() not in OTHER_VARIABLES
+    }
+
+
+class _Environment(PydanticBaseSettingsSource):
+    """``FAKESCOPE_*`` variables, grouped by :func:`_nest` the way keyword arguments are."""
+
+    def __init__(self, settings_cls: type[BaseSettings], environ: Mapping[str, str]) -> None:
+        super().__init__(settings_cls)
+        self.environ = environ
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # __call__ reads every variable at once
+
+    def __call__(self) -> dict[str, Any]:
+        return _nest(_environment_keys(self.environ))
+
+
+class _Nested(PydanticBaseSettingsSource):
+    """Keyword arguments, grouped by :func:`_nest` before they are merged over the environment's, so that
+    ``Settings(s3_bucket=...)`` beats ``FAKESCOPE_S3_BUCKET`` field by field."""
+
+    def __init__(self, settings_cls: type[BaseSettings], inner: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self.inner = inner
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        return _nest(self.inner())
 
 
 def _row(variable: str, field: FieldInfo) -> str:
@@ -355,20 +531,22 @@ def reference() -> str:
         "| variable | default | meaning |",
         "|---|---|---|",
     ]
-    groups: dict[str, type[BaseSettings]] = {
-        "s3": S3Settings,
-        "callback": CallbackSettings,
-        "fetch": FetchSettings,
-        "explain": ExplainSettings,
-    }
+    groups = _groups()
     for name, field in Settings.model_fields.items():
         if name not in groups:
-            rows.append(_row(f"FAKESCOPE_{name.upper()}", field))
+            rows.append(_row(f"{PREFIX}{name.upper()}", field))
     for name, group in groups.items():
-        prefix = str(group.model_config.get("env_prefix", "FAKESCOPE_"))
         rows += ["", f"`Settings.{name}`: {(group.__doc__ or '').splitlines()[0].lower()}", "", *rows[5:7]]
         for key, field in group.model_fields.items():
-            rows.append(_row(str(field.validation_alias or f"{prefix}{key}".upper()), field))
+            rows.append(_row(f"{PREFIX}{group.key(key).upper()}", field))
+    rows += [
+        "",
+        "Other variables of the prefix are no settings: the service ignores these and refuses any other.",
+        "",
+        "| variable | read by |",
+        "|---|---|",
+        *(f"| `{k}` | {v} |" for k, v in OTHER_VARIABLES.items()),
+    ]
     return "\n".join(rows) + "\n"
 
 

@@ -85,3 +85,15 @@ def test_the_settings_reference_is_generated_from_the_fields_and_current() -> No
     assert (ROOT / "docs" / "settings.md").read_text() == reference(), (
         "run: python -m fakescope.settings > docs/settings.md"
     )
+
+
+def test_every_fakescope_variable_the_services_get_is_a_setting() -> None:
+    # Settings refuses an unknown FAKESCOPE_ variable at start; this says which one before a deployment does.
+    from fakescope.settings import OTHER_VARIABLES, variables
+
+    known = set(variables()) | set(OTHER_VARIABLES)
+    for name, svc in yaml.safe_load(_text())["services"].items():
+        env = svc.get("environment") or {}
+        names = env if isinstance(env, dict) else [e.split("=", 1)[0] for e in env]
+        unknown = sorted(n for n in names if n.startswith("FAKESCOPE_") and n not in known)
+        assert not unknown, f"{name}: {unknown} are no settings (docs/settings.md)"

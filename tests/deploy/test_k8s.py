@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
-import os
 import re
 import shutil
 import subprocess
@@ -23,14 +22,13 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
 import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
-from fakescope.settings import CallbackSettings, ExplainSettings, S3Settings, Settings, reference
+from fakescope.settings import Settings, variables
 from fakescope.tasks import make_celery, webhook_time_limit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -106,24 +104,12 @@ def _env(objs: list[Obj], container: Obj) -> dict[str, str]:
 
 def _settings(env: dict[str, str]) -> Settings:
     """``Settings`` as a pod with ``env`` (and its secret) reads them, whatever this process's environment."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("FAKESCOPE_")}
-    with mock.patch.dict(os.environ, clean | SECRET_STAND_INS | env, clear=True):
-        return Settings()
+    return Settings.from_env(SECRET_STAND_INS | env)
 
 
-@functools.cache
 def settings_variables() -> frozenset[str]:
-    """Every variable ``Settings`` reads: the names docs/settings.md lists (``reference()``), and the
-    nested spelling ``FAKESCOPE_<GROUP>__<FIELD>`` of each grouped field."""
-    names = set(re.findall(r"^\| `(FAKESCOPE_[A-Z0-9_]+)`", reference(), re.M))
-    groups: dict[str, type[S3Settings] | type[CallbackSettings] | type[ExplainSettings]] = {
-        "s3": S3Settings,
-        "callback": CallbackSettings,
-        "explain": ExplainSettings,
-    }
-    for group, model in groups.items():
-        names |= {f"FAKESCOPE_{group.upper()}__{field.upper()}" for field in model.model_fields}
-    return frozenset(names)
+    """Every variable ``Settings`` reads (docs/settings.md lists the same names)."""
+    return frozenset(variables())
 
 
 def redis_lists(queue: str) -> set[str]:

@@ -242,9 +242,7 @@ def build_env(tmp: Path, checkpoint: Path) -> ServiceEnv:
         "FAKESCOPE_FETCH_READ_TIMEOUT_S": "2",
         "FAKESCOPE_FETCH_MAX_BYTES": str(2 * 1024**2),
     }
-    settings = Settings(
-        **{k.removeprefix("FAKESCOPE_").lower(): v for k, v in env.items() if k != "FAKESCOPE_FLOWER_BASIC_AUTH"}
-    )
+    settings = Settings.from_env(env)  # as the processes started with env read it: every variable
     return ServiceEnv(settings=settings, env=env, tmp=tmp, cleanups=cleanups)
 
 
@@ -446,9 +444,7 @@ def private_stack(
         "FAKESCOPE_LOG_FORMAT": "text",
         **settings,
     }
-    cfg = Settings(
-        **{k.removeprefix("FAKESCOPE_").lower(): v for k, v in env.items() if k != "FAKESCOPE_FLOWER_BASIC_AUTH"}
-    )
+    cfg = Settings.from_env(env)
     with Session(get_engine(cfg.sqlalchemy_url)) as session:
         key = create_api_key(session, tenant_name=f"{name}-{token}")[1]
     stack = Stack(env=process_env(env), log_dir=log_dir)

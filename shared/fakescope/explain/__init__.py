@@ -175,7 +175,7 @@ def load_explainer(backend: str | None = None, *, config: ExplainSettings | None
             :class:`~fakescope.settings.ExplainSettings`: ``vlm`` when both its CLIP and VLM models
             are set, else ``evidence``).
         config: the explainer's settings (``Settings.explain``); None reads them from the
-            environment (``ExplainSettings()``).
+            environment (``Settings().explain``).
         **options: passed to the backend, over ``config``. ``evidence``: ``calibration`` (path of a
             calibration JSON), ``clip_model`` (optional zero-shot class gate), ``max_artifacts``.
             ``vlm``: ``clip_model``, ``vlm_model``, ``vlm_lora``, ``device``, ``max_new_tokens``
@@ -184,9 +184,9 @@ def load_explainer(backend: str | None = None, *, config: ExplainSettings | None
     Raises:
         ExplainerConfigError: unknown backend, or weights missing where the configuration points.
     """
-    from fakescope.settings import ExplainSettings
+    from fakescope.settings import Settings
 
-    cfg = config if config is not None else ExplainSettings()
+    cfg = config if config is not None else Settings().explain
     backend = (backend or cfg.chosen_backend).strip().lower()
     if backend == "evidence":
         from fakescope.explain.evidence import EvidenceExplainer

@@ -39,7 +39,7 @@ from fakescope.explain import ENV_VLM_MODEL
 from fakescope.explain.idefics import build_messages, format_answer
 from fakescope.explain.loading import check_source, model_kwargs, pick_device, resolving
 from fakescope.explain.taxonomy import BY_NAME
-from fakescope.settings import ExplainSettings
+from fakescope.settings import Settings
 
 __all__ = ["FinetuneConfig", "Record", "finetune", "load_records", "main"]
 
@@ -199,7 +199,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(
         prog="fakescope finetune-explainer", description="LoRA fine-tuning of the Idefics2 explainer"
     )
-    p.add_argument("--base", default=ExplainSettings().vlm_model, help=f"hub id or folder (default ${ENV_VLM_MODEL})")
+    p.add_argument("--base", default=Settings().explain.vlm_model, help=f"hub id or folder (default ${ENV_VLM_MODEL})")
     p.add_argument("--data", action="append", required=True, help="annotation JSON (repeatable)")
     p.add_argument("--out", required=True, help="folder for the adapter")
     p.add_argument("--epochs", type=int, default=1)
