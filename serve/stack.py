@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fakescope.settings import Settings
+
 __all__ = ["Stack", "main"]
 
 logger = logging.getLogger(__name__)
@@ -52,6 +54,12 @@ class Stack:
     env: dict[str, str]
     log_dir: Path
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    settings: Settings = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        # What every child will read from env, read once here: a misspelt variable stops the runner
+        # before it starts anything, rather than each child in its own log.
+        self.settings = Settings.from_env(self.env)
 
     def _spawn(
         self, name: str, args: Sequence[str], extra_env: Mapping[str, str] | None = None
@@ -96,7 +104,7 @@ class Stack:
         threads: int | None = None,
     ) -> subprocess.Popen[bytes]:
         """A worker of ``pool`` (``classify``, ``explain`` or ``webhooks``) consuming that pool's queue only."""
-        queue = self.env.get(f"FAKESCOPE_QUEUE_{pool.upper()}", pool)
+        queue = str(getattr(self.settings, f"queue_{pool}"))
         name = name or pool
         args = [
             "-m", "celery", "-A", "workers.celery_app", "worker",
@@ -114,7 +122,7 @@ class Stack:
 
     def start_flower(self, host: str = "127.0.0.1", port: int = 5555, name: str = "flower") -> subprocess.Popen[bytes]:
         args = ["-m", "celery", "-A", "workers.celery_app", "flower", f"--address={host}", f"--port={port}"]
-        if auth := self.env.get("FAKESCOPE_FLOWER_BASIC_AUTH"):
+        if auth := self.settings.flower_basic_auth:
             args.append(f"--basic-auth={auth}")
         return self._spawn(name, args)
 
