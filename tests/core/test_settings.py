@@ -115,3 +115,12 @@ def test_from_env_does_not_read_this_process_environment(monkeypatch: pytest.Mon
     monkeypatch.setenv("FAKESCOPE_NOT_A_SETTING", "1")
     with pytest.raises(ValueError, match="FAKESCOPE_NOT_A_SETTING"):
         Settings()
+
+
+def test_settings_normalise_postgres_url_and_refuse_placeholders() -> None:
+    s = Settings.from_env({}, database_url="postgresql://u@h:5432/db")
+    assert s.sqlalchemy_url == "postgresql+psycopg://u@h:5432/db"
+    with pytest.raises(ValueError, match="FAKESCOPE_SECRET_KEY"):
+        Settings.from_env({}, environment="production", s3_secret_key="real-one")
+    with pytest.raises(ValueError, match="VISIBILITY_TIMEOUT"):
+        Settings.from_env({"FAKESCOPE_TASK_TIME_LIMIT_S": "100", "FAKESCOPE_VISIBILITY_TIMEOUT_S": "50"})
