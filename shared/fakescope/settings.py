@@ -76,6 +76,11 @@ class SettingsGroup(BaseModel):
         """The flat key of ``field``: its variable without ``FAKESCOPE_``, in lower case."""
         return cls.env_names.get(field, f"{cls.env_prefix}{field}").lower()
 
+    @classmethod
+    def variable(cls, field: str) -> str:
+        """The environment variable of ``field``."""
+        return f"{PREFIX}{cls.key(field).upper()}"
+
 
 class ExplainSettings(SettingsGroup):
     """The explainer: which backend, and where its models are.
@@ -538,7 +543,7 @@ def reference() -> str:
     for name, group in groups.items():
         rows += ["", f"`Settings.{name}`: {(group.__doc__ or '').splitlines()[0].lower()}", "", *rows[5:7]]
         for key, field in group.model_fields.items():
-            rows.append(_row(f"{PREFIX}{group.key(key).upper()}", field))
+            rows.append(_row(group.variable(key), field))
     rows += [
         "",
         "Other variables of the prefix are no settings: the service ignores these and refuses any other.",

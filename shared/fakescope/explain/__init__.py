@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from fakescope.settings import ExplainSettings
+
 if TYPE_CHECKING:
     from fakescope.pipeline import ImageResult
-    from fakescope.settings import ExplainSettings
 
 __all__ = [
     "BACKENDS",
@@ -45,12 +46,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The variables of fakescope.settings.ExplainSettings, named here for error messages.
-ENV_BACKEND = "FAKESCOPE_EXPLAIN_BACKEND"
-ENV_CLIP_MODEL = "FAKESCOPE_CLIP_MODEL"
-ENV_VLM_MODEL = "FAKESCOPE_VLM_MODEL"
-ENV_VLM_LORA = "FAKESCOPE_VLM_LORA"
-ENV_VLM_MAX_NEW_TOKENS = "FAKESCOPE_VLM_MAX_NEW_TOKENS"
+# The variables of ExplainSettings, for error messages: asked of the settings, not spelt again here.
+ENV_BACKEND = ExplainSettings.variable("backend")
+ENV_CLIP_MODEL = ExplainSettings.variable("clip_model")
+ENV_VLM_MODEL = ExplainSettings.variable("vlm_model")
+ENV_VLM_LORA = ExplainSettings.variable("vlm_lora")
+ENV_VLM_MAX_NEW_TOKENS = ExplainSettings.variable("vlm_max_new_tokens")
 
 BACKENDS = ("evidence", "vlm")
 
