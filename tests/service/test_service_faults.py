@@ -72,7 +72,7 @@ def test_redis_restarted_without_its_data_mid_job(service_env: ServiceEnv) -> No
             job_id = r.json()["id"]
             # Two chunks answered, the third started and held: Redis dies mid-job every time, and the
             # worker finishes its chunk without a broker.
-            hold.hold_after(2)
+            hold.hold_after(2, job_id)
             assert _done(c, job_id) == 6
             st.broker.kill()
             hold.release_all()
@@ -175,7 +175,7 @@ def test_postgres_unreachable_for_a_few_seconds_mid_job(service_env: ServiceEnv)
                 assert r.status_code == 202, r.text
                 job_id = r.json()["id"]
                 # Two chunks answered, the third started and held: its write meets the outage every time.
-                hold.hold_after(2)
+                hold.hold_after(2, job_id)
                 assert _done(c, job_id) == 6
                 proxy.cut()
                 cut_at = time.monotonic()

@@ -420,12 +420,20 @@ class HoldPoint:
         """Lets the held task and every later one go on."""
         (self.folder / "release").touch()
 
-    def hold_after(self, chunks: int) -> tuple[str, dict[str, Any]]:
+    def hold_after(self, chunks: int, job_id: str | None = None) -> tuple[str, dict[str, Any]]:
         """Lets ``chunks`` tasks through, one at a time, and returns the next, held: with one worker
-        process, the ones let through have finished when it arrives."""
-        for _ in range(chunks):
-            self.release(self.next_held()[0])
-        return self.next_held()
+        process, the ones let through have finished when it arrives. With ``job_id``, tasks of other
+        jobs (a sweeper re-sends any job's overdue chunks in the session's database) go on uncounted."""
+        passed = 0
+        while True:
+            task_id, info = self.next_held()
+            if job_id is not None and info.get("job_id") != job_id:
+                self.release(task_id)
+                continue
+            if passed == chunks:
+                return task_id, info
+            self.release(task_id)
+            passed += 1
 
 
 @contextlib.contextmanager

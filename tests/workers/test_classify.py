@@ -31,7 +31,7 @@ def test_sigkill_mid_job_then_fresh_worker_gives_one_result_each(service_env: Se
 
         # The first chunk is let through and answered; the worker then stops in the second, whose start
         # is committed and whose work has not begun: the kill lands mid-chunk every time.
-        _, held = hold.hold_after(1)
+        _, held = hold.hold_after(1, job_id)
         assert held["job_id"] == job_id
         with st.client() as c:
             assert c.get(f"/v1/jobs/{job_id}").json()["counts"]["done"] == 10

@@ -111,7 +111,7 @@ def test_explain_worker_sigkilled_mid_task_loses_and_repeats_nothing(
         st.start_worker("explain", "explain-1", wait=False, **hold.env)
         # Four tasks are let through and answered; the worker then stops in the fifth, its item read and
         # nothing of it written: the kill lands mid-task every time.
-        in_flight, held = hold.hold_after(4)
+        in_flight, held = hold.hold_after(4, job_id)
         assert held["job_id"] == job_id
         assert _counts(st, job_id)["explain_pending"] == n - 4
         # SIGKILL of the whole group: no ack, no requeue; the message sits unacknowledged in Redis.
