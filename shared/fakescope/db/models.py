@@ -34,6 +34,10 @@ __all__ = [
     "JobPublic",
     "JobState",
     "JobsPublic",
+    "ModelStatus",
+    "ModelTrainCreate",
+    "ModelVersion",
+    "ModelVersionPublic",
     "Tenant",
     "UrlJobCreate",
     "WebhookDelivery",
@@ -44,10 +48,6 @@ __all__ = [
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _ts(nullable: bool = True, **kw: Any) -> Any:
-    return Field(default=None, sa_column=Column(DateTime(timezone=True), nullable=nullable), **kw)
 
 
 class JobState(StrEnum):
@@ -403,3 +403,85 @@ class FeedbackPublic(FeedbackBase):
     )
     created_at: datetime
     updated_at: datetime
+
+
+class ModelStatus(StrEnum):
+    TRAINING = "training"
+    CANDIDATE = "candidate"
+    PROMOTED = "promoted"
+    RETIRED = "retired"
+    FAILED = "failed"
+
+
+class ModelTrainCreate(SQLModel):
+    """A fine-tune an admin asks for: what to learn from, and from which version."""
+
+    source: str = Field(
+        max_length=2048,
+        description="labelled images in REAL/ and FAKE/ folders: a folder the train workers can read, "
+        "or s3://PREFIX for an object-store prefix of the service's bucket",
+    )
+    base: str | None = Field(
+        default=None, max_length=64, description="the version to fine-tune (default: the promoted one)"
+    )
+    epochs: int | None = Field(default=None, ge=1, le=100, description="default: FAKESCOPE_MODELS_EPOCHS")
+    command: str | None = Field(
+        default=None, max_length=2048, description="the command line that asked, for the record"
+    )
+
+
+class ModelVersion(SQLModel, table=True):
+    """A detector version in the registry (fakescope.service.models): its lineage, state and metrics.
+
+    Its files live in the object store under ``models/<version>/``. At most one row is ``promoted``
+    (a partial unique index); with none, the shipped checkpoint (``FAKESCOPE_CHECKPOINT``) answers.
+    """
+
+    __tablename__ = "model_versions"
+    __table_args__ = (
+        Index(
+            "uq_model_versions_promoted",
+            "status",
+            unique=True,
+            postgresql_where=text("status = 'promoted'"),
+            sqlite_where=text("status = 'promoted'"),
+        ),
+    )
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    version: str = Field(max_length=64, unique=True)
+    # None: the shipped checkpoint.
+    base_version: str | None = Field(default=None, max_length=64)
+    status: str = Field(default=ModelStatus.TRAINING, max_length=16)
+    source: str = Field(max_length=2048)
+    data_fingerprint: str | None = Field(default=None, max_length=64)
+    recipe: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    command: str | None = Field(default=None, max_length=2048)
+    requested_by: str = Field(max_length=255)
+    # Training progress (epoch, epochs, loss) while it runs; the gate's comparison after.
+    progress: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    # The checkpoint's own model_version (the hash each scored item records).
+    model_version: str | None = Field(default=None, max_length=255)
+    error: str | None = None
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
+    finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+    promoted_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
+
+
+class ModelVersionPublic(SQLModel):
+    version: str
+    base_version: str | None
+    status: str
+    source: str
+    data_fingerprint: str | None
+    recipe: dict[str, Any]
+    command: str | None
+    requested_by: str
+    progress: dict[str, Any]
+    metrics: dict[str, Any]
+    model_version: str | None
+    error: str | None
+    created_at: datetime
+    finished_at: datetime | None
+    promoted_at: datetime | None
