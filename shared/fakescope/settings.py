@@ -27,6 +27,7 @@ __all__ = [
     "CallbackSettings",
     "ExplainSettings",
     "FetchSettings",
+    "ModelsSettings",
     "S3Settings",
     "Settings",
     "SettingsGroup",
@@ -148,6 +149,7 @@ def _listed(v: object) -> object:
 # Networks an outbound request may reach besides the public internet (webhooks, image URLs).
 NetworkList = Annotated[list[str], BeforeValidator(_listed)]
 PortList = Annotated[list[int], BeforeValidator(_listed)]
+NameList = Annotated[list[str], BeforeValidator(_listed)]
 
 
 class CallbackSettings(SettingsGroup):
@@ -204,6 +206,39 @@ class FetchSettings(SettingsGroup):
     max_bytes: int = Field(64 * 1024**2, ge=1, description="an image URL's body is refused past this many bytes")
 
 
+class ModelsSettings(SettingsGroup):
+    """The model registry: who may fine-tune and promote, the fine-tune recipe, the evaluation gate.
+
+    ``Settings.models``; its variables are ``FAKESCOPE_MODELS_*`` (docs/operations.md, "Keeping up
+    with new generators").
+    """
+
+    env_prefix = "models_"
+
+    admin_tenants: NameList = Field(
+        default_factory=list,
+        description="tenants (by name) whose keys may train, promote and roll back models (JSON list or commas)",
+    )
+    epochs: int = Field(3, ge=1, description="fine-tune epochs when a request names none")
+    batch_size: int = Field(64, ge=1, description="fine-tune batch size")
+    lr: float = Field(1e-3, gt=0, description="fine-tune peak learning rate (lower than training from scratch)")
+    holdout_share: float = Field(
+        0.2, gt=0, lt=1, description="share of the platform's labelled images held out for the gate, never trained on"
+    )
+    reference: str | None = Field(
+        None, description="a REAL/FAKE folder both models are also scored on (CIFAKE validation in production)"
+    )
+    gate_margin: float = Field(
+        0.02,
+        ge=0,
+        description="promotion is refused when the candidate's AUC is below the live one's by more, on any set",
+    )
+    pickup_ttl_s: float = Field(
+        5.0, ge=0, description="classify workers look up the promoted version at most this often (at chunk starts)"
+    )
+    threads: int | None = Field(None, ge=1, description="torch threads of a fine-tune (unset: torch's choice)")
+
+
 class Settings(BaseSettings):
     """Every knob of the API, the workers and the stack runner; docs/settings.md is generated from the
     fields' descriptions (``python -m fakescope.settings``; a test keeps it current)."""
@@ -233,6 +268,7 @@ class Settings(BaseSettings):
     queue_classify: str = Field("classify", description="queue of the classify pool")
     queue_explain: str = Field("explain", description="queue of the explain pool")
     queue_webhooks: str = Field("webhooks", description="queue of the webhooks pool")
+    queue_train: str = Field("train", description="queue of the train pool (fine-tunes)")
     chunk_size: int = Field(128, ge=1, description="images per classify task")
     batch_size: int = Field(32, ge=1, description="images per forward pass")
     decode_threads: int | None = Field(
@@ -324,6 +360,7 @@ class Settings(BaseSettings):
     report_link_expiry_s: int = Field(7 * 24 * 3600, ge=60, description="how long a report link's token reads its job")
     callback: CallbackSettings = Field(default_factory=CallbackSettings, description="webhooks (below)")
     fetch: FetchSettings = Field(default_factory=FetchSettings, description="image URLs (below)")
+    models: ModelsSettings = Field(default_factory=ModelsSettings, description="the model registry (below)")
     bootstrap_api_key: str | None = Field(None, description="an API key registered for tenant 'default' at prestart")
     metrics_port: int | None = Field(None, description="a worker process serves Prometheus metrics here")
     metrics_host: str = Field("0.0.0.0", description="address a worker's metrics server binds")
