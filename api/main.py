@@ -18,7 +18,7 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 from api.deps import app_services
 from api.gate import KeyGate
 from api.limits import BodySizeLimit
-from api.routes import detect, feedback, health, jobs, objects, operating_point, report, webhooks
+from api.routes import detect, feedback, health, jobs, models, objects, operating_point, report, webhooks
 from fakescope.service.budget import UploadBusy
 from fakescope.service.uploads import IdempotencyConflict
 from fakescope.settings import get_settings
@@ -103,6 +103,7 @@ def create_app() -> FastAPI:
     app.include_router(feedback.router, prefix="/v1")
     app.include_router(operating_point.router, prefix="/v1")
     app.include_router(webhooks.router, prefix="/v1")
+    app.include_router(models.router, prefix="/v1")
     app.include_router(objects.router)
     app.include_router(report.router)
     # An oversized body is refused as it arrives, an anonymous one before anything reads it.

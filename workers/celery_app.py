@@ -16,7 +16,7 @@ from fakescope.tasks import make_celery
 
 logger = logging.getLogger(__name__)
 
-app = make_celery(get_settings(), include=["workers.classify", "workers.explain", "workers.webhooks"])
+app = make_celery(get_settings(), include=["workers.classify", "workers.explain", "workers.webhooks", "workers.train"])
 set_pool(get_settings().worker_pool)
 
 

@@ -9,7 +9,7 @@ from celery import Task
 from fakescope.service.processing import classify_chunk, release_items
 from fakescope.settings import get_settings
 from fakescope.tasks import TaskName
-from workers import runtime
+from workers import models, runtime
 from workers.celery_app import app
 
 
@@ -26,7 +26,7 @@ def classify(self: Task, job_id: str, item_ids: list[str], count_start: bool = T
             return classify_chunk(
                 session,
                 runtime.store(),
-                runtime.detector(),
+                models.live_detector(),
                 job_id=job_id,
                 item_ids=item_ids,
                 enqueue_explain=runtime.enqueuer().explain,

@@ -30,6 +30,7 @@ class TaskName(StrEnum):
     CLASSIFY = "fakescope.classify"
     EXPLAIN = "fakescope.explain"
     WEBHOOK = "fakescope.webhook"
+    TRAIN = "fakescope.train"
 
 
 def webhook_time_limit(settings: Settings) -> float:
@@ -78,6 +79,7 @@ def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
             TaskName.CLASSIFY.value: {"queue": settings.queue_classify},
             TaskName.EXPLAIN.value: {"queue": settings.queue_explain},
             TaskName.WEBHOOK.value: {"queue": settings.queue_webhooks},
+            TaskName.TRAIN.value: {"queue": settings.queue_train},
         },
         task_default_queue=settings.queue_classify,
     )
@@ -139,4 +141,14 @@ class Enqueuer:
             countdown=countdown,
             time_limit=limit,
             soft_time_limit=limit - 5,
+        )
+
+    def train(self, version: str, epoch: int) -> None:
+        """Asks the train pool for epoch ``epoch`` (from 0) of a registered fine-tune."""
+        self.app.send_task(
+            TaskName.TRAIN.value,
+            kwargs={"version": version, "epoch": epoch},
+            queue=self.settings.queue_train,
+            time_limit=None,
+            soft_time_limit=None,
         )
