@@ -336,6 +336,28 @@ class FakescopeClient:
             counts[f["label"]] += 1
         return counts
 
+    # -- models (the service's admin tenants) ------------------------------------------------------
+
+    def train_model(
+        self, source: str, *, base: str | None = None, epochs: int | None = None, command: str | None = None
+    ) -> dict[str, Any]:
+        """Registers a fine-tune of the promoted version (or ``base``) on a labelled source."""
+        body = {"source": source, "base": base, "epochs": epochs, "command": command}
+        return _check(self._http.post("/v1/models/train", json=body)).json()
+
+    def models(self) -> Iterator[dict[str, Any]]:
+        """Every model version, newest first."""
+        return self._pages("/v1/models")
+
+    def model(self, version: str) -> dict[str, Any]:
+        return _check(self._http.get(f"/v1/models/{version}")).json()
+
+    def promote_model(self, version: str) -> dict[str, Any]:
+        return _check(self._http.post(f"/v1/models/{version}/promote")).json()
+
+    def rollback_model(self) -> dict[str, Any]:
+        return _check(self._http.post("/v1/models/rollback")).json()
+
     def results(self, job_id: str) -> Iterator[dict[str, Any]]:
         """Classified images in upload order, page by page."""
         return self._pages(f"/v1/jobs/{job_id}/results")
