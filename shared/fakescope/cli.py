@@ -349,6 +349,59 @@ def _cmd_feedback(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_models(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        cmd = args.models_command
+        if cmd == "train":
+            out = client.train_model(args.source, base=args.base, epochs=args.epochs, command=" ".join(sys.argv))
+        elif cmd == "list":
+            for m in client.models():
+                gate = (m["metrics"].get("gate") or {}).get("passes")
+                progress = f"{m['progress'].get('epochs_done', 0)}/{m['progress'].get('epochs', '?')} epochs"
+                shown = "" if gate is None else f", gate {'passes' if gate else 'refuses'}"
+                print(f"{m['version']}\t{m['status']}\tfrom {m['base_version']}\t{progress}{shown}")
+            return 0
+        elif cmd == "show":
+            out = client.model(args.version)
+            print(json.dumps(out, indent=2))
+            _print_comparison(out)
+            return 0
+        elif cmd == "promote":
+            out = client.promote_model(args.version)
+        else:
+            out = client.rollback_model()
+        print(json.dumps(out, indent=2))
+    return 0
+
+
+def _print_comparison(m: dict[str, Any]) -> None:
+    """The gate's side-by-side comparison, as a table after the JSON (stderr: the JSON stays parseable)."""
+    sets = m["metrics"].get("sets") or {}
+    if not sets:
+        return
+    print(f"\ncompared with {m['metrics'].get('compared_with')}:", file=sys.stderr)
+    print(
+        f"{'set':<12}{'n':>6}{'live AUC':>10}{'cand AUC':>10}{'live acc':>10}{'cand acc':>10}{'agree':>8}",
+        file=sys.stderr,
+    )
+
+    def f(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.3f}"
+
+    for name, s in sets.items():
+        live, cand = s["live"], s["candidate"]
+        print(
+            f"{name:<12}{s['n']:>6}{f(live['auc']):>10}{f(cand['auc']):>10}{f(live['accuracy']):>10}"
+            f"{f(cand['accuracy']):>10}{f(s.get('agreement')):>8}",
+            file=sys.stderr,
+        )
+    gate = m["metrics"].get("gate") or {}
+    print(
+        "gate: " + ("passes" if gate.get("passes") else "refuses: " + "; ".join(gate.get("refusals", []))),
+        file=sys.stderr,
+    )
+
+
 def _cmd_status(args: argparse.Namespace) -> int:
     with _client(args) as client:
         job = _wait_with_bar(client, args.job, args.timeout) if args.wait else client.status(args.job)
@@ -547,6 +600,26 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("out", help="folder to write (calibrate and train read it as it is)")
     f.set_defaults(func=_cmd_feedback)
 
+    p = sub.add_parser("models", help="fine-tune, compare, promote and roll back detectors (admin keys)" + api_help)
+    msub = p.add_subparsers(dest="models_command", required=True)
+    m = msub.add_parser("train", help="fine-tune the promoted (or --base) version on labelled images, as a job")
+    _add_api_arg(m)
+    m.add_argument("source", help="REAL/ and FAKE/ folders the train workers can read, or s3://PREFIX in the bucket")
+    m.add_argument("--base", help="version to start from (default: the promoted one; 'shipped': the shipped)")
+    m.add_argument("--epochs", type=int, help="default: FAKESCOPE_MODELS_EPOCHS")
+    m = msub.add_parser("list", help="every version: status, base, progress, gate")
+    _add_api_arg(m)
+    m = msub.add_parser("show", help="one version: lineage, progress, and the side-by-side comparison")
+    _add_api_arg(m)
+    m.add_argument("version")
+    m = msub.add_parser("promote", help="make a candidate live (refused when the gate says it loses)")
+    _add_api_arg(m)
+    m.add_argument("version")
+    m = msub.add_parser("rollback", help="retire the promoted version; the one before it answers again")
+    _add_api_arg(m)
+    for m in msub.choices.values():
+        m.set_defaults(func=_cmd_models)
+
     p = sub.add_parser("status", help="a job's state and counts" + api_help)
     _add_api_arg(p)
     p.add_argument("job")
@@ -582,7 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
     )
-    if args.command in ("submit", "detect", "feedback", "status", "results", "cancel"):
+    if args.command in ("submit", "detect", "feedback", "models", "status", "results", "cancel"):
         from fakescope.client import ApiError
 
         try:
