@@ -21,6 +21,7 @@ from fakescope.explain import (
 )
 from fakescope.explain.calibrate import main as calibrate_main
 from fakescope.explain.evidence import RULES, Calibration, EvidenceExplainer, Rule
+from fakescope.explain.signals import SIGNALS
 from fakescope.explain.taxonomy import BY_NAME
 
 NUMBER = re.compile(r"\d+\.\d+")
@@ -174,9 +175,7 @@ def test_reasons_are_evidence_twice_as_common_in_generated_images(explainer, sha
 
 def test_cdf_interpolates_and_splits_ties() -> None:
     levels = np.linspace(0, 1, 5).tolist()
-    sig = {"median": 0.0, "quantiles": [0.0, 0.0, 0.0, 1.0, 2.0]}
-    from fakescope.explain.signals import SIGNALS
-
+    sig = {"median": 0.0, "quantiles": [0.0, 0.0, 0.0, 1.0, 2.0], "fake_quantiles": [0.0] * 5, "auc": 0.5}
     cal = Calibration({"levels": levels, "buckets": {"small": {"n": 5, "signals": dict.fromkeys(SIGNALS, sig)}}})
     assert cal.cdf("small", "contrast", -1.0) == 0.0
     assert cal.cdf("small", "contrast", 0.0) == pytest.approx(0.25)  # ties: middle of the tied levels
@@ -190,6 +189,13 @@ def test_missing_or_bad_calibration_is_a_config_error(tmp_path: Path) -> None:
     (tmp_path / "bad.json").write_text('{"levels": [0, 1], "buckets": {"small": {"n": 1, "signals": {}}}}')
     with pytest.raises(ExplainerConfigError, match="lacks signals"):
         load_explainer("evidence", calibration=str(tmp_path / "bad.json"))
+    # A calibration of real photos only (the old format 1) has no likelihood ratio to cite.
+    real_only = {"median": 0.0, "quantiles": [0.0, 1.0]}
+    (tmp_path / "real.json").write_text(
+        json.dumps({"levels": [0, 1], "buckets": {"small": {"n": 1, "signals": dict.fromkeys(SIGNALS, real_only)}}})
+    )
+    with pytest.raises(ExplainerConfigError, match="no generated images"):
+        load_explainer("evidence", calibration=str(tmp_path / "real.json"))
 
 
 def test_unknown_backend_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:

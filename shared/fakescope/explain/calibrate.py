@@ -71,15 +71,15 @@ def _quantiles(v: list[float]) -> list[float]:
     return [float(f"{q:.6g}") for q in np.quantile(np.asarray(v), LEVELS)]
 
 
-def calibrate(data: Sequence[str | Path], limit: int | None = None, fakes: bool = True) -> dict:
-    """Measures every signal on the REAL (and, with ``fakes``, FAKE) images under ``data`` and returns
+def calibrate(data: Sequence[str | Path], limit: int | None = None) -> dict:
+    """Measures every signal on the REAL and FAKE images under ``data`` and returns
     the calibration dict: per size bucket and signal, the real photos' quantiles, the generated
     images' quantiles and the signal's ROC-AUC (fakes higher), from which the explainer reads how much
     more common a measured value is in generated images than in photos."""
     values: dict[str, dict[str, dict[str, list[float]]]] = {}
     sources: dict[str, dict[str, int]] = {}
     for root in map(Path, data):
-        for label in ("REAL", "FAKE") if fakes else ("REAL",):
+        for label in ("REAL", "FAKE"):
             for path in _files(root, label, limit):
                 try:
                     rgb = _display(path)

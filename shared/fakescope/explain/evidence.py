@@ -9,7 +9,7 @@ images than among real photos, both measured on held-out images (the calibration
 ``min_ratio`` (3), strongest first, and rules whose signal separates fakes from reals no better than
 ``min_auc`` (0.6) are not used at all: a sentence that reads like evidence but is as likely on a real photo
 is not written. The sentence quotes the value, the ratio and the real median, so a reader can check
-the claim. (A calibration of real photos only, format 1, falls back to the percentile rule.)
+the claim.
 
 Object class: pixel statistics cannot tell a cat from a truck, so without a class gate this backend
 names only class-agnostic artifacts. When a CLIP model is configured it names the object class
@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
@@ -41,9 +40,6 @@ logger = logging.getLogger(__name__)
 
 DEFAULT_CALIBRATION = "calibration.json"
 
-# Format-1 calibrations (real photos only): a value past the 90th percentile of real photos is
-# reported; below that only the single strongest deviation is.
-DEFAULT_THRESHOLD = 0.90
 # A reason is cited only where its value is at least this many times as common among generated images
 # as among real photos; a rule whose signal's ROC-AUC (in the rule's direction) is below MIN_AUC
 # separates too little to be used at all. Chosen on 1,000 + 1,000 training-split images outside the
@@ -62,8 +58,9 @@ class Rule:
         signal: key in :data:`fakescope.explain.signals.SIGNALS`.
         tail: ``"high"`` or ``"low"``: which side of the real distribution is suspicious.
         artifact: the taxonomy name reported.
-        template: the sentence; fields ``{label}``, ``{value}``, ``{rel}`` (e.g. "above 97% of real
-            photos"), ``{median}``, plus any measurement detail.
+        template: the sentence; fields ``{label}``, ``{value}``, ``{rel}`` (the likelihood ratio,
+            e.g. "a value 4.2x more common in generated images than in real photos"), ``{median}``,
+            plus any measurement detail.
         kinds: object kinds (taxonomy) the rule needs; empty means any image, class known or not.
     """
 
@@ -130,14 +127,16 @@ class Scored:
 
     rule: Rule
     value: float
+    # Share of real photos this value lies beyond, in the rule's tail.
     score: float
     # How many times as common this value (this far into the rule's tail) is among generated images as
-    # among real photos; None with a format-1 calibration.
-    ratio: float | None = None
+    # among real photos.
+    ratio: float
 
 
 class Calibration:
-    """Per-signal quantiles of real photos, one table per size bucket (see :mod:`.calibrate`)."""
+    """Per-signal quantiles of real photos and of generated images, and each signal's ROC-AUC, one
+    table per size bucket (see :mod:`.calibrate`)."""
 
     def __init__(self, data: dict[str, Any], source: str = "") -> None:
         self.source = source
@@ -147,6 +146,13 @@ class Calibration:
             missing = sorted(set(SIGNALS) - set(table["signals"]))
             if missing:
                 raise ExplainerConfigError(f"calibration {source}: bucket {bucket!r} lacks signals {missing}")
+            # A calibration of real photos only (format 1) gives no likelihood ratio to cite.
+            real_only = sorted(s for s in SIGNALS if "fake_quantiles" not in table["signals"][s])
+            if real_only:
+                raise ExplainerConfigError(
+                    f"calibration {source}: bucket {bucket!r} has no generated images for {real_only}; "
+                    "write one with `python -m fakescope.explain.calibrate`"
+                )
         self._q = {
             (b, s): np.asarray(t["signals"][s]["quantiles"], dtype=np.float64)
             for b, t in self.buckets.items()
@@ -156,7 +162,6 @@ class Calibration:
             (b, s): np.asarray(t["signals"][s]["fake_quantiles"], dtype=np.float64)
             for b, t in self.buckets.items()
             for s in t["signals"]
-            if "fake_quantiles" in t["signals"][s]
         }
 
     @classmethod
@@ -190,10 +195,6 @@ class Calibration:
             logger.warning("calibration %s has no %r bucket; using %r", self.source, bucket, fallback)
             return fallback
         return bucket
-
-    def has_fakes(self, bucket: str) -> bool:
-        """Whether the bucket was calibrated on generated images too (format 2)."""
-        return all((bucket, s) in self._fq for s in SIGNALS)
 
     def fake_cdf(self, bucket: str, signal: str, x: float) -> float:
         """Fraction of generated images whose ``signal`` is below ``x`` (ties count half)."""
@@ -232,13 +233,6 @@ class Calibration:
         return str(self.buckets[bucket].get("reference", "real photos"))
 
 
-def _relation(tail: str, score: float, n: int, reference: str) -> str:
-    side = "above" if tail == "high" else "below"
-    if score >= 1.0:
-        return f"{side} all {n:,} {reference} measured"
-    return f"{side} {min(99, math.floor(score * 100))}% of {reference}"
-
-
 # Past this the tails are too thin in the calibration set for the ratio to be read more exactly.
 MAX_QUOTED_RATIO = 20.0
 
@@ -270,10 +264,8 @@ class EvidenceExplainer:
         class_gate: optional zero-shot classifier with ``classify(images) -> list[str]`` naming one
             of :data:`fakescope.explain.taxonomy.OBJECT_CLASSES` per image.
         max_artifacts: at most this many artifacts per image.
-        threshold: percentile (0-1) into the real tail from which a rule is reported (format-1
-            calibrations only).
-        min_ratio: with a calibration of both sides, the least likelihood ratio a reason needs.
-        min_auc: with one, the least ROC-AUC (in the rule's direction) a rule's signal needs.
+        min_ratio: the least likelihood ratio a reason needs.
+        min_auc: the least ROC-AUC (in the rule's direction) a rule's signal needs.
     """
 
     name = "evidence"
@@ -283,7 +275,6 @@ class EvidenceExplainer:
         calibration: Calibration,
         class_gate: Any | None = None,
         max_artifacts: int = MAX_ARTIFACTS,
-        threshold: float = DEFAULT_THRESHOLD,
         min_ratio: float = MIN_RATIO,
         min_auc: float = MIN_AUC,
     ) -> None:
@@ -292,7 +283,6 @@ class EvidenceExplainer:
         self.calibration = calibration
         self.class_gate = class_gate
         self.max_artifacts = max_artifacts
-        self.threshold = threshold
         self.min_ratio = min_ratio
         self.min_auc = min_auc
         for rule in RULES:
@@ -305,7 +295,6 @@ class EvidenceExplainer:
         calibration: str | Path | None = None,
         clip_model: str | None = None,
         max_artifacts: int = MAX_ARTIFACTS,
-        threshold: float = DEFAULT_THRESHOLD,
         device: str = "auto",
     ) -> EvidenceExplainer:
         """Loads the calibration and, when ``clip_model`` is given, the CLIP class gate."""
@@ -314,7 +303,7 @@ class EvidenceExplainer:
             from fakescope.explain.clip_scorer import ClipScorer
 
             gate = ClipScorer.load(clip_model, device=device)
-        return cls(Calibration.load(calibration), gate, max_artifacts=max_artifacts, threshold=threshold)
+        return cls(Calibration.load(calibration), gate, max_artifacts=max_artifacts)
 
     def score(self, inp: ExplainInput, object_class: str | None = None) -> tuple[list[Scored], Measurements, str]:
         """Every applicable rule's score on one image, strongest first (ties in rule order)."""
@@ -323,7 +312,6 @@ class EvidenceExplainer:
         m = measure(inp.image, inp.cam)
         kinds = _kinds(object_class)
         cal = self.calibration
-        both = cal.has_fakes(bucket)
         scored: list[Scored] = []
         for rule in RULES:
             if rule.kinds and not (rule.kinds & kinds):
@@ -331,27 +319,25 @@ class EvidenceExplainer:
             value = m.values[rule.signal]
             below = cal.cdf(bucket, rule.signal, value)
             score = below if rule.tail == "high" else 1.0 - below
-            ratio = None
-            if both:
-                auc = cal.auc(bucket, rule.signal)
-                if (auc if rule.tail == "high" else 1.0 - auc) < self.min_auc:
-                    continue  # the signal separates fakes from reals too little to be evidence
-                fake_below = cal.fake_cdf(bucket, rule.signal, value)
-                # The share of each side at least this far into the tail; a tail the calibration set
-                # never reached counts as half an image, so the ratio stays finite and honest.
-                p_fake = (1.0 - fake_below) if rule.tail == "high" else fake_below
-                p_real = (1.0 - below) if rule.tail == "high" else below
-                p_fake = max(p_fake, 0.5 / max(1, cal.count_fake(bucket)))
-                p_real = max(p_real, 0.5 / max(1, cal.count(bucket)))
-                ratio = round(p_fake / p_real, 2)  # as reported: the sentence and the data agree
+            auc = cal.auc(bucket, rule.signal)
+            if (auc if rule.tail == "high" else 1.0 - auc) < self.min_auc:
+                continue  # the signal separates fakes from reals too little to be evidence
+            fake_below = cal.fake_cdf(bucket, rule.signal, value)
+            # The share of each side at least this far into the tail; a tail the calibration set
+            # never reached counts as half an image, so the ratio stays finite and honest.
+            p_fake = (1.0 - fake_below) if rule.tail == "high" else fake_below
+            p_real = (1.0 - below) if rule.tail == "high" else below
+            p_fake = max(p_fake, 0.5 / max(1, cal.count_fake(bucket)))
+            p_real = max(p_real, 0.5 / max(1, cal.count(bucket)))
+            ratio = round(p_fake / p_real, 2)  # as reported: the sentence and the data agree
             scored.append(Scored(rule, value, score, ratio))
-        # Strongest first (stable: ties keep rule order): by likelihood ratio where there is one.
-        scored.sort(key=lambda s: -(s.ratio if s.ratio is not None else s.score))
+        # Strongest first by likelihood ratio (stable: ties keep rule order).
+        scored.sort(key=lambda s: -s.ratio)
         return scored, m, bucket
 
     def evidence_one(self, inp: ExplainInput, object_class: str | None = None) -> list[dict[str, Any]]:
-        """The reasons for one image as data: artifact, signal, measured value, likelihood ratio (None
-        with a format-1 calibration) and the sentence, strongest first."""
+        """The reasons for one image as data: artifact, signal, measured value, likelihood ratio and
+        the sentence, strongest first."""
         scored, m, bucket = self.score(inp, object_class)
         chosen: list[Scored] = []
         seen_artifacts: set[str] = set()
@@ -361,11 +347,8 @@ class EvidenceExplainer:
             # and detail loss) would be the padding this explainer exists to avoid.
             if s.rule.artifact in seen_artifacts or s.rule.signal in seen_signals:
                 continue
-            if s.ratio is not None:
-                if s.ratio < self.min_ratio:
-                    break  # sorted by ratio: nothing after this is evidence either
-            elif chosen and s.score < self.threshold:
-                break
+            if s.ratio < self.min_ratio:
+                break  # sorted by ratio: nothing after this is evidence either
             chosen.append(s)
             seen_artifacts.add(s.rule.artifact)
             seen_signals.add(s.rule.signal)
@@ -382,9 +365,6 @@ class EvidenceExplainer:
             for k, s in enumerate(chosen)
         ]
 
-    def explain_one(self, inp: ExplainInput, object_class: str | None = None) -> dict[str, str]:
-        return {e["artifact"]: e["reason"] for e in self.evidence_one(inp, object_class)}
-
     def _sentence(self, s: Scored, m: Measurements, bucket: str, with_cam: bool) -> str:
         sig = SIGNALS[s.rule.signal]
         cal = self.calibration
@@ -392,9 +372,7 @@ class EvidenceExplainer:
             label=sig.label,
             value=sig.fmt.format(s.value),
             median=sig.fmt.format(cal.median(bucket, s.rule.signal)),
-            rel=_relation(s.rule.tail, s.score, cal.count(bucket), cal.reference_name(bucket))
-            if s.ratio is None
-            else _ratio_phrase(s.ratio, cal.reference_name(bucket)),
+            rel=_ratio_phrase(s.ratio, cal.reference_name(bucket)),
             **m.details,
         )
         where = _where(m.details) if with_cam else None
