@@ -120,7 +120,6 @@ class TrainConfig:
     # Trained on in full like ``train_only``; a ``holdout`` folder is held out of them too.
     tiles: list[str] = field(default_factory=list)
     tile_share: float = 0.25
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:

@@ -13,7 +13,7 @@ high frequencies. The CIFAKE solution this project starts from combined the same
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from functools import partial
 from typing import Any
 
@@ -278,7 +278,6 @@ class FreqNetResNetConfig:
     wavelet: bool = True
     # Width of the frequency branch; 0: as wide as the backbone at each merge point.
     freq_chs: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -286,6 +285,9 @@ class FreqNetResNetConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FreqNetResNetConfig:
         d = dict(d)
+        # Checkpoints written before the unused ``extra`` field was dropped carry it empty.
+        if d.get("extra") == {}:
+            del d["extra"]
         d["layers"] = tuple(d["layers"])
         d["planes"] = tuple(d["planes"])
         d["strides"] = tuple(d["strides"])
