@@ -103,7 +103,7 @@ class Stack:
         metrics_port: int | None = None,
         threads: int | None = None,
     ) -> subprocess.Popen[bytes]:
-        """A worker of ``pool`` (``classify``, ``explain`` or ``webhooks``) consuming that pool's queue only."""
+        """A worker of ``pool`` (classify, explain, webhooks or train) consuming that pool's queue only."""
         queue = str(getattr(self.settings, f"queue_{pool}"))
         name = name or pool
         args = [
@@ -178,6 +178,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="classify worker processes on the CPU (default: one per core, at most 4), the cores split between them",
     )
     p.add_argument("--explain-workers", type=int, default=1, help="explain worker processes")
+    p.add_argument(
+        "--train-workers", type=int, default=1, help="train worker processes: fine-tunes (fakescope models train)"
+    )
     p.add_argument("--gpus", default="", help="comma-separated GPU ids: one classify worker pinned to each")
     p.add_argument("--log-dir", type=Path, default=None)
     args = p.parse_args(argv)
@@ -211,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Webhook deliveries wait on receivers, not on the CPU: their own small pool, so a slow receiver
     # holds neither a request nor a classify worker.
     stack.start_worker("webhooks", name="webhooks-0", concurrency=2, threads=1)
+    # Fine-tunes run one epoch a task on their own queue: a long one never holds a classify worker.
+    for i in range(args.train_workers):
+        stack.start_worker("train", name=f"train-{i}")
     stack.start_sweeper()
     if args.flower_port:
         stack.start_flower(args.host, args.flower_port)
