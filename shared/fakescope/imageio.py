@@ -25,13 +25,17 @@ from pillow_heif import register_heif_opener
 __all__ = [
     "ALLOWED_FORMATS",
     "ARCHIVE_SUFFIXES",
+    "DECODED_FORMATS",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_PIXELS",
     "IMAGE_SUFFIXES",
+    "MEDIA_TYPES",
     "ImageError",
     "InputItem",
     "decode_image",
     "iter_inputs",
+    "sniff_format",
+    "sniff_media_type",
     "to_rgb_array",
 ]
 
@@ -140,26 +144,53 @@ HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b
 _BOMB_SIZE = re.compile(r"Image size \((\d+) pixels\)")
 
 
+# Every container fakescope recognises from its first bytes, with its media type. JPEG XL is
+# recognised (its provenance is read) but not decoded: Pillow has no reader for it.
+MEDIA_TYPES = {
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "gif": "image/gif",
+    "bmp": "image/bmp",
+    "tiff": "image/tiff",
+    "webp": "image/webp",
+    "avif": "image/avif",
+    "heic": "image/heic",
+    "jxl": "image/jxl",
+}
+DECODED_FORMATS = frozenset(MEDIA_TYPES) - {"jxl"}
+
 _MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF87a", "image/gif"),
-    (b"GIF89a", "image/gif"),
-    (b"BM", "image/bmp"),
-    (b"II*\x00", "image/tiff"),
-    (b"MM\x00*", "image/tiff"),
+    (b"\x89PNG\r\n\x1a\n", "png"),
+    (b"\xff\xd8\xff", "jpeg"),
+    (b"GIF87a", "gif"),
+    (b"GIF89a", "gif"),
+    (b"BM", "bmp"),
+    (b"II*\x00", "tiff"),
+    (b"MM\x00*", "tiff"),
+    (b"\xff\x0a", "jxl"),  # a bare JPEG XL codestream
+    (b"\x00\x00\x00\x0cJXL \r\n\x87\n", "jxl"),  # JPEG XL in its ISO-BMFF container
 )
 
 
-def sniff_media_type(data: bytes) -> str:
-    """The media type of an image's bytes from their signature (``application/octet-stream`` if none)."""
+def sniff_format(data: bytes) -> str | None:
+    """The container of an image's bytes from their signature (a key of :data:`MEDIA_TYPES`), or None.
+
+    The extension and the client's content type are never trusted for this.
+    """
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
+        return "webp"
     if data[4:12] in (b"ftypavif", b"ftypavis"):
-        return "image/avif"
+        return "avif"
     if data[4:8] == b"ftyp" and data[8:12] in HEIF_BRANDS:
-        return "image/heic"
-    return next((t for magic, t in _MAGIC if data.startswith(magic)), "application/octet-stream")
+        return "heic"
+    return next((fmt for magic, fmt in _MAGIC if data.startswith(magic)), None)
+
+
+def sniff_media_type(data: bytes) -> str:
+    """The media type of an image's bytes in a format fakescope decodes (``application/octet-stream``
+    for any other)."""
+    fmt = sniff_format(data)
+    return MEDIA_TYPES[fmt] if fmt is not None and fmt in DECODED_FORMATS else "application/octet-stream"
 
 
 # Compressed text chunks (zTXt, iTXt) a PNG may carry: a real file has a handful. Pillow inflates up

@@ -30,8 +30,10 @@ from typing import Any
 
 from PIL import Image
 
-import fakescope.imageio  # noqa: F401  (registers the HEIF plugin that _read_exif opens HEIC with)
 from fakescope.c2pa_process import C2paReaderFailed, C2paReadError, read_manifest_store
+
+# fakescope.imageio also registers the HEIF plugin that _read_exif opens HEIC with.
+from fakescope.imageio import MEDIA_TYPES, sniff_format
 
 __all__ = [
     "AI_SOURCE_TYPES",
@@ -243,39 +245,8 @@ def _truncate(value: str) -> str:
     return value if len(value) <= DETAIL_CHARS else value[:DETAIL_CHARS] + "…"
 
 
-def _sniff_format(data: bytes) -> str | None:
-    """The container, from magic bytes: the extension and the client's content type are not trusted."""
-    if data.startswith(_PNG_SIGNATURE):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data[:4] in (b"II*\x00", b"MM\x00*"):
-        return "tiff"
-    if data[:4] == b"GIF8":
-        return "gif"
-    if data[4:8] == b"ftyp":
-        brand = data[8:12]
-        if brand in (b"avif", b"avis"):
-            return "avif"
-        if brand in (b"heic", b"heix", b"heim", b"heis", b"mif1", b"msf1"):
-            return "heic"
-    if data.startswith(b"\xff\x0a") or data.startswith(b"\x00\x00\x00\x0cJXL \r\n\x87\n"):
-        return "jxl"
-    return None
-
-
-_MIME_TYPES = {
-    "png": "image/png",
-    "jpeg": "image/jpeg",
-    "webp": "image/webp",
-    "tiff": "image/tiff",
-    "gif": "image/gif",
-    "avif": "image/avif",
-    "heic": "image/heic",
-    "jxl": "image/jxl",
-}
+# The containers a C2PA manifest can be embedded in (every one fakescope recognises but BMP).
+_C2PA_FORMATS = frozenset(MEDIA_TYPES) - {"bmp"}
 
 
 class _Errors:
@@ -686,8 +657,9 @@ def _read_c2pa(
         return _c2pa_empty(checked=True), []
     if not _c2pa_installed():
         return _c2pa_empty(present=container_seen, reason=C2PA_NOT_INSTALLED), []
-    if fmt is None:
-        return _c2pa_empty(present=container_seen, reason=UNKNOWN_FORMAT), []
+    if fmt is None or fmt not in _C2PA_FORMATS:
+        reason = UNKNOWN_FORMAT if fmt is None else f"no C2PA manifest is read from {fmt}"
+        return _c2pa_empty(present=container_seen, reason=reason), []
     if fmt not in ("png", "jpeg") and _C2PA_LABEL not in data:
         # Every manifest store is a JUMBF box labelled "c2pa": without those bytes anywhere there is
         # none to read, and the native reader need not walk the file (a GIF comment of 1-byte
@@ -695,7 +667,7 @@ def _read_c2pa(
         return _c2pa_empty(checked=True), []
     try:
         # In a helper process, killed past the timeout: native code cannot be stopped in this one.
-        raw, trust_error = read_manifest_store(data, _MIME_TYPES[fmt], trust_anchors_pem, timeout_s)
+        raw, trust_error = read_manifest_store(data, MEDIA_TYPES[fmt], trust_anchors_pem, timeout_s)
     except (TimeoutError, C2paReaderFailed) as exc:
         # Not read: that says nothing about the manifest, so it is neither valid nor broken.
         errors.add(f"c2pa: {exc}")
@@ -796,7 +768,7 @@ def read_provenance(
         )
 
     errors = _Errors()
-    fmt = _sniff_format(data)
+    fmt = sniff_format(data)
     details = _empty_details(fmt)
     png = _PngFindings()
     xmp_packet: bytes | None = None

@@ -234,3 +234,28 @@ def test_a_zip_declaring_too_many_members_is_refused_before_its_directory_is_par
     (item,) = list(iter_inputs([path], max_members=100))
     with pytest.raises(ImageError, match="archive has 60000 members, over the limit of 100"):
         item.read()
+
+
+@pytest.mark.parametrize(
+    ("fmt", "pillow_format"),
+    [("png", "PNG"), ("jpeg", "JPEG"), ("gif", "GIF"), ("bmp", "BMP"), ("tiff", "TIFF"), ("webp", "WEBP")],
+)
+def test_one_sniffer_names_the_container_for_decoding_and_provenance(fmt, pillow_format):
+    from fakescope.imageio import MEDIA_TYPES, sniff_format, sniff_media_type
+    from fakescope.provenance import read_provenance
+
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 8), (93, 0, 0)).save(buf, format=pillow_format)
+    data = buf.getvalue()
+    assert sniff_format(data) == fmt
+    assert sniff_media_type(data) == MEDIA_TYPES[fmt]
+    assert read_provenance(data).details["format"] == fmt
+
+
+def test_jpeg_xl_is_recognised_but_not_served_as_a_decodable_image():
+    from fakescope.imageio import sniff_format, sniff_media_type
+
+    for data in (b"\xff\x0a" + bytes(30), b"\x00\x00\x00\x0cJXL \r\n\x87\n" + bytes(30)):
+        assert sniff_format(data) == "jxl"
+        assert sniff_media_type(data) == "application/octet-stream"
+    assert sniff_format(b"not an image") is None
