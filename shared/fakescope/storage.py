@@ -271,9 +271,7 @@ def _sign(secret: str, method: str, key: str, expires: int) -> str:
 
 def verify_local_signature(settings: Settings, method: str, key: str, expires: int, signature: str) -> bool:
     """Whether a URL made by :meth:`LocalStore.presign_get`/``presign_put`` is genuine and unexpired."""
-    if expires < time.time() or not signature.isascii():
-        return False
-    return hmac.compare_digest(_sign(settings.secret_key, method, key, expires), signature)
+    return verify_url(settings.secret_key, method, key, expires, signature)
 
 
 class LocalStore:
