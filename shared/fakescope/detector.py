@@ -18,6 +18,7 @@ from fakescope.checkpoint import CheckpointMeta, load_checkpoint
 from fakescope.domain import DOMAIN_FILE, DomainModel
 from fakescope.gradcam import GradCAM, linear_head_grid
 from fakescope.imageio import to_rgb_array
+from fakescope.machine import resolve_device
 from fakescope.models import Network
 from fakescope.overlay import cam_from_grid
 
@@ -88,8 +89,7 @@ class Detector:
     @classmethod
     def load(cls, checkpoint: str | Path | None = None, device: str = "auto") -> Detector:
         """Loads a checkpoint folder (see :func:`resolve_checkpoint`) onto ``device``."""
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = resolve_device(device)
         path = resolve_checkpoint(checkpoint)
         model, meta = load_checkpoint(path, device)
         domain = None

@@ -1,9 +1,22 @@
-"""One line describing the machine a benchmark ran on, printed with every figure (the ops/ scripts)."""
+"""The machine code runs on: the device ``"auto"`` means, and one line describing it, printed with
+every benchmark figure (the ops/ scripts)."""
 
 from __future__ import annotations
 
 import os
 import platform
+
+__all__ = ["describe", "resolve_device"]
+
+
+def resolve_device(device: str = "auto") -> str:
+    """The torch device ``device`` names: ``auto`` is the first CUDA device when there is one, else the
+    CPU; any other name is returned as given."""
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def describe() -> str:

@@ -32,11 +32,12 @@ from tqdm import tqdm
 
 from fakescope.checkpoint import CheckpointMeta, Preprocess, load_checkpoint, save_checkpoint
 from fakescope.data import LABELS, LabelledArray, Split, load_labelled, make_split
+from fakescope.machine import resolve_device
 from fakescope.metrics import binary_metrics
 from fakescope.models import Network, create_model, list_models
 from fakescope.temperature import fit_temperature
 
-__all__ = ["TrainConfig", "predict_arrays", "resolve_device", "train"]
+__all__ = ["TrainConfig", "predict_arrays", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -138,13 +139,6 @@ class TrainConfig:
             raise ValueError("tiles are windows beside the crops of full-size images: they need crop")
         if self.tiles and not 0 < self.tile_share < 1:
             raise ValueError(f"tile_share must be in (0, 1), got {self.tile_share}")
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` takes CUDA when there is one, else the CPU."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _batch(
@@ -416,7 +410,7 @@ def train(cfg: TrainConfig) -> Path:
     """Trains, calibrates and writes a checkpoint folder at ``cfg.out``; returns it."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    device = resolve_device(cfg.device)
+    device = torch.device(resolve_device(cfg.device))
     init_seed = cfg.seed if cfg.init_seed is None else cfg.init_seed
     random.seed(init_seed)
     np.random.seed(init_seed)

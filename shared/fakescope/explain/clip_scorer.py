@@ -17,8 +17,9 @@ from typing import Any
 import numpy as np
 
 from fakescope.explain import ENV_CLIP_MODEL
-from fakescope.explain.loading import check_source, model_kwargs, once, pick_device, resolving
+from fakescope.explain.loading import check_source, model_kwargs, once, resolving
 from fakescope.explain.taxonomy import ARTIFACTS, OBJECT_CLASSES, Artifact
+from fakescope.machine import resolve_device
 
 __all__ = ["ArtifactScores", "ClipScorer", "artifact_prompt", "class_prompt"]
 
@@ -106,7 +107,7 @@ class ClipScorer:
             ExplainerConfigError: nothing configured, or no weights where ``source`` points.
         """
         source = check_source(source, "CLIP model", ENV_CLIP_MODEL)
-        model, processor = _load(source, pick_device(device))
+        model, processor = _load(source, resolve_device(device))
         return cls(model, processor, **kwargs)
 
     @property

@@ -37,8 +37,9 @@ from typing import Any
 
 from fakescope.explain import ENV_VLM_MODEL
 from fakescope.explain.idefics import build_messages, format_answer
-from fakescope.explain.loading import check_source, model_kwargs, pick_device, resolving
+from fakescope.explain.loading import check_source, model_kwargs, resolving
 from fakescope.explain.taxonomy import BY_NAME
+from fakescope.machine import resolve_device
 from fakescope.settings import Settings
 
 __all__ = ["FinetuneConfig", "Record", "finetune", "load_records", "main"]
@@ -132,7 +133,7 @@ def finetune(cfg: FinetuneConfig) -> Path:
     if not records:
         raise DataError(f"no usable records in {cfg.data}")
     source = check_source(cfg.base, "Idefics2 model", ENV_VLM_MODEL)
-    device = pick_device(cfg.device)
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
     with resolving(source, "Idefics2 model"):
         processor = AutoProcessor.from_pretrained(source)

@@ -21,8 +21,9 @@ from typing import Any
 import numpy as np
 
 from fakescope.explain import ENV_VLM_LORA, ENV_VLM_MODEL
-from fakescope.explain.loading import check_source, model_kwargs, once, pick_device, resolving
+from fakescope.explain.loading import check_source, model_kwargs, once, resolving
 from fakescope.explain.taxonomy import BY_NAME
+from fakescope.machine import resolve_device
 
 __all__ = ["Idefics2Explainer", "build_messages", "build_prompt_text", "format_answer", "parse_explanation"]
 
@@ -175,7 +176,7 @@ class Idefics2Explainer:
         source = check_source(source, "Idefics2 model", ENV_VLM_MODEL)
         if lora:
             lora = check_source(lora, "LoRA adapter", ENV_VLM_LORA)
-        model, processor = _load(source, lora, pick_device(device))
+        model, processor = _load(source, lora, resolve_device(device))
         return cls(model, processor, **kwargs)
 
     def encode(self, images: Sequence[np.ndarray], artifacts: Sequence[Sequence[str]]) -> Any:

@@ -16,18 +16,9 @@ from typing import Any
 
 from fakescope.explain import ExplainerConfigError
 
-__all__ = ["check_source", "model_kwargs", "once", "pick_device", "resolving"]
+__all__ = ["check_source", "model_kwargs", "once", "resolving"]
 
 logger = logging.getLogger(__name__)
-
-
-def pick_device(device: str = "auto") -> str:
-    """``auto`` is the first CUDA device when there is one, else the CPU."""
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def model_kwargs(device: str) -> dict[str, Any]:
