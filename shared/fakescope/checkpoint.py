@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from fakescope.models import EnsembleConfig, FreqNetEnsemble, FreqNetResNet, FreqNetResNetConfig, Network, build_network
+from fakescope.models import DetectorNet, DetectorNetConfig, EnsembleConfig, FreqNetEnsemble, Network, build_network
 from fakescope.models.freqnet_resnet import checkpoint_filter_fn
 
 __all__ = [
@@ -66,7 +66,7 @@ class CheckpointMeta:
 
     # A registered variant's name, or for an ensemble its members' names joined by "+".
     variant: str
-    arch: FreqNetResNetConfig | EnsembleConfig
+    arch: DetectorNetConfig | EnsembleConfig
     preprocess: Preprocess
     labels: tuple[str, ...] = ("real", "fake")
     temperature: float = 1.0
@@ -89,7 +89,7 @@ class CheckpointMeta:
             raise ValueError(f"checkpoint format version {version!r} is not supported (expected {FORMAT_VERSION})")
         return cls(
             variant=d["variant"],
-            arch=(EnsembleConfig if "members" in d["arch"] else FreqNetResNetConfig).from_dict(d["arch"]),
+            arch=(EnsembleConfig if "members" in d["arch"] else DetectorNetConfig).from_dict(d["arch"]),
             preprocess=Preprocess.from_dict(d["preprocess"]),
             labels=tuple(d["labels"]),
             temperature=float(d["temperature"]),
@@ -156,7 +156,7 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
 
 def checkpoint_members(
     spec: str | Path, device: str | torch.device = "cpu"
-) -> list[tuple[str, FreqNetResNet, CheckpointMeta]]:
+) -> list[tuple[str, DetectorNet, CheckpointMeta]]:
     """The single networks in a checkpoint, each as ``(name, network, meta)``.
 
     A trained checkpoint is one member, named by its path. An ensemble gives its members back, each
@@ -172,7 +172,7 @@ def checkpoint_members(
             raise ValueError(f"{spec}: a member index after '#' must be a number")
         index = int(idx)
     net, meta = load_checkpoint(text, device)
-    if isinstance(net, FreqNetResNet):
+    if isinstance(net, DetectorNet):
         if index not in (None, 0):
             raise ValueError(f"{text} is a single network: it has no member {index}")
         return [(text, net, meta)]

@@ -174,3 +174,18 @@ def test_act_and_norm_layers_are_injected() -> None:
     assert torch.nn.GELU in kinds and torch.nn.GroupNorm in kinds
     assert torch.nn.ReLU not in kinds and torch.nn.BatchNorm2d not in kinds
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 2)
+
+
+def test_one_class_builds_every_variant_and_keeps_its_old_name():
+    from fakescope.models import (
+        DetectorNet,
+        DetectorNetConfig,
+        FreqNetResNet,
+        FreqNetResNetConfig,
+        create_model,
+        list_models,
+    )
+
+    assert FreqNetResNet is DetectorNet and FreqNetResNetConfig is DetectorNetConfig
+    for name in list_models():
+        assert create_model(name).__class__ is DetectorNet, name

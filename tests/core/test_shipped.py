@@ -28,3 +28,16 @@ def test_the_default_is_routed_by_size_and_names_its_members_in_the_docs() -> No
         for name, text in docs.items():
             assert f"`{variant}`" in text, f"{name} does not name {route.name}'s variant {variant}"
         assert f"`{route.name}`" in docs["shared/fakescope/weights/default/MODEL_CARD.md"]
+
+
+def test_fakescope_train_defaults_to_the_shipped_small_routes_recipe() -> None:
+    from fakescope.cli import build_parser
+
+    shipped = json.loads((DEFAULT_CHECKPOINT / "small" / "config.json").read_text())
+    recipe = shipped["training"]["config"]
+    args = build_parser().parse_args(["train", "--out", "x"])
+    assert args.model == shipped["variant"] == recipe["variant"]
+    for name in ("recipe", "batch_size", "weight_decay", "label_smoothing", "translate", "ema_decay", "robust_p"):
+        assert getattr(args, name) == recipe[name], name
+    for name in ("border_p", "val_size", "calib_size", "seed", "amp", "device"):
+        assert getattr(args, name) == recipe[name], name

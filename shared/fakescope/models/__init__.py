@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from fakescope.models.ensemble import EnsembleConfig, FreqNetEnsemble
-from fakescope.models.freqnet_resnet import MODELS, FreqNetResNet, FreqNetResNetConfig
+from fakescope.models.freqnet_resnet import MODELS, DetectorNet, DetectorNetConfig, FreqNetResNet, FreqNetResNetConfig
 
 __all__ = [
+    "DetectorNet",
+    "DetectorNetConfig",
     "EnsembleConfig",
     "FreqNetEnsemble",
     "FreqNetResNet",
@@ -20,7 +22,7 @@ __all__ = [
 
 # What a checkpoint holds: one network, or an ensemble built as one (the same surface: forward,
 # forward_features, forward_head, head, cam_target).
-Network = FreqNetResNet | FreqNetEnsemble
+Network = DetectorNet | FreqNetEnsemble
 
 
 def list_models() -> list[str]:
@@ -28,7 +30,7 @@ def list_models() -> list[str]:
     return sorted(MODELS)
 
 
-def create_model(name: str, **overrides: Any) -> FreqNetResNet:
+def create_model(name: str, **overrides: Any) -> DetectorNet:
     """Builds variant ``name`` with random weights through its registered builder; ``overrides``
     replace fields of its config."""
     if name not in MODELS:
@@ -36,8 +38,8 @@ def create_model(name: str, **overrides: Any) -> FreqNetResNet:
     return MODELS[name](**overrides)
 
 
-def build_network(arch: FreqNetResNetConfig | EnsembleConfig) -> Network:
+def build_network(arch: DetectorNetConfig | EnsembleConfig) -> Network:
     """The network an architecture record describes, with random weights."""
     if isinstance(arch, EnsembleConfig):
         return FreqNetEnsemble(arch)
-    return FreqNetResNet(arch)
+    return DetectorNet(arch)

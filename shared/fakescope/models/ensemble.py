@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fakescope.models.freqnet_resnet import FreqNetResNet, FreqNetResNetConfig
+from fakescope.models.freqnet_resnet import DetectorNet, DetectorNetConfig
 
 __all__ = ["EnsembleConfig", "FreqNetEnsemble"]
 
@@ -28,7 +28,7 @@ __all__ = ["EnsembleConfig", "FreqNetEnsemble"]
 class EnsembleConfig:
     """The members' architectures, their variant names and their weights in the logit average."""
 
-    members: tuple[FreqNetResNetConfig, ...]
+    members: tuple[DetectorNetConfig, ...]
     variants: tuple[str, ...]
     weights: tuple[float, ...]
 
@@ -56,14 +56,14 @@ class EnsembleConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> EnsembleConfig:
         return cls(
-            members=tuple(FreqNetResNetConfig.from_dict(m) for m in d["members"]),
+            members=tuple(DetectorNetConfig.from_dict(m) for m in d["members"]),
             variants=tuple(d["variants"]),
             weights=tuple(float(w) for w in d["weights"]),
         )
 
 
 class FreqNetEnsemble(nn.Module):
-    """Members ``members.N`` (each a :class:`FreqNetResNet`, with its own head kept for the record)
+    """Members ``members.N`` (each a :class:`DetectorNet`, with its own head kept for the record)
     and one ``head`` over their concatenated features, equal to the weighted mean of their heads.
 
     ``cam_target`` is the concatenated map, the same role a single network's last stage plays.
@@ -72,7 +72,7 @@ class FreqNetEnsemble(nn.Module):
     def __init__(self, cfg: EnsembleConfig) -> None:
         super().__init__()
         self.cfg = cfg
-        self.members = nn.ModuleList(FreqNetResNet(c) for c in cfg.members)
+        self.members = nn.ModuleList(DetectorNet(c) for c in cfg.members)
         self.num_features = sum(m.num_features for m in self.nets())
         self.cam_target = nn.Identity()
         self.global_pool = nn.AdaptiveAvgPool2d(1)
@@ -82,7 +82,7 @@ class FreqNetEnsemble(nn.Module):
 
     @classmethod
     def from_members(
-        cls, members: Sequence[FreqNetResNet], variants: Sequence[str], weights: Sequence[float]
+        cls, members: Sequence[DetectorNet], variants: Sequence[str], weights: Sequence[float]
     ) -> FreqNetEnsemble:
         """An ensemble of trained networks (their weights are copied)."""
         total = float(sum(weights))
@@ -111,9 +111,9 @@ class FreqNetEnsemble(nn.Module):
     def get_classifier(self) -> nn.Linear:
         return self.head
 
-    def nets(self) -> list[FreqNetResNet]:
+    def nets(self) -> list[DetectorNet]:
         """The members, typed."""
-        return [cast(FreqNetResNet, m) for m in self.members]
+        return [cast(DetectorNet, m) for m in self.members]
 
     @torch.no_grad()
     def sync_head(self) -> None:

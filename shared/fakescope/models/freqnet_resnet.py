@@ -1,4 +1,9 @@
-"""FreqNet-ResNet: a frequency-space branch merged into a ResNet bottleneck backbone.
+"""The detector's network: a CNN backbone (ResNet bottleneck, basic or plain VGG blocks), optionally
+with a frequency-space branch merged in.
+
+One class, :class:`DetectorNet`, builds every registered variant: FreqNet-ResNet-50 and its
+compact forms, and the plain VGGs without any frequency branch that the ablation kept (the shipped
+``vgg3_wide`` is one). Its old name, ``FreqNetResNet``, stays as an alias.
 
 The frequency branch follows FreqNet (Tan et al., "Frequency-Aware Deepfake Detection", AAAI 2024):
 a high-frequency representation of the image (HFRI), then alternating high-frequency feature
@@ -30,6 +35,8 @@ __all__ = [
     "VARIANTS",
     "BasicBlock",
     "Bottleneck",
+    "DetectorNet",
+    "DetectorNetConfig",
     "FreqNetResNet",
     "FreqNetResNetConfig",
     "PlainBlock",
@@ -257,7 +264,7 @@ BLOCKS: dict[str, type[Bottleneck] | type[BasicBlock] | type[PlainBlock]] = {
 
 
 @dataclass(frozen=True)
-class FreqNetResNetConfig:
+class DetectorNetConfig:
     """Architecture hyper-parameters; saved with every checkpoint."""
 
     layers: tuple[int, ...] = (3, 4, 6, 3)
@@ -283,7 +290,7 @@ class FreqNetResNetConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> FreqNetResNetConfig:
+    def from_dict(cls, d: dict[str, Any]) -> DetectorNetConfig:
         d = dict(d)
         # Checkpoints written before the unused ``extra`` field was dropped carry it empty.
         if d.get("extra") == {}:
@@ -294,8 +301,9 @@ class FreqNetResNetConfig:
         return cls(**d)
 
 
-class FreqNetResNet(nn.Module):
-    """FreqNet branch plus ResNet bottleneck backbone, merged by addition at ``freq_merges`` depths.
+class DetectorNet(nn.Module):
+    """A backbone of ``block`` stages with, where ``freq_merges`` > 0, the FreqNet branch merged in by
+    addition at that many depths (``freq_merges=0``: a plain CNN, as the shipped ``vgg3_wide``).
 
     Merge points, in order: the stem output, then the output of each of the first stages. The
     frequency branch at merge ``i`` is HFRFS then FCL with as many channels as the backbone has there,
@@ -308,7 +316,7 @@ class FreqNetResNet(nn.Module):
     """
 
     def __init__(
-        self, cfg: FreqNetResNetConfig, *, act_layer: ActLayer = RELU, norm_layer: NormLayer = nn.BatchNorm2d
+        self, cfg: DetectorNetConfig, *, act_layer: ActLayer = RELU, norm_layer: NormLayer = nn.BatchNorm2d
     ) -> None:
         super().__init__()
         if not 0 <= cfg.freq_merges <= len(cfg.layers):
@@ -452,6 +460,11 @@ class FreqNetResNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+# The names this module had when every variant was a FreqNet-ResNet; checkpoints do not record them.
+FreqNetResNet = DetectorNet
+FreqNetResNetConfig = DetectorNetConfig
+
+
 def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Strips wrappers that training adds (``torch.compile``'s ``_orig_mod.``, DDP's ``module.``)."""
     out = {}
@@ -463,12 +476,12 @@ def checkpoint_filter_fn(state_dict: dict[str, torch.Tensor]) -> dict[str, torch
     return out
 
 
-VARIANTS: dict[str, FreqNetResNetConfig] = {
+VARIANTS: dict[str, DetectorNetConfig] = {
     # The paper's size: ResNet-50 layout plus the frequency branch (about 25M parameters).
-    "freqnet_resnet50": FreqNetResNetConfig(),
+    "freqnet_resnet50": DetectorNetConfig(),
     # Compact: trains on 2 CPU cores in about two hours on 80k 32x32 images and serves on CPU.
     # The last stage keeps 4x4 at 32x32 input so GradCAM has more than four cells to show.
-    "freqnet_resnet_tiny": FreqNetResNetConfig(
+    "freqnet_resnet_tiny": DetectorNetConfig(
         layers=(1, 1, 2, 1),
         planes=(16, 32, 64, 128),
         strides=(1, 2, 2, 1),
@@ -479,7 +492,7 @@ VARIANTS: dict[str, FreqNetResNetConfig] = {
     ),
     # Wide and shallow, for 2 CPU cores: basic blocks, full resolution in the first stage (no stem
     # pooling), the frequency branch merged at the stem and after stage 1, an 8x8 last stage.
-    "freqnet_resnet_s": FreqNetResNetConfig(
+    "freqnet_resnet_s": DetectorNetConfig(
         layers=(1, 1, 1),
         planes=(32, 64, 128),
         strides=(1, 2, 2),
@@ -496,7 +509,7 @@ VARIANTS: dict[str, FreqNetResNetConfig] = {
     # bought), 64/128/256 channels, the first block at full resolution, max pooling after the first
     # two (wavelet attention cost a fifth of the step and 2.5 dev points), an 8x8 last stage for
     # GradCAM, and the 8-channel frequency branch (HFRI, HFRFS, FCL) merged at the stem.
-    "freqnet_vgg": FreqNetResNetConfig(
+    "freqnet_vgg": DetectorNetConfig(
         layers=(1, 1, 1),
         planes=(64, 128, 256),
         strides=(2, 2, 1),
@@ -514,8 +527,8 @@ VARIANTS: dict[str, FreqNetResNetConfig] = {
 
 # Not a detector fakescope ships: the plain-CNN anchor of the ablation table (3 VGG blocks of
 # 32/64/128 channels, 0.29M parameters, as the published CIFAKE baseline), built by the same code.
-ANCHORS: dict[str, FreqNetResNetConfig] = {
-    "vgg3_anchor": FreqNetResNetConfig(
+ANCHORS: dict[str, DetectorNetConfig] = {
+    "vgg3_anchor": DetectorNetConfig(
         layers=(1, 1, 1),
         planes=(32, 64, 128),
         strides=(2, 2, 2),
@@ -547,10 +560,10 @@ VARIANTS.update(ANCHORS)
 
 
 # The registry: variant name -> builder, filled by @register_model below (timm's pattern).
-MODELS: dict[str, Callable[..., FreqNetResNet]] = {}
+MODELS: dict[str, Callable[..., DetectorNet]] = {}
 
 
-def register_model(fn: Callable[..., FreqNetResNet]) -> Callable[..., FreqNetResNet]:
+def register_model(fn: Callable[..., DetectorNet]) -> Callable[..., DetectorNet]:
     """Registers a builder under its function's name, which is also its config's key in VARIANTS."""
     if fn.__name__ not in VARIANTS:
         raise KeyError(f"builder {fn.__name__!r} has no config in VARIANTS")
@@ -560,71 +573,53 @@ def register_model(fn: Callable[..., FreqNetResNet]) -> Callable[..., FreqNetRes
 
 def _create(
     variant: str, *, act_layer: ActLayer = RELU, norm_layer: NormLayer = nn.BatchNorm2d, **overrides: Any
-) -> FreqNetResNet:
+) -> DetectorNet:
     cfg = VARIANTS[variant]
     if overrides:
-        cfg = FreqNetResNetConfig.from_dict({**cfg.to_dict(), **overrides})
-    return FreqNetResNet(cfg, act_layer=act_layer, norm_layer=norm_layer)
+        cfg = DetectorNetConfig.from_dict({**cfg.to_dict(), **overrides})
+    return DetectorNet(cfg, act_layer=act_layer, norm_layer=norm_layer)
 
 
-@register_model
-def freqnet_resnet50(**overrides: Any) -> FreqNetResNet:
-    """The paper-size model (about 25M parameters)."""
-    return _create("freqnet_resnet50", **overrides)
+def _builder(variant: str, doc: str) -> Callable[..., DetectorNet]:
+    """The registered builder of ``variant``: ``builder(**overrides)`` is ``variant``'s network with
+    random weights, ``overrides`` replacing fields of its config."""
+
+    def build(**overrides: Any) -> DetectorNet:
+        return _create(variant, **overrides)
+
+    build.__name__ = build.__qualname__ = variant
+    build.__doc__ = doc
+    return register_model(build)
 
 
-@register_model
-def freqnet_resnet_tiny(**overrides: Any) -> FreqNetResNet:
-    """The compact FreqNet-ResNet (0.78M): the default before vgg3_wide."""
-    return _create("freqnet_resnet_tiny", **overrides)
-
-
-@register_model
-def freqnet_resnet_s(**overrides: Any) -> FreqNetResNet:
-    """Wide, shallow basic blocks with wavelet attention: the first CPU candidate (ablation rows)."""
-    return _create("freqnet_resnet_s", **overrides)
-
-
-@register_model
-def freqnet_vgg(**overrides: Any) -> FreqNetResNet:
-    """Plain VGG blocks with the frequency branch merged in (the ablation's FreqNet row)."""
-    return _create("freqnet_vgg", **overrides)
-
-
-@register_model
-def vgg3_anchor(**overrides: Any) -> FreqNetResNet:
-    """The published plain-CNN anchor (0.29M)."""
-    return _create("vgg3_anchor", **overrides)
-
-
-@register_model
-def vgg3_wide(**overrides: Any) -> FreqNetResNet:
-    """The anchor at twice the width (1.15M): the shipped default."""
-    return _create("vgg3_wide", **overrides)
-
-
-@register_model
-def vgg3_wide_stem(**overrides: Any) -> FreqNetResNet:
-    """``vgg3_wide`` behind a 32-channel stem: the control of the frequency-branch ablation."""
-    return _create("vgg3_wide_stem", **overrides)
-
-
-@register_model
-def vgg3_wide_freq(**overrides: Any) -> FreqNetResNet:
-    """``vgg3_wide_stem`` with FreqNet's frequency branch merged at the stem (the ablation's candidate)."""
-    return _create("vgg3_wide_freq", **overrides)
-
-
-@register_model
-def vgg3_wide_wavelet(**overrides: Any) -> FreqNetResNet:
-    """``vgg3_wide`` with wavelet attention in place of max pooling (the ablation's other candidate)."""
-    return _create("vgg3_wide_wavelet", **overrides)
-
-
-@register_model
-def vgg4_full(**overrides: Any) -> FreqNetResNet:
-    """Four plain blocks for full-size images (0.29M): the full-size route's model."""
-    return _create("vgg4_full", **overrides)
+freqnet_resnet50 = _builder("freqnet_resnet50", "The paper-size model (about 25M parameters).")
+freqnet_resnet_tiny = _builder(
+    "freqnet_resnet_tiny",
+    "The compact FreqNet-ResNet (0.78M): the default before vgg3_wide.",
+)
+freqnet_resnet_s = _builder(
+    "freqnet_resnet_s",
+    "Wide, shallow basic blocks with wavelet attention: the first CPU candidate (ablation rows).",
+)
+freqnet_vgg = _builder(
+    "freqnet_vgg",
+    "Plain VGG blocks with the frequency branch merged in (the ablation's FreqNet row).",
+)
+vgg3_anchor = _builder("vgg3_anchor", "The published plain-CNN anchor (0.29M).")
+vgg3_wide = _builder("vgg3_wide", "The anchor at twice the width (1.15M): the shipped default.")
+vgg3_wide_stem = _builder(
+    "vgg3_wide_stem",
+    "``vgg3_wide`` behind a 32-channel stem: the control of the frequency-branch ablation.",
+)
+vgg3_wide_freq = _builder(
+    "vgg3_wide_freq",
+    "``vgg3_wide_stem`` with FreqNet's frequency branch merged at the stem (the ablation's candidate).",
+)
+vgg3_wide_wavelet = _builder(
+    "vgg3_wide_wavelet",
+    "``vgg3_wide`` with wavelet attention in place of max pooling (the ablation's other candidate).",
+)
+vgg4_full = _builder("vgg4_full", "Four plain blocks for full-size images (0.29M): the full-size route's model.")
 
 
 if set(VARIANTS) != set(MODELS):  # a config without a builder could not be created by name
