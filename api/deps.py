@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError as DBOperationalError
 from sqlmodel import Session
 
 from api.limits import REPORT_MARKS, RateLimiter
-from fakescope.db.engine import get_engine
+from fakescope.db.engine import new_session
 from fakescope.db.models import Job
 from fakescope.service.budget import ByteBudget
 from fakescope.service.tenants import authenticate, hash_key, report_token_job, verify_report_token
@@ -36,7 +36,7 @@ SettingsDep = Annotated[Settings, Depends(get_settings)]
 
 
 def get_session(settings: SettingsDep) -> Iterator[Session]:
-    session = Session(get_engine(settings.sqlalchemy_url))
+    session = new_session(settings.sqlalchemy_url)
     try:
         yield session
     finally:
@@ -107,7 +107,7 @@ GATED_TENANT = "gated_tenant"
 def check_key(app: FastAPI, key: str) -> tuple[uuid.UUID | None, int]:
     """``(tenant, retry_after)`` of an API key: the tenant None when the key is unknown or revoked,
     ``retry_after`` the seconds until its rate limit allows it (0: allowed; the request is counted)."""
-    with Session(get_engine(get_settings().sqlalchemy_url)) as session:
+    with new_session(get_settings().sqlalchemy_url) as session:
         tenant = authenticate(session, key=key)
     if tenant is None:
         return None, 0

@@ -13,9 +13,8 @@ import time
 from collections.abc import Callable, Sequence
 
 from sqlalchemy.exc import SQLAlchemyError
-from sqlmodel import Session
 
-from fakescope.db.engine import get_engine, migrate, schema_is_ready
+from fakescope.db.engine import migrate, new_session, schema_is_ready
 from fakescope.service.tenants import ensure_api_key
 from fakescope.settings import Settings, get_settings
 from fakescope.storage import get_store
@@ -27,7 +26,7 @@ def prestart(settings: Settings) -> None:
     migrate(settings.sqlalchemy_url)
     get_store(settings).ensure_bucket()
     if settings.bootstrap_api_key:
-        with Session(get_engine(settings.sqlalchemy_url)) as session:
+        with new_session(settings.sqlalchemy_url) as session:
             tenant = ensure_api_key(session, tenant_name="default", key=settings.bootstrap_api_key)
             logger.info("bootstrap API key registered for tenant %s", tenant.name)
 

@@ -24,7 +24,7 @@ from sqlalchemy.exc import InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlmodel import Session
 
-from fakescope.db.engine import get_engine
+from fakescope.db.engine import get_engine, new_session
 from fakescope.observability import IMAGES_PER_S, TASK_SECONDS, log_context, pool
 from fakescope.service.explanation import fail_explanations
 from fakescope.service.processing import fail_items
@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 
 def session() -> Session:
-    return Session(get_engine(get_settings().sqlalchemy_url))
+    return new_session(get_settings().sqlalchemy_url)
 
 
 def reset_db() -> None:

@@ -12,7 +12,6 @@ from fastapi import APIRouter, File, Form, HTTPException, Request, UploadFile, s
 from api.deps import ServicesDep, SessionDep, SettingsDep, TenantDep
 from api.routes.jobs import FakeThreshold, RealThreshold, resolve_point, result_with_urls
 from api.schemas import UNPROCESSABLE, ItemResult
-from fakescope.db.engine import get_engine
 from fakescope.db.models import ItemStatus
 from fakescope.service import jobs as svc
 from fakescope.service import uploads, urls
@@ -77,7 +76,7 @@ def detect(
                 budget=services.upload_budget,
                 point=point,
             )
-    item = wait_for_item(get_engine(settings.sqlalchemy_url), job_id=job.id, timeout_s=settings.detect_timeout_s)
+    item = wait_for_item(settings.sqlalchemy_url, job_id=job.id, timeout_s=settings.detect_timeout_s)
     if item is None or item.status == ItemStatus.CANCELLED:
         # Nobody waits for it any more: the workers skip a cancelled job's items.
         svc.cancel_job(session, job=job)

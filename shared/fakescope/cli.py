@@ -206,13 +206,11 @@ def _cmd_ensemble(args: argparse.Namespace) -> int:
 
 def _cmd_keys(args: argparse.Namespace) -> int:
     """Tenants' API keys in the service's database (``FAKESCOPE_DATABASE_URL``): run where the API runs."""
-    from sqlmodel import Session
-
-    from fakescope.db.engine import get_engine
+    from fakescope.db.engine import new_session
     from fakescope.service.tenants import create_api_key, list_api_keys, revoke_api_key
     from fakescope.settings import get_settings
 
-    with Session(get_engine(get_settings().sqlalchemy_url)) as session:
+    with new_session(get_settings().sqlalchemy_url) as session:
         if args.keys_command == "create":
             tenant, key = create_api_key(session, tenant_name=args.tenant)
             print(key)

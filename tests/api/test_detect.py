@@ -11,11 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlmodel import Session, col, select
+from sqlmodel import col, select
 
 from fakescope.cli import main
 from fakescope.client import ApiError, FakescopeClient
-from fakescope.db.engine import get_engine
 from fakescope.db.models import ItemStatus, Job, JobItem
 from fakescope.service.detect import wait_for_item
 from tests.utils.stack import ServiceEnv, ServiceStack, png_bytes, private_stack
@@ -72,7 +71,7 @@ def test_detect_answers_503_within_its_deadline_when_no_pool_runs(service_env: S
     assert r.headers["Retry-After"] == "2"
     assert elapsed < 2 + 10, elapsed  # the deadline plus the upload, never an open-ended wait
     # The dropped check is cancelled, so a pool that comes back skips it.
-    with Session(get_engine(service_env.settings.sqlalchemy_url)) as session:
+    with service_env.session() as session:
         job = session.exec(select(Job).order_by(col(Job.created_at).desc())).first()
         assert job is not None and job.state == "cancelled"
         items = session.exec(select(JobItem).where(JobItem.job_id == job.id)).all()
@@ -87,8 +86,8 @@ def test_wait_for_item_stops_at_the_deadline_on_its_clock(service_env: ServiceEn
         slept.append(s)
         now[0] += s
 
-    engine = get_engine(service_env.settings.sqlalchemy_url)
-    assert wait_for_item(engine, job_id=uuid.uuid4(), timeout_s=1.0, clock=lambda: now[0], sleep=sleep) is None
+    url = service_env.settings.sqlalchemy_url
+    assert wait_for_item(url, job_id=uuid.uuid4(), timeout_s=1.0, clock=lambda: now[0], sleep=sleep) is None
     assert now[0] == 1.0 and slept[:3] == [0.01, 0.02, 0.05] and max(slept) == 0.1
 
 

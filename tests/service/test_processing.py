@@ -65,8 +65,8 @@ def _classify(env: ServiceEnv, detector: Detector, chunks: Chunks) -> dict[str, 
     ((job_id, ids),) = chunks.sent
     with env.session() as session:
         classify_chunk(session, env.store, detector, job_id=job_id, item_ids=ids)
+    with env.session() as session:  # a new one: the one above still holds the items as they started
         items = session.exec(select(JobItem).where(JobItem.job_id == job_id)).all()
-        session.expunge_all()
     return {i.name: i for i in items}
 
 
@@ -549,6 +549,7 @@ def test_presigned_shards_start_with_one_head_each_and_fail_what_is_not_there(
         assert counting.calls == {"size": 1}  # one HEAD for the shard, not one per image
         ((job_id, ids),) = chunks.sent
         classify_chunk(session, service_env.store, detector, job_id=job_id, item_ids=ids)
+    with service_env.session() as session:  # a new one: the one above still holds the items the URLs came with
         rows = session.exec(select(JobItem).where(JobItem.job_id == job.id).order_by(JobItem.position)).all()
     assert [r.status for r in rows] == [ItemStatus.DONE] * 5 + [ItemStatus.FAILED], [r.error for r in rows]
     assert rows[-1].error == "image was not uploaded"

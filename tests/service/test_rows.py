@@ -65,8 +65,6 @@ def test_one_statement_writes_what_executemany_writes(service_env: ServiceEnv) -
         still = col(JobItem.status) == ItemStatus.QUEUED
         results = [_result(k) for k in range(4)]
         updates = list(zip(fast, results, strict=True))
-        for it in items:
-            session.refresh(it)
         seen = _statements(session)
         assert rows.write_rows(session, updates, still) == 4
         assert len(seen) == 1 and "json_populate_recordset" in seen[0]
@@ -76,6 +74,8 @@ def test_one_statement_writes_what_executemany_writes(service_env: ServiceEnv) -
             == 4
         )
         session.commit()
+    # Read back in a new session: the one above still holds the items as they were before the statements.
+    with service_env.session() as session:
         got = {it.position: it for it in session.exec(select(JobItem).where(col(JobItem.job_id) == items[0].job_id))}
         for k, written in enumerate(results):
             a, b = got[k], got[k + 4]

@@ -1,4 +1,5 @@
-"""One SQLAlchemy engine per process and database URL; migrations run from here, never at import."""
+"""One SQLAlchemy engine per process and database URL, the one way sessions are made on it, and the
+migrations (run from here, never at import)."""
 
 from __future__ import annotations
 
@@ -9,12 +10,12 @@ from typing import TYPE_CHECKING
 from sqlalchemy import Engine, event
 from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.pool import ConnectionPoolEntry
-from sqlmodel import create_engine
+from sqlmodel import Session, create_engine
 
 if TYPE_CHECKING:
     from alembic.config import Config
 
-__all__ = ["MIGRATIONS_DIR", "get_engine", "migrate", "schema_is_ready"]
+__all__ = ["MIGRATIONS_DIR", "get_engine", "migrate", "new_session", "schema_is_ready"]
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -44,6 +45,17 @@ def get_engine(url: str) -> Engine:
     # pool is sized for concurrent clients; a request that still finds none waits pool_timeout, then
     # the API answers 503 with Retry-After.
     return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20, pool_timeout=15)
+
+
+def new_session(url: str) -> Session:
+    """A session on ``url``'s engine: the only place the service makes one.
+
+    ``expire_on_commit=False``: a commit leaves the objects in hand as they are, so reading a job or
+    an item after committing costs no reload query. Every unit of work is short (a request, a task, a
+    sweep) and reads what changed under it by querying, or by ``session.refresh`` where it needs an
+    object that another process or a Core statement changed (see :mod:`fakescope.service`).
+    """
+    return Session(get_engine(url), expire_on_commit=False)
 
 
 def _alembic_config(url: str) -> Config:

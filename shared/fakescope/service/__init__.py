@@ -6,6 +6,18 @@ pipeline and is imported by the workers only.
 What talks to the broker is passed in, never reached for: each process builds its ``Enqueuer`` once
 (the API's lifespan, a worker's runtime, the sweeper's loop) and hands its methods to the functions
 below as an :data:`Enqueue` or an :data:`EnqueueWebhook`.
+
+Sessions and rows, one rule for every module here:
+
+- Sessions come from :func:`fakescope.db.engine.new_session` only, made with ``expire_on_commit=False``:
+  a commit leaves the objects in hand loaded, so nothing is expunged or re-read to dodge expiry.
+- One row at a time through ORM objects (``session.add``, attribute changes).
+- Many rows in one statement only through :mod:`fakescope.service.rows` (``insert_items``,
+  ``write_rows``); state changes that must not race another process are conditional ``update()``
+  statements (``WHERE status = 'queued'``), never a read, a change in Python and a flush.
+- What another process (or a Core statement) may have changed since it was loaded is read again
+  explicitly: ``session.refresh(obj)`` or a query of columns. A query of whole objects hands back the
+  ones the session already holds, as they were.
 """
 
 from __future__ import annotations

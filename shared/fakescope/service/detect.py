@@ -12,9 +12,9 @@ import time
 import uuid
 from collections.abc import Callable
 
-from sqlalchemy import Engine
-from sqlmodel import Session, select
+from sqlmodel import select
 
+from fakescope.db.engine import new_session
 from fakescope.db.models import ItemStatus, JobItem
 
 __all__ = ["wait_for_item"]
@@ -24,7 +24,7 @@ _POLL_S = (0.01, 0.02, 0.05, 0.1)
 
 
 def wait_for_item(
-    engine: Engine,
+    url: str,
     *,
     job_id: uuid.UUID,
     timeout_s: float,
@@ -32,14 +32,14 @@ def wait_for_item(
     sleep: Callable[[float], None] = time.sleep,
 ) -> JobItem | None:
     """The job's first item once it is no longer queued (done, failed or cancelled); None when the
-    deadline passes first. Each poll reads in a fresh session, so it sees the worker's commit."""
+    deadline passes first. Each poll reads in a fresh session on the database at ``url``, so it sees
+    the worker's commit."""
     deadline = clock() + timeout_s
     polls = 0
     while True:
-        with Session(engine, expire_on_commit=False) as session:
+        with new_session(url) as session:
             item = session.exec(select(JobItem).where(JobItem.job_id == job_id, JobItem.position == 0)).first()
             if item is not None and item.status not in (ItemStatus.QUEUED, ItemStatus.AWAITING_UPLOAD):
-                session.expunge(item)
                 return item
         left = deadline - clock()
         if left <= 0:

@@ -24,7 +24,7 @@ from fakescope.result import OperatingPoint
 from fakescope.service import Enqueue, EnqueueWebhook
 from fakescope.service.idempotency import new_job, request_fingerprint
 from fakescope.service.jobs import JobStateError, finish
-from fakescope.service.rows import batched
+from fakescope.service.rows import batched, insert_items
 from fakescope.storage import ObjectStore, StorageError, original_key, shard_key
 
 __all__ = ["create_upload_job", "start_job"]
@@ -79,7 +79,7 @@ def create_upload_job(
     if created:
         rows = _waiting_items(job.id, names, shards)
         job.total = len(rows)
-        session.add_all(rows)
+        insert_items(session, job_id=job.id, rows=[r.model_dump() for r in rows])
         session.add(job)
         session.commit()
         session.refresh(job)

@@ -136,8 +136,6 @@ def classify_chunk(
             .where(col(Job.id) == jid, col(Job.state) == JobState.QUEUED)
             .values(state=JobState.RUNNING, started_at=utcnow())
         )
-    # Read from here on, never written: detached, no commit below expires it (a reload query each).
-    session.expunge(job)
     started = utcnow()
     items = _start_items(session, jid, ids, started, max_deliveries=max_deliveries, count_start=count_start)
     updates, todo = _from_cache(session, job, detector, items, started)
@@ -208,8 +206,6 @@ def _start_items(
             )
         )
         logger.error("job %s: %s items failed after %s deliveries", jid, len(poisoned), max_deliveries)
-    for it in started_items:
-        session.expunge(it)  # read-only from here on: the commit must not expire them (a reload each)
     return sorted((it for it in started_items if it.attempts <= max_deliveries), key=lambda it: it.position)
 
 

@@ -1,21 +1,22 @@
-"""Row writes the worker pools share: many rows in one statement, each conditional on its state."""
+"""Bulk row writes, the only ones in the service: many item rows inserted in one statement, or
+updated in one statement per shape of row, each update conditional on the row's state."""
 
 from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import JSON, String, bindparam, cast, func, literal_column
+from sqlalchemy import JSON, String, bindparam, cast, func, insert, literal_column
 from sqlmodel import Session
 
 from fakescope.db.models import JobItem
 
 T = TypeVar("T")
 
-__all__ = ["IN_BATCH", "batched", "uuids", "write_rows"]
+__all__ = ["IN_BATCH", "batched", "insert_items", "uuids", "write_rows"]
 
 # Values bound in one ``IN (...)``: Postgres takes at most 65,535 parameters a statement, and a job
 # can have more items than that (the untrusted-input issue: a 70,000-image job could never start).
@@ -32,6 +33,14 @@ def uuids(ids: Sequence[str | uuid.UUID]) -> list[uuid.UUID]:
     return [uuid.UUID(str(i)) for i in ids]
 
 
+def insert_items(session: Session, *, job_id: uuid.UUID, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Inserts ``rows`` (column values, ``id`` included) as items of ``job_id`` in one statement, with no
+    ORM object per row; the caller commits."""
+    if rows:
+        table = JobItem.__table__  # type: ignore[attr-defined]
+        session.connection().execute(insert(table), [{**row, "job_id": job_id} for row in rows])
+
+
 def write_rows(session: Session, updates: Sequence[tuple[JobItem, dict[str, Any]]], still: Any) -> int:
     """Writes rows in one statement per shape of row, each only where ``still`` holds (the state the
     write expects); returns how many rows changed.
@@ -39,8 +48,9 @@ def write_rows(session: Session, updates: Sequence[tuple[JobItem, dict[str, Any]
     A cancel, or another delivery of this task that got here first, wins, and the result is dropped
     rather than written twice. On Postgres a shape's rows travel as one JSON document that the
     statement unpacks into the table's own row type (``json_populate_recordset``: one statement for
-    the server to plan and run, where an executemany is one per row); elsewhere, or for a value JSON
-    cannot carry (NaN), they go as an executemany.
+    the server to plan and run, where an executemany is one per row); on SQLite (the embedded
+    ``fakescope serve``'s default database), or for a value JSON cannot carry (NaN), they go as an
+    executemany.
     """
     shapes: dict[tuple[str, ...], list[dict[str, Any]]] = {}
     for it, values in updates:

@@ -218,7 +218,7 @@ def _start_abandoned(
 
 def run(every_s: float | None = None, once: bool = False) -> int:
     """``fakescope sweep``: a sweep every ``every_s`` seconds (settings: ``sweep_every_s``) until stopped."""
-    from fakescope.db.engine import get_engine
+    from fakescope.db.engine import new_session
     from fakescope.settings import get_settings
     from fakescope.storage import get_store
     from fakescope.tasks import Enqueuer, make_celery
@@ -226,11 +226,10 @@ def run(every_s: float | None = None, once: bool = False) -> int:
     cfg = get_settings()
     app = make_celery(cfg)
     enqueuer = Enqueuer(app, cfg)
-    engine = get_engine(cfg.sqlalchemy_url)
     store = get_store(cfg)
     while True:
         try:
-            with Session(engine) as session:
+            with new_session(cfg.sqlalchemy_url) as session:
                 rep = sweep(
                     session,
                     enqueue_classify=enqueuer.classify,

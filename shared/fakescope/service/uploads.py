@@ -13,13 +13,13 @@ import shutil
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from itertools import islice
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from sqlalchemy import delete, func, insert, update
+from sqlalchemy import delete, func, update
 from sqlalchemy import select as sa_select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session, col, select
@@ -39,6 +39,7 @@ from fakescope.service.budget import ByteBudget, Lease
 from fakescope.service.idempotency import IdempotencyConflict, new_job, request_fingerprint
 from fakescope.service.jobs import finish
 from fakescope.service.presigned import create_upload_job, start_job
+from fakescope.service.rows import insert_items
 from fakescope.storage import ObjectStore, original_key, shard_key
 
 __all__ = [
@@ -226,8 +227,9 @@ def _discard(session: Session, job_id: uuid.UUID) -> None:
 
 @dataclass
 class _Row:
-    """An item row of a multipart upload, as one statement per window inserts it (no ORM object: at
-    256 rows a window, building and flushing ORM objects cost the API more than the rest of an upload)."""
+    """An item row of a multipart upload, as :func:`~fakescope.service.rows.insert_items` inserts a
+    window of them in one statement (no ORM object: at 256 rows a window, building and flushing ORM
+    objects cost the API more than the rest of an upload)."""
 
     position: int
     name: str
@@ -281,8 +283,7 @@ class _Ingest:
             if state == JobState.CANCELLED:
                 break  # cancelled while its upload was being stored (the id is known to an idempotent retry)
             queued = [r.id for r in rows if r.status == ItemStatus.QUEUED]
-            table = JobItem.__table__  # type: ignore[attr-defined]
-            self.session.connection().execute(insert(table), [{**vars(r), "job_id": self.job_id} for r in rows])
+            insert_items(self.session, job_id=self.job_id, rows=[asdict(r) for r in rows])
             self.session.commit()
             self.enqueue(self.job_id, queued)
             n_rows, n_queued = n_rows + len(rows), n_queued + len(queued)
@@ -332,9 +333,7 @@ class _Ingest:
                 yield window, held
                 window, held = [], 0
             if over:
-                # The rest of the upload is not read at all. (A flag, not job.error: each window's commit
-                # expires the job, and reading it back would cost a query per window.)
-                break
+                break  # the rest of the upload is not read at all
         if window:
             yield window, held
 

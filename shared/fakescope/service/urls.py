@@ -18,6 +18,7 @@ from fakescope.result import OperatingPoint
 from fakescope.service import Enqueue, EnqueueWebhook
 from fakescope.service.idempotency import new_job, request_fingerprint
 from fakescope.service.jobs import finish
+from fakescope.service.rows import insert_items
 from fakescope.storage import original_key
 
 __all__ = ["create_url_job"]
@@ -62,7 +63,7 @@ def create_url_job(
     ]
     ids = [r.id for r in rows]
     job.total = len(rows)
-    session.add_all(rows)
+    insert_items(session, job_id=job.id, rows=[r.model_dump() for r in rows])
     session.add(job)
     session.commit()
     enqueue(job.id, ids)
