@@ -1,7 +1,7 @@
 """Which combination of trained checkpoints to ship, decided on the calibration split only.
 
-    python ops/choose_ensemble.py runs/vgg-v1 runs/anchor-v1 runs/anchor-v2
-    python ops/choose_ensemble.py shared/fakescope/weights/default runs/wide-v1   # an ensemble's members
+    python -m ops.choose_ensemble runs/vgg-v1 runs/anchor-v1 runs/anchor-v2
+    python -m ops.choose_ensemble shared/fakescope/weights/default runs/wide-v1   # an ensemble's members
 
 An ensemble given here is taken apart into its members (named by the paths they were combined from);
 ``fakescope ensemble`` reads ``PATH#N`` for its member ``N``.

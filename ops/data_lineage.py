@@ -1,7 +1,7 @@
 """The training data's lineage, from multigen's manifest: sources, counts and licences per track.
 
-    python ops/data_lineage.py --track full      # the table the model card quotes for the full route
-    python ops/data_lineage.py --track small
+    python -m ops.data_lineage --track full      # the table the model card quotes for the full route
+    python -m ops.data_lineage --track small
 
 Counts every file of the track by label, generator or source folder, source repository and licence,
 so a model card lists what a model was trained on from the data itself, not from memory.

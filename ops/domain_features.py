@@ -1,7 +1,7 @@
 """Which features the domain score should measure: the shipped penultimate features against pooled
 statistics of every stage (Lee et al.'s multi-layer Mahalanobis), on images from other generators.
 
-    python ops/domain_features.py [--checkpoint DIR] [--fit-images 20000]
+    python -m ops.domain_features [--checkpoint DIR] [--fit-images 20000]
 
 For each feature set: a class-conditional Gaussian with a shared covariance fitted on ``--fit-images``
 of the checkpoint's *training* part (standardised features), its threshold set so that 95% of the

@@ -3,9 +3,9 @@ and on photos, and their ratio. A reason that is as common on photos as on fakes
 but is not; the explainer is built to cite only values at least twice as common among fakes.
 
     fakescope export-split --split val --out runs/val           # the detector's validation split
-    python ops/explain_faithfulness.py runs/val --limit 2000
+    python -m ops.explain_faithfulness runs/val --limit 2000
     # choosing the thresholds: training images the calibration (--limit 2000) never saw
-    python ops/explain_faithfulness.py runs/train-split --outside-calibration 2000 --limit 1000 --min-ratio 2
+    python -m ops.explain_faithfulness runs/train-split --outside-calibration 2000 --limit 1000 --min-ratio 2
 
 Reads ``REAL/`` and ``FAKE/`` under the folder (an even stride of ``--limit`` images of each), explains
 every image as the pipeline would (the display image, no GradCAM map: the map depends on the checkpoint

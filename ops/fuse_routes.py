@@ -1,6 +1,6 @@
 """Would fusing the two routes help the full-size route? Asked on that route's own calibration split.
 
-    python ops/fuse_routes.py
+    python -m ops.fuse_routes
 
 The ``full`` route's logit and the ``small`` route's logit on the same image shrunk to 32x32 (what the
 32x32 model saw of full-size images before the routing) are combined by a logistic fit on the

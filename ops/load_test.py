@@ -1,7 +1,10 @@
 """Load test of the job service: many concurrent clients, at least 10,000 images, nothing lost.
 
-    python ops/load_test.py                          # starts its own native stack (2 classify workers)
-    python ops/load_test.py --api URL --key KEY      # against a running stack
+    python -m ops.load_test                          # starts its own native stack (2 classify workers)
+    python -m ops.load_test --api URL --key KEY      # against a running stack
+
+Run from the repository root: the stack is the tests' harness (``tests.utils.stack``), through
+``ops.bench.bench_service.Bench``.
 
 Each of ``--clients`` async clients submits ``--jobs`` jobs of ``--images`` unique 32x32 PNGs (with an
 idempotency key, as a platform would), then polls its jobs until they finish. At the end every job's
@@ -22,10 +25,10 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from bench.bench_service import Bench, pct
 from PIL import Image
 
 from fakescope.machine import describe
+from ops.bench.bench_service import Bench, pct
 
 
 def _png(rng: np.random.Generator) -> bytes:

@@ -6,11 +6,11 @@ other label (``metrics.holdout`` of the fold's checkpoint). Beside each model, t
 baseline*: the same recipe on images shrunk until no generator trace survives and blown back up
 (``--content-only``); the gap between the two is what the model learned beyond content.
 
-    python ops/protocol.py --track full           # multigen/full: diffusion, autoregressive, vqgan-clip, unknown
-    python ops/protocol.py --track small          # CIFAKE + multigen/small: gan, autoregressive, diffusion (SD)
-    python ops/protocol.py --track full --table   # the table of the folds run so far, from their checkpoints
-    python ops/protocol.py --track small --kinds model --variant vgg3_wide_freq   # an architecture ablation
-    python ops/protocol.py --track full --tiles   # the full recipe with CIFAKE and multigen/small as windows
+    python -m ops.protocol --track full           # multigen/full: diffusion, autoregressive, vqgan-clip, unknown
+    python -m ops.protocol --track small          # CIFAKE + multigen/small: gan, autoregressive, diffusion (SD)
+    python -m ops.protocol --track full --table   # the table of the folds run so far, from their checkpoints
+    python -m ops.protocol --track small --kinds model --variant vgg3_wide_freq   # an architecture ablation
+    python -m ops.protocol --track full --tiles   # the full recipe with CIFAKE and multigen/small as windows
 
 Folds resume where they stopped (each epoch is checkpointed) and finished folds are skipped, so the
 command can be stopped and run again. Folders that are related are held out together: for the

@@ -1,7 +1,7 @@
 """Replays KEDA's scaling rule for the classify and explain pools against a burst of images.
 
-    python ops/scaling_sim.py                               # the shipped targets and two others
-    python ops/scaling_sim.py --classify-rate 900 --explain-rate 4 --startup-s 240
+    python -m ops.scaling_sim                               # the shipped targets and two others
+    python -m ops.scaling_sim --classify-rate 900 --explain-rate 4 --startup-s 240
 
 A burst arrives (``--images`` over ``--burst-s``, then nothing); classify drains it and, for the share of
 images whose jobs ask for explanations, hands chunks to explain as it finishes them (what

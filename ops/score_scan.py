@@ -2,7 +2,7 @@
 
     fakescope export-split --split val --out /tmp/val          # the 10,000 held-out images
     fakescope scan /tmp/val --out /tmp/val-scan --no-overlays
-    python ops/score_scan.py /tmp/val-scan/results.jsonl
+    python -m ops.score_scan /tmp/val-scan/results.jsonl
 
 Prints the metrics of the scan's verdicts and probabilities; an input with an error counts as wrong.
 When the scan has domain scores it also prints ``domain``: the share flagged out of domain, the
@@ -12,7 +12,7 @@ share of confident (p > 0.9 or p < 0.1) wrong verdicts, and those of them not fl
 ROC-AUC of each generator's fakes against all the reals, which shows where a detector transfers:
 
     fakescope scan ../shared/data/genimage_explained --out /tmp/gen --no-overlays
-    python ops/score_scan.py /tmp/gen/results.jsonl --by-generator ../shared/data/genimage_explained/annotations.json
+    python -m ops.score_scan /tmp/gen/results.jsonl --by-generator ../shared/data/genimage_explained/annotations.json
 """
 
 from __future__ import annotations

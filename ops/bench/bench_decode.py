@@ -1,6 +1,6 @@
 """What a classify worker does per image before the model, step by step, in microseconds an image.
 
-    python ops/bench/bench_decode.py [--data ../shared/data/cifake_train_subset] [--n 2000] [--rounds 3]
+    python -m ops.bench.bench_decode [--data ../shared/data/cifake_train_subset] [--n 2000] [--rounds 3]
 
 On one thread, over the images of the benchmark's job (the first ``--n / 2`` of REAL and of FAKE),
 already in memory: decoding (Pillow, size

@@ -1,11 +1,12 @@
 """Latency of the synchronous check (``POST /v1/detect``) beside the job path's, idle and under load.
 
-    python ops/bench/bench_detect.py [--n 60] [--rate 2] [--load 2000] [--workers 1]
+    python -m ops.bench.bench_detect [--n 60] [--rate 2] [--load 2000] [--workers 1]
 
-Starts the same native stack as ``bench_service.py`` (its own Postgres database, private Redis
-queues, an S3 server, the API) and ``--workers`` classify workers (the cores split between them), then
-sends ``--n`` single images at ``--rate`` requests a second (open loop: a request leaves on schedule
-whether or not the last one was answered), each new bytes so nothing is answered from the cache:
+Run from the repository root. Starts the same native stack as ``ops.bench.bench_service`` (its own
+Postgres database, private Redis queues, an S3 server, the API) and ``--workers`` classify workers
+(the cores split between them), then sends ``--n`` single images at ``--rate`` requests a second
+(open loop: a request leaves on schedule whether or not the last one was answered), each new bytes so
+nothing is answered from the cache:
 
 - idle: ``/v1/detect``, and single-image jobs polled every 0.25 s as the client polls;
 - under load: the same while a ``--load``-image job is queued and running, which is where the
@@ -27,22 +28,22 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from bench_service import Bench, _multipart, _png, pct
-
 from fakescope.machine import describe
+from ops.bench.bench_service import Bench, multipart, pct
+from tests.utils.stack import png_bytes
 
 
 def _detect(bench: Bench, seed: int) -> tuple[float, int]:
     with bench.client() as c:
         t0 = time.perf_counter()
-        r = c.post("/v1/detect", files={"file": (f"{seed}.png", _png(seed), "image/png")})
+        r = c.post("/v1/detect", files={"file": (f"{seed}.png", png_bytes(seed), "image/png")})
         return time.perf_counter() - t0, r.status_code
 
 
 def _job(bench: Bench, seed: int) -> tuple[float, int]:
     with bench.client() as c:
         t0 = time.perf_counter()
-        job, _ = bench.run_job(c, [(f"{seed}.png", _png(seed))])
+        job, _ = bench.run_job(c, [(f"{seed}.png", png_bytes(seed))])
         # What the client waits: until the poll that sees the job finished (every 0.25 s, as it polls).
         return time.perf_counter() - t0, 200 if job["state"] == "succeeded" else 0
 
@@ -93,9 +94,9 @@ def main() -> None:
             print(_line("detect, idle", *_open_loop(_detect, bench, args.n, args.rate, 20_000_000)))
             print(_line("one-image job, idle", *_open_loop(_job, bench, args.n, args.rate, 21_000_000)))
             for name, fn, seed in (("detect", _detect, 22_000_000), ("one-image job", _job, 23_000_000)):
-                load = [(f"load-{i}.png", _png(seed + 500_000 + i)) for i in range(args.load)]
+                load = [(f"load-{i}.png", png_bytes(seed + 500_000 + i)) for i in range(args.load)]
                 with bench.client() as c:
-                    big = c.post("/v1/jobs", files=_multipart(load)).json()["id"]
+                    big = c.post("/v1/jobs", files=multipart(load)).json()["id"]
                 lat, busy = _open_loop(fn, bench, args.n, args.rate, seed)
                 with bench.client() as c:
                     state = c.get(f"/v1/jobs/{big}").json()

@@ -1,8 +1,8 @@
 """Model-only throughput of every variant: images/s by batch size and thread count, FLOPs/image, and
 the achieved FLOP/s against the machine's measured peak (a matmul of the same dtype).
 
-    python ops/bench/bench_model.py [--variants freqnet_resnet_tiny] [--batch-sizes 1 32 256] [--threads 1 2]
-    python ops/bench/bench_model.py --checkpoints runs/release/previous shared/fakescope/weights/default \
+    python -m ops.bench.bench_model [--variants freqnet_resnet_tiny] [--batch-sizes 1 32 256] [--threads 1 2]
+    python -m ops.bench.bench_model --checkpoints runs/release/previous shared/fakescope/weights/default \
         --batch-sizes 32 --threads 2
 
 ``--checkpoints`` times what a worker runs per batch of already-decoded images: a checkpoint's

@@ -1,6 +1,6 @@
 """End-to-end ``fakescope scan`` throughput: files on disk to results.jsonl, task1.json and report.
 
-    python ops/bench/bench_scan.py [--data ../shared/data/cifake_train_subset] [--n 2000] [--checkpoint DIR]
+    python -m ops.bench.bench_scan [--data ../shared/data/cifake_train_subset] [--n 2000] [--checkpoint DIR]
 
 Copies nothing: scans the first ``--n`` files of the folder through the same ``run_scan`` as the CLI,
 with and without GradCAM overlays, and prints images/s for each.

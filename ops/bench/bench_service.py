@@ -1,11 +1,12 @@
 """End-to-end throughput, latency and memory of the job service against the model's own speed.
 
-    python ops/bench/bench_service.py [--n 2000] [--workers 1 2 4] [--checkpoint DIR]
+    python -m ops.bench.bench_service [--n 2000] [--workers 1 2 4] [--checkpoint DIR]
 
-Starts a native stack of its own: a fresh Postgres database on ``--postgres``, private queues on
-``--redis``, an S3 server (moto on loopback, or ``--s3`` pointing at MinIO), the API and ``k``
-classify worker processes (``--workers``, torch threads split between them), all on this machine's
-cores. Then, for each ``k``:
+Run from the repository root. Starts a native stack of its own with the tests' harness
+(``tests.utils.stack``): a fresh Postgres database on ``--postgres``, private queues on ``--redis``, an
+S3 server (moto on loopback, or ``--s3`` pointing at MinIO), the API and ``k`` classify worker
+processes (``--workers``, torch threads split between them), all on this machine's cores. Then, for
+each ``k``:
 
 - end-to-end images/s of a job of ``--n`` CIFAKE images (one multipart upload), from the first
   byte sent to the job's ``finished_at``, polled every 0.25 s as the client polls, and the processing
@@ -34,8 +35,6 @@ import os
 import re
 import secrets
 import signal
-import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -49,27 +48,10 @@ from typing import Any
 import httpx
 import numpy as np
 import psycopg
-import redis
-from PIL import Image
 
 from fakescope.machine import describe
 from serve.stack import Stack
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_until(fn: Any, timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(httpx.HTTPError, OSError):
-            if out := fn():
-                return out
-        time.sleep(interval)
-    raise SystemExit(f"timed out waiting for {what}")
+from tests.utils.stack import create_env, free_port, png_bytes, process_env, wait_until
 
 
 def pct(values: list[float], q: float) -> float:
@@ -137,62 +119,39 @@ class Bench:
     def _setup(self, args: argparse.Namespace, tmp: Path) -> None:
         # Verdicts only (--no-overlays): the jobs ask for no overlay PNGs.
         self.form = {"overlays": "false"} if getattr(args, "no_overlays", False) else {}
-        token = secrets.token_hex(4)
-        self.db = f"fakescope_bench_{token}"
-        with psycopg.connect(args.postgres, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{self.db}"')
-        self.cleanups.append(self._drop_db)
-        s3 = args.s3 or self._start_moto()
-        self.broker = f"{args.redis.rstrip('/')}/{args.redis_db}"
-        self.queues = {"classify": f"classify-bench-{token}", "explain": f"explain-bench-{token}"}
         self.api_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
         self.key = "fks_bench_" + secrets.token_urlsafe(16)
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("FAKESCOPE_")}
-        self.env.update({
-            "FAKESCOPE_DATABASE_URL": args.postgres.rsplit("/", 1)[0] + f"/{self.db}",
-            "FAKESCOPE_BROKER_URL": self.broker,
-            "FAKESCOPE_S3_ENDPOINT": s3,
-            "FAKESCOPE_S3_ACCESS_KEY": "bench",
-            "FAKESCOPE_S3_SECRET_KEY": "bench-secret",
-            "FAKESCOPE_S3_BUCKET": f"fakescope-bench-{token}",
-            "FAKESCOPE_QUEUE_CLASSIFY": self.queues["classify"],
-            "FAKESCOPE_QUEUE_EXPLAIN": self.queues["explain"],
+        settings = {
             "FAKESCOPE_PUBLIC_URL": self.api_url,
             "FAKESCOPE_BOOTSTRAP_API_KEY": self.key,
-            "FAKESCOPE_DATA_DIR": str(tmp / "data"),
-            "HF_HUB_OFFLINE": "1",
             "FAKESCOPE_RATE_LIMIT_PER_MINUTE": "0",  # the benchmark polls far faster than a client would
-        })  # fmt: skip
+        }
         if getattr(args, "chunk_size", None):  # ops/load_test.py builds its own args
-            self.env["FAKESCOPE_CHUNK_SIZE"] = str(args.chunk_size)
+            settings["FAKESCOPE_CHUNK_SIZE"] = str(args.chunk_size)
         if getattr(args, "decode_threads", None) is not None:
-            self.env["FAKESCOPE_DECODE_THREADS"] = str(args.decode_threads)
+            settings["FAKESCOPE_DECODE_THREADS"] = str(args.decode_threads)
         if args.checkpoint:
-            self.env["FAKESCOPE_CHECKPOINT"] = str(Path(args.checkpoint).resolve())
+            settings["FAKESCOPE_CHECKPOINT"] = str(Path(args.checkpoint).resolve())
+        # The database, the queues and the S3 server: the tests' dev stack, on this benchmark's endpoints.
+        self.svc = create_env(
+            tmp,
+            name="bench",
+            settings=settings,
+            postgres_url=args.postgres,
+            redis_url=args.redis,
+            redis_db=args.redis_db,
+            s3=args.s3,
+        )
+        self.cleanups.append(self.svc.close)
+        self.moto_pid = self.svc.s3_pid
+        self.env = process_env(self.svc.env)
         # Logs outlive the run when FAKESCOPE_BENCH_LOGS names a folder (to read after a failure).
         self.stack = Stack(env=self.env, log_dir=Path(os.environ.get("FAKESCOPE_BENCH_LOGS", tmp / "logs")))
 
-    def _drop_db(self) -> None:
-        with psycopg.connect(self.args.postgres, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{self.db}" WITH (FORCE)')
-
-    def _start_moto(self) -> str:
-        port = free_port()
-        log = (self.tmp / "moto.log").open("wb")
-        exe = Path(sys.executable).with_name("moto_server")
-        proc = subprocess.Popen(
-            [str(exe), "-H", "127.0.0.1", "-p", str(port)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        url = f"http://127.0.0.1:{port}"
-        wait_until(lambda: httpx.get(url, timeout=2).status_code < 500, 60, "moto_server")
-        self.cleanups.append(lambda: (os.killpg(proc.pid, signal.SIGTERM), proc.wait(10)))
-        self.moto_pid = proc.pid
-        return url
-
     def s3_requests(self) -> Counter[str] | None:
         """Requests the S3 server has answered so far, by HTTP method (from moto's access log)."""
-        if not getattr(self, "moto_pid", None):
+        if self.moto_pid is None:
             return None
         # werkzeug colours the lines of non-200 answers (a ranged GET's 206) with ANSI escapes.
         text = re.sub(r"\x1b\[[0-9;]*m", "", (self.tmp / "moto.log").read_text(errors="replace"))
@@ -206,7 +165,7 @@ class Bench:
             "postgres": _by_name("postgres"),
             "redis": _by_name("redis-server"),
         }
-        if getattr(self, "moto_pid", None):
+        if self.moto_pid is not None:
             parts["s3 (moto)"] = _tree(self.moto_pid)
         out = {k: _cpu_s(v) for k, v in parts.items()}
         t = os.times()
@@ -215,9 +174,6 @@ class Bench:
 
     def close(self) -> None:
         self.stack.stop_all()
-        r = redis.Redis.from_url(self.broker)
-        r.delete(*self.queues.values())
-        r.close()
         for fn in reversed(self.cleanups):
             with contextlib.suppress(Exception):
                 fn()
@@ -270,7 +226,7 @@ class Bench:
         # A worker loads its model in its first task: warm each one up with a tiny job.
         with self.client() as c:
             for i in range(2 * k):
-                self.run_job(c, [(f"warm-{i}.png", _png(10_000_000 + i))])
+                self.run_job(c, [(f"warm-{i}.png", png_bytes(10_000_000 + i))])
         return pids
 
     def stop_workers(self, k: int) -> None:
@@ -285,7 +241,7 @@ class Bench:
         polls (every ``poll_s``, the client's first interval), so polling neither costs the API what
         no client does nor rounds the time."""
         start = datetime.now(UTC)
-        r = c.post("/v1/jobs", files=_multipart(files), data=self.form)
+        r = c.post("/v1/jobs", files=multipart(files), data=self.form)
         r.raise_for_status()
         job_id = r.json()["id"]
         while True:
@@ -295,7 +251,7 @@ class Bench:
             time.sleep(poll_s)
 
 
-def _multipart(files: list[tuple[str, bytes]]) -> list[tuple[str, tuple[str, bytes, str]]]:
+def multipart(files: list[tuple[str, bytes]]) -> list[tuple[str, tuple[str, bytes, str]]]:
     """Loose files for small batches; one zip (stored, not deflated) for large ones, as a platform sends
     them: a multipart request holds at most 1,000 files."""
     if len(files) <= 100:
@@ -305,13 +261,6 @@ def _multipart(files: list[tuple[str, bytes]]) -> list[tuple[str, tuple[str, byt
         for n, b in files:
             z.writestr(n, b)
     return [("files", ("batch.zip", buf.getvalue(), "application/zip"))]
-
-
-def _png(seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def _results(c: httpx.Client, job_id: str) -> dict[str, tuple[str, float]]:
@@ -523,7 +472,7 @@ def run_for(
 
         lat = []
         for i in range(args.latency_jobs):
-            _, s = bench.run_job(c, [(f"lat-{k}-{i}.png", _png(20_000_000 + 1000 * k + i))], poll_s=0.005)
+            _, s = bench.run_job(c, [(f"lat-{k}-{i}.png", png_bytes(20_000_000 + 1000 * k + i))], poll_s=0.005)
             lat.append(s * 1000)
         print(
             f"[{k} worker(s)] single-image job, submit to succeeded (ms, {len(lat)} jobs): "
@@ -543,7 +492,7 @@ def run_for(
                     polls.append((time.perf_counter() - t) * 1000)
                     time.sleep(0.05)
 
-        r = c.post("/v1/jobs", files=_multipart(load), data=bench.form)
+        r = c.post("/v1/jobs", files=multipart(load), data=bench.form)
         threads = [threading.Thread(target=poller, args=(r.json()["id"],)) for _ in range(4)]
         for t in threads:
             t.start()

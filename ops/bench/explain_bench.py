@@ -2,8 +2,8 @@
 
 Usage::
 
-    python ops/bench/explain_bench.py                           # evidence, and vlm on tiny models
-    python ops/bench/explain_bench.py --clip-model openai/clip-vit-base-patch32 \\
+    python -m ops.bench.explain_bench                           # evidence, and vlm on tiny models
+    python -m ops.bench.explain_bench --clip-model openai/clip-vit-base-patch32 \\
         --vlm-model HuggingFaceM4/idefics2-8b --backends vlm    # real weights
 
 Images come from the shared data (256x256 GenImage fakes and 32x32 CIFAKE fakes), with the 32x32

@@ -2,8 +2,8 @@
 
 Usage::
 
-    python ops/gpu/idefics2_fp16.py --model HuggingFaceM4/idefics2-8b [--lora runs/idefics2-lora]
-    python ops/gpu/idefics2_fp16.py --tiny          # a tiny random-weight Idefics2 built from config
+    python -m ops.gpu.idefics2_fp16 --model HuggingFaceM4/idefics2-8b [--lora runs/idefics2-lora]
+    python -m ops.gpu.idefics2_fp16 --tiny          # a tiny random-weight Idefics2 built from config
 
 It loads the model with ``Idefics2Explainer.load`` (fp16, accelerate device map), prompts it the way
 the ``vlm`` backend does, and prints per-batch latency, generated tokens per second and peak GPU

@@ -6,8 +6,8 @@ same number of epochs, fits its temperature on the calibration split and is scor
 *dev* split carved from the rest of the training part. The validation split is never touched, so
 choices made from this table cannot leak into the validation figures of the model card.
 
-    python ops/proxy/proxy.py                       # the ablation rows (1-6 minutes a row on 2 cores)
-    python ops/proxy/proxy.py --rows shipped no_freq
+    python -m ops.proxy.proxy                       # the ablation rows (1-6 minutes a row on 2 cores)
+    python -m ops.proxy.proxy --rows shipped no_freq
 
 Each finished row is appended to ``ops/proxy/results.jsonl`` (committed: the model card's ablation
 table is made from it) with the exact configuration that produced it; ``--table`` prints the table.
@@ -114,7 +114,7 @@ def run_row(name: str, out_root: Path) -> dict[str, Any]:
         "params": sum(p.numel() for p in load_checkpoint(out)[0].parameters()),
         "wall_s": time.time() - t0,
         "config": asdict(cfg),
-        "command": f"python ops/proxy/proxy.py --rows {name}",
+        "command": f"python -m ops.proxy.proxy --rows {name}",
         "date": time.strftime("%Y-%m-%d"),
     }
 

@@ -1,8 +1,11 @@
-"""The job service's test stack: a fresh Postgres database, a Redis db with private queue names, an S3
-server on loopback (moto, or ``$FAKESCOPE_TEST_S3_ENDPOINT``), and real API, worker and Flower processes.
+"""The job service's dev stack, one harness for the tests and the benchmarks: a fresh Postgres
+database, a Redis db with private queue names, an S3 server on loopback (moto, or
+``$FAKESCOPE_TEST_S3_ENDPOINT``), the environment that points processes at them, and real API, worker
+and Flower processes (``serve.stack.Stack``).
 
-Loaded for every suite by the root conftest (``pytest_plugins``); the stack is built
-once per session and shared, whichever folder asks first.
+Loaded for every suite by the root conftest (``pytest_plugins``); the stack is built once per session
+and shared, whichever folder asks first. ``ops/`` benchmarks build theirs with :func:`create_env` and
+:func:`process_env` (``python -m ops.bench.bench_service`` from the repository root).
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,7 +34,7 @@ import redis
 from PIL import Image
 from sqlmodel import Session
 
-from fakescope.db.engine import get_engine
+from fakescope.db.engine import get_engine, new_session
 from fakescope.settings import Settings
 from fakescope.storage import ObjectStore, get_store
 from serve.stack import Stack
@@ -74,13 +77,26 @@ class ServiceEnv:
     env: dict[str, str]
     tmp: Path
     cleanups: list[Callable[[], None]] = field(default_factory=list)
+    # The moto server's process (None when the S3 endpoint came from outside): a benchmark counts its CPU.
+    s3_pid: int | None = None
 
     def session(self) -> Session:
-        return Session(get_engine(self.settings.sqlalchemy_url))
+        return new_session(self.settings.sqlalchemy_url)
 
     @property
     def store(self) -> ObjectStore:
         return get_store(self.settings)
+
+    def close(self) -> None:
+        """Drops what :func:`create_env` made (queues, database, S3 server)."""
+        _undo(self.cleanups)
+
+
+def _undo(cleanups: list[Callable[[], None]]) -> None:
+    """Runs ``cleanups``, last made first, each whatever the others do, and forgets them."""
+    while cleanups:
+        with contextlib.suppress(Exception):
+            cleanups.pop()()
 
 
 @dataclass
@@ -165,7 +181,7 @@ def _job_of(message: dict[str, Any]) -> str | None:
     return str(body[1].get("job_id")) if isinstance(body, list) and len(body) > 1 else None
 
 
-def _start_moto(tmp: Path) -> tuple[str, Callable[[], None]]:
+def _start_moto(tmp: Path) -> tuple[str, subprocess.Popen[bytes], Callable[[], None]]:
     port = free_port()
     log = (tmp / "moto.log").open("wb")
     exe = Path(sys.executable).with_name("moto_server")
@@ -180,74 +196,100 @@ def _start_moto(tmp: Path) -> tuple[str, Callable[[], None]]:
         proc.wait(10)
         log.close()
 
-    return url, stop
+    return url, proc, stop
+
+
+def create_env(
+    tmp: Path,
+    *,
+    name: str = "test",
+    settings: Mapping[str, str] | None = None,
+    postgres_url: str = PG_ADMIN_URL,
+    redis_url: str = REDIS_URL,
+    redis_db: int = int(os.environ.get("FAKESCOPE_TEST_REDIS_DB", "11")),
+    s3: str | None = os.environ.get("FAKESCOPE_TEST_S3_ENDPOINT"),
+) -> ServiceEnv:
+    """A fresh database ``fakescope_<name>_<token>`` on ``postgres_url``, private queue names on a Redis
+    db, a bucket on an S3 server (``s3``, or a moto server started here, logging to ``tmp/moto.log``),
+    and the ``FAKESCOPE_*`` environment pointing at them, with ``settings`` on top. ``close()`` removes
+    them all."""
+    token = secrets.token_hex(4)
+    cleanups: list[Callable[[], None]] = []
+    s3_pid = None
+    try:
+        dbname = f"fakescope_{name}_{token}"
+        with psycopg.connect(postgres_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+
+        def drop_db() -> None:
+            get_engine.cache_clear()
+            with psycopg.connect(postgres_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
+
+        cleanups.append(drop_db)
+        if not s3:
+            s3, moto, stop_moto = _start_moto(tmp)
+            s3_pid = moto.pid
+            cleanups.append(stop_moto)
+        broker = f"{redis_url.rstrip('/')}/{redis_db}"
+        queues = {pool: f"{pool}-{name}-{token}" for pool in ("classify", "explain", "webhooks")}
+
+        def drop_queues() -> None:
+            r = redis.Redis.from_url(broker)
+            r.delete(*queues.values())
+            r.close()
+
+        cleanups.append(drop_queues)
+        env = {
+            "FAKESCOPE_DATABASE_URL": postgres_url.rsplit("/", 1)[0] + f"/{dbname}",
+            "FAKESCOPE_BROKER_URL": broker,
+            "FAKESCOPE_S3_ENDPOINT": s3,
+            "FAKESCOPE_S3_ACCESS_KEY": "testing",
+            "FAKESCOPE_S3_SECRET_KEY": "fakescope-test-s3-secret-7f3a91",  # distinctive: the logs are searched for it
+            "FAKESCOPE_S3_BUCKET": f"fakescope-{name}-{token}",
+            "FAKESCOPE_QUEUE_CLASSIFY": queues["classify"],
+            "FAKESCOPE_QUEUE_EXPLAIN": queues["explain"],
+            "FAKESCOPE_QUEUE_WEBHOOKS": queues["webhooks"],
+            "FAKESCOPE_DATA_DIR": str(tmp / "data"),
+            **(settings or {}),
+        }
+        # As the processes started with env read it: every variable.
+        return ServiceEnv(Settings.from_env(env), env, tmp, cleanups, s3_pid)
+    except BaseException:
+        _undo(cleanups)  # whatever was made before the failure (the database, the S3 server) goes with it
+        raise
+
+
+# What the tests' processes run with, on top of create_env's endpoints.
+TEST_SETTINGS = {
+    "FAKESCOPE_CHUNK_SIZE": "10",
+    "FAKESCOPE_EXPLAIN_CHUNK_SIZE": "4",
+    # Short enough that a message of a SIGKILLed worker comes back within the test, and still
+    # above the task time limit, as in production.
+    "FAKESCOPE_TASK_TIME_LIMIT_S": "90",
+    "FAKESCOPE_VISIBILITY_TIMEOUT_S": "100",
+    "FAKESCOPE_RESTORE_INTERVAL_S": "1",
+    "FAKESCOPE_FLOWER_BASIC_AUTH": FLOWER_AUTH,
+    # The tests' webhook receivers listen on loopback; everything else private stays refused.
+    "FAKESCOPE_CALLBACK_ALLOWED_NETWORKS": '["127.0.0.1/32"]',
+    "FAKESCOPE_CALLBACK_BACKOFF_S": "0.2",
+    # Image URLs: the tests' own HTTP servers on loopback, over http, with a short deadline.
+    "FAKESCOPE_FETCH_ALLOW_HTTP": "true",
+    "FAKESCOPE_FETCH_ALLOWED_NETWORKS": '["127.0.0.1/32"]',
+    "FAKESCOPE_FETCH_DEADLINE_S": "3",
+    "FAKESCOPE_FETCH_READ_TIMEOUT_S": "2",
+    "FAKESCOPE_FETCH_MAX_BYTES": str(2 * 1024**2),
+}
 
 
 def build_env(tmp: Path, checkpoint: Path) -> ServiceEnv:
-    token = secrets.token_hex(4)
-    cleanups: list[Callable[[], None]] = []
-    dbname = f"fakescope_test_{token}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{dbname}"')
-
-    def drop_db() -> None:
-        get_engine.cache_clear()
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{dbname}" WITH (FORCE)')
-
-    cleanups.append(drop_db)
-    db_url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{dbname}"
-
-    s3 = os.environ.get("FAKESCOPE_TEST_S3_ENDPOINT")
-    if not s3:
-        s3, stop_moto = _start_moto(tmp)
-        cleanups.append(stop_moto)
-    redis_db = int(os.environ.get("FAKESCOPE_TEST_REDIS_DB", "11"))
-    broker = f"{REDIS_URL.rstrip('/')}/{redis_db}"
-    queues = {"classify": f"classify-{token}", "explain": f"explain-{token}", "webhooks": f"webhooks-{token}"}
-
-    def drop_queues() -> None:
-        r = redis.Redis.from_url(broker)
-        r.delete(*queues.values())
-        r.close()
-
-    cleanups.append(drop_queues)
-    env = {
-        "FAKESCOPE_DATABASE_URL": db_url,
-        "FAKESCOPE_BROKER_URL": broker,
-        "FAKESCOPE_S3_ENDPOINT": s3,
-        "FAKESCOPE_S3_ACCESS_KEY": "testing",
-        "FAKESCOPE_S3_SECRET_KEY": "fakescope-test-s3-secret-7f3a91",  # distinctive: the logs are searched for it
-        "FAKESCOPE_S3_BUCKET": f"fakescope-test-{token}",
-        "FAKESCOPE_QUEUE_CLASSIFY": queues["classify"],
-        "FAKESCOPE_QUEUE_EXPLAIN": queues["explain"],
-        "FAKESCOPE_QUEUE_WEBHOOKS": queues["webhooks"],
-        "FAKESCOPE_CHECKPOINT": str(checkpoint),
-        "FAKESCOPE_CHUNK_SIZE": "10",
-        "FAKESCOPE_EXPLAIN_CHUNK_SIZE": "4",
-        # Short enough that a message of a SIGKILLed worker comes back within the test, and still
-        # above the task time limit, as in production.
-        "FAKESCOPE_TASK_TIME_LIMIT_S": "90",
-        "FAKESCOPE_VISIBILITY_TIMEOUT_S": "100",
-        "FAKESCOPE_RESTORE_INTERVAL_S": "1",
-        "FAKESCOPE_DATA_DIR": str(tmp / "data"),
-        "FAKESCOPE_FLOWER_BASIC_AUTH": FLOWER_AUTH,
-        # The tests' webhook receivers listen on loopback; everything else private stays refused.
-        "FAKESCOPE_CALLBACK_ALLOWED_NETWORKS": '["127.0.0.1/32"]',
-        "FAKESCOPE_CALLBACK_BACKOFF_S": "0.2",
-        # Image URLs: the tests' own HTTP servers on loopback, over http, with a short deadline.
-        "FAKESCOPE_FETCH_ALLOW_HTTP": "true",
-        "FAKESCOPE_FETCH_ALLOWED_NETWORKS": '["127.0.0.1/32"]',
-        "FAKESCOPE_FETCH_DEADLINE_S": "3",
-        "FAKESCOPE_FETCH_READ_TIMEOUT_S": "2",
-        "FAKESCOPE_FETCH_MAX_BYTES": str(2 * 1024**2),
-    }
-    settings = Settings.from_env(env)  # as the processes started with env read it: every variable
-    return ServiceEnv(settings=settings, env=env, tmp=tmp, cleanups=cleanups)
+    """The test session's :func:`create_env`: :data:`TEST_SETTINGS` and the tiny checkpoint."""
+    return create_env(tmp, settings={**TEST_SETTINGS, "FAKESCOPE_CHECKPOINT": str(checkpoint)})
 
 
-def process_env(extra: dict[str, str]) -> dict[str, str]:
-    # The service's own settings come from `extra` only, never from whatever FAKESCOPE_* the shell had.
+def process_env(extra: Mapping[str, str]) -> dict[str, str]:
+    """The environment of the stack's processes: this one's, less its ``FAKESCOPE_*`` (the service's
+    settings come from ``extra`` only, never from whatever the shell had), offline, one thread each."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("FAKESCOPE_")}
     env.update(extra)
     env.update({"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
@@ -263,9 +305,7 @@ def _cleanup_all() -> None:
         stack.stack.stop_all()
     svc = _state.pop("svc", None)
     if svc is not None:
-        for fn in reversed(svc.cleanups):
-            with contextlib.suppress(Exception):
-                fn()
+        svc.close()
 
 
 def get_service_env(request: pytest.FixtureRequest) -> ServiceEnv:
@@ -282,14 +322,13 @@ def get_service_env(request: pytest.FixtureRequest) -> ServiceEnv:
 
 def get_service_stack(request: pytest.FixtureRequest) -> ServiceStack:
     if "stack" not in _state:
-        from fakescope.db.engine import get_engine as _ge
         from fakescope.service.tenants import create_api_key
 
         svc = get_service_env(request)
         api_port, flower_port = free_port(), free_port()
         env = process_env({**svc.env, "FAKESCOPE_PUBLIC_URL": f"http://127.0.0.1:{api_port}"})
         stack = Stack(env=env, log_dir=svc.tmp / "logs")
-        with Session(_ge(svc.settings.sqlalchemy_url)) as session:
+        with svc.session() as session:
             keys = {t: create_api_key(session, tenant_name=f"tenant-{t}")[1] for t in ("a", "b")}
         st = ServiceStack(
             svc=svc,
@@ -377,9 +416,12 @@ class PrivateStack(ServiceStack):
         for stack in [self.stack, *self.stacks]:
             stack.stop(name, sig=sig)
 
+    def proc(self, name: str) -> subprocess.Popen[bytes]:
+        return next(s.procs[name] for s in [self.stack, *self.stacks] if name in s.procs)
+
     def pid(self, name: str) -> int:
         """The process (and process group) id of ``name``."""
-        return next(s.procs[name].pid for s in [self.stack, *self.stacks] if name in s.procs)
+        return self.proc(name).pid
 
     def log(self, name: str) -> str:
         return (self.stack.log_dir / f"{name}.log").read_text(errors="replace")
@@ -464,7 +506,7 @@ def private_stack(
         **settings,
     }
     cfg = Settings.from_env(env)
-    with Session(get_engine(cfg.sqlalchemy_url)) as session:
+    with new_session(cfg.sqlalchemy_url) as session:
         key = create_api_key(session, tenant_name=f"{name}-{token}")[1]
     stack = Stack(env=process_env(env), log_dir=log_dir)
     st = PrivateStack(

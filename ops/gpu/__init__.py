@@ -1,0 +1,1 @@
+"""Measurements that need a GPU (``python -m ops.gpu.idefics2_fp16``)."""

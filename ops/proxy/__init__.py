@@ -1,0 +1,1 @@
+"""The proxy protocol (``python -m ops.proxy.proxy``): recipes compared in minutes."""
