@@ -23,7 +23,7 @@ from workers.celery_app import app
 def classify(self: Task, job_id: str, item_ids: list[str], count_start: bool = True) -> int:
     def body() -> int:
         with runtime.session() as session:
-            return classify_chunk(
+            written = classify_chunk(
                 session,
                 runtime.store(),
                 models.live_detector(),
@@ -40,6 +40,8 @@ def classify(self: Task, job_id: str, item_ids: list[str], count_start: bool = T
                 image_time_limit_s=get_settings().image_time_limit_s,
                 on_started=runtime.hold_point(self.request.id, job_id, item_ids),
             )
+            models.send_shadow(item_ids)
+            return written
 
     def before_retry() -> dict[str, Any]:
         # A handled error is not a crash: its start must not count toward the poison limit. The start is

@@ -7,10 +7,11 @@ import logging
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
+from fakescope.service.shadow import shadow_chunk
 from fakescope.service.training import fail_training, train_epoch
 from fakescope.settings import get_settings
 from fakescope.tasks import TaskName
-from workers import runtime
+from workers import models, runtime
 from workers.celery_app import app
 
 logger = logging.getLogger(__name__)
@@ -51,3 +52,24 @@ def train(self: Task, version: str, epoch: int) -> str:
         raise
     logger.info("model %s: %s", version, did)
     return did
+
+
+@app.task(
+    name=TaskName.SHADOW.value,
+    bind=True,
+    max_retries=runtime.MAX_RETRIES,
+    autoretry_for=runtime.TRANSIENT,
+    retry_backoff=True,
+    retry_jitter=True,
+)
+def shadow(self: Task, version: str, item_ids: list[str]) -> int:
+    """Scores classified items with the shadowing candidate too; the live answers are already given."""
+    with runtime.session() as session:
+        return shadow_chunk(
+            session,
+            runtime.store(),
+            models.detector_of(version),
+            version=version,
+            item_ids=item_ids,
+            batch_size=get_settings().batch_size,
+        )

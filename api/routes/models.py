@@ -9,7 +9,7 @@ the promoted model answers every tenant.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 
@@ -36,8 +36,8 @@ def require_admin(session: SessionDep, settings: SettingsDep, tenant: TenantDep)
 AdminDep = Annotated[str, Depends(require_admin)]
 
 
-def _public(row: ModelVersion) -> ModelVersionPublic:
-    return ModelVersionPublic.model_validate(row, from_attributes=True)
+def _public(row: ModelVersion, shadow: dict[str, Any] | None = None) -> ModelVersionPublic:
+    return ModelVersionPublic.model_validate({**row.model_dump(), "shadow": shadow})
 
 
 @router.post("/train", response_model=ModelVersionPublic, status_code=status.HTTP_202_ACCEPTED)
@@ -77,10 +77,27 @@ def list_models(
 
 @router.get("/{version}", response_model=ModelVersionPublic)
 def get_model(version: str, session: SessionDep, admin: AdminDep) -> ModelVersionPublic:
+    """One version: lineage, progress, the gate's comparison and, once it shadowed, its shadow statistics."""
     try:
-        return _public(models.get_version(session, version=version))
+        row = models.get_version(session, version=version)
     except models.ModelNotFound:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=NOT_FOUND) from None
+    return _public(row, models.shadow_stats(session, version=version))
+
+
+@router.post("/{version}/shadow", response_model=ModelVersionPublic)
+def shadow_model(
+    version: str, session: SessionDep, admin: AdminDep, on: Annotated[bool, Query()] = True
+) -> ModelVersionPublic:
+    """Lets a candidate score ``FAKESCOPE_MODELS_SHADOW_SHARE`` of live traffic without answering (``on=false``
+    stops it); one version shadows at a time. Its agreement with the live answers shows in ``GET``."""
+    try:
+        row = models.set_shadow(session, version=version, on=on)
+    except models.ModelNotFound:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=NOT_FOUND) from None
+    except models.ModelConflict as e:
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(e)) from None
+    return _public(row, models.shadow_stats(session, version=version))
 
 
 @router.post("/{version}/promote", response_model=ModelVersionPublic)

@@ -366,6 +366,8 @@ def _cmd_models(args: argparse.Namespace) -> int:
             return 0
         elif cmd == "promote":
             out = client.promote_model(args.version)
+        elif cmd == "shadow":
+            out = client.shadow_model(args.version, on=not args.stop)
         else:
             out = client.rollback_model()
         print(json.dumps(out, indent=2))
@@ -391,6 +393,16 @@ def _print_comparison(m: dict[str, Any]) -> None:
         print(
             f"{name:<12}{s['n']:>6}{f(live['auc']):>10}{f(cand['auc']):>10}{f(live['accuracy']):>10}"
             f"{f(cand['accuracy']):>10}{f(s.get('agreement')):>8}",
+            file=sys.stderr,
+        )
+    shadow = m.get("shadow")
+    if shadow:
+        live, labelled = shadow["by_live_verdict"], shadow["labelled"]
+        print(
+            f"shadow: {shadow['n']} live items, agreement {shadow['agreement']:.3f} (live fake "
+            f"{live['fake']['agree']}/{live['fake']['n']}, live real {live['real']['agree']}/{live['real']['n']}); "
+            f"labelled {labelled['n']}: live right {labelled['live_correct']}, "
+            f"shadow right {labelled['shadow_correct']}",
             file=sys.stderr,
         )
     gate = m["metrics"].get("gate") or {}
@@ -613,6 +625,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = msub.add_parser("promote", help="make a candidate live (refused when the gate says it loses)")
     _add_api_arg(m)
     m.add_argument("version")
+    m = msub.add_parser("shadow", help="let a candidate score a share of live traffic too, without answering")
+    _add_api_arg(m)
+    m.add_argument("version")
+    m.add_argument("--stop", action="store_true", help="stop it shadowing")
     m = msub.add_parser("rollback", help="retire the promoted version; the one before it answers again")
     _add_api_arg(m)
     for m in msub.choices.values():

@@ -358,6 +358,10 @@ class FakescopeClient:
     def rollback_model(self) -> dict[str, Any]:
         return _check(self._http.post("/v1/models/rollback")).json()
 
+    def shadow_model(self, version: str, on: bool = True) -> dict[str, Any]:
+        """Starts (or stops) a candidate scoring a share of live traffic beside the promoted version."""
+        return _check(self._http.post(f"/v1/models/{version}/shadow", params={"on": str(on).lower()})).json()
+
     def results(self, job_id: str) -> Iterator[dict[str, Any]]:
         """Classified images in upload order, page by page."""
         return self._pages(f"/v1/jobs/{job_id}/results")

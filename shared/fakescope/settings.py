@@ -237,6 +237,12 @@ class ModelsSettings(SettingsGroup):
         5.0, ge=0, description="classify workers look up the promoted version at most this often (at chunk starts)"
     )
     threads: int | None = Field(None, ge=1, description="torch threads of a fine-tune (unset: torch's choice)")
+    shadow_share: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="share of classified items a shadowing candidate also scores, on the train pool (0: none)",
+    )
 
 
 class Settings(BaseSettings):

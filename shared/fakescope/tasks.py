@@ -31,6 +31,7 @@ class TaskName(StrEnum):
     EXPLAIN = "fakescope.explain"
     WEBHOOK = "fakescope.webhook"
     TRAIN = "fakescope.train"
+    SHADOW = "fakescope.shadow"
 
 
 def webhook_time_limit(settings: Settings) -> float:
@@ -80,6 +81,8 @@ def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
             TaskName.EXPLAIN.value: {"queue": settings.queue_explain},
             TaskName.WEBHOOK.value: {"queue": settings.queue_webhooks},
             TaskName.TRAIN.value: {"queue": settings.queue_train},
+            # Shadow scoring runs beside fine-tunes, off the classify pool: the live answer never waits on it.
+            TaskName.SHADOW.value: {"queue": settings.queue_train},
         },
         task_default_queue=settings.queue_classify,
     )
@@ -148,6 +151,16 @@ class Enqueuer:
         self.app.send_task(
             TaskName.TRAIN.value,
             kwargs={"version": version, "epoch": epoch},
+            queue=self.settings.queue_train,
+            time_limit=None,
+            soft_time_limit=None,
+        )
+
+    def shadow(self, version: str, item_ids: Sequence[uuid.UUID | str]) -> None:
+        """Asks the train pool to score a classified chunk's items with the shadowing ``version`` too."""
+        self.app.send_task(
+            TaskName.SHADOW.value,
+            kwargs={"version": version, "item_ids": [str(i) for i in item_ids]},
             queue=self.settings.queue_train,
             time_limit=None,
             soft_time_limit=None,

@@ -86,6 +86,7 @@ def test_fine_tune_resumes_after_a_kill_is_gated_and_promoted_while_a_job_runs(
         "FAKESCOPE_MODELS_BATCH_SIZE": "16",
         "FAKESCOPE_MODELS_LR": "0.003",
         "FAKESCOPE_MODELS_PICKUP_TTL_S": "0",
+        "FAKESCOPE_MODELS_SHADOW_SHARE": "1",
         # A SIGKILLed worker's epoch comes back after the visibility timeout, above the time limit.
         "FAKESCOPE_TASK_TIME_LIMIT_S": "45",
         "FAKESCOPE_VISIBILITY_TIMEOUT_S": "50",
@@ -136,8 +137,34 @@ def test_fine_tune_resumes_after_a_kill_is_gated_and_promoted_while_a_job_runs(
                 assert refused.status_code == 409
                 assert refused.json()["detail"].startswith(f"the gate refuses {bad}: reference: AUC")
 
-                # A job across the promotion: its first chunk is held with the shipped model in hand.
+                # Shadow: the good candidate scores every live item too (share 1), beside the shipped answers.
+                assert c.post(f"/v1/models/{bad}/shadow").status_code == 200
+                r = c.post(f"/v1/models/{good}/shadow")
+                assert r.status_code == 200 and r.json()["shadowing"], r.text
+                assert not c.get(f"/v1/models/{bad}").json()["shadowing"]  # one shadow at a time
                 st.start_worker("classify", "classify-m1", **classify_hold.env)
+                classify_hold.release_all()
+                shadowed = [(f"s{i}.png", _image(SEEDS + 700 + i, i % 2 == 1)) for i in range(10)]
+                with st.client() as jobs:
+                    r = jobs.post("/v1/jobs", files=[("files", (n, b, "image/png")) for n, b in shadowed])
+                    shadow_job = r.json()["id"]
+                    assert st.wait_job(shadow_job)["state"] == "succeeded"
+                    fb = jobs.post(f"/v1/jobs/{shadow_job}/items/1/feedback", json={"label": "fake"})
+                    assert fb.status_code in (200, 201), fb.text
+                stats = wait_until(
+                    lambda: (m := c.get(f"/v1/models/{good}").json())["shadow"] and m["shadow"]["n"] == 10 and m,
+                    120,
+                    "shadow scores of the 10 items",
+                )["shadow"]
+                by_live = stats["by_live_verdict"]
+                assert by_live["fake"]["n"] + by_live["real"]["n"] == 10
+                assert 0 <= stats["agreement"] <= 1 and stats["labelled"]["n"] == 1
+                assert set(stats["labelled"].values()) <= {0, 1}  # counts of the one labelled item
+                r = c.post(f"/v1/models/{good}/shadow", params={"on": "false"})
+                assert r.status_code == 200 and not r.json()["shadowing"]
+                (classify_hold.folder / "release").unlink()
+
+                # A job across the promotion: its first chunk is held with the shipped model in hand.
                 images = [(f"{i}.png", _image(SEEDS + 600 + i, i % 2 == 1)) for i in range(30)]
                 with st.client() as jobs:
                     r = jobs.post("/v1/jobs", files=[("files", (n, b, "image/png")) for n, b in images])

@@ -38,6 +38,7 @@ __all__ = [
     "ModelTrainCreate",
     "ModelVersion",
     "ModelVersionPublic",
+    "ShadowScore",
     "Tenant",
     "UrlJobCreate",
     "WebhookDelivery",
@@ -463,6 +464,8 @@ class ModelVersion(SQLModel, table=True):
     metrics: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     # The checkpoint's own model_version (the hash each scored item records).
     model_version: str | None = Field(default=None, max_length=255)
+    # A candidate that also scores a share of live traffic, without answering (ShadowScore rows).
+    shadowing: bool = Field(default=False, sa_column_kwargs={"server_default": "false"})
     error: str | None = None
     created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))
     finished_at: datetime | None = Field(default=None, sa_type=DateTime(timezone=True))
@@ -481,7 +484,26 @@ class ModelVersionPublic(SQLModel):
     progress: dict[str, Any]
     metrics: dict[str, Any]
     model_version: str | None
+    shadowing: bool
     error: str | None
     created_at: datetime
     finished_at: datetime | None
     promoted_at: datetime | None
+    shadow: dict[str, Any] | None = Field(
+        default=None, description="how its shadow scores compare with the live answers (None: it never shadowed)"
+    )
+
+
+class ShadowScore(SQLModel, table=True):
+    """A shadowing version's probability for one live-scored item, beside the live one; never answered."""
+
+    __tablename__ = "shadow_scores"
+    __table_args__ = (UniqueConstraint("version", "item_id", name="uq_shadow_scores_version_item"),)
+
+    id: uuid.UUID = Field(default_factory=uuid.uuid4, primary_key=True)
+    version: str = Field(max_length=64, index=True)
+    item_id: uuid.UUID = Field(foreign_key="job_items.id", ondelete="CASCADE")
+    live_version: str | None = Field(default=None, max_length=255)
+    live_probability: float
+    fake_probability: float
+    created_at: datetime = Field(default_factory=utcnow, sa_type=DateTime(timezone=True))

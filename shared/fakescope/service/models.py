@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import func, update
 from sqlmodel import Session, col, select
 
-from fakescope.db.models import ModelStatus, ModelTrainCreate, ModelVersion, utcnow
+from fakescope.db.models import Feedback, ModelStatus, ModelTrainCreate, ModelVersion, ShadowScore, utcnow
 from fakescope.storage import ObjectStore
 
 __all__ = [
@@ -37,6 +37,9 @@ __all__ = [
     "promoted",
     "request_training",
     "rollback",
+    "set_shadow",
+    "shadow_stats",
+    "shadowing",
     "upload_folder",
 ]
 
@@ -203,13 +206,63 @@ def _swap(session: Session, live: ModelVersion | None, new: ModelVersion | None)
         session.exec(
             update(ModelVersion)
             .where(col(ModelVersion.id) == new.id)
-            .values(status=ModelStatus.PROMOTED, promoted_at=utcnow())
+            .values(status=ModelStatus.PROMOTED, promoted_at=utcnow(), shadowing=False)
         )
     session.commit()
     for row in (live, new):
         if row is not None:
             session.refresh(row)
     logger.info("promoted %s (was %s)", new.version if new else SHIPPED, live.version if live is not None else SHIPPED)
+
+
+def shadowing(session: Session) -> ModelVersion | None:
+    """The candidate that shadows live traffic, if one does."""
+    return session.exec(select(ModelVersion).where(col(ModelVersion.shadowing).is_(True))).first()
+
+
+def set_shadow(session: Session, *, version: str, on: bool) -> ModelVersion:
+    """Starts (or stops) ``version`` shadowing live traffic; at most one version shadows at a time.
+
+    Raises:
+        ModelNotFound: no such version.
+        ModelConflict: only a candidate can shadow.
+    """
+    row = get_version(session, version=version)
+    if on and row.status != ModelStatus.CANDIDATE:
+        raise ModelConflict(f"version {version} is {row.status}: only a candidate can shadow")
+    if on:
+        session.exec(update(ModelVersion).where(col(ModelVersion.shadowing).is_(True)).values(shadowing=False))
+    session.exec(update(ModelVersion).where(col(ModelVersion.id) == row.id).values(shadowing=on))
+    session.commit()
+    session.refresh(row)
+    return row
+
+
+def shadow_stats(session: Session, *, version: str) -> dict[str, Any] | None:
+    """How ``version``'s shadow scores compare with the live answers: agreement at 0.5 overall and by
+    the live verdict, and against the platform's labels where feedback gave one (None: no scores)."""
+    rows = session.exec(
+        select(ShadowScore.live_probability, ShadowScore.fake_probability, Feedback.label)
+        .join(Feedback, col(Feedback.item_id) == col(ShadowScore.item_id), isouter=True)
+        .where(ShadowScore.version == version)
+    ).all()
+    if not rows:
+        return None
+    by_live: dict[str, dict[str, int]] = {"fake": {"n": 0, "agree": 0}, "real": {"n": 0, "agree": 0}}
+    labelled = {"n": 0, "live_correct": 0, "shadow_correct": 0}
+    agree = 0
+    for live_p, shadow_p, label in rows:
+        live_fake, shadow_fake = live_p >= 0.5, shadow_p >= 0.5
+        same = live_fake == shadow_fake
+        agree += same
+        side = by_live["fake" if live_fake else "real"]
+        side["n"] += 1
+        side["agree"] += same
+        if label is not None:
+            labelled["n"] += 1
+            labelled["live_correct"] += live_fake == (label == "fake")
+            labelled["shadow_correct"] += shadow_fake == (label == "fake")
+    return {"n": len(rows), "agreement": agree / len(rows), "by_live_verdict": by_live, "labelled": labelled}
 
 
 def upload_folder(store: ObjectStore, folder: Path, prefix: str, names: Sequence[str] | None = None) -> int:
