@@ -229,8 +229,8 @@ def test_camera_jpeg_declares_nothing() -> None:
 
 def test_pillow_reads_a_jpegs_exif_only_where_there_may_be_some(monkeypatch: pytest.MonkeyPatch) -> None:
     opened: list[bytes] = []
-    real = provenance._read_exif
-    monkeypatch.setattr(provenance, "_read_exif", lambda data, *rest: opened.append(data) or real(data, *rest))
+    real = provenance.read_exif
+    monkeypatch.setattr(provenance, "read_exif", lambda data, *rest: opened.append(data) or real(data, *rest))
     buf = io.BytesIO()
     _image().save(buf, "JPEG")  # no EXIF segment
     plain = buf.getvalue()
@@ -343,8 +343,8 @@ def test_input_over_max_bytes_is_not_read() -> None:
 
     reason = f"input is {len(data)} bytes, over the 100-byte limit; not read"
     assert result.details["skipped"] == reason
-    assert result.c2pa["checked"] is False
-    assert result.c2pa["reason"] == reason
+    assert result.c2pa.checked is False
+    assert result.c2pa.reason == reason
     assert not result.declares_ai
 
 
@@ -352,7 +352,7 @@ def test_unknown_bytes_are_read_without_error() -> None:
     result = read_provenance(b"not an image at all")
 
     assert result.details["format"] is None
-    assert result.c2pa["checked"] is False
+    assert result.c2pa.checked is False
     assert not result.declares_ai
 
 
@@ -385,7 +385,7 @@ def test_unknown_bytes_are_read_without_error() -> None:
     ],
 )
 def test_generator_names(text: str, name: str | None) -> None:
-    assert provenance._match_generator(text) == name
+    assert provenance.match_generator(text) == name
 
 
 def test_generator_patterns_are_a_tuple_of_pairs() -> None:
@@ -411,7 +411,7 @@ def test_c2pa_on_a_file_without_a_manifest() -> None:
 
     result = read_provenance(_jpeg())
 
-    assert result.c2pa == {
+    assert result.c2pa.to_dict() == {
         "checked": True,
         "present": False,
         "valid": None,
@@ -440,10 +440,10 @@ def test_a_png_or_jpeg_without_a_c2pa_box_is_not_handed_to_c2pa(monkeypatch: pyt
     def never(*args: Any) -> tuple[str | None, str | None]:
         raise AssertionError("c2pa was called")
 
-    monkeypatch.setattr(provenance, "read_manifest_store", never)
+    monkeypatch.setattr(provenance.c2pa, "read_manifest_store", never)
     for data in (_png({"parameters": A1111_PARAMETERS}), _jpeg()):
         result = read_provenance(data)
-        assert result.c2pa["checked"] is True and result.c2pa["present"] is False
+        assert result.c2pa.checked is True and result.c2pa.present is False
 
 
 def test_without_c2pa_the_other_readers_still_run(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -451,8 +451,8 @@ def test_without_c2pa_the_other_readers_still_run(monkeypatch: pytest.MonkeyPatc
 
     result = read_provenance(_with_cabx(_png({"parameters": A1111_PARAMETERS})))
 
-    assert result.c2pa["checked"] is False
-    assert result.c2pa["reason"] == C2PA_NOT_INSTALLED
+    assert result.c2pa.checked is False
+    assert result.c2pa.reason == C2PA_NOT_INSTALLED
     assert result.generator == "AUTOMATIC1111"
 
 
@@ -469,7 +469,7 @@ def _slow_gif(sub_blocks: int) -> bytes:
 def test_a_c2pa_read_that_overruns_is_killed_and_the_image_is_answered(tiny_checkpoint: Path) -> None:
     pytest.importorskip("c2pa")
     # A first read starts the helper process (its start has a wait of its own): the overrun must end it.
-    assert read_provenance(_with_cabx(_png())).c2pa["checked"] is True
+    assert read_provenance(_with_cabx(_png())).c2pa.checked is True
     helper = c2pa_process._HELPER.proc
     assert helper is not None and helper.poll() is None
     detector = Detector.load(tiny_checkpoint, device="cpu")
@@ -489,7 +489,7 @@ def test_a_c2pa_read_that_overruns_is_killed_and_the_image_is_answered(tiny_chec
     assert c2pa_process._HELPER.proc is None
     print(f"the overrunning read was stopped; the image answered in {took:.1f} s")
     # The next file that could hold a manifest gets a fresh helper.
-    assert read_provenance(_with_cabx(_png())).c2pa["reason"] != stopped
+    assert read_provenance(_with_cabx(_png())).c2pa.reason != stopped
     assert c2pa_process._HELPER.proc is not None and c2pa_process._HELPER.proc.pid != helper.pid
 
 
@@ -599,12 +599,12 @@ def test_valid_c2pa_manifest_declares_ai(signing: dict[str, Any], fmt: str) -> N
     assert not result.tampered
     assert result.sources == ("c2pa",)
     assert result.digital_source_type == "trainedAlgorithmicMedia"
-    assert result.c2pa["checked"] and result.c2pa["present"] and result.c2pa["valid"]
-    assert result.c2pa["trusted"] is None  # no trust list configured
-    assert result.c2pa["signer"] == "Fakescope Test"
-    assert result.c2pa["claim_generator"] == "fakescope-test/1.0"
-    assert result.c2pa["actions"] == [{"action": "c2pa.created", "digital_source_type": "trainedAlgorithmicMedia"}]
-    assert result.c2pa["validation_errors"] == []
+    assert result.c2pa.checked and result.c2pa.present and result.c2pa.valid
+    assert result.c2pa.trusted is None  # no trust list configured
+    assert result.c2pa.signer == "Fakescope Test"
+    assert result.c2pa.claim_generator == "fakescope-test/1.0"
+    assert result.c2pa.actions == [{"action": "c2pa.created", "digital_source_type": "trainedAlgorithmicMedia"}]
+    assert result.c2pa.validation_errors == []
     assert result.details["errors"] == []
 
 
@@ -617,9 +617,9 @@ def test_an_unparsable_trust_list_is_reported_and_ignored(signing: dict[str, Any
     read_good = read_provenance(good, trust_anchors_pem="not a certificate")
     read_bad = read_provenance(bytes(bad), trust_anchors_pem="not a certificate")
 
-    assert read_good.c2pa["valid"] is True
-    assert read_good.c2pa["trusted"] is None
-    assert read_good.c2pa["reason"].startswith(f"{provenance.TRUST_LIST_UNUSABLE}: ")
+    assert read_good.c2pa.valid is True
+    assert read_good.c2pa.trusted is None
+    assert read_good.c2pa.reason.startswith(f"{provenance.TRUST_LIST_UNUSABLE}: ")
     assert not read_good.tampered and read_good.declares_ai
     assert read_bad.tampered  # a broken configuration does not hide tampering
 
@@ -630,18 +630,18 @@ def test_trust_list_decides_trusted(signing: dict[str, Any]) -> None:
     ours = read_provenance(data, trust_anchors_pem=signing["ca_pem"])
     theirs = read_provenance(data, trust_anchors_pem=signing["other_ca_pem"])
 
-    assert ours.c2pa["trusted"] is True
-    assert ours.c2pa["validation_errors"] == []
-    assert theirs.c2pa["trusted"] is False
-    assert theirs.c2pa["valid"] is True  # signed correctly, by someone the operator does not trust
-    assert "signingCredential.untrusted" in theirs.c2pa["validation_errors"]
+    assert ours.c2pa.trusted is True
+    assert ours.c2pa.validation_errors == []
+    assert theirs.c2pa.trusted is False
+    assert theirs.c2pa.valid is True  # signed correctly, by someone the operator does not trust
+    assert "signingCredential.untrusted" in theirs.c2pa.validation_errors
 
 
 def test_valid_manifest_of_a_capture_does_not_declare_ai(signing: dict[str, Any]) -> None:
     result = read_provenance(_sign(signing, CAPTURE))
 
     assert not result.declares_ai
-    assert result.c2pa["valid"] is True
+    assert result.c2pa.valid is True
     assert result.digital_source_type == "digitalCapture"
 
 
@@ -653,11 +653,11 @@ def test_edited_pixels_make_the_manifest_tampered(signing: dict[str, Any]) -> No
     result = read_provenance(bytes(data))
 
     assert result.tampered
-    assert result.c2pa["present"] is True
-    assert result.c2pa["valid"] is False
-    assert "assertion.dataHash.mismatch" in result.c2pa["validation_errors"]
+    assert result.c2pa.present is True
+    assert result.c2pa.valid is False
+    assert "assertion.dataHash.mismatch" in result.c2pa.validation_errors
     # Its claims are reported, never counted.
-    assert result.c2pa["actions"][0]["digital_source_type"] == "trainedAlgorithmicMedia"
+    assert result.c2pa.actions[0]["digital_source_type"] == "trainedAlgorithmicMedia"
     assert not result.declares_ai
     assert result.sources == ()
     assert result.digital_source_type is None
@@ -670,7 +670,7 @@ def test_edited_jpeg_scan_makes_the_manifest_tampered(signing: dict[str, Any]) -
     result = read_provenance(bytes(data))
 
     assert result.tampered
-    assert "assertion.dataHash.mismatch" in result.c2pa["validation_errors"]
+    assert "assertion.dataHash.mismatch" in result.c2pa.validation_errors
     assert not result.declares_ai
 
 
@@ -683,7 +683,7 @@ def test_truncated_signed_file_is_tampered(signing: dict[str, Any], fmt: str, cu
     result = read_provenance(data[: int(cut)])
 
     assert result.tampered
-    assert result.c2pa["valid"] is False
+    assert result.c2pa.valid is False
     assert not result.declares_ai
     assert any(e.startswith("c2pa: ") for e in result.details["errors"])
 
@@ -734,7 +734,7 @@ def test_a_jpeg_of_empty_segments_is_walked_only_so_far() -> None:
 def test_a_reader_that_dies_leaves_the_manifest_unread_not_broken() -> None:
     pytest.importorskip("c2pa")
     # A read in progress whose helper is killed (a crash, or its own CPU or memory cap) ...
-    assert read_provenance(_with_cabx(_png())).c2pa["checked"] is True  # a helper is running
+    assert read_provenance(_with_cabx(_png())).c2pa.checked is True  # a helper is running
     helper = c2pa_process._HELPER.proc
     assert helper is not None
     threading.Timer(0.5, helper.kill).start()
@@ -749,11 +749,11 @@ def test_a_file_whose_read_failed_is_not_tampered(monkeypatch: pytest.MonkeyPatc
     def died(*args: Any) -> tuple[str | None, str | None]:
         raise c2pa_process.C2paReaderFailed("the c2pa reader died (signal 24)")
 
-    monkeypatch.setattr(provenance, "read_manifest_store", died)
+    monkeypatch.setattr(provenance.c2pa, "read_manifest_store", died)
     result = read_provenance(_with_cabx(_png({"parameters": A1111_PARAMETERS})))
     # ... says nothing about the manifest: present, unread, neither valid nor broken.
-    assert result.c2pa["present"] and result.c2pa["valid"] is None and not result.tampered
-    assert result.c2pa["reason"] == "the c2pa reader died (signal 24)"
+    assert result.c2pa.present and result.c2pa.valid is None and not result.tampered
+    assert result.c2pa.reason == "the c2pa reader died (signal 24)"
     assert result.generator == "AUTOMATIC1111"  # the other readers still ran
 
 
@@ -765,12 +765,40 @@ def test_native_c2pa_reads_only_files_that_could_hold_a_manifest(monkeypatch: py
         calls.append(1)
         return None, None
 
-    monkeypatch.setattr(provenance, "read_manifest_store", count)
+    monkeypatch.setattr(provenance.c2pa, "read_manifest_store", count)
     # A GIF whose comment is 1-byte sub-blocks (the native reader's slow path) and no manifest label.
     buf = io.BytesIO()
     Image.new("P", (4, 4)).save(buf, "GIF", comment=b"x" * 10_000)
-    assert read_provenance(buf.getvalue(), timeout_s=0.01).c2pa["checked"] is True
+    assert read_provenance(buf.getvalue(), timeout_s=0.01).c2pa.checked is True
     assert calls == []
     # One that could hold one is read.
-    assert read_provenance(_slow_gif(10)).c2pa["checked"] is True
+    assert read_provenance(_slow_gif(10)).c2pa.checked is True
     assert calls == [1]
+
+
+def test_the_decision_is_a_function_of_the_findings_alone() -> None:
+    from fakescope.provenance.c2pa import C2paReading
+    from fakescope.provenance.decision import decide
+    from fakescope.provenance.exif import ExifFindings
+    from fakescope.provenance.xmp import XmpFindings
+
+    nothing = decide(C2paReading(), [], XmpFindings(), {}, ExifFindings())
+    assert not nothing.declares_ai and not nothing.tampered and nothing.sources == ()
+    broken = C2paReading(
+        checked=True,
+        present=True,
+        valid=False,
+        actions=[{"action": "c2pa.created", "digital_source_type": "trainedAlgorithmicMedia"}],
+    )
+    # A broken manifest is tampering, and its claims do not count.
+    assert decide(broken, ["Adobe Firefly"], XmpFindings(), {}, ExifFindings()).declares_ai is False
+    assert decide(broken, [], XmpFindings(), {}, ExifFindings()).tampered is True
+    both = decide(
+        C2paReading(checked=True, present=True, valid=True),
+        [],
+        XmpFindings(creator_tool="Midjourney", digital_source_type=TRAINED),
+        {},
+        ExifFindings(software="NovelAI"),
+    )
+    assert both.sources == ("xmp", "exif")
+    assert (both.generator, both.digital_source_type) == ("Midjourney", "trainedAlgorithmicMedia")
