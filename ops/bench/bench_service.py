@@ -263,8 +263,10 @@ def multipart(files: list[tuple[str, bytes]]) -> list[tuple[str, tuple[str, byte
     return [("files", ("batch.zip", buf.getvalue(), "application/zip"))]
 
 
-def _results(c: httpx.Client, job_id: str) -> dict[str, tuple[str, float]]:
-    out, offset = {}, 0
+def _results(c: httpx.Client, job_id: str) -> dict[str, tuple[str, float, bool]]:
+    """Each image's (prediction, fake probability, whether it came from the cache)."""
+    out: dict[str, tuple[str, float, bool]] = {}
+    offset = 0
     while True:
         page = c.get(f"/v1/jobs/{job_id}/results", params={"offset": offset, "limit": 1000}).json()
         out.update({x["name"]: (x["prediction"], x["fake_probability"], x["cached"]) for x in page["data"]})
@@ -492,11 +494,11 @@ def run_for(
                     polls.append((time.perf_counter() - t) * 1000)
                     time.sleep(0.05)
 
-        r = c.post("/v1/jobs", files=multipart(load), data=bench.form)
-        threads = [threading.Thread(target=poller, args=(r.json()["id"],)) for _ in range(4)]
+        load_job = c.post("/v1/jobs", files=multipart(load), data=bench.form).json()["id"]
+        threads = [threading.Thread(target=poller, args=(load_job,)) for _ in range(4)]
         for t in threads:
             t.start()
-        wait_until(lambda: c.get(f"/v1/jobs/{r.json()['id']}").json()["state"] == "succeeded", 900, "load job", 0.5)
+        wait_until(lambda: c.get(f"/v1/jobs/{load_job}").json()["state"] == "succeeded", 900, "load job", 0.5)
         stop.set()
         for t in threads:
             t.join()

@@ -21,9 +21,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
+
+if TYPE_CHECKING:
+    from fakescope.explain import Explainer, ExplainInput
 
 DATA = Path("../shared/data")
 SETS = {
@@ -32,7 +36,7 @@ SETS = {
 }
 
 
-def _inputs(folder: Path, n: int) -> list:
+def _inputs(folder: Path, n: int) -> list[ExplainInput]:
     from fakescope.explain import ExplainInput
 
     paths = sorted(p for p in folder.iterdir() if p.suffix.lower() in {".jpg", ".png"})[:n]
@@ -43,14 +47,14 @@ def _inputs(folder: Path, n: int) -> list:
         im = Image.open(p).convert("RGB")
         display = im.copy()
         display.thumbnail((384, 384))
-        small = np.asarray(im.resize((32, 32), Image.BICUBIC))
+        small = np.asarray(im.resize((32, 32), Image.Resampling.BICUBIC))
         out.append(ExplainInput(p.name, np.asarray(display), small, None, 0.9))
     while len(out) < n:
         out += out[: n - len(out)]
     return out
 
 
-def _bench(explainer, inputs: list, batch_size: int) -> tuple[float, float]:
+def _bench(explainer: Explainer, inputs: list[ExplainInput], batch_size: int) -> tuple[float, float]:
     """(images per wall-clock second, images per CPU-second of this process).
 
     The second figure does not depend on what else the machine runs: on a shared or busy host it is

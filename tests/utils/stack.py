@@ -402,7 +402,7 @@ class PrivateStack(ServiceStack):
     broker: PrivateRedis | None = None
     stacks: list[Stack] = field(default_factory=list)
 
-    def start_worker(self, pool: str, name: str, wait: bool = True, **settings: str) -> None:  # type: ignore[override]
+    def start_worker(self, pool: str, name: str, wait: bool = True, **settings: str) -> None:
         stack = Stack(env={**self.stack.env, **settings}, log_dir=self.stack.log_dir)
         self.stacks.append(stack)
         stack.start_worker(pool, name=name)
