@@ -34,7 +34,7 @@ from fakescope.checkpoint import CheckpointMeta, Preprocess, load_checkpoint, sa
 from fakescope.data import LABELS, LabelledArray, Split, load_labelled, make_split
 from fakescope.machine import resolve_device
 from fakescope.metrics import binary_metrics
-from fakescope.models import Network, create_model, list_models
+from fakescope.models import DetectorNet, Network, create_model, list_models
 from fakescope.temperature import fit_temperature
 
 __all__ = ["TrainConfig", "predict_arrays", "train"]
@@ -406,27 +406,33 @@ def held_out(names: list[str], folders: list[str]) -> np.ndarray:
     return np.asarray([any(w in f"/{n.rsplit('/', 1)[0]}/" for w in wanted) for n in names], dtype=bool)
 
 
-def train(cfg: TrainConfig) -> Path:
-    """Trains, calibrates and writes a checkpoint folder at ``cfg.out``; returns it."""
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    device = torch.device(resolve_device(cfg.device))
-    init_seed = cfg.seed if cfg.init_seed is None else cfg.init_seed
-    random.seed(init_seed)
-    np.random.seed(init_seed)
-    torch.manual_seed(init_seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+@dataclass
+class _Data:
+    """The labelled images of a run and which of them it trains on, scores on and holds out."""
 
-    size = (cfg.input_size, cfg.input_size)
-    data = load_labelled(cfg.data, size=size)
+    data: LabelledArray
+    split: Split
+    train_idx: np.ndarray
+    # A proxy run's dev split (``dev_size``), carved out of training; empty otherwise.
+    dev_idx: np.ndarray
+    # The ``holdout`` folders and the validation images of the other label to score them against.
+    holdout_idx: np.ndarray
+
+
+def _read(folders: list[str], cfg: TrainConfig) -> LabelledArray:
+    data = load_labelled(folders, size=(cfg.input_size, cfg.input_size))
     if cfg.content_only:
         data = LabelledArray(content_only(data.images, cfg.content_only), data.labels, data.names)
+    return data
+
+
+def _load_data(cfg: TrainConfig) -> _Data:
+    """Step 1: the images and the split (``train_only`` sources trained on in full, ``holdout``
+    folders out of every part, then the dev split and ``max_train`` subset taken from training)."""
+    data = _read(cfg.data, cfg)
     split = make_split(data.names, data.labels, cfg.val_size, cfg.calib_size, cfg.seed)
     if cfg.train_only:
-        more = load_labelled(cfg.train_only, size=size)
-        if cfg.content_only:
-            more = LabelledArray(content_only(more.images, cfg.content_only), more.labels, more.names)
+        more = _read(cfg.train_only, cfg)
         added = np.arange(len(data), len(data) + len(more))
         images, labels = np.concatenate([data.images, more.images]), np.concatenate([data.labels, more.labels])
         data = LabelledArray(images, labels, data.names + more.names)
@@ -435,7 +441,6 @@ def train(cfg: TrainConfig) -> Path:
     if cfg.holdout:
         held_mask = held_out(data.names, cfg.holdout)
         held_labels = set(data.labels[held_mask].tolist())
-        # The held-out folders, and the validation split's images of the other label to score them against.
         val_other = split.val[~np.isin(data.labels[split.val], list(held_labels))]
         holdout_idx = np.sort(np.concatenate([np.flatnonzero(held_mask), val_other]))
         keep = ~held_mask[split.train]
@@ -447,12 +452,19 @@ def train(cfg: TrainConfig) -> Path:
         rest = order[cfg.dev_size :]
         train_idx = np.sort(split.train[rest if cfg.max_train is None else rest[: cfg.max_train]])
     logger.info("%d images: train %d, val %d, calib %d", len(data), len(train_idx), len(split.val), len(split.calib))
+    return _Data(data, split, train_idx, dev_idx, holdout_idx)
 
-    train_images = data.images[train_idx]
+
+def _preprocess(cfg: TrainConfig, train_images: np.ndarray) -> Preprocess:
+    """The preprocessing saved with the weights: the training images' own mean and std."""
     mean = tuple(float(v) for v in train_images.reshape(-1, 3).mean(0) / 255.0)
     std = tuple(float(v) for v in train_images.reshape(-1, 3).std(0) / 255.0)
-    preprocess = Preprocess(input_size=size, mean=mean, std=std, interpolation=cfg.interpolation, resize=cfg.resize)  # type: ignore[arg-type]
+    size = (cfg.input_size, cfg.input_size)
+    return Preprocess(input_size=size, mean=mean, std=std, interpolation=cfg.interpolation, resize=cfg.resize)  # type: ignore[arg-type]
 
+
+def _build_model(cfg: TrainConfig, device: torch.device) -> DetectorNet:
+    """Step 2: the variant with random weights, or ``init_from``'s."""
     model = create_model(cfg.variant, **cfg.model_overrides).to(device).to(memory_format=torch.channels_last)
     if cfg.init_from:
         # A warm restart: trained weights, a fresh optimiser and schedule. The split is the same
@@ -462,162 +474,271 @@ def train(cfg: TrainConfig) -> Path:
             raise ValueError(f"--init-from holds {start_meta.variant}, not {cfg.variant}")
         model.load_state_dict(start.state_dict())
         logger.info("initialised from %s", cfg.init_from)
-    steps_per_epoch = math.ceil(len(train_idx) * cfg.repeats / cfg.batch_size)
-    opt, sched = _optimizer(model, cfg, steps_per_epoch * cfg.epochs)
-    bf16 = use_bf16(cfg.amp, device)
+    return model
+
+
+@dataclass
+class _Run:
+    """What an epoch changes and a resume restores: weights, EMA, optimiser, schedule, the
+    augmentation generator, the record and the counters."""
+
+    model: DetectorNet
+    ema: DetectorNet | None
+    opt: torch.optim.Optimizer
+    sched: Any
+    gen: torch.Generator
+    history: list[dict[str, float]] = field(default_factory=list)
+    epoch: int = 0
+    steps: int = 0
+
+    @property
+    def saved(self) -> DetectorNet:
+        """What gets evaluated and saved: the EMA when there is one."""
+        return self.ema if self.ema is not None else self.model
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "optimizer": self.opt.state_dict(),
+            "scheduler": self.sched.state_dict(),
+            "history": self.history,
+            "epoch": self.epoch,
+            "steps": self.steps,
+            "rng": torch.get_rng_state(),
+            "gen": self.gen.get_state(),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.history, self.epoch, self.steps = state["history"], state["epoch"], state.get("steps", 0)
+        torch.set_rng_state(state["rng"])
+        self.gen.set_state(state["gen"])
+
+
+def _start_run(
+    cfg: TrainConfig, model: DetectorNet, total_steps: int, seed: int, state_path: Path, device: torch.device
+) -> _Run:
+    """Step 3: optimiser and schedule, the EMA, and with ``resume`` the state of the last epoch."""
+    opt, sched = _optimizer(model, cfg, total_steps)
     # The EMA is what gets evaluated and saved: a running average of the weights generalises better
     # than the last step's, and its BN statistics are averaged along with them.
     ema = copy.deepcopy(model) if cfg.recipe == "fast" and cfg.ema_decay > 0 else None
-    saved = ema if ema is not None else model
-    history: list[dict[str, float]] = []
-    start_epoch = 0
-    step_count = 0
-    state_path = out / STATE_FILE
-    gen = torch.Generator().manual_seed(init_seed)
+    run = _Run(model, ema, opt, sched, torch.Generator().manual_seed(seed))
     if cfg.resume and state_path.exists():
-        state = torch.load(state_path, map_location=device, weights_only=False)
-        model.load_state_dict(state["model"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        history, start_epoch, step_count = state["history"], state["epoch"], state.get("steps", 0)
-        torch.set_rng_state(state["rng"])
-        gen.set_state(state["gen"])
-        logger.info("resumed from epoch %d", start_epoch)
+        run.restore(torch.load(state_path, map_location=device, weights_only=False))
+        logger.info("resumed from epoch %d", run.epoch)
+    return run
 
-    images_t = torch.from_numpy(train_images)
-    jpeg_t = None
-    if cfg.recipe == "fast" and cfg.robust_p > 0:
-        jpeg_t = torch.from_numpy(jpeg_copies(train_images, init_seed))
-    labels_t = torch.from_numpy(data.labels[train_idx])
-    tiles = _load_tiles(cfg, init_seed)
-    mean_t = torch.tensor(mean).view(1, 3, 1, 1)
-    std_t = torch.tensor(std).view(1, 3, 1, 1)
-    calib = data.subset(split.calib)
 
-    def meta(metrics: dict[str, Any], temperature: float = 1.0) -> CheckpointMeta:
-        return CheckpointMeta(
-            variant=cfg.variant,
-            arch=model.cfg,
-            preprocess=preprocess,
-            labels=LABELS,
-            temperature=temperature,
-            training={
-                "config": asdict(cfg),
-                "split": {
-                    "seed": cfg.seed,
-                    "train": len(train_idx),
-                    "val": len(split.val),
-                    "calib": len(split.calib),
-                    "val_fingerprint": split.fingerprint(data.names),
-                },
-                "history": history,
-                "train_seconds": sum(h["seconds"] for h in history),
+@dataclass
+class _Batches:
+    """The training images as tensors (and their JPEG copies and tiles), cut into augmented batches."""
+
+    images: torch.Tensor
+    jpeg: torch.Tensor | None
+    labels: torch.Tensor
+    tiles: Tiles | None
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, d: _Data, preprocess: Preprocess, seed: int) -> _Batches:
+        train_images = d.data.images[d.train_idx]
+        jpeg = None
+        if cfg.recipe == "fast" and cfg.robust_p > 0:
+            jpeg = torch.from_numpy(jpeg_copies(train_images, seed))
+        labels = torch.from_numpy(d.data.labels[d.train_idx])
+        tiles = _load_tiles(cfg, seed)
+        mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
+        std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
+        return cls(torch.from_numpy(train_images), jpeg, labels, tiles, mean, std)
+
+    def batch(self, idx: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        x = train_batch(self.images, self.jpeg, idx, self.mean, self.std, cfg, gen)
+        y = self.labels[idx]
+        if self.tiles is not None:
+            x, y = self.tiles.extend(x, y, self.mean, self.std, gen)
+        return x, y
+
+
+def _train_epoch(
+    run: _Run, batches: _Batches, cfg: TrainConfig, device: torch.device, steps: int, bf16: bool
+) -> dict[str, float]:
+    """Step 4: one pass of ``steps`` batches; returns the epoch's record (loss, accuracy, speed)."""
+    run.model.train()
+    perm = torch.cat([torch.randperm(len(batches.images)) for _ in range(cfg.repeats)])
+    t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
+    bar = tqdm(range(steps), desc=f"epoch {run.epoch + 1}/{cfg.epochs}", unit="batch")
+    for step in bar:
+        idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+        x, y = batches.batch(idx, cfg, run.gen)
+        x, y = x.to(device, non_blocking=True), y.to(device)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            logits = run.model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        if cfg.recipe == "fast":
+            run.sched.step()
+        run.steps += 1
+        if run.ema is not None:
+            _ema_update(run.ema, run.model, min(cfg.ema_decay, (1 + run.steps) / (10 + run.steps)))
+        seen += len(idx)
+        loss_sum += float(loss.detach()) * len(idx)
+        correct += int((logits.argmax(1) == y).sum())
+        if step % 20 == 0:
+            bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
+    seconds = time.time() - t0
+    return {
+        "epoch": run.epoch + 1,
+        "train_loss": loss_sum / seen,
+        "train_acc": correct / seen,
+        "lr": run.opt.param_groups[0]["lr"],
+        "seconds": seconds,
+        "train_images_per_s": seen / seconds,
+    }
+
+
+def _score_on_calibration(
+    rec: dict[str, float], run: _Run, calib: LabelledArray, preprocess: Preprocess, device: torch.device
+) -> None:
+    """The per-epoch score, on the calibration split: validation stays unseen until the end."""
+    calib_logits = predict_arrays(run.saved, calib.images, preprocess, device)
+    rec["calib_loss"] = float(F.cross_entropy(calib_logits, torch.from_numpy(calib.labels)))
+    rec["calib_acc"] = float((calib_logits.argmax(1).numpy() == calib.labels).mean())
+
+
+def _report_epoch(rec: dict[str, float]) -> None:
+    logger.info("epoch %d: %s", rec["epoch"], rec)
+    calib_txt = f"calib_acc {rec['calib_acc']:.4f} calib_loss {rec['calib_loss']:.4f} " if "calib_acc" in rec else ""
+    tqdm.write(
+        f"epoch {rec['epoch']}: train_acc {rec['train_acc']:.4f} {calib_txt}"
+        f"({rec['seconds']:.0f}s, {rec['train_images_per_s']:.0f} img/s)"
+    )
+
+
+def _meta(
+    cfg: TrainConfig,
+    run: _Run,
+    d: _Data,
+    preprocess: Preprocess,
+    metrics: dict[str, Any],
+    temperature: float = 1.0,
+) -> CheckpointMeta:
+    """What is saved beside the weights: architecture, preprocessing, the run's config, split and record."""
+    return CheckpointMeta(
+        variant=cfg.variant,
+        arch=run.model.cfg,
+        preprocess=preprocess,
+        labels=LABELS,
+        temperature=temperature,
+        training={
+            "config": asdict(cfg),
+            "split": {
+                "seed": cfg.seed,
+                "train": len(d.train_idx),
+                "val": len(d.split.val),
+                "calib": len(d.split.calib),
+                "val_fingerprint": d.split.fingerprint(d.data.names),
             },
-            metrics=metrics,
-        )
+            "history": run.history,
+            "train_seconds": sum(h["seconds"] for h in run.history),
+        },
+        metrics=metrics,
+    )
+
+
+def _fake_probability(
+    model: DetectorNet, part: LabelledArray, preprocess: Preprocess, device: torch.device, temperature: float
+) -> np.ndarray:
+    logits = predict_arrays(model, part.images, preprocess, device)
+    return torch.softmax(logits / temperature, dim=1)[:, LABELS.index("fake")].numpy()
+
+
+def _final_metrics(
+    cfg: TrainConfig, run: _Run, d: _Data, preprocess: Preprocess, device: torch.device
+) -> tuple[dict[str, Any], float]:
+    """Step 5: the temperature fitted on the calibration split, then the scores on validation (or a
+    proxy run's dev split) and the held-out folders: the calibration and scored images never overlap."""
+    calib = d.data.subset(d.split.calib)
+    temperature = fit_temperature(
+        predict_arrays(run.saved, calib.images, preprocess, device), torch.from_numpy(calib.labels)
+    )
+    # A proxy run (dev_size > 0) is scored on its dev split: choices made from it never see val.
+    name, part = ("dev", d.dev_idx) if cfg.dev_size else ("validation", d.split.val)
+    held = d.data.subset(part)
+    metrics = {
+        name: binary_metrics(held.labels, _fake_probability(run.saved, held, preprocess, device, temperature)),
+        "temperature": temperature,
+    }
+    if len(d.holdout_idx):
+        metrics["holdout"] = _holdout_metrics(cfg, run, d, preprocess, device, temperature)
+    return metrics, temperature
+
+
+def _holdout_metrics(
+    cfg: TrainConfig, run: _Run, d: _Data, preprocess: Preprocess, device: torch.device, temperature: float
+) -> dict[str, Any]:
+    hold = d.data.subset(d.holdout_idx)
+    fake_prob = _fake_probability(run.saved, hold, preprocess, device, temperature)
+    return {"folders": cfg.holdout, **binary_metrics(hold.labels, fake_prob)}
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Trains, calibrates and writes a checkpoint folder at ``cfg.out``; returns it.
+
+    In steps: the data and its split, the model, the optimiser and schedule (or the state a resume
+    continues from), the epochs (each saved as it ends), and the final calibration and scores.
+    """
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(resolve_device(cfg.device))
+    init_seed = cfg.seed if cfg.init_seed is None else cfg.init_seed
+    random.seed(init_seed)
+    np.random.seed(init_seed)
+    torch.manual_seed(init_seed)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    d = _load_data(cfg)
+    preprocess = _preprocess(cfg, d.data.images[d.train_idx])
+    model = _build_model(cfg, device)
+    steps_per_epoch = math.ceil(len(d.train_idx) * cfg.repeats / cfg.batch_size)
+    run = _start_run(cfg, model, steps_per_epoch * cfg.epochs, init_seed, out / STATE_FILE, device)
+    bf16 = use_bf16(cfg.amp, device)
+    batches = _Batches.build(cfg, d, preprocess, init_seed)
+    calib = d.data.subset(d.split.calib)
 
     last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)
-    for epoch in range(start_epoch, last_epoch):
-        model.train()
-        perm = torch.cat([torch.randperm(len(images_t)) for _ in range(cfg.repeats)])
-        t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch")
-        for step in bar:
-            idx = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            x = train_batch(images_t, jpeg_t, idx, mean_t, std_t, cfg, gen)
-            y = labels_t[idx]
-            if tiles is not None:
-                x, y = tiles.extend(x, y, mean_t, std_t, gen)
-            x, y = x.to(device, non_blocking=True), y.to(device)
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if cfg.recipe == "fast":
-                sched.step()
-            step_count += 1
-            if ema is not None:
-                _ema_update(ema, model, min(cfg.ema_decay, (1 + step_count) / (10 + step_count)))
-            seen += len(idx)
-            loss_sum += float(loss.detach()) * len(idx)
-            correct += int((logits.argmax(1) == y).sum())
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{loss_sum / seen:.4f}", acc=f"{correct / seen:.4f}")
-        seconds = time.time() - t0
-        rec = {
-            "epoch": epoch + 1,
-            "train_loss": loss_sum / seen,
-            "train_acc": correct / seen,
-            "lr": opt.param_groups[0]["lr"],
-            "seconds": seconds,
-            "train_images_per_s": seen / seconds,
-        }
-        scored = cfg.recipe == "paper" or (epoch + 1) % cfg.calib_every == 0 or epoch + 1 == cfg.epochs
+    while run.epoch < last_epoch:
+        rec = _train_epoch(run, batches, cfg, device, steps_per_epoch, bf16)
+        scored = cfg.recipe == "paper" or rec["epoch"] % cfg.calib_every == 0 or rec["epoch"] == cfg.epochs
         if scored and not cfg.holdout_only:
-            # The per-epoch record uses the calibration split: validation stays unseen until the end.
-            calib_logits = predict_arrays(saved, calib.images, preprocess, device)
-            rec["calib_loss"] = float(F.cross_entropy(calib_logits, torch.from_numpy(calib.labels)))
-            rec["calib_acc"] = float((calib_logits.argmax(1).numpy() == calib.labels).mean())
+            _score_on_calibration(rec, run, calib, preprocess, device)
             if cfg.recipe == "paper":
-                sched.step(rec["calib_loss"])
-        history.append(rec)
-        logger.info("epoch %d: %s", epoch + 1, rec)
-        calib_txt = (
-            f"calib_acc {rec['calib_acc']:.4f} calib_loss {rec['calib_loss']:.4f} " if "calib_acc" in rec else ""
-        )
-        tqdm.write(
-            f"epoch {epoch + 1}: train_acc {rec['train_acc']:.4f} {calib_txt}"
-            f"({seconds:.0f}s, {rec['train_images_per_s']:.0f} img/s)"
-        )
-        save_checkpoint(out, saved, meta({}))
-        torch.save(
-            {
-                "model": model.state_dict(),
-                "ema": ema.state_dict() if ema is not None else None,
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "history": history,
-                "epoch": epoch + 1,
-                "steps": step_count,
-                "rng": torch.get_rng_state(),
-                "gen": gen.get_state(),
-            },
-            state_path,
-        )
+                run.sched.step(rec["calib_loss"])
+        run.history.append(rec)
+        run.epoch += 1
+        _report_epoch(rec)
+        save_checkpoint(out, run.saved, _meta(cfg, run, d, preprocess, {}))
+        torch.save(run.state(), out / STATE_FILE)
 
     if last_epoch < cfg.epochs:
         logger.info("stopped after epoch %d of %d; continue with resume", last_epoch, cfg.epochs)
         return out
-
     if cfg.holdout_only:
         # Accuracy at 0.5 needs no temperature: scaling two logits never changes which is larger.
-        hold = data.subset(holdout_idx)
-        hold_prob = torch.softmax(predict_arrays(saved, hold.images, preprocess, device), dim=1)
-        fold = {"folders": cfg.holdout, **binary_metrics(hold.labels, hold_prob[:, LABELS.index("fake")].numpy())}
-        save_checkpoint(out, saved, meta({"holdout": fold}))
+        fold = _holdout_metrics(cfg, run, d, preprocess, device, 1.0)
+        save_checkpoint(out, run.saved, _meta(cfg, run, d, preprocess, {"holdout": fold}))
         logger.info("holdout: %s", fold)
         return out
-    # Calibrate on the calibration split, then report on validation: the two never overlap.
-    temperature = fit_temperature(
-        predict_arrays(saved, calib.images, preprocess, device), torch.from_numpy(calib.labels)
-    )
-    # A proxy run (dev_size > 0) is scored on its dev split: choices made from it never see val.
-    name, part = ("dev", dev_idx) if cfg.dev_size else ("validation", split.val)
-    held = data.subset(part)
-    held_logits = predict_arrays(saved, held.images, preprocess, device)
-    fake_prob = torch.softmax(held_logits / temperature, dim=1)[:, LABELS.index("fake")].numpy()
-    metrics = {name: binary_metrics(held.labels, fake_prob), "temperature": temperature}
-    if len(holdout_idx):
-        hold = data.subset(holdout_idx)
-        hold_prob = torch.softmax(predict_arrays(saved, hold.images, preprocess, device) / temperature, dim=1)
-        metrics["holdout"] = {
-            "folders": cfg.holdout,
-            **binary_metrics(hold.labels, hold_prob[:, LABELS.index("fake")].numpy()),
-        }
-    save_checkpoint(out, saved, meta(metrics, temperature))
+    metrics, temperature = _final_metrics(cfg, run, d, preprocess, device)
+    save_checkpoint(out, run.saved, _meta(cfg, run, d, preprocess, metrics, temperature))
     logger.info("validation: %s", metrics)
     return out
