@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-import time
 import uuid
 
 import httpx
@@ -77,16 +76,15 @@ def test_redis_restarted_without_its_data_mid_job(service_env: ServiceEnv) -> No
             st.broker.kill()
             hold.release_all()
 
-            # No broker: submissions are refused at once with a clear 503; reads still work.
-            t0 = time.monotonic()
+            # No broker: submissions are refused with a clear 503; reads still work.
             retry = {"Idempotency-Key": "submitted-during-the-outage"}
             r = c.post("/v1/jobs", files=_files(32100, 2), headers=retry)
             assert r.status_code == 503, r.text
             assert r.json()["detail"] == UNAVAILABLE["broker"] and r.headers["Retry-After"] == "5"
-            assert time.monotonic() - t0 < 30
             assert c.get(f"/v1/jobs/{job_id}").status_code == 200
 
-            time.sleep(2)
+            # Back once the worker has seen it gone, so it has to reconnect rather than being restarted.
+            wait_until(lambda: "Connection to broker lost" in st.log("classify-1"), 60, "the worker to lose Redis")
             st.broker.start()  # same port, empty
             _assert_one_result_each(service_env, st, job_id, n)
             # The refused request left nothing behind: its retry is a new job, and it completes.
@@ -95,8 +93,8 @@ def test_redis_restarted_without_its_data_mid_job(service_env: ServiceEnv) -> No
             assert "Idempotent-Replayed" not in r.headers
             _assert_one_result_each(service_env, st, r.json()["id"], 2)
             assert c.post("/v1/jobs", files=_files(32100, 2), headers=retry).headers["Idempotent-Replayed"] == "true"
-        # The worker lived through it: it reconnected rather than being restarted.
-        assert "Connection to broker lost" in st.log("classify-1")
+        # The worker lived through it: the same process reconnected.
+        assert st.proc("classify-1").poll() is None
 
 
 class TcpProxy:
@@ -178,7 +176,6 @@ def test_postgres_unreachable_for_a_few_seconds_mid_job(service_env: ServiceEnv)
                 hold.hold_after(2, job_id)
                 assert _done(c, job_id) == 6
                 proxy.cut()
-                cut_at = time.monotonic()
                 hold.release_all()
                 r = c.get(f"/v1/jobs/{job_id}")
                 assert r.status_code == 503, r.text
@@ -190,11 +187,10 @@ def test_postgres_unreachable_for_a_few_seconds_mid_job(service_env: ServiceEnv)
                         select(func.count()).where(JobItem.job_id == job_id, JobItem.status == ItemStatus.QUEUED)
                     ).one()
                 assert left == n - 6  # nothing is written while the database is away
-                time.sleep(max(0.0, 4 - (time.monotonic() - cut_at)))
+                # Back once the held chunk's write has met the outage and is waiting to retry.
+                wait_until(lambda: "transient error, retrying" in st.log("classify-1"), 60, "the outage to be met")
                 proxy.restore()
                 wait_until(lambda: c.get(f"/v1/jobs/{job_id}").status_code == 200, 30, "the API to recover")
                 _assert_one_result_each(service_env, st, job_id, n)
-            log = st.log("classify-1")
-            assert "transient error, retrying" in log, log[-3000:]
     finally:
         proxy.cut()
