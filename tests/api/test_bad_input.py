@@ -260,7 +260,7 @@ def test_pagination_is_bounded_never_a_server_error(service_stack: ServiceStack)
         service_stack.wait_job(job_id)
         pages = {"/v1/jobs": 500, f"/v1/jobs/{job_id}/results": 1000, f"/v1/jobs/{job_id}/failures": 1000}
         for path, max_limit in pages.items():
-            for params, kind in [
+            cases: list[tuple[dict[str, int | str], str]] = [
                 ({"offset": -1}, "greater_than_equal"),
                 ({"offset": MAX_OFFSET + 1}, "less_than_equal"),
                 ({"offset": 2**63}, "less_than_equal"),
@@ -270,7 +270,8 @@ def test_pagination_is_bounded_never_a_server_error(service_stack: ServiceStack)
                 ({"limit": -5}, "greater_than_equal"),
                 ({"limit": max_limit + 1}, "less_than_equal"),
                 ({"limit": 2**64}, "less_than_equal"),
-            ]:
+            ]
+            for params, kind in cases:
                 r = c.get(path, params=params)
                 assert r.status_code == 422, (path, params, r.text)
                 [err] = r.json()["detail"]

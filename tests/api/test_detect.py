@@ -91,7 +91,9 @@ def test_wait_for_item_stops_at_the_deadline_on_its_clock(service_env: ServiceEn
     assert now[0] == 1.0 and slept[:3] == [0.01, 0.02, 0.05] and max(slept) == 0.1
 
 
-def test_client_and_cli_detect(service_stack: ServiceStack, tmp_path: Path, capsys, monkeypatch) -> None:
+def test_client_and_cli_detect(
+    service_stack: ServiceStack, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     image = tmp_path / "one.png"
     image.write_bytes(png_bytes(7103))
     (tmp_path / "bad.png").write_bytes(b"not an image")

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import httpx
+import pytest
 
 from fakescope.cli import main
 from fakescope.client import FakescopeClient
@@ -23,7 +24,7 @@ def _job(stack: ServiceStack, files: list[tuple[str, bytes]]) -> str:
 
 
 def test_feedback_is_idempotent_listed_counted_and_exported(
-    service_stack: ServiceStack, tiny_checkpoint: Path, tmp_path: Path, capsys
+    service_stack: ServiceStack, tiny_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     files = [(f"{i}.png", png_bytes(8200 + i)) for i in range(6)] + [("broken.png", b"not an image")]
     job_id = _job(service_stack, files)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import threading
@@ -111,7 +112,7 @@ def test_200_images_end_to_end_match_scan(service_stack: ServiceStack, tiny_chec
             o = httpx.get(got["overlay_url"], timeout=30)
             assert o.status_code == 200 and o.headers["content-type"] == "image/png"
             data = _bytes_of(got["name"])
-            (scan_overlay,) = classify_items(detector, [InputItem(got["name"], lambda data=data: data)])
+            (scan_overlay,) = classify_items(detector, [InputItem(got["name"], functools.partial(bytes, data))])
             assert scan_overlay.overlay_png is not None
             a = np.asarray(Image.open(io.BytesIO(o.content)), dtype=np.int16)
             b = np.asarray(Image.open(io.BytesIO(scan_overlay.overlay_png)), dtype=np.int16)
@@ -286,8 +287,8 @@ def test_idempotency_key_must_be_a_safe_token(service_stack: ServiceStack, key: 
     # An empty key used to be a key: every such request of a tenant got the same job.
     files = [("files", ("1.png", png_bytes(12), "image/png"))]
     with service_stack.client() as c:
-        r = c.post("/v1/jobs", files=files, headers={"Idempotency-Key": key.encode("utf-8")})
-        up = c.post("/v1/jobs/uploads", json={"names": ["1.png"]}, headers={"Idempotency-Key": key.encode("utf-8")})
+        r = c.post("/v1/jobs", files=files, headers={b"Idempotency-Key": key.encode("utf-8")})
+        up = c.post("/v1/jobs/uploads", json={"names": ["1.png"]}, headers={b"Idempotency-Key": key.encode("utf-8")})
     for resp in (r, up):
         assert resp.status_code == 422, resp.text
         assert resp.json()["detail"][0]["loc"] == ["header", "Idempotency-Key"]

@@ -12,7 +12,9 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 import numpy as np
@@ -31,10 +33,13 @@ if not (Path(CHROMIUM).exists() and Path(CHROMEDRIVER).exists()):
     pytest.skip("Debian chromium and chromium-driver are missing (.ci/run installs them)", allow_module_level=True)
 
 from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
+
+T = TypeVar("T")
 
 
 @pytest.fixture
-def browser(tmp_path: Path):
+def browser(tmp_path: Path) -> Iterator[WebDriver]:
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     for flag in (
@@ -48,7 +53,7 @@ def browser(tmp_path: Path):
     driver.quit()
 
 
-def _wait(predicate, timeout: float, what: str):
+def _wait(predicate: Callable[[], T | None], timeout: float, what: str) -> T:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if out := predicate():
@@ -58,7 +63,7 @@ def _wait(predicate, timeout: float, what: str):
 
 
 def test_report_page_shows_a_finished_job_and_filters(
-    service_stack: ServiceStack, tiny_checkpoint: Path, browser
+    service_stack: ServiceStack, tiny_checkpoint: Path, browser: WebDriver
 ) -> None:
     detector = Detector.load(tiny_checkpoint, device="cpu")
     pool = list(range(50_000, 50_300))

@@ -58,17 +58,17 @@ def test_a_url_job_classifies_what_it_may_fetch_and_fails_the_rest_one_by_one(
         one = client.detect(f"{base}/img/2.png")
         assert one["name"] == f"{base}/img/2.png" and one["fake_probability"] is not None
     with service_stack.client() as c:
-        r = c.post("/v1/detect", data={"url": f"{base}/to-metadata"})
-        assert r.status_code == 422 and r.json() == {"detail": bad[f"{base}/to-metadata"]}
-        r = c.post("/v1/detect", data={})
-        assert r.status_code == 422 and r.json() == {"detail": "Send either a file or a url"}
+        resp = c.post("/v1/detect", data={"url": f"{base}/to-metadata"})
+        assert resp.status_code == 422 and resp.json() == {"detail": bad[f"{base}/to-metadata"]}
+        resp = c.post("/v1/detect", data={})
+        assert resp.status_code == 422 and resp.json() == {"detail": "Send either a file or a url"}
         # A URL job is validated like any other: no empty list, no spaces in a URL.
         assert c.post("/v1/jobs/urls", json={"urls": []}).status_code == 422
         assert c.post("/v1/jobs/urls", json={"urls": ["https://a b/"]}).status_code == 422
 
 
 def test_the_cli_submits_urls_and_sets_the_operating_point(
-    service_stack: ServiceStack, base: str, capsys, monkeypatch
+    service_stack: ServiceStack, base: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("FAKESCOPE_API_KEY", service_stack.keys["b"])
     api = ["--api", service_stack.api_url]
