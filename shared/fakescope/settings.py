@@ -152,6 +152,22 @@ PortList = Annotated[list[int], BeforeValidator(_listed)]
 NameList = Annotated[list[str], BeforeValidator(_listed)]
 
 
+def _allowed_networks(reach: str) -> Any:
+    """The field of an outbound guard's (:mod:`fakescope.outbound`) private networks; ``reach``: who
+    goes there and how ("webhooks may reach")."""
+    return Field(
+        default_factory=list, description=f"private networks {reach} besides the public internet (JSON list or commas)"
+    )
+
+
+def _allowed_ports(who: str) -> Any:
+    """The field of an outbound guard's ports on public hosts; ``who``: the traffic ("webhooks")."""
+    return Field(
+        default_factory=lambda: [80, 443],
+        description=f"ports {who} may use on public hosts (any port inside allowed_networks)",
+    )
+
+
 class CallbackSettings(SettingsGroup):
     """Webhook delivery: timeouts, retries and where a callback may go.
 
@@ -171,14 +187,8 @@ class CallbackSettings(SettingsGroup):
     )
     # Networks webhooks may reach besides the public internet (e.g. "10.0.0.0/8" for an in-cluster
     # receiver); loopback, private and link-local addresses are refused otherwise.
-    allowed_networks: NetworkList = Field(
-        default_factory=list,
-        description="private networks webhooks may reach besides the public internet (JSON list or commas)",
-    )
-    allowed_ports: PortList = Field(
-        default_factory=lambda: [80, 443],
-        description="ports webhooks may use on public hosts (any port inside allowed_networks)",
-    )
+    allowed_networks: NetworkList = _allowed_networks("webhooks may reach")
+    allowed_ports: PortList = _allowed_ports("webhooks")
 
 
 class FetchSettings(SettingsGroup):
@@ -191,14 +201,8 @@ class FetchSettings(SettingsGroup):
     env_prefix = "fetch_"
 
     allow_http: bool = Field(False, description="fetch http:// URLs too (https only by default)")
-    allowed_networks: NetworkList = Field(
-        default_factory=list,
-        description="private networks image URLs may point into besides the public internet (JSON list or commas)",
-    )
-    allowed_ports: PortList = Field(
-        default_factory=lambda: [80, 443],
-        description="ports image URLs may use on public hosts (any port inside allowed_networks)",
-    )
+    allowed_networks: NetworkList = _allowed_networks("image URLs may point into")
+    allowed_ports: PortList = _allowed_ports("image URLs")
     connect_timeout_s: float = Field(5.0, gt=0, description="seconds to connect to an image's host")
     read_timeout_s: float = Field(10.0, gt=0, description="longest wait for the next bytes of an image")
     deadline_s: float = Field(30.0, gt=0, description="a whole fetch, redirects and body included, within this")
