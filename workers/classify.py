@@ -10,16 +10,9 @@ from fakescope.service.processing import classify_chunk, release_items
 from fakescope.settings import get_settings
 from fakescope.tasks import TaskName
 from workers import models, runtime
-from workers.celery_app import app
 
 
-@app.task(
-    name=TaskName.CLASSIFY.value,
-    bind=True,
-    max_retries=runtime.MAX_RETRIES,
-    base=runtime.ChunkTask,
-    work=runtime.CLASSIFY,
-)
+@runtime.chunk_task(TaskName.CLASSIFY, runtime.CLASSIFY)
 def classify(self: Task, job_id: str, item_ids: list[str], count_start: bool = True) -> int:
     def body() -> int:
         with runtime.session() as session:

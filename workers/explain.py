@@ -7,16 +7,9 @@ from celery import Task
 from fakescope.service.explanation import explain_chunk
 from fakescope.tasks import TaskName
 from workers import runtime
-from workers.celery_app import app
 
 
-@app.task(
-    name=TaskName.EXPLAIN.value,
-    bind=True,
-    max_retries=runtime.MAX_RETRIES,
-    base=runtime.ChunkTask,
-    work=runtime.EXPLAIN,
-)
+@runtime.chunk_task(TaskName.EXPLAIN, runtime.EXPLAIN)
 def explain(self: Task, job_id: str, item_ids: list[str]) -> int:
     def body() -> int:
         with runtime.session() as session:

@@ -30,7 +30,8 @@ from fakescope.service.explanation import fail_explanations
 from fakescope.service.processing import fail_items
 from fakescope.settings import get_settings
 from fakescope.storage import ObjectStore, StorageError, get_store
-from fakescope.tasks import Enqueuer
+from fakescope.tasks import Enqueuer, TaskName
+from workers.celery_app import app
 
 if TYPE_CHECKING:
     from fakescope.detector import Detector, RoutedDetector
@@ -221,3 +222,9 @@ class ChunkTask(Task):
         logger.error("task %s: %s", task_id, reason)
         reset_db()
         self.work.give_up(kwargs["job_id"], kwargs["item_ids"], reason)
+
+
+def chunk_task(name: TaskName, work: Work) -> Callable[[Callable[..., int]], Any]:
+    """The decorator of a chunk pool's task: bound, retried up to ``MAX_RETRIES`` (:func:`run_chunk`
+    decides when), and giving up on its items through :class:`ChunkTask` when it dies."""
+    return app.task(name=name.value, bind=True, max_retries=MAX_RETRIES, base=ChunkTask, work=work)
