@@ -16,6 +16,7 @@ from fakescope.db.models import ItemStatus
 from fakescope.service import jobs as svc
 from fakescope.service import uploads, urls
 from fakescope.service.detect import wait_for_item
+from fakescope.service.idempotency import JobRequest
 
 router = APIRouter(prefix="/detect", tags=["detect"])
 
@@ -56,9 +57,8 @@ def detect(
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=FILE_OR_URL)
     point = resolve_point(session, tenant, fake_threshold, real_threshold)
     if url is not None:
-        job, _ = urls.create_url_job(
-            session, services.enqueuer.detect, tenant_id=tenant, urls=[url], overlays=overlays, point=point
-        )
+        asked = JobRequest(tenant_id=tenant, overlays=overlays, point=point)
+        job, _ = urls.create_url_job(session, services.enqueuer.detect, asked, urls=[url])
     else:
         assert file is not None
         with tempfile.TemporaryDirectory(prefix="fakescope-detect-") as tmp:

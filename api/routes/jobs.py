@@ -25,7 +25,7 @@ from fastapi import (
     status,
 )
 from pydantic import ValidationError
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from api.deps import EnqueuerDep, ServicesDep, SessionDep, SettingsDep, StoreDep, TenantDep
 from api.schemas import (
@@ -45,6 +45,7 @@ from api.schemas import (
 from fakescope.answers import detection_answers, explanation_answers
 from fakescope.db.models import (
     Job,
+    JobBase,
     JobCreate,
     JobItem,
     JobPublic,
@@ -56,6 +57,7 @@ from fakescope.imageio import sniff_media_type
 from fakescope.result import OperatingPoint
 from fakescope.service import jobs as svc
 from fakescope.service import tenants, uploads, urls
+from fakescope.service.idempotency import JobRequest
 from fakescope.service.originals import read_original, same_original
 from fakescope.service.overlays import image_resource, overlay_resource
 from fakescope.service.overlays import item_overlay as item_overlay_png
@@ -125,6 +127,22 @@ def resolve_point(
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=THRESHOLDS_OUT_OF_ORDER) from e
 
 
+def job_request(
+    session: Session, settings: Settings, tenant: uuid.UUID, options: JobBase, idempotency_key: str | None
+) -> JobRequest:
+    """A new job's options as the service takes them, from a request's: its callback URL checked and
+    its operating point resolved (the tenant's default where the request gives none)."""
+    _check_callback(options.callback_url, settings)
+    return JobRequest(
+        tenant_id=tenant,
+        explain=options.explain,
+        overlays=options.overlays,
+        callback_url=options.callback_url or None,
+        idempotency_key=idempotency_key,
+        point=resolve_point(session, tenant, options.fake_threshold, options.real_threshold),
+    )
+
+
 @router.post("", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic, responses=UNPROCESSABLE)
 def create_job(
     request: Request,
@@ -142,34 +160,32 @@ def create_job(
     idempotency_key: IdempotencyKey = None,
 ) -> JobPublic:
     """Uploads a batch; answers 202 with the job and its status URL while workers classify it."""
-    _check_callback(callback_url, settings)
-    point = resolve_point(session, tenant, fake_threshold, real_threshold)
+    options = JobBase(
+        explain=explain,
+        overlays=overlays,
+        callback_url=callback_url,
+        fake_threshold=fake_threshold,
+        real_threshold=real_threshold,
+    )
+    asked = job_request(session, settings, tenant, options, idempotency_key)
     with tempfile.TemporaryDirectory(prefix="fakescope-upload-") as tmp:
         inputs = uploads.expand_uploads([(f.filename or "", f.file) for f in files], FilePath(tmp))
         # A retry sends the same files (names and sizes) with the same options; hashing the bytes
         # themselves would read a 2-GB body twice.
-        fingerprint = uploads.request_fingerprint(
-            "jobs",
-            files=[(f.filename, f.size) for f in files],
-            explain=explain,
-            overlays=overlays,
-            callback_url=callback_url or None,
-            point=point.model_dump(),
-        )
         job, created = uploads.create_job(
             session,
             services.store,
             services.enqueuer.classify,
             tenant_id=tenant,
             inputs=inputs,
-            explain=explain,
-            overlays=overlays,
-            callback_url=callback_url or None,
+            explain=asked.explain,
+            overlays=asked.overlays,
+            callback_url=asked.callback_url,
             idempotency_key=idempotency_key,
             max_items=settings.max_items_per_job,
-            fingerprint=fingerprint,
+            fingerprint=asked.fingerprint("jobs", files=[(f.filename, f.size) for f in files]),
             budget=services.upload_budget,
-            point=point,
+            point=asked.point,
             enqueue_webhook=services.enqueuer.webhook,
         )
     url = _status_url(request, job.id)
@@ -195,25 +211,14 @@ def create_upload_job(
     (``shard_uploads``): the client packs up to 256 images or 64 MiB into an uncompressed tar, says
     where each member's bytes lie, and makes one request per shard instead of one per image.
     """
-    _check_callback(body.callback_url, settings)
-    point = resolve_point(session, tenant, body.fake_threshold, body.real_threshold)
+    asked = job_request(session, settings, tenant, body, idempotency_key)
     if body.count > settings.max_items_per_job:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail="Too many images for one job")
     shards = None
     if body.shards is not None:
         shards = [[(m.name, m.offset, m.length) for m in shard.members] for shard in body.shards]
     job, urls, _ = uploads.create_upload_job(
-        session,
-        store,
-        tenant_id=tenant,
-        names=body.names,
-        shards=shards,
-        explain=body.explain,
-        overlays=body.overlays,
-        callback_url=body.callback_url,
-        idempotency_key=idempotency_key,
-        expires_s=settings.presign_expiry_s,
-        point=point,
+        session, store, asked, names=body.names, shards=shards, expires_s=settings.presign_expiry_s
     )
     public = svc.job_public(session, job, _status_url(request, job.id))
     start_url = str(request.url_for("start_job", job_id=job.id))
@@ -237,21 +242,11 @@ def create_url_job(
 ) -> JobPublic:
     """Images that already live somewhere, by URL: ``202`` with the job at once; the workers fetch
     each URL (never the API), and a URL that is refused or fails fails its own item with the reason."""
-    _check_callback(body.callback_url, settings)
-    point = resolve_point(session, tenant, body.fake_threshold, body.real_threshold)
+    asked = job_request(session, settings, tenant, body, idempotency_key)
     if len(body.urls) > settings.max_items_per_job:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail="Too many images for one job")
     job, created = urls.create_url_job(
-        session,
-        enqueuer.classify,
-        tenant_id=tenant,
-        urls=body.urls,
-        explain=body.explain,
-        overlays=body.overlays,
-        callback_url=body.callback_url,
-        idempotency_key=idempotency_key,
-        point=point,
-        enqueue_webhook=enqueuer.webhook,
+        session, enqueuer.classify, asked, urls=body.urls, enqueue_webhook=enqueuer.webhook
     )
     url = _status_url(request, job.id)
     response.headers["Location"] = url

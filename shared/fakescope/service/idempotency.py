@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from dataclasses import dataclass, field
 
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, select
@@ -17,7 +18,7 @@ from fakescope.db.models import (
 )
 from fakescope.result import OperatingPoint
 
-__all__ = ["IdempotencyConflict", "new_job", "request_fingerprint"]
+__all__ = ["IdempotencyConflict", "JobRequest", "new_job", "request_fingerprint"]
 
 
 class IdempotencyConflict(ValueError):
@@ -42,36 +43,47 @@ def _replayed(session: Session, tenant_id: uuid.UUID, key: str | None, fingerpri
     return existing
 
 
+@dataclass(frozen=True)
+class JobRequest:
+    """What a caller asks of a new job besides its images, the same for every way of making one (a
+    multipart upload, presigned uploads, URLs, a single detect): the job row's options, and with its
+    images' layout what an idempotency key is bound to."""
+
+    tenant_id: uuid.UUID
+    explain: bool = False
+    overlays: bool = True
+    callback_url: str | None = None
+    idempotency_key: str | None = None
+    point: OperatingPoint = field(default_factory=OperatingPoint)
+
+    def fingerprint(self, route: str, **layout: object) -> str:
+        """:func:`request_fingerprint` of ``route``, the images' ``layout`` and these options."""
+        options = {"explain": self.explain, "overlays": self.overlays, "callback_url": self.callback_url}
+        return request_fingerprint(route, **layout, **options, point=self.point.model_dump())
+
+
 def new_job(
-    session: Session,
-    *,
-    tenant_id: uuid.UUID,
-    state: JobState,
-    explain: bool,
-    callback_url: str | None,
-    idempotency_key: str | None,
-    overlays: bool = True,
-    fingerprint: str | None = None,
-    point: OperatingPoint | None = None,
+    session: Session, request: JobRequest, *, state: JobState, fingerprint: str | None = None
 ) -> tuple[Job, bool]:
     """Inserts the job row first, so a concurrent retry with the same key finds it (or loses the race).
 
     Raises:
         IdempotencyConflict: the key's job was made by a request with another ``fingerprint``.
     """
+    tenant_id, idempotency_key = request.tenant_id, request.idempotency_key
     existing = _replayed(session, tenant_id, idempotency_key, fingerprint)
     if existing is not None:
         return existing, False
     job = Job(
         tenant_id=tenant_id,
         state=state,
-        explain=explain,
-        overlays=overlays,
-        callback_url=callback_url,
+        explain=request.explain,
+        overlays=request.overlays,
+        callback_url=request.callback_url,
         idempotency_key=idempotency_key,
         request_fingerprint=fingerprint if idempotency_key else None,
-        fake_threshold=(point or OperatingPoint()).fake_threshold,
-        real_threshold=(point or OperatingPoint()).real_threshold,
+        fake_threshold=request.point.fake_threshold,
+        real_threshold=request.point.real_threshold,
     )
     session.add(job)
     try:

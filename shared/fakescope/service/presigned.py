@@ -20,9 +20,8 @@ from fakescope.db.models import (
     utcnow,
 )
 from fakescope.imageio import DEFAULT_MAX_BYTES
-from fakescope.result import OperatingPoint
 from fakescope.service import Enqueue, EnqueueWebhook
-from fakescope.service.idempotency import new_job, request_fingerprint
+from fakescope.service.idempotency import JobRequest, new_job
 from fakescope.service.jobs import JobStateError, finish
 from fakescope.service.rows import batched, insert_items
 from fakescope.storage import ObjectStore, StorageError, original_key, shard_key
@@ -38,16 +37,11 @@ START_THREADS = 8
 def create_upload_job(
     session: Session,
     store: ObjectStore,
+    request: JobRequest,
     *,
-    tenant_id: uuid.UUID,
     names: Sequence[str] | None = None,
     shards: Sequence[Sequence[tuple[str, int, int]]] | None = None,
-    explain: bool = False,
-    overlays: bool = True,
-    callback_url: str | None = None,
-    idempotency_key: str | None = None,
     expires_s: int = 3600,
-    point: OperatingPoint | None = None,
 ) -> tuple[Job, list[tuple[JobItem, str]], bool]:
     """A job waiting for its images: one item per image, and presigned PUT URLs.
 
@@ -61,21 +55,8 @@ def create_upload_job(
     layout: dict[str, object] = (
         {"names": list(names)} if names is not None else {"shards": [list(s) for s in shards or []]}
     )
-    point = point or OperatingPoint()
-    fingerprint = request_fingerprint(
-        "uploads", **layout, explain=explain, overlays=overlays, callback_url=callback_url, point=point.model_dump()
-    )
-    job, created = new_job(
-        session,
-        tenant_id=tenant_id,
-        state=JobState.AWAITING_UPLOAD,
-        explain=explain,
-        overlays=overlays,
-        callback_url=callback_url,
-        idempotency_key=idempotency_key,
-        fingerprint=fingerprint,
-        point=point,
-    )
+    fingerprint = request.fingerprint("uploads", **layout)
+    job, created = new_job(session, request, state=JobState.AWAITING_UPLOAD, fingerprint=fingerprint)
     if created:
         rows = _waiting_items(job.id, names, shards)
         job.total = len(rows)

@@ -36,7 +36,7 @@ from fakescope.imageio import ARCHIVE_SUFFIXES, DEFAULT_MAX_BYTES, ImageError, I
 from fakescope.result import OperatingPoint
 from fakescope.service import Enqueue, EnqueueWebhook, outbox
 from fakescope.service.budget import ByteBudget, Lease
-from fakescope.service.idempotency import IdempotencyConflict, new_job, request_fingerprint
+from fakescope.service.idempotency import IdempotencyConflict, JobRequest, new_job, request_fingerprint
 from fakescope.service.jobs import finish
 from fakescope.service.presigned import create_upload_job, start_job
 from fakescope.service.rows import insert_items
@@ -169,17 +169,15 @@ def create_job(
     decoded by the workers, which fail bad ones the same way. A job that finishes here (an upload
     with no images, or one the workers already finished) hands its webhook to ``enqueue_webhook``.
     """
-    job, created = new_job(
-        session,
+    request = JobRequest(
         tenant_id=tenant_id,
-        state=JobState.QUEUED,
         explain=explain,
         overlays=overlays,
         callback_url=callback_url,
         idempotency_key=idempotency_key,
-        fingerprint=fingerprint,
-        point=point,
+        point=point or OperatingPoint(),
     )
+    job, created = new_job(session, request, state=JobState.QUEUED, fingerprint=fingerprint)
     if not created:
         return job, False
     job_id = job.id

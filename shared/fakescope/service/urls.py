@@ -8,15 +8,13 @@ bytes as the item's original and classifies them, and a URL that fails fails its
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Sequence
 
 from sqlmodel import Session
 
 from fakescope.db.models import Job, JobItem, JobState, storable_name
-from fakescope.result import OperatingPoint
 from fakescope.service import Enqueue, EnqueueWebhook
-from fakescope.service.idempotency import new_job, request_fingerprint
+from fakescope.service.idempotency import JobRequest, new_job
 from fakescope.service.jobs import finish
 from fakescope.service.rows import insert_items
 from fakescope.storage import original_key
@@ -27,34 +25,16 @@ __all__ = ["create_url_job"]
 def create_url_job(
     session: Session,
     enqueue: Enqueue,
+    request: JobRequest,
     *,
-    tenant_id: uuid.UUID,
     urls: Sequence[str],
-    explain: bool = False,
-    overlays: bool = True,
-    callback_url: str | None = None,
-    idempotency_key: str | None = None,
-    point: OperatingPoint | None = None,
     enqueue_webhook: EnqueueWebhook | None = None,
 ) -> tuple[Job, bool]:
     """A queued job with one item per URL (named by its URL), its chunks enqueued; returns the job
-    and whether it was created (False: the ``idempotency_key``'s earlier job). A job the workers
+    and whether it was created (False: the idempotency key's earlier job). A job the workers
     finished before this returns hands its webhook to ``enqueue_webhook``."""
-    point = point or OperatingPoint()
-    fingerprint = request_fingerprint(
-        "urls", urls=list(urls), explain=explain, overlays=overlays, callback_url=callback_url, point=point.model_dump()
-    )
-    job, created = new_job(
-        session,
-        tenant_id=tenant_id,
-        state=JobState.QUEUED,
-        explain=explain,
-        overlays=overlays,
-        callback_url=callback_url,
-        idempotency_key=idempotency_key,
-        fingerprint=fingerprint,
-        point=point,
-    )
+    fingerprint = request.fingerprint("urls", urls=list(urls))
+    job, created = new_job(session, request, state=JobState.QUEUED, fingerprint=fingerprint)
     if not created:
         return job, False
     rows = [
