@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,7 @@ def data_dir(*parts: str) -> Path:
 
 
 @pytest.fixture
-def shared_data() -> object:
+def shared_data() -> Callable[..., Path]:
     """``shared_data("genimage_explained", "FAKE")``: a shared-data path, skipping when absent."""
     return data_dir
 
@@ -59,14 +60,14 @@ def write_images(folder: Path, n: int, size: int = 40, seed: int = 0) -> list[Pa
     paths = []
     for k in range(n):
         base = rng.integers(0, 256, (size // 4, size // 4, 3), dtype=np.uint8)
-        im = Image.fromarray(base).resize((size, size), Image.BICUBIC)
+        im = Image.fromarray(base).resize((size, size), Image.Resampling.BICUBIC)
         paths.append(folder / f"img{k}.png")
         im.save(paths[-1])
     return paths
 
 
 @pytest.fixture
-def make_images() -> object:
+def make_images() -> Callable[..., list[Path]]:
     """``make_images(folder, n, size=40, seed=0)`` writes test images and returns their paths."""
     return write_images
 

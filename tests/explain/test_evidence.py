@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ def _inputs(paths: list[Path]) -> list[ExplainInput]:
     out = []
     for p in paths:
         rgb = np.asarray(Image.open(p).convert("RGB"))
-        small = np.asarray(Image.fromarray(rgb).resize((32, 32), Image.BICUBIC))
+        small = np.asarray(Image.fromarray(rgb).resize((32, 32), Image.Resampling.BICUBIC))
         out.append(ExplainInput(p.name, rgb, small, None, 0.9))
     return out
 
@@ -57,7 +58,9 @@ def test_default_backend_is_evidence_and_needs_no_weights(explainer: EvidenceExp
     assert explainer.class_gate is None
 
 
-def test_explains_real_fakes_of_both_sizes_deterministically(explainer, shared_data) -> None:
+def test_explains_real_fakes_of_both_sizes_deterministically(
+    explainer: EvidenceExplainer, shared_data: Callable[..., Path]
+) -> None:
     paths = sorted(shared_data("genimage_explained", "FAKE").glob("*.jpg"))[:6]
     paths += sorted(shared_data("cifake_train_subset", "FAKE").glob("*.jpg"))[:6]
     first = explainer.explain(_inputs(paths))
@@ -72,7 +75,9 @@ def test_explains_real_fakes_of_both_sizes_deterministically(explainer, shared_d
     assert not any("32x32" in r for e in first[:6] for r in e.values())
 
 
-def test_reason_quotes_the_measured_value_the_ratio_and_the_real_median(explainer, shared_data) -> None:
+def test_reason_quotes_the_measured_value_the_ratio_and_the_real_median(
+    explainer: EvidenceExplainer, shared_data: Callable[..., Path]
+) -> None:
     paths = sorted(shared_data("cifake_train_subset", "FAKE").glob("*.jpg"))[:20]
     inp = next(i for i in _inputs(paths) if explainer.evidence_one(i))
     scored, m, bucket = explainer.score(inp)
@@ -86,7 +91,9 @@ def test_reason_quotes_the_measured_value_the_ratio_and_the_real_median(explaine
     assert explainer.calibration.count(bucket) > 0
 
 
-def test_a_blurred_photo_is_not_called_generated_for_its_blur_alone(explainer, shared_data) -> None:
+def test_a_blurred_photo_is_not_called_generated_for_its_blur_alone(
+    explainer: EvidenceExplainer, shared_data: Callable[..., Path]
+) -> None:
     # Blur moves every smoothness signal far into the photos' tail, but generated full-size images are
     # no blurrier than photos (the calibration says so): a percentile rule would cite it, this does not.
     path = sorted(shared_data("genimage_explained", "REAL").glob("*.jpg"))[0]
@@ -97,7 +104,7 @@ def test_a_blurred_photo_is_not_called_generated_for_its_blur_alone(explainer, s
     assert all(e["ratio"] >= 3.0 for e in explainer.evidence_one(inp))  # ...but cited only as evidence
 
 
-def test_one_signal_names_one_artifact(explainer, shared_data) -> None:
+def test_one_signal_names_one_artifact(explainer: EvidenceExplainer, shared_data: Callable[..., Path]) -> None:
     paths = sorted(shared_data("cifake_train_subset", "FAKE").glob("*.jpg"))[:40]
     rule_of = {r.artifact: r for r in RULES}
     for expl in explainer.explain(_inputs(paths)):
@@ -105,7 +112,7 @@ def test_one_signal_names_one_artifact(explainer, shared_data) -> None:
         assert len(signals) == len(set(signals))
 
 
-def test_cam_location_appears_in_the_strongest_reason(explainer) -> None:
+def test_cam_location_appears_in_the_strongest_reason(explainer: EvidenceExplainer) -> None:
     rng = np.random.default_rng(0)
     img = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
     cam = np.zeros((32, 32), np.float32)
@@ -115,9 +122,11 @@ def test_cam_location_appears_in_the_strongest_reason(explainer) -> None:
     assert "bottom left" in first
 
 
-def test_class_gate_from_clip_changes_only_class_specific_rules(tiny_clip: Path, shared_data) -> None:
+def test_class_gate_from_clip_changes_only_class_specific_rules(
+    tiny_clip: Path, shared_data: Callable[..., Path]
+) -> None:
     gated = load_explainer("evidence", clip_model=str(tiny_clip))
-    assert gated.class_gate is not None
+    assert isinstance(gated, EvidenceExplainer) and gated.class_gate is not None
     paths = sorted(shared_data("cifake_train_subset", "FAKE").glob("*.jpg"))[:8]
     inputs = _inputs(paths)
     classes = gated.class_gate.classify([i.image for i in inputs])
@@ -126,7 +135,9 @@ def test_class_gate_from_clip_changes_only_class_specific_rules(tiny_clip: Path,
         assert all(BY_NAME[name].applies_to(cls) for name in expl)
 
 
-def test_calibration_command_writes_a_file_the_explainer_loads(tmp_path: Path, make_images) -> None:
+def test_calibration_command_writes_a_file_the_explainer_loads(
+    tmp_path: Path, make_images: Callable[..., list[Path]]
+) -> None:
     make_images(tmp_path / "data" / "REAL", 12, size=32, seed=1)
     make_images(tmp_path / "data" / "FAKE", 3, size=32, seed=2)
     out = tmp_path / "cal.json"
@@ -135,13 +146,16 @@ def test_calibration_command_writes_a_file_the_explainer_loads(tmp_path: Path, m
     assert cal["buckets"]["small"]["n"] == 12  # REAL only
     assert "calibrate" in cal["produced_by"]["command"]
     ex = load_explainer("evidence", calibration=str(out))
+    assert isinstance(ex, EvidenceExplainer)
     assert ex.calibration.count("small") == 12
     img = np.asarray(Image.open(tmp_path / "data" / "FAKE" / "img0.png").convert("RGB"))
     assert cal["buckets"]["small"]["n_fake"] == 3 and "auc" in cal["buckets"]["small"]["signals"]["hf_energy"]
     _check_explanation(ex.explain([ExplainInput("f", img, img, None, 0.7)])[0])
 
 
-def test_reasons_are_evidence_twice_as_common_in_generated_images(explainer, shared_data) -> None:
+def test_reasons_are_evidence_twice_as_common_in_generated_images(
+    explainer: EvidenceExplainer, shared_data: Callable[..., Path]
+) -> None:
     """What the name claims, counted on labelled images rather than read back from the ratio the
     explainer computes (it cites nothing under its own threshold by construction): each artifact is
     cited at least twice as often on generated images as on real photos. Also: each reason carries its
@@ -206,7 +220,7 @@ def test_unknown_backend_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> N
         load_explainer()
 
 
-def test_bad_input_is_an_error_for_that_image_only(explainer) -> None:
+def test_bad_input_is_an_error_for_that_image_only(explainer: EvidenceExplainer) -> None:
     good = np.zeros((32, 32, 3), np.uint8)
     with pytest.raises(ExplainInputError, match="img7: image has shape"):
         ExplainInput("img7", np.zeros((32, 32)), good, None, 0.9)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,13 +23,15 @@ def test_adapter_is_saved_in_peft_format_with_its_training_record(tiny_lora: Pat
     assert "text_model" in str(cfg["target_modules"])
 
 
-def test_reads_the_genimage_annotations(shared_data) -> None:
+def test_reads_the_genimage_annotations(shared_data: Callable[..., Path]) -> None:
     records = load_records(shared_data("genimage_explained", "annotations.json"))
     assert len(records) == 89  # the fakes of the finetune split; reals and eval records carry no reason
     assert all(r.image.is_file() and r.answer for r in records)
 
 
-def test_rejects_names_outside_the_taxonomy_and_missing_images(tmp_path: Path, make_images) -> None:
+def test_rejects_names_outside_the_taxonomy_and_missing_images(
+    tmp_path: Path, make_images: Callable[..., list[Path]]
+) -> None:
     img = make_images(tmp_path, 1)[0]
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps([{"file": img.name, "explanation": {"Weird vibes": "x"}}]))

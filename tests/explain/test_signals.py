@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image, ImageFilter
@@ -10,7 +13,7 @@ from fakescope.explain.signals import SIGNALS, measure, size_bucket
 
 
 @pytest.fixture
-def photo(shared_data) -> np.ndarray:
+def photo(shared_data: Callable[..., Path]) -> np.ndarray:
     path = sorted(shared_data("genimage_explained", "REAL").glob("*.jpg"))[0]
     return np.asarray(Image.open(path).convert("RGB"))
 
@@ -35,7 +38,7 @@ def test_measurement_is_deterministic(photo: np.ndarray) -> None:
 
 def test_nearest_neighbour_upsampling_raises_the_grid_peak(photo: np.ndarray) -> None:
     im = Image.fromarray(photo)
-    up = np.asarray(im.resize((128, 128), Image.BICUBIC).resize((256, 256), Image.NEAREST))
+    up = np.asarray(im.resize((128, 128), Image.Resampling.BICUBIC).resize((256, 256), Image.Resampling.NEAREST))
     assert measure(up).values["grid_peak"] > measure(photo).values["grid_peak"] + 6.0
 
 

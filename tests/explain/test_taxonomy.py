@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from pathlib import Path
+
 from fakescope.explain.taxonomy import ARTIFACT_NAMES, ARTIFACTS, GROUPS, OBJECT_CLASSES, applicable, artifact
 
 
-def test_names_are_the_tasks_verbatim_and_in_order(shared_data) -> None:
+def test_names_are_the_tasks_verbatim_and_in_order(shared_data: Callable[..., Path]) -> None:
     lines = [line.strip() for line in shared_data("artifacts.txt").read_text().splitlines() if line.strip()]
     assert len(lines) == 70
     assert list(ARTIFACT_NAMES) == lines

@@ -10,8 +10,10 @@ import pytest
 pytest.importorskip("transformers")
 
 from fakescope.explain import MAX_ARTIFACTS, ExplainerConfigError, ExplainInput, load_explainer
+from fakescope.explain.evidence import EvidenceExplainer
 from fakescope.explain.idefics import build_prompt_text, format_answer, parse_explanation
 from fakescope.explain.taxonomy import BY_NAME
+from fakescope.explain.vlm import VLMExplainer
 
 ALLOWED = [
     "Artificial smoothness",
@@ -74,6 +76,7 @@ def test_vlm_backend_end_to_end_with_lora(tiny_clip: Path, tiny_idefics2: Path, 
     ex = load_explainer(
         "vlm", clip_model=str(tiny_clip), vlm_model=str(tiny_idefics2), vlm_lora=str(tiny_lora), max_new_tokens=12
     )
+    assert isinstance(ex, VLMExplainer)
     assert ex.name == "vlm"
     inputs = _inputs(3)
     first = ex.explain(inputs)
@@ -108,7 +111,7 @@ def test_env_configures_the_vlm_backend(monkeypatch: pytest.MonkeyPatch, tiny_cl
     assert load_explainer(max_new_tokens=4).name == "vlm"
     monkeypatch.setenv("FAKESCOPE_EXPLAIN_BACKEND", "evidence")
     ex = load_explainer()
-    assert ex.name == "evidence" and ex.class_gate is not None  # CLIP still names the class
+    assert isinstance(ex, EvidenceExplainer) and ex.class_gate is not None  # CLIP still names the class
 
 
 def test_missing_vlm_weights_name_what_is_missing(tmp_path: Path, tiny_clip: Path, tiny_idefics2: Path) -> None:
@@ -134,6 +137,7 @@ def test_gpu_loads_fp16_with_a_device_map(tiny_clip: Path, tiny_idefics2: Path, 
         device="cuda",
         max_new_tokens=4,
     )
+    assert isinstance(ex, VLMExplainer)
     assert ex.writer.model.dtype == torch.float16 and ex.scorer.model.dtype == torch.float16
     assert getattr(ex.writer.model, "hf_device_map", None), "accelerate placed no device map"
     out = ex.explain(_inputs(2))
