@@ -21,6 +21,7 @@ from fakescope.detector import Detector
 from fakescope.imageio import InputItem
 from fakescope.service import jobs as svc
 from fakescope.service import uploads
+from fakescope.service.idempotency import JobRequest
 from fakescope.service.overlays import item_overlay
 from fakescope.service.processing import cached_results, classify_chunk, release_items
 from fakescope.service.tenants import authenticate, create_api_key, hash_key
@@ -326,7 +327,7 @@ class _FlakyStore:
 def _upload_job(env: ServiceEnv, n: int) -> uuid.UUID:
     with env.session() as session:
         job, urls, _ = uploads.create_upload_job(
-            session, env.store, tenant_id=_tenant(env), names=[f"{i}.png" for i in range(n)]
+            session, env.store, JobRequest(_tenant(env)), names=[f"{i}.png" for i in range(n)]
         )
         for item, _url in urls[:-1]:  # the last image is never uploaded
             env.store.put(item.object_key, png_bytes(item.position))
@@ -539,7 +540,12 @@ def test_presigned_shards_start_with_one_head_each_and_fail_what_is_not_there(
     shards = [[(m["name"], m["offset"], m["length"]) for m in spec] for spec in specs]
     counting = _CountingStore(service_env.store)
     with service_env.session() as session:
-        job, urls, created = uploads.create_upload_job(session, counting, tenant_id=_tenant(service_env), shards=shards)  # type: ignore[arg-type]
+        job, urls, created = uploads.create_upload_job(
+            session,
+            counting,  # type: ignore[arg-type]
+            JobRequest(_tenant(service_env)),
+            shards=shards,
+        )
         assert created and len(urls) == 1 and job.total == 6
         (key,) = {it.object_key for it, _ in urls}
         service_env.store.put(key, files[0].read_bytes())  # what the client's one PUT does
@@ -606,7 +612,7 @@ def test_a_job_over_the_parameter_limit_starts_and_expires(service_env: ServiceE
     ]
     with service_env.session() as session:
         job, _, created = uploads.create_upload_job(
-            session, service_env.store, tenant_id=_tenant(service_env), shards=shards
+            session, service_env.store, JobRequest(_tenant(service_env)), shards=shards
         )
         assert created and job.total == n
         # Nothing was uploaded: every item fails at the start, in one transaction.

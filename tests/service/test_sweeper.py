@@ -17,6 +17,7 @@ from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, JobStat
 from fakescope.detector import Detector
 from fakescope.imageio import InputItem
 from fakescope.service import uploads
+from fakescope.service.idempotency import JobRequest
 from fakescope.service.processing import classify_chunk
 from fakescope.service.sweeper import sweep
 from fakescope.service.tenants import create_api_key
@@ -169,9 +170,9 @@ def test_a_presigned_job_never_started_is_started_once_its_urls_expired(service_
     with service_env.session() as session:
         tenant, _ = create_api_key(session, tenant_name=f"sweep-{uuid.uuid4().hex[:6]}")
         job, urls, _ = uploads.create_upload_job(
-            session, service_env.store, tenant_id=tenant.id, names=["a.png", "b.png"]
+            session, service_env.store, JobRequest(tenant.id), names=["a.png", "b.png"]
         )
-        fresh, _, _ = uploads.create_upload_job(session, service_env.store, tenant_id=tenant.id, names=["c.png"])
+        fresh, _, _ = uploads.create_upload_job(session, service_env.store, JobRequest(tenant.id), names=["c.png"])
         first_id, first_key = urls[0][0].id, urls[0][0].object_key
         service_env.store.put(first_key, png_bytes(5))  # one of two arrived, then the client vanished
         session.exec(  # type: ignore[call-overload]
