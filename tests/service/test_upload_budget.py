@@ -3,6 +3,7 @@ that cannot get its share in time fails whole (503 at the API) without leaving a
 
 from __future__ import annotations
 
+import functools
 import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
@@ -91,21 +92,9 @@ def test_an_upload_that_cannot_get_memory_in_time_fails_whole(service_env: Servi
     budget = ByteBudget(10_000, wait_s=0.1)
     budget.acquire(10_000)  # another request holds it all
     with service_env.session() as session:
-        with pytest.raises(UploadBusy):
-            uploads.create_job(
-                session,
-                service_env.store,
-                lambda job_id, ids: 1,
-                tenant_id=tenant_id,
-                inputs=_inputs(range(7100, 7110)),
-                idempotency_key="busy-1",
-                budget=budget,
-            )
-        assert session.exec(select(Job).where(Job.tenant_id == tenant_id)).all() == []
-        assert budget.used == 10_000  # it gave back nothing it did not take
-        budget.release(10_000)
-        # The client's retry, with the same key, goes through once memory is free.
-        job, created = uploads.create_job(
+        # The same request twice: once while another holds the memory, then as the client's retry.
+        upload = functools.partial(
+            uploads.create_job,
             session,
             service_env.store,
             lambda job_id, ids: 1,
@@ -114,5 +103,12 @@ def test_an_upload_that_cannot_get_memory_in_time_fails_whole(service_env: Servi
             idempotency_key="busy-1",
             budget=budget,
         )
+        with pytest.raises(UploadBusy):
+            upload()
+        assert session.exec(select(Job).where(Job.tenant_id == tenant_id)).all() == []
+        assert budget.used == 10_000  # it gave back nothing it did not take
+        budget.release(10_000)
+        # The client's retry, with the same key, goes through once memory is free.
+        job, created = upload()
         assert created and job.total == 10 and job.state == JobState.QUEUED
     assert budget.used == 0

@@ -24,7 +24,7 @@ from standardwebhooks.webhooks import Webhook as StandardWebhook
 
 from fakescope.db.models import ItemStatus, Job, JobItem, WebhookDelivery, utcnow
 from fakescope.service import jobs as svc
-from fakescope.service.sweeper import sweep
+from fakescope.service.sweeper import SweepReport, sweep
 from fakescope.service.tenants import create_api_key
 from fakescope.service.webhooks import (
     PENDING,
@@ -274,6 +274,18 @@ def test_the_attempt_budget_ends_in_the_last_outcome(service_env: ServiceEnv, re
         assert outcome is not None and outcome.retry_in is None and outcome.outcome.startswith("refused: ")
 
 
+def _sweep_webhooks(session: Session, sent: list[uuid.UUID]) -> SweepReport:
+    """A sweep with nothing to re-enqueue: only webhooks left pending are re-sent, into ``sent``."""
+    return sweep(
+        session,
+        enqueue_classify=lambda *_: 0,
+        enqueue_explain=lambda *_: 0,
+        deadline_s=3600,
+        enqueue_webhook=sent.append,
+        redeliver_after_s=300,
+    )
+
+
 def test_the_sweeper_resends_webhooks_left_pending(service_env: ServiceEnv) -> None:
     with service_env.session() as session:
         tenant, _ = create_api_key(session, tenant_name=f"hooks-{uuid.uuid4().hex[:6]}")
@@ -284,25 +296,11 @@ def test_the_sweeper_resends_webhooks_left_pending(service_env: ServiceEnv) -> N
         )
         session.commit()
         sent: list[uuid.UUID] = []
-        rep = sweep(
-            session,
-            enqueue_classify=lambda *_: 0,
-            enqueue_explain=lambda *_: 0,
-            deadline_s=3600,
-            enqueue_webhook=sent.append,
-            redeliver_after_s=300,
-        )
+        rep = _sweep_webhooks(session, sent)
         assert stuck.id in sent and fresh.id not in sent and rep.webhooks == len(sent)
         # Claimed: the next round leaves it alone until it is overdue again.
         again: list[uuid.UUID] = []
-        sweep(
-            session,
-            enqueue_classify=lambda *_: 0,
-            enqueue_explain=lambda *_: 0,
-            deadline_s=3600,
-            enqueue_webhook=again.append,
-            redeliver_after_s=300,
-        )
+        _sweep_webhooks(session, again)
         assert stuck.id not in again
 
 
@@ -320,14 +318,7 @@ def test_re_sends_are_logged_and_capped(service_env: ServiceEnv) -> None:
                 update(Job).where(col(Job.id) == stuck.id).values(callback_sent_at=utcnow() - timedelta(seconds=600))
             )
             session.commit()
-            sweep(
-                session,
-                enqueue_classify=lambda *_: 0,
-                enqueue_explain=lambda *_: 0,
-                deadline_s=3600,
-                enqueue_webhook=sent.append,
-                redeliver_after_s=300,
-            )
+            _sweep_webhooks(session, sent)
         assert sent.count(stuck.id) == MAX_RESENDS
         rows = session.exec(select(WebhookDelivery).where(WebhookDelivery.job_id == stuck.id)).all()
         assert [r.outcome for r in rows] == [RESENT] * MAX_RESENDS
