@@ -17,9 +17,10 @@ from sqlalchemy.exc import TimeoutError as PoolTimeout
 
 from api.deps import app_services
 from api.gate import KeyGate
-from api.limits import BodySizeLimit
+from api.limits import BodySizeLimit, SignedGetLimit, give_back_large_blocks
 from api.routes import detect, feedback, health, jobs, models, objects, operating_point, report, webhooks
 from fakescope.service.budget import UploadBusy
+from fakescope.service.overlays import OverlayBusy
 from fakescope.service.uploads import IdempotencyConflict
 from fakescope.settings import get_settings
 from fakescope.storage import StorageError
@@ -71,6 +72,13 @@ def _busy(request: Request, exc: Exception) -> Response:
     )
 
 
+def _drawing_busy(request: Request, exc: Exception) -> Response:
+    logging.getLogger("api").warning("%s %s: %s", request.method, request.url.path, exc)
+    return JSONResponse(
+        {"detail": "Too many overlays being drawn; retry shortly"}, status_code=503, headers={"Retry-After": "5"}
+    )
+
+
 def _unprocessable(request: Request, exc: Exception) -> Response:
     return JSONResponse({"detail": str(exc)}, status_code=422)
 
@@ -80,6 +88,8 @@ async def _lifespan(app: FastAPI) -> AsyncIterator[None]:
     # The process's clients, built once: the object store, the enqueuer, the rate limiter and the one
     # byte budget every upload request of this process shares (they run on the threadpool).
     app_services(app)
+    # Uploads and overlay draws hold large blocks on many threads: freed, they go back to the system.
+    give_back_large_blocks()
     yield
 
 
@@ -90,6 +100,9 @@ def create_app() -> FastAPI:
         version="0.1.0",
         description="Submit image batches, poll for status, read which images are AI-generated and why.",
     )
+    settings = get_settings()
+    # Innermost, inside the metrics: a job's signed GETs are counted per job and per process (api.limits).
+    app.add_middleware(SignedGetLimit, settings=settings)
     app.middleware("http")(_observe)
     for db_down in (DBOperationalError, DBInterfaceError, PoolTimeout):  # not integrity errors: those are bugs
         app.add_exception_handler(db_down, _unavailable("the database"))
@@ -97,6 +110,7 @@ def create_app() -> FastAPI:
     app.add_exception_handler(BrokerError, _unavailable("the queue broker"))
     app.add_exception_handler(IdempotencyConflict, _unprocessable)
     app.add_exception_handler(UploadBusy, _busy)
+    app.add_exception_handler(OverlayBusy, _drawing_busy)
     app.include_router(health.router)
     app.include_router(jobs.router, prefix="/v1")
     app.include_router(detect.router, prefix="/v1")
@@ -107,7 +121,6 @@ def create_app() -> FastAPI:
     app.include_router(objects.router)
     app.include_router(report.router)
     # An oversized body is refused as it arrives, an anonymous one before anything reads it.
-    settings = get_settings()
     # Inner: a key is checked, and its rate limit counted, before any body byte is received (api.gate).
     app.add_middleware(KeyGate)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes, json_max_bytes=settings.max_json_bytes)

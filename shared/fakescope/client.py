@@ -26,6 +26,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import random
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -66,6 +67,29 @@ def is_url(path: str | Path) -> bool:
 def _thresholds(fake: float | None, real: float | None) -> dict[str, float]:
     """The operating point's fields a request sends: only those given (none: the tenant's default)."""
     return {k: v for k, v in (("fake_threshold", fake), ("real_threshold", real)) if v is not None}
+
+
+# The longest one GET waits in all on 429s and 503s that say when to come back (Retry-After).
+RETRY_AFTER_MAX_S = 600.0
+
+
+def _get(http: httpx.Client, url: str, sleep: Callable[[float], None] = time.sleep, **kwargs: Any) -> httpx.Response:
+    """``http.get(url)``, asked again after the Retry-After of a 429 or 503 until it is answered or
+    :data:`RETRY_AFTER_MAX_S` were spent waiting; the last answer is returned either way.
+
+    A job's signed overlay and image URLs are limited per job and per API process (a bulk download of a
+    large job may meet either), and a key per minute: waiting as told is how a download completes.
+    """
+    waited = 0.0
+    while True:
+        r = http.get(url, **kwargs)
+        told = r.headers.get("Retry-After", "")
+        if r.status_code not in (429, 503) or not told.isdigit() or waited >= RETRY_AFTER_MAX_S:
+            return r
+        # A little jitter: the threads of one download, told the same second, do not all come back in it.
+        wait = min(float(told), RETRY_AFTER_MAX_S - waited) + random.uniform(0, 0.5)
+        sleep(wait)
+        waited += wait
 
 
 def _check(r: httpx.Response) -> httpx.Response:
@@ -259,7 +283,7 @@ class FakescopeClient:
 
     def operating_point(self) -> dict[str, Any]:
         """The tenant's default thresholds (``fake_threshold``, ``real_threshold``)."""
-        return _check(self._http.get("/v1/operating-point")).json()
+        return _check(_get(self._http, "/v1/operating-point")).json()
 
     def set_operating_point(self, fake_threshold: float, real_threshold: float | None = None) -> dict[str, Any]:
         """Sets the tenant's default for jobs and checks created from now on (those made earlier keep theirs)."""
@@ -267,7 +291,7 @@ class FakescopeClient:
         return _check(self._http.put("/v1/operating-point", json=body)).json()
 
     def status(self, job_id: str) -> dict[str, Any]:
-        return _check(self._http.get(f"/v1/jobs/{job_id}")).json()
+        return _check(_get(self._http, f"/v1/jobs/{job_id}")).json()
 
     def cancel(self, job_id: str) -> dict[str, Any]:
         return _check(self._http.delete(f"/v1/jobs/{job_id}")).json()
@@ -301,7 +325,7 @@ class FakescopeClient:
     def _pages(self, path: str, page_size: int = 1000) -> Iterator[dict[str, Any]]:
         offset = 0
         while True:
-            page = _check(self._http.get(path, params={"offset": offset, "limit": page_size})).json()
+            page = _check(_get(self._http, path, params={"offset": offset, "limit": page_size})).json()
             yield from page["data"]
             offset += len(page["data"])
             if not page["data"] or offset >= page["count"]:
@@ -327,7 +351,7 @@ class FakescopeClient:
         for f in self.feedback():
             folder = out / f["label"].upper()
             folder.mkdir(parents=True, exist_ok=True)
-            r = self._plain.get(f["image_url"]) if f.get("image_url") else None
+            r = _get(self._plain, f["image_url"]) if f.get("image_url") else None
             if r is None or r.status_code == 404:
                 counts["skipped"] += 1
                 continue
@@ -350,7 +374,7 @@ class FakescopeClient:
         return self._pages("/v1/models")
 
     def model(self, version: str) -> dict[str, Any]:
-        return _check(self._http.get(f"/v1/models/{version}")).json()
+        return _check(_get(self._http, f"/v1/models/{version}")).json()
 
     def promote_model(self, version: str) -> dict[str, Any]:
         return _check(self._http.post(f"/v1/models/{version}/promote")).json()
@@ -372,8 +396,8 @@ class FakescopeClient:
 
     def task_files(self, job_id: str) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
         """``(task1, task2)`` in the task's format."""
-        t1 = _check(self._http.get(f"/v1/jobs/{job_id}/task1.json")).json()
-        t2 = _check(self._http.get(f"/v1/jobs/{job_id}/task2.json")).json()
+        t1 = _check(_get(self._http, f"/v1/jobs/{job_id}/task1.json")).json()
+        t2 = _check(_get(self._http, f"/v1/jobs/{job_id}/task2.json")).json()
         return t1, t2
 
     def download(self, job_id: str, out_dir: str | Path, *, thumbnails: bool = True) -> Path:
@@ -416,7 +440,7 @@ class FakescopeClient:
 
         def get(url_path: tuple[str, Path]) -> None:
             url, path = url_path
-            data = _check(self._plain.get(url)).content
+            data = _check(_get(self._plain, url)).content
             if path.parent.name == "thumbs":
                 data = _thumbnail(data)
             path.write_bytes(data)

@@ -18,9 +18,26 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fakescope.imageio import DEFAULT_MAX_PIXELS, OVERLAY_MAX_SIDE, decode_image, to_rgb_array
+from fakescope.imageio import DEFAULT_MAX_PIXELS, OVERLAY_MAX_SIDE, decode_image, sniff_media_type, to_rgb_array
 
-__all__ = ["cam_from_grid", "colormap_jet", "display_image", "grid_record", "overlay_png", "render_overlay"]
+__all__ = [
+    "cam_from_grid",
+    "colormap_jet",
+    "display_image",
+    "draw_cost",
+    "grid_record",
+    "overlay_png",
+    "render_overlay",
+]
+
+# What drawing an overlay holds at its peak for each pixel it decodes, by media type: the peak resident
+# growth of render_overlay on 16-megapixel RGB and RGBA files, rounded up (tests/core/test_overlay_budget.py
+# measures each format against these). WebP decodes through libwebp's animation decoder (two canvases,
+# then Pillow's copy); an image with alpha is resized premultiplied, a second full-size copy.
+DRAW_BYTES_PER_PIXEL = {"image/webp": 17, "image/avif": 11, "image/heic": 11}
+DEFAULT_DRAW_BYTES_PER_PIXEL = 9
+# Pillow reads a JPEG holding a multi-picture (MPF) index as MPO, which decode_image does not reduce.
+_MPF = b"MPF\x00"
 
 
 def _source_index(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -87,6 +104,21 @@ def grid_record(grid: np.ndarray, input_size: Sequence[int]) -> dict[str, Any]:
     return {"grid": np.asarray(grid, dtype=np.float32).tolist(), "size": [int(input_size[0]), int(input_size[1])]}
 
 
+def draw_cost(data: bytes, width: int, height: int) -> int:
+    """The most memory, in bytes, that :func:`render_overlay` holds at once for ``data``, an image of
+    ``width`` x ``height`` pixels: known before anything is decoded, so a caller can budget it.
+
+    A JPEG is decoded at the DCT scale that still covers the overlay (what ``decode_image``'s
+    ``at_least`` does); every other format whole, at its own cost per pixel. The bytes themselves count.
+    """
+    per_pixel = DRAW_BYTES_PER_PIXEL.get(sniff_media_type(data), DEFAULT_DRAW_BYTES_PER_PIXEL)
+    if data.startswith(b"\xff\xd8") and _MPF not in data[: 128 * 1024]:
+        # Pillow's JpegImageFile.draft: the largest of 8, 4, 2, 1 that both sides still cover.
+        scale = next(s for s in (8, 4, 2, 1) if s <= max(1, min(width // OVERLAY_MAX_SIDE, height // OVERLAY_MAX_SIDE)))
+        width, height = -(-width // scale), -(-height // scale)
+    return len(data) + per_pixel * max(1, width) * max(1, height)
+
+
 def render_overlay(data: bytes, record: dict[str, Any], max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
     """The overlay PNG of an original (its bytes) and its result's :func:`grid_record`.
 
@@ -99,4 +131,7 @@ def render_overlay(data: bytes, record: dict[str, Any], max_pixels: int = DEFAUL
     # background a DCT scale away from the scan's.
     im = decode_image(data, max_pixels=max_pixels, at_least=(OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE))
     cam = cam_from_grid(np.asarray(record["grid"], dtype=np.float32), record["size"])
-    return overlay_png(display_image(im), cam)
+    # Shrunk in place (display_image's result, without its copy of the full-size decode, which would
+    # double what a draw holds: the pipeline goes on using its image, this is the last use of ours).
+    im.thumbnail((OVERLAY_MAX_SIDE, OVERLAY_MAX_SIDE))
+    return overlay_png(to_rgb_array(im), cam)

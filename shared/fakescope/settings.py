@@ -359,6 +359,24 @@ class Settings(BaseSettings):
         30.0, ge=0, description="how long an upload waits for others to free that memory before a 503"
     )
     rate_limit_per_minute: int = Field(3000, ge=0, description="requests per API key per minute (0: none)")
+    # Signed overlay and image URLs carry no key. Each job's are counted in a token bucket sized from
+    # the job: fetching every overlay and original of a job of any size fits, replaying them does not.
+    signed_gets_per_minute: int = Field(
+        600,
+        ge=0,
+        description="GETs of one job's signed overlay and image URLs a minute, at least (0: no limit)",
+    )
+    signed_gets_per_item_per_minute: float = Field(
+        6.0,
+        ge=0,
+        description="...and this many a minute per image of the job, when that is more (past both: 429)",
+    )
+    signed_gets_at_once: int = Field(
+        8, ge=1, description="signed overlay and image GETs one API process serves at once; the rest wait"
+    )
+    signed_gets_wait_s: float = Field(
+        10.0, ge=0, description="how long a signed GET waits for one of those before it gets 503 (Retry-After)"
+    )
     max_items_per_job: int = Field(100_000, description="images per job")
     detect_timeout_s: float = Field(
         10.0,
