@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Task
 
 from fakescope.service.explanation import explain_chunk
+from fakescope.settings import get_settings
 from fakescope.tasks import TaskName
 from workers import runtime
 
@@ -22,6 +23,7 @@ def explain(self: Task, job_id: str, item_ids: list[str]) -> int:
                 item_ids=item_ids,
                 enqueue_webhook=runtime.enqueuer().webhook,
                 on_started=runtime.hold_point(self.request.id, job_id, item_ids),
+                image_time_limit_s=get_settings().image_time_limit_s,
             )
 
     with runtime.observed(job_id, item_ids):

@@ -83,6 +83,14 @@ def _checkpoint(args: argparse.Namespace) -> str | None:
     return args.checkpoint or get_settings().checkpoint
 
 
+def _image_time_limit(args: argparse.Namespace) -> float | None:
+    """``--image-time-limit`` (0: none), else the setting (``FAKESCOPE_IMAGE_TIME_LIMIT_S``)."""
+    from fakescope.settings import get_settings
+
+    seconds = get_settings().image_time_limit_s if args.image_time_limit is None else args.image_time_limit
+    return seconds if seconds > 0 else None
+
+
 def _threshold_args(p: argparse.ArgumentParser, default: str) -> None:
     p.add_argument("--fake-threshold", type=float, help=f"fake at this probability and above (default: {default})")
     p.add_argument(
@@ -122,6 +130,7 @@ def _cmd_scan(args: argparse.Namespace) -> int:
         max_pixels=args.max_pixels,
         progress=not args.quiet,
         point=_point(args),
+        image_time_limit_s=_image_time_limit(args),
     )
     band = f"{summary.uncertain} uncertain, " if args.real_threshold is not None else ""
     print(
@@ -507,6 +516,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true", help="name the artifacts of each fake (task2.json)")
     p.add_argument("--explain-backend", help="evidence (default) or vlm")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="refuse larger images")
+    p.add_argument(
+        "--image-time-limit",
+        type=float,
+        metavar="SECONDS",
+        help="an image whose decoding takes longer gets an error and the scan goes on"
+        " (default: $FAKESCOPE_IMAGE_TIME_LIMIT_S or 10; 0: none)",
+    )
     _threshold_args(p, default="0.5")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_scan)

@@ -57,9 +57,12 @@ def run_scan(
     progress: bool = True,
     detector: Detector | RoutedDetector | None = None,
     point: OperatingPoint | None = None,
+    image_time_limit_s: float | None = None,
 ) -> ScanSummary:
     """Scans ``paths`` (files, folders, zip/tar archives) and writes the outputs into ``out_dir``;
-    verdicts at ``point`` (default: fake at 0.5, no uncertain band)."""
+    verdicts at ``point`` (default: fake at 0.5, no uncertain band). ``image_time_limit_s``: one
+    image's decoding and provenance reading is stopped past this, and that input gets an error while
+    the scan goes on (None: no limit; ``fakescope scan`` passes ``FAKESCOPE_IMAGE_TIME_LIMIT_S``)."""
     point = point or OperatingPoint()
     out = Path(out_dir)
     (out / "overlays").mkdir(parents=True, exist_ok=True)
@@ -93,7 +96,13 @@ def run_scan(
         pending.clear()
 
     results = classify_items(
-        detector, items, batch_size=batch_size, overlays=overlays, max_pixels=max_pixels, keep_arrays=True
+        detector,
+        items,
+        batch_size=batch_size,
+        overlays=overlays,
+        max_pixels=max_pixels,
+        keep_arrays=True,
+        image_time_limit_s=image_time_limit_s,
     )
     with open(out / "results.jsonl", "w") as jsonl:
         for i, r in enumerate(tqdm(results, total=len(items), desc="scan", unit="img", disable=not progress)):

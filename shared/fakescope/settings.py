@@ -299,8 +299,8 @@ class Settings(BaseSettings):
     image_time_limit_s: float = Field(
         10.0,
         gt=0,
-        description="one image's decoding and provenance reading in a classify chunk is stopped past this,"
-        " and that image fails alone",
+        description="one image's decoding and provenance reading in a classify or explain chunk (and in"
+        " fakescope scan) is stopped past this, and that image fails alone",
     )
     # A task that meets a transient error (object store or database unreachable) is retried this many
     # times, waiting task_retry_backoff_s, then twice that, and so on up to task_retry_backoff_max_s.

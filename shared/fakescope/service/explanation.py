@@ -38,10 +38,12 @@ def explain_chunk(
     item_ids: Sequence[str | uuid.UUID],
     enqueue_webhook: EnqueueWebhook | None = None,
     on_started: Callable[[], None] | None = None,
+    image_time_limit_s: float | None = None,
 ) -> int:
     """Explains the chunk's items still pending explanation; returns how many it wrote. A job this
     finishes hands its webhook to ``enqueue_webhook``. ``on_started``: called once the items in hand
-    are read, before any work (the tests' hold point)."""
+    are read, before any work (the tests' hold point). ``image_time_limit_s``: one image's decoding and
+    provenance reading is stopped past this, and that image's explanation fails alone (None: no limit)."""
     from fakescope.explain import ExplainInput, explain_with_evidence
 
     jid = uuid.UUID(str(job_id))
@@ -62,6 +64,7 @@ def explain_chunk(
             overlays=False,
             keep_arrays=True,
             model_seconds=MODEL_SECONDS.labels(pool()).observe,
+            image_time_limit_s=image_time_limit_s,
         )
     )
     good = [(it, r) for it, r in zip(items, results, strict=True) if r.error is None]
