@@ -32,13 +32,13 @@ def write_cifake(root: Path, n_per_label: int, fmt: str = "PNG") -> Path:
 
 
 @pytest.fixture
-def synth_cifake(tmp_path, monkeypatch) -> Path:
+def synth_cifake(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("FAKESCOPE_CACHE_DIR", str(tmp_path / "cache"))
     return write_cifake(tmp_path / "cifake", 40)
 
 
 @pytest.fixture
-def synth_tar(synth_cifake, tmp_path) -> Path:
+def synth_tar(synth_cifake: Path, tmp_path: Path) -> Path:
     path = tmp_path / "more.tar.gz"
     with tarfile.open(path, "w:gz") as tf:
         for f in sorted(synth_cifake.rglob("*.png"))[:20]:

@@ -2,6 +2,7 @@ import io
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from fakescope.overlay import cam_from_grid, render_overlay
 from fakescope.pipeline import classify_items
 
 
-def test_checkpoint_roundtrip_is_exact(tiny_checkpoint):
+def test_checkpoint_roundtrip_is_exact(tiny_checkpoint: Path) -> None:
     model, meta = load_checkpoint(tiny_checkpoint)
     saved = load_file(str(tiny_checkpoint / "model.safetensors"))
     for k, v in model.state_dict().items():
@@ -27,7 +28,7 @@ def test_checkpoint_roundtrip_is_exact(tiny_checkpoint):
     assert meta.model_version.startswith("freqnet_resnet_tiny@")
 
 
-def test_checkpoint_loads_strictly(tiny_checkpoint, tmp_path):
+def test_checkpoint_loads_strictly(tiny_checkpoint: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad"
     bad.mkdir()
     (bad / "config.json").write_text((tiny_checkpoint / "config.json").read_text())
@@ -38,7 +39,7 @@ def test_checkpoint_loads_strictly(tiny_checkpoint, tmp_path):
         load_checkpoint(bad)
 
 
-def test_checkpoint_errors_name_what_is_missing(tiny_checkpoint, tmp_path):
+def test_checkpoint_errors_name_what_is_missing(tiny_checkpoint: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"has no config\.json"):
         load_checkpoint(tmp_path)
     cfg = json.loads((tiny_checkpoint / "config.json").read_text())
@@ -49,7 +50,7 @@ def test_checkpoint_errors_name_what_is_missing(tiny_checkpoint, tmp_path):
         load_checkpoint(tmp_path)
 
 
-def test_gradcam_maps_are_normalised(tiny_checkpoint):
+def test_gradcam_maps_are_normalised(tiny_checkpoint: Path) -> None:
     det = Detector.load(tiny_checkpoint, device="cpu")
     batch = np.random.default_rng(0).integers(0, 256, size=(3, 32, 32, 3), dtype=np.uint8)
     probs, cams = det.predict_with_cam(batch)
@@ -60,7 +61,7 @@ def test_gradcam_maps_are_normalised(tiny_checkpoint):
     assert not det.model.stages[-1]._forward_hooks and not det.model.stages[-1]._backward_hooks
 
 
-def test_gradcam_follows_the_requested_class(tiny_checkpoint):
+def test_gradcam_follows_the_requested_class(tiny_checkpoint: Path) -> None:
     det = Detector.load(tiny_checkpoint, device="cpu")
     x = det.to_tensor(np.random.default_rng(1).integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8))
     cam = GradCAM(det.model, det.model.stages[-1])
@@ -69,7 +70,7 @@ def test_gradcam_follows_the_requested_class(tiny_checkpoint):
     assert not torch.allclose(real_map, fake_map)
 
 
-def test_colormap_and_overlay():
+def test_colormap_and_overlay() -> None:
     assert colormap_jet(np.array([0.0]))[0].tolist() == [0, 0, 128]
     assert colormap_jet(np.array([1.0]))[0].tolist() == [128, 0, 0]
     png = overlay_png(np.zeros((32, 32, 3), np.uint8), np.ones((4, 4)))
@@ -91,7 +92,7 @@ class _MergesAfterLastStage(FreqNetResNet):
 
 @pytest.mark.parametrize("variant", list_models())
 @pytest.mark.parametrize("tta", [False, True])
-def test_cams_from_the_head_equal_gradcam_with_hooks(variant, tta):
+def test_cams_from_the_head_equal_gradcam_with_hooks(variant: str, tta: bool) -> None:
     torch.manual_seed(0)
     model = create_model(variant).eval()
     meta = CheckpointMeta(
@@ -108,7 +109,7 @@ def test_cams_from_the_head_equal_gradcam_with_hooks(variant, tta):
     assert cams.max() == pytest.approx(1.0)
 
 
-def test_cams_fall_back_to_gradients_when_the_features_are_not_the_last_stage():
+def test_cams_fall_back_to_gradients_when_the_features_are_not_the_last_stage() -> None:
     model = _MergesAfterLastStage(create_model("freqnet_resnet_tiny").cfg).eval()
     meta = CheckpointMeta(variant="freqnet_resnet_tiny", arch=model.cfg, preprocess=Preprocess(input_size=(32, 32)))
     assert not Detector(model, meta, torch.device("cpu")).cam_from_head
@@ -123,7 +124,7 @@ def test_the_torch_free_map_from_a_grid_is_torchs_bilinear_resize(
     np.testing.assert_allclose(cam_from_grid(grid[0, 0].numpy(), size), expected, atol=2e-6)
 
 
-def test_an_overlay_drawn_from_a_stored_grid_is_the_scan_overlay(tiny_checkpoint) -> None:
+def test_an_overlay_drawn_from_a_stored_grid_is_the_scan_overlay(tiny_checkpoint: Path) -> None:
     det = Detector.load(tiny_checkpoint, device="cpu")
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(3).integers(0, 256, (45, 61, 3), dtype=np.uint8)).save(buf, format="PNG")
@@ -146,7 +147,7 @@ open(sys.argv[3], "wb").write(png)
 """
 
 
-def test_an_overlay_of_a_large_jpeg_is_drawn_from_a_reduced_decode(tiny_checkpoint, tmp_path) -> None:
+def test_an_overlay_of_a_large_jpeg_is_drawn_from_a_reduced_decode(tiny_checkpoint: Path, tmp_path: Path) -> None:
     # A 35-megapixel photo: about 100 MiB decoded whole, for an overlay 384 pixels across.
     ramp = np.linspace(0, 255, 7000, dtype=np.uint8)
     arr = np.empty((5000, 7000, 3), np.uint8)
@@ -178,7 +179,9 @@ def test_an_overlay_of_a_large_jpeg_is_drawn_from_a_reduced_decode(tiny_checkpoi
     assert np.abs(a - b).mean() < 2, np.abs(a - b).mean()
 
 
-def test_decoding_in_line_or_on_threads_gives_the_same_results_in_order(tiny_checkpoint, monkeypatch) -> None:
+def test_decoding_in_line_or_on_threads_gives_the_same_results_in_order(
+    tiny_checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     det = Detector.load(tiny_checkpoint, device="cpu")
     rng = np.random.default_rng(5)
     items = []

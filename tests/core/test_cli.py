@@ -6,14 +6,14 @@ from fakescope.cli import DELEGATED, main
 
 
 @pytest.mark.parametrize("name", sorted(DELEGATED))
-def test_delegated_subcommands_reach_their_module(name, capsys):
+def test_delegated_subcommands_reach_their_module(name: str, capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         main([name, "--help"])
     assert e.value.code == 0
     assert "usage:" in capsys.readouterr().out
 
 
-def test_unknown_subcommand_is_an_error(capsys):
+def test_unknown_subcommand_is_an_error(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as e:
         main(["nope"])
     assert e.value.code == 2

@@ -1,17 +1,19 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from fakescope.data import export_split, iter_labelled, label_of, load_labelled, make_split
 
 
-def test_label_of():
+def test_label_of() -> None:
     assert label_of("REAL/1.jpg") == 0
     assert label_of("x/FAKE/sub/1.jpg") == 1
     assert label_of("fake/real/1.jpg") == 0  # the nearest folder wins
     assert label_of("other/1.jpg") is None
 
 
-def test_folder_and_archive_sources(synth_cifake, synth_tar):
+def test_folder_and_archive_sources(synth_cifake: Path, synth_tar: Path) -> None:
     folder = list(iter_labelled(synth_cifake))
     assert len(folder) == 80 and {lab for _, lab, _ in folder} == {0, 1}
     data = load_labelled([synth_cifake, synth_tar])
@@ -22,7 +24,7 @@ def test_folder_and_archive_sources(synth_cifake, synth_tar):
     assert again.names == data.names
 
 
-def test_split_is_stratified_disjoint_and_order_free():
+def test_split_is_stratified_disjoint_and_order_free() -> None:
     names = [f"n{i:03d}" for i in range(100)]
     labels = np.array([0] * 60 + [1] * 40)
     s = make_split(names, labels, val_size=20, calib_size=10, seed=3)
@@ -37,12 +39,12 @@ def test_split_is_stratified_disjoint_and_order_free():
     assert make_split(names, labels, 20, 10, seed=4).fingerprint(names) != s.fingerprint(names)
 
 
-def test_split_too_large():
+def test_split_too_large() -> None:
     with pytest.raises(ValueError, match="must be below"):
         make_split(["a", "b"], np.array([0, 1]), val_size=1, calib_size=1, seed=0)
 
 
-def test_export_split_writes_original_bytes(synth_cifake, tmp_path):
+def test_export_split_writes_original_bytes(synth_cifake: Path, tmp_path: Path) -> None:
     n = export_split([synth_cifake], tmp_path / "val", split="val", val_size=10, calib_size=4, seed=0)
     files = sorted((tmp_path / "val").rglob("*.png"))
     assert n == len(files) == 10

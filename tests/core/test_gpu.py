@@ -6,6 +6,7 @@ Runs where CUDA is present (a GPU worker's host, the device machine) and is skip
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +27,7 @@ def _png(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def test_gpu_results_match_the_cpu(tiny_checkpoint) -> None:
+def test_gpu_results_match_the_cpu(tiny_checkpoint: Path) -> None:
     items = [InputItem(f"{i}.png", lambda i=i: _png(i)) for i in range(70)]
     cpu = list(classify_items(Detector.load(tiny_checkpoint, device="cpu"), items, batch_size=32, grids=True))
     gpu_det = Detector.load(tiny_checkpoint, device="cuda")

@@ -4,6 +4,7 @@ import json
 import struct
 import tarfile
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +19,7 @@ def _png(w=8, h=8, mode="RGB", color=(10, 200, 30)):
     return buf.getvalue()
 
 
-def test_decode_errors_are_clear():
+def test_decode_errors_are_clear() -> None:
     with pytest.raises(ImageError, match="empty file"):
         decode_image(b"")
     with pytest.raises(ImageError, match="not an image"):
@@ -29,7 +30,7 @@ def test_decode_errors_are_clear():
         decode_image(_png(20, 20), max_pixels=100)
 
 
-def test_rgba_composited_on_white_and_resized():
+def test_rgba_composited_on_white_and_resized() -> None:
     buf = io.BytesIO()
     Image.new("RGBA", (40, 20), (0, 0, 0, 0)).save(buf, format="PNG")
     arr = to_rgb_array(decode_image(buf.getvalue()), (32, 32))
@@ -37,7 +38,7 @@ def test_rgba_composited_on_white_and_resized():
     assert arr.min() == 255
 
 
-def test_iter_inputs_folders_and_archives(tmp_path):
+def test_iter_inputs_folders_and_archives(tmp_path: Path) -> None:
     (tmp_path / "sub").mkdir()
     (tmp_path / "a.png").write_bytes(_png())
     (tmp_path / "sub" / "b.png").write_bytes(_png())
@@ -58,7 +59,7 @@ def test_iter_inputs_folders_and_archives(tmp_path):
     assert all(decode_image(i.read()).size == (8, 8) for i in items if i is not items[1])
 
 
-def test_archive_member_limits(tmp_path):
+def test_archive_member_limits(tmp_path: Path) -> None:
     with zipfile.ZipFile(tmp_path / "bomb.zip", "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("big.bin", b"\0" * 200_000)
         zf.writestr("ok.png", _png())
@@ -71,7 +72,7 @@ def test_archive_member_limits(tmp_path):
         only.read()
 
 
-def test_missing_path_and_fake_archive(tmp_path):
+def test_missing_path_and_fake_archive(tmp_path: Path) -> None:
     (tmp_path / "fake.zip").write_text("not a zip")
     missing, fake = iter_inputs([tmp_path / "nope", tmp_path / "fake.zip"])
     with pytest.raises(ImageError, match="no such file"):
@@ -99,7 +100,7 @@ class _CountingFile(io.FileIO):
         return n
 
 
-def test_reversed_tar_is_read_once_in_archive_order(tmp_path, monkeypatch):
+def test_reversed_tar_is_read_once_in_archive_order(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # Members in reverse name order used to be sorted, then sought backwards in the gzip stream,
     # which re-decompresses from the start each time: quadratic. Now the stream is read forwards
     # once, so the bytes read from disk stay about the archive's size however the members are ordered.
@@ -118,7 +119,7 @@ def test_reversed_tar_is_read_once_in_archive_order(tmp_path, monkeypatch):
     assert all(decode_image(i.read()).size == (8, 8) for i in items)
 
 
-def test_tar_member_count_and_total_bytes_are_capped_as_read(tmp_path):
+def test_tar_member_count_and_total_bytes_are_capped_as_read(tmp_path: Path) -> None:
     path = _tar_gz(tmp_path / "many.tar.gz", [f"{i}.png" for i in range(5)])
     items = list(iter_inputs([path], max_members=3))
     assert [i.name for i in items] == ["many.tar.gz/0.png", "many.tar.gz/1.png", "many.tar.gz/2.png", "many.tar.gz"]
@@ -133,7 +134,7 @@ def test_tar_member_count_and_total_bytes_are_capped_as_read(tmp_path):
         capped[-1].read()
 
 
-def test_only_raster_formats_are_opened(tmp_path):
+def test_only_raster_formats_are_opened(tmp_path: Path) -> None:
     # EPS would be handed to Ghostscript; it is refused before any plugin parses it.
     eps = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\nnewpath 0 0 moveto 8 8 lineto stroke\nshowpage\n"
     with pytest.raises(ImageError, match=r"not an image in a supported format \(JPEG"):
@@ -158,7 +159,7 @@ def _heic(width: int = 80, height: int = 64, exif: bytes | None = None) -> bytes
     return buf.getvalue()
 
 
-def test_heic_decodes_within_the_limits_and_a_corrupt_one_fails_clearly():
+def test_heic_decodes_within_the_limits_and_a_corrupt_one_fails_clearly() -> None:
     from fakescope.imageio import sniff_media_type
 
     data = _heic()
@@ -171,7 +172,7 @@ def test_heic_decodes_within_the_limits_and_a_corrupt_one_fails_clearly():
         decode_image(data[: len(data) // 2])
 
 
-def test_heic_is_scanned_and_its_exif_read_as_provenance(tmp_path, tiny_checkpoint):
+def test_heic_is_scanned_and_its_exif_read_as_provenance(tmp_path: Path, tiny_checkpoint: Path) -> None:
     from fakescope.provenance import read_provenance
     from fakescope.scan import run_scan
 
@@ -191,7 +192,7 @@ def test_heic_is_scanned_and_its_exif_read_as_provenance(tmp_path, tiny_checkpoi
     assert rows["broken.heic"]["error"].startswith("corrupt or truncated image")
 
 
-def test_a_tar_long_name_header_is_not_read_into_memory(tmp_path):
+def test_a_tar_long_name_header_is_not_read_into_memory(tmp_path: Path) -> None:
     # A GNU long-name header declaring a 512 MiB name: tarfile would read it whole before anything
     # else looked at it. The header is refused as it is met.
     header = tarfile.TarInfo("././@LongLink")
@@ -206,7 +207,7 @@ def test_a_tar_long_name_header_is_not_read_into_memory(tmp_path):
         item.read()
 
 
-def test_skipped_tar_members_count_toward_the_archive_budget(tmp_path):
+def test_skipped_tar_members_count_toward_the_archive_budget(tmp_path: Path) -> None:
     # Oversized members are skipped, but reaching the next one means decompressing them: they count.
     path = tmp_path / "skips.tar.gz"
     with tarfile.open(path, "w:gz") as tf:
@@ -226,7 +227,7 @@ def test_skipped_tar_members_count_toward_the_archive_budget(tmp_path):
     assert path.stat().st_size * imageio.MAX_EXPANSION_RATIO + imageio.EXPANSION_FLOOR_BYTES < 8 * 1024**3
 
 
-def test_a_zip_declaring_too_many_members_is_refused_before_its_directory_is_parsed(tmp_path):
+def test_a_zip_declaring_too_many_members_is_refused_before_its_directory_is_parsed(tmp_path: Path) -> None:
     # Only an end-of-central-directory record declaring 60,000 entries: zipfile would parse (and hold)
     # a directory that large; the count is read from the record first.
     path = tmp_path / "many.zip"
@@ -240,7 +241,7 @@ def test_a_zip_declaring_too_many_members_is_refused_before_its_directory_is_par
     ("fmt", "pillow_format"),
     [("png", "PNG"), ("jpeg", "JPEG"), ("gif", "GIF"), ("bmp", "BMP"), ("tiff", "TIFF"), ("webp", "WEBP")],
 )
-def test_one_sniffer_names_the_container_for_decoding_and_provenance(fmt, pillow_format):
+def test_one_sniffer_names_the_container_for_decoding_and_provenance(fmt: str, pillow_format: str) -> None:
     from fakescope.imageio import MEDIA_TYPES, sniff_format, sniff_media_type
     from fakescope.provenance import read_provenance
 
@@ -252,7 +253,7 @@ def test_one_sniffer_names_the_container_for_decoding_and_provenance(fmt, pillow
     assert read_provenance(data).details["format"] == fmt
 
 
-def test_jpeg_xl_is_recognised_but_not_served_as_a_decodable_image():
+def test_jpeg_xl_is_recognised_but_not_served_as_a_decodable_image() -> None:
     from fakescope.imageio import sniff_format, sniff_media_type
 
     for data in (b"\xff\x0a" + bytes(30), b"\x00\x00\x00\x0cJXL \r\n\x87\n" + bytes(30)):

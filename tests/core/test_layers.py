@@ -6,7 +6,7 @@ import torch
 from fakescope.layers import WaveletAttention, WaveletDownsample, fft_highpass, haar_dwt
 
 
-def test_highpass_removes_smooth_image():
+def test_highpass_removes_smooth_image() -> None:
     h = w = 32
     yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     # Constant plus the lowest horizontal and vertical frequencies: all inside the zeroed block.
@@ -15,7 +15,7 @@ def test_highpass_removes_smooth_image():
     assert out.abs().max() < 1e-5
 
 
-def test_highpass_keeps_one_pixel_checkerboard():
+def test_highpass_keeps_one_pixel_checkerboard() -> None:
     h = w = 32
     yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
     checker = ((xx + yy) % 2).float() * 2 - 1  # +-1, the Nyquist frequency in both axes
@@ -23,7 +23,7 @@ def test_highpass_keeps_one_pixel_checkerboard():
     torch.testing.assert_close(out[0, 0], checker, atol=1e-5, rtol=0)
 
 
-def test_highpass_removes_low_negative_frequencies():
+def test_highpass_removes_low_negative_frequencies() -> None:
     # The published solution's uncentred L-shaped mask let e^{-i 2 pi x / w} through: a true
     # high-pass must not.
     w = 32
@@ -32,12 +32,12 @@ def test_highpass_removes_low_negative_frequencies():
     assert fft_highpass(wave[None, None], scale=4).abs().max() < 1e-5
 
 
-def test_highpass_rejects_bad_scale():
+def test_highpass_rejects_bad_scale() -> None:
     with pytest.raises(ValueError, match="scale must be > 2"):
         fft_highpass(torch.zeros(1, 1, 8, 8), scale=2)
 
 
-def test_haar_dwt_is_lossless_energy():
+def test_haar_dwt_is_lossless_energy() -> None:
     x = torch.randn(2, 3, 16, 16)
     bands = haar_dwt(x)
     assert all(b.shape == (2, 3, 8, 8) for b in bands)
@@ -45,7 +45,7 @@ def test_haar_dwt_is_lossless_energy():
     assert energy == pytest.approx(float((x**2).sum()), rel=1e-4)
 
 
-def test_wavelet_attention_halves_and_reweights():
+def test_wavelet_attention_halves_and_reweights() -> None:
     x = torch.randn(2, 4, 16, 16)
     out = WaveletAttention()(x)
     ll = haar_dwt(x)[0]
@@ -54,7 +54,7 @@ def test_wavelet_attention_halves_and_reweights():
     assert torch.all((out * ll) >= -1e-6)
 
 
-def test_wavelet_downsample_shapes_and_grad():
+def test_wavelet_downsample_shapes_and_grad() -> None:
     m = WaveletDownsample(4, 10)
     x = torch.randn(2, 4, 16, 16, requires_grad=True)
     y = m(x)
@@ -64,7 +64,7 @@ def test_wavelet_downsample_shapes_and_grad():
 
 
 @pytest.mark.parametrize("shape", [(2, 3, 32, 32), (1, 5, 8, 12)])
-def test_haar_dwt_equals_ptwt(shape):
+def test_haar_dwt_equals_ptwt(shape: tuple[int, ...]) -> None:
     # The strided-conv DWT must be ptwt's wavedec2 band for band, signs included.
     ptwt = pytest.importorskip("ptwt")
     x = torch.randn(*shape, dtype=torch.float64)
@@ -73,6 +73,6 @@ def test_haar_dwt_equals_ptwt(shape):
         torch.testing.assert_close(ours, ref, atol=1e-12, rtol=0)
 
 
-def test_haar_dwt_rejects_odd_sizes():
+def test_haar_dwt_rejects_odd_sizes() -> None:
     with pytest.raises(ValueError, match="even height and width"):
         haar_dwt(torch.zeros(1, 1, 7, 8))

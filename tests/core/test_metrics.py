@@ -4,7 +4,7 @@ import pytest
 from fakescope.metrics import binary_metrics, expected_calibration_error, roc_auc
 
 
-def test_roc_auc_known_values():
+def test_roc_auc_known_values() -> None:
     assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.8, 0.9])) == 1.0
     assert roc_auc(np.array([0, 0, 1, 1]), np.array([0.9, 0.8, 0.2, 0.1])) == 0.0
     # One inversion out of four pairs; ties count one half.
@@ -12,7 +12,7 @@ def test_roc_auc_known_values():
     assert roc_auc(np.array([0, 1]), np.array([0.5, 0.5])) == 0.5
 
 
-def test_binary_metrics_confusion_and_scores():
+def test_binary_metrics_confusion_and_scores() -> None:
     labels = np.array([0, 0, 0, 1, 1, 1])
     probs = np.array([0.1, 0.2, 0.7, 0.9, 0.8, 0.3])
     m = binary_metrics(labels, probs)
@@ -23,14 +23,14 @@ def test_binary_metrics_confusion_and_scores():
     assert m["f1"] == pytest.approx(2 / 3)
 
 
-def test_ece_zero_when_confidence_matches_accuracy():
+def test_ece_zero_when_confidence_matches_accuracy() -> None:
     labels = np.array([1] * 8 + [0] * 2)
     assert expected_calibration_error(labels, np.full(10, 0.8)) == pytest.approx(0.0)
     # Always 100% confident, right half the time: ECE is 0.5.
     assert expected_calibration_error(np.array([1, 0]), np.array([1.0, 1.0])) == pytest.approx(0.5)
 
 
-def test_domain_metrics_count_confident_wrong_answers_and_flags():
+def test_domain_metrics_count_confident_wrong_answers_and_flags() -> None:
     from fakescope.metrics import domain_metrics
 
     labels = np.array([0, 0, 1, 1, 1])

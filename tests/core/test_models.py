@@ -6,7 +6,7 @@ from fakescope.models.freqnet_resnet import FCL, HFRFS, checkpoint_filter_fn
 
 
 @pytest.mark.parametrize("name", list_models())
-def test_variant_forward_backward(name):
+def test_variant_forward_backward(name: str) -> None:
     torch.manual_seed(0)
     model = create_model(name)
     x = torch.randn(2, 3, 32, 32)
@@ -21,17 +21,17 @@ def test_variant_forward_backward(name):
     assert all(g is not None and torch.isfinite(g).all() for g in grads)
 
 
-def test_paper_size_parameter_count():
+def test_paper_size_parameter_count() -> None:
     n = sum(p.numel() for p in create_model("freqnet_resnet50").parameters())
     assert 23e6 < n < 36e6
 
 
-def test_compact_is_small():
+def test_compact_is_small() -> None:
     n = sum(p.numel() for p in create_model("freqnet_resnet_tiny").parameters())
     assert n < 2e6
 
 
-def test_stable_submodule_names():
+def test_stable_submodule_names() -> None:
     model = create_model("freqnet_resnet_tiny")
     names = dict(model.named_modules())
     for key in ("hfri", "stem", "freq.0", "stages.0", "stages.3", "head"):
@@ -41,23 +41,23 @@ def test_stable_submodule_names():
         assert isinstance(branch[-2], HFRFS) and isinstance(branch[-1], FCL)
 
 
-def test_any_input_size_works():
+def test_any_input_size_works() -> None:
     model = create_model("freqnet_resnet_tiny").eval()
     with torch.no_grad():
         assert model(torch.randn(1, 3, 64, 48)).shape == (1, 2)
 
 
-def test_unknown_variant():
+def test_unknown_variant() -> None:
     with pytest.raises(KeyError, match="unknown model 'nope'"):
         create_model("nope")
 
 
-def test_checkpoint_filter_strips_wrappers():
+def test_checkpoint_filter_strips_wrappers() -> None:
     sd = {"_orig_mod.head.weight": torch.zeros(1), "module.stem.0.weight": torch.ones(1)}
     assert set(checkpoint_filter_fn(sd)) == {"head.weight", "stem.0.weight"}
 
 
-def test_shipped_variant_surface():
+def test_shipped_variant_surface() -> None:
     model = create_model("freqnet_resnet_s").eval()
     names = dict(model.named_modules())
     for key in ("hfri", "stem", "freq.0", "freq.1", "freq_proj.0", "stages.0", "stages.2", "head"):
@@ -68,7 +68,7 @@ def test_shipped_variant_surface():
     assert feats.shape == (1, 128, 8, 8)
 
 
-def test_hfrfs_after_hfri_skips_the_second_filter_on_basic_variants_only():
+def test_hfrfs_after_hfri_skips_the_second_filter_on_basic_variants_only() -> None:
     # The bottleneck variants keep the paper's second high-pass, so their checkpoints load with the
     # outputs they were trained with; the basic-block variants feed HFRI's output to the conv.
     assert create_model("freqnet_resnet_s").freq[0][0].prefiltered
@@ -80,26 +80,26 @@ def test_hfrfs_after_hfri_skips_the_second_filter_on_basic_variants_only():
 
 
 @pytest.mark.parametrize("overrides", [{"freq_merges": 0}, {"wavelet": False}, {"freq_chs": 0}, {"layers": (2, 1, 1)}])
-def test_ablations_build_and_run(overrides):
+def test_ablations_build_and_run(overrides: dict[str, object]) -> None:
     model = create_model("freqnet_resnet_s", **overrides)
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 2)
     if overrides.get("freq_merges") == 0:
         assert len(model.freq) == 0
 
 
-def test_plain_anchor_is_the_published_size():
+def test_plain_anchor_is_the_published_size() -> None:
     n = sum(p.numel() for p in create_model("vgg3_anchor").parameters())
     assert 0.28e6 < n < 0.30e6
 
 
-def test_bad_block_configs():
+def test_bad_block_configs() -> None:
     with pytest.raises(ValueError, match="block must be one of"):
         create_model("freqnet_resnet_s", block="nope")
     with pytest.raises(ValueError, match="only built for basic blocks"):
         create_model("freqnet_resnet_tiny", wavelet=False)
 
 
-def test_default_variant_surface():
+def test_default_variant_surface() -> None:
     model = create_model("freqnet_vgg").eval()
     names = dict(model.named_modules())
     for key in ("hfri", "stem", "freq.0", "freq_proj.0", "stages.0", "stages.2", "head"):
@@ -176,7 +176,7 @@ def test_act_and_norm_layers_are_injected() -> None:
     assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 2)
 
 
-def test_one_class_builds_every_variant_and_keeps_its_old_name():
+def test_one_class_builds_every_variant_and_keeps_its_old_name() -> None:
     from fakescope.models import (
         DetectorNet,
         DetectorNetConfig,

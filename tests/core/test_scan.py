@@ -2,6 +2,7 @@ import io
 import json
 import struct
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,7 +28,7 @@ def _png_header_bomb(w: int, h: int) -> bytes:
 
 
 @pytest.fixture
-def mixed_folder(tmp_path):
+def mixed_folder(tmp_path: Path) -> Path:
     d = tmp_path / "in"
     d.mkdir()
     for i in range(6):
@@ -53,7 +54,9 @@ BAD = {
 }
 
 
-def test_scan_reports_each_bad_file_and_classifies_the_rest(mixed_folder, tiny_checkpoint, tmp_path):
+def test_scan_reports_each_bad_file_and_classifies_the_rest(
+    mixed_folder: Path, tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "out"
     summary = run_scan([mixed_folder], out, checkpoint=tiny_checkpoint, device="cpu", batch_size=4, progress=False)
     records = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
@@ -81,7 +84,7 @@ def test_scan_reports_each_bad_file_and_classifies_the_rest(mixed_folder, tiny_c
     assert "bomb.png" in html and "good_3.png" in html and 'value="fake"' in html
 
 
-def test_scan_numeric_stems_and_archives(tiny_checkpoint, tmp_path):
+def test_scan_numeric_stems_and_archives(tiny_checkpoint: Path, tmp_path: Path) -> None:
     import zipfile
 
     with zipfile.ZipFile(tmp_path / "batch.zip", "w") as zf:
@@ -96,7 +99,7 @@ def test_scan_numeric_stems_and_archives(tiny_checkpoint, tmp_path):
     assert [e["index"] for e in json.loads((out / "task1.json").read_text())] == [1, 2, 3]
 
 
-def test_scan_is_batch_invariant(tiny_checkpoint, tmp_path):
+def test_scan_is_batch_invariant(tiny_checkpoint: Path, tmp_path: Path) -> None:
     d = tmp_path / "in"
     d.mkdir()
     for i in range(5):
@@ -109,7 +112,7 @@ def test_scan_is_batch_invariant(tiny_checkpoint, tmp_path):
     np.testing.assert_allclose(probs[0], probs[1], rtol=1e-4, atol=1e-6)
 
 
-def test_scan_explain_names_taxonomy_artifacts_deterministically(tiny_checkpoint, tmp_path):
+def test_scan_explain_names_taxonomy_artifacts_deterministically(tiny_checkpoint: Path, tmp_path: Path) -> None:
     from safetensors.torch import load_file, save_file
 
     from fakescope.explain.taxonomy import BY_NAME
@@ -147,7 +150,7 @@ def test_scan_explain_names_taxonomy_artifacts_deterministically(tiny_checkpoint
     assert records["5.png"]["error"] == "empty file (0 bytes)"
 
 
-def test_scan_reports_the_domain_score_and_shows_out_of_domain(tiny_checkpoint, tmp_path):
+def test_scan_reports_the_domain_score_and_shows_out_of_domain(tiny_checkpoint: Path, tmp_path: Path) -> None:
     d = tmp_path / "in"
     d.mkdir()
     rng = np.random.default_rng(1)
@@ -175,7 +178,9 @@ def test_scan_reports_the_domain_score_and_shows_out_of_domain(tiny_checkpoint, 
     assert "out of domain (score" not in (tmp_path / "plain-out" / "report.html").read_text()
 
 
-def test_an_unexpected_decoder_error_fails_that_image_only(tiny_checkpoint, tmp_path, monkeypatch):
+def test_an_unexpected_decoder_error_fails_that_image_only(
+    tiny_checkpoint: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # A parser bug (here: an IndexError from inside the decoder) used to escape decode_item and
     # fail every image of its batch, or a worker's whole 128-image chunk.
     import fakescope.pipeline as pipeline
@@ -198,7 +203,7 @@ def test_an_unexpected_decoder_error_fails_that_image_only(tiny_checkpoint, tmp_
     assert [r["error"] for r in recs] == [None, None, None, "cannot decode image: IndexError: plugin bug"]
 
 
-def test_an_image_resampled_past_the_trained_range_is_out_of_domain(tiny_checkpoint, tmp_path):
+def test_an_image_resampled_past_the_trained_range_is_out_of_domain(tiny_checkpoint: Path, tmp_path: Path) -> None:
     # The checkpoint saw its input size only, with rescaling down to half: a 256x256 upload squeezed
     # into 32x32 is outside what was trained or measured, whatever its features look like.
     d = tmp_path / "in"

@@ -1,5 +1,6 @@
 import dataclasses
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ def _cfg(data, out, **kw):
     return TrainConfig(**{**base, **kw})
 
 
-def test_train_writes_a_complete_checkpoint(synth_cifake, tmp_path):
+def test_train_writes_a_complete_checkpoint(synth_cifake: Path, tmp_path: Path) -> None:
     out = train(_cfg(synth_cifake, tmp_path / "ck"))
     model, meta = load_checkpoint(out)
     assert not model.training
@@ -35,7 +36,7 @@ def test_train_writes_a_complete_checkpoint(synth_cifake, tmp_path):
     assert 0.05 <= meta.metrics["temperature"] <= 20
 
 
-def test_resume_continues_where_it_stopped(synth_cifake, tmp_path):
+def test_resume_continues_where_it_stopped(synth_cifake: Path, tmp_path: Path) -> None:
     full = train(_cfg(synth_cifake, tmp_path / "full"))
     part = train(_cfg(synth_cifake, tmp_path / "part", stop_after=1))
     assert len(json.loads((part / "config.json").read_text())["training"]["history"]) == 1
@@ -46,7 +47,7 @@ def test_resume_continues_where_it_stopped(synth_cifake, tmp_path):
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
 
 
-def test_proxy_run_scores_dev_never_val(synth_cifake, tmp_path):
+def test_proxy_run_scores_dev_never_val(synth_cifake: Path, tmp_path: Path) -> None:
     # The proxy protocol's runs: a seeded training subset and a dev split carved from the training
     # part; they report dev metrics and nothing measured on validation.
     out = train(_cfg(synth_cifake, tmp_path / "ck", epochs=1, max_train=30, dev_size=10))
@@ -56,7 +57,7 @@ def test_proxy_run_scores_dev_never_val(synth_cifake, tmp_path):
     assert all("val_acc" not in h and "calib_acc" in h for h in meta["training"]["history"])
 
 
-def test_translate_batch_shifts_with_reflection():
+def test_translate_batch_shifts_with_reflection() -> None:
     x = torch.arange(2 * 1 * 6 * 6, dtype=torch.float32).view(2, 1, 6, 6)
     gen = torch.Generator().manual_seed(0)
     out = train_mod.translate_batch(x, 2, gen)
@@ -69,7 +70,7 @@ def test_translate_batch_shifts_with_reflection():
     assert torch.equal(train_mod.translate_batch(x, 0, gen), x)
 
 
-def test_black_border_shift_fills_with_black():
+def test_black_border_shift_fills_with_black() -> None:
     x = torch.rand(3, 3, 8, 8) + 0.1  # nothing black to begin with
     gen = torch.Generator().manual_seed(1)
     out = train_mod.black_border_shift(x, 4, gen)
@@ -84,7 +85,7 @@ def test_black_border_shift_fills_with_black():
     assert shifted and all(bool((out[b] == 0).any()) for b in shifted)
 
 
-def test_init_seed_changes_the_weights_not_the_split(synth_cifake, tmp_path):
+def test_init_seed_changes_the_weights_not_the_split(synth_cifake: Path, tmp_path: Path) -> None:
     a = train(_cfg(synth_cifake, tmp_path / "a", epochs=1))
     b = train(_cfg(synth_cifake, tmp_path / "b", epochs=1, init_seed=7))
     ma, mb = load_checkpoint(a)[1], load_checkpoint(b)[1]
@@ -94,7 +95,7 @@ def test_init_seed_changes_the_weights_not_the_split(synth_cifake, tmp_path):
 
 
 @pytest.mark.parametrize("kind", ["rescale", "blur"])
-def test_degrade_keeps_shape_and_range_and_removes_detail(kind):
+def test_degrade_keeps_shape_and_range_and_removes_detail(kind: str) -> None:
     yy, xx = torch.meshgrid(torch.arange(32), torch.arange(32), indexing="ij")
     checker = ((xx + yy) % 2).float().expand(4, 3, 32, 32).clone()
     out = train_mod.degrade(checker, kind, torch.Generator().manual_seed(0))
@@ -105,7 +106,7 @@ def test_degrade_keeps_shape_and_range_and_removes_detail(kind):
         train_mod.degrade(checker, "nope", torch.Generator())
 
 
-def test_train_batch_applies_robust_share(synth_cifake):
+def test_train_batch_applies_robust_share(synth_cifake: Path) -> None:
     images = torch.randint(0, 256, (64, 32, 32, 3), dtype=torch.uint8)
     cfg = TrainConfig(data=["x"], out="y", robust_p=1.0, translate=0)
     mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
@@ -118,7 +119,7 @@ def test_train_batch_applies_robust_share(synth_cifake):
     assert x.is_contiguous(memory_format=torch.channels_last)
 
 
-def test_ema_is_what_gets_saved(synth_cifake, tmp_path):
+def test_ema_is_what_gets_saved(synth_cifake: Path, tmp_path: Path) -> None:
     with_ema = train(_cfg(synth_cifake, tmp_path / "ema", epochs=1))
     no_ema = train(_cfg(synth_cifake, tmp_path / "plain", epochs=1, ema_decay=0.0))
     state = torch.load(with_ema / "train_state.pt", weights_only=False)
@@ -131,7 +132,7 @@ def test_ema_is_what_gets_saved(synth_cifake, tmp_path):
     assert plain["ema"] is None
 
 
-def test_evaluate_split_and_robustness(synth_cifake, tmp_path):
+def test_evaluate_split_and_robustness(synth_cifake: Path, tmp_path: Path) -> None:
     ck = train(_cfg(synth_cifake, tmp_path / "ck"))
     det = Detector.load(ck, device="cpu")
     val = load_eval_data([synth_cifake], det, split="val")
@@ -166,7 +167,7 @@ def test_evaluate_split_and_robustness(synth_cifake, tmp_path):
         load_eval_data([other], det, split="val")
 
 
-def test_cli_train_and_evaluate(synth_cifake, tmp_path, capsys):
+def test_cli_train_and_evaluate(synth_cifake: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ck = tmp_path / "ck"
     args = ["--data", str(synth_cifake), "--val-size", "16", "--calib-size", "8"]
     assert main(["train", *args, "--out", str(ck), "--epochs", "1", "--batch-size", "16", "--threads", "1"]) == 0
@@ -176,7 +177,7 @@ def test_cli_train_and_evaluate(synth_cifake, tmp_path, capsys):
     assert json.loads(report.read_text())["metrics"]["clean"]["n"] == 80
 
 
-def test_recalibrate_with_flip_tta(synth_cifake, tmp_path):
+def test_recalibrate_with_flip_tta(synth_cifake: Path, tmp_path: Path) -> None:
     from fakescope.evaluate import recalibrate
 
     ck = train(_cfg(synth_cifake, tmp_path / "ck", epochs=1))
@@ -193,7 +194,7 @@ def test_recalibrate_with_flip_tta(synth_cifake, tmp_path):
     np.testing.assert_allclose(probs, det.predict(images), rtol=1e-5, atol=1e-6)
 
 
-def test_recalibrate_fits_the_domain_model(synth_cifake, tmp_path):
+def test_recalibrate_fits_the_domain_model(synth_cifake: Path, tmp_path: Path) -> None:
     from fakescope.evaluate import recalibrate
 
     ck = train(_cfg(synth_cifake, tmp_path / "ck", epochs=1))
@@ -222,12 +223,12 @@ def test_recalibrate_fits_the_domain_model(synth_cifake, tmp_path):
     assert det.model_version != version
 
 
-def test_held_out_matches_folder_names_and_source_paths():
+def test_held_out_matches_folder_names_and_source_paths() -> None:
     names = ["small/FAKE/began/a.png", "cifake/FAKE/1.jpg", "cifake/REAL/1.jpg", "full/FAKE/began2/x.jpg"]
     assert train_mod.held_out(names, ["began", "cifake/FAKE"]).tolist() == [True, True, False, False]
 
 
-def test_holdout_fold_never_trains_on_the_held_out_folder(tmp_path, monkeypatch):
+def test_holdout_fold_never_trains_on_the_held_out_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKESCOPE_CACHE_DIR", str(tmp_path / "cache"))
     write_cifake(tmp_path / "d" / "gen-a", 24)
     write_cifake(tmp_path / "d" / "gen-b", 12)
@@ -248,7 +249,7 @@ def test_holdout_fold_never_trains_on_the_held_out_folder(tmp_path, monkeypatch)
     assert meta["preprocess"]["input_size"] == [48, 48]
 
 
-def test_holdout_only_fold_scores_the_held_out_folders_alone(tmp_path, monkeypatch):
+def test_holdout_only_fold_scores_the_held_out_folders_alone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FAKESCOPE_CACHE_DIR", str(tmp_path / "cache"))
     write_cifake(tmp_path / "d" / "gen-a", 24)
     write_cifake(tmp_path / "d" / "gen-b", 12)
@@ -260,7 +261,7 @@ def test_holdout_only_fold_scores_the_held_out_folders_alone(tmp_path, monkeypat
         _cfg(tmp_path / "d", tmp_path / "x", holdout_only=True)
 
 
-def test_content_only_leaves_no_pixel_trace(synth_cifake):
+def test_content_only_leaves_no_pixel_trace(synth_cifake: Path) -> None:
     from fakescope.data import load_labelled
 
     data = load_labelled([synth_cifake])
@@ -270,7 +271,7 @@ def test_content_only_leaves_no_pixel_trace(synth_cifake):
     assert np.abs(np.diff(flat.astype(int), axis=2)).max() < np.abs(np.diff(data.images.astype(int), axis=2)).max()
 
 
-def test_scaled_crops_cut_and_shrink():
+def test_scaled_crops_cut_and_shrink() -> None:
     gen = torch.Generator().manual_seed(0)
     raw = torch.randint(0, 256, (4, 64, 64, 3), dtype=torch.uint8)
     assert train_mod.crop_batch(raw, 24, gen).shape == (4, 24, 24, 3)
@@ -284,7 +285,9 @@ def test_scaled_crops_cut_and_shrink():
         TrainConfig(data=["x"], out="y", scale_p=0.5)
 
 
-def test_tiles_are_windows_beside_the_crops_and_honour_the_holdout(tmp_path, monkeypatch):
+def test_tiles_are_windows_beside_the_crops_and_honour_the_holdout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # Thumbnails of other generators (CIFAKE, multigen/small) trained on as windows of a full-size
     # run: every batch gains tile_share of them, and a held-out folder is held out of them too.
     monkeypatch.setenv("FAKESCOPE_CACHE_DIR", str(tmp_path / "cache"))
