@@ -13,7 +13,7 @@ from PIL import Image
 from fakescope.imageio import ImageError, decode_image, iter_inputs, to_rgb_array
 
 
-def _png(w=8, h=8, mode="RGB", color=(10, 200, 30)):
+def _png(w: int = 8, h: int = 8, mode: str = "RGB", color: tuple[int, ...] = (10, 200, 30)) -> bytes:
     buf = io.BytesIO()
     Image.new(mode, (w, h), color).save(buf, format="PNG")
     return buf.getvalue()
@@ -81,7 +81,7 @@ def test_missing_path_and_fake_archive(tmp_path: Path) -> None:
         fake.read()
 
 
-def _tar_gz(path, names):
+def _tar_gz(path: Path, names: list[str]) -> Path:
     with tarfile.open(path, "w:gz") as tf:
         for i, name in enumerate(names):
             data = _png(color=(i % 256, 0, 0))

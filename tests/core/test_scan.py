@@ -173,8 +173,8 @@ def test_scan_reports_the_domain_score_and_shows_out_of_domain(tiny_checkpoint: 
 
     plain = make_tiny_checkpoint(tmp_path / "plain", domain=False)
     run_scan([d], tmp_path / "plain-out", checkpoint=plain, device="cpu", progress=False)
-    recs = [json.loads(line) for line in (tmp_path / "plain-out" / "results.jsonl").read_text().splitlines()]
-    assert all(r["domain_score"] is None and r["in_domain"] is None for r in recs)
+    plain_recs = [json.loads(line) for line in (tmp_path / "plain-out" / "results.jsonl").read_text().splitlines()]
+    assert all(r["domain_score"] is None and r["in_domain"] is None for r in plain_recs)
     assert "out of domain (score" not in (tmp_path / "plain-out" / "report.html").read_text()
 
 
@@ -187,7 +187,7 @@ def test_an_unexpected_decoder_error_fails_that_image_only(
 
     real = pipeline.decode_image
 
-    def flaky(data, max_pixels):
+    def flaky(data: bytes, max_pixels: int) -> Image.Image:
         if data.startswith(b"BOOM"):
             raise IndexError("plugin bug")
         return real(data, max_pixels=max_pixels)
@@ -220,8 +220,8 @@ def test_an_image_resampled_past_the_trained_range_is_out_of_domain(tiny_checkpo
 
 
 def test_a_file_that_declares_generation_is_fake_by_provenance_and_stripping_it_keeps_the_score(
-    tiny_checkpoint, tmp_path
-):
+    tiny_checkpoint: Path, tmp_path: Path
+) -> None:
     from PIL import PngImagePlugin
 
     src = tmp_path / "in"

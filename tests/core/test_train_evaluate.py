@@ -1,6 +1,7 @@
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -17,8 +18,10 @@ from fakescope.train import TrainConfig, train
 from tests.core.conftest import write_cifake
 
 
-def _cfg(data, out, **kw):
-    base = dict(data=[str(data)], out=str(out), epochs=2, batch_size=16, val_size=16, calib_size=8, threads=1)
+def _cfg(data: Path, out: Path, **kw: Any) -> TrainConfig:
+    base: dict[str, Any] = dict(
+        data=[str(data)], out=str(out), epochs=2, batch_size=16, val_size=16, calib_size=8, threads=1
+    )
     return TrainConfig(**{**base, **kw})
 
 
