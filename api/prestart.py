@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from sqlalchemy.exc import SQLAlchemyError
 
 from fakescope.db.engine import migrate, new_session, schema_is_ready
+from fakescope.polling import poll
 from fakescope.service.tenants import ensure_api_key
 from fakescope.settings import Settings, get_settings
 from fakescope.storage import get_store
@@ -33,14 +34,17 @@ def prestart(settings: Settings) -> None:
 
 def wait_for_schema(settings: Settings, every_s: float = 5.0, sleep: Callable[[float], None] = time.sleep) -> None:
     """Returns once the database's schema is the one this code needs; another process migrates it."""
-    while True:
+
+    def ready() -> bool | None:
         try:
             if schema_is_ready(settings.sqlalchemy_url):
-                return
+                return True
             logger.info("schema older than this version's; waiting for the migration Job")
         except SQLAlchemyError as e:
             logger.info("database not reachable yet (%s); waiting", type(e).__name__)
-        sleep(every_s)
+        return None
+
+    poll(ready, waits=[every_s], sleep=sleep)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -16,6 +16,7 @@ from sqlmodel import select
 
 from fakescope.db.engine import new_session
 from fakescope.db.models import ItemStatus, JobItem
+from fakescope.polling import poll
 
 __all__ = ["wait_for_item"]
 
@@ -34,15 +35,12 @@ def wait_for_item(
     """The job's first item once it is no longer queued (done, failed or cancelled); None when the
     deadline passes first. Each poll reads in a fresh session on the database at ``url``, so it sees
     the worker's commit."""
-    deadline = clock() + timeout_s
-    polls = 0
-    while True:
+
+    def answered() -> JobItem | None:
         with new_session(url) as session:
             item = session.exec(select(JobItem).where(JobItem.job_id == job_id, JobItem.position == 0)).first()
-            if item is not None and item.status not in (ItemStatus.QUEUED, ItemStatus.AWAITING_UPLOAD):
-                return item
-        left = deadline - clock()
-        if left <= 0:
-            return None
-        sleep(min(left, _POLL_S[min(polls, len(_POLL_S) - 1)]))
-        polls += 1
+        if item is not None and item.status not in (ItemStatus.QUEUED, ItemStatus.AWAITING_UPLOAD):
+            return item
+        return None
+
+    return poll(answered, waits=_POLL_S, timeout_s=timeout_s, clock=clock, sleep=sleep)
