@@ -35,6 +35,8 @@ from typing import Any
 
 import httpx
 
+from fakescope.polling import backoff, poll
+
 __all__ = ["ApiError", "FakescopeClient", "is_url", "load_config"]
 
 DEFAULT_CONFIG = Path("~/.config/fakescope/client.json")
@@ -309,18 +311,20 @@ class FakescopeClient:
         Raises:
             TimeoutError: ``timeout`` seconds passed first.
         """
-        deadline = None if timeout is None else time.monotonic() + timeout
-        interval = 0.25
-        while True:
+        state = ""
+
+        def finished() -> dict[str, Any] | None:
+            nonlocal state
             job = self.status(job_id)
             if progress:
                 progress(job)
-            if job["state"] in FINISHED:
-                return job
-            if deadline is not None and time.monotonic() > deadline:
-                raise TimeoutError(f"job {job_id} still {job['state']} after {timeout} s")
-            time.sleep(interval)
-            interval = min(max_interval, interval * 1.5)
+            state = job["state"]
+            return job if state in FINISHED else None
+
+        job = poll(finished, waits=backoff(0.25, 1.5, max_interval), timeout_s=timeout)
+        if job is None:
+            raise TimeoutError(f"job {job_id} still {state} after {timeout} s")
+        return job
 
     def _pages(self, path: str, page_size: int = 1000) -> Iterator[dict[str, Any]]:
         offset = 0
