@@ -6,6 +6,8 @@ import logging
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path as FilePath
 from typing import Annotated, Any
@@ -13,6 +15,7 @@ from urllib.parse import urlencode
 
 from fastapi import (
     APIRouter,
+    Depends,
     File,
     Form,
     Header,
@@ -364,24 +367,41 @@ Expires = Annotated[int, Query()]
 Signature = Annotated[str, Query(max_length=128)]
 
 
+@dataclass(frozen=True)
+class SignedItem:
+    """One job item named by a signed URL (no API key), its signature checked."""
+
+    job_id: uuid.UUID
+    position: int
+
+
+def _signed(resource: Callable[[uuid.UUID, int], str]) -> Any:
+    """The dependency of a route served by signed URL: 403 unless the query's ``expires`` and
+    ``signature`` sign ``resource`` of the path's item."""
+
+    def check(
+        job_id: uuid.UUID, position: ItemPosition, settings: SettingsDep, expires: Expires, signature: Signature
+    ) -> SignedItem:
+        _check_signed(settings, resource(job_id, position), expires, signature)
+        return SignedItem(job_id, position)
+
+    return Depends(check)
+
+
+SignedImage = Annotated[SignedItem, _signed(image_resource)]
+SignedOverlay = Annotated[SignedItem, _signed(overlay_resource)]
+
+
 @router.get(
     "/{job_id}/items/{position}/image",
     response_class=Response,
     responses={200: {"content": {"image/*": {}}}, 403: {}, 404: {}},
 )
-def item_image(
-    job_id: uuid.UUID,
-    position: ItemPosition,
-    session: SessionDep,
-    store: StoreDep,
-    settings: SettingsDep,
-    expires: Expires,
-    signature: Signature,
-) -> Response:
+def item_image(signed: SignedImage, session: SessionDep, store: StoreDep) -> Response:
     """One original image, by the signed URL its result carries (``image_url``): its bytes, read from
     the upload window's shard it is stored in."""
-    _check_signed(settings, image_resource(job_id, position), expires, signature)
-    item = session.exec(select(JobItem).where(JobItem.job_id == job_id, JobItem.position == position)).first()
+    where = (JobItem.job_id == signed.job_id, JobItem.position == signed.position)
+    item = session.exec(select(JobItem).where(*where)).first()
     if item is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=IMAGE_NOT_FOUND)
     try:
@@ -398,21 +418,12 @@ def item_image(
     response_class=Response,
     responses={200: {"content": {"image/png": {}}}, 403: {}, 404: {}},
 )
-def item_overlay(
-    job_id: uuid.UUID,
-    position: ItemPosition,
-    session: SessionDep,
-    store: StoreDep,
-    settings: SettingsDep,
-    expires: Expires,
-    signature: Signature,
-) -> Response:
+def item_overlay(signed: SignedOverlay, session: SessionDep, store: StoreDep) -> Response:
     """The GradCAM overlay PNG of one image, by the signed URL its result carries (``overlay_url``).
 
     Drawn from the original and its GradCAM grid the first time it is asked for, then stored.
     """
-    _check_signed(settings, overlay_resource(job_id, position), expires, signature)
-    png = item_overlay_png(session, store, job_id=job_id, position=position)
+    png = item_overlay_png(session, store, job_id=signed.job_id, position=signed.position)
     if png is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=OVERLAY_NOT_FOUND)
     return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
