@@ -39,6 +39,7 @@ from fakescope.imageio import DEFAULT_MAX_MEMBERS
 from fakescope.provenance import MAX_RECORD_CHARS
 from fakescope.service.tenants import create_api_key
 from tests.api.test_limits import second_api_proc
+from tests.utils.slow_http import trickle
 from tests.utils.stack import ServiceStack, png_bytes, process_env, wait_until
 
 MiB = 1024 * 1024
@@ -239,11 +240,7 @@ class _Trickler(BaseHTTPRequestHandler):
         _Trickler.connections.append(time.monotonic())
         self.send_response(200)
         self.end_headers()
-        with contextlib.suppress(OSError):
-            for _ in range(3000):
-                self.wfile.write(b"x")
-                self.wfile.flush()
-                time.sleep(0.2)
+        trickle(self.wfile)
 
     def log_message(self, *args: Any) -> None:
         pass

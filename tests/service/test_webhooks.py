@@ -42,6 +42,7 @@ from fakescope.service.webhooks import (
     verify_standard_signature,
 )
 from fakescope.settings import Settings
+from tests.utils.slow_http import trickle
 from tests.utils.stack import ServiceEnv
 
 
@@ -114,11 +115,7 @@ class _Receiver(BaseHTTPRequestHandler):
         self.send_response(200 if _Receiver.endless or _Receiver.trickle else code)
         if _Receiver.trickle:  # a byte every 0.2 s: each read is quick, the body never ends
             self.end_headers()
-            with contextlib.suppress(OSError):
-                for _ in range(3000):
-                    self.wfile.write(b"x")
-                    self.wfile.flush()
-                    time.sleep(0.2)
+            trickle(self.wfile)
             return
         if _Receiver.endless:
             self.send_header("Content-Type", "application/octet-stream")
