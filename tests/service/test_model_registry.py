@@ -21,10 +21,12 @@ import httpx
 import numpy as np
 import pytest
 from PIL import Image
+from sqlalchemy import update
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import col, select
 
 from fakescope.cli import main as cli_main
-from fakescope.db.models import ItemStatus, JobItem
+from fakescope.db.models import ItemStatus, JobItem, ModelVersion
 from fakescope.detector import Detector
 from fakescope.service import models as registry
 from fakescope.service.tenants import create_api_key
@@ -201,5 +203,56 @@ def test_fine_tune_resumes_after_a_kill_is_gated_and_promoted_while_a_job_runs(
     finally:
         # The registry is the session database's: leave the shipped checkpoint answering for later tests.
         with service_env.session() as session:
-            while registry.promoted(session) is not None:
+            for _ in range(3):
+                if registry.promoted(session) is not None:
+                    registry.rollback(session)
+
+
+def _row(name: str, compared_with: str, live_auc: float | None, cand_auc: float | None) -> ModelVersion:
+    sets = {"holdout": {"n": 10, "live": {"auc": live_auc}, "candidate": {"auc": cand_auc}}}
+    return ModelVersion(
+        version=name,
+        base_version=compared_with,
+        status="candidate",
+        source="/nowhere",
+        requested_by="test",
+        metrics={"compared_with": compared_with, "sets": sets},
+    )
+
+
+def test_the_registry_keeps_one_promoted_version_and_rolls_back_in_order(service_env: ServiceEnv) -> None:
+    token = secrets.token_hex(3)
+    a, b, c = (f"t{token}-{x}" for x in "abc")
+    with service_env.session() as session:
+        try:
+            session.add_all([_row(a, "shipped", 0.6, 0.9), _row(b, "shipped", 0.6, 0.9), _row(c, a, 0.9, 0.5)])
+            session.commit()
+            assert registry.promote(session, version=a, margin=0.02).status == "promoted"
+            # b was compared with the shipped model, but a answers now.
+            with pytest.raises(registry.ModelConflict, match=f"was compared with shipped, but {a} is live"):
+                registry.promote(session, version=b, margin=0.02)
+            with pytest.raises(registry.ModelConflict, match=r"holdout: AUC 0\.500 against the live model's 0\.900"):
+                registry.promote(session, version=c, margin=0.02)
+            # Within the margin it passes: 0.5 is 0.4 below 0.9.
+            assert registry.promote(session, version=c, margin=0.45).status == "promoted"
+            assert registry.get_version(session, version=a).status == "retired"
+            # A second promoted row is refused by the database itself, whatever the code does.
+            with pytest.raises(IntegrityError):
+                session.exec(update(ModelVersion).where(col(ModelVersion.version) == b).values(status="promoted"))
+            session.rollback()
+            back = registry.rollback(session)
+            assert back is not None and back.version == a
+            assert registry.get_version(session, version=c).status == "retired"
+            assert registry.rollback(session) is None  # the shipped checkpoint answers again
+            with pytest.raises(registry.ModelConflict, match="nothing is promoted"):
                 registry.rollback(session)
+        finally:
+            session.rollback()
+            for _ in range(3):  # bounded: a rollback that walks in circles must fail the test, not hang it
+                if registry.promoted(session) is not None:
+                    registry.rollback(session)
+            assert registry.promoted(session) is None
+    assert registry.gate_refusals({"sets": {"ref": {"live": {"auc": 0.7}, "candidate": {"auc": None}}}}, 0.02) == [
+        "ref: AUC undefined (one label only)"
+    ]
+    assert registry.gate_refusals({}, 0.02) == ["the candidate was never compared with the live model"]

@@ -193,20 +193,26 @@ def rollback(session: Session) -> ModelVersion | None:
         )
         .order_by(col(ModelVersion.promoted_at).desc())
     ).first()
-    _swap(session, live, before)
+    # The version rolled back to keeps its first promotion time: rolling back again walks further back,
+    # past it, instead of returning to the one just retired.
+    _swap(session, live, before, stamp=False)
     return before
 
 
-def _swap(session: Session, live: ModelVersion | None, new: ModelVersion | None) -> None:
+def _swap(session: Session, live: ModelVersion | None, new: ModelVersion | None, stamp: bool = True) -> None:
     """One transaction: the live version retires before the new one is promoted (the unique index
-    allows one promoted row at any moment)."""
+    allows one promoted row at any moment). ``stamp``: the new one's promotion time is now."""
     if live is not None:
         session.exec(update(ModelVersion).where(col(ModelVersion.id) == live.id).values(status=ModelStatus.RETIRED))
     if new is not None:
         session.exec(
             update(ModelVersion)
             .where(col(ModelVersion.id) == new.id)
-            .values(status=ModelStatus.PROMOTED, promoted_at=utcnow(), shadowing=False)
+            .values(
+                status=ModelStatus.PROMOTED,
+                shadowing=False,
+                **({"promoted_at": utcnow()} if stamp or new.promoted_at is None else {}),
+            )
         )
     session.commit()
     for row in (live, new):
