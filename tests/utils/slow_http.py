@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import time
-from typing import BinaryIO
 
 __all__ = ["trickle"]
 
 
-def trickle(wfile: BinaryIO, *, every_s: float = 0.2, most: int = 3000) -> None:
+def trickle(wfile: io.BufferedIOBase, *, every_s: float = 0.2, most: int = 3000) -> None:
     """Writes a response body one byte every ``every_s`` seconds, up to ``most`` bytes or until the
     client hangs up: each read is quick, the body never ends."""
     with contextlib.suppress(OSError):
