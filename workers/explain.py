@@ -7,7 +7,7 @@ from celery import Task
 from fakescope.service.explanation import explain_chunk
 from fakescope.settings import get_settings
 from fakescope.tasks import TaskName
-from workers import runtime
+from workers import models, runtime
 
 
 @runtime.chunk_task(TaskName.EXPLAIN, runtime.EXPLAIN)
@@ -17,7 +17,9 @@ def explain(self: Task, job_id: str, item_ids: list[str]) -> int:
             return explain_chunk(
                 session,
                 runtime.store(),
-                runtime.detector(),
+                # The promoted version, as the classify pool picks it up: after a promotion the
+                # evidence comes from the model that now answers, not the shipped one.
+                models.live_detector(),
                 runtime.explainer(),
                 job_id=job_id,
                 item_ids=item_ids,

@@ -58,7 +58,7 @@ def live_detector(clock: Callable[[], float] = time.monotonic) -> Detector | Rou
     _live.checked_at = now
     if version != _live.version or _live.detector is None:
         det = detector_of(version)
-        logger.info("classify worker now answers with %s (%s)", version, det.model_version)
+        logger.info("worker now answers with %s (%s)", version, det.model_version)
         _live.version, _live.detector = version, det
     return _live.detector
 
