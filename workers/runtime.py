@@ -26,8 +26,7 @@ from sqlmodel import Session
 
 from fakescope.db.engine import get_engine, new_session
 from fakescope.observability import IMAGES_PER_S, TASK_SECONDS, log_context, pool
-from fakescope.service.explanation import fail_explanations
-from fakescope.service.processing import fail_items
+from fakescope.service.jobs import Stage, fail_chunk
 from fakescope.settings import get_settings
 from fakescope.storage import ObjectStore, StorageError, get_store
 from fakescope.tasks import Enqueuer, TaskName
@@ -141,19 +140,20 @@ class Work:
     """What a pool does to a chunk, for the error policy: its name in reasons, and how it gives up
     on the chunk's items (classification fails them; explanation fails only their explanations)."""
 
-    what: str
-    fail: Callable[..., int]
+    stage: Stage
 
     def time_limit_reason(self) -> str:
-        return f"{self.what} exceeded the time limit of {get_settings().task_time_limit_s}s"
+        return f"{self.stage} exceeded the time limit of {get_settings().task_time_limit_s}s"
 
     def give_up(self, job_id: str, item_ids: list[str], reason: str) -> None:
         with session() as s:
-            self.fail(s, job_id=job_id, item_ids=item_ids, reason=reason, enqueue_webhook=enqueuer().webhook)
+            fail_chunk(
+                s, stage=self.stage, job_id=job_id, item_ids=item_ids, reason=reason, enqueue_webhook=enqueuer().webhook
+            )
 
 
-CLASSIFY = Work("classification", fail_items)
-EXPLAIN = Work("explanation", fail_explanations)
+CLASSIFY = Work(Stage.CLASSIFICATION)
+EXPLAIN = Work(Stage.EXPLANATION)
 
 
 class ChunkFailed(Exception):
@@ -187,7 +187,7 @@ def run_chunk(
                 countdown=retry_countdown(task.request.retries),
                 kwargs={"job_id": job_id, "item_ids": item_ids, **extra},
             ) from e
-        reason = f"{work.what} failed after {MAX_RETRIES} retries: {e}"
+        reason = f"{work.stage} failed after {MAX_RETRIES} retries: {e}"
     except SoftTimeLimitExceeded:
         # Raised wherever the body was, a query included: a fresh connection records the failure.
         reset_db()
@@ -196,7 +196,7 @@ def run_chunk(
     except Exception as e:
         # The chunk's items must not stay waiting forever: record why, then let Celery log the failure.
         reset_db()
-        work.give_up(job_id, item_ids, f"{work.what} failed: {type(e).__name__}: {e}")
+        work.give_up(job_id, item_ids, f"{work.stage} failed: {type(e).__name__}: {e}")
         raise
     work.give_up(job_id, item_ids, reason)
     raise ChunkFailed(reason)

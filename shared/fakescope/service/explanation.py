@@ -1,5 +1,6 @@
 """What the explain pool does with a chunk of items the classify pool found fake: artifacts and
-reasons, written in one statement per chunk; and giving up on a chunk's explanations (their verdicts stand).
+reasons, written in one statement per chunk (giving up on a chunk's explanations is
+:func:`fakescope.service.jobs.fail_chunk`).
 
 Safe to run twice on the same chunk: it only touches items still pending explanation.
 """
@@ -10,7 +11,6 @@ import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import update
 from sqlmodel import Session, col, select
 
 from fakescope.db.models import ExplainStatus, JobItem, utcnow
@@ -25,7 +25,7 @@ from fakescope.storage import ObjectStore
 if TYPE_CHECKING:
     from fakescope.detector import Detector, RoutedDetector
 
-__all__ = ["explain_chunk", "fail_explanations"]
+__all__ = ["explain_chunk"]
 
 
 def explain_chunk(
@@ -101,23 +101,3 @@ def explain_chunk(
             FAILURES.labels(pool(), failure_reason(r.error)).inc()
     finish(session, job_id=jid, enqueue_webhook=enqueue_webhook)
     return written
-
-
-def fail_explanations(
-    session: Session,
-    *,
-    job_id: str | uuid.UUID,
-    item_ids: Sequence[str | uuid.UUID],
-    reason: str,
-    enqueue_webhook: EnqueueWebhook | None = None,
-) -> int:
-    """Marks the chunk's explanations still pending failed with ``reason``; their verdicts stand."""
-    jid = uuid.UUID(str(job_id))
-    res = session.exec(
-        update(JobItem)
-        .where(col(JobItem.id).in_(uuids(item_ids)), col(JobItem.explain_status) == ExplainStatus.PENDING)
-        .values(explain_status=ExplainStatus.FAILED, explain_error=reason, explained_at=utcnow())
-    )
-    session.commit()
-    finish(session, job_id=jid, enqueue_webhook=enqueue_webhook)
-    return res.rowcount

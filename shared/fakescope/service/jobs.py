@@ -12,6 +12,7 @@ import logging
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import overload
 
 from sqlalchemy import case, delete, func, or_, update
@@ -32,12 +33,14 @@ from fakescope.db.models import (
 )
 from fakescope.result import Verdict
 from fakescope.service import EnqueueWebhook, outbox
-from fakescope.service.rows import batched
+from fakescope.service.rows import batched, uuids
 from fakescope.storage import ObjectStore
 
 __all__ = [
     "JobStateError",
+    "Stage",
     "cancel_job",
+    "fail_chunk",
     "finalize_if_done",
     "finish",
     "get_job",
@@ -282,6 +285,37 @@ def finish(session: Session, *, job_id: uuid.UUID, enqueue_webhook: EnqueueWebho
     if job is not None:
         outbox.announce(enqueue_webhook, job)
     return job
+
+
+class Stage(StrEnum):
+    """What a worker pool does to an item; the value names it in failure reasons."""
+
+    CLASSIFICATION = "classification"
+    EXPLANATION = "explanation"
+
+
+def fail_chunk(
+    session: Session,
+    *,
+    stage: Stage,
+    job_id: str | uuid.UUID,
+    item_ids: Sequence[str | uuid.UUID],
+    reason: str,
+    enqueue_webhook: EnqueueWebhook | None = None,
+) -> int:
+    """Marks the chunk's items still waiting for ``stage`` failed with ``reason`` (a task gave up on
+    them), then finalizes the job; returns how many it marked. Classification fails the items;
+    explanation fails only their explanations, and their verdicts stand."""
+    if stage is Stage.CLASSIFICATION:
+        waiting = col(JobItem.status) == ItemStatus.QUEUED
+        values = {"status": ItemStatus.FAILED, "error": reason, "finished_at": utcnow()}
+    else:
+        waiting = col(JobItem.explain_status) == ExplainStatus.PENDING
+        values = {"explain_status": ExplainStatus.FAILED, "explain_error": reason, "explained_at": utcnow()}
+    res = session.exec(update(JobItem).where(col(JobItem.id).in_(uuids(item_ids)), waiting).values(values))
+    session.commit()
+    finish(session, job_id=uuid.UUID(str(job_id)), enqueue_webhook=enqueue_webhook)
+    return res.rowcount
 
 
 def purge_expired(session: Session, store: ObjectStore, *, older_than_s: float, limit: int = 100) -> tuple[int, int]:

@@ -37,7 +37,6 @@ if TYPE_CHECKING:
 __all__ = [
     "cached_results",
     "classify_chunk",
-    "fail_items",
     "release_items",
 ]
 
@@ -306,25 +305,4 @@ def release_items(session: Session, *, item_ids: Sequence[str | uuid.UUID]) -> i
         .values(attempts=col(JobItem.attempts) - 1)
     )
     session.commit()
-    return res.rowcount
-
-
-def fail_items(
-    session: Session,
-    *,
-    job_id: str | uuid.UUID,
-    item_ids: Sequence[str | uuid.UUID],
-    reason: str,
-    enqueue_webhook: EnqueueWebhook | None = None,
-) -> int:
-    """Marks the chunk's items still queued for classification failed with ``reason`` (a task gave up
-    on them), then finalizes the job."""
-    jid = uuid.UUID(str(job_id))
-    res = session.exec(
-        update(JobItem)
-        .where(col(JobItem.id).in_(uuids(item_ids)), col(JobItem.status) == ItemStatus.QUEUED)
-        .values(status=ItemStatus.FAILED, error=reason, finished_at=utcnow())
-    )
-    session.commit()
-    finish(session, job_id=jid, enqueue_webhook=enqueue_webhook)
     return res.rowcount
