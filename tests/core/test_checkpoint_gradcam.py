@@ -1,8 +1,11 @@
+import functools
 import io
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -15,9 +18,9 @@ from fakescope.detector import Detector
 from fakescope.gradcam import GradCAM, _normalised, colormap_jet, overlay_png
 from fakescope.imageio import InputItem
 from fakescope.models import create_model, list_models
-from fakescope.models.freqnet_resnet import FreqNetResNet
+from fakescope.models.freqnet_resnet import DetectorNet, FreqNetResNet
 from fakescope.overlay import cam_from_grid, render_overlay
-from fakescope.pipeline import classify_items
+from fakescope.pipeline import DecodedImage, classify_items
 
 
 def test_checkpoint_roundtrip_is_exact(tiny_checkpoint: Path) -> None:
@@ -58,12 +61,15 @@ def test_gradcam_maps_are_normalised(tiny_checkpoint: Path) -> None:
     assert cams.min() >= 0.0 and cams.max() <= 1.0
     np.testing.assert_allclose(probs, det.predict(batch), rtol=1e-5, atol=1e-6)
     # Hooks are removed after each call.
-    assert not det.model.stages[-1]._forward_hooks and not det.model.stages[-1]._backward_hooks
+    assert isinstance(det.model, DetectorNet)
+    last = det.model.stages[-1]
+    assert not last._forward_hooks and not last._backward_hooks
 
 
 def test_gradcam_follows_the_requested_class(tiny_checkpoint: Path) -> None:
     det = Detector.load(tiny_checkpoint, device="cpu")
     x = det.to_tensor(np.random.default_rng(1).integers(0, 256, size=(2, 32, 32, 3), dtype=np.uint8))
+    assert isinstance(det.model, DetectorNet)
     cam = GradCAM(det.model, det.model.stages[-1])
     _, real_map = cam(x, 0)
     _, fake_map = cam(x, 1)
@@ -189,7 +195,7 @@ def test_decoding_in_line_or_on_threads_gives_the_same_results_in_order(
         buf = io.BytesIO()
         Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(buf, format="PNG")
         data = buf.getvalue() if i != 4 else b"not an image"
-        items.append(InputItem(f"{i}.png", lambda data=data: data))
+        items.append(InputItem(f"{i}.png", functools.partial(bytes, data)))
     runs = {
         threads: list(classify_items(det, items, batch_size=4, grids=True, decode_threads=threads))
         for threads in (0, 2)
@@ -217,13 +223,13 @@ def test_decoding_in_line_or_on_threads_gives_the_same_results_in_order(
         )
 
 
-def _recording_threads(seen: set[str]):
+def _recording_threads(seen: set[str]) -> Callable[..., DecodedImage]:
     """decode_item, noting the name of each thread it runs on in ``seen``."""
     import threading
 
     from fakescope.pipeline import decode_item
 
-    def decode(*args, **kwargs):
+    def decode(*args: Any, **kwargs: Any) -> DecodedImage:
         seen.add(threading.current_thread().name)
         return decode_item(*args, **kwargs)
 

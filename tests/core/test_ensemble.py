@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -12,18 +13,19 @@ import torch
 from fakescope.checkpoint import CheckpointMeta, Preprocess, combine_checkpoints, load_checkpoint, save_checkpoint
 from fakescope.detector import Detector
 from fakescope.gradcam import GradCAM
-from fakescope.models import FreqNetEnsemble, create_model
+from fakescope.models import EnsembleConfig, FreqNetEnsemble, create_model
 
 SPLIT = {"seed": 0, "train": 10, "val": 4, "calib": 2, "val_fingerprint": "abc"}
 PRE = Preprocess(input_size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 
 
-def _member(directory: Path, variant: str, seed: int, split: dict | None = None, **overrides) -> Path:
+def _member(directory: Path, variant: str, seed: int, split: dict[str, Any] | None = None, **overrides: Any) -> Path:
     torch.manual_seed(seed)
     model = create_model(variant, **overrides).eval()
     # Non-trivial BN statistics and heads, so a wrong copy would show.
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
+            assert m.running_mean is not None and m.running_var is not None
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 1.5)
     meta = CheckpointMeta(
@@ -53,7 +55,7 @@ def test_logits_are_the_weighted_mean_of_the_members(members: list[Path], tmp_pa
     ens, meta = load_checkpoint(out)
     assert isinstance(ens, FreqNetEnsemble)
     assert meta.variant == "freqnet_vgg+vgg3_anchor"
-    assert meta.arch.weights == (0.75, 0.25)
+    assert isinstance(meta.arch, EnsembleConfig) and meta.arch.weights == (0.75, 0.25)
     assert meta.temperature == 1.0 and meta.training["split"] == SPLIT
     assert [m["model_version"] for m in meta.training["members"]] == [
         load_checkpoint(p)[1].model_version for p in members

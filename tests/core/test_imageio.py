@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 import gzip
 import io
 import json
@@ -5,12 +7,16 @@ import struct
 import tarfile
 import zipfile
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from fakescope.imageio import ImageError, decode_image, iter_inputs, to_rgb_array
+
+if TYPE_CHECKING:
+    from _typeshed import WriteableBuffer
 
 
 def _png(w: int = 8, h: int = 8, mode: str = "RGB", color: tuple[int, ...] = (10, 200, 30)) -> bytes:
@@ -94,7 +100,7 @@ def _tar_gz(path: Path, names: list[str]) -> Path:
 class _CountingFile(io.FileIO):
     read_bytes = 0
 
-    def readinto(self, b):
+    def readinto(self, b: WriteableBuffer) -> int | None:
         n = super().readinto(b)
         _CountingFile.read_bytes += n or 0
         return n
@@ -108,8 +114,9 @@ def test_reversed_tar_is_read_once_in_archive_order(tmp_path: Path, monkeypatch:
     path = _tar_gz(tmp_path / "rev.tar.gz", names)
     real_open = tarfile.open
 
-    def counting_open(name=None, mode="r", fileobj=None, **kw):
-        return real_open(fileobj=_CountingFile(name), mode=mode, **kw)
+    # The call iter_inputs makes: a stream read of the file at ``name``.
+    def counting_open(name: Path, mode: Literal["r|*"], *, tarinfo: type[tarfile.TarInfo]) -> tarfile.TarFile:
+        return real_open(fileobj=_CountingFile(name), mode=mode, tarinfo=tarinfo)
 
     monkeypatch.setattr(tarfile, "open", counting_open)
     _CountingFile.read_bytes = 0

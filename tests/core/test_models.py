@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from fakescope.models import create_model, list_models
-from fakescope.models.freqnet_resnet import FCL, HFRFS, checkpoint_filter_fn
+from fakescope.models.freqnet_resnet import FCL, HFRFS, DetectorNet, checkpoint_filter_fn
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -38,6 +38,7 @@ def test_stable_submodule_names() -> None:
         assert key in names
     # Every merge of the frequency branch ends in HFRFS then FCL, after any DWT downsampling.
     for branch in model.freq:
+        assert isinstance(branch, torch.nn.Sequential)
         assert isinstance(branch[-2], HFRFS) and isinstance(branch[-1], FCL)
 
 
@@ -71,12 +72,18 @@ def test_shipped_variant_surface() -> None:
 def test_hfrfs_after_hfri_skips_the_second_filter_on_basic_variants_only() -> None:
     # The bottleneck variants keep the paper's second high-pass, so their checkpoints load with the
     # outputs they were trained with; the basic-block variants feed HFRI's output to the conv.
-    assert create_model("freqnet_resnet_s").freq[0][0].prefiltered
-    assert not create_model("freqnet_resnet_tiny").freq[0][0].prefiltered
-    assert not any(b[0].prefiltered for b in list(create_model("freqnet_resnet_s").freq)[1:])
+    assert _first_hfrfs(create_model("freqnet_resnet_s").freq[0]).prefiltered
+    assert not _first_hfrfs(create_model("freqnet_resnet_tiny").freq[0]).prefiltered
+    assert not any(_first_hfrfs(b).prefiltered for b in list(create_model("freqnet_resnet_s").freq)[1:])
     h = HFRFS(3, 4, kernel_size=1, prefiltered=True).eval()
     x = torch.randn(1, 3, 8, 8)
     torch.testing.assert_close(h(x), h.act(h.conv(x)))
+
+
+def _first_hfrfs(branch: torch.nn.Module) -> HFRFS:
+    """The HFRFS a frequency branch opens with (a ``ModuleList`` holds its branches as plain modules)."""
+    assert isinstance(branch, torch.nn.Sequential) and isinstance(branch[0], HFRFS)
+    return branch[0]
 
 
 @pytest.mark.parametrize("overrides", [{"freq_merges": 0}, {"wavelet": False}, {"freq_chs": 0}, {"layers": (2, 1, 1)}])
@@ -137,7 +144,7 @@ def test_timm_surface_feature_info_matches_the_stages(variant: str) -> None:
         assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 5)
 
 
-def _returns_cam_target_output(model: torch.nn.Module) -> bool:
+def _returns_cam_target_output(model: DetectorNet) -> bool:
     seen: list[torch.Tensor] = []
     hook = model.cam_target.register_forward_hook(lambda _m, _i, out: seen.append(out))
     try:

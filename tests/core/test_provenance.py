@@ -36,6 +36,7 @@ from fakescope.provenance import (
     provenance_summary,
     read_provenance,
 )
+from fakescope.provenance.exif import ExifFindings
 
 A1111_PARAMETERS = "a cat, Steps: 20, Sampler: Euler a, CFG scale: 7, Seed: 1, Model: sd-v1-5"
 TRAINED = "http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"
@@ -230,7 +231,12 @@ def test_camera_jpeg_declares_nothing() -> None:
 def test_pillow_reads_a_jpegs_exif_only_where_there_may_be_some(monkeypatch: pytest.MonkeyPatch) -> None:
     opened: list[bytes] = []
     real = provenance.read_exif
-    monkeypatch.setattr(provenance, "read_exif", lambda data, *rest: opened.append(data) or real(data, *rest))
+
+    def recording(data: bytes, *rest: Any) -> ExifFindings:
+        opened.append(data)
+        return real(data, *rest)
+
+    monkeypatch.setattr(provenance, "read_exif", recording)
     buf = io.BytesIO()
     _image().save(buf, "JPEG")  # no EXIF segment
     plain = buf.getvalue()
@@ -572,7 +578,7 @@ def signing() -> dict[str, Any]:
 
 
 def _sign(signing: dict[str, Any], source_type: str, fmt: str = "png") -> bytes:
-    import c2pa
+    import c2pa  # type: ignore[import-untyped]  # c2pa-python ships no stubs
 
     manifest = {
         "claim_generator_info": [{"name": "fakescope-test", "version": "1.0"}],
@@ -619,6 +625,7 @@ def test_an_unparsable_trust_list_is_reported_and_ignored(signing: dict[str, Any
 
     assert read_good.c2pa.valid is True
     assert read_good.c2pa.trusted is None
+    assert read_good.c2pa.reason is not None
     assert read_good.c2pa.reason.startswith(f"{provenance.TRUST_LIST_UNUSABLE}: ")
     assert not read_good.tampered and read_good.declares_ai
     assert read_bad.tampered  # a broken configuration does not hide tampering

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -69,7 +70,7 @@ def test_calls_that_end_near_their_limit_leave_nothing_behind() -> None:
 def test_a_slow_image_fails_alone_and_its_batch_is_answered(tiny_checkpoint: Path) -> None:
     detector = Detector.load(tiny_checkpoint, device="cpu")
     big = _big_png()
-    small = [InputItem(f"{i}.png", lambda s=s: png_bytes(s)) for i, s in enumerate(range(71_000, 71_006))]
+    small = [InputItem(f"{i}.png", functools.partial(png_bytes, s)) for i, s in enumerate(range(71_000, 71_006))]
     items = [*small[:3], InputItem("big.png", lambda: big), *small[3:]]
     for threads in (0, 2):
         t0 = time.monotonic()
