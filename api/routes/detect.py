@@ -55,9 +55,10 @@ def detect(
     """
     if (file is None) == (url is None):
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, detail=FILE_OR_URL)
-    point = resolve_point(session, tenant, fake_threshold, real_threshold)
+    asked = JobRequest(
+        tenant_id=tenant, overlays=overlays, point=resolve_point(session, tenant, fake_threshold, real_threshold)
+    )
     if url is not None:
-        asked = JobRequest(tenant_id=tenant, overlays=overlays, point=point)
         job, _ = urls.create_url_job(session, services.enqueuer.detect, asked, urls=[url])
     else:
         assert file is not None
@@ -69,12 +70,10 @@ def detect(
                 session,
                 services.store,
                 services.enqueuer.detect,
-                tenant_id=tenant,
+                asked,
                 inputs=inputs,
-                overlays=overlays,
                 max_items=1,
                 budget=services.upload_budget,
-                point=point,
             )
     item = wait_for_item(settings.sqlalchemy_url, job_id=job.id, timeout_s=settings.detect_timeout_s)
     if item is None or item.status == ItemStatus.CANCELLED:

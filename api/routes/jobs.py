@@ -179,16 +179,11 @@ def create_job(
             session,
             services.store,
             services.enqueuer.classify,
-            tenant_id=tenant,
+            asked,
             inputs=inputs,
-            explain=asked.explain,
-            overlays=asked.overlays,
-            callback_url=asked.callback_url,
-            idempotency_key=idempotency_key,
             max_items=settings.max_items_per_job,
             fingerprint=asked.fingerprint("jobs", files=[(f.filename, f.size) for f in files]),
             budget=services.upload_budget,
-            point=asked.point,
             enqueue_webhook=services.enqueuer.webhook,
         )
     url = _status_url(request, job.id)

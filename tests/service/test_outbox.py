@@ -64,9 +64,8 @@ def test_an_upload_with_no_images_fails_with_its_webhook_in_the_outbox(service_e
             session,
             service_env.store,
             lambda *_: 0,
-            tenant_id=_tenant(session),
+            uploads.JobRequest(tenant_id=_tenant(session), callback_url=CALLBACK),
             inputs=[],
-            callback_url=CALLBACK,
             enqueue_webhook=sent.append,
         )
         assert created and (job.state, job.error) == (JobState.FAILED, "no images in the upload")

@@ -57,7 +57,7 @@ def _job(env: ServiceEnv, n: int, tenant_id: uuid.UUID | None = None, seeds: Seq
     seeds = seeds if seeds is not None else [300 + i for i in range(n)]
     with env.session() as session:
         items = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in seeds]
-        _, created = uploads.create_job(session, env.store, chunks, tenant_id=tenant_id, inputs=items)
+        _, created = uploads.create_job(session, env.store, chunks, JobRequest(tenant_id=tenant_id), inputs=items)
         assert created
     return chunks
 
@@ -175,7 +175,9 @@ def test_chunks_finished_while_the_upload_is_still_stored_do_not_close_the_job(
     n = uploads.UPLOAD_WINDOW * 2 + 17
     with service_env.session() as session:
         items = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in range(9000, 9000 + n)]
-        job, created = uploads.create_job(session, service_env.store, classify_now, tenant_id=tenant_id, inputs=items)
+        job, created = uploads.create_job(
+            session, service_env.store, classify_now, JobRequest(tenant_id=tenant_id), inputs=items
+        )
         assert created
         assert (job.state, job.total) == (JobState.SUCCEEDED, n)
         counts = svc.job_counts(session, job_id=job.id)
@@ -203,7 +205,7 @@ def test_uploads_over_the_item_limit_keep_the_first_and_say_so(
             session,
             service_env.store,
             lambda j, ids: sizes.append(len(ids)) or classify_now(j, ids),
-            tenant_id=_tenant(service_env),
+            JobRequest(tenant_id=_tenant(service_env)),
             inputs=[item(s) for s in range(9500, 9540)],
             max_items=13,
         )
@@ -224,7 +226,7 @@ def test_verdicts_only_jobs_store_no_overlays_and_share_the_cache_one_way(
         with service_env.session() as session:
             items = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in seeds]
             job, _ = uploads.create_job(
-                session, service_env.store, chunks, tenant_id=tenant, inputs=items, overlays=overlays
+                session, service_env.store, chunks, JobRequest(tenant_id=tenant, overlays=overlays), inputs=items
             )
             assert job.overlays is overlays
         return _classify(service_env, detector, chunks)
@@ -477,7 +479,7 @@ def test_an_upload_window_is_one_shard_and_a_chunk_one_ranged_read(service_env: 
     chunks = Chunks()
     with service_env.session() as session:
         items = [InputItem(f"{i}-{s}.png", lambda s=s: png_bytes(s)) for i, s in enumerate(seeds)]
-        job, _ = uploads.create_job(session, counting, chunks, tenant_id=tenant_id, inputs=items)  # type: ignore[arg-type]
+        job, _ = uploads.create_job(session, counting, chunks, JobRequest(tenant_id=tenant_id), inputs=items)  # type: ignore[arg-type]
     assert counting.calls == {"put_parts": 2}  # one object per window, not one per image
     with service_env.session() as session:
         rows = session.exec(select(JobItem).where(JobItem.job_id == job.id).order_by(JobItem.position)).all()
@@ -506,7 +508,7 @@ def test_an_upload_window_is_one_shard_and_a_chunk_one_ranged_read(service_env: 
     counting.calls.clear()
     with service_env.session() as session:
         items = [InputItem(f"again-{s}.png", lambda s=s: png_bytes(s)) for s in seeds[:10]]
-        again, _ = uploads.create_job(session, counting, Chunks(), tenant_id=tenant_id, inputs=items)  # type: ignore[arg-type]
+        again, _ = uploads.create_job(session, counting, Chunks(), JobRequest(tenant_id=tenant_id), inputs=items)  # type: ignore[arg-type]
         keys = set(session.exec(select(JobItem.object_key).where(JobItem.job_id == again.id)).all())
     assert counting.calls["put_parts"] == 0 and keys == {f"jobs/{job.id}/shards/00000"}
 

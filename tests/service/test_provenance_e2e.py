@@ -90,7 +90,7 @@ def test_provenance_through_scan_and_the_job_service(
             session,
             service_env.store,
             lambda j, ids: sent.append((j, list(ids))) or 1,
-            tenant_id=tenant.id,
+            uploads.JobRequest(tenant_id=tenant.id),
             inputs=inputs,
         )
         for job_id, ids in sent:

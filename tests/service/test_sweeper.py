@@ -53,10 +53,12 @@ def test_lost_classify_and_explain_messages_are_sent_again(service_stack: Servic
     with st.svc.session() as session:
         tenant, _ = create_api_key(session, tenant_name=f"sweep-{uuid.uuid4().hex[:6]}")
         inputs = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in seeds]
-        lost_job, _ = uploads.create_job(session, st.svc.store, _lost, tenant_id=tenant.id, inputs=inputs[:20])
+        lost_job, _ = uploads.create_job(
+            session, st.svc.store, _lost, JobRequest(tenant_id=tenant.id), inputs=inputs[:20]
+        )
         # A second job classified here, whose explain messages are lost on the way.
         explain_job, _ = uploads.create_job(
-            session, st.svc.store, _lost, tenant_id=tenant.id, inputs=inputs[20:], explain=True
+            session, st.svc.store, _lost, JobRequest(tenant_id=tenant.id, explain=True), inputs=inputs[20:]
         )
         ids = session.exec(select(JobItem.id).where(JobItem.job_id == explain_job.id)).all()
         classify_chunk(session, st.svc.store, detector, job_id=explain_job.id, item_ids=ids, enqueue_explain=_lost)
@@ -147,7 +149,7 @@ def test_the_deadline_runs_from_the_last_start(service_env: ServiceEnv) -> None:
     with service_env.session() as session:
         tenant, _ = create_api_key(session, tenant_name=f"sweep-{uuid.uuid4().hex[:6]}")
         inputs = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in (1, 2, 3, 4)]
-        job, _ = uploads.create_job(session, service_env.store, _lost, tenant_id=tenant.id, inputs=inputs)
+        job, _ = uploads.create_job(session, service_env.store, _lost, JobRequest(tenant_id=tenant.id), inputs=inputs)
         ids = session.exec(select(JobItem.id).where(JobItem.job_id == job.id).order_by(col(JobItem.position))).all()
         session.exec(  # type: ignore[call-overload]
             update(JobItem).where(col(JobItem.job_id) == job.id).values(enqueued_at=utcnow() - timedelta(seconds=1000))

@@ -69,7 +69,7 @@ def test_concurrent_uploads_never_hold_more_than_the_budget(service_env: Service
                 session,
                 service_env.store,
                 lambda job_id, ids: 1,
-                tenant_id=tenant_id,
+                uploads.JobRequest(tenant_id=tenant_id),
                 inputs=_inputs(range(start, start + 30)),
                 budget=budget,
             )
@@ -98,9 +98,8 @@ def test_an_upload_that_cannot_get_memory_in_time_fails_whole(service_env: Servi
             session,
             service_env.store,
             lambda job_id, ids: 1,
-            tenant_id=tenant_id,
+            uploads.JobRequest(tenant_id=tenant_id, idempotency_key="busy-1"),
             inputs=_inputs(range(7100, 7110)),
-            idempotency_key="busy-1",
             budget=budget,
         )
         with pytest.raises(UploadBusy):

@@ -33,7 +33,6 @@ from fakescope.db.models import (
     utcnow,
 )
 from fakescope.imageio import ARCHIVE_SUFFIXES, DEFAULT_MAX_BYTES, ImageError, InputItem, iter_inputs
-from fakescope.result import OperatingPoint
 from fakescope.service import Enqueue, EnqueueWebhook, outbox
 from fakescope.service.budget import ByteBudget, Lease
 from fakescope.service.idempotency import IdempotencyConflict, JobRequest, new_job, request_fingerprint
@@ -46,6 +45,7 @@ __all__ = [
     "UPLOAD_WINDOW",
     "UPLOAD_WINDOW_BYTES",
     "IdempotencyConflict",
+    "JobRequest",
     "create_job",
     "create_upload_job",
     "expand_uploads",
@@ -138,21 +138,18 @@ def create_job(
     session: Session,
     store: ObjectStore,
     enqueue: Enqueue,
+    request: JobRequest,
     *,
-    tenant_id: uuid.UUID,
     inputs: Iterable[InputItem],
-    explain: bool = False,
-    overlays: bool = True,
-    callback_url: str | None = None,
-    idempotency_key: str | None = None,
     max_items: int = 100_000,
     fingerprint: str | None = None,
     budget: ByteBudget | None = None,
     max_bytes: int = DEFAULT_MAX_BYTES,
-    point: OperatingPoint | None = None,
     enqueue_webhook: EnqueueWebhook | None = None,
 ) -> tuple[Job, bool]:
     """Stores every input's bytes, one item row each, and enqueues the classify chunks.
+
+    ``fingerprint``: what the request's idempotency key is bound to (:meth:`JobRequest.fingerprint`).
 
     ``budget``: the process's bound on upload bytes held at once (see :mod:`fakescope.service.budget`);
     each image's bytes are reserved from it before they are read (from its size where known, else
@@ -169,14 +166,6 @@ def create_job(
     decoded by the workers, which fail bad ones the same way. A job that finishes here (an upload
     with no images, or one the workers already finished) hands its webhook to ``enqueue_webhook``.
     """
-    request = JobRequest(
-        tenant_id=tenant_id,
-        explain=explain,
-        overlays=overlays,
-        callback_url=callback_url,
-        idempotency_key=idempotency_key,
-        point=point or OperatingPoint(),
-    )
     job, created = new_job(session, request, state=JobState.QUEUED, fingerprint=fingerprint)
     if not created:
         return job, False
