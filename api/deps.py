@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated
 
-from fastapi import Depends, FastAPI, HTTPException, Request, Security, status
+from fastapi import Depends, FastAPI, HTTPException, Path, Query, Request, Security, status
 from fastapi.security import APIKeyHeader
 from redis.exceptions import RedisError
 from sqlalchemy.exc import InterfaceError as DBInterfaceError
@@ -175,3 +175,10 @@ def _report_reader(request: Request, session: Session, settings: Settings, token
 
 
 TenantDep = Annotated[uuid.UUID, Depends(get_tenant)]
+
+# Pages and items. Past any real count, and inside Postgres' bigint: a larger OFFSET is a database
+# error, not an empty page.
+MAX_OFFSET = 2**31 - 1
+Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
+Limit = Annotated[int, Query(ge=1, le=1000)]
+ItemPosition = Annotated[int, Path(ge=0, le=MAX_OFFSET)]

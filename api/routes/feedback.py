@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Path, Query, Request, Response, status
+from fastapi import APIRouter, HTTPException, Request, Response, status
 from prometheus_client import Counter
 
-from api.deps import SessionDep, SettingsDep, StoreDep, TenantDep
-from api.routes.jobs import MAX_OFFSET, Offset, image_url
+from api.deps import ItemPosition, Limit, Offset, SessionDep, SettingsDep, StoreDep, TenantDep
+from api.routes.jobs import image_url
 from api.schemas import Page
 from fakescope.db.models import Feedback, FeedbackCreate, FeedbackPublic, JobItem
 from fakescope.service.feedback import FeedbackError, give_feedback, list_feedback
@@ -53,7 +52,7 @@ def post_feedback(
     request: Request,
     response: Response,
     job_id: uuid.UUID,
-    position: Annotated[int, Path(ge=0, le=MAX_OFFSET)],
+    position: ItemPosition,
     body: FeedbackCreate,
     session: SessionDep,
     store: StoreDep,
@@ -86,7 +85,7 @@ def get_feedback(
     settings: SettingsDep,
     tenant: TenantDep,
     offset: Offset = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Limit = 100,
 ) -> Page[FeedbackPublic]:
     """The caller's feedback, oldest first, each with a signed URL of the original."""
     rows, count = list_feedback(session, tenant_id=tenant, offset=offset, limit=limit)

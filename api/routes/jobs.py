@@ -20,7 +20,6 @@ from fastapi import (
     Form,
     Header,
     HTTPException,
-    Path,
     Query,
     Request,
     Response,
@@ -30,7 +29,17 @@ from fastapi import (
 from pydantic import ValidationError
 from sqlmodel import Session, col, select
 
-from api.deps import EnqueuerDep, ServicesDep, SessionDep, SettingsDep, StoreDep, TenantDep
+from api.deps import (
+    EnqueuerDep,
+    ItemPosition,
+    Limit,
+    Offset,
+    ServicesDep,
+    SessionDep,
+    SettingsDep,
+    StoreDep,
+    TenantDep,
+)
 from api.schemas import (
     UNPROCESSABLE,
     DeliveriesPage,
@@ -74,9 +83,6 @@ logger = logging.getLogger(__name__)
 
 JOB_NOT_FOUND = "Job not found"
 THRESHOLDS_OUT_OF_ORDER = "real_threshold must not be above fake_threshold"
-# Past any real count, and inside Postgres' bigint: a larger OFFSET is a database error, not an empty page.
-MAX_OFFSET = 2**31 - 1
-Offset = Annotated[int, Query(ge=0, le=MAX_OFFSET)]
 IdempotencyKey = Annotated[
     str | None,
     Header(
@@ -356,7 +362,6 @@ def _check_signed(settings: Settings, resource: str, expires: int, signature: st
         raise HTTPException(status.HTTP_403_FORBIDDEN, detail="Invalid or expired signature")
 
 
-ItemPosition = Annotated[int, Path(ge=0, le=MAX_OFFSET)]
 # A signed URL's query: when it expires (Unix time) and its signature (storage.sign_url).
 Expires = Annotated[int, Query()]
 Signature = Annotated[str, Query(max_length=128)]
@@ -433,7 +438,7 @@ def job_results(
     settings: SettingsDep,
     tenant: TenantDep,
     offset: Offset = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Limit = 100,
 ) -> ResultsPage:
     """Classified images in upload order, with signed overlay URLs; failed ones are under ``/failures``."""
     _job_or_404(session, tenant, job_id)
@@ -448,7 +453,7 @@ def job_failures(
     session: SessionDep,
     tenant: TenantDep,
     offset: Offset = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Limit = 100,
 ) -> FailuresPage:
     """Images that could not be classified, each with its reason."""
     _job_or_404(session, tenant, job_id)

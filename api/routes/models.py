@@ -13,8 +13,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, status
 
-from api.deps import EnqueuerDep, SessionDep, SettingsDep, TenantDep
-from api.routes.jobs import Offset
+from api.deps import EnqueuerDep, Limit, Offset, SessionDep, SettingsDep, TenantDep
 from api.schemas import Page
 from fakescope.db.models import ModelTrainCreate, ModelVersion, ModelVersionPublic, Tenant
 from fakescope.service import models
@@ -68,7 +67,7 @@ def list_models(
     session: SessionDep,
     admin: AdminDep,
     offset: Offset = 0,
-    limit: Annotated[int, Query(ge=1, le=1000)] = 100,
+    limit: Limit = 100,
 ) -> Page[ModelVersionPublic]:
     """Every version, newest first (the shipped checkpoint is the implicit first, ``shipped``)."""
     rows, count = models.list_versions(session, offset=offset, limit=limit)

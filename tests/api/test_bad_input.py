@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from api.routes.jobs import MAX_OFFSET
+from api.deps import MAX_OFFSET
 from fakescope.db.models import ITEM_NAME_MAX
 from fakescope.imageio import DEFAULT_MAX_BYTES, DEFAULT_MAX_MEMBERS, DEFAULT_MAX_PIXELS
 from tests.utils.stack import ServiceStack, png_bytes
