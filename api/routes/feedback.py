@@ -25,20 +25,13 @@ FEEDBACK = Counter(
 
 
 def _public(request: Request, settings: Settings, store: ObjectStore, f: Feedback, item: JobItem) -> FeedbackPublic:
-    return FeedbackPublic(
-        id=f.id,
-        job_id=f.job_id,
-        position=f.position,
-        name=item.name,
-        label=f.label,
-        note=f.note,
-        verdict=f.verdict,
-        fake_probability=f.fake_probability,
-        model_version=f.model_version,
-        disputed=f.verdict != f.label,
-        image_url=image_url(request, settings, store, item),
-        created_at=f.created_at,
-        updated_at=f.updated_at,
+    return FeedbackPublic.model_validate(
+        f,
+        update={
+            "name": item.name,
+            "disputed": f.verdict != f.label,
+            "image_url": image_url(request, settings, store, item),
+        },
     )
 
 
