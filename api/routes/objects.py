@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, Response, status
 
 from api.deps import SettingsDep, StoreDep
 from fakescope.storage import LocalStore, ObjectNotFound, verify_local_signature
@@ -18,23 +18,27 @@ OBJECT_NOT_FOUND = "Object not found"
 BAD_SIGNATURE = "Invalid or expired signature"
 
 
-def _check(store: object, settings: SettingsDep, method: str, key: str, expires: int, signature: str) -> LocalStore:
-    if not isinstance(store, LocalStore):
-        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=OBJECT_NOT_FOUND)
-    if not verify_local_signature(settings, method, key, expires, signature):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=BAD_SIGNATURE)
-    return store
-
-
-@router.get("/{key:path}")
-def get_object(
+def _signed_local(
+    request: Request,
     key: str,
     store: StoreDep,
     settings: SettingsDep,
     expires: Annotated[int, Query()],
     signature: Annotated[str, Query()],
-) -> Response:
-    local = _check(store, settings, "GET", key, expires, signature)
+) -> LocalStore:
+    """The embedded store, once the URL's signature of the request's method and key checks out."""
+    if not isinstance(store, LocalStore):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=OBJECT_NOT_FOUND)
+    if not verify_local_signature(settings, request.method, key, expires, signature):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=BAD_SIGNATURE)
+    return store
+
+
+SignedLocal = Annotated[LocalStore, Depends(_signed_local)]
+
+
+@router.get("/{key:path}")
+def get_object(key: str, local: SignedLocal) -> Response:
     try:
         data = local.get(key)
     except ObjectNotFound:
@@ -43,15 +47,7 @@ def get_object(
 
 
 @router.put("/{key:path}", status_code=status.HTTP_200_OK)
-async def put_object(
-    key: str,
-    request: Request,
-    store: StoreDep,
-    settings: SettingsDep,
-    expires: Annotated[int, Query()],
-    signature: Annotated[str, Query()],
-) -> Response:
-    local = _check(store, settings, "PUT", key, expires, signature)
+async def put_object(key: str, request: Request, local: SignedLocal, settings: SettingsDep) -> Response:
     # Written to disk as it arrives, never held whole: a 2 GiB shard PUT is 2 GiB of file, not of memory.
     tmp, path = local.staging(key)
     size = 0
