@@ -62,7 +62,10 @@ def test_detect_refuses_a_bad_image_and_an_archive(service_stack: ServiceStack) 
 
 
 def test_detect_answers_503_within_its_deadline_when_no_pool_runs(service_env: ServiceEnv) -> None:
-    with private_stack(service_env, "detect-busy", FAKESCOPE_DETECT_TIMEOUT_S="2") as st, st.client() as c:
+    with (
+        private_stack(service_env, "detect-busy", settings={"FAKESCOPE_DETECT_TIMEOUT_S": "2"}) as st,
+        st.client() as c,
+    ):
         t0 = time.monotonic()
         r = c.post("/v1/detect", files={"file": ("one.png", png_bytes(7102), "image/png")})
         elapsed = time.monotonic() - t0

@@ -94,9 +94,9 @@ def test_fine_tune_resumes_after_a_kill_is_gated_and_promoted_while_a_job_runs(
         "FAKESCOPE_VISIBILITY_TIMEOUT_S": "50",
     }
     try:
-        with private_stack(service_env, "models", **settings) as st:
+        with private_stack(service_env, "models", settings=settings) as st:
             st.keys["admin"] = admin_key
-            st.start_worker("train", "train-1", wait=False, **train_hold.env)
+            st.start_worker("train", "train-1", wait=False, settings=train_hold.env)
             with st.client("admin") as c, st.client() as tenant:
                 body = {"source": str(platform), "base": "shipped", "epochs": 3}
                 assert tenant.post("/v1/models/train", json=body).json() == {
@@ -117,7 +117,7 @@ def test_fine_tune_resumes_after_a_kill_is_gated_and_promoted_while_a_job_runs(
                 assert service_env.store.exists(f"models/{good}/train/train_state.pt")
                 st.stop("train-1", sig=signal.SIGKILL)
                 train_hold.release_all()
-                st.start_worker("train", "train-2", **train_hold.env)
+                st.start_worker("train", "train-2", settings=train_hold.env)
 
                 done = _wait_status(c, good, st)
                 assert done["status"] == "candidate", done
@@ -144,7 +144,7 @@ def test_fine_tune_resumes_after_a_kill_is_gated_and_promoted_while_a_job_runs(
                 r = c.post(f"/v1/models/{good}/shadow")
                 assert r.status_code == 200 and r.json()["shadowing"], r.text
                 assert not c.get(f"/v1/models/{bad}").json()["shadowing"]  # one shadow at a time
-                st.start_worker("classify", "classify-m1", **classify_hold.env)
+                st.start_worker("classify", "classify-m1", settings=classify_hold.env)
                 classify_hold.release_all()
                 shadowed = [(f"s{i}.png", _image(SEEDS + 700 + i, i % 2 == 1)) for i in range(10)]
                 with st.client() as jobs:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import uuid
 from collections import Counter
@@ -10,10 +11,11 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import String, cast, event, func, update
-from sqlmodel import col, select
+from sqlmodel import Session, col, select
 
 from fakescope.db.engine import get_engine
 from fakescope.db.models import ItemStatus, Job, JobItem, JobState, utcnow
@@ -26,18 +28,8 @@ from fakescope.service.overlays import item_overlay
 from fakescope.service.processing import cached_results, classify_chunk, release_items
 from fakescope.service.tenants import authenticate, create_api_key, hash_key
 from fakescope.storage import ObjectStore, ObjectTooLarge, StorageError
+from tests.utils.chunks import Chunks
 from tests.utils.stack import ServiceEnv, png_bytes
-
-
-class Chunks:
-    """Collects what create_job would send to the broker, so the test can run the chunks itself."""
-
-    def __init__(self) -> None:
-        self.sent: list[tuple[uuid.UUID, list[uuid.UUID]]] = []
-
-    def __call__(self, job_id: uuid.UUID, item_ids: Sequence[uuid.UUID]) -> int:
-        self.sent.append((job_id, list(item_ids)))
-        return 1
 
 
 @pytest.fixture(scope="module")
@@ -56,10 +48,16 @@ def _job(env: ServiceEnv, n: int, tenant_id: uuid.UUID | None = None, seeds: Seq
     tenant_id = tenant_id or _tenant(env)
     seeds = seeds if seeds is not None else [300 + i for i in range(n)]
     with env.session() as session:
-        items = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in seeds]
+        items = [InputItem(f"{s}.png", functools.partial(png_bytes, s)) for s in seeds]
         _, created = uploads.create_job(session, env.store, chunks, JobRequest(tenant_id=tenant_id), inputs=items)
         assert created
     return chunks
+
+
+def _get_job(session: Session, job_id: uuid.UUID) -> Job:
+    job = session.get(Job, job_id)
+    assert job is not None
+    return job
 
 
 def _classify(env: ServiceEnv, detector: Detector, chunks: Chunks) -> dict[str, JobItem]:
@@ -91,7 +89,7 @@ def test_a_chunk_run_twice_writes_each_result_once(service_env: ServiceEnv, dete
         # The redelivered copy of the same message finds nothing left to do.
         assert classify_chunk(session, service_env.store, detector, job_id=job_id, item_ids=ids) == 0
         items = session.exec(select(JobItem).where(JobItem.job_id == job_id)).all()
-        state = session.get(Job, job_id).state  # type: ignore[union-attr]
+        state = _get_job(session, job_id).state
     assert state == JobState.SUCCEEDED
     assert sorted(i.attempts for i in items) == [1] * 6
     # A grid each, no overlay PNG: nobody asked for one yet, so nothing was encoded or stored.
@@ -103,10 +101,10 @@ def test_cancelled_items_are_not_processed(service_env: ServiceEnv, detector: De
     chunks = _job(service_env, 4)
     ((job_id, ids),) = chunks.sent
     with service_env.session() as session:
-        svc.cancel_job(session, job=session.get(Job, job_id))  # type: ignore[arg-type]
+        svc.cancel_job(session, job=_get_job(session, job_id))
         assert classify_chunk(session, service_env.store, detector, job_id=job_id, item_ids=ids) == 0
         items = session.exec(select(JobItem).where(JobItem.job_id == job_id)).all()
-        state = session.get(Job, job_id).state  # type: ignore[union-attr]
+        state = _get_job(session, job_id).state
     assert state == JobState.CANCELLED
     assert {i.status for i in items} == {ItemStatus.CANCELLED}
     assert all(i.prediction is None for i in items)
@@ -155,7 +153,9 @@ def test_seen_images_come_from_the_tenants_cache_with_identical_results(
     assert not any(i.cached for i in later.values())
     for name, item in later.items():
         assert item.prediction == first[name].prediction
-        assert abs(item.fake_probability - 0.5) < abs(first[name].fake_probability - 0.5) + 1e-6  # type: ignore[operator]
+        new_p, old_p = item.fake_probability, first[name].fake_probability
+        assert new_p is not None and old_p is not None
+        assert abs(new_p - 0.5) < abs(old_p - 0.5) + 1e-6
 
 
 def test_chunks_finished_while_the_upload_is_still_stored_do_not_close_the_job(
@@ -169,12 +169,12 @@ def test_chunks_finished_while_the_upload_is_still_stored_do_not_close_the_job(
     def classify_now(job_id: uuid.UUID, item_ids: Sequence[uuid.UUID]) -> int:
         with service_env.session() as session:
             classify_chunk(session, service_env.store, detector, job_id=job_id, item_ids=item_ids)
-            states.append(session.get(Job, job_id).state)  # type: ignore[union-attr]
+            states.append(_get_job(session, job_id).state)
         return 1
 
     n = uploads.UPLOAD_WINDOW * 2 + 17
     with service_env.session() as session:
-        items = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in range(9000, 9000 + n)]
+        items = [InputItem(f"{s}.png", functools.partial(png_bytes, s)) for s in range(9000, 9000 + n)]
         job, created = uploads.create_job(
             session, service_env.store, classify_now, JobRequest(tenant_id=tenant_id), inputs=items
         )
@@ -191,20 +191,26 @@ def test_uploads_over_the_item_limit_keep_the_first_and_say_so(
     read: list[int] = []
 
     def item(s: int) -> InputItem:
-        return InputItem(f"{s}.png", lambda: read.append(s) or png_bytes(s))
+        def read_counted() -> bytes:
+            read.append(s)
+            return png_bytes(s)
+
+        return InputItem(f"{s}.png", read_counted)
+
+    sizes: list[int] = []
 
     def classify_now(job_id: uuid.UUID, item_ids: Sequence[uuid.UUID]) -> int:
+        sizes.append(len(item_ids))
         with service_env.session() as session:
             return classify_chunk(session, service_env.store, detector, job_id=job_id, item_ids=item_ids)
 
     # Windows close by bytes as well as by count: here every two images.
     monkeypatch.setattr(uploads, "UPLOAD_WINDOW_BYTES", 2 * len(png_bytes(9500)) - 1)
-    sizes: list[int] = []
     with service_env.session() as session:
         job, _ = uploads.create_job(
             session,
             service_env.store,
-            lambda j, ids: sizes.append(len(ids)) or classify_now(j, ids),
+            classify_now,
             JobRequest(tenant_id=_tenant(service_env)),
             inputs=[item(s) for s in range(9500, 9540)],
             max_items=13,
@@ -224,7 +230,7 @@ def test_verdicts_only_jobs_store_no_overlays_and_share_the_cache_one_way(
     def run(overlays: bool) -> dict[str, JobItem]:
         chunks = Chunks()
         with service_env.session() as session:
-            items = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in seeds]
+            items = [InputItem(f"{s}.png", functools.partial(png_bytes, s)) for s in seeds]
             job, _ = uploads.create_job(
                 session, service_env.store, chunks, JobRequest(tenant_id=tenant, overlays=overlays), inputs=items
             )
@@ -287,7 +293,7 @@ def test_an_image_that_keeps_killing_its_worker_fails_instead_of_looping(
     with service_env.session() as session:
         # Three deliveries that started and died (the count is raised before any work): the fourth
         # fails the image with its reason and classifies the rest.
-        session.exec(update(JobItem).where(col(JobItem.id) == ids[0]).values(attempts=3))  # type: ignore[call-overload]
+        session.exec(update(JobItem).where(col(JobItem.id) == ids[0]).values(attempts=3))
         session.commit()
         written = classify_chunk(session, service_env.store, detector, job_id=job_id, item_ids=ids, max_deliveries=3)
         items = {i.id: i for i in session.exec(select(JobItem).where(JobItem.job_id == job_id)).all()}
@@ -302,7 +308,7 @@ def test_a_retried_transient_error_gives_its_start_back(service_env: ServiceEnv)
     chunks = _job(service_env, 2)
     ((job_id, ids),) = chunks.sent
     with service_env.session() as session:
-        session.exec(update(JobItem).where(col(JobItem.id).in_(ids)).values(attempts=1))  # type: ignore[call-overload]
+        session.exec(update(JobItem).where(col(JobItem.id).in_(ids)).values(attempts=1))
         session.commit()
         assert release_items(session, item_ids=ids) == 2
         assert release_items(session, item_ids=ids) == 0  # never below zero
@@ -351,7 +357,9 @@ def test_a_start_that_fails_part_way_changes_nothing(service_env: ServiceEnv) ->
         # The client's retry starts it: three queued, the missing one failed with its reason.
         uploads.start_job(session, service_env.store, chunks, job=job)
         assert job.state == JobState.QUEUED and len(chunks.sent[0][1]) == 3
-        errors = session.exec(select(JobItem.error).where(JobItem.job_id == job_id, JobItem.error.is_not(None))).all()  # type: ignore[union-attr]
+        errors = session.exec(
+            select(JobItem.error).where(JobItem.job_id == job_id, col(JobItem.error).is_not(None))
+        ).all()
         assert errors == ["image was not uploaded"]
         with pytest.raises(svc.JobStateError, match="already started"):
             uploads.start_job(session, service_env.store, chunks, job=job)
@@ -364,7 +372,7 @@ def test_a_cancel_during_a_start_is_never_undone(service_env: ServiceEnv) -> Non
         def size(self, key: str) -> int | None:
             if self.calls == 0:  # another request cancels the job while this one checks the objects
                 with service_env.session() as other:
-                    svc.cancel_job(other, job=other.get(Job, job_id))  # type: ignore[arg-type]
+                    svc.cancel_job(other, job=_get_job(other, job_id))
             self.calls += 1
             return self.store.size(key)
 
@@ -382,7 +390,7 @@ def test_a_cancel_during_a_start_is_never_undone(service_env: ServiceEnv) -> Non
 def test_a_presigned_upload_over_the_limit_fails_at_the_start_and_is_deleted(service_env: ServiceEnv) -> None:
     job_id = _upload_job(service_env, 3)  # 0 and 1 uploaded, 2 missing
     with service_env.session() as session:
-        items = session.exec(select(JobItem).where(JobItem.job_id == job_id).order_by(JobItem.position)).all()
+        items = session.exec(select(JobItem).where(JobItem.job_id == job_id).order_by(col(JobItem.position))).all()
         big_key = items[1].object_key
         limit = len(png_bytes(0)) + 10
         service_env.store.put(big_key, b"x" * (limit + 1))  # the PUT URL let any size through
@@ -391,7 +399,7 @@ def test_a_presigned_upload_over_the_limit_fails_at_the_start_and_is_deleted(ser
         assert job is not None
         uploads.start_job(session, service_env.store, chunks, job=job, max_bytes=limit)
         session.expire_all()
-        rows = session.exec(select(JobItem).where(JobItem.job_id == job_id).order_by(JobItem.position)).all()
+        rows = session.exec(select(JobItem).where(JobItem.job_id == job_id).order_by(col(JobItem.position))).all()
         assert [(r.status, r.error) for r in rows] == [
             (ItemStatus.QUEUED, None),
             (ItemStatus.FAILED, f"file is over the limit of {limit} bytes"),
@@ -420,9 +428,7 @@ def test_retention_deletes_old_jobs_and_only_the_objects_they_alone_use(
         # point at the old job's overlay object.
         kept = {shared.object_key, new_item.overlay_key}
         gone = {alone.object_key, alone.overlay_key, shared.overlay_key} - kept
-        session.exec(  # type: ignore[call-overload]
-            update(Job).where(col(Job.id) == old_id).values(finished_at=utcnow() - timedelta(days=40))
-        )
+        session.exec(update(Job).where(col(Job.id) == old_id).values(finished_at=utcnow() - timedelta(days=40)))
         session.commit()
         jobs, objects = svc.purge_expired(session, service_env.store, older_than_s=30 * 86400)
         assert session.get(Job, old_id) is None and session.get(Job, new_id) is not None
@@ -478,11 +484,11 @@ def test_an_upload_window_is_one_shard_and_a_chunk_one_ranged_read(service_env: 
     counting = _CountingStore(service_env.store)
     chunks = Chunks()
     with service_env.session() as session:
-        items = [InputItem(f"{i}-{s}.png", lambda s=s: png_bytes(s)) for i, s in enumerate(seeds)]
+        items = [InputItem(f"{i}-{s}.png", functools.partial(png_bytes, s)) for i, s in enumerate(seeds)]
         job, _ = uploads.create_job(session, counting, chunks, JobRequest(tenant_id=tenant_id), inputs=items)  # type: ignore[arg-type]
     assert counting.calls == {"put_parts": 2}  # one object per window, not one per image
     with service_env.session() as session:
-        rows = session.exec(select(JobItem).where(JobItem.job_id == job.id).order_by(JobItem.position)).all()
+        rows = session.exec(select(JobItem).where(JobItem.job_id == job.id).order_by(col(JobItem.position))).all()
         assert {r.object_key for r in rows} == {f"jobs/{job.id}/shards/00000", f"jobs/{job.id}/shards/00001"}
         # The repeats point at the first copy's bytes in the first shard.
         for dup, first in ((rows[-2], rows[0]), (rows[-1], rows[1])):
@@ -492,6 +498,7 @@ def test_an_upload_window_is_one_shard_and_a_chunk_one_ranged_read(service_env: 
                 first.object_length,
             )
         for r, s in zip(rows, seeds, strict=True):
+            assert r.object_offset is not None and r.object_length is not None
             assert service_env.store.get_range(r.object_key, r.object_offset, r.object_length) == png_bytes(s)
     counting.calls.clear()
     for job_id, ids in chunks.sent:
@@ -507,7 +514,7 @@ def test_an_upload_window_is_one_shard_and_a_chunk_one_ranged_read(service_env: 
     # The same images again: every one points at the earlier shards, nothing new is stored.
     counting.calls.clear()
     with service_env.session() as session:
-        items = [InputItem(f"again-{s}.png", lambda s=s: png_bytes(s)) for s in seeds[:10]]
+        items = [InputItem(f"again-{s}.png", functools.partial(png_bytes, s)) for s in seeds[:10]]
         again, _ = uploads.create_job(session, counting, Chunks(), JobRequest(tenant_id=tenant_id), inputs=items)  # type: ignore[arg-type]
         keys = set(session.exec(select(JobItem.object_key).where(JobItem.job_id == again.id)).all())
     assert counting.calls["put_parts"] == 0 and keys == {f"jobs/{job.id}/shards/00000"}
@@ -531,7 +538,7 @@ def test_presigned_shards_start_with_one_head_each_and_fail_what_is_not_there(
     from fakescope.client import _pack_shards
 
     seeds = list(range(9800, 9805))
-    items = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in seeds]
+    items = [InputItem(f"{s}.png", functools.partial(png_bytes, s)) for s in seeds]
     items.append(InputItem("gone.png", lambda: (_ for _ in ()).throw(OSError("vanished"))))
     folder = service_env.tmp / f"shards-{uuid.uuid4().hex[:6]}"
     folder.mkdir()
@@ -558,7 +565,7 @@ def test_presigned_shards_start_with_one_head_each_and_fail_what_is_not_there(
         ((job_id, ids),) = chunks.sent
         classify_chunk(session, service_env.store, detector, job_id=job_id, item_ids=ids)
     with service_env.session() as session:  # a new one: the one above still holds the items the URLs came with
-        rows = session.exec(select(JobItem).where(JobItem.job_id == job.id).order_by(JobItem.position)).all()
+        rows = session.exec(select(JobItem).where(JobItem.job_id == job.id).order_by(col(JobItem.position))).all()
     assert [r.status for r in rows] == [ItemStatus.DONE] * 5 + [ItemStatus.FAILED], [r.error for r in rows]
     assert rows[-1].error == "image was not uploaded"
     assert [r.sha256 for r in rows[:5]] == [hashlib.sha256(png_bytes(s)).hexdigest() for s in seeds]
@@ -568,6 +575,7 @@ def test_the_cache_answers_from_the_latest_of_many_copies(service_env: ServiceEn
     tenant = _tenant(service_env)
     # Three jobs of the same bytes: three finished copies (the later two answered from the cache).
     sha = next(iter(_classify(service_env, detector, _job(service_env, 1, tenant, seeds=[430])).values())).sha256
+    assert sha is not None
     for _ in range(2):
         _classify(service_env, detector, _job(service_env, 1, tenant, seeds=[430]))
     with service_env.session() as session:
@@ -651,7 +659,7 @@ def test_overlays_are_drawn_a_few_at_a_time(
     lock = threading.Lock()
     real = overlays.render_overlay
 
-    def slow_render(*args: object, **kwargs: object) -> bytes:
+    def slow_render(*args: Any, **kwargs: Any) -> bytes:
         nonlocal now, most
         with lock:
             now += 1
@@ -659,7 +667,7 @@ def test_overlays_are_drawn_a_few_at_a_time(
         time.sleep(0.2)  # long enough for every request to be waiting at once
         with lock:
             now -= 1
-        return real(*args, **kwargs)  # type: ignore[arg-type]
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(overlays, "render_overlay", slow_render)
 

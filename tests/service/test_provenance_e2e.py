@@ -7,6 +7,7 @@ camera-style JPEG declares nothing."""
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from pathlib import Path
@@ -32,6 +33,7 @@ from tests.core.test_provenance import (
     _xmp,
     signing,  # noqa: F401 (the fixture, used by name)
 )
+from tests.utils.chunks import Chunks
 from tests.utils.stack import ServiceEnv
 
 
@@ -82,18 +84,18 @@ def test_provenance_through_scan_and_the_job_service(
         _expect(name, r["provenance"], r["decided_by"], r["prediction"], r["fake_probability"])
 
     detector = Detector.load(tiny_checkpoint, device="cpu")
-    sent: list[tuple[uuid.UUID, list[uuid.UUID]]] = []
+    chunks = Chunks()
     with service_env.session() as session:
         tenant, _ = create_api_key(session, tenant_name=f"prov-{uuid.uuid4().hex[:6]}")
-        inputs = [InputItem(n, lambda d=d: d) for n, d in files.items()]
+        inputs = [InputItem(n, functools.partial(bytes, d)) for n, d in files.items()]
         job, _ = uploads.create_job(
             session,
             service_env.store,
-            lambda j, ids: sent.append((j, list(ids))) or 1,
+            chunks,
             uploads.JobRequest(tenant_id=tenant.id),
             inputs=inputs,
         )
-        for job_id, ids in sent:
+        for job_id, ids in chunks.sent:
             classify_chunk(session, service_env.store, detector, job_id=job_id, item_ids=ids)
         rows = session.exec(select(JobItem).where(JobItem.job_id == job.id)).all()
     assert len(rows) == len(files)

@@ -15,9 +15,9 @@ from fakescope.service.tenants import create_api_key
 from tests.utils.stack import ServiceEnv
 
 # Every column but those each item has of its own.
-COLUMNS = [
-    c.name for c in JobItem.__table__.columns if c.name not in ("id", "position", "name", "object_key", "enqueued_at")
-]  # type: ignore[attr-defined]
+# SQLModel sets __table__ on table models without declaring it.
+TABLE = JobItem.__table__  # type: ignore[attr-defined]
+COLUMNS = [c.name for c in TABLE.columns if c.name not in ("id", "position", "name", "object_key", "enqueued_at")]
 
 
 def _items(session: Session, n: int) -> list[JobItem]:

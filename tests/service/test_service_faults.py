@@ -39,8 +39,8 @@ def _assert_one_result_each(svc: ServiceEnv, st: PrivateStack, job_id: str, n: i
     assert job["state"] == "succeeded", job
     assert job["counts"]["done"] == n and job["counts"]["queued"] == 0
     with svc.session() as session:
-        per_position = session.exec(  # type: ignore[call-overload]
-            select(JobItem.position, func.count()).where(JobItem.job_id == job_id).group_by(JobItem.position)
+        per_position = session.exec(
+            select(JobItem.position, func.count()).where(JobItem.job_id == job_id).group_by(col(JobItem.position))
         ).all()
         items = session.exec(select(JobItem).where(col(JobItem.job_id) == job_id)).all()
     assert sorted(per_position) == [(p, 1) for p in range(n)]
@@ -61,10 +61,10 @@ def test_redis_restarted_without_its_data_mid_job(service_env: ServiceEnv) -> No
         "FAKESCOPE_SWEEP_AFTER_S": "5",
         "FAKESCOPE_SWEEP_EVERY_S": "1",
     }
-    with private_stack(service_env, "redis-restart", sweeper=True, **tight) as st:
+    with private_stack(service_env, "redis-restart", sweeper=True, settings=tight) as st:
         assert st.broker is not None
         hold = HoldPoint(service_env.tmp / f"hold-{uuid.uuid4().hex[:8]}")
-        st.start_worker("classify", "classify-1", **hold.env)
+        st.start_worker("classify", "classify-1", settings=hold.env)
         with st.client() as c:
             r = c.post("/v1/jobs", files=_files(32000, n))
             assert r.status_code == 202, r.text
@@ -165,9 +165,11 @@ def test_postgres_unreachable_for_a_few_seconds_mid_job(service_env: ServiceEnv)
     proxy.start()
     db = service_env.env["FAKESCOPE_DATABASE_URL"].replace(host_port, f"127.0.0.1:{proxy.port}")
     try:
-        with private_stack(service_env, "pg-cut", FAKESCOPE_DATABASE_URL=db, FAKESCOPE_CHUNK_SIZE="3") as st:
+        with private_stack(
+            service_env, "pg-cut", settings={"FAKESCOPE_DATABASE_URL": db, "FAKESCOPE_CHUNK_SIZE": "3"}
+        ) as st:
             hold = HoldPoint(service_env.tmp / f"hold-{uuid.uuid4().hex[:8]}")
-            st.start_worker("classify", "classify-1", **hold.env)
+            st.start_worker("classify", "classify-1", settings=hold.env)
             with st.client() as c:
                 r = c.post("/v1/jobs", files=_files(33000, n))
                 assert r.status_code == 202, r.text

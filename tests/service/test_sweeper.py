@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import io
 import uuid
 from collections.abc import Sequence
@@ -22,6 +23,7 @@ from fakescope.service.processing import classify_chunk
 from fakescope.service.sweeper import sweep
 from fakescope.service.tenants import create_api_key
 from fakescope.tasks import Enqueuer, make_celery
+from tests.utils.chunks import Chunks
 from tests.utils.stack import ServiceEnv, ServiceStack, png_bytes
 
 
@@ -32,7 +34,7 @@ def _lost(_job_id: uuid.UUID, _ids: Sequence[uuid.UUID]) -> int:
 
 def _age(st: ServiceStack, job_id: uuid.UUID, seconds: float) -> None:
     with st.svc.session() as session:
-        session.exec(  # type: ignore[call-overload]
+        session.exec(
             update(JobItem)
             .where(col(JobItem.job_id) == job_id)
             .values(enqueued_at=utcnow() - timedelta(seconds=seconds))
@@ -52,7 +54,7 @@ def test_lost_classify_and_explain_messages_are_sent_again(service_stack: Servic
     seeds = [s for s in pool if s not in fakes][:30] + fakes
     with st.svc.session() as session:
         tenant, _ = create_api_key(session, tenant_name=f"sweep-{uuid.uuid4().hex[:6]}")
-        inputs = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in seeds]
+        inputs = [InputItem(f"{s}.png", functools.partial(png_bytes, s)) for s in seeds]
         lost_job, _ = uploads.create_job(
             session, st.svc.store, _lost, JobRequest(tenant_id=tenant.id), inputs=inputs[:20]
         )
@@ -68,7 +70,9 @@ def test_lost_classify_and_explain_messages_are_sent_again(service_stack: Servic
         assert len(pending) == len(fakes)
         lost_id, explain_id = lost_job.id, explain_job.id
 
-    sweep_now = {"enqueue_classify": enqueuer.classify, "enqueue_explain": enqueuer.explain, "deadline_s": 600}
+    sweep_now = functools.partial(
+        sweep, enqueue_classify=enqueuer.classify, enqueue_explain=enqueuer.explain, deadline_s=600
+    )
     mine = [lost_id, explain_id]
 
     def stamps() -> dict[uuid.UUID, object]:
@@ -78,17 +82,17 @@ def test_lost_classify_and_explain_messages_are_sent_again(service_stack: Servic
 
     before = stamps()
     with st.svc.session() as session:
-        sweep(session, **sweep_now)
+        sweep_now(session)
     # Within the deadline nothing of ours is touched: the messages might still be on their way.
     assert stamps() == before
     _age(st, lost_id, 700)
     _age(st, explain_id, 700)
     with st.svc.session() as session:
-        report = sweep(session, **sweep_now)
+        report = sweep_now(session)
         # Other tests' jobs share the database, so at least ours.
         assert report.classify >= 20 and report.explain >= len(pending)
         # Claimed: a second sweeper right after finds nothing to send twice.
-        again = sweep(session, **sweep_now)
+        again = sweep_now(session)
         assert (again.classify, again.explain) == (0, 0)
     app.close()
 
@@ -124,23 +128,33 @@ def test_a_job_whose_upload_request_died_is_closed_with_the_images_it_has(servic
         job = Job(tenant_id=tenant.id, state=JobState.RUNNING, created_at=utcnow() - timedelta(hours=2))
         session.add(job)
         session.commit()
-        done = {"status": ItemStatus.DONE, "prediction": "real"}
         session.add_all(
-            [JobItem(job_id=job.id, position=i, name=f"{i}.png", object_key=f"k{i}", **done) for i in range(3)]
+            [
+                JobItem(
+                    job_id=job.id,
+                    position=i,
+                    name=f"{i}.png",
+                    object_key=f"k{i}",
+                    status=ItemStatus.DONE,
+                    prediction="real",
+                )
+                for i in range(3)
+            ]
         )
         session.commit()
         job_id = job.id
-    sweep_now = {"enqueue_classify": lambda *_: 0, "enqueue_explain": lambda *_: 0, "deadline_s": 600}
+    sweep_now = functools.partial(sweep, enqueue_classify=_lost, enqueue_explain=_lost, deadline_s=600)
     with st.svc.session() as session:
-        report = sweep(session, **sweep_now, upload_timeout_s=3 * 3600)
-        assert session.get(Job, job_id).state == JobState.RUNNING  # type: ignore[union-attr]
-        report = sweep(session, **sweep_now, upload_timeout_s=3600)
-        job = session.get(Job, job_id)
-        assert job is not None
-        session.refresh(job)
+        report = sweep_now(session, upload_timeout_s=3 * 3600)
+        running = session.get(Job, job_id)
+        assert running is not None and running.state == JobState.RUNNING
+        report = sweep_now(session, upload_timeout_s=3600)
+        closed = session.get(Job, job_id)
+        assert closed is not None
+        session.refresh(closed)
     assert report.abandoned_uploads >= 1
-    assert (job.state, job.total) == (JobState.PARTIALLY_SUCCEEDED, 3)
-    assert job.error == "the upload request ended before all of its images were stored"
+    assert (closed.state, closed.total) == (JobState.PARTIALLY_SUCCEEDED, 3)
+    assert closed.error == "the upload request ended before all of its images were stored"
 
 
 def test_the_deadline_runs_from_the_last_start(service_env: ServiceEnv) -> None:
@@ -148,24 +162,17 @@ def test_the_deadline_runs_from_the_last_start(service_env: ServiceEnv) -> None:
     # other is overdue; re-sending the started one would duplicate work in hand.
     with service_env.session() as session:
         tenant, _ = create_api_key(session, tenant_name=f"sweep-{uuid.uuid4().hex[:6]}")
-        inputs = [InputItem(f"{s}.png", lambda s=s: png_bytes(s)) for s in (1, 2, 3, 4)]
+        inputs = [InputItem(f"{s}.png", functools.partial(png_bytes, s)) for s in (1, 2, 3, 4)]
         job, _ = uploads.create_job(session, service_env.store, _lost, JobRequest(tenant_id=tenant.id), inputs=inputs)
         ids = session.exec(select(JobItem.id).where(JobItem.job_id == job.id).order_by(col(JobItem.position))).all()
-        session.exec(  # type: ignore[call-overload]
+        session.exec(
             update(JobItem).where(col(JobItem.job_id) == job.id).values(enqueued_at=utcnow() - timedelta(seconds=1000))
         )
-        session.exec(  # type: ignore[call-overload]
-            update(JobItem).where(col(JobItem.id).in_(ids[:2])).values(started_at=utcnow())
-        )
+        session.exec(update(JobItem).where(col(JobItem.id).in_(ids[:2])).values(started_at=utcnow()))
         session.commit()
-        sent: list[uuid.UUID] = []
-        sweep(
-            session,
-            enqueue_classify=lambda _j, item_ids: sent.extend(item_ids) or 1,
-            enqueue_explain=_lost,
-            deadline_s=100,
-        )
-    assert sorted(sent) == sorted(ids[2:])
+        sent = Chunks()
+        sweep(session, enqueue_classify=sent, enqueue_explain=_lost, deadline_s=100)
+    assert sorted(sent.item_ids) == sorted(ids[2:])
 
 
 def test_a_presigned_job_never_started_is_started_once_its_urls_expired(service_env: ServiceEnv) -> None:
@@ -177,14 +184,12 @@ def test_a_presigned_job_never_started_is_started_once_its_urls_expired(service_
         fresh, _, _ = uploads.create_upload_job(session, service_env.store, JobRequest(tenant.id), names=["c.png"])
         first_id, first_key = urls[0][0].id, urls[0][0].object_key
         service_env.store.put(first_key, png_bytes(5))  # one of two arrived, then the client vanished
-        session.exec(  # type: ignore[call-overload]
-            update(Job).where(col(Job.id) == job.id).values(created_at=utcnow() - timedelta(hours=3))
-        )
+        session.exec(update(Job).where(col(Job.id) == job.id).values(created_at=utcnow() - timedelta(hours=3)))
         session.commit()
-        sent: list[uuid.UUID] = []
+        sent = Chunks()
         rep = sweep(
             session,
-            enqueue_classify=lambda _j, ids: sent.extend(ids) or 1,
+            enqueue_classify=sent,
             enqueue_explain=_lost,
             deadline_s=3600,
             store=service_env.store,
@@ -196,4 +201,4 @@ def test_a_presigned_job_never_started_is_started_once_its_urls_expired(service_
             select(JobItem.error).where(JobItem.job_id == job.id).order_by(col(JobItem.position))
         ).all()
     assert rep.started_uploads == 1 and job.state == JobState.QUEUED and fresh.state == JobState.AWAITING_UPLOAD
-    assert sent == [first_id] and errors == [None, "image was not uploaded"]
+    assert sent.item_ids == [first_id] and errors == [None, "image was not uploaded"]

@@ -38,7 +38,7 @@ def _tenant(env: ServiceEnv) -> uuid.UUID:
 
 
 def _inputs(seeds: range) -> list[InputItem]:
-    return [InputItem(f"{s}.png", lambda s=s: png_bytes(s), size=len(png_bytes(s))) for s in seeds]
+    return [InputItem(f"{s}.png", functools.partial(png_bytes, s), size=len(png_bytes(s))) for s in seeds]
 
 
 def test_a_budget_waits_gives_way_and_lets_one_oversized_reservation_through_alone() -> None:

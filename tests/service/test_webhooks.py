@@ -15,7 +15,7 @@ import uuid
 from collections.abc import Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 from sqlalchemy import update
@@ -145,8 +145,10 @@ def _fake_dns(monkeypatch: pytest.MonkeyPatch, answers: dict[str, list[str]]) ->
     real = socket.getaddrinfo
     asked: list[str] = []
 
-    def getaddrinfo(host: str, port: object, *args: object, **kwargs: object) -> list:
-        if host not in answers:
+    def getaddrinfo(
+        host: bytes | str | None, port: bytes | str | int | None, *args: int, **kwargs: int
+    ) -> list[tuple[Any, ...]]:
+        if not isinstance(host, str) or host not in answers:
             return real(host, port, *args, **kwargs)
         asked.append(host)
         ip = answers[host].pop(0) if len(answers[host]) > 1 else answers[host][0]
@@ -288,7 +290,7 @@ def test_the_sweeper_resends_webhooks_left_pending(service_env: ServiceEnv) -> N
         tenant, _ = create_api_key(session, tenant_name=f"hooks-{uuid.uuid4().hex[:6]}")
         stuck = _finished_job(session, tenant.id, "http://127.0.0.1:9/never")
         fresh = _finished_job(session, tenant.id, "http://127.0.0.1:9/never")
-        session.exec(  # type: ignore[call-overload]
+        session.exec(
             update(Job).where(col(Job.id) == stuck.id).values(callback_sent_at=utcnow() - timedelta(seconds=600))
         )
         session.commit()
@@ -311,7 +313,7 @@ def test_re_sends_are_logged_and_capped(service_env: ServiceEnv) -> None:
         stuck = _finished_job(session, tenant.id, "http://127.0.0.1:9/never")
         sent: list[uuid.UUID] = []
         for _ in range(MAX_RESENDS + 2):
-            session.exec(  # type: ignore[call-overload]
+            session.exec(
                 update(Job).where(col(Job.id) == stuck.id).values(callback_sent_at=utcnow() - timedelta(seconds=600))
             )
             session.commit()

@@ -402,8 +402,12 @@ class PrivateStack(ServiceStack):
     broker: PrivateRedis | None = None
     stacks: list[Stack] = field(default_factory=list)
 
-    def start_worker(self, pool: str, name: str, wait: bool = True, **settings: str) -> None:
-        stack = Stack(env={**self.stack.env, **settings}, log_dir=self.stack.log_dir)
+    def start_worker(
+        self, pool: str, name: str, *, wait: bool = True, settings: Mapping[str, str] | None = None
+    ) -> None:
+        """Starts worker ``name`` of ``pool`` with ``settings`` (``FAKESCOPE_*``) on top of the stack's;
+        with ``wait``, returns once it answers a ping."""
+        stack = Stack(env={**self.stack.env, **(settings or {})}, log_dir=self.stack.log_dir)
         self.stacks.append(stack)
         stack.start_worker(pool, name=name)
         if wait:
@@ -480,9 +484,15 @@ class HoldPoint:
 
 @contextlib.contextmanager
 def private_stack(
-    svc: ServiceEnv, name: str, *, api: bool = True, sweeper: bool = False, **settings: str
+    svc: ServiceEnv,
+    name: str,
+    *,
+    api: bool = True,
+    sweeper: bool = False,
+    settings: Mapping[str, str] | None = None,
 ) -> Iterator[PrivateStack]:
-    """API (and sweeper) on a private Redis with ``FAKESCOPE_*`` overrides; start workers with ``start_worker``.
+    """API (and sweeper) on a private Redis with ``settings`` (``FAKESCOPE_*`` overrides); start workers
+    with ``start_worker``.
 
     Its own broker keeps the test's short visibility timeout away from the session's messages: Kombu
     restores every unacknowledged message of a Redis database, whichever queue it came from.
@@ -503,7 +513,7 @@ def private_stack(
         "FAKESCOPE_QUEUE_WEBHOOKS": f"webhooks-{token}",
         "FAKESCOPE_PUBLIC_URL": f"http://127.0.0.1:{api_port}",
         "FAKESCOPE_LOG_FORMAT": "text",
-        **settings,
+        **(settings or {}),
     }
     cfg = Settings.from_env(env)
     with new_session(cfg.sqlalchemy_url) as session:

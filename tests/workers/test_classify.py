@@ -21,8 +21,8 @@ def test_sigkill_mid_job_then_fresh_worker_gives_one_result_each(service_env: Se
     hold = HoldPoint(service_env.tmp / f"hold-{uuid.uuid4().hex[:8]}")
     # The killed worker's message comes back after the visibility timeout, which must exceed the time limit.
     tight = {"FAKESCOPE_TASK_TIME_LIMIT_S": "20", "FAKESCOPE_VISIBILITY_TIMEOUT_S": "25"}
-    with private_stack(service_env, "classify-kill", **tight) as st:
-        st.start_worker("classify", "classify-1", **hold.env)
+    with private_stack(service_env, "classify-kill", settings=tight) as st:
+        st.start_worker("classify", "classify-1", settings=hold.env)
         files = [("files", (f"{i}.png", png_bytes(5000 + i), "image/png")) for i in range(1, N + 1)]
         with st.client() as c:
             r = c.post("/v1/jobs", files=files)
@@ -57,8 +57,8 @@ def test_sigkill_mid_job_then_fresh_worker_gives_one_result_each(service_env: Se
     assert sorted(r["position"] for r in results["data"]) == list(range(N))
     assert all(r["prediction"] in ("real", "fake") for r in results["data"])
     with service_env.session() as session:
-        per_position = session.exec(  # type: ignore[call-overload]
-            select(JobItem.position, func.count()).where(JobItem.job_id == job_id).group_by(JobItem.position)
+        per_position = session.exec(
+            select(JobItem.position, func.count()).where(JobItem.job_id == job_id).group_by(col(JobItem.position))
         ).all()
         attempts = dict(session.exec(select(JobItem.id, JobItem.attempts).where(col(JobItem.job_id) == job_id)).all())
         grids = session.exec(select(JobItem.cam_grid).where(col(JobItem.job_id) == job_id)).all()

@@ -53,10 +53,10 @@ def test_a_slow_image_fails_its_explanation_alone_and_its_chunk_is_explained(ser
         *[(f"s{i}.png", small[i]) for i in (1, 2)],
     ]
     with private_stack(
-        service_env, "explain-image-limit", FAKESCOPE_CHUNK_SIZE="8", FAKESCOPE_EXPLAIN_CHUNK_SIZE="8"
+        service_env, "explain-image-limit", settings={"FAKESCOPE_CHUNK_SIZE": "8", "FAKESCOPE_EXPLAIN_CHUNK_SIZE": "8"}
     ) as st:
-        st.start_worker("classify", "classify-1", FAKESCOPE_IMAGE_TIME_LIMIT_S="60")
-        st.start_worker("explain", "explain-1", FAKESCOPE_IMAGE_TIME_LIMIT_S="0.1")
+        st.start_worker("classify", "classify-1", settings={"FAKESCOPE_IMAGE_TIME_LIMIT_S": "60"})
+        st.start_worker("explain", "explain-1", settings={"FAKESCOPE_IMAGE_TIME_LIMIT_S": "0.1"})
         with st.client() as c:
             r = c.post("/v1/jobs", files=[("files", (n, b, "image/png")) for n, b in files], data={"explain": "true"})
             assert r.status_code == 202, r.text
@@ -107,7 +107,7 @@ def test_item3_crafted_images_cost_their_chunk_little(service_env: ServiceEnv) -
         "segments.jpg": _empty_segments(24 * 1024 * 1024),  # 48 MiB
     }
     small = {f"small-{i}.png": png_bytes(91_410 + i) for i in range(5)}
-    with private_stack(service_env, "crafted-images", FAKESCOPE_CHUNK_SIZE="16") as st:
+    with private_stack(service_env, "crafted-images", settings={"FAKESCOPE_CHUNK_SIZE": "16"}) as st:
         st.start_worker("classify", "classify-1")
         with st.client() as c:
             files = [("files", (n, b, "application/octet-stream")) for n, b in {**crafted, **small}.items()]

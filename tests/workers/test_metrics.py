@@ -11,8 +11,8 @@ import httpx
 from tests.utils.stack import FLOWER_AUTH, ServiceStack, png_bytes, wait_until
 
 
-def _scrape(url: str, **kw: object) -> str:
-    r = httpx.get(url, timeout=10, **kw)  # type: ignore[arg-type]
+def _scrape(url: str, auth: tuple[str, str] | None = None) -> str:
+    r = httpx.get(url, timeout=10, auth=auth)
     r.raise_for_status()
     return r.text
 

@@ -24,8 +24,8 @@ def _pool(pid: int) -> set[int]:
 
 
 def test_item4_pool_processes_are_replaced_after_their_task_budget(service_env: ServiceEnv) -> None:
-    with private_stack(service_env, "recycling", FAKESCOPE_CHUNK_SIZE="2") as st:
-        st.start_worker("classify", "classify-1", FAKESCOPE_WORKER_MAX_TASKS_PER_CHILD="1")
+    with private_stack(service_env, "recycling", settings={"FAKESCOPE_CHUNK_SIZE": "2"}) as st:
+        st.start_worker("classify", "classify-1", settings={"FAKESCOPE_WORKER_MAX_TASKS_PER_CHILD": "1"})
         main = st.pid("classify-1")
         first = wait_until(lambda: _pool(main), 30, "the worker's pool process")
         with st.client() as c:
