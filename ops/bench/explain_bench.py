@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         if backend == "vlm":
             clip, vlm = args.clip_model, args.vlm_model
             if not clip or not vlm:
-                from fakescope.explain.tiny import save_tiny_clip, save_tiny_idefics2
+                from tests.utils.tiny_explain import save_tiny_clip, save_tiny_idefics2
 
                 tmp = Path(tempfile.mkdtemp())
                 clip = clip or str(save_tiny_clip(tmp / "clip"))

@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     source = args.model
     if args.tiny:
-        from fakescope.explain.tiny import save_tiny_idefics2
+        from tests.utils.tiny_explain import save_tiny_idefics2
 
         source = str(save_tiny_idefics2(Path(tempfile.mkdtemp()) / "tiny-idefics2"))
 

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from fakescope.explain import ENV_BACKEND, ENV_CLIP_MODEL, ENV_VLM_LORA, ENV_VLM_MAX_NEW_TOKENS, ENV_VLM_MODEL
+from tests.utils.tiny_explain import save_tiny_clip, save_tiny_idefics2
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 
@@ -40,16 +41,12 @@ def _no_explain_env(monkeypatch: pytest.MonkeyPatch) -> None:
 def tiny_clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     transformers = pytest.importorskip("transformers")
     del transformers
-    from fakescope.explain.tiny import save_tiny_clip
-
     return save_tiny_clip(tmp_path_factory.mktemp("clip") / "tiny-clip")
 
 
 @pytest.fixture(scope="session")
 def tiny_idefics2(tmp_path_factory: pytest.TempPathFactory) -> Path:
     pytest.importorskip("transformers")
-    from fakescope.explain.tiny import save_tiny_idefics2
-
     return save_tiny_idefics2(tmp_path_factory.mktemp("idefics2") / "tiny-idefics2")
 
 

@@ -1,4 +1,6 @@
-"""Tiny random-weight CLIP and Idefics2 checkpoints, built from configs, for tests and smoke runs.
+"""Tiny random-weight CLIP and Idefics2 checkpoints, built from configs, for tests and smoke runs
+(``tests/explain``, and the ``ops/`` scripts when they are given no real weights); the service never
+builds one.
 
 They exercise the production loaders end to end (tokenizer, processor, weights, LoRA) without a
 download: :func:`save_tiny_clip` and :func:`save_tiny_idefics2` write folders that
