@@ -28,7 +28,7 @@ import numpy as np
 from PIL import Image
 
 from fakescope.machine import describe
-from ops.bench.bench_service import Bench, pct
+from ops.bench.bench_service import Bench, add_bench_arguments, pct
 
 
 def _png(rng: np.random.Generator) -> bytes:
@@ -136,11 +136,7 @@ def main() -> None:
     p.add_argument("--jobs", type=int, default=5, help="jobs per client")
     p.add_argument("--images", type=int, default=50, help="images per job")
     p.add_argument("--workers", type=int, default=2, help="classify workers of the stack started here")
-    p.add_argument("--checkpoint")
-    p.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    p.add_argument("--redis", default="redis://127.0.0.1:6379")
-    p.add_argument("--redis-db", type=int, default=14)
-    p.add_argument("--s3")
+    add_bench_arguments(p, redis_db=14)
     args = p.parse_args()
     if args.api:
         run(args.api, args.key, args)

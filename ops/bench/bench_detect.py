@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from fakescope.machine import describe
-from ops.bench.bench_service import Bench, multipart, pct
+from ops.bench.bench_service import Bench, add_bench_arguments, multipart, pct
 from tests.utils.stack import png_bytes
 
 
@@ -77,11 +77,7 @@ def main() -> None:
     p.add_argument("--rate", type=float, default=2.0, help="requests a second")
     p.add_argument("--load", type=int, default=2000, help="images of the background job in the loaded phase")
     p.add_argument("--workers", type=int, default=1)
-    p.add_argument("--checkpoint", help="default: the shipped checkpoint")
-    p.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    p.add_argument("--redis", default="redis://127.0.0.1:6379")
-    p.add_argument("--redis-db", type=int, default=13)
-    p.add_argument("--s3", help="S3 endpoint (default: a moto server started here)")
+    add_bench_arguments(p)
     args = p.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     print(f"machine: {describe()}")

@@ -103,6 +103,16 @@ def tree_peak_rss_mb(pid: int) -> float:
     return total / 1024
 
 
+def add_bench_arguments(p: argparse.ArgumentParser, *, redis_db: int = 13) -> None:
+    """The options :class:`Bench` reads: the checkpoint its workers load, and the servers its dev stack
+    makes a database, queues and a bucket of its own on (removed after)."""
+    p.add_argument("--checkpoint", help="default: the shipped checkpoint")
+    p.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    p.add_argument("--redis", default="redis://127.0.0.1:6379")
+    p.add_argument("--redis-db", type=int, default=redis_db)
+    p.add_argument("--s3", help="S3 endpoint (default: a moto server started here)")
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, tmp: Path) -> None:
         self.args, self.tmp = args, tmp
@@ -360,7 +370,6 @@ def main() -> None:
     p.add_argument("--data", default="../shared/data/cifake_train_subset")
     p.add_argument("--n", type=int, default=2000, help="images in the throughput job")
     p.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4])
-    p.add_argument("--checkpoint", help="default: the shipped checkpoint")
     p.add_argument("--chunk-size", type=int, help="images per classify task (default: the service's default)")
     p.add_argument("--decode-threads", type=int, help="the workers' decoding threads (default: the service's choice)")
     p.add_argument(
@@ -370,10 +379,7 @@ def main() -> None:
     p.add_argument(
         "--no-overlays", action="store_true", help="verdicts-only jobs, against forward-only (TTA) model speed"
     )
-    p.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    p.add_argument("--redis", default="redis://127.0.0.1:6379")
-    p.add_argument("--redis-db", type=int, default=13)
-    p.add_argument("--s3", help="S3 endpoint (default: a moto server started here)")
+    add_bench_arguments(p)
     args = p.parse_args()
     # SIGTERM (a killed benchmark) unwinds like Ctrl-C, so the stack, database and queues are cleaned up.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
