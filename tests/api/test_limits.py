@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import gzip
 import io
-import socket
 import tarfile
 import time
 import uuid
@@ -19,6 +18,7 @@ from api.limits import RateLimiter
 from fakescope.service.tenants import create_api_key
 from fakescope.settings import Settings
 from serve.stack import Stack
+from tests.utils.slow_http import answer_before_body
 from tests.utils.stack import ServiceStack, free_port, png_bytes, wait_until
 
 
@@ -156,33 +156,12 @@ def test_metrics_and_readiness_details_are_internal(service_stack: ServiceStack)
         assert details == {"database": "ok", "storage": "ok", "broker": "ok"}
 
 
-def _answer_before_body(url: str, key: str, length: int) -> bytes:
-    """Sends a POST's headers declaring ``length`` bytes of body, and none of the body: what the API
-    answers while it waits for them (empty when it waits for the body instead)."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as s:
-        head = (
-            f"POST /v1/jobs HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {key}\r\n"
-            f"Content-Type: multipart/form-data; boundary=x\r\nContent-Length: {length}\r\n\r\n"
-        )
-        s.sendall(head.encode())
-        s.settimeout(15)
-        got = b""
-        try:
-            while not got.endswith(b"}"):  # the JSON detail closes the answer
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                got += chunk
-        except TimeoutError:
-            pass
-        return got
-
-
 def test_a_bad_key_is_refused_before_its_body_is_received(service_stack: ServiceStack) -> None:
     # The probe: a 300 MiB upload with a made-up key was spooled to disk before the 401. Now the key
     # is looked up (and its rate limit counted) before the first byte of the body arrives.
-    answer = _answer_before_body(service_stack.api_url, "fks_made-up-key", 300 * 1024 * 1024)
+    answer = answer_before_body(
+        service_stack.api_url, "fks_made-up-key", 300 * 1024 * 1024, content_type="multipart/form-data; boundary=x"
+    )
     assert answer.startswith(b"HTTP/1.1 401") and b'"Invalid API key"' in answer, answer[:200]
 
 

@@ -8,12 +8,10 @@ untrusted input") and the tests named in each limit's commit.
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import io
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -39,7 +37,7 @@ from fakescope.imageio import DEFAULT_MAX_MEMBERS
 from fakescope.provenance import MAX_RECORD_CHARS
 from fakescope.service.tenants import create_api_key
 from tests.api.test_limits import second_api_proc
-from tests.utils.slow_http import trickle
+from tests.utils.slow_http import answer_before_body, trickle
 from tests.utils.stack import ServiceStack, png_bytes, process_env, wait_until
 
 MiB = 1024 * 1024
@@ -67,25 +65,8 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def _answer_before_body(url: str, key: str, length: int, path: str = "/v1/jobs") -> bytes:
-    """Sends a POST's headers declaring ``length`` bytes of JSON body, and none of it: what the API
-    answers while it waits for them (empty when it waits for the body instead)."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=30) as s:
-        head = (
-            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nX-API-Key: {key}\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
-        )
-        s.sendall(head.encode())
-        s.settimeout(15)
-        got = b""
-        with contextlib.suppress(TimeoutError):
-            while not got.endswith(b"}"):  # the JSON detail closes the answer
-                chunk = s.recv(4096)
-                if not chunk:
-                    break
-                got += chunk
-        return got
+def _json_headers_only(api: str, key: str) -> bytes:
+    return answer_before_body(api, key, 15 * MiB, content_type="application/json")
 
 
 def test_item1_bad_and_throttled_keys_are_answered_before_any_body_byte(service_stack: ServiceStack) -> None:
@@ -98,8 +79,8 @@ def test_item1_bad_and_throttled_keys_are_answered_before_any_body_byte(service_
         with httpx.Client(base_url=api, headers={"X-API-Key": key}, timeout=30) as c:
             assert [c.get("/v1/jobs").status_code for _ in range(2)] == [200, 200]
         with peak_growth_mb(pid) as grown, ThreadPoolExecutor(8) as pool:
-            made_up = list(pool.map(lambda _: _answer_before_body(api, "fks_made-up", 15 * MiB), range(4)))
-            throttled = list(pool.map(lambda _: _answer_before_body(api, key, 15 * MiB), range(4)))
+            made_up = list(pool.map(lambda _: _json_headers_only(api, "fks_made-up"), range(4)))
+            throttled = list(pool.map(lambda _: _json_headers_only(api, key), range(4)))
     for answer in made_up:
         assert answer.startswith(b"HTTP/1.1 401") and b'"Invalid API key"' in answer, answer[:200]
     for answer in throttled:
