@@ -34,6 +34,20 @@ def _done(c: httpx.Client, job_id: str) -> int:
     return c.get(f"/v1/jobs/{job_id}").json()["counts"]["done"]
 
 
+def _job_held_mid_way(svc: ServiceEnv, st: PrivateStack, c: httpx.Client, seed: int, n: int) -> tuple[HoldPoint, str]:
+    """Starts a classify worker behind a hold point and submits ``n`` images in chunks of three; returns
+    once two chunks are answered and the third is started and held, so that a fault let loose now meets
+    the job mid-way every time (``release_all`` lets the held chunk go on)."""
+    hold = HoldPoint(svc.tmp / f"hold-{uuid.uuid4().hex[:8]}")
+    st.start_worker("classify", "classify-1", settings=hold.env)
+    r = c.post("/v1/jobs", files=_files(seed, n))
+    assert r.status_code == 202, r.text
+    job_id = r.json()["id"]
+    hold.hold_after(2, job_id)
+    assert _done(c, job_id) == 6
+    return hold, job_id
+
+
 def _assert_one_result_each(svc: ServiceEnv, st: PrivateStack, job_id: str, n: int) -> None:
     job = st.wait_job(job_id, timeout=180)
     assert job["state"] == "succeeded", job
@@ -63,16 +77,9 @@ def test_redis_restarted_without_its_data_mid_job(service_env: ServiceEnv) -> No
     }
     with private_stack(service_env, "redis-restart", sweeper=True, settings=tight) as st:
         assert st.broker is not None
-        hold = HoldPoint(service_env.tmp / f"hold-{uuid.uuid4().hex[:8]}")
-        st.start_worker("classify", "classify-1", settings=hold.env)
         with st.client() as c:
-            r = c.post("/v1/jobs", files=_files(32000, n))
-            assert r.status_code == 202, r.text
-            job_id = r.json()["id"]
-            # Two chunks answered, the third started and held: Redis dies mid-job every time, and the
-            # worker finishes its chunk without a broker.
-            hold.hold_after(2, job_id)
-            assert _done(c, job_id) == 6
+            # Redis dies mid-job every time, and the worker finishes its held chunk without a broker.
+            hold, job_id = _job_held_mid_way(service_env, st, c, 32000, n)
             st.broker.kill()
             hold.release_all()
 
@@ -165,34 +172,30 @@ def test_postgres_unreachable_for_a_few_seconds_mid_job(service_env: ServiceEnv)
     proxy.start()
     db = service_env.env["FAKESCOPE_DATABASE_URL"].replace(host_port, f"127.0.0.1:{proxy.port}")
     try:
-        with private_stack(
-            service_env, "pg-cut", settings={"FAKESCOPE_DATABASE_URL": db, "FAKESCOPE_CHUNK_SIZE": "3"}
-        ) as st:
-            hold = HoldPoint(service_env.tmp / f"hold-{uuid.uuid4().hex[:8]}")
-            st.start_worker("classify", "classify-1", settings=hold.env)
-            with st.client() as c:
-                r = c.post("/v1/jobs", files=_files(33000, n))
-                assert r.status_code == 202, r.text
-                job_id = r.json()["id"]
-                # Two chunks answered, the third started and held: its write meets the outage every time.
-                hold.hold_after(2, job_id)
-                assert _done(c, job_id) == 6
-                proxy.cut()
-                hold.release_all()
-                r = c.get(f"/v1/jobs/{job_id}")
-                assert r.status_code == 503, r.text
-                assert r.json()["detail"] == UNAVAILABLE["database"] and r.headers["Retry-After"] == "5"
-                r = c.post("/v1/jobs", files=_files(33200, 1))
-                assert r.status_code == 503, r.text
-                with service_env.session() as session:  # directly, not through the proxy
-                    left = session.exec(
-                        select(func.count()).where(JobItem.job_id == job_id, JobItem.status == ItemStatus.QUEUED)
-                    ).one()
-                assert left == n - 6  # nothing is written while the database is away
-                # Back once the held chunk's write has met the outage and is waiting to retry.
-                wait_until(lambda: "transient error, retrying" in st.log("classify-1"), 60, "the outage to be met")
-                proxy.restore()
-                wait_until(lambda: c.get(f"/v1/jobs/{job_id}").status_code == 200, 30, "the API to recover")
-                _assert_one_result_each(service_env, st, job_id, n)
+        with (
+            private_stack(
+                service_env, "pg-cut", settings={"FAKESCOPE_DATABASE_URL": db, "FAKESCOPE_CHUNK_SIZE": "3"}
+            ) as st,
+            st.client() as c,
+        ):
+            # The held chunk's write meets the outage every time.
+            hold, job_id = _job_held_mid_way(service_env, st, c, 33000, n)
+            proxy.cut()
+            hold.release_all()
+            r = c.get(f"/v1/jobs/{job_id}")
+            assert r.status_code == 503, r.text
+            assert r.json()["detail"] == UNAVAILABLE["database"] and r.headers["Retry-After"] == "5"
+            r = c.post("/v1/jobs", files=_files(33200, 1))
+            assert r.status_code == 503, r.text
+            with service_env.session() as session:  # directly, not through the proxy
+                left = session.exec(
+                    select(func.count()).where(JobItem.job_id == job_id, JobItem.status == ItemStatus.QUEUED)
+                ).one()
+            assert left == n - 6  # nothing is written while the database is away
+            # Back once the held chunk's write has met the outage and is waiting to retry.
+            wait_until(lambda: "transient error, retrying" in st.log("classify-1"), 60, "the outage to be met")
+            proxy.restore()
+            wait_until(lambda: c.get(f"/v1/jobs/{job_id}").status_code == 200, 30, "the API to recover")
+            _assert_one_result_each(service_env, st, job_id, n)
     finally:
         proxy.cut()
