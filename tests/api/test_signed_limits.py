@@ -5,7 +5,6 @@ completes because the client waits the Retry-After it is told.
 
 from __future__ import annotations
 
-import io
 import re
 import threading
 import time
@@ -15,14 +14,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 import httpx
-import numpy as np
 import pytest
-from PIL import Image
 
 from api.limits import TokenBuckets
 from fakescope.client import FakescopeClient, _get
 from fakescope.service.overlays import DRAW_MEMORY_BYTES
 from tests.api.test_limits import second_api, second_api_proc
+from tests.utils.images import gradient_png
 from tests.utils.stack import REDIS_URL, ServiceStack, png_bytes
 
 OVERLAY_ROUTE = "/v1/jobs/{job_id}/items/{position}/overlay.png"
@@ -135,18 +133,6 @@ def test_the_client_waits_the_retry_after_it_is_told() -> None:
         assert _get(http, "http://api/x", sleep=slept.append).status_code == 200
 
 
-def _big_png(shade: int, side: int = 6000) -> bytes:
-    """36 megapixels of smooth gradient: about 120 KB to send, 144 MB once decoded."""
-    ramp = np.linspace(0, 255, side, dtype=np.uint8)
-    arr = np.empty((side, side, 3), np.uint8)
-    arr[..., 0] = ramp[None, :]
-    arr[..., 1] = ramp[:, None]
-    arr[..., 2] = shade
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
-
-
 def _status_kb(pid: int, field: str) -> int:
     line = next(x for x in Path(f"/proc/{pid}/status").read_text().splitlines() if x.startswith(field + ":"))
     return int(line.split()[1])
@@ -161,7 +147,7 @@ def test_concurrent_overlay_draws_of_large_pngs_stay_within_the_draw_budget(serv
     # resident growth stays under the budget. The draws past the wait get 503 with Retry-After, and
     # every overlay is then fetched by waiting as told.
     n = 12
-    _, results = _job(service_stack, [(f"big-{i}.png", _big_png(10 + i)) for i in range(n)], timeout=300)
+    _, results = _job(service_stack, [(f"big-{i}.png", gradient_png(10 + i)) for i in range(n)], timeout=300)
     with second_api_proc(service_stack, "api-draws") as (api, pid):
         urls = [_on(api, r["overlay_url"]) for r in results] * 2
         Path(f"/proc/{pid}/clear_refs").write_text("5")  # the peak (VmHWM) starts again from now

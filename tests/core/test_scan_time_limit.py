@@ -3,7 +3,6 @@ and the scan answers every other input."""
 
 from __future__ import annotations
 
-import io
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from PIL import Image
 
 from fakescope.cli import main
 from fakescope.pipeline import IMAGE_TIME_LIMIT_ERROR
+from tests.utils.images import gradient_png
 
 
 def test_a_slow_image_gets_its_own_error_and_the_scan_answers_the_rest(tiny_checkpoint: Path, tmp_path: Path) -> None:
@@ -20,13 +20,7 @@ def test_a_slow_image_gets_its_own_error_and_the_scan_answers_the_rest(tiny_chec
     rng = np.random.default_rng(91_200)
     for i in range(4):
         Image.fromarray(rng.integers(0, 256, (48, 48, 3), dtype=np.uint8)).save(src / f"{i}.png")
-    # 36 megapixels of smooth gradient: about 120 KB, over a second to decode and shrink here.
-    ramp = np.linspace(0, 255, 6000, dtype=np.uint8)
-    big = np.empty((6000, 6000, 3), np.uint8)
-    big[..., 0], big[..., 1], big[..., 2] = ramp[None, :], ramp[:, None], 7
-    buf = io.BytesIO()
-    Image.fromarray(big).save(buf, "PNG")
-    (src / "2-big.png").write_bytes(buf.getvalue())
+    (src / "2-big.png").write_bytes(gradient_png(7))  # over a second to decode and shrink here
     out = tmp_path / "out"
     args = ["scan", str(src), "--out", str(out), "--checkpoint", str(tiny_checkpoint), "--device", "cpu", "-q"]
     assert main([*args, "--explain", "--image-time-limit", "0.1"]) == 0

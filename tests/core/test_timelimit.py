@@ -3,19 +3,17 @@
 from __future__ import annotations
 
 import functools
-import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from fakescope.detector import Detector
 from fakescope.imageio import InputItem
 from fakescope.pipeline import IMAGE_TIME_LIMIT_ERROR, classify_items
 from fakescope.timelimit import TimeLimitExceeded, call_with_time_limit
+from tests.utils.images import gradient_png
 from tests.utils.stack import png_bytes
 
 
@@ -25,16 +23,6 @@ def _spin(seconds: float) -> int:
     while time.monotonic() < end:
         n += 1
     return n
-
-
-def _big_png(side: int = 6000) -> bytes:
-    """A smooth image of ``side``² pixels (under the 40 MP limit): small to send, a second to decode and shrink."""
-    ramp = np.linspace(0, 255, side, dtype=np.uint8)
-    arr = np.empty((side, side, 3), np.uint8)
-    arr[..., 0], arr[..., 1], arr[..., 2] = ramp[None, :], ramp[:, None], 71
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
 
 
 @pytest.mark.parametrize("threaded", [False, True])
@@ -69,7 +57,7 @@ def test_calls_that_end_near_their_limit_leave_nothing_behind() -> None:
 
 def test_a_slow_image_fails_alone_and_its_batch_is_answered(tiny_checkpoint: Path) -> None:
     detector = Detector.load(tiny_checkpoint, device="cpu")
-    big = _big_png()
+    big = gradient_png(71)
     small = [InputItem(f"{i}.png", functools.partial(png_bytes, s)) for i, s in enumerate(range(71_000, 71_006))]
     items = [*small[:3], InputItem("big.png", lambda: big), *small[3:]]
     for threads in (0, 2):

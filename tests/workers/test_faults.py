@@ -23,6 +23,7 @@ from sqlmodel import col, select
 from fakescope.db.models import ExplainStatus, ItemStatus, JobItem
 from fakescope.detector import Detector
 from tests.core.test_provenance import TRAINED, _png, _slow_gif, _with_cabx, _xmp
+from tests.utils.images import gradient_png
 from tests.utils.stack import HoldPoint, PrivateStack, ServiceEnv, free_port, png_bytes, private_stack, wait_until
 
 pytestmark = pytest.mark.slow
@@ -39,18 +40,6 @@ def _fakes(checkpoint: Path, n: int) -> list[int]:
     fakes = [s for s, p in zip(seeds, detector.predict(batch), strict=True) if p >= 0.5][:n]
     assert len(fakes) == n, f"only {len(fakes)} fakes among {len(seeds)} seeds"
     return fakes
-
-
-def _big_png(shade: int, side: int = 6000) -> bytes:
-    """A smooth image of ``side``² pixels (under the 40 MP limit): small to send, slow to decode and resize."""
-    ramp = np.linspace(0, 255, side, dtype=np.uint8)
-    arr = np.empty((side, side, 3), np.uint8)
-    arr[..., 0] = ramp[None, :]
-    arr[..., 1] = ramp[:, None]
-    arr[..., 2] = shade
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def _submit(st: PrivateStack, files: list[tuple[str, bytes]], **data: str) -> str:
@@ -178,7 +167,7 @@ def test_slow_images_fail_alone_and_the_rest_of_their_chunk_is_answered(service_
         st.start_worker("classify", "classify-1", settings={"FAKESCOPE_IMAGE_TIME_LIMIT_S": "0.1"})
         small, big = iter(range(71_000, 71_008)), {1, 3, 5, 7, 9, 11, 13, 15}
         files = [
-            (f"big-{i}.png", _big_png(200 + i)) if i in big else (f"small-{i}.png", png_bytes(next(small)))
+            (f"big-{i}.png", gradient_png(200 + i)) if i in big else (f"small-{i}.png", png_bytes(next(small)))
             for i in range(16)
         ]
         job_id = _submit(st, files)

@@ -10,7 +10,6 @@ import re
 import struct
 import zlib
 
-import numpy as np
 import pytest
 from PIL import Image
 from PIL.PngImagePlugin import PngInfo
@@ -19,6 +18,7 @@ from sqlmodel import col, select
 from fakescope.db.models import ExplainStatus, ItemStatus, JobItem
 from fakescope.pipeline import IMAGE_TIME_LIMIT_ERROR
 from tests.core.test_provenance import TRAINED, _xmp
+from tests.utils.images import gradient
 from tests.utils.stack import ServiceEnv, png_bytes, private_stack
 
 pytestmark = pytest.mark.slow
@@ -34,14 +34,6 @@ def declared_generated(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
-def big_gradient(side: int = 6000) -> Image.Image:
-    """36 megapixels, smooth: about 120 KB as a PNG, over a second to decode and shrink here."""
-    ramp = np.linspace(0, 255, side, dtype=np.uint8)
-    arr = np.empty((side, side, 3), np.uint8)
-    arr[..., 0], arr[..., 1], arr[..., 2] = ramp[None, :], ramp[:, None], 91
-    return Image.fromarray(arr)
-
-
 def test_a_slow_image_fails_its_explanation_alone_and_its_chunk_is_explained(service_env: ServiceEnv) -> None:
     # One classify chunk and one explain chunk of four fakes: three small, one of 36 megapixels. The
     # classify worker takes its time over it (a limit of 60 s); the explain worker, which decodes each
@@ -49,7 +41,7 @@ def test_a_slow_image_fails_its_explanation_alone_and_its_chunk_is_explained(ser
     small = [declared_generated(Image.open(io.BytesIO(png_bytes(91_100 + i)))) for i in range(3)]
     files = [
         ("s0.png", small[0]),
-        ("big.png", declared_generated(big_gradient())),
+        ("big.png", declared_generated(gradient(91))),
         *[(f"s{i}.png", small[i]) for i in (1, 2)],
     ]
     with private_stack(
