@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from PIL import Image, PngImagePlugin
+from sqlalchemy import inspect
 
 from api.main import create_app
 from api.schemas import ItemResult
@@ -37,7 +38,7 @@ FILES = {"0.png": png_bytes(9100), "1.png": png_bytes(9101, size=48), "2.png": _
 
 
 def test_every_field_is_a_column_and_in_the_api_schema() -> None:
-    columns = set(JobItem.__table__.columns.keys())  # type: ignore[attr-defined]
+    columns = set(inspect(JobItem).local_table.columns.keys())
     assert set(RESULT_FIELDS) <= columns
     assert set(RESULT_FIELDS) <= set(ItemResult.model_fields)
     schema = create_app().openapi()["components"]["schemas"]["ItemResult"]["properties"]

@@ -6,7 +6,7 @@ import math
 import uuid
 from typing import Any
 
-from sqlalchemy import event
+from sqlalchemy import event, inspect
 from sqlmodel import Session, col, select
 
 from fakescope.db.models import ExplainStatus, ItemStatus, Job, JobItem, utcnow
@@ -15,9 +15,11 @@ from fakescope.service.tenants import create_api_key
 from tests.utils.stack import ServiceEnv
 
 # Every column but those each item has of its own.
-# SQLModel sets __table__ on table models without declaring it.
-TABLE = JobItem.__table__  # type: ignore[attr-defined]
-COLUMNS = [c.name for c in TABLE.columns if c.name not in ("id", "position", "name", "object_key", "enqueued_at")]
+COLUMNS = [
+    c.name
+    for c in inspect(JobItem).local_table.columns
+    if c.name not in ("id", "position", "name", "object_key", "enqueued_at")
+]
 
 
 def _items(session: Session, n: int) -> list[JobItem]:
