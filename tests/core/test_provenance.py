@@ -462,6 +462,11 @@ def test_without_c2pa_the_other_readers_still_run(monkeypatch: pytest.MonkeyPatc
     assert result.generator == "AUTOMATIC1111"
 
 
+# Sub-blocks that keep c2pa-rs walking well past the 2 s read limit: a million took 3.5 s on the
+# two-core development machine and under 2 s on a quiet one, which let the read finish in time.
+OVERRUNNING_SUB_BLOCKS = 4_000_000
+
+
 def _slow_gif(sub_blocks: int) -> bytes:
     """A GIF with a comment of ``sub_blocks`` 1-byte sub-blocks (c2pa-rs walks them at seconds a MiB)
     and a manifest label, so that it is handed to the native reader."""
@@ -481,7 +486,9 @@ def test_a_c2pa_read_that_overruns_is_killed_and_the_image_is_answered(tiny_chec
     detector = Detector.load(tiny_checkpoint, device="cpu")
 
     t0 = time.monotonic()
-    (result,) = classify_items(detector, [InputItem("slow.gif", lambda: _slow_gif(1_000_000))], overlays=False)
+    (result,) = classify_items(
+        detector, [InputItem("slow.gif", lambda: _slow_gif(OVERRUNNING_SUB_BLOCKS))], overlays=False
+    )
     took = time.monotonic() - t0
 
     assert result.ok and result.prediction in ("real", "fake"), result.error
@@ -746,7 +753,7 @@ def test_a_reader_that_dies_leaves_the_manifest_unread_not_broken() -> None:
     assert helper is not None
     threading.Timer(0.5, helper.kill).start()
     with pytest.raises(c2pa_process.C2paReaderFailed, match=r"the c2pa reader died \(signal 9\)"):
-        c2pa_process.read_manifest_store(_slow_gif(1_000_000), "image/gif", None, 30)
+        c2pa_process.read_manifest_store(_slow_gif(OVERRUNNING_SUB_BLOCKS), "image/gif", None, 30)
     assert c2pa_process._HELPER.proc is None
 
 

@@ -22,7 +22,7 @@ from sqlmodel import col, select
 
 from fakescope.db.models import ExplainStatus, ItemStatus, JobItem
 from fakescope.detector import Detector
-from tests.core.test_provenance import TRAINED, _png, _slow_gif, _with_cabx, _xmp
+from tests.core.test_provenance import OVERRUNNING_SUB_BLOCKS, TRAINED, _png, _slow_gif, _with_cabx, _xmp
 from tests.utils.images import gradient_png
 from tests.utils.stack import HoldPoint, PrivateStack, ServiceEnv, free_port, png_bytes, private_stack, wait_until
 
@@ -225,7 +225,10 @@ def test_a_c2pa_read_that_overruns_is_killed_in_the_worker_and_the_image_answere
         st.start_worker("classify", "classify-1", settings={"FAKESCOPE_DECODE_THREADS": "0"})
         # One chunk: a PNG with a C2PA box starts the worker's c2pa helper (and is read by it), then a
         # GIF that c2pa-rs would walk for tens of seconds overruns its 2 s read.
-        files = [("boxed.png", _with_cabx(_png({"Comment": "71_010"}))), ("slow.gif", _declared_slow_gif(1_000_000))]
+        files = [
+            ("boxed.png", _with_cabx(_png({"Comment": "71_010"}))),
+            ("slow.gif", _declared_slow_gif(OVERRUNNING_SUB_BLOCKS)),
+        ]
         with st.client() as c:
             r = c.post("/v1/jobs", files=[("files", (n, b, "application/octet-stream")) for n, b in files])
             assert r.status_code == 202, r.text
