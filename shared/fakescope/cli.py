@@ -52,6 +52,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         translate=args.translate,
         ema_decay=args.ema_decay,
         robust_p=args.robust_p,
+        noise_p=args.noise_p,
         amp=args.amp,
         weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing,
@@ -474,6 +475,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--translate", type=int, default=2, help="random reflect-padded shift, pixels (fast recipe)")
     p.add_argument("--ema-decay", type=float, default=0.999, help="EMA of the weights per step; 0 turns it off")
     p.add_argument("--robust-p", type=float, default=0.15, help="share of images rescaled, blurred or re-JPEGed")
+    p.add_argument("--noise-p", type=float, default=0.0, help="share of images given Gaussian noise (both labels)")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="bf16 autocast (auto: CUDA or AMX)")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--label-smoothing", type=float, default=0.05)

@@ -122,6 +122,21 @@ def test_train_batch_applies_robust_share(synth_cifake: Path) -> None:
     assert x.is_contiguous(memory_format=torch.channels_last)
 
 
+def test_noise_reaches_its_share_of_the_images() -> None:
+    images = torch.full((400, 32, 32, 3), 128, dtype=torch.uint8)
+    mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    idx = torch.arange(400)
+    base = dict(data=["x"], out="y", robust_p=0.0, translate=0)
+    quiet = train_mod.train_batch(images, None, idx, mean, std, TrainConfig(**base), torch.Generator().manual_seed(0))
+    noisy = train_mod.train_batch(
+        images, None, idx, mean, std, TrainConfig(**base, noise_p=0.25), torch.Generator().manual_seed(0)
+    )
+    changed = (noisy - quiet).abs().flatten(1).amax(1) > 1e-6
+    assert 0.15 < float(changed.float().mean()) < 0.35
+    spread = (noisy - quiet)[changed].std()
+    assert 0.005 < float(spread) < 0.03
+
+
 def test_ema_is_what_gets_saved(synth_cifake: Path, tmp_path: Path) -> None:
     with_ema = train(_cfg(synth_cifake, tmp_path / "ema", epochs=1))
     no_ema = train(_cfg(synth_cifake, tmp_path / "plain", epochs=1, ema_decay=0.0))
