@@ -126,11 +126,10 @@ def test_noise_reaches_its_share_of_the_images() -> None:
     images = torch.full((400, 32, 32, 3), 128, dtype=torch.uint8)
     mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
     idx = torch.arange(400)
-    base = dict(data=["x"], out="y", robust_p=0.0, translate=0)
-    quiet = train_mod.train_batch(images, None, idx, mean, std, TrainConfig(**base), torch.Generator().manual_seed(0))
-    noisy = train_mod.train_batch(
-        images, None, idx, mean, std, TrainConfig(**base, noise_p=0.25), torch.Generator().manual_seed(0)
-    )
+    cfg = TrainConfig(data=["x"], out="y", robust_p=0.0, translate=0)
+    quiet = train_mod.train_batch(images, None, idx, mean, std, cfg, torch.Generator().manual_seed(0))
+    noisy_cfg = dataclasses.replace(cfg, noise_p=0.25)
+    noisy = train_mod.train_batch(images, None, idx, mean, std, noisy_cfg, torch.Generator().manual_seed(0))
     changed = (noisy - quiet).abs().flatten(1).amax(1) > 1e-6
     assert 0.15 < float(changed.float().mean()) < 0.35
     spread = (noisy - quiet)[changed].std()
