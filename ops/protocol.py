@@ -35,9 +35,9 @@ MANIFEST = DATA / "multigen" / "manifest.csv"
 # ``--tiles`` (full track): the 32x32 sources trained on as windows beside the crops. A fold holds
 # out the tiles of its own family too (``tile_folds``), so the family stays unseen.
 TILES = (str(DATA / "cifake_train_subset"), str(DATA / "multigen" / "small"))
-# The full track starts from the 32x32 model trained on CIFAKE alone (the small route shipped until
-# 2026-12-03, kept here unchanged): the shipped small route has since seen multigen/small's GANs and
-# PixelCNN++, so starting from it would show a fold's family to the fold before it is held out.
+# The full track starts from the 32x32 model trained on CIFAKE alone (the shipped small route's
+# weights, copied): a small route that learns multigen/small's GANs and PixelCNN++ would, as a
+# starting point, show a fold its own family before holding it out, and the figures would move.
 CIFAKE_SMALL = "ops/weights/small-cifake"
 
 
