@@ -1,6 +1,8 @@
 """multigen/small split for training and measuring a 32x32 model on its generators.
 
     python -m ops.split_tiles --out runs/tiles     # runs/tiles/train and runs/tiles/heldout
+    fakescope export-split --split val --out runs/val
+    python -m ops.split_tiles --out runs/tiles --resampled-reals 1000 --eval-reals runs/val/REAL   # and runs/tiles/eval
 
 Tiles that share a latent (the manifest's ``latent``: one noise vector through several checkpoints
 of a generator) are near copies of one another, so the split is by group, never by file: a group is
@@ -78,6 +80,18 @@ def write_resampled_reals(n: int, out: Path, seed: int) -> int:
     return len(chosen)
 
 
+def link_eval_set(held: list[dict[str, str]], root: Path, reals: Path, n: int, out: Path) -> int:
+    """The held-out tiles plus the first ``n`` files (by name) of ``reals``, under ``REAL/<its name>``:
+    the tiles' own reals are too few to score fakes against."""
+    link_tree(held, root, out)
+    dest = out / "REAL" / reals.name
+    dest.mkdir(parents=True, exist_ok=True)
+    chosen = sorted(p for p in reals.iterdir() if p.is_file())[:n]
+    for path in chosen:
+        (dest / path.name).symlink_to(path.resolve())
+    return len(chosen)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True)
@@ -86,6 +100,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--salt", default="multigen-small-v1", help="changes which groups are held out")
     ap.add_argument("--resampled-reals", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--eval-reals", type=Path, help="a folder of real images (e.g. export-split --split val's REAL/)")
+    ap.add_argument("--eval-reals-n", type=int, default=1000, help="how many of them join the held-out tiles in eval/")
     args = ap.parse_args(argv)
     if args.out.exists():
         raise SystemExit(f"{args.out} exists: remove it first, so that no stale link stays in a split")
@@ -102,6 +118,9 @@ def main(argv: list[str] | None = None) -> None:
     if args.resampled_reals:
         n = write_resampled_reals(args.resampled_reals, args.out / "train" / "REAL" / "cifake-resampled", args.seed)
         print(f"train: {n:,} CIFAKE training-split reals, bilinear to 64 and box to 32, in REAL/cifake-resampled")
+    if args.eval_reals:
+        n = link_eval_set(held, root, args.eval_reals, args.eval_reals_n, args.out / "eval")
+        print(f"eval: the held-out tiles and {n:,} reals of {args.eval_reals}")
 
 
 if __name__ == "__main__":

@@ -53,11 +53,32 @@ def test_the_trees_are_labelled_sets(tmp_path: Path) -> None:
         writer = csv.DictWriter(f, fieldnames=FIELDS)
         writer.writeheader()
         writer.writerows(rows)
+    reals = tmp_path / "val" / "REAL"
+    reals.mkdir(parents=True)
+    for i in range(5):
+        Image.new("RGB", (32, 32), (0, i, 0)).save(reals / f"{i}.png")
     out = tmp_path / "tiles"
-    main(["--out", str(out), "--manifest", str(manifest), "--held-out", "0.25"])
+    main(
+        [
+            "--out",
+            str(out),
+            "--manifest",
+            str(manifest),
+            "--held-out",
+            "0.25",
+            "--eval-reals",
+            str(reals),
+            "--eval-reals-n",
+            "3",
+        ]
+    )
     train = load_labelled([out / "train"], cache_dir=tmp_path / "cache")
     held = load_labelled([out / "heldout"], cache_dir=tmp_path / "cache")
     assert len(train) + len(held) == len(rows) - 1  # the full-size image is not a tile
     assert {n.split("/")[2] for n in held.names} <= {"g", "h", "r"}
+    scored = load_labelled([out / "eval"], cache_dir=tmp_path / "cache")
+    assert sorted(scored.names) == sorted(
+        [n.replace("heldout/", "eval/") for n in held.names] + [f"eval/REAL/REAL/{i}.png" for i in range(3)]
+    )
     assert generator_from_folder(f"{out}/heldout/FAKE/g/l0_c0.png") == "g"
     assert generator_from_folder(f"{out}/heldout/REAL/r/0.png") is None
