@@ -19,7 +19,7 @@ from fakescope.db.models import ExplainStatus, ItemStatus, JobItem
 from fakescope.pipeline import IMAGE_TIME_LIMIT_ERROR
 from tests.core.test_provenance import TRAINED, _xmp
 from tests.utils.images import gradient
-from tests.utils.stack import ServiceEnv, png_bytes, private_stack
+from tests.utils.stack import ServiceEnv, png_bytes, private_stack, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -57,7 +57,9 @@ def test_a_slow_image_fails_its_explanation_alone_and_its_chunk_is_explained(ser
         assert job["state"] == "succeeded", job
         assert (job["counts"]["fake"], job["counts"]["explain_pending"]) == (4, 0), job
         # One explain task answered all four.
-        assert st.log("explain-1").count("succeeded in") == 1, st.log("explain-1")[-3000:]
+        # Celery logs a task's success after the task has committed the job's end: wait for the line.
+        log = wait_until(lambda: "succeeded in" in st.log("explain-1") and st.log("explain-1"), 30, "explain log")
+        assert log.count("succeeded in") == 1, log[-3000:]
 
     with service_env.session() as session:
         items = list(session.exec(select(JobItem).where(col(JobItem.job_id) == job_id).order_by(col(JobItem.position))))
@@ -107,10 +109,8 @@ def test_item3_crafted_images_cost_their_chunk_little(service_env: ServiceEnv) -
             assert r.status_code == 202, r.text
             job_id = r.json()["id"]
         job = st.wait_job(job_id, timeout=180)
-        took = [
-            float(t)
-            for t in re.findall(r"Task fakescope\.classify\[[0-9a-f-]+\] succeeded in ([0-9.]+)s", st.log("classify-1"))
-        ]
+        log = wait_until(lambda: "succeeded in" in st.log("classify-1") and st.log("classify-1"), 30, "classify log")
+        took = [float(t) for t in re.findall(r"Task fakescope\.classify\[[0-9a-f-]+\] succeeded in ([0-9.]+)s", log)]
     assert job["counts"]["total"] == 8 and job["counts"]["queued"] == 0, job
     assert len(took) == 1, took
     print(f"a chunk of three crafted images and five small ones took {took[0]:.2f} s")
