@@ -11,6 +11,7 @@ baseline*: the same recipe on images shrunk until no generator trace survives an
     python -m ops.protocol --track full --table   # the table of the folds run so far, from their checkpoints
     python -m ops.protocol --track small --kinds model --variant vgg3_wide_freq   # an architecture ablation
     python -m ops.protocol --track full --tiles   # the full recipe with CIFAKE and multigen/small as windows
+    python -m ops.protocol --track full --kinds model --recon ops/weights/recon   # with aligned fakes
 
 Folds resume where they stopped (each epoch is checkpointed) and finished folds are skipped, so the
 command can be stopped and run again. Folders that are related are held out together: for the
@@ -112,6 +113,7 @@ def fold_dir(
     variant: str | None,
     init_seed: int | None = None,
     tiles: bool = False,
+    recon_p: float | None = None,
 ) -> Path:
     """A fold's checkpoint folder; an ablation's variant (and another initialisation) gets its own."""
     return (
@@ -121,6 +123,7 @@ def fold_dir(
             f"{fold}-{kind}"
             + (f"-{variant}" if variant else "")
             + ("-tiles" if tiles else "")
+            + (f"-recon{recon_p:g}" if recon_p is not None else "")
             + (f"-init{init_seed}" if init_seed is not None else "")
         )
     )
@@ -136,8 +139,10 @@ def run_fold(
     variant: str | None = None,
     init_seed: int | None = None,
     tiles: bool = False,
+    recon: str | None = None,
+    recon_p: float = 0.3,
 ) -> dict[str, Any]:
-    out = fold_dir(out_dir, track, fold, kind, variant, init_seed, tiles)
+    out = fold_dir(out_dir, track, fold, kind, variant, init_seed, tiles, recon_p if recon else None)
     config = out / "config.json"
     if config.exists() and "holdout" in json.loads(config.read_text()).get("metrics", {}):
         return json.loads(config.read_text())["metrics"]
@@ -153,6 +158,10 @@ def run_fold(
             raise ValueError("--tiles adds 32x32 sources to the full track's crops")
         recipe["tiles"] = list(TILES)
         held = [*held, *tile_folds(fold)]
+    if recon:
+        # Aligned fakes from the fold's own training reals: no generator's images, so nothing of the
+        # held-out family reaches the fold through them.
+        recipe.update(recon=recon, recon_p=recon_p)
     cfg = TrainConfig(
         data=list(t.data),
         out=str(out),
@@ -219,6 +228,8 @@ def main() -> None:
     ap.add_argument("--variant", help="another architecture on the track's recipe (an ablation; its own folders)")
     ap.add_argument("--init-seed", type=int, help="another initialisation (same split): how much a fold varies")
     ap.add_argument("--tiles", action="store_true", help="full track: train on the 32x32 sources as windows too")
+    ap.add_argument("--recon", help="a reconstruction bank: aligned fakes from each fold's training reals")
+    ap.add_argument("--recon-p", type=float, default=0.3, help="with --recon: the share of each batch's fakes")
     ap.add_argument("--out", default="runs/protocol", help="fold checkpoints")
     ap.add_argument("--table", action="store_true", help="only print the table of finished folds")
     args = ap.parse_args()
@@ -228,7 +239,8 @@ def main() -> None:
         if args.folds and fold not in args.folds:
             continue
         for kind in args.kinds:
-            folder = fold_dir(Path(args.out), args.track, fold, kind, args.variant, args.init_seed, args.tiles)
+            recon_p = args.recon_p if args.recon else None
+            folder = fold_dir(Path(args.out), args.track, fold, kind, args.variant, args.init_seed, args.tiles, recon_p)
             config = folder / "config.json"
             if args.table:
                 metrics = json.loads(config.read_text()).get("metrics", {}) if config.exists() else {}
@@ -236,7 +248,17 @@ def main() -> None:
                     continue
             else:
                 metrics = run_fold(
-                    args.track, fold, held, kind, Path(args.out), args.epochs, args.variant, args.init_seed, args.tiles
+                    args.track,
+                    fold,
+                    held,
+                    kind,
+                    Path(args.out),
+                    args.epochs,
+                    args.variant,
+                    args.init_seed,
+                    args.tiles,
+                    recon=args.recon,
+                    recon_p=args.recon_p,
                 )
             rows.append(row(args.track, fold, kind, metrics))
             print(json.dumps(rows[-1]), flush=True)

@@ -35,6 +35,7 @@ from fakescope.data import LABELS, LabelledArray, Split, load_labelled, make_spl
 from fakescope.machine import resolve_device
 from fakescope.metrics import binary_metrics
 from fakescope.models import DetectorNet, Network, create_model, list_models
+from fakescope.models.recon import ReconBank, load_recon
 from fakescope.temperature import fit_temperature
 
 __all__ = ["TrainConfig", "predict_arrays", "train"]
@@ -126,6 +127,11 @@ class TrainConfig:
     # Trained on in full like ``train_only``; a ``holdout`` folder is held out of them too.
     tiles: list[str] = field(default_factory=list)
     tile_share: float = 0.25
+    # Aligned fakes (``fakescope.models.recon``): a folder holding a reconstruction bank, and the share
+    # of each batch's fakes replaced by training reals passed through one of its autoencoders (picked
+    # per batch) before any other augmentation. The pair differs in an upsampling trace, not content.
+    recon: str | None = None
+    recon_p: float = 0.3
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -144,6 +150,8 @@ class TrainConfig:
             raise ValueError("tiles are windows beside the crops of full-size images: they need crop")
         if self.tiles and not 0 < self.tile_share < 1:
             raise ValueError(f"tile_share must be in (0, 1), got {self.tile_share}")
+        if self.recon and not 0 < self.recon_p <= 1:
+            raise ValueError(f"recon_p must be in (0, 1], got {self.recon_p}")
 
 
 def _batch(
@@ -246,13 +254,33 @@ def crop_batch(x: torch.Tensor, size: int, gen: torch.Generator) -> torch.Tensor
     return x[torch.arange(b)[:, None, None], rows, cols]
 
 
-def scaled_crops(raw: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> torch.Tensor:
+@dataclass(frozen=True)
+class Reconstruct:
+    """Which images of a batch become aligned fakes (``mask``), and the bank that makes them."""
+
+    bank: ReconBank
+    mask: torch.Tensor
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        """``x`` (``(B, 3, H, W)`` in [0, 1]) with its masked images reconstructed by one member."""
+        if not bool(self.mask.any()):
+            return x
+        member = int(torch.randint(0, len(self.bank.members), (1,), generator=gen))
+        with torch.no_grad():
+            x[self.mask] = self.bank(x[self.mask], member)
+        return x
+
+
+def scaled_crops(
+    raw: torch.Tensor, cfg: TrainConfig, gen: torch.Generator, recon: Reconstruct | None = None
+) -> torch.Tensor:
     """``cfg.crop``-pixel crops of a ``(B, H, W, 3)`` uint8 batch as ``(B, 3, crop, crop)`` in [0, 1].
 
     With probability ``cfg.scale_p`` the batch is seen shrunk by one random factor in
     [``cfg.scale_min``, 1]: a region ``crop / factor`` pixels a side is cut and shrunk to ``crop``
     (antialiased), which is what shrinking the whole image and cropping would give, at the cost of the
-    crops alone.
+    crops alone. ``recon`` makes its aligned fakes from the region before the shrink: a generator's
+    output is resampled after it is made, like every other fake.
     """
     side = min(raw.shape[1], raw.shape[2])
     region = cfg.crop
@@ -260,6 +288,8 @@ def scaled_crops(raw: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> t
         f = cfg.scale_min + (1.0 - cfg.scale_min) * float(torch.rand(1, generator=gen))
         region = min(side, round(cfg.crop / f))
     x = crop_batch(raw, region, gen).permute(0, 3, 1, 2).float().div_(255.0)
+    if recon is not None:
+        x = recon(x, gen)
     if region != cfg.crop:
         x = F.interpolate(x, size=(cfg.crop, cfg.crop), mode="bilinear", antialias=True, align_corners=False)
     return x.clamp_(0, 1)
@@ -295,17 +325,27 @@ def train_batch(
     std: torch.Tensor,
     cfg: TrainConfig,
     gen: torch.Generator,
+    recon: Reconstruct | None = None,
 ) -> torch.Tensor:
-    """An augmented, normalised ``channels_last`` training batch (CPU; the caller moves it)."""
+    """An augmented, normalised ``channels_last`` training batch (CPU; the caller moves it).
+
+    ``recon``'s images are reconstructed first, the rest of the augmentation follows; the JPEG
+    copies are of the photos, so an image to be reconstructed never takes one.
+    """
     raw = images[idx]
     robust = cfg.recipe == "fast" and cfg.robust_p > 0
     kinds = torch.randint(0, 3, (len(idx),), generator=gen)
     hit = torch.rand(len(idx), generator=gen) < (cfg.robust_p if robust else 0.0)
-    if jpeg is not None and bool((hit & (kinds == 2)).any()):
-        sel = hit & (kinds == 2)
+    swap = hit & (kinds == 2) if recon is None else hit & (kinds == 2) & ~recon.mask
+    if jpeg is not None and bool(swap.any()):
         raw = raw.clone()
-        raw[sel] = jpeg[idx[sel]]
-    x = scaled_crops(raw, cfg, gen) if cfg.crop else raw.permute(0, 3, 1, 2).float().div_(255.0)
+        raw[swap] = jpeg[idx[swap]]
+    if cfg.crop:
+        x = scaled_crops(raw, cfg, gen, recon)
+    else:
+        x = raw.permute(0, 3, 1, 2).float().div_(255.0)
+        if recon is not None:
+            x = recon(x, gen)
     for k, kind in enumerate(("rescale", "blur")):
         sel = hit & (kinds == k)
         if bool(sel.any()):
@@ -562,6 +602,7 @@ class _Batches:
     tiles: Tiles | None
     mean: torch.Tensor
     std: torch.Tensor
+    recon: ReconBank | None = None
 
     @classmethod
     def build(cls, cfg: TrainConfig, d: _Data, preprocess: Preprocess, seed: int) -> _Batches:
@@ -573,14 +614,30 @@ class _Batches:
         tiles = _load_tiles(cfg, seed)
         mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
         std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
-        return cls(torch.from_numpy(train_images), jpeg, labels, tiles, mean, std)
+        recon = load_recon(cfg.recon) if cfg.recon else None
+        return cls(torch.from_numpy(train_images), jpeg, labels, tiles, mean, std, recon)
 
     def batch(self, idx: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        x = train_batch(self.images, self.jpeg, idx, self.mean, self.std, cfg, gen)
         y = self.labels[idx]
+        recon = None
+        if self.recon is not None:
+            idx, recon = self._aligned_fakes(idx, y, cfg.recon_p, gen)
+        x = train_batch(self.images, self.jpeg, idx, self.mean, self.std, cfg, gen, recon)
         if self.tiles is not None:
             x, y = self.tiles.extend(x, y, self.mean, self.std, gen)
         return x, y
+
+    def _aligned_fakes(
+        self, idx: torch.Tensor, y: torch.Tensor, p: float, gen: torch.Generator
+    ) -> tuple[torch.Tensor, Reconstruct]:
+        """``idx`` with a ``p`` share of its fakes swapped for random training reals, and the mask of
+        those slots: their label stays fake, and the batch keeps its balance of labels."""
+        assert self.recon is not None
+        mask = (y == 1) & (torch.rand(len(idx), generator=gen) < p)
+        reals = torch.nonzero(self.labels == 0).flatten()
+        idx = idx.clone()
+        idx[mask] = reals[torch.randint(0, len(reals), (int(mask.sum()),), generator=gen)]
+        return idx, Reconstruct(self.recon, mask)
 
 
 def _train_epoch(
