@@ -114,6 +114,7 @@ def fold_dir(
     init_seed: int | None = None,
     tiles: bool = False,
     recon_p: float | None = None,
+    recon_scale: float = 1.0,
 ) -> Path:
     """A fold's checkpoint folder; an ablation's variant (and another initialisation) gets its own."""
     return (
@@ -124,6 +125,7 @@ def fold_dir(
             + (f"-{variant}" if variant else "")
             + ("-tiles" if tiles else "")
             + (f"-recon{recon_p:g}" if recon_p is not None else "")
+            + (f"x{recon_scale:g}" if recon_p is not None and recon_scale != 1 else "")
             + (f"-init{init_seed}" if init_seed is not None else "")
         )
     )
@@ -141,8 +143,9 @@ def run_fold(
     tiles: bool = False,
     recon: str | None = None,
     recon_p: float = 0.3,
+    recon_scale: float = 1.0,
 ) -> dict[str, Any]:
-    out = fold_dir(out_dir, track, fold, kind, variant, init_seed, tiles, recon_p if recon else None)
+    out = fold_dir(out_dir, track, fold, kind, variant, init_seed, tiles, recon_p if recon else None, recon_scale)
     config = out / "config.json"
     if config.exists() and "holdout" in json.loads(config.read_text()).get("metrics", {}):
         return json.loads(config.read_text())["metrics"]
@@ -161,7 +164,7 @@ def run_fold(
     if recon:
         # Aligned fakes from the fold's own training reals: no generator's images, so nothing of the
         # held-out family reaches the fold through them.
-        recipe.update(recon=recon, recon_p=recon_p)
+        recipe.update(recon=recon, recon_p=recon_p, recon_scale=recon_scale)
     cfg = TrainConfig(
         data=list(t.data),
         out=str(out),
@@ -230,6 +233,7 @@ def main() -> None:
     ap.add_argument("--tiles", action="store_true", help="full track: train on the 32x32 sources as windows too")
     ap.add_argument("--recon", help="a reconstruction bank: aligned fakes from each fold's training reals")
     ap.add_argument("--recon-p", type=float, default=0.3, help="with --recon: the share of each batch's fakes")
+    ap.add_argument("--recon-scale", type=float, default=1.0, help="with --recon: made at up to this enlargement")
     ap.add_argument("--out", default="runs/protocol", help="fold checkpoints")
     ap.add_argument("--table", action="store_true", help="only print the table of finished folds")
     args = ap.parse_args()
@@ -240,7 +244,17 @@ def main() -> None:
             continue
         for kind in args.kinds:
             recon_p = args.recon_p if args.recon else None
-            folder = fold_dir(Path(args.out), args.track, fold, kind, args.variant, args.init_seed, args.tiles, recon_p)
+            folder = fold_dir(
+                Path(args.out),
+                args.track,
+                fold,
+                kind,
+                args.variant,
+                args.init_seed,
+                args.tiles,
+                recon_p,
+                args.recon_scale,
+            )
             config = folder / "config.json"
             if args.table:
                 metrics = json.loads(config.read_text()).get("metrics", {}) if config.exists() else {}
@@ -259,6 +273,7 @@ def main() -> None:
                     args.tiles,
                     recon=args.recon,
                     recon_p=args.recon_p,
+                    recon_scale=args.recon_scale,
                 )
             rows.append(row(args.track, fold, kind, metrics))
             print(json.dumps(rows[-1]), flush=True)

@@ -55,6 +55,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         noise_p=args.noise_p,
         recon=args.recon,
         recon_p=args.recon_p,
+        recon_scale=args.recon_scale,
         amp=args.amp,
         weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing,
@@ -480,6 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--noise-p", type=float, default=0.0, help="share of images given Gaussian noise (both labels)")
     p.add_argument("--recon", help="a reconstruction bank (ops/train_recon.py): aligned fakes made from training reals")
     p.add_argument("--recon-p", type=float, default=0.3, help="with --recon: share of each batch's fakes made so")
+    p.add_argument("--recon-scale", type=float, default=1.0, help="with --recon: made at up to this enlargement")
     p.add_argument("--amp", choices=["auto", "on", "off"], default="auto", help="bf16 autocast (auto: CUDA or AMX)")
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--label-smoothing", type=float, default=0.05)

@@ -132,6 +132,11 @@ class TrainConfig:
     # per batch) before any other augmentation. The pair differs in an upsampling trace, not content.
     recon: str | None = None
     recon_p: float = 0.3
+    # Most fakes were made larger than they reach us and shrunk on the way (multigen/full's originals:
+    # shorter sides 128 to 5,663 px, median 512, all normalised to 224), which shrinks the decoder's
+    # trace with them. Above 1, each batch's aligned fakes are made at a factor drawn log-uniformly
+    # in [1, ``recon_scale``]: enlarged (bicubic), reconstructed, shrunk back (antialiased).
+    recon_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -152,6 +157,8 @@ class TrainConfig:
             raise ValueError(f"tile_share must be in (0, 1), got {self.tile_share}")
         if self.recon and not 0 < self.recon_p <= 1:
             raise ValueError(f"recon_p must be in (0, 1], got {self.recon_p}")
+        if self.recon_scale < 1:
+            raise ValueError(f"recon_scale is a largest enlargement, at least 1, got {self.recon_scale}")
 
 
 def _batch(
@@ -260,14 +267,25 @@ class Reconstruct:
 
     bank: ReconBank
     mask: torch.Tensor
+    scale: float = 1.0  # TrainConfig.recon_scale
 
     def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """``x`` (``(B, 3, H, W)`` in [0, 1]) with its masked images reconstructed by one member."""
+        """``x`` (``(B, 3, H, W)`` in [0, 1]) with its masked images reconstructed by one member, at
+        one factor for the batch."""
         if not bool(self.mask.any()):
             return x
         member = int(torch.randint(0, len(self.bank.members), (1,), generator=gen))
+        sel = x[self.mask]
+        h, w = sel.shape[-2:]
+        f = math.exp(math.log(self.scale) * float(torch.rand(1, generator=gen))) if self.scale > 1 else 1.0
         with torch.no_grad():
-            x[self.mask] = self.bank(x[self.mask], member)
+            if round(h * f) > h:
+                big = F.interpolate(sel, size=(round(h * f), round(w * f)), mode="bicubic", align_corners=False)
+                out = self.bank(big.clamp_(0, 1), member)
+                out = F.interpolate(out, size=(h, w), mode="bilinear", antialias=True, align_corners=False)
+            else:
+                out = self.bank(sel, member)
+        x[self.mask] = out.clamp_(0, 1)
         return x
 
 
@@ -603,6 +621,7 @@ class _Batches:
     mean: torch.Tensor
     std: torch.Tensor
     recon: ReconBank | None = None
+    recon_scale: float = 1.0
 
     @classmethod
     def build(cls, cfg: TrainConfig, d: _Data, preprocess: Preprocess, seed: int) -> _Batches:
@@ -615,7 +634,7 @@ class _Batches:
         mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
         std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
         recon = load_recon(cfg.recon) if cfg.recon else None
-        return cls(torch.from_numpy(train_images), jpeg, labels, tiles, mean, std, recon)
+        return cls(torch.from_numpy(train_images), jpeg, labels, tiles, mean, std, recon, cfg.recon_scale)
 
     def batch(self, idx: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         y = self.labels[idx]
@@ -637,7 +656,7 @@ class _Batches:
         reals = torch.nonzero(self.labels == 0).flatten()
         idx = idx.clone()
         idx[mask] = reals[torch.randint(0, len(reals), (int(mask.sum()),), generator=gen)]
-        return idx, Reconstruct(self.recon, mask)
+        return idx, Reconstruct(self.recon, mask, self.recon_scale)
 
 
 def _train_epoch(

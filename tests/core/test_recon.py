@@ -69,3 +69,26 @@ def test_train_with_a_bank_records_it(synth_cifake: Path, bank: Path, tmp_path: 
     assert training["config"]["recon"] == str(bank) and training["config"]["recon_p"] == 0.5
     with pytest.raises(ValueError, match="recon_p"):
         TrainConfig(data=["x"], out="y", recon=str(bank), recon_p=0.0)
+
+
+def test_aligned_fakes_made_larger_are_shrunk_back_to_the_window(bank: Path) -> None:
+    # A generator's output is shrunk on its way to us: made at up to 3x, the fakes keep the window's
+    # size and differ from those made at 1x.
+    torch.manual_seed(96_002)
+    n = 64
+    labels = torch.tensor([0, 1] * (n // 2))
+    images = (torch.rand(n, 32, 32, 3) * 255).to(torch.uint8)
+    zero, one = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    cfg = TrainConfig(data=["x"], out="y", robust_p=0.0, translate=0, border_p=0.0, recon="bank", recon_p=1.0)
+    out = {}
+    for scale in (1.0, 3.0):
+        batches = _Batches(images, None, labels, None, zero, one, load_recon(bank), scale)
+        out[scale] = batches.batch(torch.arange(n), cfg, torch.Generator().manual_seed(96_003))[0]
+    assert out[3.0].shape == out[1.0].shape == (n, 3, 32, 32)
+    reals = labels == 0
+    plain = images.permute(0, 3, 1, 2).float() / 255
+    for i in torch.nonzero(reals).flatten():  # reals are only flipped, at either scale
+        assert torch.allclose(out[3.0][i], plain[i]) or torch.allclose(out[3.0][i], plain[i].flip(-1))
+    assert float((out[3.0][~reals] - out[1.0][~reals]).abs().mean()) > 1e-3
+    with pytest.raises(ValueError, match="recon_scale"):
+        TrainConfig(data=["x"], out="y", recon_scale=0.5)
