@@ -66,17 +66,24 @@ def link_tree(rows: list[dict[str, str]], root: Path, out: Path) -> None:
         dest.symlink_to((root / row["file"]).resolve())
 
 
-def write_resampled_reals(n: int, out: Path, seed: int) -> int:
-    """N reals of the default training split, up to 64 bilinear and down by a 2x box, as PNGs."""
+def training_reals() -> tuple[list[str], np.ndarray]:
+    """The names and ``(N, 32, 32, 3)`` images of the real photos in the default split's training part
+    (never its validation or calibration images)."""
     cfg = TrainConfig(data=DEFAULT_DATA, out="")  # the default split's sizes and seed
     data = load_labelled(cfg.data, size=(cfg.input_size, cfg.input_size))
     split = make_split(data.names, data.labels, cfg.val_size, cfg.calib_size, cfg.seed)
     reals = split.train[data.labels[split.train] == 0]
-    chosen = np.sort(np.random.default_rng(seed).choice(reals, size=min(n, len(reals)), replace=False))
+    return [data.names[i] for i in reals], data.images[reals]
+
+
+def write_resampled_reals(n: int, out: Path, seed: int) -> int:
+    """N reals of the default training split, up to 64 bilinear and down by a 2x box, as PNGs."""
+    names, images = training_reals()
+    chosen = np.sort(np.random.default_rng(seed).choice(len(names), size=min(n, len(names)), replace=False))
     out.mkdir(parents=True, exist_ok=True)
     for i in chosen:
-        im = Image.fromarray(data.images[i]).resize((64, 64), Image.Resampling.BILINEAR).reduce(2)
-        im.save(out / (data.names[i].replace("/", "__").rsplit(".", 1)[0] + ".png"))
+        im = Image.fromarray(images[i]).resize((64, 64), Image.Resampling.BILINEAR).reduce(2)
+        im.save(out / (names[i].replace("/", "__").rsplit(".", 1)[0] + ".png"))
     return len(chosen)
 
 

@@ -20,19 +20,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from fakescope.cli import DEFAULT_DATA
-from fakescope.data import load_labelled, make_split
 from fakescope.models.recon import UPSAMPLERS, ReconBank, ReconConfig, save_recon
-from fakescope.train import TrainConfig
-
-
-def training_reals(seed: int) -> np.ndarray:
-    """The real photos of the default split's training part, as ``(N, 32, 32, 3)`` uint8."""
-    cfg = TrainConfig(data=DEFAULT_DATA, out="")  # the default split's sizes and seed
-    data = load_labelled(cfg.data, size=(cfg.input_size, cfg.input_size))
-    split = make_split(data.names, data.labels, cfg.val_size, cfg.calib_size, cfg.seed)
-    reals = split.train[data.labels[split.train] == 0]
-    return data.images[np.random.default_rng(seed).permutation(reals)]
+from ops.split_tiles import training_reals
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -55,7 +44,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
 
-    images = torch.from_numpy(training_reals(args.seed)).permute(0, 3, 1, 2).float().div_(255.0)
+    _, reals = training_reals()
+    reals = reals[np.random.default_rng(args.seed).permutation(len(reals))]
+    images = torch.from_numpy(reals).permute(0, 3, 1, 2).float().div_(255.0)
     test, train = images[:1000], images[1000:]
     bank = ReconBank(ReconConfig(upsamplers=tuple(args.upsamplers)))
     gen = torch.Generator().manual_seed(args.seed)

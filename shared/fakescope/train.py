@@ -621,7 +621,11 @@ class _Batches:
     mean: torch.Tensor
     std: torch.Tensor
     recon: ReconBank | None = None
-    recon_scale: float = 1.0
+    # The training reals' positions, the slots aligned fakes are drawn from (with ``recon``).
+    reals: torch.Tensor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reals = torch.nonzero(self.labels == 0).flatten()
 
     @classmethod
     def build(cls, cfg: TrainConfig, d: _Data, preprocess: Preprocess, seed: int) -> _Batches:
@@ -634,29 +638,28 @@ class _Batches:
         mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
         std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
         recon = load_recon(cfg.recon) if cfg.recon else None
-        return cls(torch.from_numpy(train_images), jpeg, labels, tiles, mean, std, recon, cfg.recon_scale)
+        return cls(torch.from_numpy(train_images), jpeg, labels, tiles, mean, std, recon)
 
     def batch(self, idx: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         y = self.labels[idx]
         recon = None
         if self.recon is not None:
-            idx, recon = self._aligned_fakes(idx, y, cfg.recon_p, gen)
+            idx, recon = self._aligned_fakes(idx, y, cfg, gen)
         x = train_batch(self.images, self.jpeg, idx, self.mean, self.std, cfg, gen, recon)
         if self.tiles is not None:
             x, y = self.tiles.extend(x, y, self.mean, self.std, gen)
         return x, y
 
     def _aligned_fakes(
-        self, idx: torch.Tensor, y: torch.Tensor, p: float, gen: torch.Generator
+        self, idx: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, gen: torch.Generator
     ) -> tuple[torch.Tensor, Reconstruct]:
-        """``idx`` with a ``p`` share of its fakes swapped for random training reals, and the mask of
-        those slots: their label stays fake, and the batch keeps its balance of labels."""
+        """``idx`` with a ``cfg.recon_p`` share of its fakes swapped for random training reals, and the
+        mask of those slots: their label stays fake, and the batch keeps its balance of labels."""
         assert self.recon is not None
-        mask = (y == 1) & (torch.rand(len(idx), generator=gen) < p)
-        reals = torch.nonzero(self.labels == 0).flatten()
+        mask = (y == 1) & (torch.rand(len(idx), generator=gen) < cfg.recon_p)
         idx = idx.clone()
-        idx[mask] = reals[torch.randint(0, len(reals), (int(mask.sum()),), generator=gen)]
-        return idx, Reconstruct(self.recon, mask, self.recon_scale)
+        idx[mask] = self.reals[torch.randint(0, len(self.reals), (int(mask.sum()),), generator=gen)]
+        return idx, Reconstruct(self.recon, mask, cfg.recon_scale)
 
 
 def _train_epoch(

@@ -1,5 +1,6 @@
 """Aligned fakes: the reconstruction bank, and training reals made into fakes by it."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -81,9 +82,10 @@ def test_aligned_fakes_made_larger_are_shrunk_back_to_the_window(bank: Path) -> 
     zero, one = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
     cfg = TrainConfig(data=["x"], out="y", robust_p=0.0, translate=0, border_p=0.0, recon="bank", recon_p=1.0)
     out = {}
+    batches = _Batches(images, None, labels, None, zero, one, load_recon(bank))
     for scale in (1.0, 3.0):
-        batches = _Batches(images, None, labels, None, zero, one, load_recon(bank), scale)
-        out[scale] = batches.batch(torch.arange(n), cfg, torch.Generator().manual_seed(96_003))[0]
+        scaled = dataclasses.replace(cfg, recon_scale=scale)
+        out[scale] = batches.batch(torch.arange(n), scaled, torch.Generator().manual_seed(96_003))[0]
     assert out[3.0].shape == out[1.0].shape == (n, 3, 32, 32)
     reals = labels == 0
     plain = images.permute(0, 3, 1, 2).float() / 255
