@@ -65,6 +65,17 @@ def _assert_one_result_each(svc: ServiceEnv, st: PrivateStack, job_id: str, n: i
     assert {i.attempts for i in items} <= {0, 1}
 
 
+def _wait_for_worker_to_lose_redis(st: PrivateStack, name: str) -> None:
+    """Waits for worker ``name``'s consumer to log the lost connection; on a timeout the assertion carries
+    the worker's log, so that a worker that never noticed is told apart from one that noticed late. The
+    bound is generous: the worker's main process may spend a while in the Redis client's own reconnect
+    back-off (an acknowledgement or an event sent into the outage) before its event loop gets to it."""
+    try:
+        wait_until(lambda: "Connection to broker lost" in st.log(name), 120, "the worker to lose Redis")
+    except AssertionError as e:
+        raise AssertionError(f"{e}\n--- {name}.log (tail) ---\n{st.log(name)[-6000:]}") from None
+
+
 def test_redis_restarted_without_its_data_mid_job(service_env: ServiceEnv) -> None:
     n = 60
     tight = {
@@ -91,7 +102,7 @@ def test_redis_restarted_without_its_data_mid_job(service_env: ServiceEnv) -> No
             assert c.get(f"/v1/jobs/{job_id}").status_code == 200
 
             # Back once the worker has seen it gone, so it has to reconnect rather than being restarted.
-            wait_until(lambda: "Connection to broker lost" in st.log("classify-1"), 60, "the worker to lose Redis")
+            _wait_for_worker_to_lose_redis(st, "classify-1")
             st.broker.start()  # same port, empty
             _assert_one_result_each(service_env, st, job_id, n)
             # The refused request left nothing behind: its retry is a new job, and it completes.
