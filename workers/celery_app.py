@@ -17,6 +17,8 @@ from fakescope.tasks import make_celery
 logger = logging.getLogger(__name__)
 
 app = make_celery(get_settings(), include=["workers.classify", "workers.explain", "workers.webhooks", "workers.train"])
+# Celery's consumer, with a heartbeat that cannot stall the event loop while the broker is away.
+app.conf.worker_consumer = "workers.consumer:Consumer"
 set_pool(get_settings().worker_pool)
 
 
