@@ -12,6 +12,7 @@ baseline*: the same recipe on images shrunk until no generator trace survives an
     python -m ops.protocol --track small --kinds model --variant vgg3_wide_freq   # an architecture ablation
     python -m ops.protocol --track full --tiles   # the full recipe with CIFAKE and multigen/small as windows
     python -m ops.protocol --track full --kinds model --recon ops/weights/recon   # with aligned fakes
+    python -m ops.protocol --track full --kinds model --variant vgg3_wide_freq --from-scratch   # FreqNet at full size
 
 Folds resume where they stopped (each epoch is checkpointed) and finished folds are skipped, so the
 command can be stopped and run again. Folders that are related are held out together: for the
@@ -105,66 +106,67 @@ def tile_folds(fold: str) -> list[str]:
     return held
 
 
-def fold_dir(
-    out_dir: Path,
-    track: str,
-    fold: str,
-    kind: str,
-    variant: str | None,
-    init_seed: int | None = None,
-    tiles: bool = False,
-    recon_p: float | None = None,
-    recon_scale: float = 1.0,
-) -> Path:
-    """A fold's checkpoint folder; an ablation's variant (and another initialisation) gets its own."""
-    return (
-        out_dir
-        / track
-        / (
-            f"{fold}-{kind}"
-            + (f"-{variant}" if variant else "")
-            + ("-tiles" if tiles else "")
-            + (f"-recon{recon_p:g}" if recon_p is not None else "")
-            + (f"x{recon_scale:g}" if recon_p is not None and recon_scale != 1 else "")
-            + (f"-init{init_seed}" if init_seed is not None else "")
+@dataclass(frozen=True)
+class Arm:
+    """What a run of the folds changes from the track's recipe; each arm gets folders of its own."""
+
+    variant: str | None = None  # another architecture (an ablation)
+    init_seed: int | None = None  # another initialisation, same split and data order
+    tiles: bool = False  # full track: the 32x32 sources as windows too
+    recon: str | None = None  # a reconstruction bank: aligned fakes from the fold's own training reals
+    recon_p: float = 0.3
+    recon_scale: float = 1.0
+    scratch: bool = False  # random initial weights instead of the track's ``init_from``
+
+    def suffix(self) -> str:
+        return (
+            (f"-{self.variant}" if self.variant else "")
+            + ("-tiles" if self.tiles else "")
+            + (f"-recon{self.recon_p:g}" if self.recon else "")
+            + (f"x{self.recon_scale:g}" if self.recon and self.recon_scale != 1 else "")
+            + ("-scratch" if self.scratch else "")
+            + (f"-init{self.init_seed}" if self.init_seed is not None else "")
         )
-    )
+
+    def recipe(self, track: str, epochs: int | None = None) -> dict[str, Any]:
+        """The track's recipe as this arm trains it (``TrainConfig`` fields)."""
+        recipe = {**TRACKS[track].recipe, **({"epochs": epochs} if epochs else {})}
+        if self.variant:
+            recipe["variant"] = self.variant
+        if self.init_seed is not None:
+            recipe["init_seed"] = self.init_seed
+        if self.scratch:
+            recipe.pop("init_from", None)
+        if self.tiles:
+            if track != "full":
+                raise ValueError("--tiles adds 32x32 sources to the full track's crops")
+            recipe["tiles"] = list(TILES)
+        if self.recon:
+            # Aligned fakes from the fold's own training reals: no generator's images, so nothing of
+            # the held-out family reaches the fold through them.
+            recipe.update(recon=self.recon, recon_p=self.recon_p, recon_scale=self.recon_scale)
+        return recipe
+
+
+def fold_dir(out_dir: Path, track: str, fold: str, kind: str, arm: Arm) -> Path:
+    """A fold's checkpoint folder."""
+    return out_dir / track / f"{fold}-{kind}{arm.suffix()}"
 
 
 def run_fold(
-    track: str,
-    fold: str,
-    held: list[str],
-    kind: str,
-    out_dir: Path,
-    epochs: int | None,
-    variant: str | None = None,
-    init_seed: int | None = None,
-    tiles: bool = False,
-    recon: str | None = None,
-    recon_p: float = 0.3,
-    recon_scale: float = 1.0,
+    track: str, fold: str, held: list[str], kind: str, out_dir: Path, arm: Arm, epochs: int | None = None
 ) -> dict[str, Any]:
-    out = fold_dir(out_dir, track, fold, kind, variant, init_seed, tiles, recon_p if recon else None, recon_scale)
+    out = fold_dir(out_dir, track, fold, kind, arm)
     config = out / "config.json"
     if config.exists() and "holdout" in json.loads(config.read_text()).get("metrics", {}):
         return json.loads(config.read_text())["metrics"]
-    t = TRACKS[track]
-    recipe = {**t.recipe, **({"epochs": epochs} if epochs else {}), **({"variant": variant} if variant else {})}
-    if init_seed is not None:
-        recipe["init_seed"] = init_seed  # the same split and data order, other initial weights
+    recipe = arm.recipe(track, epochs)
     resume = (out / "train_state.pt").exists()
     if resume:
         recipe.pop("init_from", None)  # the state it resumes already started from those weights
-    if tiles:
-        if track != "full":
-            raise ValueError("--tiles adds 32x32 sources to the full track's crops")
-        recipe["tiles"] = list(TILES)
+    if arm.tiles:
         held = [*held, *tile_folds(fold)]
-    if recon:
-        # Aligned fakes from the fold's own training reals: no generator's images, so nothing of the
-        # held-out family reaches the fold through them.
-        recipe.update(recon=recon, recon_p=recon_p, recon_scale=recon_scale)
+    t = TRACKS[track]
     cfg = TrainConfig(
         data=list(t.data),
         out=str(out),
@@ -234,47 +236,32 @@ def main() -> None:
     ap.add_argument("--recon", help="a reconstruction bank: aligned fakes from each fold's training reals")
     ap.add_argument("--recon-p", type=float, default=0.3, help="with --recon: the share of each batch's fakes")
     ap.add_argument("--recon-scale", type=float, default=1.0, help="with --recon: made at up to this enlargement")
+    ap.add_argument("--from-scratch", action="store_true", help="random initial weights, not the track's init_from")
     ap.add_argument("--out", default="runs/protocol", help="fold checkpoints")
     ap.add_argument("--table", action="store_true", help="only print the table of finished folds")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    arm = Arm(
+        variant=args.variant,
+        init_seed=args.init_seed,
+        tiles=args.tiles,
+        recon=args.recon,
+        recon_p=args.recon_p,
+        recon_scale=args.recon_scale,
+        scratch=args.from_scratch,
+    )
     rows = []
     for fold, held in folds(args.track, args.by).items():
         if args.folds and fold not in args.folds:
             continue
         for kind in args.kinds:
-            recon_p = args.recon_p if args.recon else None
-            folder = fold_dir(
-                Path(args.out),
-                args.track,
-                fold,
-                kind,
-                args.variant,
-                args.init_seed,
-                args.tiles,
-                recon_p,
-                args.recon_scale,
-            )
-            config = folder / "config.json"
+            config = fold_dir(Path(args.out), args.track, fold, kind, arm) / "config.json"
             if args.table:
                 metrics = json.loads(config.read_text()).get("metrics", {}) if config.exists() else {}
                 if "holdout" not in metrics:
                     continue
             else:
-                metrics = run_fold(
-                    args.track,
-                    fold,
-                    held,
-                    kind,
-                    Path(args.out),
-                    args.epochs,
-                    args.variant,
-                    args.init_seed,
-                    args.tiles,
-                    recon=args.recon,
-                    recon_p=args.recon_p,
-                    recon_scale=args.recon_scale,
-                )
+                metrics = run_fold(args.track, fold, held, kind, Path(args.out), arm, args.epochs)
             rows.append(row(args.track, fold, kind, metrics))
             print(json.dumps(rows[-1]), flush=True)
     print(table(rows))
