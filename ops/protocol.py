@@ -55,8 +55,8 @@ TRACKS = {
     # The full route's first recipe (shipped until 2026-12-03): 32-pixel crops at native resolution,
     # initialised from the CIFAKE-only small model (``CIFAKE_SMALL``), two epochs of four passes per
     # fold (the shipped model had eight of eight) so that a fold and its content baseline fit in
-    # minutes on two cores. The route now ships ``vgg3_wide_freq`` from scratch: its folds are the
-    # arm ``--variant vgg3_wide_freq --from-scratch --epochs 8`` (model card).
+    # minutes on two cores. The route now ships ``vgg3_wide_stem`` from scratch: its folds are the
+    # arm ``--variant vgg3_wide_stem --from-scratch --epochs 8`` (model card).
     "full": Track(
         data=(str(DATA / "multigen" / "full"),),
         recipe=dict(
