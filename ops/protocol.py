@@ -118,6 +118,7 @@ class Arm:
     recon_p: float = 0.3
     recon_scale: float = 1.0
     scratch: bool = False  # random initial weights instead of the track's ``init_from``
+    epochs: int | None = None  # another number of epochs per fold than the track's
 
     def suffix(self) -> str:
         return (
@@ -126,12 +127,13 @@ class Arm:
             + (f"-recon{self.recon_p:g}" if self.recon else "")
             + (f"x{self.recon_scale:g}" if self.recon and self.recon_scale != 1 else "")
             + ("-scratch" if self.scratch else "")
+            + (f"-ep{self.epochs}" if self.epochs else "")
             + (f"-init{self.init_seed}" if self.init_seed is not None else "")
         )
 
-    def recipe(self, track: str, epochs: int | None = None) -> dict[str, Any]:
+    def recipe(self, track: str) -> dict[str, Any]:
         """The track's recipe as this arm trains it (``TrainConfig`` fields)."""
-        recipe = {**TRACKS[track].recipe, **({"epochs": epochs} if epochs else {})}
+        recipe = {**TRACKS[track].recipe, **({"epochs": self.epochs} if self.epochs else {})}
         if self.variant:
             recipe["variant"] = self.variant
         if self.init_seed is not None:
@@ -154,14 +156,12 @@ def fold_dir(out_dir: Path, track: str, fold: str, kind: str, arm: Arm) -> Path:
     return out_dir / track / f"{fold}-{kind}{arm.suffix()}"
 
 
-def run_fold(
-    track: str, fold: str, held: list[str], kind: str, out_dir: Path, arm: Arm, epochs: int | None = None
-) -> dict[str, Any]:
+def run_fold(track: str, fold: str, held: list[str], kind: str, out_dir: Path, arm: Arm) -> dict[str, Any]:
     out = fold_dir(out_dir, track, fold, kind, arm)
     config = out / "config.json"
     if config.exists() and "holdout" in json.loads(config.read_text()).get("metrics", {}):
         return json.loads(config.read_text())["metrics"]
-    recipe = arm.recipe(track, epochs)
+    recipe = arm.recipe(track)
     resume = (out / "train_state.pt").exists()
     if resume:
         recipe.pop("init_from", None)  # the state it resumes already started from those weights
@@ -250,6 +250,7 @@ def main() -> None:
         recon_p=args.recon_p,
         recon_scale=args.recon_scale,
         scratch=args.from_scratch,
+        epochs=args.epochs,
     )
     rows = []
     for fold, held in folds(args.track, args.by).items():
@@ -262,7 +263,7 @@ def main() -> None:
                 if "holdout" not in metrics:
                     continue
             else:
-                metrics = run_fold(args.track, fold, held, kind, Path(args.out), arm, args.epochs)
+                metrics = run_fold(args.track, fold, held, kind, Path(args.out), arm)
             rows.append(row(args.track, fold, kind, metrics))
             print(json.dumps(rows[-1]), flush=True)
     print(table(rows))

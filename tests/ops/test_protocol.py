@@ -25,6 +25,7 @@ def test_each_arm_gets_its_own_folder() -> None:
         Arm(recon="bank"),
         Arm(recon="bank", recon_scale=4),
         Arm(init_seed=1),
+        Arm(epochs=8),
     ]
     suffixes = [a.suffix() for a in arms]
     assert len(set(suffixes)) == len(arms)
@@ -32,10 +33,8 @@ def test_each_arm_gets_its_own_folder() -> None:
 
 
 def test_from_scratch_drops_only_the_starting_weights() -> None:
-    plain, scratch = (
-        Arm(variant="vgg3_wide_freq").recipe("full", epochs=3),
-        Arm(variant="vgg3_wide_freq", scratch=True).recipe("full", epochs=3),
-    )
+    plain = Arm(variant="vgg3_wide_freq", epochs=3).recipe("full")
+    scratch = Arm(variant="vgg3_wide_freq", scratch=True, epochs=3).recipe("full")
     assert plain["init_from"] == CIFAKE_SMALL and "init_from" not in scratch
     assert {k: v for k, v in plain.items() if k != "init_from"} == scratch
     assert scratch["variant"] == "vgg3_wide_freq" and scratch["epochs"] == 3
