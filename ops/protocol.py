@@ -13,6 +13,8 @@ baseline*: the same recipe on images shrunk until no generator trace survives an
     python -m ops.protocol --track full --tiles   # the full recipe with CIFAKE and multigen/small as windows
     python -m ops.protocol --track full --kinds model --recon ops/weights/recon   # with aligned fakes
     python -m ops.protocol --track full --kinds model --variant vgg3_wide_freq --from-scratch   # FreqNet at full size
+    python -m ops.protocol --track full --kinds model --from-scratch --epochs 8 \
+        --ensemble-of vgg3_wide_stem vgg3_wide_freq   # the logit average of two arms' fold checkpoints
 
 Folds resume where they stopped (each epoch is checkpointed) and finished folds are skipped, so the
 command can be stopped and run again. Folders that are related are held out together: for the
@@ -26,11 +28,12 @@ import argparse
 import csv
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from fakescope.train import TrainConfig, train
+from fakescope.checkpoint import combine_checkpoints
+from fakescope.train import TrainConfig, score_holdout, train
 
 DATA = Path("../shared/data")
 MANIFEST = DATA / "multigen" / "manifest.csv"
@@ -119,10 +122,14 @@ class Arm:
     recon_scale: float = 1.0
     scratch: bool = False  # random initial weights instead of the track's ``init_from``
     epochs: int | None = None  # another number of epochs per fold than the track's
+    # An ensemble arm: the equal-weight logit average of these arms' fold checkpoints, each member
+    # ``VARIANT`` or ``VARIANT@SEED`` on this arm's other options (``fakescope ensemble``'s network).
+    members: tuple[str, ...] = ()
 
     def suffix(self) -> str:
         return (
-            (f"-{self.variant}" if self.variant else "")
+            (f"-ens-{'+'.join(self.members)}" if self.members else "")
+            + (f"-{self.variant}" if self.variant else "")
             + ("-tiles" if self.tiles else "")
             + (f"-recon{self.recon_p:g}" if self.recon else "")
             + (f"x{self.recon_scale:g}" if self.recon and self.recon_scale != 1 else "")
@@ -130,6 +137,16 @@ class Arm:
             + (f"-ep{self.epochs}" if self.epochs else "")
             + (f"-init{self.init_seed}" if self.init_seed is not None else "")
         )
+
+    def member_arms(self) -> list[Arm]:
+        """An ensemble arm's members, each an arm of its own (its own fold folders, trained once)."""
+        out = []
+        for spec in self.members:
+            variant, _, seed = spec.partition("@")
+            if seed and not seed.isdigit():
+                raise ValueError(f"ensemble member {spec!r}: a seed after '@' must be a number")
+            out.append(replace(self, members=(), variant=variant, init_seed=int(seed) if seed else None))
+        return out
 
     def recipe(self, track: str) -> dict[str, Any]:
         """The track's recipe as this arm trains it (``TrainConfig`` fields)."""
@@ -156,11 +173,8 @@ def fold_dir(out_dir: Path, track: str, fold: str, kind: str, arm: Arm) -> Path:
     return out_dir / track / f"{fold}-{kind}{arm.suffix()}"
 
 
-def run_fold(track: str, fold: str, held: list[str], kind: str, out_dir: Path, arm: Arm) -> dict[str, Any]:
-    out = fold_dir(out_dir, track, fold, kind, arm)
-    config = out / "config.json"
-    if config.exists() and "holdout" in json.loads(config.read_text()).get("metrics", {}):
-        return json.loads(config.read_text())["metrics"]
+def fold_config(track: str, fold: str, held: list[str], kind: str, out: Path, arm: Arm) -> TrainConfig:
+    """The ``TrainConfig`` a fold trains (and an ensemble fold's split and held-out images)."""
     recipe = arm.recipe(track)
     resume = (out / "train_state.pt").exists()
     if resume:
@@ -168,7 +182,7 @@ def run_fold(track: str, fold: str, held: list[str], kind: str, out_dir: Path, a
     if arm.tiles:
         held = [*held, *tile_folds(fold)]
     t = TRACKS[track]
-    cfg = TrainConfig(
+    return TrainConfig(
         data=list(t.data),
         out=str(out),
         holdout=held,
@@ -177,7 +191,29 @@ def run_fold(track: str, fold: str, held: list[str], kind: str, out_dir: Path, a
         resume=resume,
         **recipe,
     )
-    train(cfg)
+
+
+def run_fold(track: str, fold: str, held: list[str], kind: str, out_dir: Path, arm: Arm) -> dict[str, Any]:
+    """Trains (or resumes) a fold and returns its metrics; a finished fold is read back.
+
+    An ensemble arm's fold first runs each member's fold, then combines their checkpoints into one
+    network (as ``fakescope ensemble`` does) and scores it on the same held-out images.
+    """
+    out = fold_dir(out_dir, track, fold, kind, arm)
+    config = out / "config.json"
+    if config.exists() and "holdout" in json.loads(config.read_text()).get("metrics", {}):
+        return json.loads(config.read_text())["metrics"]
+    if arm.members:
+        members = arm.member_arms()
+        for member in members:
+            run_fold(track, fold, held, kind, out_dir, member)
+        combine_checkpoints([fold_dir(out_dir, track, fold, kind, m) for m in members], out)
+        cfg = fold_config(track, fold, held, kind, out, members[0])
+        record = json.loads(config.read_text())
+        record.setdefault("metrics", {})["holdout"] = score_holdout(cfg, out)
+        config.write_text(json.dumps(record, indent=2))
+        return record["metrics"]
+    train(fold_config(track, fold, held, kind, out, arm))
     return json.loads(config.read_text())["metrics"]
 
 
@@ -238,6 +274,13 @@ def main() -> None:
     ap.add_argument("--recon-p", type=float, default=0.3, help="with --recon: the share of each batch's fakes")
     ap.add_argument("--recon-scale", type=float, default=1.0, help="with --recon: made at up to this enlargement")
     ap.add_argument("--from-scratch", action="store_true", help="random initial weights, not the track's init_from")
+    ap.add_argument(
+        "--ensemble-of",
+        nargs="+",
+        default=[],
+        metavar="VARIANT[@SEED]",
+        help="score the logit average of these arms' fold checkpoints (trained first where missing)",
+    )
     ap.add_argument("--out", default="runs/protocol", help="fold checkpoints")
     ap.add_argument("--table", action="store_true", help="only print the table of finished folds")
     args = ap.parse_args()
@@ -251,7 +294,10 @@ def main() -> None:
         recon_scale=args.recon_scale,
         scratch=args.from_scratch,
         epochs=args.epochs,
+        members=tuple(args.ensemble_of),
     )
+    if arm.members and (args.variant or args.init_seed is not None):
+        ap.error("--ensemble-of names its members' variants and seeds: drop --variant and --init-seed")
     rows = []
     for fold, held in folds(args.track, args.by).items():
         if args.folds and fold not in args.folds:

@@ -38,7 +38,7 @@ from fakescope.models import DetectorNet, Network, create_model, list_models
 from fakescope.models.recon import ReconBank, load_recon
 from fakescope.temperature import fit_temperature
 
-__all__ = ["TrainConfig", "predict_arrays", "train"]
+__all__ = ["TrainConfig", "predict_arrays", "score_holdout", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -751,7 +751,7 @@ def _meta(
 
 
 def _fake_probability(
-    model: DetectorNet, part: LabelledArray, preprocess: Preprocess, device: torch.device, temperature: float
+    model: Network, part: LabelledArray, preprocess: Preprocess, device: torch.device, temperature: float
 ) -> np.ndarray:
     logits = predict_arrays(model, part.images, preprocess, device)
     return torch.softmax(logits / temperature, dim=1)[:, LABELS.index("fake")].numpy()
@@ -784,6 +784,25 @@ def _holdout_metrics(
     hold = d.data.subset(d.holdout_idx)
     fake_prob = _fake_probability(run.saved, hold, preprocess, device, temperature)
     return {"folders": cfg.holdout, **binary_metrics(hold.labels, fake_prob)}
+
+
+def score_holdout(cfg: TrainConfig, checkpoint: str | Path) -> dict[str, Any]:
+    """A trained checkpoint's scores on ``cfg``'s held-out folders, as a ``holdout_only`` run reports
+    them: the folders against the validation images of the other label, at temperature 1.
+
+    For a checkpoint ``cfg`` did not train, such as an ensemble of fold checkpoints that share its
+    split: ``cfg`` gives the images and the split, the checkpoint its own preprocessing.
+    """
+    if not cfg.holdout:
+        raise ValueError("score_holdout scores the held-out folders: name them in holdout")
+    device = torch.device(resolve_device(cfg.device))
+    d = _load_data(cfg)
+    net, meta = load_checkpoint(checkpoint, device)
+    hold = d.data.subset(d.holdout_idx)
+    return {
+        "folders": cfg.holdout,
+        **binary_metrics(hold.labels, _fake_probability(net, hold, meta.preprocess, device, 1.0)),
+    }
 
 
 def train(cfg: TrainConfig) -> Path:

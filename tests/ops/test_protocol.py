@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
-from ops.protocol import CIFAKE_SMALL, TRACKS, Arm, fold_dir
+from fakescope.checkpoint import load_checkpoint
+from fakescope.train import score_holdout
+from ops import protocol
+from ops.protocol import CIFAKE_SMALL, TRACKS, Arm, Track, fold_config, fold_dir, run_fold
+from tests.core.conftest import write_cifake
 
 
 def test_the_plain_arm_trains_the_tracks_recipe_in_the_folders_runs_already_have() -> None:
@@ -26,6 +31,7 @@ def test_each_arm_gets_its_own_folder() -> None:
         Arm(recon="bank", recon_scale=4),
         Arm(init_seed=1),
         Arm(epochs=8),
+        Arm(members=("vgg3_wide_stem", "vgg3_wide_freq"), scratch=True),
     ]
     suffixes = [a.suffix() for a in arms]
     assert len(set(suffixes)) == len(arms)
@@ -43,3 +49,47 @@ def test_from_scratch_drops_only_the_starting_weights() -> None:
 def test_tiles_belong_to_the_full_track() -> None:
     with pytest.raises(ValueError, match="full track"):
         Arm(tiles=True).recipe("small")
+
+
+def test_an_ensemble_arm_names_its_members_as_arms_of_their_own() -> None:
+    arm = Arm(members=("vgg3_wide_stem", "vgg3_wide_stem@1"), scratch=True, epochs=8)
+    assert arm.suffix() == "-ens-vgg3_wide_stem+vgg3_wide_stem@1-scratch-ep8"
+    assert arm.member_arms() == [
+        Arm(variant="vgg3_wide_stem", scratch=True, epochs=8),
+        Arm(variant="vgg3_wide_stem", init_seed=1, scratch=True, epochs=8),
+    ]
+    with pytest.raises(ValueError, match="must be a number"):
+        Arm(members=("vgg3_wide@x",)).member_arms()
+
+
+def test_an_ensemble_fold_trains_its_members_then_scores_their_average(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKESCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    write_cifake(tmp_path / "d" / "gen-a", 24)
+    write_cifake(tmp_path / "d" / "gen-b", 12)
+    tiny = Track(
+        data=(str(tmp_path / "d"),),
+        recipe=dict(variant="freqnet_vgg", epochs=1, batch_size=16, val_size=16, calib_size=8, threads=1),
+        content_side=8,
+        extra_folds={},
+    )
+    monkeypatch.setitem(protocol.TRACKS, "tiny", tiny)
+    arm = Arm(members=("freqnet_vgg", "freqnet_vgg@1"))
+    out = tmp_path / "runs"
+    metrics = run_fold("tiny", "b", ["gen-b/FAKE"], "model", out, arm)
+
+    a, b = (fold_dir(out, "tiny", "b", "model", m) for m in arm.member_arms())
+    ens = fold_dir(out, "tiny", "b", "model", arm)
+    assert "holdout" in json.loads((a / "config.json").read_text())["metrics"]
+    assert "holdout" in json.loads((b / "config.json").read_text())["metrics"]
+    net, meta = load_checkpoint(ens)
+    assert meta.variant == "freqnet_vgg+freqnet_vgg" and len(list(net.nets())) == 2  # type: ignore[operator]
+    member = json.loads((a / "config.json").read_text())["metrics"]["holdout"]
+    assert metrics["holdout"]["n"] == member["n"] and metrics["holdout"]["folders"] == ["gen-b/FAKE"]
+    # The scorer an ensemble fold uses gives a trained fold's own figures back from its checkpoint.
+    again = score_holdout(fold_config("tiny", "b", ["gen-b/FAKE"], "model", a, arm.member_arms()[0]), a)
+    assert again["roc_auc"] == pytest.approx(member["roc_auc"]) and again["n"] == member["n"]
+    # A finished ensemble fold is read back, not combined again.
+    (ens / "model.safetensors").unlink()
+    assert run_fold("tiny", "b", ["gen-b/FAKE"], "model", out, arm) == metrics
