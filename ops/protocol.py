@@ -58,8 +58,9 @@ TRACKS = {
     # The full route's first recipe (shipped until 2026-12-03): 32-pixel crops at native resolution,
     # initialised from the CIFAKE-only small model (``CIFAKE_SMALL``), two epochs of four passes per
     # fold (the shipped model had eight of eight) so that a fold and its content baseline fit in
-    # minutes on two cores. The route now ships ``vgg3_wide_stem`` from scratch: its folds are the
-    # arm ``--variant vgg3_wide_stem --from-scratch --epochs 8`` (model card).
+    # minutes on two cores. The route now ships ``vgg3_wide_stem`` from scratch, trained for eight
+    # epochs of eight passes: its folds at that budget are the arm ``--variant vgg3_wide_stem
+    # --from-scratch --epochs 16`` (sixteen of four); ``--epochs 8`` is the same at half of it.
     "full": Track(
         data=(str(DATA / "multigen" / "full"),),
         recipe=dict(
