@@ -10,6 +10,7 @@ baseline*: the same recipe on images shrunk until no generator trace survives an
     python -m ops.protocol --track small          # CIFAKE + multigen/small: gan, autoregressive, diffusion (SD)
     python -m ops.protocol --track full --table   # the table of the folds run so far, from their checkpoints
     python -m ops.protocol --track small --kinds model --variant vgg3_wide_freq   # an architecture ablation
+    python -m ops.protocol --track small --kinds model --match-jpeg 0   # tiles left uncompressed (confounded)
     python -m ops.protocol --track full --tiles   # the full recipe with CIFAKE and multigen/small as windows
     python -m ops.protocol --track full --kinds model --recon ops/weights/recon   # with aligned fakes
     python -m ops.protocol --track full --kinds model --variant vgg3_wide_freq --from-scratch   # FreqNet at full size
@@ -73,12 +74,15 @@ TRACKS = {
         extra_folds={},
     ),
     # The 32x32 recipe of the shipped small model, from scratch, on a seeded 6,000 of CIFAKE's
-    # 20,000-image subset plus multigen/small, three epochs per fold.
+    # 20,000-image subset plus multigen/small, three epochs per fold. Every multigen/small tile (a
+    # PNG) gets the JPEG round trip CIFAKE's files had (quality 75, 4:2:0; since 2026-12-04): before,
+    # "never JPEG-compressed" marked the held-out GAN and PixelCNN++ tiles against CIFAKE's reals
+    # (``--match-jpeg 0`` reproduces those figures).
     "small": Track(
         data=(str(DATA / "cifake_train_subset"), str(DATA / "multigen" / "small")),
         recipe=dict(
             variant="vgg3_wide", epochs=3, batch_size=128, val_size=2000, calib_size=1000, robust_p=0.15,
-            border_p=0.05, threads=2, max_train=6000,
+            border_p=0.05, threads=2, max_train=6000, match_jpeg=75,
         ),
         content_side=8,
         # CIFAKE's fakes are Stable Diffusion 1.4's: the one diffusion family at 32x32.
@@ -123,6 +127,7 @@ class Arm:
     recon_scale: float = 1.0
     scratch: bool = False  # random initial weights instead of the track's ``init_from``
     epochs: int | None = None  # another number of epochs per fold than the track's
+    match_jpeg: int | None = None  # another JPEG round trip for non-JPEG files than the track's (0: none)
     # An ensemble arm: the equal-weight logit average of these arms' fold checkpoints, each member
     # ``VARIANT`` or ``VARIANT@SEED`` on this arm's other options (``fakescope ensemble``'s network).
     members: tuple[str, ...] = ()
@@ -136,6 +141,7 @@ class Arm:
             + (f"x{self.recon_scale:g}" if self.recon and self.recon_scale != 1 else "")
             + ("-scratch" if self.scratch else "")
             + (f"-ep{self.epochs}" if self.epochs else "")
+            + (f"-jpeg{self.match_jpeg}" if self.match_jpeg is not None else "")
             + (f"-init{self.init_seed}" if self.init_seed is not None else "")
         )
 
@@ -154,6 +160,8 @@ class Arm:
         recipe = {**TRACKS[track].recipe, **({"epochs": self.epochs} if self.epochs else {})}
         if self.variant:
             recipe["variant"] = self.variant
+        if self.match_jpeg is not None:
+            recipe["match_jpeg"] = self.match_jpeg
         if self.init_seed is not None:
             recipe["init_seed"] = self.init_seed
         if self.scratch:
@@ -276,6 +284,12 @@ def main() -> None:
     ap.add_argument("--recon-scale", type=float, default=1.0, help="with --recon: made at up to this enlargement")
     ap.add_argument("--from-scratch", action="store_true", help="random initial weights, not the track's init_from")
     ap.add_argument(
+        "--match-jpeg",
+        type=int,
+        metavar="Q",
+        help="another JPEG round trip for files that are not JPEGs than the track's (small: 75; 0: none)",
+    )
+    ap.add_argument(
         "--ensemble-of",
         nargs="+",
         default=[],
@@ -295,6 +309,7 @@ def main() -> None:
         recon_scale=args.recon_scale,
         scratch=args.from_scratch,
         epochs=args.epochs,
+        match_jpeg=args.match_jpeg,
         members=tuple(args.ensemble_of),
     )
     if arm.members and (args.variant or args.init_seed is not None):

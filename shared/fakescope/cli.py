@@ -74,6 +74,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         tiles=args.tiles,
         tile_share=args.tile_share,
         content_only=args.content_only,
+        match_jpeg=args.match_jpeg,
     )
     out = train(cfg)
     print(json.dumps(json.loads((out / "config.json").read_text())["metrics"], indent=2))
@@ -512,6 +513,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--tile-share", type=float, default=0.25, help="share of each batch that is --tiles")
     p.add_argument("--content-only", type=int, default=0, help="content baseline: shrink every image to this side")
+    p.add_argument(
+        "--match-jpeg",
+        type=int,
+        default=0,
+        metavar="Q",
+        help="one JPEG round trip at quality Q for every image whose file is not a JPEG (CIFAKE's are Q=75): "
+        "compression history is then not a label when sources differ in it",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("scan", help="classify images, folders and archives; no services needed")

@@ -101,20 +101,34 @@ class LabelledArray:
         return LabelledArray(self.images[idx], self.labels[idx], [self.names[i] for i in idx])
 
 
-def _cache_path(source: Path, size: tuple[int, int], cache_dir: Path) -> Path:
+def _cache_path(source: Path, size: tuple[int, int], cache_dir: Path, jpeg_quality: int = 0) -> Path:
     st = source.stat()
     key = f"{source.resolve()}|{st.st_size}|{st.st_mtime_ns}|{size}|v1"
+    if jpeg_quality:
+        key += f"|jpeg{jpeg_quality}"
     if source.is_dir():
         # A folder's mtime does not change when a file in a sub-folder does: count the files too.
         key += f"|{sum(1 for _ in source.rglob('*'))}"
     return cache_dir / f"{source.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
 
 
-def _decode_source(source: Path, size: tuple[int, int]) -> LabelledArray:
+def as_jpeg(image: np.ndarray, quality: int) -> np.ndarray:
+    """``image`` after one baseline JPEG round trip at ``quality`` with 4:2:0 chroma (Pillow's and
+    libjpeg's defaults, and CIFAKE's: every CIFAKE file carries the IJG quality-75 tables)."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, "JPEG", quality=quality, subsampling="4:2:0")
+    with Image.open(buf) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+
+def _decode_source(source: Path, size: tuple[int, int], jpeg_quality: int = 0) -> LabelledArray:
     images, labels, names = [], [], []
     for name, label, data in tqdm(iter_labelled(source), desc=f"decode {source.name}", unit="img", leave=False):
         with Image.open(io.BytesIO(data)) as im:
-            images.append(to_rgb_array(im, size))
+            image = to_rgb_array(im, size)
+            if jpeg_quality and im.format != "JPEG":
+                image = as_jpeg(image, jpeg_quality)
+            images.append(image)
         labels.append(label)
         names.append(f"{source.name}/{name}")
     if not images:
@@ -127,21 +141,30 @@ def default_cache_dir() -> Path:
 
 
 def load_labelled(
-    sources: Sequence[str | Path], size: tuple[int, int] = (32, 32), cache_dir: Path | None = None
+    sources: Sequence[str | Path],
+    size: tuple[int, int] = (32, 32),
+    cache_dir: Path | None = None,
+    *,
+    jpeg_quality: int = 0,
 ) -> LabelledArray:
-    """Decodes ``sources`` at ``size`` (cached) and concatenates them in the order given."""
+    """Decodes ``sources`` at ``size`` (cached) and concatenates them in the order given.
+
+    ``jpeg_quality``: every image whose file is not a JPEG gets one JPEG round trip at this quality
+    (after resizing), so that when some sources were JPEG-compressed and others were not, for both
+    labels alike, compression history is not a label (0: images as decoded).
+    """
     cache_dir = cache_dir or default_cache_dir()
     cache_dir.mkdir(parents=True, exist_ok=True)
     parts = []
     for src in sources:
         src = Path(src)
-        cache = _cache_path(src, size, cache_dir)
+        cache = _cache_path(src, size, cache_dir, jpeg_quality)
         if cache.exists():
             with np.load(cache) as z:
                 parts.append(LabelledArray(z["images"], z["labels"], z["names"].tolist()))
             logger.info("loaded %d images of %s from cache %s", len(parts[-1]), src, cache)
         else:
-            part = _decode_source(src, size)
+            part = _decode_source(src, size, jpeg_quality)
             tmp = cache.with_suffix(".tmp.npz")
             np.savez(tmp, images=part.images, labels=part.labels, names=np.asarray(part.names))
             tmp.replace(cache)

@@ -118,6 +118,11 @@ class TrainConfig:
     # The content-only baseline: every image shrunk to this side and back before anything else, so no
     # generator trace survives and only content is left to learn (0: off).
     content_only: int = 0
+    # Give every image whose file is not a JPEG one JPEG round trip at this quality (4:2:0) when it
+    # is decoded: CIFAKE's files, both labels, are all quality-75 JPEGs and multigen/small's tiles are
+    # all PNGs, so without it "never JPEG-compressed" marks the tiles, and a fold scores compression
+    # history instead of a generator's trace (0: off).
+    match_jpeg: int = 0
     # Sources trained on in full and never split: more generators beside ``data``, whose split (and
     # so its validation images) stays what it was without them.
     train_only: list[str] = field(default_factory=list)
@@ -460,7 +465,7 @@ class Tiles:
 def _load_tiles(cfg: TrainConfig, seed: int) -> Tiles | None:
     if not cfg.tiles:
         return None
-    data = load_labelled(cfg.tiles, size=(cfg.crop, cfg.crop))
+    data = load_labelled(cfg.tiles, size=(cfg.crop, cfg.crop), jpeg_quality=cfg.match_jpeg)
     keep = ~held_out(data.names, cfg.holdout) if cfg.holdout else np.ones(len(data), dtype=bool)
     if cfg.content_only:
         data = LabelledArray(
@@ -495,7 +500,7 @@ class _Data:
 
 
 def _read(folders: list[str], cfg: TrainConfig) -> LabelledArray:
-    data = load_labelled(folders, size=(cfg.input_size, cfg.input_size))
+    data = load_labelled(folders, size=(cfg.input_size, cfg.input_size), jpeg_quality=cfg.match_jpeg)
     if cfg.content_only:
         data = LabelledArray(content_only(data.images, cfg.content_only), data.labels, data.names)
     return data
