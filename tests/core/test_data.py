@@ -2,8 +2,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
-from fakescope.data import export_split, iter_labelled, label_of, load_labelled, make_split
+from fakescope.data import as_jpeg, export_split, iter_labelled, label_of, load_labelled, make_split
 
 
 def test_label_of() -> None:
@@ -51,3 +52,24 @@ def test_export_split_writes_original_bytes(synth_cifake: Path, tmp_path: Path) 
     assert {f.parent.name for f in files} == {"REAL", "FAKE"}
     original = synth_cifake / files[0].parent.name / files[0].name.split("__")[-1]
     assert files[0].read_bytes() == original.read_bytes()
+
+
+def test_jpeg_quality_gives_only_files_that_are_not_jpegs_one_round_trip(tmp_path: Path) -> None:
+    # Two identical noisy images, one stored as PNG and one as a quality-75 JPEG: asked to match
+    # compression history, the PNG gets the JPEG's round trip and the JPEG is left as decoded.
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    for label in ("REAL", "FAKE"):
+        (tmp_path / "src" / label).mkdir(parents=True)
+    Image.fromarray(pixels).save(tmp_path / "src" / "FAKE" / "a.png")
+    Image.fromarray(pixels).save(tmp_path / "src" / "REAL" / "a.jpg", quality=75)
+    cache = tmp_path / "cache"
+    plain = load_labelled([tmp_path / "src"], cache_dir=cache)
+    matched = load_labelled([tmp_path / "src"], cache_dir=cache, jpeg_quality=75)
+    png, jpg = (plain.names.index(f"src/{n}") for n in ("FAKE/a.png", "REAL/a.jpg"))
+    np.testing.assert_array_equal(plain.images[png], pixels)  # the cache keeps the two apart
+    np.testing.assert_array_equal(matched.images[jpg], plain.images[jpg])
+    np.testing.assert_array_equal(matched.images[png], as_jpeg(pixels, 75))
+    # The same encoder and settings as the stored JPEG: the PNG's pixels now match it exactly.
+    np.testing.assert_array_equal(matched.images[png], plain.images[jpg])
+    assert len(list(cache.glob("*.npz"))) == 2

@@ -31,11 +31,21 @@ def test_each_arm_gets_its_own_folder() -> None:
         Arm(recon="bank", recon_scale=4),
         Arm(init_seed=1),
         Arm(epochs=8),
+        Arm(match_jpeg=0),
         Arm(members=("vgg3_wide_stem", "vgg3_wide_freq"), scratch=True),
     ]
     suffixes = [a.suffix() for a in arms]
     assert len(set(suffixes)) == len(arms)
     assert suffixes[2] == "-vgg3_wide_freq-scratch" and suffixes[5] == "-recon0.3x4"
+
+
+def test_the_small_track_matches_compression_history_unless_an_arm_turns_it_off() -> None:
+    # CIFAKE's files are quality-75 JPEGs and multigen/small's tiles PNGs: the track gives the tiles
+    # CIFAKE's round trip, and --match-jpeg 0 is the earlier measurement, in folders of its own.
+    assert Arm().recipe("small")["match_jpeg"] == 75
+    assert Arm(match_jpeg=0).recipe("small")["match_jpeg"] == 0
+    assert Arm(match_jpeg=0).suffix() == "-jpeg0" and Arm().suffix() == ""
+    assert "match_jpeg" not in Arm().recipe("full")  # multigen/full is JPEG for both labels already
 
 
 def test_from_scratch_drops_only_the_starting_weights() -> None:
