@@ -18,6 +18,12 @@ training part of the default split (never validation or calibration) put through
 ``dcgan64-*`` tiles went through: bilinear up to 64 pixels, then a 2x box filter back to 32. Most of
 those tiles are fakes, so without an equal share of reals with the same history a model could learn
 "box-filtered" as "fake" (multigen's README asks for this).
+
+``--jpeg Q`` writes every tile (and every resampled real) as a JPEG at quality Q with 4:2:0 chroma
+instead of linking the PNG: CIFAKE's files, both labels, are quality-75 JPEGs, so tiles that were
+never compressed are told from CIFAKE's reals by that alone (``python -m ops.compression_history``).
+With ``--jpeg 75`` a candidate trained on ``train/`` and scored on ``eval/`` measures generators, not
+compression history.
 """
 
 from __future__ import annotations
@@ -58,12 +64,17 @@ def split_rows(
     return [r for r in rows if r["file"] not in held_files], held
 
 
-def link_tree(rows: list[dict[str, str]], root: Path, out: Path) -> None:
+def link_tree(rows: list[dict[str, str]], root: Path, out: Path, jpeg: int = 0) -> None:
+    """Links each row's file under ``out``; with ``jpeg``, writes it as a JPEG of that quality instead."""
     for row in rows:
         # The manifest's file is "small/<LABEL>/<folder>/<name>": keep the label and folder.
         dest = out.joinpath(*row["file"].split("/")[1:])
         dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.symlink_to((root / row["file"]).resolve())
+        if jpeg:
+            with Image.open(root / row["file"]) as im:
+                im.convert("RGB").save(dest.with_suffix(".jpg"), "JPEG", quality=jpeg, subsampling="4:2:0")
+        else:
+            dest.symlink_to((root / row["file"]).resolve())
 
 
 def training_reals() -> tuple[list[str], np.ndarray]:
@@ -76,21 +87,27 @@ def training_reals() -> tuple[list[str], np.ndarray]:
     return [data.names[i] for i in reals], data.images[reals]
 
 
-def write_resampled_reals(n: int, out: Path, seed: int) -> int:
-    """N reals of the default training split, up to 64 bilinear and down by a 2x box, as PNGs."""
+def write_resampled_reals(n: int, out: Path, seed: int, jpeg: int = 0) -> int:
+    """N reals of the default training split, up to 64 bilinear and down by a 2x box, as PNGs (as
+    JPEGs of quality ``jpeg``, when given)."""
     names, images = training_reals()
     chosen = np.sort(np.random.default_rng(seed).choice(len(names), size=min(n, len(names)), replace=False))
     out.mkdir(parents=True, exist_ok=True)
     for i in chosen:
         im = Image.fromarray(images[i]).resize((64, 64), Image.Resampling.BILINEAR).reduce(2)
-        im.save(out / (names[i].replace("/", "__").rsplit(".", 1)[0] + ".png"))
+        stem = names[i].replace("/", "__").rsplit(".", 1)[0]
+        if jpeg:
+            im.save(out / f"{stem}.jpg", "JPEG", quality=jpeg, subsampling="4:2:0")
+        else:
+            im.save(out / f"{stem}.png")
     return len(chosen)
 
 
-def link_eval_set(held: list[dict[str, str]], root: Path, reals: Path, n: int, out: Path) -> int:
-    """The held-out tiles plus the first ``n`` files (by name) of ``reals``, under ``REAL/<its name>``:
-    the tiles' own reals are too few to score fakes against."""
-    link_tree(held, root, out)
+def link_eval_set(held: list[dict[str, str]], root: Path, reals: Path, n: int, out: Path, jpeg: int = 0) -> int:
+    """The held-out tiles (as JPEGs of quality ``jpeg``, when given) plus the first ``n`` files (by
+    name) of ``reals``, under ``REAL/<its name>``: the tiles' own reals are too few to score fakes
+    against."""
+    link_tree(held, root, out, jpeg)
     dest = out / "REAL" / reals.name
     dest.mkdir(parents=True, exist_ok=True)
     chosen = sorted(p for p in reals.iterdir() if p.is_file())[:n]
@@ -107,6 +124,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--salt", default="multigen-small-v1", help="changes which groups are held out")
     ap.add_argument("--resampled-reals", type=int, default=0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--jpeg", type=int, default=0, metavar="Q", help="write tiles as JPEGs of quality Q (CIFAKE's: 75), not links"
+    )
     ap.add_argument("--eval-reals", type=Path, help="a folder of real images (e.g. export-split --split val's REAL/)")
     ap.add_argument("--eval-reals-n", type=int, default=1000, help="how many of them join the held-out tiles in eval/")
     args = ap.parse_args(argv)
@@ -116,17 +136,19 @@ def main(argv: list[str] | None = None) -> None:
         rows = [r for r in csv.DictReader(f) if r["track"] == "small"]
     train, held = split_rows(rows, args.held_out, args.salt)
     root = args.manifest.parent
-    link_tree(train, root, args.out / "train")
-    link_tree(held, root, args.out / "heldout")
+    link_tree(train, root, args.out / "train", args.jpeg)
+    link_tree(held, root, args.out / "heldout", args.jpeg)
     for name, part in (("train", train), ("heldout", held)):
         labels = Counter(r["label"] for r in part)
         groups = len({group_of(r) for r in part})
         print(f"{name}: {len(part):,} tiles ({labels['fake']:,} fake, {labels['real']:,} real) in {groups:,} groups")
     if args.resampled_reals:
-        n = write_resampled_reals(args.resampled_reals, args.out / "train" / "REAL" / "cifake-resampled", args.seed)
+        n = write_resampled_reals(
+            args.resampled_reals, args.out / "train" / "REAL" / "cifake-resampled", args.seed, args.jpeg
+        )
         print(f"train: {n:,} CIFAKE training-split reals, bilinear to 64 and box to 32, in REAL/cifake-resampled")
     if args.eval_reals:
-        n = link_eval_set(held, root, args.eval_reals, args.eval_reals_n, args.out / "eval")
+        n = link_eval_set(held, root, args.eval_reals, args.eval_reals_n, args.out / "eval", args.jpeg)
         print(f"eval: the held-out tiles and {n:,} reals of {args.eval_reals}")
 
 

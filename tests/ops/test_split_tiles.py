@@ -5,9 +5,10 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 
-from fakescope.data import load_labelled
+from fakescope.data import as_jpeg, load_labelled
 from ops.score_scan import generator_from_folder
 from ops.split_tiles import main, split_rows
 
@@ -82,3 +83,25 @@ def test_the_trees_are_labelled_sets(tmp_path: Path) -> None:
     )
     assert generator_from_folder(f"{out}/heldout/FAKE/g/l0_c0.png") == "g"
     assert generator_from_folder(f"{out}/heldout/REAL/r/0.png") is None
+
+
+def test_jpeg_writes_the_tiles_with_cifakes_compression(tmp_path: Path) -> None:
+    # CIFAKE's files are quality-75 JPEGs: with --jpeg 75 every tile is written as one, not linked.
+    root = tmp_path / "multigen"
+    rows = _rows()
+    noise = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    for r in rows:
+        path = root / r["file"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(noise).save(path)
+    manifest = root / "manifest.csv"
+    with manifest.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)
+    out = tmp_path / "tiles"
+    main(["--out", str(out), "--manifest", str(manifest), "--held-out", "0.25", "--jpeg", "75"])
+    files = [p for p in out.rglob("*") if p.is_file() or p.is_symlink()]
+    assert len(files) == len(rows) and all(p.suffix == ".jpg" and not p.is_symlink() for p in files)
+    with Image.open(files[0]) as im:
+        assert im.format == "JPEG" and np.asarray(im.convert("RGB")).tolist() == as_jpeg(noise, 75).tolist()
