@@ -128,6 +128,7 @@ class Arm:
     scratch: bool = False  # random initial weights instead of the track's ``init_from``
     epochs: int | None = None  # another number of epochs per fold than the track's
     match_jpeg: int | None = None  # another JPEG round trip for non-JPEG files than the track's (0: none)
+    resample_p: float = 0.0  # 32x32: the dcgan64 tiles' resampling history on this share of both labels
     # An ensemble arm: the equal-weight logit average of these arms' fold checkpoints, each member
     # ``VARIANT`` or ``VARIANT@SEED`` on this arm's other options (``fakescope ensemble``'s network).
     members: tuple[str, ...] = ()
@@ -142,6 +143,7 @@ class Arm:
             + ("-scratch" if self.scratch else "")
             + (f"-ep{self.epochs}" if self.epochs else "")
             + (f"-jpeg{self.match_jpeg}" if self.match_jpeg is not None else "")
+            + (f"-resample{self.resample_p:g}" if self.resample_p else "")
             + (f"-init{self.init_seed}" if self.init_seed is not None else "")
         )
 
@@ -162,6 +164,8 @@ class Arm:
             recipe["variant"] = self.variant
         if self.match_jpeg is not None:
             recipe["match_jpeg"] = self.match_jpeg
+        if self.resample_p:
+            recipe["resample_p"] = self.resample_p
         if self.init_seed is not None:
             recipe["init_seed"] = self.init_seed
         if self.scratch:
@@ -290,6 +294,12 @@ def main() -> None:
         help="another JPEG round trip for files that are not JPEGs than the track's (small: 75; 0: none)",
     )
     ap.add_argument(
+        "--resample-p",
+        type=float,
+        default=0.0,
+        help="small track: the dcgan64 tiles' resampling history on this share of both labels (README's control)",
+    )
+    ap.add_argument(
         "--ensemble-of",
         nargs="+",
         default=[],
@@ -310,6 +320,7 @@ def main() -> None:
         scratch=args.from_scratch,
         epochs=args.epochs,
         match_jpeg=args.match_jpeg,
+        resample_p=args.resample_p,
         members=tuple(args.ensemble_of),
     )
     if arm.members and (args.variant or args.init_seed is not None):

@@ -75,6 +75,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         tile_share=args.tile_share,
         content_only=args.content_only,
         match_jpeg=args.match_jpeg,
+        resample_p=args.resample_p,
     )
     out = train(cfg)
     print(json.dumps(json.loads((out / "config.json").read_text())["metrics"], indent=2))
@@ -520,6 +521,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="Q",
         help="one JPEG round trip at quality Q for every image whose file is not a JPEG (CIFAKE's are Q=75): "
         "compression history is then not a label when sources differ in it",
+    )
+    p.add_argument(
+        "--resample-p",
+        type=float,
+        default=0.0,
+        help="32x32: share of images, both labels, given the dcgan64 tiles' history (bilinear 2x, box back)",
     )
     p.set_defaults(func=_cmd_train)
 

@@ -31,7 +31,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from fakescope.checkpoint import CheckpointMeta, Preprocess, load_checkpoint, save_checkpoint
-from fakescope.data import LABELS, LabelledArray, Split, load_labelled, make_split
+from fakescope.data import LABELS, LabelledArray, Split, as_jpeg, load_labelled, make_split
 from fakescope.machine import resolve_device
 from fakescope.metrics import binary_metrics
 from fakescope.models import DetectorNet, Network, create_model, list_models
@@ -123,6 +123,11 @@ class TrainConfig:
     # all PNGs, so without it "never JPEG-compressed" marks the tiles, and a fold scores compression
     # history instead of a generator's trace (0: off).
     match_jpeg: int = 0
+    # The share of training images, of both labels, swapped for a copy with the resampling history of
+    # multigen/small's dcgan64-* tiles (bilinear up to twice the size, a 2x box filter back; then the
+    # ``match_jpeg`` round trip, as the tiles had): most of those tiles are fakes, so without it "box
+    # filtered" is a label (multigen's README asks for this control). 32x32 training only (no crop).
+    resample_p: float = 0.0
     # Sources trained on in full and never split: more generators beside ``data``, whose split (and
     # so its validation images) stays what it was without them.
     train_only: list[str] = field(default_factory=list)
@@ -192,6 +197,17 @@ def use_bf16(amp: str, device: torch.device) -> bool:
     if amp == "auto":
         return device.type == "cuda" or cpu_has_bf16_matmul()
     return amp == "on"
+
+
+def resampled_copies(images: np.ndarray, jpeg_quality: int = 0) -> np.ndarray:
+    """Each image bilinear to twice its size and 2x box-filtered back (the dcgan64 tiles' history), then
+    given one JPEG round trip at ``jpeg_quality`` (0: none)."""
+    out = np.empty_like(images)
+    h, w = images.shape[1:3]
+    for i in tqdm(range(len(images)), desc="resample", leave=False):
+        im = Image.fromarray(images[i]).resize((2 * w, 2 * h), Image.Resampling.BILINEAR).reduce(2)
+        out[i] = as_jpeg(np.asarray(im), jpeg_quality) if jpeg_quality else np.asarray(im)
+    return out
 
 
 def jpeg_copies(images: np.ndarray, seed: int, quality: tuple[int, int] = (60, 95)) -> np.ndarray:
@@ -349,17 +365,27 @@ def train_batch(
     cfg: TrainConfig,
     gen: torch.Generator,
     recon: Reconstruct | None = None,
+    resampled: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """An augmented, normalised ``channels_last`` training batch (CPU; the caller moves it).
 
     ``recon``'s images are reconstructed first, the rest of the augmentation follows; the JPEG
-    copies are of the photos, so an image to be reconstructed never takes one.
+    copies are of the photos, so an image to be reconstructed never takes one. ``resampled``: the
+    images' ``resampled_copies``, a ``cfg.resample_p`` share of the batch taken from them.
     """
     raw = images[idx]
     robust = cfg.recipe == "fast" and cfg.robust_p > 0
     kinds = torch.randint(0, 3, (len(idx),), generator=gen)
     hit = torch.rand(len(idx), generator=gen) < (cfg.robust_p if robust else 0.0)
     swap = hit & (kinds == 2) if recon is None else hit & (kinds == 2) & ~recon.mask
+    if resampled is not None and cfg.resample_p > 0:
+        # Drawn only when on, so that runs without it keep their random stream (and --resume).
+        history = torch.rand(len(idx), generator=gen) < cfg.resample_p
+        if recon is not None:
+            history &= ~recon.mask
+        raw = raw.clone()
+        raw[history] = resampled[idx[history]]
+        swap &= ~history  # the copy's own JPEG is its history; the random-quality one would replace it
     if jpeg is not None and bool(swap.any()):
         raw = raw.clone()
         raw[swap] = jpeg[idx[swap]]
@@ -626,6 +652,7 @@ class _Batches:
     mean: torch.Tensor
     std: torch.Tensor
     recon: ReconBank | None = None
+    resampled: torch.Tensor | None = None  # ``resampled_copies`` of the images, with ``resample_p``
     # The training reals' positions, the slots aligned fakes are drawn from (with ``recon``).
     reals: torch.Tensor = field(init=False)
 
@@ -643,14 +670,19 @@ class _Batches:
         mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
         std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
         recon = load_recon(cfg.recon) if cfg.recon else None
-        return cls(torch.from_numpy(train_images), jpeg, labels, tiles, mean, std, recon)
+        resampled = None
+        if cfg.resample_p > 0:
+            if cfg.crop:
+                raise ValueError("resample_p gives 32x32 images the dcgan64 tiles' history: it needs crop=0")
+            resampled = torch.from_numpy(resampled_copies(train_images, cfg.match_jpeg))
+        return cls(torch.from_numpy(train_images), jpeg, labels, tiles, mean, std, recon, resampled)
 
     def batch(self, idx: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         y = self.labels[idx]
         recon = None
         if self.recon is not None:
             idx, recon = self._aligned_fakes(idx, y, cfg, gen)
-        x = train_batch(self.images, self.jpeg, idx, self.mean, self.std, cfg, gen, recon)
+        x = train_batch(self.images, self.jpeg, idx, self.mean, self.std, cfg, gen, recon, self.resampled)
         if self.tiles is not None:
             x, y = self.tiles.extend(x, y, self.mean, self.std, gen)
         return x, y

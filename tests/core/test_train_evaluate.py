@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from safetensors.torch import load_file
 
 from fakescope import train as train_mod
 from fakescope.checkpoint import load_checkpoint
 from fakescope.cli import main
+from fakescope.data import as_jpeg
 from fakescope.detector import Detector
 from fakescope.evaluate import fgsm_images, format_table, load_eval_data, robustness
 from fakescope.train import TrainConfig, train
@@ -134,6 +136,35 @@ def test_noise_reaches_its_share_of_the_images() -> None:
     assert 0.15 < float(changed.float().mean()) < 0.35
     spread = (noisy - quiet)[changed].std()
     assert 0.005 < float(spread) < 0.03
+
+
+def test_resampling_history_reaches_its_share_and_costs_nothing_when_off() -> None:
+    # The dcgan64 tiles' history: bilinear to 64, a 2x box back to 32, then the JPEG round trip.
+    rng = np.random.default_rng(0)
+    images_np = rng.integers(0, 256, (200, 32, 32, 3), dtype=np.uint8)
+    copies = train_mod.resampled_copies(images_np[:2], jpeg_quality=75)
+    first = Image.fromarray(images_np[0]).resize((64, 64), Image.Resampling.BILINEAR).reduce(2)
+    np.testing.assert_array_equal(copies[0], as_jpeg(np.asarray(first), 75))
+    images = torch.from_numpy(images_np)
+    resampled = torch.from_numpy(train_mod.resampled_copies(images_np))
+    mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    idx = torch.arange(200)
+    cfg = TrainConfig(data=["x"], out="y", robust_p=0.0, translate=0, border_p=0.0)
+
+    def batch(c: TrainConfig, history: torch.Tensor | None) -> torch.Tensor:
+        return train_mod.train_batch(images, None, idx, mean, std, c, torch.Generator().manual_seed(0), None, history)
+
+    # Off, it draws nothing: the batch is the one a run without copies gets (so --resume holds).
+    torch.testing.assert_close(batch(cfg, resampled), batch(cfg, None))
+    half = batch(dataclasses.replace(cfg, resample_p=0.5), resampled)
+
+    def same(x: torch.Tensor, source: torch.Tensor) -> torch.Tensor:  # per image, either way round
+        ref = source.permute(0, 3, 1, 2).float() / 255
+        return torch.minimum((x - ref).abs().flatten(1).amax(1), (x - ref.flip(-1)).abs().flatten(1).amax(1)) < 1e-6
+
+    is_copy, is_plain = same(half, resampled), same(half, images)
+    assert bool((is_copy ^ is_plain).all())  # every image is one or the other
+    assert 0.35 < float(is_copy.float().mean()) < 0.65
 
 
 def test_ema_is_what_gets_saved(synth_cifake: Path, tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ def test_each_arm_gets_its_own_folder() -> None:
         Arm(init_seed=1),
         Arm(epochs=8),
         Arm(match_jpeg=0),
+        Arm(resample_p=0.3),
         Arm(members=("vgg3_wide_stem", "vgg3_wide_freq"), scratch=True),
     ]
     suffixes = [a.suffix() for a in arms]
