@@ -39,7 +39,7 @@ from PIL import Image
 
 from fakescope.cli import DEFAULT_DATA
 from fakescope.data import load_labelled, make_split
-from fakescope.train import TrainConfig
+from fakescope.train import TrainConfig, resampled_copies
 
 DATA = Path("../shared/data")
 MANIFEST = DATA / "multigen" / "manifest.csv"
@@ -93,8 +93,8 @@ def write_resampled_reals(n: int, out: Path, seed: int, jpeg: int = 0) -> int:
     names, images = training_reals()
     chosen = np.sort(np.random.default_rng(seed).choice(len(names), size=min(n, len(names)), replace=False))
     out.mkdir(parents=True, exist_ok=True)
-    for i in chosen:
-        im = Image.fromarray(images[i]).resize((64, 64), Image.Resampling.BILINEAR).reduce(2)
+    for i, pixels in zip(chosen, resampled_copies(images[chosen]), strict=True):
+        im = Image.fromarray(pixels)
         stem = names[i].replace("/", "__").rsplit(".", 1)[0]
         if jpeg:
             im.save(out / f"{stem}.jpg", "JPEG", quality=jpeg, subsampling="4:2:0")

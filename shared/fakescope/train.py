@@ -15,7 +15,6 @@ per-epoch record is measured on the calibration split, and validation is scored 
 from __future__ import annotations
 
 import copy
-import io
 import logging
 import math
 import random
@@ -215,10 +214,7 @@ def jpeg_copies(images: np.ndarray, seed: int, quality: tuple[int, int] = (60, 9
     rng = np.random.default_rng(seed)
     out = np.empty_like(images)
     for i, q in enumerate(tqdm(rng.integers(quality[0], quality[1] + 1, len(images)), desc="jpeg", leave=False)):
-        buf = io.BytesIO()
-        Image.fromarray(images[i]).save(buf, format="JPEG", quality=int(q))
-        with Image.open(buf) as im:
-            out[i] = np.asarray(im.convert("RGB"))
+        out[i] = as_jpeg(images[i], int(q))
     return out
 
 
