@@ -196,3 +196,30 @@ def test_one_class_builds_every_variant_and_keeps_its_old_name() -> None:
     assert FreqNetResNet is DetectorNet and FreqNetResNetConfig is DetectorNetConfig
     for name in list_models():
         assert create_model(name).__class__ is DetectorNet, name
+
+
+def test_npr_residual_keeps_only_what_differs_within_each_2x2_cell() -> None:
+    from fakescope.models.freqnet_resnet import npr_residual
+
+    cells = torch.randn(2, 3, 4, 5)
+    blocky = cells.repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)[..., :7, :9]  # odd sizes too
+    assert torch.equal(npr_residual(blocky), torch.zeros_like(blocky))  # nearest upsampling leaves nothing
+    x = torch.randn(1, 3, 7, 9)
+    r = npr_residual(x)
+    assert r.shape == x.shape
+    assert torch.equal(r[..., ::2, ::2], torch.zeros_like(r[..., ::2, ::2]))  # each cell's anchor pixel
+    assert torch.allclose(r[..., 0, 1], x[..., 0, 1] - x[..., 0, 0])
+    assert torch.allclose(r[..., 1, 1], x[..., 1, 1] - x[..., 0, 0])
+    assert torch.allclose(npr_residual(x + 5.0), r, atol=1e-5)  # brightness is gone
+
+
+def test_npr_variant_sees_only_the_residual() -> None:
+    net = create_model("vgg3_wide_npr").eval()
+    x = torch.randn(2, 3, 32, 32)
+    blocky = x[..., ::2, ::2].repeat_interleave(2, dim=-2).repeat_interleave(2, dim=-1)
+    with torch.no_grad():
+        # Every nearest-upsampled image has the same (zero) residual, so the same score.
+        assert torch.allclose(net(blocky), net(torch.zeros_like(x)).expand(2, -1), atol=1e-5)
+        assert not torch.allclose(net(x), net(blocky), atol=1e-3)
+    with pytest.raises(ValueError, match="input_filter"):
+        create_model("vgg3_wide_stem", input_filter="sobel")
