@@ -37,7 +37,7 @@ from fakescope.models import DetectorNet, Network, create_model, list_models
 from fakescope.models.recon import ReconBank, load_recon
 from fakescope.temperature import fit_temperature
 
-__all__ = ["TrainConfig", "predict_arrays", "score_holdout", "train"]
+__all__ = ["TrainConfig", "holdout_set", "predict_arrays", "score_holdout", "train"]
 
 logger = logging.getLogger(__name__)
 
@@ -819,6 +819,15 @@ def _holdout_metrics(
     return {"folders": cfg.holdout, **binary_metrics(hold.labels, fake_prob)}
 
 
+def holdout_set(cfg: TrainConfig) -> LabelledArray:
+    """``cfg``'s held-out folders and the validation images of the other label they are scored
+    against, as a ``holdout_only`` run splits them."""
+    if not cfg.holdout:
+        raise ValueError("a held-out set needs the held-out folders: name them in holdout")
+    d = _load_data(cfg)
+    return d.data.subset(d.holdout_idx)
+
+
 def score_holdout(cfg: TrainConfig, checkpoint: str | Path) -> dict[str, Any]:
     """A trained checkpoint's scores on ``cfg``'s held-out folders, as a ``holdout_only`` run reports
     them: the folders against the validation images of the other label, at temperature 1.
@@ -826,12 +835,9 @@ def score_holdout(cfg: TrainConfig, checkpoint: str | Path) -> dict[str, Any]:
     For a checkpoint ``cfg`` did not train, such as an ensemble of fold checkpoints that share its
     split: ``cfg`` gives the images and the split, the checkpoint its own preprocessing.
     """
-    if not cfg.holdout:
-        raise ValueError("score_holdout scores the held-out folders: name them in holdout")
     device = torch.device(resolve_device(cfg.device))
-    d = _load_data(cfg)
+    hold = holdout_set(cfg)
     net, meta = load_checkpoint(checkpoint, device)
-    hold = d.data.subset(d.holdout_idx)
     return {
         "folders": cfg.holdout,
         **binary_metrics(hold.labels, _fake_probability(net, hold, meta.preprocess, device, 1.0)),
