@@ -22,6 +22,11 @@ label in a fold, as compression history was at 32x32. Two tables:
    history, that step moves the reals' mean probability of fake and the fold's ROC-AUC far more than
    the re-save alone does; the last column gives the fakes the same round trip, so that only what
    the two labels still differ in is scored.
+3. The round trip cannot give a stored image the detail a larger original had; what a network could
+   read instead is how much detail an image has for its content, which falls with the original's
+   size. So, per fold, the rank correlation between the probability of fake and the log original
+   shorter side, within the validation reals and within the held-out fakes: negative where the
+   network calls the less-shrunk images of the same label more fake.
 """
 
 from __future__ import annotations
@@ -59,6 +64,33 @@ def resaved(images: np.ndarray, side: int = 0, quality: int = 90) -> np.ndarray:
     return np.stack([as_jpeg(lanczos_round_trip(im, side) if side else im, quality) for im in images])
 
 
+def ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks of ``x`` from 0, ties given their average rank."""
+    order = np.argsort(x, kind="stable")
+    r = np.empty(len(x))
+    r[order] = np.arange(len(x))
+    _, inverse, counts = np.unique(x, return_inverse=True, return_counts=True)
+    return (np.bincount(inverse, weights=r) / counts)[inverse]
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    """Spearman's rank correlation (NaN where either side is constant)."""
+    ra, rb = ranks(a), ranks(b)
+    if ra.std() == 0 or rb.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(ra, rb)[0, 1])
+
+
+def original_sides(manifest: Path) -> dict[str, int]:
+    """``full`` file path (as the manifest and the loaded names spell it) -> its original shorter side."""
+    with open(manifest, newline="") as f:
+        return {
+            row["file"]: min(int(row["orig_width"]), int(row["orig_height"]))
+            for row in csv.DictReader(f)
+            if row["track"] == "full"
+        }
+
+
 def size_only(manifest: Path) -> dict[str, float]:
     """Fold -> ROC-AUC of the negated original shorter side, held-out fakes against every real."""
     shorter: dict[str, list[float]] = {}
@@ -94,6 +126,8 @@ def main() -> None:
     print(f"\n2. {args.variant}, {args.epochs} epochs: held-out fakes against each fold's validation reals")
     head = ["fold", "n fake", "n real", "p real", "p re-saved", f"p {args.side}+re-saved"]
     head += ["AUC stored", "AUC re-saved", f"AUC {args.side}", f"AUC {args.side} both"]
+    head += ["rho real", "rho fake"]
+    sides = original_sides(MANIFEST)
     print(" ".join(f"{h:>14s}" for h in head))
     fake = LABELS.index("fake")
     for fold, held in folds("full", "family").items():
@@ -116,6 +150,9 @@ def main() -> None:
         row = [f"{fold:>14s}", f"{len(fakes):14d}", f"{len(reals):14d}"]
         row += [f"{v:14.3f}" for v in (pr.mean(), pr_jpeg.mean(), pr_side.mean())]
         row += [f"{v:14.3f}" for v in (auc(pr, pf), auc(pr_jpeg, pf), auc(pr_side, pf), auc(pr_side, pf_side))]
+        log_side = np.log([sides[n] for n in hold.names])
+        is_fake = hold.labels == 1
+        row += [f"{spearman(pr, log_side[~is_fake]):14.3f}", f"{spearman(pf, log_side[is_fake]):14.3f}"]
         print(" ".join(row), flush=True)
 
 

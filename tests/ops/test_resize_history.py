@@ -47,3 +47,13 @@ def test_size_only_scores_each_fold_by_its_fakes_original_sizes(
             w.writerow(["full", label, gen if label == "fake" else fam, fam, side * 2, side])
     monkeypatch.setattr(protocol, "MANIFEST", manifest)
     assert size_only(manifest) == {"ar": 1.0, "diff": pytest.approx(0.25)}
+
+
+def test_spearman_uses_average_ranks_for_ties() -> None:
+    from ops.resize_history import ranks, spearman
+
+    assert ranks(np.array([3.0, 1.0, 3.0, 2.0])).tolist() == [2.5, 0.0, 2.5, 1.0]
+    x = np.array([1.0, 2.0, 3.0, 4.0])
+    assert spearman(x, x**3) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+    assert np.isnan(spearman(x, np.ones(4)))
