@@ -129,6 +129,7 @@ class Arm:
     epochs: int | None = None  # another number of epochs per fold than the track's
     match_jpeg: int | None = None  # another JPEG round trip for non-JPEG files than the track's (0: none)
     resample_p: float = 0.0  # 32x32: the dcgan64 tiles' resampling history on this share of both labels
+    robust_p: float | None = None  # another share of degraded images (rescale, blur, JPEG) than the track's
     # An ensemble arm: the equal-weight logit average of these arms' fold checkpoints, each member
     # ``VARIANT`` or ``VARIANT@SEED`` on this arm's other options (``fakescope ensemble``'s network).
     members: tuple[str, ...] = ()
@@ -144,6 +145,7 @@ class Arm:
             + (f"-ep{self.epochs}" if self.epochs else "")
             + (f"-jpeg{self.match_jpeg}" if self.match_jpeg is not None else "")
             + (f"-resample{self.resample_p:g}" if self.resample_p else "")
+            + (f"-robust{self.robust_p:g}" if self.robust_p is not None else "")
             + (f"-init{self.init_seed}" if self.init_seed is not None else "")
         )
 
@@ -166,6 +168,8 @@ class Arm:
             recipe["match_jpeg"] = self.match_jpeg
         if self.resample_p:
             recipe["resample_p"] = self.resample_p
+        if self.robust_p is not None:
+            recipe["robust_p"] = self.robust_p
         if self.init_seed is not None:
             recipe["init_seed"] = self.init_seed
         if self.scratch:
@@ -300,6 +304,11 @@ def main() -> None:
         help="small track: the dcgan64 tiles' resampling history on this share of both labels (README's control)",
     )
     ap.add_argument(
+        "--robust-p",
+        type=float,
+        help="another share of images degraded in training (rescale, blur, JPEG; Wang et al. 2020) than the track's",
+    )
+    ap.add_argument(
         "--ensemble-of",
         nargs="+",
         default=[],
@@ -321,6 +330,7 @@ def main() -> None:
         epochs=args.epochs,
         match_jpeg=args.match_jpeg,
         resample_p=args.resample_p,
+        robust_p=args.robust_p,
         members=tuple(args.ensemble_of),
     )
     if arm.members and (args.variant or args.init_seed is not None):

@@ -108,7 +108,7 @@ def size_only(manifest: Path) -> dict[str, float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out-dir", default="runs/protocol", help="ops/protocol.py's --out-dir")
+    p.add_argument("--out", default="runs/protocol", help="the fold checkpoints (ops/protocol.py's --out)")
     p.add_argument("--variant", default="vgg3_wide_stem", help="the arm's network")
     p.add_argument("--epochs", type=int, default=16, help="the arm's epochs (the shipped budget: 16)")
     p.add_argument("--side", type=int, default=256, help="the round trip's size (dalle-mini's originals: 256)")
@@ -131,7 +131,7 @@ def main() -> None:
     print(" ".join(f"{h:>14s}" for h in head))
     fake = LABELS.index("fake")
     for fold, held in folds("full", "family").items():
-        out = fold_dir(Path(args.out_dir), "full", fold, "model", arm)
+        out = fold_dir(Path(args.out), "full", fold, "model", arm)
         if not (out / "model.safetensors").exists():
             print(f"{fold:>14s} (no checkpoint at {out})")
             continue

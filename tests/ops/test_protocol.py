@@ -33,6 +33,7 @@ def test_each_arm_gets_its_own_folder() -> None:
         Arm(epochs=8),
         Arm(match_jpeg=0),
         Arm(resample_p=0.3),
+        Arm(robust_p=0.6),
         Arm(members=("vgg3_wide_stem", "vgg3_wide_freq"), scratch=True),
     ]
     suffixes = [a.suffix() for a in arms]
@@ -47,6 +48,14 @@ def test_the_small_track_matches_compression_history_unless_an_arm_turns_it_off(
     assert Arm(match_jpeg=0).recipe("small")["match_jpeg"] == 0
     assert Arm(match_jpeg=0).suffix() == "-jpeg0" and Arm().suffix() == ""
     assert "match_jpeg" not in Arm().recipe("full")  # multigen/full is JPEG for both labels already
+
+
+def test_a_robust_arm_changes_only_the_share_of_degraded_images() -> None:
+    arm = Arm(variant="vgg3_wide_stem", scratch=True, epochs=16, robust_p=0.6)
+    base = Arm(variant="vgg3_wide_stem", scratch=True, epochs=16)
+    assert arm.recipe("full") == {**base.recipe("full"), "robust_p": 0.6}
+    assert TRACKS["full"].recipe["robust_p"] == 0.3
+    assert arm.suffix() == base.suffix() + "-robust0.6"
 
 
 def test_from_scratch_drops_only_the_starting_weights() -> None:
