@@ -22,11 +22,11 @@ label in a fold, as compression history was at 32x32. Two tables:
    history, that step moves the reals' mean probability of fake and the fold's ROC-AUC far more than
    the re-save alone does; the last column gives the fakes the same round trip, so that only what
    the two labels still differ in is scored.
-3. The round trip cannot give a stored image the detail a larger original had; what a network could
-   read instead is how much detail an image has for its content, which falls with the original's
-   size. So, per fold, the rank correlation between the probability of fake and the log original
-   shorter side, within the validation reals and within the held-out fakes: negative where the
-   network calls the less-shrunk images of the same label more fake.
+3. (The last two columns of table 2.) The round trip cannot give a stored image the detail a larger
+   original had; what a network could read instead is how much detail an image has for its content,
+   which falls with the original's size. So, per fold, the rank correlation between the probability
+   of fake and the log original shorter side, within the validation reals and within the held-out
+   fakes: negative where the network calls the less-shrunk images of the same label more fake.
 """
 
 from __future__ import annotations
