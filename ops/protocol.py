@@ -14,6 +14,8 @@ baseline*: the same recipe on images shrunk until no generator trace survives an
     python -m ops.protocol --track full --tiles   # the full recipe with CIFAKE and multigen/small as windows
     python -m ops.protocol --track full --kinds model --recon ops/weights/recon   # with aligned fakes
     python -m ops.protocol --track full --kinds model --variant vgg3_wide_freq --from-scratch   # FreqNet at full size
+    python -m ops.protocol --track full --kinds model --variant vgg3_wide_stem --from-scratch --epochs 16 \
+        --robust-p 0.6   # the shipped arm with twice the share of degraded training images
     python -m ops.protocol --track full --kinds model --from-scratch --epochs 8 \
         --ensemble-of vgg3_wide_stem vgg3_wide_freq   # the logit average of two arms' fold checkpoints
 
