@@ -34,23 +34,27 @@ from __future__ import annotations
 import argparse
 import csv
 import logging
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-from fakescope.checkpoint import load_checkpoint
+from fakescope.checkpoint import Preprocess, load_checkpoint
 from fakescope.data import LABELS, as_jpeg
-from fakescope.metrics import roc_auc
+from fakescope.models import Network
 from fakescope.train import holdout_set, predict_arrays
+from ops.compression_history import auc
 from ops.protocol import MANIFEST, Arm, fold_config, fold_dir, folds
 
 SIDE = 224  # what multigen/full stores and the full route reads
 
 
-def auc(neg: np.ndarray, pos: np.ndarray) -> float:
-    return roc_auc(np.r_[np.zeros(len(neg)), np.ones(len(pos))], np.r_[neg, pos])
+def fake_probability(net: Network, preprocess: Preprocess, images: np.ndarray) -> np.ndarray:
+    """The network's probability of fake for each image, at temperature 1 (ROC-AUC does not need one)."""
+    logits = predict_arrays(net, images, preprocess, torch.device("cpu"))
+    return torch.softmax(logits, dim=1)[:, LABELS.index("fake")].numpy()
 
 
 def lanczos_round_trip(image: np.ndarray, side: int) -> np.ndarray:
@@ -129,7 +133,6 @@ def main() -> None:
     head += ["rho real", "rho fake"]
     sides = original_sides(MANIFEST)
     print(" ".join(f"{h:>14s}" for h in head))
-    fake = LABELS.index("fake")
     for fold, held in folds("full", "family").items():
         out = fold_dir(Path(args.out), "full", fold, "model", arm)
         if not (out / "model.safetensors").exists():
@@ -137,10 +140,7 @@ def main() -> None:
             continue
         hold = holdout_set(fold_config("full", fold, held, "model", out, arm))
         net, meta = load_checkpoint(out, device)
-
-        def p_fake(images: np.ndarray) -> np.ndarray:
-            logits = predict_arrays(net, images, meta.preprocess, device)  # noqa: B023 (used in this pass)
-            return torch.softmax(logits, dim=1)[:, fake].numpy()
+        p_fake = partial(fake_probability, net, meta.preprocess)
 
         fakes, reals = hold.images[hold.labels == 1], hold.images[hold.labels == 0]
         pf, pr = p_fake(fakes), p_fake(reals)
