@@ -18,6 +18,8 @@ baseline*: the same recipe on images shrunk until no generator trace survives an
         --robust-p 0.6   # the shipped arm with twice the share of degraded training images
     python -m ops.protocol --track full --kinds model --from-scratch --epochs 8 \
         --ensemble-of vgg3_wide_stem vgg3_wide_freq   # the logit average of two arms' fold checkpoints
+    python -m ops.protocol --track full --kinds model --variant vgg3_wide_stem --from-scratch --epochs 16 \
+        --debias 2 --bias-epochs 8   # trained against two cross-fitted content baselines (product of experts)
 
 Folds resume where they stopped (each epoch is checkpointed) and finished folds are skipped, so the
 command can be stopped and run again. Folders that are related are held out together: for the
@@ -36,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from fakescope.checkpoint import combine_checkpoints
-from fakescope.train import TrainConfig, score_holdout, train
+from fakescope.train import TrainConfig, score_holdout, score_holdout_with_bias, train
 
 DATA = Path("../shared/data")
 MANIFEST = DATA / "multigen" / "manifest.csv"
@@ -135,6 +137,12 @@ class Arm:
     # An ensemble arm: the equal-weight logit average of these arms' fold checkpoints, each member
     # ``VARIANT`` or ``VARIANT@SEED`` on this arm's other options (``fakescope ensemble``'s network).
     members: tuple[str, ...] = ()
+    cross_fit: str | None = None  # "k/K": trained without the k-th of K parts of the fold's training images
+    # A product-of-experts arm: trained against the fold's content-only baseline (``debias``
+    # cross-fitted copies of it, each ``bias_epochs`` epochs of the track's content recipe on this
+    # arm's other options; 1: one copy on all the training images).
+    debias: int = 0
+    bias_epochs: int | None = None
 
     def suffix(self) -> str:
         return (
@@ -149,7 +157,17 @@ class Arm:
             + (f"-resample{self.resample_p:g}" if self.resample_p else "")
             + (f"-robust{self.robust_p:g}" if self.robust_p is not None else "")
             + (f"-init{self.init_seed}" if self.init_seed is not None else "")
+            + (f"-xfit{self.cross_fit.replace('/', 'of')}" if self.cross_fit else "")
+            + (f"-poe{self.debias}" if self.debias else "")
+            + (f"b{self.bias_epochs}" if self.debias and self.bias_epochs else "")
         )
+
+    def bias_arms(self) -> list[Arm]:
+        """A product-of-experts arm's content baselines (kind ``content``), each an arm of its own."""
+        base = replace(self, debias=0, bias_epochs=None, epochs=self.bias_epochs or self.epochs)
+        if self.debias == 1:
+            return [base]
+        return [replace(base, cross_fit=f"{k}/{self.debias}") for k in range(self.debias)]
 
     def member_arms(self) -> list[Arm]:
         """An ensemble arm's members, each an arm of its own (its own fold folders, trained once)."""
@@ -174,6 +192,8 @@ class Arm:
             recipe["robust_p"] = self.robust_p
         if self.init_seed is not None:
             recipe["init_seed"] = self.init_seed
+        if self.cross_fit:
+            recipe["cross_fit"] = self.cross_fit
         if self.scratch:
             recipe.pop("init_from", None)
         if self.tiles:
@@ -220,7 +240,8 @@ def run_fold(track: str, fold: str, held: list[str], kind: str, out_dir: Path, a
     """
     out = fold_dir(out_dir, track, fold, kind, arm)
     config = out / "config.json"
-    if config.exists() and "holdout" in json.loads(config.read_text()).get("metrics", {}):
+    done = "holdout_product" if arm.debias else "holdout"
+    if config.exists() and done in json.loads(config.read_text()).get("metrics", {}):
         return json.loads(config.read_text())["metrics"]
     if arm.members:
         members = arm.member_arms()
@@ -232,8 +253,27 @@ def run_fold(track: str, fold: str, held: list[str], kind: str, out_dir: Path, a
         record.setdefault("metrics", {})["holdout"] = score_holdout(cfg, out)
         config.write_text(json.dumps(record, indent=2))
         return record["metrics"]
+    if arm.debias:
+        return _run_product_fold(track, fold, held, kind, out_dir, arm)
     train(fold_config(track, fold, held, kind, out, arm))
     return json.loads(config.read_text())["metrics"]
+
+
+def _run_product_fold(track: str, fold: str, held: list[str], kind: str, out_dir: Path, arm: Arm) -> dict[str, Any]:
+    """A product-of-experts fold: the content baselines first, then the model trained against them,
+    then its readouts alone, the baseline alone and the product, on the same held-out images."""
+    if kind != "model":
+        raise ValueError("a product-of-experts arm trains the model against the content baseline: --kinds model")
+    bias = [str(fold_dir(out_dir, track, fold, "content", b)) for b in arm.bias_arms()]
+    for b in arm.bias_arms():
+        run_fold(track, fold, held, "content", out_dir, b)
+    out = fold_dir(out_dir, track, fold, kind, arm)
+    cfg = replace(fold_config(track, fold, held, kind, out, arm), bias_from=bias)
+    train(cfg)
+    record = json.loads((out / "config.json").read_text())
+    record["metrics"].update(score_holdout_with_bias(cfg, out))
+    (out / "config.json").write_text(json.dumps(record, indent=2))
+    return record["metrics"]
 
 
 def row(track: str, fold: str, kind: str, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -246,6 +286,11 @@ def row(track: str, fold: str, kind: str, metrics: dict[str, Any]) -> dict[str, 
         "n": h["n"],
         "roc_auc": round(h["roc_auc"], 4),
         "accuracy": round(h["accuracy"], 4),
+        **{
+            f"roc_auc_{part}": round(metrics[f"holdout_{part}"]["roc_auc"], 4)
+            for part in ("bias", "product")
+            if f"holdout_{part}" in metrics
+        },
     }
 
 
@@ -276,6 +321,24 @@ def table(rows: list[dict[str, Any]]) -> str:
     mean = f"{sum(aucs) / len(aucs):.3f}" if aucs else "-"
     mean_c = f"{sum(base) / len(base):.3f}" if base else "-"
     lines.append(f"| **mean** | | **{mean}** | | {mean_c} | |")
+    return "\n".join(lines)
+
+
+def product_table(rows: list[dict[str, Any]]) -> str:
+    """A product-of-experts arm's three readouts per fold: the model alone, its content baseline
+    alone and the product of the two."""
+    lines = [
+        "| held-out fold | n | model alone | content baseline (bias) | product of both |",
+        "|---|---|---|---|---|",
+    ]
+    done = [r for r in rows if r["kind"] == "model" and "roc_auc_product" in r]
+    for r in done:
+        lines.append(
+            f"| {r['fold']} | {r['n']} | {r['roc_auc']:.3f} | {r['roc_auc_bias']:.3f} | {r['roc_auc_product']:.3f} |"
+        )
+    if done:
+        means = [sum(r[k] for r in done) / len(done) for k in ("roc_auc", "roc_auc_bias", "roc_auc_product")]
+        lines.append("| **mean** | | {:.3f} | {:.3f} | **{:.3f}** |".format(*means))
     return "\n".join(lines)
 
 
@@ -317,6 +380,14 @@ def main() -> None:
         metavar="VARIANT[@SEED]",
         help="score the logit average of these arms' fold checkpoints (trained first where missing)",
     )
+    ap.add_argument(
+        "--debias",
+        type=int,
+        default=0,
+        metavar="K",
+        help="train each fold's model against its content-only baseline (product of experts), K cross-fitted copies",
+    )
+    ap.add_argument("--bias-epochs", type=int, help="with --debias: the content baselines' epochs (default: --epochs)")
     ap.add_argument("--out", default="runs/protocol", help="fold checkpoints")
     ap.add_argument("--table", action="store_true", help="only print the table of finished folds")
     args = ap.parse_args()
@@ -334,7 +405,11 @@ def main() -> None:
         resample_p=args.resample_p,
         robust_p=args.robust_p,
         members=tuple(args.ensemble_of),
+        debias=args.debias,
+        bias_epochs=args.bias_epochs,
     )
+    if arm.debias and (arm.members or args.kinds != ["model"]):
+        ap.error("--debias trains the model against the content baseline: --kinds model, no --ensemble-of")
     if arm.members and (args.variant or args.init_seed is not None):
         ap.error("--ensemble-of names its members' variants and seeds: drop --variant and --init-seed")
     rows = []
@@ -352,6 +427,8 @@ def main() -> None:
             rows.append(row(args.track, fold, kind, metrics))
             print(json.dumps(rows[-1]), flush=True)
     print(table(rows))
+    if arm.debias:
+        print(product_table(rows))
 
 
 if __name__ == "__main__":

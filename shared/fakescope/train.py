@@ -15,6 +15,7 @@ per-epoch record is measured on the calibration split, and validation is scored 
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
 import random
@@ -37,7 +38,15 @@ from fakescope.models import DetectorNet, Network, create_model, list_models
 from fakescope.models.recon import ReconBank, load_recon
 from fakescope.temperature import fit_temperature
 
-__all__ = ["TrainConfig", "holdout_set", "predict_arrays", "score_holdout", "train"]
+__all__ = [
+    "TrainConfig",
+    "content_bias",
+    "holdout_set",
+    "predict_arrays",
+    "score_holdout",
+    "score_holdout_with_bias",
+    "train",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -146,6 +155,18 @@ class TrainConfig:
     # trace with them. Above 1, each batch's aligned fakes are made at a factor drawn log-uniformly
     # in [1, ``recon_scale``]: enlarged (bicubic), reconstructed, shrunk back (antialiased).
     recon_scale: float = 1.0
+    # Cross-fitting: "k/K" trains without the k-th of K parts of the training split (parts fixed by
+    # each image's name, so every run of a fold cuts them alike), and so can predict that part as if
+    # unseen: out-of-fold predictions for ``bias_from``. Empty: the whole training split.
+    cross_fit: str = ""
+    # Product of experts (Clark et al., EMNLP 2019; He et al., 2019): checkpoints of a biased model,
+    # for this data the content-only baseline, whose log-probabilities on each training image are
+    # added to the model's logits in the loss. What content already explains costs the model little,
+    # so its gradient goes to what content does not; the model alone is saved and scored (trained
+    # without ``label_smoothing``, which would push it against the bias's surest images). Either one
+    # checkpoint, or K trained with ``cross_fit`` 0/K ... K-1/K, each predicting its own left-out part
+    # (a model's predictions on the images it trained on are overconfident).
+    bias_from: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -168,6 +189,23 @@ class TrainConfig:
             raise ValueError(f"recon_p must be in (0, 1], got {self.recon_p}")
         if self.recon_scale < 1:
             raise ValueError(f"recon_scale is a largest enlargement, at least 1, got {self.recon_scale}")
+        if self.cross_fit:
+            parse_cross_fit(self.cross_fit)
+        if self.bias_from and (self.tiles or self.recon):
+            raise ValueError("bias_from gives each training image its bias: tiles and recon change the batch's images")
+
+
+def parse_cross_fit(spec: str) -> tuple[int, int]:
+    """``"k/K"`` -> ``(k, K)``, with 0 <= k < K and K >= 2."""
+    k, sep, n = spec.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 0 <= int(k) < int(n) and int(n) >= 2):
+        raise ValueError(f"cross_fit is 'k/K' with 0 <= k < K and K >= 2, got {spec!r}")
+    return int(k), int(n)
+
+
+def name_parts(names: list[str], parts: int) -> np.ndarray:
+    """Each image's part of ``parts``, from a hash of its name: the same for every run and order."""
+    return np.asarray([int.from_bytes(hashlib.sha256(n.encode()).digest()[:8], "big") % parts for n in names])
 
 
 def _batch(
@@ -434,6 +472,45 @@ def predict_arrays(
     return torch.cat(out)
 
 
+def content_bias(
+    checkpoints: list[str], images: np.ndarray, names: list[str] | None, device: torch.device
+) -> torch.Tensor:
+    """A biased model's log-probabilities ``(N, 2)`` on ``(N, H, W, 3)`` uint8 images at its input size.
+
+    Each checkpoint sees the images as it was trained on them (shrunk and blown back up, for a
+    content-only baseline). With ``names`` (images some of them trained on), a cross-fitted checkpoint
+    predicts only the part it left out and one that is not predicts every image; each image must get
+    exactly one prediction. Without (images none of them trained on), their log-probabilities are
+    averaged.
+    """
+    out = torch.zeros(len(images), len(LABELS))
+    covered = np.zeros(len(images), dtype=int)
+    for path in checkpoints:
+        net, meta = load_checkpoint(path, device)
+        if tuple(meta.preprocess.input_size) != tuple(images.shape[1:3]):
+            raise ValueError(f"{path} reads {meta.preprocess.input_size} images, these are {images.shape[1:3]}")
+        config = meta.training.get("config", {})
+        rows = np.arange(len(images))
+        if names is not None and config.get("cross_fit"):
+            k, parts = parse_cross_fit(config["cross_fit"])
+            rows = np.flatnonzero(name_parts(names, parts) == k)
+        part = images[rows]
+        if config.get("content_only"):
+            part = content_only(part, config["content_only"])
+        logp = torch.log_softmax(predict_arrays(net, part, meta.preprocess, device), dim=1)
+        if names is None:
+            out += logp / len(checkpoints)
+        else:
+            out[torch.from_numpy(rows)] = logp
+            covered[rows] += 1
+    if names is not None and not (covered == 1).all():
+        raise ValueError(
+            f"bias_from must predict each training image once: {int((covered == 0).sum())} have no prediction, "
+            f"{int((covered > 1).sum())} more than one (cross-fitted checkpoints 0/K ... K-1/K, or one checkpoint)"
+        )
+    return out
+
+
 def _optimizer(model: torch.nn.Module, cfg: TrainConfig, steps: int) -> tuple[torch.optim.Optimizer, Any]:
     if cfg.recipe == "paper":
         opt = torch.optim.Adam(model.parameters(), lr=cfg.lr or 1e-3)
@@ -553,6 +630,9 @@ def _load_data(cfg: TrainConfig) -> _Data:
         dev_idx = np.sort(split.train[order[: cfg.dev_size]])
         rest = order[cfg.dev_size :]
         train_idx = np.sort(split.train[rest if cfg.max_train is None else rest[: cfg.max_train]])
+    if cfg.cross_fit:
+        k, parts = parse_cross_fit(cfg.cross_fit)
+        train_idx = train_idx[name_parts([data.names[i] for i in train_idx], parts) != k]
     logger.info("%d images: train %d, val %d, calib %d", len(data), len(train_idx), len(split.val), len(split.calib))
     return _Data(data, split, train_idx, dev_idx, holdout_idx)
 
@@ -649,6 +729,7 @@ class _Batches:
     std: torch.Tensor
     recon: ReconBank | None = None
     resampled: torch.Tensor | None = None  # ``resampled_copies`` of the images, with ``resample_p``
+    bias: torch.Tensor | None = None  # ``bias_from``'s log-probabilities on each image, with it
     # The training reals' positions, the slots aligned fakes are drawn from (with ``recon``).
     reals: torch.Tensor = field(init=False)
 
@@ -656,7 +737,7 @@ class _Batches:
         self.reals = torch.nonzero(self.labels == 0).flatten()
 
     @classmethod
-    def build(cls, cfg: TrainConfig, d: _Data, preprocess: Preprocess, seed: int) -> _Batches:
+    def build(cls, cfg: TrainConfig, d: _Data, preprocess: Preprocess, seed: int, device: torch.device) -> _Batches:
         train_images = d.data.images[d.train_idx]
         jpeg = None
         if cfg.recipe == "fast" and cfg.robust_p > 0:
@@ -671,7 +752,10 @@ class _Batches:
             if cfg.crop:
                 raise ValueError("resample_p gives 32x32 images the dcgan64 tiles' history: it needs crop=0")
             resampled = torch.from_numpy(resampled_copies(train_images, cfg.match_jpeg))
-        return cls(torch.from_numpy(train_images), jpeg, labels, tiles, mean, std, recon, resampled)
+        bias = None
+        if cfg.bias_from:
+            bias = content_bias(cfg.bias_from, train_images, [d.data.names[i] for i in d.train_idx], device)
+        return cls(torch.from_numpy(train_images), jpeg, labels, tiles, mean, std, recon, resampled, bias)
 
     def batch(self, idx: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         y = self.labels[idx]
@@ -709,7 +793,13 @@ def _train_epoch(
         x, y = x.to(device, non_blocking=True), y.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = run.model(x)
-        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        if batches.bias is None:
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+        else:
+            # The product of experts: the model's logits plus the bias's log-probabilities. Without
+            # label smoothing: a smoothed target is less sure than a confident bias, so on the images
+            # content explains best it would teach the model the opposite of their labels.
+            loss = F.cross_entropy(logits.float() + batches.bias[idx].to(device), y)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         run.opt.step()
@@ -844,6 +934,27 @@ def score_holdout(cfg: TrainConfig, checkpoint: str | Path) -> dict[str, Any]:
     }
 
 
+def score_holdout_with_bias(cfg: TrainConfig, checkpoint: str | Path) -> dict[str, Any]:
+    """A product-of-experts fold's other two readouts on ``cfg``'s held-out set: the biased model
+    (``cfg.bias_from``, averaged) alone, and the product of both experts (the sum of their
+    log-probabilities). ``score_holdout`` gives the model alone."""
+    if not cfg.bias_from:
+        raise ValueError("scoring with a bias needs bias_from")
+    device = torch.device(resolve_device(cfg.device))
+    hold = holdout_set(cfg)
+    net, meta = load_checkpoint(checkpoint, device)
+    model = torch.log_softmax(predict_arrays(net, hold.images, meta.preprocess, device), dim=1)
+    bias = content_bias(cfg.bias_from, hold.images, None, device)
+    fake = LABELS.index("fake")
+    return {
+        "holdout_bias": {"folders": cfg.holdout, **binary_metrics(hold.labels, bias.exp()[:, fake].numpy())},
+        "holdout_product": {
+            "folders": cfg.holdout,
+            **binary_metrics(hold.labels, torch.softmax(model + bias, dim=1)[:, fake].numpy()),
+        },
+    }
+
+
 def train(cfg: TrainConfig) -> Path:
     """Trains, calibrates and writes a checkpoint folder at ``cfg.out``; returns it.
 
@@ -866,7 +977,7 @@ def train(cfg: TrainConfig) -> Path:
     steps_per_epoch = math.ceil(len(d.train_idx) * cfg.repeats / cfg.batch_size)
     run = _start_run(cfg, model, steps_per_epoch * cfg.epochs, init_seed, out / STATE_FILE, device)
     bf16 = use_bf16(cfg.amp, device)
-    batches = _Batches.build(cfg, d, preprocess, init_seed)
+    batches = _Batches.build(cfg, d, preprocess, init_seed, device)
     calib = d.data.subset(d.split.calib)
 
     last_epoch = cfg.epochs if cfg.stop_after is None else min(cfg.epochs, cfg.stop_after)

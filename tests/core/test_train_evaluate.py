@@ -366,3 +366,74 @@ def test_tiles_are_windows_beside_the_crops_and_honour_the_holdout(
     assert meta["preprocess"]["input_size"] == [48, 48] and "validation" in meta["metrics"]
     with pytest.raises(ValueError, match="need crop"):
         _cfg(tmp_path / "full", tmp_path / "x", tiles=[str(tmp_path / "tiles")])
+
+
+def test_cross_fit_parts_cover_the_training_split_once(synth_cifake: Path, tmp_path: Path) -> None:
+    whole = train_mod._load_data(_cfg(synth_cifake, tmp_path / "ck"))
+    parts = [train_mod._load_data(_cfg(synth_cifake, tmp_path / "ck", cross_fit=f"{k}/2")) for k in range(2)]
+    # Each run trains without its part: the two together hold every training image once, as each
+    # leaves out the images the other trains on; validation and calibration are untouched.
+    assert set(parts[0].train_idx) | set(parts[1].train_idx) == set(whole.train_idx)
+    assert not set(parts[0].train_idx) & set(parts[1].train_idx)
+    assert all(np.array_equal(p.split.val, whole.split.val) for p in parts)
+    # Parts follow the names, not the order they were read in.
+    names = [whole.data.names[i] for i in whole.train_idx]
+    assert train_mod.name_parts(names, 2).tolist() == train_mod.name_parts(names[::-1], 2).tolist()[::-1]
+    for bad in ("2/2", "0/1", "a/2", "1"):
+        with pytest.raises(ValueError, match="k/K"):
+            _cfg(synth_cifake, tmp_path / "ck", cross_fit=bad)
+
+
+def test_content_bias_predicts_each_training_image_out_of_fold(synth_cifake: Path, tmp_path: Path) -> None:
+    fits = [train(_cfg(synth_cifake, tmp_path / f"b{k}", epochs=1, content_only=8, cross_fit=f"{k}/2")) for k in (0, 1)]
+    d = train_mod._load_data(_cfg(synth_cifake, tmp_path / "ck"))
+    images, names = d.data.images[d.train_idx], [d.data.names[i] for i in d.train_idx]
+    device = torch.device("cpu")
+    bias = train_mod.content_bias([str(f) for f in fits], images, names, device)
+    part = train_mod.name_parts(names, 2)
+    for k, fit in enumerate(fits):
+        # Each image's bias is the checkpoint that never trained on it, on the image as it trained.
+        net, meta = load_checkpoint(fit)
+        own = train_mod.content_only(images[part == k], 8)
+        expected = torch.log_softmax(train_mod.predict_arrays(net, own, meta.preprocess, device), dim=1)
+        torch.testing.assert_close(bias[torch.from_numpy(part == k)], expected)
+    # Images none of them trained on get the average; a part with no checkpoint is an error.
+    assert train_mod.content_bias([str(f) for f in fits], images, None, device).shape == (len(images), 2)
+    with pytest.raises(ValueError, match="no prediction"):
+        train_mod.content_bias([str(fits[0])], images, names, device)
+
+
+def test_an_uninformative_bias_trains_the_same_model(
+    synth_cifake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The product of experts adds the bias's log-probabilities to the logits: a bias that says 50/50
+    # for every image adds the same to both, and the model comes out as if trained alone.
+    plain = train(_cfg(synth_cifake, tmp_path / "plain", epochs=1, label_smoothing=0.0))
+    monkeypatch.setattr(train_mod, "content_bias", lambda c, images, n, d: torch.full((len(images), 2), -0.6931))
+    flat = train(_cfg(synth_cifake, tmp_path / "flat", epochs=1, bias_from=["unused"]))
+    a, b = load_file(str(plain / "model.safetensors")), load_file(str(flat / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    # One that already knows every label leaves the model less to learn: its weights move less.
+    d = train_mod._load_data(_cfg(synth_cifake, tmp_path / "x"))
+    known_labels = torch.from_numpy(d.data.labels[d.train_idx])
+    monkeypatch.setattr(
+        train_mod, "content_bias", lambda c, images, n, dev: torch.tensor([[0.0, -30.0], [-30.0, 0.0]])[known_labels]
+    )
+    starts: list[dict[str, torch.Tensor]] = []
+    start_run = train_mod._start_run
+
+    def spy(cfg: TrainConfig, model: Any, *rest: Any) -> Any:
+        starts.append({k: v.clone() for k, v in model.state_dict().items()})
+        return start_run(cfg, model, *rest)
+
+    monkeypatch.setattr(train_mod, "_start_run", spy)
+    known = train(_cfg(synth_cifake, tmp_path / "known", epochs=1, bias_from=["unused"]))
+    again = train(_cfg(synth_cifake, tmp_path / "again", epochs=1, label_smoothing=0.0))
+    assert all(torch.equal(starts[0][k], starts[1][k]) for k in starts[0])
+
+    def moved(out: Path) -> float:
+        w = load_checkpoint(out)[0].state_dict()
+        return sum(float((w[k] - starts[0][k]).abs().sum()) for k in w if w[k].is_floating_point())
+
+    assert moved(known) < 0.5 * moved(again)

@@ -113,3 +113,43 @@ def test_an_ensemble_fold_trains_its_members_then_scores_their_average(
     # A finished ensemble fold is read back, not combined again.
     (ens / "model.safetensors").unlink()
     assert run_fold("tiny", "b", ["gen-b/FAKE"], "model", out, arm) == metrics
+
+
+def test_a_product_arm_names_its_cross_fitted_content_baselines() -> None:
+    arm = Arm(variant="vgg3_wide_stem", scratch=True, epochs=16, debias=2, bias_epochs=8)
+    assert arm.suffix() == "-vgg3_wide_stem-scratch-ep16-poe2b8"
+    first, second = arm.bias_arms()
+    assert first == Arm(variant="vgg3_wide_stem", scratch=True, epochs=8, cross_fit="0/2")
+    assert first.suffix() == "-vgg3_wide_stem-scratch-ep8-xfit0of2" and second.cross_fit == "1/2"
+    plain = Arm(variant="vgg3_wide_stem", scratch=True, epochs=8).recipe("full")
+    assert first.recipe("full") == {**plain, "cross_fit": "0/2"}
+    assert Arm(debias=1).bias_arms() == [Arm()]
+
+
+def test_a_product_fold_trains_its_baselines_then_scores_three_ways(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKESCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    write_cifake(tmp_path / "d" / "gen-a", 24)
+    write_cifake(tmp_path / "d" / "gen-b", 12)
+    tiny = Track(
+        data=(str(tmp_path / "d"),),
+        recipe=dict(variant="freqnet_vgg", epochs=1, batch_size=16, val_size=16, calib_size=8, threads=1),
+        content_side=8,
+        extra_folds={},
+    )
+    monkeypatch.setitem(protocol.TRACKS, "tiny", tiny)
+    arm = Arm(debias=2)
+    out = tmp_path / "runs"
+    metrics = run_fold("tiny", "b", ["gen-b/FAKE"], "model", out, arm)
+    for b in arm.bias_arms():
+        record = json.loads((fold_dir(out, "tiny", "b", "content", b) / "config.json").read_text())
+        assert record["training"]["config"]["content_only"] == 8 and record["training"]["config"]["cross_fit"]
+    model = json.loads((fold_dir(out, "tiny", "b", "model", arm) / "config.json").read_text())
+    assert len(model["training"]["config"]["bias_from"]) == 2
+    assert {"holdout", "holdout_bias", "holdout_product"} <= set(metrics)
+    assert metrics["holdout"]["n"] == metrics["holdout_bias"]["n"] == metrics["holdout_product"]["n"]
+    r = protocol.row("tiny", "b", "model", metrics)
+    assert {"roc_auc_bias", "roc_auc_product"} <= set(r) and "| b |" in protocol.product_table([r])
+    with pytest.raises(ValueError, match="--kinds model"):
+        run_fold("tiny", "b", ["gen-b/FAKE"], "content", out, arm)
