@@ -20,6 +20,8 @@ baseline*: the same recipe on images shrunk until no generator trace survives an
         --ensemble-of vgg3_wide_stem vgg3_wide_freq   # the logit average of two arms' fold checkpoints
     python -m ops.protocol --track full --kinds model --variant vgg3_wide_stem --from-scratch --epochs 16 \
         --debias 2 --bias-epochs 8   # trained against two cross-fitted content baselines (product of experts)
+    python -m ops.protocol --track full --kinds model --variant vgg3_wide_stem --from-scratch --epochs 16 \
+        --debias 2 --bias-epochs 8 --no-poe   # the control: trained alone, multiplied with the same baselines
 
 Folds resume where they stopped (each epoch is checkpointed) and finished folds are skipped, so the
 command can be stopped and run again. Folders that are related are held out together: for the
@@ -143,6 +145,8 @@ class Arm:
     # arm's other options; 1: one copy on all the training images).
     debias: int = 0
     bias_epochs: int | None = None
+    # False: the control. The model trains as it would alone; only its readouts use the baselines.
+    poe: bool = True
 
     def suffix(self) -> str:
         return (
@@ -158,13 +162,13 @@ class Arm:
             + (f"-robust{self.robust_p:g}" if self.robust_p is not None else "")
             + (f"-init{self.init_seed}" if self.init_seed is not None else "")
             + (f"-xfit{self.cross_fit.replace('/', 'of')}" if self.cross_fit else "")
-            + (f"-poe{self.debias}" if self.debias else "")
+            + (f"-{'poe' if self.poe else 'prod'}{self.debias}" if self.debias else "")
             + (f"b{self.bias_epochs}" if self.debias and self.bias_epochs else "")
         )
 
     def bias_arms(self) -> list[Arm]:
         """A product-of-experts arm's content baselines (kind ``content``), each an arm of its own."""
-        base = replace(self, debias=0, bias_epochs=None, epochs=self.bias_epochs or self.epochs)
+        base = replace(self, debias=0, bias_epochs=None, poe=True, epochs=self.bias_epochs or self.epochs)
         if self.debias == 1:
             return [base]
         return [replace(base, cross_fit=f"{k}/{self.debias}") for k in range(self.debias)]
@@ -260,18 +264,19 @@ def run_fold(track: str, fold: str, held: list[str], kind: str, out_dir: Path, a
 
 
 def _run_product_fold(track: str, fold: str, held: list[str], kind: str, out_dir: Path, arm: Arm) -> dict[str, Any]:
-    """A product-of-experts fold: the content baselines first, then the model trained against them,
-    then its readouts alone, the baseline alone and the product, on the same held-out images."""
+    """A product-of-experts fold: the content baselines first, then the model trained against them
+    (with ``arm.poe``; without, the control: the model trained alone), then its readouts alone, the
+    baseline alone and the product, on the same held-out images."""
     if kind != "model":
         raise ValueError("a product-of-experts arm trains the model against the content baseline: --kinds model")
     bias = [str(fold_dir(out_dir, track, fold, "content", b)) for b in arm.bias_arms()]
     for b in arm.bias_arms():
         run_fold(track, fold, held, "content", out_dir, b)
     out = fold_dir(out_dir, track, fold, kind, arm)
-    cfg = replace(fold_config(track, fold, held, kind, out, arm), bias_from=bias)
-    train(cfg)
+    cfg = fold_config(track, fold, held, kind, out, arm)
+    train(replace(cfg, bias_from=bias) if arm.poe else cfg)
     record = json.loads((out / "config.json").read_text())
-    record["metrics"].update(score_holdout_with_bias(cfg, out))
+    record["metrics"].update(score_holdout_with_bias(replace(cfg, bias_from=bias), out))
     (out / "config.json").write_text(json.dumps(record, indent=2))
     return record["metrics"]
 
@@ -388,6 +393,11 @@ def main() -> None:
         help="train each fold's model against its content-only baseline (product of experts), K cross-fitted copies",
     )
     ap.add_argument("--bias-epochs", type=int, help="with --debias: the content baselines' epochs (default: --epochs)")
+    ap.add_argument(
+        "--no-poe",
+        action="store_true",
+        help="with --debias, the control: train the model alone; only the product readout uses the baselines",
+    )
     ap.add_argument("--out", default="runs/protocol", help="fold checkpoints")
     ap.add_argument("--table", action="store_true", help="only print the table of finished folds")
     args = ap.parse_args()
@@ -407,6 +417,7 @@ def main() -> None:
         members=tuple(args.ensemble_of),
         debias=args.debias,
         bias_epochs=args.bias_epochs,
+        poe=not args.no_poe,
     )
     if arm.debias and (arm.members or args.kinds != ["model"]):
         ap.error("--debias trains the model against the content baseline: --kinds model, no --ensemble-of")

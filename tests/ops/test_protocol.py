@@ -124,6 +124,9 @@ def test_a_product_arm_names_its_cross_fitted_content_baselines() -> None:
     plain = Arm(variant="vgg3_wide_stem", scratch=True, epochs=8).recipe("full")
     assert first.recipe("full") == {**plain, "cross_fit": "0/2"}
     assert Arm(debias=1).bias_arms() == [Arm()]
+    # The control trains the model alone and shares the product arm's baselines, not its folders.
+    control = Arm(variant="vgg3_wide_stem", scratch=True, epochs=16, debias=2, bias_epochs=8, poe=False)
+    assert control.bias_arms() == arm.bias_arms() and control.suffix() == "-vgg3_wide_stem-scratch-ep16-prod2b8"
 
 
 def test_a_product_fold_trains_its_baselines_then_scores_three_ways(
@@ -153,3 +156,9 @@ def test_a_product_fold_trains_its_baselines_then_scores_three_ways(
     assert {"roc_auc_bias", "roc_auc_product"} <= set(r) and "| b |" in protocol.product_table([r])
     with pytest.raises(ValueError, match="--kinds model"):
         run_fold("tiny", "b", ["gen-b/FAKE"], "content", out, arm)
+    # The control: the same baselines (already trained, so read back), the model trained without them.
+    control = Arm(debias=2, poe=False)
+    again = run_fold("tiny", "b", ["gen-b/FAKE"], "model", out, control)
+    plain = json.loads((fold_dir(out, "tiny", "b", "model", control) / "config.json").read_text())
+    assert plain["training"]["config"]["bias_from"] == [] and {"holdout_bias", "holdout_product"} <= set(again)
+    assert again["holdout_bias"] == metrics["holdout_bias"]
