@@ -40,6 +40,7 @@ from fakescope.temperature import fit_temperature
 
 __all__ = [
     "TrainConfig",
+    "checkpoint_logits",
     "content_bias",
     "holdout_set",
     "predict_arrays",
@@ -472,38 +473,55 @@ def predict_arrays(
     return torch.cat(out)
 
 
-def content_bias(
-    checkpoints: list[str], images: np.ndarray, names: list[str] | None, device: torch.device
-) -> torch.Tensor:
-    """A biased model's log-probabilities ``(N, 2)`` on ``(N, H, W, 3)`` uint8 images at its input size.
+def checkpoint_logits(path: str | Path, images: np.ndarray, names: list[str], device: torch.device) -> torch.Tensor:
+    """A checkpoint's logits on named ``(N, H, W, 3)`` uint8 images at its input size, as it reads
+    them (a content-only baseline sees them shrunk and blown back up).
 
-    Each checkpoint sees the images as it was trained on them (shrunk and blown back up, for a
-    content-only baseline). With ``names`` (images some of them trained on), a cross-fitted checkpoint
-    predicts only the part it left out and one that is not predicts every image; each image must get
-    exactly one prediction. Without (images none of them trained on), their log-probabilities are
-    averaged.
+    Kept beside its weights, keyed by the weights' hash and the names: a product fold and its control
+    score the same held-out images with the same checkpoints, at minutes a pass on full-size images.
+    """
+    net, meta = load_checkpoint(path, device)
+    if tuple(meta.preprocess.input_size) != tuple(images.shape[1:3]):
+        raise ValueError(f"{path} reads {meta.preprocess.input_size} images, these are {images.shape[1:3]}")
+    cache = _logits_cache(path, meta, names)
+    if cache.exists():
+        return torch.load(cache)
+    side = meta.training.get("config", {}).get("content_only", 0)
+    logits = predict_arrays(net, content_only(images, side) if side else images, meta.preprocess, device)
+    torch.save(logits, cache)
+    return logits
+
+
+def _logits_cache(path: str | Path, meta: CheckpointMeta, names: list[str]) -> Path:
+    key = hashlib.sha256("\n".join([meta.training.get("weights_sha256", ""), *names]).encode()).hexdigest()
+    return Path(path) / f"logits-{key[:16]}.pt"
+
+
+def content_bias(
+    checkpoints: list[str], images: np.ndarray, names: list[str], device: torch.device, out_of_fold: bool = True
+) -> torch.Tensor:
+    """A biased model's log-probabilities ``(N, 2)`` on named ``(N, H, W, 3)`` uint8 images.
+
+    ``out_of_fold`` (images some of the checkpoints trained on): a cross-fitted checkpoint predicts
+    only the part it left out, one that is not predicts every image, and each image must get exactly
+    one prediction. Otherwise (images none of them trained on) their log-probabilities are averaged.
     """
     out = torch.zeros(len(images), len(LABELS))
     covered = np.zeros(len(images), dtype=int)
     for path in checkpoints:
-        net, meta = load_checkpoint(path, device)
-        if tuple(meta.preprocess.input_size) != tuple(images.shape[1:3]):
-            raise ValueError(f"{path} reads {meta.preprocess.input_size} images, these are {images.shape[1:3]}")
-        config = meta.training.get("config", {})
+        spec = load_checkpoint(path, device)[1].training.get("config", {}).get("cross_fit", "")
         rows = np.arange(len(images))
-        if names is not None and config.get("cross_fit"):
-            k, parts = parse_cross_fit(config["cross_fit"])
+        if out_of_fold and spec:
+            k, parts = parse_cross_fit(spec)
             rows = np.flatnonzero(name_parts(names, parts) == k)
-        part = images[rows]
-        if config.get("content_only"):
-            part = content_only(part, config["content_only"])
-        logp = torch.log_softmax(predict_arrays(net, part, meta.preprocess, device), dim=1)
-        if names is None:
+        logits = checkpoint_logits(path, images[rows], [names[i] for i in rows], device)
+        logp = torch.log_softmax(logits, dim=1)
+        if not out_of_fold:
             out += logp / len(checkpoints)
         else:
             out[torch.from_numpy(rows)] = logp
             covered[rows] += 1
-    if names is not None and not (covered == 1).all():
+    if out_of_fold and not (covered == 1).all():
         raise ValueError(
             f"bias_from must predict each training image once: {int((covered == 0).sum())} have no prediction, "
             f"{int((covered > 1).sum())} more than one (cross-fitted checkpoints 0/K ... K-1/K, or one checkpoint)"
@@ -942,9 +960,8 @@ def score_holdout_with_bias(cfg: TrainConfig, checkpoint: str | Path) -> dict[st
         raise ValueError("scoring with a bias needs bias_from")
     device = torch.device(resolve_device(cfg.device))
     hold = holdout_set(cfg)
-    net, meta = load_checkpoint(checkpoint, device)
-    model = torch.log_softmax(predict_arrays(net, hold.images, meta.preprocess, device), dim=1)
-    bias = content_bias(cfg.bias_from, hold.images, None, device)
+    model = torch.log_softmax(checkpoint_logits(checkpoint, hold.images, hold.names, device), dim=1)
+    bias = content_bias(cfg.bias_from, hold.images, hold.names, device, out_of_fold=False)
     fake = LABELS.index("fake")
     return {
         "holdout_bias": {"folders": cfg.holdout, **binary_metrics(hold.labels, bias.exp()[:, fake].numpy())},
@@ -999,8 +1016,13 @@ def train(cfg: TrainConfig) -> Path:
         return out
     if cfg.holdout_only:
         # Accuracy at 0.5 needs no temperature: scaling two logits never changes which is larger.
-        fold = _holdout_metrics(cfg, run, d, preprocess, device, 1.0)
-        save_checkpoint(out, run.saved, _meta(cfg, run, d, preprocess, {"holdout": fold}))
+        hold = d.data.subset(d.holdout_idx)
+        logits = predict_arrays(run.saved, hold.images, preprocess, device)
+        fake_prob = torch.softmax(logits, dim=1)[:, LABELS.index("fake")].numpy()
+        fold = {"folders": cfg.holdout, **binary_metrics(hold.labels, fake_prob)}
+        meta = _meta(cfg, run, d, preprocess, {"holdout": fold})
+        save_checkpoint(out, run.saved, meta)
+        torch.save(logits, _logits_cache(out, meta, hold.names))  # what checkpoint_logits would compute
         logger.info("holdout: %s", fold)
         return out
     metrics, temperature = _final_metrics(cfg, run, d, preprocess, device)

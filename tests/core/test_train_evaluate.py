@@ -384,7 +384,9 @@ def test_cross_fit_parts_cover_the_training_split_once(synth_cifake: Path, tmp_p
             _cfg(synth_cifake, tmp_path / "ck", cross_fit=bad)
 
 
-def test_content_bias_predicts_each_training_image_out_of_fold(synth_cifake: Path, tmp_path: Path) -> None:
+def test_content_bias_predicts_each_training_image_out_of_fold(
+    synth_cifake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     fits = [train(_cfg(synth_cifake, tmp_path / f"b{k}", epochs=1, content_only=8, cross_fit=f"{k}/2")) for k in (0, 1)]
     d = train_mod._load_data(_cfg(synth_cifake, tmp_path / "ck"))
     images, names = d.data.images[d.train_idx], [d.data.names[i] for i in d.train_idx]
@@ -398,7 +400,15 @@ def test_content_bias_predicts_each_training_image_out_of_fold(synth_cifake: Pat
         expected = torch.log_softmax(train_mod.predict_arrays(net, own, meta.preprocess, device), dim=1)
         torch.testing.assert_close(bias[torch.from_numpy(part == k)], expected)
     # Images none of them trained on get the average; a part with no checkpoint is an error.
-    assert train_mod.content_bias([str(f) for f in fits], images, None, device).shape == (len(images), 2)
+    averaged = train_mod.content_bias([str(f) for f in fits], images, names, device, out_of_fold=False)
+    assert averaged.shape == (len(images), 2)
+    # Both are kept beside the weights: the same images again cost no pass, other images one.
+    with monkeypatch.context() as m:
+        m.setattr(train_mod, "predict_arrays", lambda *a, **k: pytest.fail("scored the same images twice"))
+        torch.testing.assert_close(train_mod.content_bias([str(f) for f in fits], images, names, device), bias)
+        train_mod.content_bias([str(f) for f in fits], images, names, device, out_of_fold=False)
+    fewer = train_mod.checkpoint_logits(str(fits[0]), images[:3], names[:3], device)
+    assert fewer.shape == (3, 2)
     with pytest.raises(ValueError, match="no prediction"):
         train_mod.content_bias([str(fits[0])], images, names, device)
 

@@ -156,6 +156,12 @@ def test_a_product_fold_trains_its_baselines_then_scores_three_ways(
     assert {"roc_auc_bias", "roc_auc_product"} <= set(r) and "| b |" in protocol.product_table([r])
     with pytest.raises(ValueError, match="--kinds model"):
         run_fold("tiny", "b", ["gen-b/FAKE"], "content", out, arm)
+    # The fold kept its held-out logits as it scored them: the readouts matched them, not a new pass.
+    cfg = fold_config("tiny", "b", ["gen-b/FAKE"], "model", fold_dir(out, "tiny", "b", "model", arm), arm)
+    assert len(list(fold_dir(out, "tiny", "b", "model", arm).glob("logits-*.pt"))) == 1
+    assert score_holdout(cfg, fold_dir(out, "tiny", "b", "model", arm))["roc_auc"] == pytest.approx(
+        metrics["holdout"]["roc_auc"]
+    )
     # The control: the same baselines (already trained, so read back), the model trained without them.
     control = Arm(debias=2, poe=False)
     again = run_fold("tiny", "b", ["gen-b/FAKE"], "model", out, control)
