@@ -82,9 +82,9 @@ def test_an_ensemble_arm_names_its_members_as_arms_of_their_own() -> None:
         Arm(members=("vgg3_wide@x",)).member_arms()
 
 
-def test_an_ensemble_fold_trains_its_members_then_scores_their_average(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def tiny_track(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A track named ``tiny``: two generators of synthetic CIFAKE-like images, one epoch a fold."""
     monkeypatch.setenv("FAKESCOPE_CACHE_DIR", str(tmp_path / "cache"))
     write_cifake(tmp_path / "d" / "gen-a", 24)
     write_cifake(tmp_path / "d" / "gen-b", 12)
@@ -95,6 +95,10 @@ def test_an_ensemble_fold_trains_its_members_then_scores_their_average(
         extra_folds={},
     )
     monkeypatch.setitem(protocol.TRACKS, "tiny", tiny)
+
+
+@pytest.mark.usefixtures("tiny_track")
+def test_an_ensemble_fold_trains_its_members_then_scores_their_average(tmp_path: Path) -> None:
     arm = Arm(members=("freqnet_vgg", "freqnet_vgg@1"))
     out = tmp_path / "runs"
     metrics = run_fold("tiny", "b", ["gen-b/FAKE"], "model", out, arm)
@@ -129,19 +133,8 @@ def test_a_product_arm_names_its_cross_fitted_content_baselines() -> None:
     assert control.bias_arms() == arm.bias_arms() and control.suffix() == "-vgg3_wide_stem-scratch-ep16-prod2b8"
 
 
-def test_a_product_fold_trains_its_baselines_then_scores_three_ways(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("FAKESCOPE_CACHE_DIR", str(tmp_path / "cache"))
-    write_cifake(tmp_path / "d" / "gen-a", 24)
-    write_cifake(tmp_path / "d" / "gen-b", 12)
-    tiny = Track(
-        data=(str(tmp_path / "d"),),
-        recipe=dict(variant="freqnet_vgg", epochs=1, batch_size=16, val_size=16, calib_size=8, threads=1),
-        content_side=8,
-        extra_folds={},
-    )
-    monkeypatch.setitem(protocol.TRACKS, "tiny", tiny)
+@pytest.mark.usefixtures("tiny_track")
+def test_a_product_fold_trains_its_baselines_then_scores_three_ways(tmp_path: Path) -> None:
     arm = Arm(debias=2)
     out = tmp_path / "runs"
     metrics = run_fold("tiny", "b", ["gen-b/FAKE"], "model", out, arm)
