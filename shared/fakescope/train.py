@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import json
 import logging
 import math
 import random
@@ -30,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from tqdm import tqdm
 
-from fakescope.checkpoint import CheckpointMeta, Preprocess, load_checkpoint, save_checkpoint
+from fakescope.checkpoint import CONFIG_FILE, CheckpointMeta, Preprocess, load_checkpoint, save_checkpoint
 from fakescope.data import LABELS, LabelledArray, Split, as_jpeg, load_labelled, make_split
 from fakescope.machine import resolve_device
 from fakescope.metrics import binary_metrics
@@ -492,6 +493,11 @@ def checkpoint_logits(path: str | Path, images: np.ndarray, names: list[str], de
     return logits
 
 
+def checkpoint_config(path: str | Path) -> dict[str, Any]:
+    """The training config a checkpoint was trained with, read without loading its weights."""
+    return json.loads((Path(path) / CONFIG_FILE).read_text()).get("training", {}).get("config", {})
+
+
 def _logits_cache(path: str | Path, meta: CheckpointMeta, names: list[str]) -> Path:
     key = hashlib.sha256("\n".join([meta.training.get("weights_sha256", ""), *names]).encode()).hexdigest()
     return Path(path) / f"logits-{key[:16]}.pt"
@@ -509,7 +515,7 @@ def content_bias(
     out = torch.zeros(len(images), len(LABELS))
     covered = np.zeros(len(images), dtype=int)
     for path in checkpoints:
-        spec = load_checkpoint(path, device)[1].training.get("config", {}).get("cross_fit", "")
+        spec = checkpoint_config(path).get("cross_fit", "")
         rows = np.arange(len(images))
         if out_of_fold and spec:
             k, parts = parse_cross_fit(spec)
@@ -915,16 +921,18 @@ def _final_metrics(
         "temperature": temperature,
     }
     if len(d.holdout_idx):
-        metrics["holdout"] = _holdout_metrics(cfg, run, d, preprocess, device, temperature)
+        metrics["holdout"] = _holdout_metrics(cfg, run, d, preprocess, device, temperature)[0]
     return metrics, temperature
 
 
 def _holdout_metrics(
     cfg: TrainConfig, run: _Run, d: _Data, preprocess: Preprocess, device: torch.device, temperature: float
-) -> dict[str, Any]:
+) -> tuple[dict[str, Any], torch.Tensor]:
+    """The held-out folders' scores, and the logits they came from (at temperature 1)."""
     hold = d.data.subset(d.holdout_idx)
-    fake_prob = _fake_probability(run.saved, hold, preprocess, device, temperature)
-    return {"folders": cfg.holdout, **binary_metrics(hold.labels, fake_prob)}
+    logits = predict_arrays(run.saved, hold.images, preprocess, device)
+    fake_prob = torch.softmax(logits / temperature, dim=1)[:, LABELS.index("fake")].numpy()
+    return {"folders": cfg.holdout, **binary_metrics(hold.labels, fake_prob)}, logits
 
 
 def holdout_set(cfg: TrainConfig) -> LabelledArray:
@@ -1016,13 +1024,11 @@ def train(cfg: TrainConfig) -> Path:
         return out
     if cfg.holdout_only:
         # Accuracy at 0.5 needs no temperature: scaling two logits never changes which is larger.
-        hold = d.data.subset(d.holdout_idx)
-        logits = predict_arrays(run.saved, hold.images, preprocess, device)
-        fake_prob = torch.softmax(logits, dim=1)[:, LABELS.index("fake")].numpy()
-        fold = {"folders": cfg.holdout, **binary_metrics(hold.labels, fake_prob)}
+        fold, logits = _holdout_metrics(cfg, run, d, preprocess, device, 1.0)
         meta = _meta(cfg, run, d, preprocess, {"holdout": fold})
         save_checkpoint(out, run.saved, meta)
-        torch.save(logits, _logits_cache(out, meta, hold.names))  # what checkpoint_logits would compute
+        names = d.data.subset(d.holdout_idx).names
+        torch.save(logits, _logits_cache(out, meta, names))  # what checkpoint_logits would compute
         logger.info("holdout: %s", fold)
         return out
     metrics, temperature = _final_metrics(cfg, run, d, preprocess, device)
