@@ -223,3 +223,22 @@ def test_npr_variant_sees_only_the_residual() -> None:
         assert not torch.allclose(net(x), net(blocky), atol=1e-3)
     with pytest.raises(ValueError, match="input_filter"):
         create_model("vgg3_wide_stem", input_filter="sobel")
+
+
+def _receptive_field(variant: str) -> int:
+    """How many input columns change one interior position of the last stage's output."""
+    net = create_model(variant).eval()
+    x = torch.randn(1, 3, 96, 96, requires_grad=True)
+    net.forward_features(x)[0, :, 3, 3].sum().backward()
+    assert x.grad is not None
+    return int((x.grad.abs().sum(dim=(0, 1, 2)) > 0).sum())
+
+
+def test_truncated_variant_sees_a_smaller_patch() -> None:
+    # vgg2_wide_stem is vgg3_wide_stem cut after its second block: each output position is decided by
+    # an 18-pixel patch instead of 38, with a quarter of the parameters.
+    assert _receptive_field("vgg3_wide_stem") == 38
+    assert _receptive_field("vgg2_wide_stem") == 18
+    small, big = create_model("vgg2_wide_stem"), create_model("vgg3_wide_stem")
+    assert small.num_features == 128
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in big.parameters()) / 4
