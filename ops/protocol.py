@@ -22,6 +22,7 @@ baseline*: the same recipe on images shrunk until no generator trace survives an
         --debias 2 --bias-epochs 8   # trained against two cross-fitted content baselines (product of experts)
     python -m ops.protocol --track full --kinds model --variant vgg3_wide_stem --from-scratch --epochs 16 \
         --debias 2 --bias-epochs 8 --no-poe   # the control: trained alone, multiplied with the same baselines
+    python -m ops.protocol --track full --kinds model --variant vgg2_wide_stem --from-scratch --epochs 16   # 18-px view
 
 Folds resume where they stopped (each epoch is checkpointed) and finished folds are skipped, so the
 command can be stopped and run again. Folders that are related are held out together: for the
