@@ -236,9 +236,10 @@ def _receptive_field(variant: str) -> int:
 
 def test_truncated_variant_sees_a_smaller_patch() -> None:
     # vgg2_wide_stem is vgg3_wide_stem cut after its second block: each output position is decided by
-    # an 18-pixel patch instead of 38, with a quarter of the parameters.
+    # an 18-pixel patch instead of 38, with a quarter of the parameters; vgg1_wide_stem after its first.
     assert _receptive_field("vgg3_wide_stem") == 38
     assert _receptive_field("vgg2_wide_stem") == 18
+    assert _receptive_field("vgg1_wide_stem") == 8
     small, big = create_model("vgg2_wide_stem"), create_model("vgg3_wide_stem")
     assert small.num_features == 128
     assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in big.parameters()) / 4

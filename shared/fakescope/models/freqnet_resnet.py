@@ -47,6 +47,7 @@ __all__ = [
     "freqnet_vgg",
     "npr_residual",
     "register_model",
+    "vgg1_wide_stem",
     "vgg2_wide_stem",
     "vgg3_anchor",
     "vgg3_wide",
@@ -580,6 +581,8 @@ ANCHORS["vgg3_wide_npr"] = replace(ANCHORS["vgg3_wide_stem"], input_filter="npr"
 # The same network cut after its second block (Chai et al., ECCV 2020: classifiers of small patches
 # generalise across generators): each output position sees 18 pixels instead of 38, less of the picture.
 ANCHORS["vgg2_wide_stem"] = replace(ANCHORS["vgg3_wide_stem"], layers=(1, 1), planes=(64, 128), strides=(2, 2))
+# Cut once more, after the first block: 8 pixels (the next step of the same question).
+ANCHORS["vgg1_wide_stem"] = replace(ANCHORS["vgg3_wide_stem"], layers=(1,), planes=(64,), strides=(2,))
 # The full-size model: four plain blocks (16/32/64/128; 32/64/128/256 trained at a third of the
 # speed on 2 cores), the first at full resolution (no pooling before it, where a generator's
 # pixel-level traces live); 16x at the last stage, so a 224-pixel image gives a 14x14 GradCAM grid.
@@ -653,6 +656,10 @@ vgg3_wide_wavelet = _builder(
 vgg3_wide_npr = _builder(
     "vgg3_wide_npr",
     "``vgg3_wide_stem`` on neighbouring-pixel residuals (NPR) instead of the image: a full-size candidate.",
+)
+vgg1_wide_stem = _builder(
+    "vgg1_wide_stem",
+    "``vgg3_wide_stem`` cut after its first block (8-pixel receptive field): a full-size candidate.",
 )
 vgg2_wide_stem = _builder(
     "vgg2_wide_stem",
