@@ -14,6 +14,7 @@ from typing import Any
 
 from celery import Celery
 
+from fakescope import fsbroker
 from fakescope.settings import Settings
 
 __all__ = ["DETECT_PRIORITY", "JOB_PRIORITY", "Enqueuer", "TaskName", "chunk_payload", "make_celery"]
@@ -47,6 +48,8 @@ def chunk_payload(job_id: uuid.UUID | str, item_ids: Sequence[uuid.UUID | str]) 
 
 def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
     """A Celery app on ``settings.broker``; results stay in Postgres, so there is no result backend."""
+    if settings.broker_url is None:
+        fsbroker.install()  # the embedded broker, with its exchange tables under one lock
     app = Celery("fakescope", broker=settings.broker, include=list(include))
     if settings.broker_url is None:  # the embedded filesystem broker: its folders must exist
         for folder in settings.broker_folders:
