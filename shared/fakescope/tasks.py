@@ -48,12 +48,11 @@ def chunk_payload(job_id: uuid.UUID | str, item_ids: Sequence[uuid.UUID | str]) 
 
 def make_celery(settings: Settings, include: Sequence[str] = ()) -> Celery:
     """A Celery app on ``settings.broker``; results stay in Postgres, so there is no result backend."""
-    if settings.broker_url is None:
-        fsbroker.install()  # the embedded broker, with its exchange tables under one lock
-    app = Celery("fakescope", broker=settings.broker, include=list(include))
-    if settings.broker_url is None:  # the embedded filesystem broker: its folders must exist
+    if settings.broker_url is None:  # the embedded filesystem broker: tables under one lock, folders made
+        fsbroker.install()
         for folder in settings.broker_folders:
             folder.mkdir(parents=True, exist_ok=True)
+    app = Celery("fakescope", broker=settings.broker, include=list(include))
     options = settings.broker_transport_options
     app.conf.update(
         task_serializer="json",
