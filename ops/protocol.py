@@ -23,6 +23,8 @@ baseline*: the same recipe on images shrunk until no generator trace survives an
     python -m ops.protocol --track full --kinds model --variant vgg3_wide_stem --from-scratch --epochs 16 \
         --debias 2 --bias-epochs 8 --no-poe   # the control: trained alone, multiplied with the same baselines
     python -m ops.protocol --track full --kinds model --variant vgg2_wide_stem --from-scratch --epochs 16   # 18-px view
+    python -m ops.protocol --track full --kinds model --variant vgg2_wide_stem --from-scratch --epochs 16 \
+        --select-epoch calib_auc   # each fold keeps the epoch its own calibration split ranks best
 
 Folds resume where they stopped (each epoch is checkpointed) and finished folds are skipped, so the
 command can be stopped and run again. Folders that are related are held out together: for the
@@ -148,6 +150,10 @@ class Arm:
     bias_epochs: int | None = None
     # False: the control. The model trains as it would alone; only its readouts use the baselines.
     poe: bool = True
+    # Which epoch a fold keeps (``TrainConfig.select_epoch``): "calib_auc" scores the fold's own
+    # calibration split every second epoch and keeps the best; the held-out family never takes part.
+    # The fold also scores its last epoch on the held-out family: the same run without the choice.
+    select_epoch: str = "last"
 
     def suffix(self) -> str:
         return (
@@ -165,6 +171,7 @@ class Arm:
             + (f"-xfit{self.cross_fit.replace('/', 'of')}" if self.cross_fit else "")
             + (f"-{'poe' if self.poe else 'prod'}{self.debias}" if self.debias else "")
             + (f"b{self.bias_epochs}" if self.debias and self.bias_epochs else "")
+            + (f"-select-{self.select_epoch.replace('_', '-')}" if self.select_epoch != "last" else "")
         )
 
     def bias_arms(self) -> list[Arm]:
@@ -199,6 +206,8 @@ class Arm:
             recipe["init_seed"] = self.init_seed
         if self.cross_fit:
             recipe["cross_fit"] = self.cross_fit
+        if self.select_epoch != "last":
+            recipe.update(select_epoch=self.select_epoch, calib_every=2)
         if self.scratch:
             recipe.pop("init_from", None)
         if self.tiles:
@@ -297,6 +306,15 @@ def row(track: str, fold: str, kind: str, metrics: dict[str, Any]) -> dict[str, 
             for part in ("bias", "product")
             if f"holdout_{part}" in metrics
         },
+        **(
+            {
+                "selected_epoch": metrics["selected_epoch"],
+                # The run's last epoch on the same images (the fold without the choice).
+                "roc_auc_last": round(metrics.get("holdout_last", h)["roc_auc"], 4),
+            }
+            if "selected_epoch" in metrics
+            else {}
+        ),
     }
 
 
@@ -345,6 +363,24 @@ def product_table(rows: list[dict[str, Any]]) -> str:
     if done:
         means = [sum(r[k] for r in done) / len(done) for k in ("roc_auc", "roc_auc_bias", "roc_auc_product")]
         lines.append("| **mean** | | {:.3f} | {:.3f} | **{:.3f}** |".format(*means))
+    return "\n".join(lines)
+
+
+def selection_table(rows: list[dict[str, Any]]) -> str:
+    """An epoch-selection arm's folds: the epoch each chose, its score, and the last epoch's."""
+    lines = [
+        "| held-out fold | n | selected epoch | ROC-AUC, selected | ROC-AUC, last epoch | selected - last |",
+        "|---|---|---|---|---|---|",
+    ]
+    done = [r for r in rows if "selected_epoch" in r]
+    for r in done:
+        lines.append(
+            f"| {r['fold']} | {r['n']} | {r['selected_epoch']} | {r['roc_auc']:.3f} | {r['roc_auc_last']:.3f} "
+            f"| {r['roc_auc'] - r['roc_auc_last']:+.3f} |"
+        )
+    if done:
+        sel, last = (sum(r[k] for r in done) / len(done) for k in ("roc_auc", "roc_auc_last"))
+        lines.append(f"| **mean** | | | **{sel:.3f}** | {last:.3f} | {sel - last:+.3f} |")
     return "\n".join(lines)
 
 
@@ -399,6 +435,12 @@ def main() -> None:
         action="store_true",
         help="with --debias, the control: train the model alone; only the product readout uses the baselines",
     )
+    ap.add_argument(
+        "--select-epoch",
+        choices=["last", "calib_auc"],
+        default="last",
+        help="calib_auc: each fold keeps the epoch that ranks its own calibration split best (scored every 2nd)",
+    )
     ap.add_argument("--out", default="runs/protocol", help="fold checkpoints")
     ap.add_argument("--table", action="store_true", help="only print the table of finished folds")
     args = ap.parse_args()
@@ -419,6 +461,7 @@ def main() -> None:
         debias=args.debias,
         bias_epochs=args.bias_epochs,
         poe=not args.no_poe,
+        select_epoch=args.select_epoch,
     )
     if arm.debias and (arm.members or args.kinds != ["model"]):
         ap.error("--debias trains the model against the content baseline: --kinds model, no --ensemble-of")
@@ -441,6 +484,8 @@ def main() -> None:
     print(table(rows))
     if arm.debias:
         print(product_table(rows))
+    if arm.select_epoch != "last":
+        print(selection_table(rows))
 
 
 if __name__ == "__main__":

@@ -67,6 +67,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         crop=args.crop,
         repeats=args.repeats,
         calib_every=args.calib_every,
+        select_epoch=args.select_epoch,
         scale_p=args.scale_p,
         scale_min=args.scale_min,
         holdout=args.holdout,
@@ -497,6 +498,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--crop", type=int, default=0, help="train on random crops of this side (0: whole images)")
     p.add_argument("--repeats", type=int, default=1, help="passes over the training images per epoch")
     p.add_argument("--calib-every", type=int, default=1, help="score the calibration split every N epochs")
+    p.add_argument(
+        "--select-epoch",
+        choices=["last", "calib_auc"],
+        default="last",
+        help="keep the last epoch, or the scored epoch that ranks the calibration split best",
+    )
     p.add_argument("--scale-p", type=float, default=0.0, help="share of batches shrunk before cropping")
     p.add_argument("--scale-min", type=float, default=0.5, help="smallest shrink factor")
     p.add_argument("--holdout", action="append", default=[], help="folder never trained on, scored at the end")

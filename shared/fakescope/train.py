@@ -34,7 +34,7 @@ from tqdm import tqdm
 from fakescope.checkpoint import CONFIG_FILE, CheckpointMeta, Preprocess, load_checkpoint, save_checkpoint
 from fakescope.data import LABELS, LabelledArray, Split, as_jpeg, load_labelled, make_split
 from fakescope.machine import resolve_device
-from fakescope.metrics import binary_metrics
+from fakescope.metrics import binary_metrics, roc_auc
 from fakescope.models import DetectorNet, Network, create_model, list_models
 from fakescope.models.recon import ReconBank, load_recon
 from fakescope.temperature import fit_temperature
@@ -54,6 +54,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "train_state.pt"
 RECIPES = ("fast", "paper")
+SELECT_EPOCH = ("last", "calib_auc")
 
 
 @dataclass
@@ -169,6 +170,11 @@ class TrainConfig:
     # checkpoint, or K trained with ``cross_fit`` 0/K ... K-1/K, each predicting its own left-out part
     # (a model's predictions on the images it trained on are overconfident).
     bias_from: list[str] = field(default_factory=list)
+    # Which epoch's weights the run keeps: "last", or "calib_auc", the scored epoch (``calib_every``)
+    # whose weights rank the calibration split best (a tie goes to the earlier). The calibration
+    # split holds only what the run trains on, never validation or ``holdout``, so the choice sees
+    # neither; the temperature is then fitted on the same split, which the choice has seen once.
+    select_epoch: str = "last"
 
     def __post_init__(self) -> None:
         if self.recipe not in RECIPES:
@@ -195,6 +201,8 @@ class TrainConfig:
             parse_cross_fit(self.cross_fit)
         if self.bias_from and (self.tiles or self.recon):
             raise ValueError("bias_from gives each training image its bias: tiles and recon change the batch's images")
+        if self.select_epoch not in SELECT_EPOCH:
+            raise ValueError(f"select_epoch must be one of {SELECT_EPOCH}, got {self.select_epoch!r}")
 
 
 def parse_cross_fit(spec: str) -> tuple[int, int]:
@@ -696,6 +704,10 @@ class _Run:
     history: list[dict[str, float]] = field(default_factory=list)
     epoch: int = 0
     steps: int = 0
+    # With ``select_epoch``: the chosen epoch so far, its calibration ROC-AUC and its saved weights.
+    best_epoch: int = 0
+    best_score: float = -math.inf
+    best_weights: dict[str, torch.Tensor] | None = None
 
     @property
     def saved(self) -> DetectorNet:
@@ -713,6 +725,7 @@ class _Run:
             "steps": self.steps,
             "rng": torch.get_rng_state(),
             "gen": self.gen.get_state(),
+            "best": {"epoch": self.best_epoch, "score": self.best_score, "weights": self.best_weights},
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -724,6 +737,22 @@ class _Run:
         self.history, self.epoch, self.steps = state["history"], state["epoch"], state.get("steps", 0)
         torch.set_rng_state(state["rng"])
         self.gen.set_state(state["gen"])
+        best = state.get("best") or {}
+        self.best_epoch = best.get("epoch", 0)
+        self.best_score = best.get("score", -math.inf)
+        self.best_weights = best.get("weights")
+
+    def consider(self, epoch: int, score: float) -> None:
+        """Keeps the saved weights as the chosen epoch's if they score better than the last choice."""
+        if score > self.best_score:
+            self.best_epoch, self.best_score = epoch, score
+            self.best_weights = {k: v.detach().clone() for k, v in self.saved.state_dict().items()}
+
+    def restore_best(self) -> None:
+        """Puts the chosen epoch's weights back into the saved network."""
+        if self.best_weights is None:
+            raise RuntimeError("no epoch was scored on the calibration split: nothing to select from")
+        self.saved.load_state_dict(self.best_weights)
 
 
 def _start_run(
@@ -855,6 +884,7 @@ def _score_on_calibration(
     calib_logits = predict_arrays(run.saved, calib.images, preprocess, device)
     rec["calib_loss"] = float(F.cross_entropy(calib_logits, torch.from_numpy(calib.labels)))
     rec["calib_acc"] = float((calib_logits.argmax(1).numpy() == calib.labels).mean())
+    rec["calib_auc"] = roc_auc(calib.labels, torch.softmax(calib_logits, dim=1)[:, LABELS.index("fake")].numpy())
 
 
 def _report_epoch(rec: dict[str, float]) -> None:
@@ -1009,10 +1039,12 @@ def train(cfg: TrainConfig) -> Path:
     while run.epoch < last_epoch:
         rec = _train_epoch(run, batches, cfg, device, steps_per_epoch, bf16)
         scored = cfg.recipe == "paper" or rec["epoch"] % cfg.calib_every == 0 or rec["epoch"] == cfg.epochs
-        if scored and not cfg.holdout_only:
+        if scored and (not cfg.holdout_only or cfg.select_epoch != "last"):
             _score_on_calibration(rec, run, calib, preprocess, device)
             if cfg.recipe == "paper":
                 run.sched.step(rec["calib_loss"])
+            if cfg.select_epoch == "calib_auc":
+                run.consider(int(rec["epoch"]), rec["calib_auc"])
         run.history.append(rec)
         run.epoch += 1
         _report_epoch(rec)
@@ -1022,16 +1054,25 @@ def train(cfg: TrainConfig) -> Path:
     if last_epoch < cfg.epochs:
         logger.info("stopped after epoch %d of %d; continue with resume", last_epoch, cfg.epochs)
         return out
+    selected: dict[str, Any] = {}
+    if cfg.select_epoch != "last":
+        selected = {"selected_epoch": run.best_epoch, "selected_calib_auc": run.best_score}
+        if cfg.holdout_only and run.best_epoch != cfg.epochs:
+            # The last epoch's weights on the same held-out images: the run without the choice.
+            selected["holdout_last"] = _holdout_metrics(cfg, run, d, preprocess, device, 1.0)[0]
+        run.restore_best()
+        logger.info("selected epoch %d of %d (calibration ROC-AUC %.4f)", run.best_epoch, cfg.epochs, run.best_score)
     if cfg.holdout_only:
         # Accuracy at 0.5 needs no temperature: scaling two logits never changes which is larger.
         fold, logits = _holdout_metrics(cfg, run, d, preprocess, device, 1.0)
-        meta = _meta(cfg, run, d, preprocess, {"holdout": fold})
+        meta = _meta(cfg, run, d, preprocess, {"holdout": fold, **selected})
         save_checkpoint(out, run.saved, meta)
         names = d.data.subset(d.holdout_idx).names
         torch.save(logits, _logits_cache(out, meta, names))  # what checkpoint_logits would compute
         logger.info("holdout: %s", fold)
         return out
     metrics, temperature = _final_metrics(cfg, run, d, preprocess, device)
+    metrics.update(selected)
     save_checkpoint(out, run.saved, _meta(cfg, run, d, preprocess, metrics, temperature))
     logger.info("validation: %s", metrics)
     return out

@@ -447,3 +447,51 @@ def test_an_uninformative_bias_trains_the_same_model(
         return sum(float((w[k] - starts[0][k]).abs().sum()) for k in w if w[k].is_floating_point())
 
     assert moved(known) < 0.5 * moved(again)
+
+
+def _scripted_calib_auc(monkeypatch: pytest.MonkeyPatch, scores: list[float]) -> None:
+    """The calibration ROC-AUC each scored epoch reports, in order (the selection's only input)."""
+    it = iter(scores)
+    monkeypatch.setattr(train_mod, "roc_auc", lambda labels, prob: next(it))
+
+
+def test_select_epoch_keeps_the_epoch_the_calibration_split_ranks_best(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKESCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    write_cifake(tmp_path / "d" / "gen-a", 24)
+    write_cifake(tmp_path / "d" / "gen-b", 12)
+    cfg = _cfg(tmp_path / "d", tmp_path / "sel", epochs=3, holdout=["gen-b/FAKE"], holdout_only=True)
+    # Epoch 1 ranks best; epoch 3 ties it and loses (a tie goes to the earlier epoch).
+    _scripted_calib_auc(monkeypatch, [0.9, 0.5, 0.9])
+    sel = json.loads((train(dataclasses.replace(cfg, select_epoch="calib_auc")) / "config.json").read_text())
+    assert [h["calib_auc"] for h in sel["training"]["history"]] == [0.9, 0.5, 0.9]
+    assert sel["metrics"]["selected_epoch"] == 1 and sel["metrics"]["selected_calib_auc"] == 0.9
+
+    # The kept weights are epoch 1's: the same run stopped after its first epoch saved them.
+    first = train(dataclasses.replace(cfg, out=str(tmp_path / "first"), stop_after=1))
+    kept, one = load_file(str(tmp_path / "sel" / "model.safetensors")), load_file(str(first / "model.safetensors"))
+    for k in one:
+        torch.testing.assert_close(kept[k], one[k], atol=1e-5, rtol=1e-4)
+    # Its held-out score is the selected weights'; the last epoch's is the run without the choice.
+    last = json.loads((train(dataclasses.replace(cfg, out=str(tmp_path / "last"))) / "config.json").read_text())
+    a, b = sel["metrics"]["holdout_last"], last["metrics"]["holdout"]
+    assert a["confusion"] == b["confusion"] and a["ece"] == pytest.approx(b["ece"], abs=1e-6)
+    assert "selected_epoch" not in last["metrics"] and "calib_acc" not in last["training"]["history"][-1]
+
+
+def test_select_epoch_survives_a_resume(synth_cifake: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    cfg = _cfg(synth_cifake, tmp_path / "ck", epochs=3, select_epoch="calib_auc")
+    _scripted_calib_auc(monkeypatch, [0.2, 0.8, 0.7])
+    whole = train(cfg)
+    _scripted_calib_auc(monkeypatch, [0.2, 0.8])
+    train(dataclasses.replace(cfg, out=str(tmp_path / "part"), stop_after=2))
+    _scripted_calib_auc(monkeypatch, [0.7])
+    part = train(dataclasses.replace(cfg, out=str(tmp_path / "part"), resume=True))
+    a, b = (json.loads((p / "config.json").read_text())["metrics"] for p in (whole, part))
+    assert a["selected_epoch"] == b["selected_epoch"] == 2
+    wa, wb = load_file(str(whole / "model.safetensors")), load_file(str(part / "model.safetensors"))
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="select_epoch"):
+        _cfg(synth_cifake, tmp_path / "x", select_epoch="best")

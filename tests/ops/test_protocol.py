@@ -161,3 +161,26 @@ def test_a_product_fold_trains_its_baselines_then_scores_three_ways(tmp_path: Pa
     plain = json.loads((fold_dir(out, "tiny", "b", "model", control) / "config.json").read_text())
     assert plain["training"]["config"]["bias_from"] == [] and {"holdout_bias", "holdout_product"} <= set(again)
     assert again["holdout_bias"] == metrics["holdout_bias"]
+
+
+def test_a_selection_arm_scores_its_own_calibration_split_every_second_epoch() -> None:
+    base = Arm(variant="vgg2_wide_stem", scratch=True, epochs=16)
+    arm = Arm(variant="vgg2_wide_stem", scratch=True, epochs=16, select_epoch="calib_auc")
+    assert arm.recipe("full") == {**base.recipe("full"), "select_epoch": "calib_auc", "calib_every": 2}
+    assert arm.suffix() == base.suffix() + "-select-calib-auc"
+
+
+@pytest.mark.usefixtures("tiny_track")
+def test_a_selection_fold_reports_the_chosen_epoch_beside_the_last(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(protocol.TRACKS["tiny"].recipe, "epochs", 4)
+    arm = Arm(select_epoch="calib_auc")
+    metrics = run_fold("tiny", "b", ["gen-b/FAKE"], "model", tmp_path / "runs", arm)
+    record = json.loads((fold_dir(tmp_path / "runs", "tiny", "b", "model", arm) / "config.json").read_text())
+    scored = [h["epoch"] for h in record["training"]["history"] if "calib_auc" in h]
+    assert scored == [2, 4] and metrics["selected_epoch"] in scored
+    r = protocol.row("tiny", "b", "model", metrics)
+    last = metrics.get("holdout_last", metrics["holdout"])
+    assert r["selected_epoch"] == metrics["selected_epoch"] and r["roc_auc_last"] == round(last["roc_auc"], 4)
+    assert "| b |" in protocol.selection_table([r])
