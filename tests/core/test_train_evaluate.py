@@ -218,7 +218,9 @@ def test_evaluate_split_and_robustness(synth_cifake: Path, tmp_path: Path) -> No
 def test_cli_train_and_evaluate(synth_cifake: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ck = tmp_path / "ck"
     args = ["--data", str(synth_cifake), "--val-size", "16", "--calib-size", "8"]
-    assert main(["train", *args, "--out", str(ck), "--epochs", "1", "--batch-size", "16", "--threads", "1"]) == 0
+    train_args = ["--out", str(ck), "--epochs", "2", "--batch-size", "16", "--threads", "1"]
+    assert main(["train", *args, *train_args, "--select-epoch", "calib_auc"]) == 0
+    assert json.loads((ck / "config.json").read_text())["metrics"]["selected_epoch"] in (1, 2)
     report = tmp_path / "eval.json"
     assert main(["evaluate", "--data", str(synth_cifake), "--checkpoint", str(ck), "--json", str(report)]) == 0
     assert "clean" in capsys.readouterr().out
