@@ -890,6 +890,7 @@ def _score_on_calibration(
 def _report_epoch(rec: dict[str, float]) -> None:
     logger.info("epoch %d: %s", rec["epoch"], rec)
     calib_txt = f"calib_acc {rec['calib_acc']:.4f} calib_loss {rec['calib_loss']:.4f} " if "calib_acc" in rec else ""
+    calib_txt += f"calib_auc {rec['calib_auc']:.4f} " if "calib_auc" in rec else ""
     tqdm.write(
         f"epoch {rec['epoch']}: train_acc {rec['train_acc']:.4f} {calib_txt}"
         f"({rec['seconds']:.0f}s, {rec['train_images_per_s']:.0f} img/s)"
