@@ -25,6 +25,8 @@ baseline*: the same recipe on images shrunk until no generator trace survives an
     python -m ops.protocol --track full --kinds model --variant vgg2_wide_stem --from-scratch --epochs 16   # 18-px view
     python -m ops.protocol --track full --kinds model --variant vgg2_wide_stem --from-scratch --epochs 16 \
         --select-epoch calib_auc   # each fold keeps the epoch its own calibration split ranks best
+    python -m ops.protocol --track full --kinds model --variant vgg2_wide_stem --from-scratch \
+        --select-epoch calib_auc --budget-by-other-folds 8 16   # each fold's budget chosen by the other folds
 
 Folds resume where they stopped (each epoch is checkpointed) and finished folds are skipped, so the
 command can be stopped and run again. Folders that are related are held out together: for the
@@ -43,7 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from fakescope.checkpoint import combine_checkpoints
-from fakescope.train import TrainConfig, score_holdout, score_holdout_with_bias, train
+from fakescope.train import SELECT_EPOCH, TrainConfig, score_holdout, score_holdout_with_bias, train
 
 DATA = Path("../shared/data")
 MANIFEST = DATA / "multigen" / "manifest.csv"
@@ -310,7 +312,7 @@ def row(track: str, fold: str, kind: str, metrics: dict[str, Any]) -> dict[str, 
             {
                 "selected_epoch": metrics["selected_epoch"],
                 # The run's last epoch on the same images (the fold without the choice).
-                "roc_auc_last": round(metrics.get("holdout_last", h)["roc_auc"], 4),
+                "roc_auc_last": last_epoch_auc(metrics),
             }
             if "selected_epoch" in metrics
             else {}
@@ -384,6 +386,44 @@ def selection_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def last_epoch_auc(metrics: dict[str, Any]) -> float:
+    """A fold's held-out ROC-AUC at its last epoch, whether or not the arm chose another epoch (to four
+    places, as ``row`` reports it)."""
+    return round(float(metrics.get("holdout_last", metrics["holdout"])["roc_auc"]), 4)
+
+
+def budget_by_other_folds(scores: dict[int, dict[str, float]]) -> dict[str, tuple[int, float]]:
+    """Per fold, the budget (of ``scores``' keys: epochs -> fold -> ROC-AUC) with the highest mean over
+    the *other* folds (a tie goes to the budget listed first), and the fold's own score at it: the
+    fold's own score never takes part in its choice."""
+    budgets = list(scores)
+    folds_ = list(scores[budgets[0]])
+    out = {}
+    for fold in folds_:
+        others = [f for f in folds_ if f != fold]
+        best = budgets[0]
+        for b in budgets[1:]:
+            if sum(scores[b][f] for f in others) > sum(scores[best][f] for f in others):
+                best = b
+        out[fold] = (best, scores[best][fold])
+    return out
+
+
+def budget_table(scores: dict[int, dict[str, float]]) -> str:
+    """Each budget's last-epoch ROC-AUC per fold, and the budget the other folds choose for it."""
+    picked = budget_by_other_folds(scores)
+    lines = [
+        "| held-out fold | " + " | ".join(f"{b} epochs" for b in scores) + " | chosen by the other folds |",
+        "|---|" + "---|" * (len(scores) + 1),
+    ]
+    for fold, (b, auc) in picked.items():
+        lines.append(f"| {fold} | " + " | ".join(f"{scores[x][fold]:.3f}" for x in scores) + f" | {auc:.3f} ({b}) |")
+    means = [sum(v.values()) / len(v) for v in scores.values()]
+    chosen = sum(auc for _, auc in picked.values()) / len(picked)
+    lines.append("| **mean** | " + " | ".join(f"{m:.3f}" for m in means) + f" | **{chosen:.3f}** |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--track", choices=sorted(TRACKS), required=True)
@@ -437,9 +477,16 @@ def main() -> None:
     )
     ap.add_argument(
         "--select-epoch",
-        choices=["last", "calib_auc"],
+        choices=SELECT_EPOCH,
         default="last",
         help="calib_auc: each fold keeps the epoch that ranks its own calibration split best (scored every 2nd)",
+    )
+    ap.add_argument(
+        "--budget-by-other-folds",
+        type=int,
+        nargs="+",
+        metavar="EPOCHS",
+        help="run (or read back) the arm at each of these budgets; each fold takes the one the other folds score best",
     )
     ap.add_argument("--out", default="runs/protocol", help="fold checkpoints")
     ap.add_argument("--table", action="store_true", help="only print the table of finished folds")
@@ -467,6 +514,19 @@ def main() -> None:
         ap.error("--debias trains the model against the content baseline: --kinds model, no --ensemble-of")
     if arm.members and (args.variant or args.init_seed is not None):
         ap.error("--ensemble-of names its members' variants and seeds: drop --variant and --init-seed")
+    if args.budget_by_other_folds:
+        if len(args.budget_by_other_folds) < 2 or args.epochs or args.kinds != ["model"]:
+            ap.error("--budget-by-other-folds compares two or more budgets of the model: --kinds model, no --epochs")
+        fold_held = {f: h for f, h in folds(args.track, args.by).items() if not args.folds or f in args.folds}
+        scores = {
+            e: {
+                f: last_epoch_auc(run_fold(args.track, f, h, "model", Path(args.out), replace(arm, epochs=e)))
+                for f, h in fold_held.items()
+            }
+            for e in args.budget_by_other_folds
+        }
+        print(budget_table(scores))
+        return
     rows = []
     for fold, held in folds(args.track, args.by).items():
         if args.folds and fold not in args.folds:

@@ -184,3 +184,15 @@ def test_a_selection_fold_reports_the_chosen_epoch_beside_the_last(
     last = metrics.get("holdout_last", metrics["holdout"])
     assert r["selected_epoch"] == metrics["selected_epoch"] and r["roc_auc_last"] == round(last["roc_auc"], 4)
     assert "| b |" in protocol.selection_table([r])
+
+
+def test_each_folds_budget_is_chosen_by_the_other_folds_alone() -> None:
+    scores = {8: {"a": 0.90, "b": 0.70, "c": 0.70}, 16: {"a": 0.60, "b": 0.80, "c": 0.75}}
+    # a: the others (b, c) prefer 16, though a itself scores best at 8; b: a and c together prefer 8.
+    assert protocol.budget_by_other_folds(scores) == {"a": (16, 0.60), "b": (8, 0.70), "c": (8, 0.70)}
+    # A tie goes to the budget listed first.
+    assert protocol.budget_by_other_folds({16: {"a": 0.5, "b": 0.7}, 8: {"a": 0.6, "b": 0.7}})["a"] == (16, 0.5)
+    table = protocol.budget_table(scores)
+    assert "| a | 0.900 | 0.600 | 0.600 (16) |" in table and "**0.667**" in table
+    assert protocol.last_epoch_auc({"holdout": {"roc_auc": 0.81}, "holdout_last": {"roc_auc": 0.79}}) == 0.79
+    assert protocol.last_epoch_auc({"holdout": {"roc_auc": 0.81234}}) == 0.8123
