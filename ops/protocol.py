@@ -141,6 +141,7 @@ class Arm:
     match_jpeg: int | None = None  # another JPEG round trip for non-JPEG files than the track's (0: none)
     resample_p: float = 0.0  # 32x32: the dcgan64 tiles' resampling history on this share of both labels
     robust_p: float | None = None  # another share of degraded images (rescale, blur, JPEG) than the track's
+    gray_p: float = 0.0  # the share of training images (both labels) seen in grey: colour is not evidence
     # An ensemble arm: the equal-weight logit average of these arms' fold checkpoints, each member
     # ``VARIANT`` or ``VARIANT@SEED`` on this arm's other options (``fakescope ensemble``'s network).
     members: tuple[str, ...] = ()
@@ -169,6 +170,7 @@ class Arm:
             + (f"-jpeg{self.match_jpeg}" if self.match_jpeg is not None else "")
             + (f"-resample{self.resample_p:g}" if self.resample_p else "")
             + (f"-robust{self.robust_p:g}" if self.robust_p is not None else "")
+            + (f"-gray{self.gray_p:g}" if self.gray_p else "")
             + (f"-init{self.init_seed}" if self.init_seed is not None else "")
             + (f"-xfit{self.cross_fit.replace('/', 'of')}" if self.cross_fit else "")
             + (f"-{'poe' if self.poe else 'prod'}{self.debias}" if self.debias else "")
@@ -204,6 +206,8 @@ class Arm:
             recipe["resample_p"] = self.resample_p
         if self.robust_p is not None:
             recipe["robust_p"] = self.robust_p
+        if self.gray_p:
+            recipe["gray_p"] = self.gray_p
         if self.init_seed is not None:
             recipe["init_seed"] = self.init_seed
         if self.cross_fit:
@@ -456,6 +460,12 @@ def main() -> None:
         help="another share of images degraded in training (rescale, blur, JPEG; Wang et al. 2020) than the track's",
     )
     ap.add_argument(
+        "--gray-p",
+        type=float,
+        default=0.0,
+        help="the share of training images (both labels) seen in grey, so that colour is not a label",
+    )
+    ap.add_argument(
         "--ensemble-of",
         nargs="+",
         default=[],
@@ -504,6 +514,7 @@ def main() -> None:
         match_jpeg=args.match_jpeg,
         resample_p=args.resample_p,
         robust_p=args.robust_p,
+        gray_p=args.gray_p,
         members=tuple(args.ensemble_of),
         debias=args.debias,
         bias_epochs=args.bias_epochs,

@@ -95,6 +95,11 @@ class TrainConfig:
     # it learns "noisy" as "fake" and calls a grainy photo fake (0: off, and no random draw, so
     # recipes without it reproduce as before).
     noise_p: float = 0.0
+    # The share of images (both labels) seen in grey, luma (BT.601) in all three channels, after any
+    # other degradation: multigen/full's fakes are mostly art and its reals mostly photos, so colour
+    # alone is a label there; in grey an image's only evidence is its texture and traces. Served
+    # images keep their colour (0: off, and no random draw, so recipes without it reproduce as before).
+    gray_p: float = 0.0
     # The share of images shifted by up to 4 px with a black fill instead of a reflected one: a
     # re-framed upload has a border, and without it the detector reads any border as a fake's.
     border_p: float = 0.0
@@ -189,6 +194,8 @@ class TrainConfig:
             raise ValueError("holdout_only scores the held-out folders: name them in holdout")
         if self.scale_p and not self.crop:
             raise ValueError("scale_p shrinks crops: it needs crop")
+        if not 0 <= self.gray_p <= 1:
+            raise ValueError(f"gray_p is a share of the images, in [0, 1], got {self.gray_p}")
         if self.tiles and not self.crop:
             raise ValueError("tiles are windows beside the crops of full-size images: they need crop")
         if self.tiles and not 0 < self.tile_share < 1:
@@ -299,6 +306,21 @@ def add_noise(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     sigma = (0.005 + 0.025 * torch.rand(b, 1, 1, 1, generator=gen)) * sel.view(b, 1, 1, 1)
     noise = torch.randn(x.shape, generator=gen, dtype=x.dtype) * sigma
     return (x + noise).clamp_(0, 1)
+
+
+# ITU-R BT.601 luma weights: what a JPEG encoder keeps at full resolution.
+LUMA = (0.299, 0.587, 0.114)
+
+
+def to_gray(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
+    """A ``p`` share of a ``(B, 3, H, W)`` batch in [0, 1] with each channel replaced by the luma."""
+    sel = torch.rand(x.shape[0], generator=gen) < p
+    if not bool(sel.any()):
+        return x
+    luma = torch.tensor(LUMA, dtype=x.dtype).view(1, 3, 1, 1)
+    x = x.clone()
+    x[sel] = (x[sel] * luma).sum(1, keepdim=True).expand(-1, 3, -1, -1)
+    return x
 
 
 def translate_batch(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
@@ -445,6 +467,8 @@ def train_batch(
             x[sel] = degrade(x[sel], kind, gen)
     if cfg.recipe == "fast" and cfg.noise_p > 0:
         x = add_noise(x, cfg.noise_p, gen)
+    if cfg.recipe == "fast" and cfg.gray_p > 0:
+        x = to_gray(x, cfg.gray_p, gen)
     flip = torch.rand(len(idx), 1, 1, 1, generator=gen) < 0.5
     x = torch.where(flip, x.flip(-1), x)
     if cfg.recipe == "fast":

@@ -138,6 +138,33 @@ def test_noise_reaches_its_share_of_the_images() -> None:
     assert 0.005 < float(spread) < 0.03
 
 
+def test_gray_reaches_its_share_and_costs_nothing_when_off() -> None:
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (400, 32, 32, 3), dtype=np.uint8))
+    mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    idx = torch.arange(400)
+    cfg = TrainConfig(data=["x"], out="y", robust_p=0.0, translate=0, border_p=0.0)
+
+    def batch(c: TrainConfig) -> torch.Tensor:
+        return train_mod.train_batch(images, None, idx, mean, std, c, torch.Generator().manual_seed(0))
+
+    colour = batch(cfg)
+    # Off, it draws nothing: the batch is the one a run before the option got (so --resume holds).
+    torch.testing.assert_close(batch(dataclasses.replace(cfg, gray_p=0.0)), colour)
+    half = batch(dataclasses.replace(cfg, gray_p=0.5))
+    grey = (half - half.mean(1, keepdim=True)).abs().flatten(1).amax(1) < 1e-6
+    assert 0.4 < float(grey.float().mean()) < 0.6  # these random images are never grey in colour
+    # Each image is its source's luma if grey, the source itself if not (either way round: the
+    # grey draw moves the stream the flips are drawn from).
+    plain = images.permute(0, 3, 1, 2).float() / 255
+    luma = (plain * torch.tensor(train_mod.LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True).expand(-1, 3, -1, -1)
+    expected = torch.where(grey.view(-1, 1, 1, 1), luma, plain)
+    gap = torch.minimum((half - expected).abs().flatten(1).amax(1), (half - expected.flip(-1)).abs().flatten(1).amax(1))
+    assert float(gap.max()) < 1e-5
+    with pytest.raises(ValueError, match="gray_p"):
+        TrainConfig(data=["x"], out="y", gray_p=1.5)
+
+
 def test_resampling_history_reaches_its_share_and_costs_nothing_when_off() -> None:
     # The dcgan64 tiles' history: bilinear to 64, a 2x box back to 32, then the JPEG round trip.
     rng = np.random.default_rng(0)

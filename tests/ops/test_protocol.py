@@ -34,6 +34,7 @@ def test_each_arm_gets_its_own_folder() -> None:
         Arm(match_jpeg=0),
         Arm(resample_p=0.3),
         Arm(robust_p=0.6),
+        Arm(gray_p=0.5),
         Arm(members=("vgg3_wide_stem", "vgg3_wide_freq"), scratch=True),
     ]
     suffixes = [a.suffix() for a in arms]
@@ -48,6 +49,14 @@ def test_the_small_track_matches_compression_history_unless_an_arm_turns_it_off(
     assert Arm(match_jpeg=0).recipe("small")["match_jpeg"] == 0
     assert Arm(match_jpeg=0).suffix() == "-jpeg0" and Arm().suffix() == ""
     assert "match_jpeg" not in Arm().recipe("full")  # multigen/full is JPEG for both labels already
+
+
+def test_a_gray_arm_changes_only_the_share_of_grey_images() -> None:
+    arm = Arm(variant="vgg2_wide_stem", scratch=True, epochs=16, gray_p=0.5)
+    base = Arm(variant="vgg2_wide_stem", scratch=True, epochs=16)
+    assert arm.recipe("full") == {**base.recipe("full"), "gray_p": 0.5}
+    assert arm.suffix() == base.suffix() + "-gray0.5"
+    assert fold_config("full", "diffusion", ["diffusion"], "model", Path("x"), arm).gray_p == 0.5
 
 
 def test_a_robust_arm_changes_only_the_share_of_degraded_images() -> None:
