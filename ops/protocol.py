@@ -45,7 +45,14 @@ from pathlib import Path
 from typing import Any
 
 from fakescope.checkpoint import combine_checkpoints
-from fakescope.train import SELECT_EPOCH, TrainConfig, score_holdout, score_holdout_with_bias, train
+from fakescope.train import (
+    SELECT_EPOCH,
+    TrainConfig,
+    parse_readout,
+    score_holdout,
+    score_holdout_with_bias,
+    train,
+)
 
 DATA = Path("../shared/data")
 MANIFEST = DATA / "multigen" / "manifest.csv"
@@ -157,6 +164,9 @@ class Arm:
     # calibration split every second epoch and keeps the best; the held-out family never takes part.
     # The fold also scores its last epoch on the held-out family: the same run without the choice.
     select_epoch: str = "last"
+    # How each fold's feature map becomes logits when it is scored (``fakescope.train.parse_readout``):
+    # another readout than "mean" trains nothing; it reads the same arm's "mean" fold checkpoints.
+    readout: str = "mean"
 
     def suffix(self) -> str:
         return (
@@ -176,6 +186,7 @@ class Arm:
             + (f"-{'poe' if self.poe else 'prod'}{self.debias}" if self.debias else "")
             + (f"b{self.bias_epochs}" if self.debias and self.bias_epochs else "")
             + (f"-select-{self.select_epoch.replace('_', '-')}" if self.select_epoch != "last" else "")
+            + (f"-{self.readout}" if self.readout != "mean" else "")
         )
 
     def bias_arms(self) -> list[Arm]:
@@ -275,6 +286,8 @@ def run_fold(track: str, fold: str, held: list[str], kind: str, out_dir: Path, a
         return record["metrics"]
     if arm.debias:
         return _run_product_fold(track, fold, held, kind, out_dir, arm)
+    if arm.readout != "mean":
+        return _run_readout_fold(track, fold, held, kind, out_dir, arm)
     train(fold_config(track, fold, held, kind, out, arm))
     return json.loads(config.read_text())["metrics"]
 
@@ -295,6 +308,21 @@ def _run_product_fold(track: str, fold: str, held: list[str], kind: str, out_dir
     record["metrics"].update(score_holdout_with_bias(replace(cfg, bias_from=bias), out))
     (out / "config.json").write_text(json.dumps(record, indent=2))
     return record["metrics"]
+
+
+def _run_readout_fold(track: str, fold: str, held: list[str], kind: str, out_dir: Path, arm: Arm) -> dict[str, Any]:
+    """Another readout of the same arm's fold checkpoint (trained first if missing): nothing is
+    trained; the fold's folder holds only the record, naming the checkpoint it read."""
+    base = replace(arm, readout="mean")
+    run_fold(track, fold, held, kind, out_dir, base)
+    source = fold_dir(out_dir, track, fold, kind, base)
+    out = fold_dir(out_dir, track, fold, kind, arm)
+    out.mkdir(parents=True, exist_ok=True)
+    holdout = score_holdout(fold_config(track, fold, held, kind, source, base), source, arm.readout)
+    metrics = {"holdout": holdout}
+    record = {"readout": arm.readout, "checkpoint": str(source), "metrics": metrics}
+    (out / "config.json").write_text(json.dumps(record, indent=2))
+    return metrics
 
 
 def row(track: str, fold: str, kind: str, metrics: dict[str, Any]) -> dict[str, Any]:
@@ -492,6 +520,12 @@ def main() -> None:
         help="calib_auc: each fold keeps the epoch that ranks its own calibration split best (scored every 2nd)",
     )
     ap.add_argument(
+        "--readout",
+        default="mean",
+        help="how each fold's feature map becomes logits: mean (served), or topQ, the top Q share of "
+        "positions' fake evidence (e.g. top0.1); reads the mean arm's checkpoints, trains nothing",
+    )
+    ap.add_argument(
         "--budget-by-other-folds",
         type=int,
         nargs="+",
@@ -520,7 +554,12 @@ def main() -> None:
         bias_epochs=args.bias_epochs,
         poe=not args.no_poe,
         select_epoch=args.select_epoch,
+        readout=args.readout,
     )
+    try:
+        parse_readout(arm.readout)
+    except ValueError as e:
+        ap.error(str(e))
     if arm.debias and (arm.members or args.kinds != ["model"]):
         ap.error("--debias trains the model against the content baseline: --kinds model, no --ensemble-of")
     if arm.members and (args.variant or args.init_seed is not None):

@@ -481,6 +481,37 @@ def train_batch(
     return x.contiguous(memory_format=torch.channels_last)
 
 
+def parse_readout(readout: str) -> float | None:
+    """``readout``'s share of positions: None for "mean" (the served readout), Q for "topQ", Q in (0, 1]."""
+    if readout == "mean":
+        return None
+    try:
+        share = float(readout.removeprefix("top")) if readout.startswith("top") else math.nan
+    except ValueError:
+        share = math.nan
+    if not 0 < share <= 1:
+        raise ValueError(f"readout must be 'mean' or 'topQ' with Q in (0, 1] (e.g. top0.1), got {readout!r}")
+    return share
+
+
+def top_positions_logits(model: Network, x: torch.Tensor, share: float) -> torch.Tensor:
+    """Logits from the ``share`` of positions with the most fake evidence (a protocol readout).
+
+    The head is linear after global average pooling, so the served logits' fake-minus-real difference
+    is the mean of that difference at every position of the last feature map; this averages only the
+    top ``share`` of them (at least one). With share 1 it is the served readout's difference.
+    """
+    head = model.get_classifier()
+    feats = model.forward_features(x).float()
+    maps = torch.einsum("bchw,kc->bkhw", feats, head.weight.float()) + head.bias.float().view(1, -1, 1, 1)
+    fake, real = LABELS.index("fake"), LABELS.index("real")
+    diff = (maps[:, fake] - maps[:, real]).flatten(1)
+    top = diff.topk(max(1, round(share * diff.shape[1])), dim=1).values.mean(1)
+    out = torch.zeros(len(top), len(LABELS))
+    out[:, fake] = top
+    return out
+
+
 @torch.no_grad()
 def predict_arrays(
     model: Network,
@@ -489,8 +520,10 @@ def predict_arrays(
     device: torch.device,
     batch_size: int = 512,
     desc: str | None = None,
+    readout: str = "mean",
 ) -> torch.Tensor:
-    """Logits for ``(N, H, W, 3)`` uint8 images already at the input size."""
+    """Logits for ``(N, H, W, 3)`` uint8 images already at the input size (``readout``: ``parse_readout``)."""
+    share = parse_readout(readout)
     model.eval()
     # The same activation memory per batch at any size: 512 thumbnails, or 10 images at 224x224 (a
     # batch of 512 of those held gigabytes in the first block alone).
@@ -502,7 +535,9 @@ def predict_arrays(
     for i in tqdm(range(0, len(tensor), batch_size), desc=desc, leave=False, disable=desc is None):
         idx = torch.arange(i, min(i + batch_size, len(tensor)))
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            out.append(model(_batch(tensor, idx, mean, std, device, flip=False)).float().cpu())
+            x = _batch(tensor, idx, mean, std, device, flip=False)
+            logits = model(x) if share is None else top_positions_logits(model, x, share)
+            out.append(logits.float().cpu())
     return torch.cat(out)
 
 
@@ -947,15 +982,22 @@ def _meta(
             },
             "history": run.history,
             "train_seconds": sum(h["seconds"] for h in run.history),
+            # The same recipe and seed differ by up to 0.02 a fold between bf16 and fp32 machines.
+            "precision": "bf16" if use_bf16(cfg.amp, torch.device(resolve_device(cfg.device))) else "fp32",
         },
         metrics=metrics,
     )
 
 
 def _fake_probability(
-    model: Network, part: LabelledArray, preprocess: Preprocess, device: torch.device, temperature: float
+    model: Network,
+    part: LabelledArray,
+    preprocess: Preprocess,
+    device: torch.device,
+    temperature: float,
+    readout: str = "mean",
 ) -> np.ndarray:
-    logits = predict_arrays(model, part.images, preprocess, device)
+    logits = predict_arrays(model, part.images, preprocess, device, readout=readout)
     return torch.softmax(logits / temperature, dim=1)[:, LABELS.index("fake")].numpy()
 
 
@@ -999,19 +1041,20 @@ def holdout_set(cfg: TrainConfig) -> LabelledArray:
     return d.data.subset(d.holdout_idx)
 
 
-def score_holdout(cfg: TrainConfig, checkpoint: str | Path) -> dict[str, Any]:
+def score_holdout(cfg: TrainConfig, checkpoint: str | Path, readout: str = "mean") -> dict[str, Any]:
     """A trained checkpoint's scores on ``cfg``'s held-out folders, as a ``holdout_only`` run reports
     them: the folders against the validation images of the other label, at temperature 1.
 
     For a checkpoint ``cfg`` did not train, such as an ensemble of fold checkpoints that share its
-    split: ``cfg`` gives the images and the split, the checkpoint its own preprocessing.
+    split: ``cfg`` gives the images and the split, the checkpoint its own preprocessing. ``readout``:
+    how the feature map becomes logits (``parse_readout``; the served one is "mean").
     """
     device = torch.device(resolve_device(cfg.device))
     hold = holdout_set(cfg)
     net, meta = load_checkpoint(checkpoint, device)
     return {
         "folders": cfg.holdout,
-        **binary_metrics(hold.labels, _fake_probability(net, hold, meta.preprocess, device, 1.0)),
+        **binary_metrics(hold.labels, _fake_probability(net, hold, meta.preprocess, device, 1.0, readout)),
     }
 
 

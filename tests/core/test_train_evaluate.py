@@ -165,6 +165,24 @@ def test_gray_reaches_its_share_and_costs_nothing_when_off() -> None:
         TrainConfig(data=["x"], out="y", gray_p=1.5)
 
 
+def test_the_top_positions_readout_is_the_served_one_at_share_one_and_above_it_below() -> None:
+    torch.manual_seed(0)
+    net = train_mod.create_model("vgg2_wide_stem").eval()
+    x = torch.rand(3, 3, 48, 48)
+    fake, real = train_mod.LABELS.index("fake"), train_mod.LABELS.index("real")
+    with torch.no_grad():
+        served = net(x)
+        every = train_mod.top_positions_logits(net, x, 1.0)
+        top = train_mod.top_positions_logits(net, x, 0.1)
+    served_diff = served[:, fake] - served[:, real]
+    torch.testing.assert_close(every[:, fake] - every[:, real], served_diff, atol=1e-4, rtol=1e-4)
+    assert bool(((top[:, fake] - top[:, real]) >= served_diff - 1e-5).all())
+    assert train_mod.parse_readout("mean") is None and train_mod.parse_readout("top0.1") == 0.1
+    for bad in ("top0", "top1.5", "max", "topx"):
+        with pytest.raises(ValueError, match="readout"):
+            train_mod.parse_readout(bad)
+
+
 def test_resampling_history_reaches_its_share_and_costs_nothing_when_off() -> None:
     # The dcgan64 tiles' history: bilinear to 64, a 2x box back to 32, then the JPEG round trip.
     rng = np.random.default_rng(0)

@@ -35,6 +35,7 @@ def test_each_arm_gets_its_own_folder() -> None:
         Arm(resample_p=0.3),
         Arm(robust_p=0.6),
         Arm(gray_p=0.5),
+        Arm(readout="top0.1"),
         Arm(members=("vgg3_wide_stem", "vgg3_wide_freq"), scratch=True),
     ]
     suffixes = [a.suffix() for a in arms]
@@ -126,6 +127,24 @@ def test_an_ensemble_fold_trains_its_members_then_scores_their_average(tmp_path:
     # A finished ensemble fold is read back, not combined again.
     (ens / "model.safetensors").unlink()
     assert run_fold("tiny", "b", ["gen-b/FAKE"], "model", out, arm) == metrics
+
+
+@pytest.mark.usefixtures("tiny_track")
+def test_a_readout_fold_reads_the_mean_arms_checkpoint_and_trains_nothing(tmp_path: Path) -> None:
+    out = tmp_path / "runs"
+    every = Arm(readout="top1")  # all positions: the served readout, through the positional path
+    metrics = run_fold("tiny", "b", ["gen-b/FAKE"], "model", out, every)
+    base = fold_dir(out, "tiny", "b", "model", Arm())
+    trained = json.loads((base / "config.json").read_text())["metrics"]["holdout"]
+    assert metrics["holdout"]["roc_auc"] == pytest.approx(trained["roc_auc"])
+    assert metrics["holdout"]["n"] == trained["n"]
+    folder = fold_dir(out, "tiny", "b", "model", every)
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json"]  # a record, no weights
+    assert json.loads((folder / "config.json").read_text())["checkpoint"] == str(base)
+    # Another share reads the same checkpoint: the mean arm is not trained again.
+    stamp = (base / "model.safetensors").stat().st_mtime_ns
+    top = run_fold("tiny", "b", ["gen-b/FAKE"], "model", out, Arm(readout="top0.1"))
+    assert (base / "model.safetensors").stat().st_mtime_ns == stamp and top["holdout"]["n"] == trained["n"]
 
 
 def test_a_product_arm_names_its_cross_fitted_content_baselines() -> None:
