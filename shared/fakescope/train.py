@@ -507,7 +507,7 @@ def top_positions_logits(model: Network, x: torch.Tensor, share: float) -> torch
     fake, real = LABELS.index("fake"), LABELS.index("real")
     diff = (maps[:, fake] - maps[:, real]).flatten(1)
     top = diff.topk(max(1, round(share * diff.shape[1])), dim=1).values.mean(1)
-    out = torch.zeros(len(top), len(LABELS))
+    out = top.new_zeros(len(top), len(LABELS))
     out[:, fake] = top
     return out
 
