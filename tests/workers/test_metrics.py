@@ -65,8 +65,17 @@ def test_counters_move_and_queues_drain(service_stack: ServiceStack) -> None:
     assert _value(after, "fakescope_failures_total", pool="classify", reason="not_an_image") - failed0 == 1
     assert _value(after, "fakescope_task_seconds_count", pool="classify") > 0
     assert _value(after, "fakescope_model_batch_seconds_count", pool="classify") > 0
-    # 201 images in chunks of 10 wait in the queue, then the queue drains.
-    assert max(depths) >= 1 and depths[-1] == 0, depths[:5] + depths[-5:]
+    # 201 images in chunks of 10 wait in the queue, then the queue drains. Drained is read after the
+    # job ends, not from the sampler's last reading: under the full suite on a busy machine CI once
+    # saw a second wave of messages mid-job and read 1 at the instant the job finished (at-least-once
+    # delivery makes a repeat a no-op), so the test asks that the queue empties, within 2 minutes.
+    assert max(depths) >= 1, depths
+    queue = st.svc.settings.queue_classify
+
+    def drained() -> bool:
+        return _value(_scrape(f"{st.api_url}/metrics"), "fakescope_queue_depth", queue=queue) == 0
+
+    wait_until(drained, 120, "the classify queue to drain")
     api = _scrape(f"{st.api_url}/metrics")
     assert _value(api, "fakescope_api_requests_total", route="/v1/jobs", method="POST", status="202") >= 1
     assert _value(api, "fakescope_api_request_seconds_count", route="/v1/jobs/{job_id}", method="GET") >= 1
