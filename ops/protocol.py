@@ -27,6 +27,10 @@ baseline*: the same recipe on images shrunk until no generator trace survives an
         --select-epoch calib_auc   # each fold keeps the epoch its own calibration split ranks best
     python -m ops.protocol --track full --kinds model --variant vgg2_wide_stem --from-scratch \
         --select-epoch calib_auc --budget-by-other-folds 8 16   # each fold's budget chosen by the other folds
+    python -m ops.protocol --track full --kinds model --variant vgg2_wide_stem --from-scratch --epochs 16 \
+        --gray-p 0.5   # half the training images, both labels, in grey
+    python -m ops.protocol --track full --kinds model --variant vgg2_wide_stem --from-scratch --epochs 16 \
+        --readout top0.1   # the same folds' checkpoints read by their top tenth of positions
 
 Folds resume where they stopped (each epoch is checkpointed) and finished folds are skipped, so the
 command can be stopped and run again. Folders that are related are held out together: for the
@@ -274,6 +278,8 @@ def run_fold(track: str, fold: str, held: list[str], kind: str, out_dir: Path, a
     done = "holdout_product" if arm.debias else "holdout"
     if config.exists() and done in json.loads(config.read_text()).get("metrics", {}):
         return json.loads(config.read_text())["metrics"]
+    if arm.readout != "mean":  # before the ensemble's branch: it reads an ensemble's combined checkpoint too
+        return _run_readout_fold(track, fold, held, kind, out_dir, arm)
     if arm.members:
         members = arm.member_arms()
         for member in members:
@@ -286,8 +292,6 @@ def run_fold(track: str, fold: str, held: list[str], kind: str, out_dir: Path, a
         return record["metrics"]
     if arm.debias:
         return _run_product_fold(track, fold, held, kind, out_dir, arm)
-    if arm.readout != "mean":
-        return _run_readout_fold(track, fold, held, kind, out_dir, arm)
     train(fold_config(track, fold, held, kind, out, arm))
     return json.loads(config.read_text())["metrics"]
 
@@ -560,6 +564,8 @@ def main() -> None:
         parse_readout(arm.readout)
     except ValueError as e:
         ap.error(str(e))
+    if arm.debias and arm.readout != "mean":
+        ap.error("--readout reads one network's checkpoint; a --debias fold's readout is the product: drop one")
     if arm.debias and (arm.members or args.kinds != ["model"]):
         ap.error("--debias trains the model against the content baseline: --kinds model, no --ensemble-of")
     if arm.members and (args.variant or args.init_seed is not None):

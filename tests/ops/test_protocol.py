@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -124,6 +125,9 @@ def test_an_ensemble_fold_trains_its_members_then_scores_their_average(tmp_path:
     # The scorer an ensemble fold uses gives a trained fold's own figures back from its checkpoint.
     again = score_holdout(fold_config("tiny", "b", ["gen-b/FAKE"], "model", a, arm.member_arms()[0]), a)
     assert again["roc_auc"] == pytest.approx(member["roc_auc"]) and again["n"] == member["n"]
+    # Another readout reads the combined checkpoint (at share 1, the served readout's figures).
+    read = run_fold("tiny", "b", ["gen-b/FAKE"], "model", out, dataclasses.replace(arm, readout="top1"))
+    assert read["holdout"]["roc_auc"] == pytest.approx(metrics["holdout"]["roc_auc"])
     # A finished ensemble fold is read back, not combined again.
     (ens / "model.safetensors").unlink()
     assert run_fold("tiny", "b", ["gen-b/FAKE"], "model", out, arm) == metrics

@@ -66,9 +66,9 @@ def test_counters_move_and_queues_drain(service_stack: ServiceStack) -> None:
     assert _value(after, "fakescope_task_seconds_count", pool="classify") > 0
     assert _value(after, "fakescope_model_batch_seconds_count", pool="classify") > 0
     # 201 images in chunks of 10 wait in the queue, then the queue drains. Drained is read after the
-    # job ends, not from the sampler's last reading: under the full suite on a busy machine CI once
-    # saw a second wave of messages mid-job and read 1 at the instant the job finished (at-least-once
-    # delivery makes a repeat a no-op), so the test asks that the queue empties, within 2 minutes.
+    # job ends, not from the sampler's last reading: under the full suite CI once saw a second wave
+    # of messages mid-job and read 1 at the instant the job finished, with every image answered, so
+    # the test asks that the queue empties, within 2 minutes.
     assert max(depths) >= 1, depths
     queue = st.svc.settings.queue_classify
 
