@@ -31,6 +31,8 @@ baseline*: the same recipe on images shrunk until no generator trace survives an
         --gray-p 0.5   # half the training images, both labels, in grey
     python -m ops.protocol --track full --kinds model --variant vgg2_wide_stem --from-scratch --epochs 16 \
         --readout top0.1   # the same folds' checkpoints read by their top tenth of positions
+    python -m ops.protocol --track full --kinds model --variant vgg2_wide_stem --from-scratch --epochs 16 \
+        --folder-balance 0.5   # training images drawn by folder size, a folder's share as its root
 
 Folds resume where they stopped (each epoch is checkpointed) and finished folds are skipped, so the
 command can be stopped and run again. Folders that are related are held out together: for the
@@ -153,6 +155,7 @@ class Arm:
     resample_p: float = 0.0  # 32x32: the dcgan64 tiles' resampling history on this share of both labels
     robust_p: float | None = None  # another share of degraded images (rescale, blur, JPEG) than the track's
     gray_p: float = 0.0  # the share of training images (both labels) seen in grey: colour is not evidence
+    folder_balance: float = 0.0  # training draws weighted n**-power by folder size (``TrainConfig``)
     # An ensemble arm: the equal-weight logit average of these arms' fold checkpoints, each member
     # ``VARIANT`` or ``VARIANT@SEED`` on this arm's other options (``fakescope ensemble``'s network).
     members: tuple[str, ...] = ()
@@ -185,6 +188,7 @@ class Arm:
             + (f"-resample{self.resample_p:g}" if self.resample_p else "")
             + (f"-robust{self.robust_p:g}" if self.robust_p is not None else "")
             + (f"-gray{self.gray_p:g}" if self.gray_p else "")
+            + (f"-bal{self.folder_balance:g}" if self.folder_balance else "")
             + (f"-init{self.init_seed}" if self.init_seed is not None else "")
             + (f"-xfit{self.cross_fit.replace('/', 'of')}" if self.cross_fit else "")
             + (f"-{'poe' if self.poe else 'prod'}{self.debias}" if self.debias else "")
@@ -223,6 +227,8 @@ class Arm:
             recipe["robust_p"] = self.robust_p
         if self.gray_p:
             recipe["gray_p"] = self.gray_p
+        if self.folder_balance:
+            recipe["folder_balance"] = self.folder_balance
         if self.init_seed is not None:
             recipe["init_seed"] = self.init_seed
         if self.cross_fit:
@@ -498,6 +504,13 @@ def main() -> None:
         help="the share of training images (both labels) seen in grey, so that colour is not a label",
     )
     ap.add_argument(
+        "--folder-balance",
+        type=float,
+        default=0.0,
+        metavar="POWER",
+        help="draw training images with weight n**-POWER, n their folder's (generator's, source's) images",
+    )
+    ap.add_argument(
         "--ensemble-of",
         nargs="+",
         default=[],
@@ -553,6 +566,7 @@ def main() -> None:
         resample_p=args.resample_p,
         robust_p=args.robust_p,
         gray_p=args.gray_p,
+        folder_balance=args.folder_balance,
         members=tuple(args.ensemble_of),
         debias=args.debias,
         bias_epochs=args.bias_epochs,

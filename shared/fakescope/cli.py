@@ -54,6 +54,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         robust_p=args.robust_p,
         noise_p=args.noise_p,
         gray_p=args.gray_p,
+        folder_balance=args.folder_balance,
         recon=args.recon,
         recon_p=args.recon_p,
         recon_scale=args.recon_scale,
@@ -484,6 +485,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--robust-p", type=float, default=0.15, help="share of images rescaled, blurred or re-JPEGed")
     p.add_argument("--noise-p", type=float, default=0.0, help="share of images given Gaussian noise (both labels)")
     p.add_argument("--gray-p", type=float, default=0.0, help="share of images seen in grey (both labels)")
+    p.add_argument(
+        "--folder-balance",
+        type=float,
+        default=0.0,
+        metavar="POWER",
+        help="draw each image with weight n**-POWER, n its folder's images (1: folders equal; 0: off)",
+    )
     p.add_argument("--recon", help="a reconstruction bank (ops/train_recon.py): aligned fakes made from training reals")
     p.add_argument("--recon-p", type=float, default=0.3, help="with --recon: share of each batch's fakes made so")
     p.add_argument("--recon-scale", type=float, default=1.0, help="with --recon: made at up to this enlargement")

@@ -100,6 +100,12 @@ class TrainConfig:
     # alone is a label there; in grey an image's only evidence is its texture and traces. Served
     # images keep their colour (0: off, and no random draw, so recipes without it reproduce as before).
     gray_p: float = 0.0
+    # Draw each training image with weight n ** -folder_balance, n the training images in its folder
+    # (a generator's for fakes, a source's for reals), each label keeping its share: multigen/full's
+    # folders run from 21 images to 943, and uniform draws teach mostly the largest one's trace.
+    # 1: every folder of a label drawn equally; 0.5: a folder's share goes as the root of its size
+    # (0: off, a fresh permutation each pass as before).
+    folder_balance: float = 0.0
     # The share of images shifted by up to 4 px with a black fill instead of a reflected one: a
     # re-framed upload has a border, and without it the detector reads any border as a fake's.
     border_p: float = 0.0
@@ -196,6 +202,8 @@ class TrainConfig:
             raise ValueError("scale_p shrinks crops: it needs crop")
         if not 0 <= self.gray_p <= 1:
             raise ValueError(f"gray_p is a share of the images, in [0, 1], got {self.gray_p}")
+        if not 0 <= self.folder_balance <= 1:
+            raise ValueError(f"folder_balance is a power in [0, 1], got {self.folder_balance}")
         if self.tiles and not self.crop:
             raise ValueError("tiles are windows beside the crops of full-size images: they need crop")
         if self.tiles and not 0 < self.tile_share < 1:
@@ -669,6 +677,18 @@ def _load_tiles(cfg: TrainConfig, seed: int) -> Tiles | None:
     return Tiles(torch.from_numpy(images), jpeg, torch.from_numpy(data.labels[keep]), as_windows)
 
 
+def folder_weights(names: list[str], labels: np.ndarray, power: float) -> np.ndarray:
+    """Each image's draw weight, ``n ** -power`` with ``n`` the images of its folder, scaled so each
+    label's weights sum to its count (``TrainConfig.folder_balance``)."""
+    folders = [n.rsplit("/", 1)[0] for n in names]
+    _, inverse, counts = np.unique(folders, return_inverse=True, return_counts=True)
+    weights = counts[inverse].astype(np.float64) ** -power
+    for label in np.unique(labels):
+        mask = labels == label
+        weights[mask] *= mask.sum() / weights[mask].sum()
+    return weights
+
+
 def held_out(names: list[str], folders: list[str]) -> np.ndarray:
     """A boolean mask of the images under any of ``folders``: a folder name (``began``) or a run of
     folders (``cifake_train_subset/FAKE``) anywhere in the image's path."""
@@ -842,6 +862,7 @@ class _Batches:
     recon: ReconBank | None = None
     resampled: torch.Tensor | None = None  # ``resampled_copies`` of the images, with ``resample_p``
     bias: torch.Tensor | None = None  # ``bias_from``'s log-probabilities on each image, with it
+    weights: torch.Tensor | None = None  # ``folder_weights`` of the images, with ``folder_balance``
     # The training reals' positions, the slots aligned fakes are drawn from (with ``recon``).
     reals: torch.Tensor = field(init=False)
 
@@ -867,7 +888,17 @@ class _Batches:
         bias = None
         if cfg.bias_from:
             bias = content_bias(cfg.bias_from, train_images, [d.data.names[i] for i in d.train_idx], device)
-        return cls(torch.from_numpy(train_images), jpeg, labels, tiles, mean, std, recon, resampled, bias)
+        weights = None
+        if cfg.folder_balance:
+            names = [d.data.names[i] for i in d.train_idx]
+            weights = torch.from_numpy(folder_weights(names, d.data.labels[d.train_idx], cfg.folder_balance))
+        return cls(torch.from_numpy(train_images), jpeg, labels, tiles, mean, std, recon, resampled, bias, weights)
+
+    def order(self, repeats: int) -> torch.Tensor:
+        """One epoch's image order: ``repeats`` permutations, or as many draws by ``weights``."""
+        if self.weights is None:
+            return torch.cat([torch.randperm(len(self.images)) for _ in range(repeats)])
+        return torch.multinomial(self.weights, len(self.images) * repeats, replacement=True)
 
     def batch(self, idx: torch.Tensor, cfg: TrainConfig, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         y = self.labels[idx]
@@ -896,7 +927,7 @@ def _train_epoch(
 ) -> dict[str, float]:
     """Step 4: one pass of ``steps`` batches; returns the epoch's record (loss, accuracy, speed)."""
     run.model.train()
-    perm = torch.cat([torch.randperm(len(batches.images)) for _ in range(cfg.repeats)])
+    perm = batches.order(cfg.repeats)
     t0, seen, loss_sum, correct = time.time(), 0, 0.0, 0
     bar = tqdm(range(steps), desc=f"epoch {run.epoch + 1}/{cfg.epochs}", unit="batch")
     for step in bar:

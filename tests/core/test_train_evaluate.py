@@ -165,6 +165,33 @@ def test_gray_reaches_its_share_and_costs_nothing_when_off() -> None:
         TrainConfig(data=["x"], out="y", gray_p=1.5)
 
 
+def test_folder_weights_even_out_folders_and_keep_each_labels_share() -> None:
+    names = [f"d/FAKE/big/{i}.png" for i in range(90)] + [f"d/FAKE/small/{i}.png" for i in range(10)]
+    names += [f"d/REAL/photos/{i}.png" for i in range(100)]
+    labels = np.asarray([1] * 100 + [0] * 100)
+    share = {}
+    for power in (0.0, 0.5, 1.0):
+        w = train_mod.folder_weights(names, labels, power)
+        assert w[labels == 1].sum() == pytest.approx(100) and w[labels == 0].sum() == pytest.approx(100)
+        share[power] = w[90:100].sum() / w[:100].sum()
+    # Uniform, the small folder is a tenth of the fakes' draws; equal folders, a half; the root, 1/(1+3).
+    assert share[0.0] == pytest.approx(0.1) and share[1.0] == pytest.approx(0.5)
+    assert share[0.5] == pytest.approx(1 / (1 + 3))
+    # An epoch's order draws by the weights; off, it is each image once a pass, as before.
+    images, ys = torch.zeros(200, 4, 4, 3, dtype=torch.uint8), torch.from_numpy(labels)
+    mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    plain = train_mod._Batches(images, None, ys, None, mean, std)
+    assert sorted(plain.order(2).tolist()) == sorted(list(range(200)) * 2)
+    torch.manual_seed(0)
+    weights = torch.from_numpy(train_mod.folder_weights(names, labels, 0.5))
+    drawn = train_mod._Batches(images, None, ys, None, mean, std, weights=weights).order(50)
+    fakes = drawn[drawn < 100]
+    assert len(drawn) == 10_000 and 0.45 < len(fakes) / len(drawn) < 0.55
+    assert 0.22 < float((fakes >= 90).float().mean()) < 0.28
+    with pytest.raises(ValueError, match="folder_balance"):
+        TrainConfig(data=["x"], out="y", folder_balance=2.0)
+
+
 def test_the_top_positions_readout_is_the_served_one_at_share_one_and_above_it_below() -> None:
     torch.manual_seed(0)
     net = train_mod.create_model("vgg2_wide_stem").eval()

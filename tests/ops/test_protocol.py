@@ -36,6 +36,7 @@ def test_each_arm_gets_its_own_folder() -> None:
         Arm(resample_p=0.3),
         Arm(robust_p=0.6),
         Arm(gray_p=0.5),
+        Arm(folder_balance=0.5),
         Arm(readout="top0.1"),
         Arm(members=("vgg3_wide_stem", "vgg3_wide_freq"), scratch=True),
     ]
@@ -59,6 +60,14 @@ def test_a_gray_arm_changes_only_the_share_of_grey_images() -> None:
     assert arm.recipe("full") == {**base.recipe("full"), "gray_p": 0.5}
     assert arm.suffix() == base.suffix() + "-gray0.5"
     assert fold_config("full", "diffusion", ["diffusion"], "model", Path("x"), arm).gray_p == 0.5
+
+
+def test_a_balanced_arm_changes_only_how_images_are_drawn() -> None:
+    arm = Arm(variant="vgg2_wide_stem", scratch=True, epochs=16, folder_balance=0.5)
+    base = Arm(variant="vgg2_wide_stem", scratch=True, epochs=16)
+    assert arm.recipe("full") == {**base.recipe("full"), "folder_balance": 0.5}
+    assert arm.suffix() == base.suffix() + "-bal0.5"
+    assert fold_config("full", "diffusion", ["diffusion"], "model", Path("x"), arm).folder_balance == 0.5
 
 
 def test_a_robust_arm_changes_only_the_share_of_degraded_images() -> None:
