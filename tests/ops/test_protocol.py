@@ -54,20 +54,21 @@ def test_the_small_track_matches_compression_history_unless_an_arm_turns_it_off(
     assert "match_jpeg" not in Arm().recipe("full")  # multigen/full is JPEG for both labels already
 
 
-def test_a_gray_arm_changes_only_the_share_of_grey_images() -> None:
-    arm = Arm(variant="vgg2_wide_stem", scratch=True, epochs=16, gray_p=0.5)
-    base = Arm(variant="vgg2_wide_stem", scratch=True, epochs=16)
-    assert arm.recipe("full") == {**base.recipe("full"), "gray_p": 0.5}
-    assert arm.suffix() == base.suffix() + "-gray0.5"
-    assert fold_config("full", "diffusion", ["diffusion"], "model", Path("x"), arm).gray_p == 0.5
+STEM16 = Arm(variant="vgg2_wide_stem", scratch=True, epochs=16)
 
 
-def test_a_balanced_arm_changes_only_how_images_are_drawn() -> None:
-    arm = Arm(variant="vgg2_wide_stem", scratch=True, epochs=16, folder_balance=0.5)
-    base = Arm(variant="vgg2_wide_stem", scratch=True, epochs=16)
-    assert arm.recipe("full") == {**base.recipe("full"), "folder_balance": 0.5}
-    assert arm.suffix() == base.suffix() + "-bal0.5"
-    assert fold_config("full", "diffusion", ["diffusion"], "model", Path("x"), arm).folder_balance == 0.5
+@pytest.mark.parametrize(
+    ("arm", "field", "suffix"),
+    [
+        (dataclasses.replace(STEM16, gray_p=0.5), "gray_p", "-gray0.5"),
+        (dataclasses.replace(STEM16, folder_balance=0.5), "folder_balance", "-bal0.5"),
+    ],
+    ids=["grey images", "draws by folder"],
+)
+def test_a_training_option_arm_changes_only_its_own_field(arm: Arm, field: str, suffix: str) -> None:
+    assert arm.recipe("full") == {**STEM16.recipe("full"), field: 0.5}
+    assert arm.suffix() == STEM16.suffix() + suffix
+    assert getattr(fold_config("full", "diffusion", ["diffusion"], "model", Path("x"), arm), field) == 0.5
 
 
 def test_a_robust_arm_changes_only_the_share_of_degraded_images() -> None:
