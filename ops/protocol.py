@@ -33,6 +33,8 @@ baseline*: the same recipe on images shrunk until no generator trace survives an
         --readout top0.1   # the same folds' checkpoints read by their top tenth of positions
     python -m ops.protocol --track full --kinds model --variant vgg2_wide_stem --from-scratch --epochs 16 \
         --folder-balance 0.5   # training images drawn by folder size, a folder's share as its root
+    python -m ops.protocol --track full --kinds model --variant vgg2_wide_stem --from-scratch --epochs 16 \
+        --group-dro 0.01   # the loss weighs most the training folders the model still gets wrong
 
 Folds resume where they stopped (each epoch is checkpointed) and finished folds are skipped, so the
 command can be stopped and run again. Folders that are related are held out together: for the
@@ -156,6 +158,7 @@ class Arm:
     robust_p: float | None = None  # another share of degraded images (rescale, blur, JPEG) than the track's
     gray_p: float = 0.0  # the share of training images (both labels) seen in grey: colour is not evidence
     folder_balance: float = 0.0  # training draws weighted n**-power by folder size (``TrainConfig``)
+    group_dro: float = 0.0  # online group DRO's step over the training folders (``TrainConfig``)
     # An ensemble arm: the equal-weight logit average of these arms' fold checkpoints, each member
     # ``VARIANT`` or ``VARIANT@SEED`` on this arm's other options (``fakescope ensemble``'s network).
     members: tuple[str, ...] = ()
@@ -189,6 +192,7 @@ class Arm:
             + (f"-robust{self.robust_p:g}" if self.robust_p is not None else "")
             + (f"-gray{self.gray_p:g}" if self.gray_p else "")
             + (f"-bal{self.folder_balance:g}" if self.folder_balance else "")
+            + (f"-dro{self.group_dro:g}" if self.group_dro else "")
             + (f"-init{self.init_seed}" if self.init_seed is not None else "")
             + (f"-xfit{self.cross_fit.replace('/', 'of')}" if self.cross_fit else "")
             + (f"-{'poe' if self.poe else 'prod'}{self.debias}" if self.debias else "")
@@ -229,6 +233,8 @@ class Arm:
             recipe["gray_p"] = self.gray_p
         if self.folder_balance:
             recipe["folder_balance"] = self.folder_balance
+        if self.group_dro:
+            recipe["group_dro"] = self.group_dro
         if self.init_seed is not None:
             recipe["init_seed"] = self.init_seed
         if self.cross_fit:
@@ -511,6 +517,13 @@ def main() -> None:
         help="draw training images with weight n**-POWER, n their folder's (generator's, source's) images",
     )
     ap.add_argument(
+        "--group-dro",
+        type=float,
+        default=0.0,
+        metavar="STEP",
+        help="online group DRO over the training folders (generators, sources), with this step",
+    )
+    ap.add_argument(
         "--ensemble-of",
         nargs="+",
         default=[],
@@ -567,6 +580,7 @@ def main() -> None:
         robust_p=args.robust_p,
         gray_p=args.gray_p,
         folder_balance=args.folder_balance,
+        group_dro=args.group_dro,
         members=tuple(args.ensemble_of),
         debias=args.debias,
         bias_epochs=args.bias_epochs,

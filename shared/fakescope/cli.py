@@ -55,6 +55,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         noise_p=args.noise_p,
         gray_p=args.gray_p,
         folder_balance=args.folder_balance,
+        group_dro=args.group_dro,
         recon=args.recon,
         recon_p=args.recon_p,
         recon_scale=args.recon_scale,
@@ -491,6 +492,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="POWER",
         help="draw each image with weight n**-POWER, n its folder's images (1: folders equal; 0: off)",
+    )
+    p.add_argument(
+        "--group-dro",
+        type=float,
+        default=0.0,
+        metavar="STEP",
+        help="online group DRO over the folders: a folder's loss weight grows as exp(STEP * its loss); 0: off",
     )
     p.add_argument("--recon", help="a reconstruction bank (ops/train_recon.py): aligned fakes made from training reals")
     p.add_argument("--recon-p", type=float, default=0.3, help="with --recon: share of each batch's fakes made so")

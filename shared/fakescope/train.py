@@ -106,6 +106,10 @@ class TrainConfig:
     # 1: every folder of a label drawn equally; 0.5: a folder's share goes as the root of its size
     # (0: off, a fresh permutation each pass as before).
     folder_balance: float = 0.0
+    # Online group DRO's step (``GroupDRO``): each training folder's weight in the loss grows with
+    # its loss, so the generators and sources the model still gets wrong weigh more than the largest
+    # one's trace (0: off, the plain mean loss as before).
+    group_dro: float = 0.0
     # The share of images shifted by up to 4 px with a black fill instead of a reflected one: a
     # re-framed upload has a border, and without it the detector reads any border as a fake's.
     border_p: float = 0.0
@@ -216,6 +220,10 @@ class TrainConfig:
             parse_cross_fit(self.cross_fit)
         if self.bias_from and (self.tiles or self.recon):
             raise ValueError("bias_from gives each training image its bias: tiles and recon change the batch's images")
+        if self.group_dro < 0:
+            raise ValueError(f"group_dro is a step, at least 0, got {self.group_dro}")
+        if self.group_dro and (self.tiles or self.recon or self.bias_from):
+            raise ValueError("group_dro weighs each training image by its folder: tiles, recon, bias_from change that")
         if self.select_epoch not in SELECT_EPOCH:
             raise ValueError(f"select_epoch must be one of {SELECT_EPOCH}, got {self.select_epoch!r}")
 
@@ -677,16 +685,83 @@ def _load_tiles(cfg: TrainConfig, seed: int) -> Tiles | None:
     return Tiles(torch.from_numpy(images), jpeg, torch.from_numpy(data.labels[keep]), as_windows)
 
 
+def folder_index(names: list[str]) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """The images' folders (a generator's for fakes, a source's for reals), each image's position in
+    them and each folder's number of images."""
+    folders, inverse, counts = np.unique([n.rsplit("/", 1)[0] for n in names], return_inverse=True, return_counts=True)
+    return [str(f) for f in folders], inverse, counts
+
+
 def folder_weights(names: list[str], labels: np.ndarray, power: float) -> np.ndarray:
     """Each image's draw weight, ``n ** -power`` with ``n`` the images of its folder, scaled so each
     label's weights sum to its count (``TrainConfig.folder_balance``)."""
-    folders = [n.rsplit("/", 1)[0] for n in names]
-    _, inverse, counts = np.unique(folders, return_inverse=True, return_counts=True)
+    _, inverse, counts = folder_index(names)
     weights = counts[inverse].astype(np.float64) ** -power
     for label in np.unique(labels):
         mask = labels == label
         weights[mask] *= mask.sum() / weights[mask].sum()
     return weights
+
+
+@dataclass
+class GroupDRO:
+    """Online group DRO (Sagawa et al. 2020, "Distributionally robust neural networks") over the
+    training folders (``TrainConfig.group_dro``): each folder's weight ``q`` grows as
+    ``exp(step * its mean loss)`` batch after batch, and the loss is each label's present folders'
+    mean losses weighted by ``q``, the label keeping its share of the batch. The folders the model
+    still gets wrong weigh more, and no folder is ever ignored."""
+
+    folders: list[str]
+    groups: torch.Tensor  # each training image's folder
+    folder_labels: torch.Tensor  # each folder's label (a folder holds one)
+    step: float
+    q: torch.Tensor  # the folders' weights; each label's sum to 1
+
+    @classmethod
+    def build(cls, names: list[str], labels: np.ndarray, step: float) -> GroupDRO:
+        folders, inverse, _ = folder_index(names)
+        folder_labels = np.full(len(folders), -1)
+        for g, label in zip(inverse, labels, strict=True):
+            if folder_labels[g] not in (-1, label):
+                raise ValueError(f"group DRO needs one label a folder; {folders[g]} holds both")
+            folder_labels[g] = label
+        q = torch.ones(len(folders), dtype=torch.float64)
+        dro = cls(folders, torch.from_numpy(inverse), torch.from_numpy(folder_labels), step, q)
+        dro.q = dro._per_label(q)
+        return dro
+
+    def _per_label(self, q: torch.Tensor) -> torch.Tensor:
+        """``q`` scaled so each label's folders' weights sum to 1."""
+        totals = torch.zeros(int(self.folder_labels.max()) + 1, dtype=q.dtype).index_add_(0, self.folder_labels, q)
+        return q / totals[self.folder_labels]
+
+    def loss(self, per_image: torch.Tensor, idx: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """The batch's robust loss from its images' losses (``idx`` their training positions), after
+        updating the weights with it."""
+        g = self.groups[idx].to(per_image.device)
+        n = len(self.folders)
+        counts = torch.zeros(n, device=per_image.device).index_add_(0, g, torch.ones_like(per_image))
+        sums = torch.zeros(n, device=per_image.device).index_add_(0, g, per_image)
+        present = counts > 0
+        mean = sums / counts.clamp(min=1)
+        with torch.no_grad():
+            step = torch.where(present.cpu(), self.step * mean.detach().double().cpu(), 0.0)
+            self.q = self._per_label(self.q * torch.exp(step))
+        q = self.q.to(per_image.device, per_image.dtype) * present
+        labels = self.folder_labels.to(per_image.device)
+        total = per_image.new_zeros(())
+        for label in torch.unique(y):
+            mine = labels == label
+            share = (y == label).float().mean()
+            total = total + share * (q[mine] * mean[mine]).sum() / q[mine].sum()
+        return total
+
+    def top(self, k: int = 3) -> str:
+        """The ``k`` heaviest folders relative to an even share, for the epoch's log line."""
+        even = self._per_label(torch.ones_like(self.q))
+        ratio = self.q / even
+        order = torch.argsort(ratio, descending=True)[:k]
+        return ", ".join(f"{self.folders[i]} x{float(ratio[i]):.2f}" for i in order)
 
 
 def held_out(names: list[str], folders: list[str]) -> np.ndarray:
@@ -787,6 +862,7 @@ class _Run:
     best_epoch: int = 0
     best_score: float = -math.inf
     best_weights: dict[str, torch.Tensor] | None = None
+    dro: GroupDRO | None = None  # with ``group_dro``: its folders' weights move with every batch
 
     @property
     def saved(self) -> DetectorNet:
@@ -805,6 +881,7 @@ class _Run:
             "rng": torch.get_rng_state(),
             "gen": self.gen.get_state(),
             "best": {"epoch": self.best_epoch, "score": self.best_score, "weights": self.best_weights},
+            "group_dro": self.dro.q if self.dro is not None else None,
         }
 
     def restore(self, state: dict[str, Any]) -> None:
@@ -820,6 +897,8 @@ class _Run:
         self.best_epoch = best.get("epoch", 0)
         self.best_score = best.get("score", -math.inf)
         self.best_weights = best.get("weights")
+        if self.dro is not None:
+            self.dro.q = state["group_dro"].cpu()
 
     def consider(self, epoch: int, score: float) -> None:
         """Keeps the saved weights as the chosen epoch's if they score better than the last choice."""
@@ -835,14 +914,21 @@ class _Run:
 
 
 def _start_run(
-    cfg: TrainConfig, model: DetectorNet, total_steps: int, seed: int, state_path: Path, device: torch.device
+    cfg: TrainConfig,
+    model: DetectorNet,
+    total_steps: int,
+    seed: int,
+    state_path: Path,
+    device: torch.device,
+    dro: GroupDRO | None = None,
 ) -> _Run:
-    """Step 3: optimiser and schedule, the EMA, and with ``resume`` the state of the last epoch."""
+    """Step 3: optimiser and schedule, the EMA, group DRO's weights, and with ``resume`` the state of
+    the last epoch."""
     opt, sched = _optimizer(model, cfg, total_steps)
     # The EMA is what gets evaluated and saved: a running average of the weights generalises better
     # than the last step's, and its BN statistics are averaged along with them.
     ema = copy.deepcopy(model) if cfg.recipe == "fast" and cfg.ema_decay > 0 else None
-    run = _Run(model, ema, opt, sched, torch.Generator().manual_seed(seed))
+    run = _Run(model, ema, opt, sched, torch.Generator().manual_seed(seed), dro=dro)
     if cfg.resume and state_path.exists():
         run.restore(torch.load(state_path, map_location=device, weights_only=False))
         logger.info("resumed from epoch %d", run.epoch)
@@ -936,7 +1022,10 @@ def _train_epoch(
         x, y = x.to(device, non_blocking=True), y.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             logits = run.model(x)
-        if batches.bias is None:
+        if run.dro is not None:
+            per_image = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing, reduction="none")
+            loss = run.dro.loss(per_image, idx, y)
+        elif batches.bias is None:
             loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         else:
             # The product of experts: the model's logits plus the bias's log-probabilities. Without
@@ -1129,7 +1218,11 @@ def train(cfg: TrainConfig) -> Path:
     preprocess = _preprocess(cfg, d.data.images[d.train_idx])
     model = _build_model(cfg, device)
     steps_per_epoch = math.ceil(len(d.train_idx) * cfg.repeats / cfg.batch_size)
-    run = _start_run(cfg, model, steps_per_epoch * cfg.epochs, init_seed, out / STATE_FILE, device)
+    dro = None
+    if cfg.group_dro:
+        names = [d.data.names[i] for i in d.train_idx]
+        dro = GroupDRO.build(names, d.data.labels[d.train_idx], cfg.group_dro)
+    run = _start_run(cfg, model, steps_per_epoch * cfg.epochs, init_seed, out / STATE_FILE, device, dro)
     bf16 = use_bf16(cfg.amp, device)
     batches = _Batches.build(cfg, d, preprocess, init_seed, device)
     calib = d.data.subset(d.split.calib)
@@ -1147,6 +1240,8 @@ def train(cfg: TrainConfig) -> Path:
         run.history.append(rec)
         run.epoch += 1
         _report_epoch(rec)
+        if run.dro is not None:
+            logger.info("group DRO's heaviest folders: %s", run.dro.top())
         save_checkpoint(out, run.saved, _meta(cfg, run, d, preprocess, {}))
         torch.save(run.state(), out / STATE_FILE)
 

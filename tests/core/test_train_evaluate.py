@@ -17,7 +17,7 @@ from fakescope.data import as_jpeg
 from fakescope.detector import Detector
 from fakescope.evaluate import fgsm_images, format_table, load_eval_data, robustness
 from fakescope.train import TrainConfig, train
-from tests.core.conftest import write_cifake
+from tests.core.conftest import synth_image, write_cifake
 
 
 def _cfg(data: Path, out: Path, **kw: Any) -> TrainConfig:
@@ -569,3 +569,63 @@ def test_select_epoch_survives_a_resume(synth_cifake: Path, tmp_path: Path, monk
         torch.testing.assert_close(wa[k], wb[k], atol=1e-5, rtol=1e-4)
     with pytest.raises(ValueError, match="select_epoch"):
         _cfg(synth_cifake, tmp_path / "x", select_epoch="best")
+
+
+def _dro(step: float) -> tuple[train_mod.GroupDRO, np.ndarray]:
+    names = [f"d/FAKE/big/{i}.png" for i in range(60)] + [f"d/FAKE/small/{i}.png" for i in range(20)]
+    names += [f"d/REAL/a/{i}.png" for i in range(40)] + [f"d/REAL/b/{i}.png" for i in range(40)]
+    labels = np.asarray([1] * 80 + [0] * 80)
+    return train_mod.GroupDRO.build(names, labels, step), labels
+
+
+def test_group_dro_weighs_the_folders_the_model_gets_wrong_and_keeps_each_labels_share() -> None:
+    dro, labels = _dro(0.0)
+    assert dro.folders == ["d/FAKE/big", "d/FAKE/small", "d/REAL/a", "d/REAL/b"]
+    torch.testing.assert_close(dro.q, torch.tensor([0.5, 0.5, 0.5, 0.5], dtype=torch.float64))
+    # At even weights, with every folder equally present, it is the plain mean loss.
+    idx = torch.tensor([0, 1, 60, 61, 80, 81, 120, 121])
+    y = torch.from_numpy(labels[idx.numpy()])
+    logits = torch.randn(8, 2, generator=torch.Generator().manual_seed(0))
+    per_image = F.cross_entropy(logits, y, reduction="none")
+    torch.testing.assert_close(dro.loss(per_image, idx, y), per_image.mean())
+
+    dro, _ = _dro(0.5)
+    idx = torch.tensor([0, 60, 80, 120])
+    y = torch.from_numpy(labels[idx.numpy()])
+    per_image = torch.tensor([0.1, 2.0, 0.3, 0.3], requires_grad=True)  # the small fake folder is hard
+    for _ in range(10):
+        loss = dro.loss(per_image, idx, y)
+    assert float(dro.q[1]) > 0.9 and float(dro.q[0]) < 0.1
+    torch.testing.assert_close(dro.q[:2].sum(), torch.tensor(1.0, dtype=torch.float64))
+    torch.testing.assert_close(dro.q[2:], torch.tensor([0.5, 0.5], dtype=torch.float64))
+    # The gradient follows the weights: the hard folder's image carries nearly all of its label's half.
+    (grad,) = torch.autograd.grad(loss, per_image)
+    assert float(grad[1]) > 0.45 and float(grad[0]) < 0.05
+    torch.testing.assert_close(grad[2:], torch.tensor([0.25, 0.25]))
+    assert dro.top(1) == "d/FAKE/small x2.00"
+
+    mixed = ["d/x/0.png", "d/x/1.png"]
+    with pytest.raises(ValueError, match="holds both"):
+        train_mod.GroupDRO.build(mixed, np.asarray([0, 1]), 0.01)
+    with pytest.raises(ValueError, match="group_dro"):
+        TrainConfig(data=["x"], out="y", group_dro=-1.0)
+    with pytest.raises(ValueError, match="group_dro"):
+        TrainConfig(data=["x"], out="y", group_dro=0.01, recon="bank")
+
+
+def test_group_dro_weights_survive_a_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two sources, so each label has two folders; a large step moves the weights far within an epoch,
+    # and a resume that started them even again would train other weights.
+    monkeypatch.setenv("FAKESCOPE_CACHE_DIR", str(tmp_path / "cache"))
+    roots = [str(write_cifake(tmp_path / name, 30)) for name in ("one", "two")]
+    for i in range(30):  # the second source's fakes carry no trace: that folder stays hard
+        Image.fromarray(synth_image("real", seed=5_000 + i)).save(tmp_path / "two" / "FAKE" / f"{i}.png")
+    cfg = dataclasses.replace(_cfg(tmp_path, tmp_path / "full"), data=roots, group_dro=5.0)
+    full = train(cfg)
+    train(dataclasses.replace(cfg, out=str(tmp_path / "part"), stop_after=1))
+    state = torch.load(tmp_path / "part" / train_mod.STATE_FILE, weights_only=False)
+    assert state["group_dro"].shape == (4,) and float(state["group_dro"].max()) > 0.55
+    resumed = train(dataclasses.replace(cfg, out=str(tmp_path / "part"), resume=True))
+    a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
