@@ -54,6 +54,7 @@ from typing import Any
 
 from fakescope.checkpoint import combine_checkpoints
 from fakescope.train import (
+    GROUP_DRO_STARTS,
     SELECT_EPOCH,
     TrainConfig,
     parse_readout,
@@ -159,6 +160,7 @@ class Arm:
     gray_p: float = 0.0  # the share of training images (both labels) seen in grey: colour is not evidence
     folder_balance: float = 0.0  # training draws weighted n**-power by folder size (``TrainConfig``)
     group_dro: float = 0.0  # online group DRO's step over the training folders (``TrainConfig``)
+    group_dro_start: str = "even"  # where its weights start: "even" or by the folders' "sizes"
     # An ensemble arm: the equal-weight logit average of these arms' fold checkpoints, each member
     # ``VARIANT`` or ``VARIANT@SEED`` on this arm's other options (``fakescope ensemble``'s network).
     members: tuple[str, ...] = ()
@@ -193,6 +195,7 @@ class Arm:
             + (f"-gray{self.gray_p:g}" if self.gray_p else "")
             + (f"-bal{self.folder_balance:g}" if self.folder_balance else "")
             + (f"-dro{self.group_dro:g}" if self.group_dro else "")
+            + (f"-{self.group_dro_start}" if self.group_dro and self.group_dro_start != "even" else "")
             + (f"-init{self.init_seed}" if self.init_seed is not None else "")
             + (f"-xfit{self.cross_fit.replace('/', 'of')}" if self.cross_fit else "")
             + (f"-{'poe' if self.poe else 'prod'}{self.debias}" if self.debias else "")
@@ -235,6 +238,8 @@ class Arm:
             recipe["folder_balance"] = self.folder_balance
         if self.group_dro:
             recipe["group_dro"] = self.group_dro
+            if self.group_dro_start != "even":
+                recipe["group_dro_start"] = self.group_dro_start
         if self.init_seed is not None:
             recipe["init_seed"] = self.init_seed
         if self.cross_fit:
@@ -524,6 +529,12 @@ def main() -> None:
         help="online group DRO over the training folders (generators, sources), with this step",
     )
     ap.add_argument(
+        "--group-dro-start",
+        choices=GROUP_DRO_STARTS,
+        default="even",
+        help="group DRO's first weights: each label's folders even, or by their sizes (the plain mean loss)",
+    )
+    ap.add_argument(
         "--ensemble-of",
         nargs="+",
         default=[],
@@ -581,6 +592,7 @@ def main() -> None:
         gray_p=args.gray_p,
         folder_balance=args.folder_balance,
         group_dro=args.group_dro,
+        group_dro_start=args.group_dro_start,
         members=tuple(args.ensemble_of),
         debias=args.debias,
         bias_epochs=args.bias_epochs,

@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "train_state.pt"
 RECIPES = ("fast", "paper")
 SELECT_EPOCH = ("last", "calib_auc")
+GROUP_DRO_STARTS = ("even", "sizes")
 
 
 @dataclass
@@ -110,6 +111,9 @@ class TrainConfig:
     # its loss, so the generators and sources the model still gets wrong weigh more than the largest
     # one's trace (0: off, the plain mean loss as before).
     group_dro: float = 0.0
+    # Where group DRO's weights start: "even" (every folder of a label weighed equally, Sagawa et
+    # al.'s start) or "sizes" (in proportion to the folders' images: the plain mean loss at step 0).
+    group_dro_start: str = "even"
     # The share of images shifted by up to 4 px with a black fill instead of a reflected one: a
     # re-framed upload has a border, and without it the detector reads any border as a fake's.
     border_p: float = 0.0
@@ -222,6 +226,8 @@ class TrainConfig:
             raise ValueError("bias_from gives each training image its bias: tiles and recon change the batch's images")
         if self.group_dro < 0:
             raise ValueError(f"group_dro is a step, at least 0, got {self.group_dro}")
+        if self.group_dro_start not in GROUP_DRO_STARTS:
+            raise ValueError(f"group_dro_start must be one of {GROUP_DRO_STARTS}, got {self.group_dro_start!r}")
         if self.group_dro and (self.tiles or self.recon or self.bias_from):
             raise ValueError("group_dro weighs each training image by its folder: tiles, recon, bias_from change that")
         if self.select_epoch not in SELECT_EPOCH:
@@ -716,18 +722,20 @@ class GroupDRO:
     folder_labels: torch.Tensor  # each folder's label (a folder holds one)
     step: float
     q: torch.Tensor  # the folders' weights; each label's sum to 1
+    start: torch.Tensor  # where they started
 
     @classmethod
-    def build(cls, names: list[str], labels: np.ndarray, step: float) -> GroupDRO:
-        folders, inverse, _ = folder_index(names)
+    def build(cls, names: list[str], labels: np.ndarray, step: float, start: str = "even") -> GroupDRO:
+        """``start``: "even" weights or in proportion to the folders' images (``GROUP_DRO_STARTS``)."""
+        folders, inverse, counts = folder_index(names)
         folder_labels = np.full(len(folders), -1)
         for g, label in zip(inverse, labels, strict=True):
             if folder_labels[g] not in (-1, label):
                 raise ValueError(f"group DRO needs one label a folder; {folders[g]} holds both")
             folder_labels[g] = label
-        q = torch.ones(len(folders), dtype=torch.float64)
-        dro = cls(folders, torch.from_numpy(inverse), torch.from_numpy(folder_labels), step, q)
-        dro.q = dro._per_label(q)
+        q = torch.from_numpy((counts if start == "sizes" else np.ones_like(counts)).astype(np.float64))
+        dro = cls(folders, torch.from_numpy(inverse), torch.from_numpy(folder_labels), step, q, q)
+        dro.q = dro.start = dro._per_label(q)
         return dro
 
     def _per_label(self, q: torch.Tensor) -> torch.Tensor:
@@ -757,9 +765,8 @@ class GroupDRO:
         return total
 
     def top(self, k: int = 3) -> str:
-        """The ``k`` heaviest folders relative to an even share, for the epoch's log line."""
-        even = self._per_label(torch.ones_like(self.q))
-        ratio = self.q / even
+        """The ``k`` folders most weighed up since the start, for the epoch's log line."""
+        ratio = self.q / self.start
         order = torch.argsort(ratio, descending=True)[:k]
         return ", ".join(f"{self.folders[i]} x{float(ratio[i]):.2f}" for i in order)
 
@@ -1221,7 +1228,7 @@ def train(cfg: TrainConfig) -> Path:
     dro = None
     if cfg.group_dro:
         names = [d.data.names[i] for i in d.train_idx]
-        dro = GroupDRO.build(names, d.data.labels[d.train_idx], cfg.group_dro)
+        dro = GroupDRO.build(names, d.data.labels[d.train_idx], cfg.group_dro, cfg.group_dro_start)
     run = _start_run(cfg, model, steps_per_epoch * cfg.epochs, init_seed, out / STATE_FILE, device, dro)
     bf16 = use_bf16(cfg.amp, device)
     batches = _Batches.build(cfg, d, preprocess, init_seed, device)

@@ -571,11 +571,14 @@ def test_select_epoch_survives_a_resume(synth_cifake: Path, tmp_path: Path, monk
         _cfg(synth_cifake, tmp_path / "x", select_epoch="best")
 
 
-def _dro(step: float) -> tuple[train_mod.GroupDRO, np.ndarray]:
+def _names() -> list[str]:
     names = [f"d/FAKE/big/{i}.png" for i in range(60)] + [f"d/FAKE/small/{i}.png" for i in range(20)]
-    names += [f"d/REAL/a/{i}.png" for i in range(40)] + [f"d/REAL/b/{i}.png" for i in range(40)]
+    return names + [f"d/REAL/a/{i}.png" for i in range(40)] + [f"d/REAL/b/{i}.png" for i in range(40)]
+
+
+def _dro(step: float) -> tuple[train_mod.GroupDRO, np.ndarray]:
     labels = np.asarray([1] * 80 + [0] * 80)
-    return train_mod.GroupDRO.build(names, labels, step), labels
+    return train_mod.GroupDRO.build(_names(), labels, step), labels
 
 
 def test_group_dro_weighs_the_folders_the_model_gets_wrong_and_keeps_each_labels_share() -> None:
@@ -604,6 +607,15 @@ def test_group_dro_weighs_the_folders_the_model_gets_wrong_and_keeps_each_labels
     torch.testing.assert_close(grad[2:], torch.tensor([0.25, 0.25]))
     assert dro.top(1) == "d/FAKE/small x2.00"
 
+    # Started from the folders' sizes, its weights are each folder's share of its label's images,
+    # so at step 0 a batch drawn in those shares gets the plain mean loss.
+    sized = train_mod.GroupDRO.build(_names(), labels, 0.0, start="sizes")
+    torch.testing.assert_close(sized.q, torch.tensor([0.75, 0.25, 0.5, 0.5], dtype=torch.float64))
+    idx = torch.tensor([0, 1, 2, 60, 80, 120])
+    y = torch.from_numpy(labels[idx.numpy()])
+    per_image = torch.tensor([0.1, 0.2, 0.3, 0.9, 0.4, 0.6])
+    torch.testing.assert_close(sized.loss(per_image, idx, y), per_image.mean())
+
     mixed = ["d/x/0.png", "d/x/1.png"]
     with pytest.raises(ValueError, match="holds both"):
         train_mod.GroupDRO.build(mixed, np.asarray([0, 1]), 0.01)
@@ -611,6 +623,8 @@ def test_group_dro_weighs_the_folders_the_model_gets_wrong_and_keeps_each_labels
         TrainConfig(data=["x"], out="y", group_dro=-1.0)
     with pytest.raises(ValueError, match="group_dro"):
         TrainConfig(data=["x"], out="y", group_dro=0.01, recon="bank")
+    with pytest.raises(ValueError, match="group_dro_start"):
+        TrainConfig(data=["x"], out="y", group_dro=0.01, group_dro_start="uniform")
 
 
 def test_group_dro_weights_survive_a_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

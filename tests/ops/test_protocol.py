@@ -38,12 +38,16 @@ def test_each_arm_gets_its_own_folder() -> None:
         Arm(gray_p=0.5),
         Arm(folder_balance=0.5),
         Arm(group_dro=0.01),
+        Arm(group_dro=0.01, group_dro_start="sizes"),
         Arm(readout="top0.1"),
         Arm(members=("vgg3_wide_stem", "vgg3_wide_freq"), scratch=True),
     ]
     suffixes = [a.suffix() for a in arms]
     assert len(set(suffixes)) == len(arms)
     assert suffixes[2] == "-vgg3_wide_freq-scratch" and suffixes[5] == "-recon0.3x4"
+    sized = Arm(group_dro=0.01, group_dro_start="sizes")
+    assert sized.suffix() == "-dro0.01-sizes" and sized.recipe("full")["group_dro_start"] == "sizes"
+    assert "group_dro_start" not in Arm(group_dro=0.01).recipe("full")
 
 
 def test_the_small_track_matches_compression_history_unless_an_arm_turns_it_off() -> None:
