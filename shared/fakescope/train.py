@@ -905,6 +905,8 @@ class _Run:
         self.best_score = best.get("score", -math.inf)
         self.best_weights = best.get("weights")
         if self.dro is not None:
+            if state.get("group_dro") is None:
+                raise ValueError("the run being resumed trained without group DRO: resume it as it started")
             self.dro.q = state["group_dro"].cpu()
 
     def consider(self, epoch: int, score: float) -> None:
