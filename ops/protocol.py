@@ -35,6 +35,8 @@ baseline*: the same recipe on images shrunk until no generator trace survives an
         --folder-balance 0.5   # training images drawn by folder size, a folder's share as its root
     python -m ops.protocol --track full --kinds model --variant vgg2_wide_stem --from-scratch --epochs 16 \
         --group-dro 0.01   # the loss weighs most the training folders the model still gets wrong
+    python -m ops.protocol --track full --kinds model --variant vgg2_wide_stem --from-scratch --epochs 16 \
+        --freq-mask-p 0.5   # half the training images with 15% of their Fourier coefficients zeroed
 
 Folds resume where they stopped (each epoch is checkpointed) and finished folds are skipped, so the
 command can be stopped and run again. Folders that are related are held out together: for the
@@ -158,6 +160,7 @@ class Arm:
     resample_p: float = 0.0  # 32x32: the dcgan64 tiles' resampling history on this share of both labels
     robust_p: float | None = None  # another share of degraded images (rescale, blur, JPEG) than the track's
     gray_p: float = 0.0  # the share of training images (both labels) seen in grey: colour is not evidence
+    freq_mask_p: float = 0.0  # the share of training images (both labels) frequency-masked (``TrainConfig``)
     folder_balance: float = 0.0  # training draws weighted n**-power by folder size (``TrainConfig``)
     group_dro: float = 0.0  # online group DRO's step over the training folders (``TrainConfig``)
     group_dro_start: str = "even"  # where its weights start: "even" or by the folders' "sizes"
@@ -193,6 +196,7 @@ class Arm:
             + (f"-resample{self.resample_p:g}" if self.resample_p else "")
             + (f"-robust{self.robust_p:g}" if self.robust_p is not None else "")
             + (f"-gray{self.gray_p:g}" if self.gray_p else "")
+            + (f"-fmask{self.freq_mask_p:g}" if self.freq_mask_p else "")
             + (f"-bal{self.folder_balance:g}" if self.folder_balance else "")
             + (f"-dro{self.group_dro:g}" if self.group_dro else "")
             + (f"-{self.group_dro_start}" if self.group_dro and self.group_dro_start != "even" else "")
@@ -234,6 +238,8 @@ class Arm:
             recipe["robust_p"] = self.robust_p
         if self.gray_p:
             recipe["gray_p"] = self.gray_p
+        if self.freq_mask_p:
+            recipe["freq_mask_p"] = self.freq_mask_p
         if self.folder_balance:
             recipe["folder_balance"] = self.folder_balance
         if self.group_dro:
@@ -515,6 +521,12 @@ def main() -> None:
         help="the share of training images (both labels) seen in grey, so that colour is not a label",
     )
     ap.add_argument(
+        "--freq-mask-p",
+        type=float,
+        default=0.0,
+        help="the share of training images (both labels) with 15%% of their Fourier coefficients zeroed",
+    )
+    ap.add_argument(
         "--folder-balance",
         type=float,
         default=0.0,
@@ -590,6 +602,7 @@ def main() -> None:
         resample_p=args.resample_p,
         robust_p=args.robust_p,
         gray_p=args.gray_p,
+        freq_mask_p=args.freq_mask_p,
         folder_balance=args.folder_balance,
         group_dro=args.group_dro,
         group_dro_start=args.group_dro_start,

@@ -54,6 +54,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         robust_p=args.robust_p,
         noise_p=args.noise_p,
         gray_p=args.gray_p,
+        freq_mask_p=args.freq_mask_p,
+        freq_mask_ratio=args.freq_mask_ratio,
         folder_balance=args.folder_balance,
         group_dro=args.group_dro,
         group_dro_start=args.group_dro_start,
@@ -487,6 +489,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--robust-p", type=float, default=0.15, help="share of images rescaled, blurred or re-JPEGed")
     p.add_argument("--noise-p", type=float, default=0.0, help="share of images given Gaussian noise (both labels)")
     p.add_argument("--gray-p", type=float, default=0.0, help="share of images seen in grey (both labels)")
+    p.add_argument(
+        "--freq-mask-p",
+        type=float,
+        default=0.0,
+        help="share of images (both labels) with random Fourier coefficients zeroed (frequency masking)",
+    )
+    p.add_argument(
+        "--freq-mask-ratio", type=float, default=0.15, help="with --freq-mask-p: share of coefficients zeroed"
+    )
     p.add_argument(
         "--folder-balance",
         type=float,

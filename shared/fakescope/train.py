@@ -101,6 +101,13 @@ class TrainConfig:
     # alone is a label there; in grey an image's only evidence is its texture and traces. Served
     # images keep their colour (0: off, and no random draw, so recipes without it reproduce as before).
     gray_p: float = 0.0
+    # Frequency masking (Doloriel and Cheung, ICASSP 2024): the share of images (both labels) with a
+    # random ``freq_mask_ratio`` of their 2-D Fourier coefficients zeroed, the same bins in every
+    # channel, after any other degradation: a model kept from leaning on one set of frequencies may
+    # carry better to generators whose traces sit in others. Never at scoring (0: off, and no random
+    # draw, so recipes without it reproduce as before).
+    freq_mask_p: float = 0.0
+    freq_mask_ratio: float = 0.15
     # Draw each training image with weight n ** -folder_balance, n the training images in its folder
     # (a generator's for fakes, a source's for reals), each label keeping its share: multigen/full's
     # folders run from 21 images to 943, and uniform draws teach mostly the largest one's trace.
@@ -210,6 +217,10 @@ class TrainConfig:
             raise ValueError("scale_p shrinks crops: it needs crop")
         if not 0 <= self.gray_p <= 1:
             raise ValueError(f"gray_p is a share of the images, in [0, 1], got {self.gray_p}")
+        if not 0 <= self.freq_mask_p <= 1:
+            raise ValueError(f"freq_mask_p is a share of the images, in [0, 1], got {self.freq_mask_p}")
+        if not 0 < self.freq_mask_ratio < 1:
+            raise ValueError(f"freq_mask_ratio is a share of the coefficients, in (0, 1), got {self.freq_mask_ratio}")
         if not 0 <= self.folder_balance <= 1:
             raise ValueError(f"folder_balance is a power in [0, 1], got {self.folder_balance}")
         if self.tiles and not self.crop:
@@ -342,6 +353,31 @@ def to_gray(x: torch.Tensor, p: float, gen: torch.Generator) -> torch.Tensor:
     luma = torch.tensor(LUMA, dtype=x.dtype).view(1, 3, 1, 1)
     x = x.clone()
     x[sel] = (x[sel] * luma).sum(1, keepdim=True).expand(-1, 3, -1, -1)
+    return x
+
+
+def frequency_mask(x: torch.Tensor, p: float, ratio: float, gen: torch.Generator) -> torch.Tensor:
+    """A ``p`` share of a ``(B, C, H, W)`` batch in [0, 1] with a random ``ratio`` of each picked image's
+    2-D Fourier coefficients zeroed (the same bins in every channel) and the real part taken back.
+
+    The DC coefficient (the image's mean) is never zeroed: without it half the pixels would clip
+    at black, where the paper's 8-bit cast wraps them around. The real part of an unpaired zero
+    halves that frequency's amplitude (and its conjugate twin's) instead of removing it.
+    """
+    b, _, h, w = x.shape
+    sel = torch.rand(b, generator=gen) < p
+    if not bool(sel.any()):
+        return x
+    n = int(sel.sum())
+    # Each picked image's bins ranked by a random key: the lowest ``ratio`` share are zeroed.
+    keys = torch.rand(n, h * w, generator=gen)
+    keys[:, 0] = 2.0  # above every draw: DC is never among the zeroed
+    cut = math.ceil(ratio * h * w)
+    keep = torch.ones(n, h * w, dtype=torch.bool)
+    keep.scatter_(1, keys.argsort(dim=1)[:, :cut], False)
+    spectrum = torch.fft.fft2(x[sel].float()) * keep.view(n, 1, h, w)
+    x = x.clone()
+    x[sel] = torch.fft.ifft2(spectrum).real.clamp_(0, 1).to(x.dtype)
     return x
 
 
@@ -491,6 +527,8 @@ def train_batch(
         x = add_noise(x, cfg.noise_p, gen)
     if cfg.recipe == "fast" and cfg.gray_p > 0:
         x = to_gray(x, cfg.gray_p, gen)
+    if cfg.recipe == "fast" and cfg.freq_mask_p > 0:
+        x = frequency_mask(x, cfg.freq_mask_p, cfg.freq_mask_ratio, gen)
     flip = torch.rand(len(idx), 1, 1, 1, generator=gen) < 0.5
     x = torch.where(flip, x.flip(-1), x)
     if cfg.recipe == "fast":

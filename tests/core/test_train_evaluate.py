@@ -165,6 +165,41 @@ def test_gray_reaches_its_share_and_costs_nothing_when_off() -> None:
         TrainConfig(data=["x"], out="y", gray_p=1.5)
 
 
+def test_frequency_masking_zeroes_its_share_of_coefficients_and_costs_nothing_when_off() -> None:
+    rng = np.random.default_rng(0)
+    images = torch.from_numpy(rng.integers(0, 256, (200, 32, 32, 3), dtype=np.uint8))
+    mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
+    idx = torch.arange(200)
+    cfg = TrainConfig(data=["x"], out="y", robust_p=0.0, translate=0, border_p=0.0)
+
+    def batch(c: TrainConfig) -> torch.Tensor:
+        return train_mod.train_batch(images, None, idx, mean, std, c, torch.Generator().manual_seed(0))
+
+    # Off, it draws nothing: the batch is the one a run before the option got (so --resume holds).
+    torch.testing.assert_close(batch(dataclasses.replace(cfg, freq_mask_p=0.0)), batch(cfg))
+    half = batch(dataclasses.replace(cfg, freq_mask_p=0.5))
+    plain = images.permute(0, 3, 1, 2).float() / 255
+    # Each image is its source, or its flip, unless masked (the mask draw moves the flips' stream).
+    same = torch.minimum((half - plain).abs().flatten(1).amax(1), (half - plain.flip(-1)).abs().flatten(1).amax(1))
+    masked = same > 1e-4
+    assert 0.35 < float(masked.float().mean()) < 0.65
+
+    # On the function itself: a masked image's spectrum has at least the ratio of its bins changed,
+    # the same bins in every channel, and an unmasked one is untouched.
+    x = torch.rand(64, 3, 32, 32, generator=torch.Generator().manual_seed(1)) * 0.2 + 0.4  # far from clipping
+    y = train_mod.frequency_mask(x, 1.0, 0.15, torch.Generator().manual_seed(2))
+    moved = (torch.fft.fft2(y) - torch.fft.fft2(x)).abs() > 1e-3
+    share = moved.flatten(2).float().mean(2)  # (images, channels)
+    assert float(share.min()) >= 0.15 - 1e-6 and float(share.max()) <= 0.3 + 1e-6  # a zeroed bin's twin halves
+    assert bool((moved == moved[:, :1]).all()) and not bool(moved[..., 0, 0].any())  # DC kept
+    assert float(y.min()) >= 0 and float(y.max()) <= 1
+    torch.testing.assert_close(train_mod.frequency_mask(x, 0.0, 0.15, torch.Generator()), x)
+    with pytest.raises(ValueError, match="freq_mask_p"):
+        TrainConfig(data=["x"], out="y", freq_mask_p=-0.1)
+    with pytest.raises(ValueError, match="freq_mask_ratio"):
+        TrainConfig(data=["x"], out="y", freq_mask_p=0.5, freq_mask_ratio=1.0)
+
+
 def test_folder_weights_even_out_folders_and_keep_each_labels_share() -> None:
     names = [f"d/FAKE/big/{i}.png" for i in range(90)] + [f"d/FAKE/small/{i}.png" for i in range(10)]
     names += [f"d/REAL/photos/{i}.png" for i in range(100)]

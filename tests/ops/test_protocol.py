@@ -36,6 +36,7 @@ def test_each_arm_gets_its_own_folder() -> None:
         Arm(resample_p=0.3),
         Arm(robust_p=0.6),
         Arm(gray_p=0.5),
+        Arm(freq_mask_p=0.5),
         Arm(folder_balance=0.5),
         Arm(group_dro=0.01),
         Arm(group_dro=0.01, group_dro_start="sizes"),
@@ -66,10 +67,11 @@ STEM16 = Arm(variant="vgg2_wide_stem", scratch=True, epochs=16)
     ("arm", "field", "suffix"),
     [
         (dataclasses.replace(STEM16, gray_p=0.5), "gray_p", "-gray0.5"),
+        (dataclasses.replace(STEM16, freq_mask_p=0.5), "freq_mask_p", "-fmask0.5"),
         (dataclasses.replace(STEM16, folder_balance=0.5), "folder_balance", "-bal0.5"),
         (dataclasses.replace(STEM16, group_dro=0.5), "group_dro", "-dro0.5"),
     ],
-    ids=["grey images", "draws by folder", "group DRO"],
+    ids=["grey images", "frequency masking", "draws by folder", "group DRO"],
 )
 def test_a_training_option_arm_changes_only_its_own_field(arm: Arm, field: str, suffix: str) -> None:
     assert arm.recipe("full") == {**STEM16.recipe("full"), field: 0.5}
