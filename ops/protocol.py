@@ -37,6 +37,8 @@ baseline*: the same recipe on images shrunk until no generator trace survives an
         --group-dro 0.01   # the loss weighs most the training folders the model still gets wrong
     python -m ops.protocol --track full --kinds model --variant vgg2_wide_stem --from-scratch --epochs 16 \
         --freq-mask-p 0.5   # half the training images with 15% of their Fourier coefficients zeroed
+    python -m ops.protocol --track full --kinds model --variant vgg2_wide_stem --from-scratch --epochs 16 \
+        --sam 0.05   # sharpness-aware minimisation: the gradient at the worst weights within 0.05
 
 Folds resume where they stopped (each epoch is checkpointed) and finished folds are skipped, so the
 command can be stopped and run again. Folders that are related are held out together: for the
@@ -164,6 +166,7 @@ class Arm:
     folder_balance: float = 0.0  # training draws weighted n**-power by folder size (``TrainConfig``)
     group_dro: float = 0.0  # online group DRO's step over the training folders (``TrainConfig``)
     group_dro_start: str = "even"  # where its weights start: "even" or by the folders' "sizes"
+    sam: float = 0.0  # sharpness-aware minimisation's radius (``TrainConfig``)
     # An ensemble arm: the equal-weight logit average of these arms' fold checkpoints, each member
     # ``VARIANT`` or ``VARIANT@SEED`` on this arm's other options (``fakescope ensemble``'s network).
     members: tuple[str, ...] = ()
@@ -200,6 +203,7 @@ class Arm:
             + (f"-bal{self.folder_balance:g}" if self.folder_balance else "")
             + (f"-dro{self.group_dro:g}" if self.group_dro else "")
             + (f"-{self.group_dro_start}" if self.group_dro and self.group_dro_start != "even" else "")
+            + (f"-sam{self.sam:g}" if self.sam else "")
             + (f"-init{self.init_seed}" if self.init_seed is not None else "")
             + (f"-xfit{self.cross_fit.replace('/', 'of')}" if self.cross_fit else "")
             + (f"-{'poe' if self.poe else 'prod'}{self.debias}" if self.debias else "")
@@ -246,6 +250,8 @@ class Arm:
             recipe["group_dro"] = self.group_dro
             if self.group_dro_start != "even":
                 recipe["group_dro_start"] = self.group_dro_start
+        if self.sam:
+            recipe["sam"] = self.sam
         if self.init_seed is not None:
             recipe["init_seed"] = self.init_seed
         if self.cross_fit:
@@ -547,6 +553,13 @@ def main() -> None:
         help="group DRO's first weights: each label's folders even, or by their sizes (the plain mean loss)",
     )
     ap.add_argument(
+        "--sam",
+        type=float,
+        default=0.0,
+        metavar="RHO",
+        help="sharpness-aware minimisation with this radius (Foret et al. 2021)",
+    )
+    ap.add_argument(
         "--ensemble-of",
         nargs="+",
         default=[],
@@ -606,6 +619,7 @@ def main() -> None:
         folder_balance=args.folder_balance,
         group_dro=args.group_dro,
         group_dro_start=args.group_dro_start,
+        sam=args.sam,
         members=tuple(args.ensemble_of),
         debias=args.debias,
         bias_epochs=args.bias_epochs,

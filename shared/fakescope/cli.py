@@ -59,6 +59,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         folder_balance=args.folder_balance,
         group_dro=args.group_dro,
         group_dro_start=args.group_dro_start,
+        sam=args.sam,
         recon=args.recon,
         recon_p=args.recon_p,
         recon_scale=args.recon_scale,
@@ -517,6 +518,13 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("even", "sizes"),  # fakescope.train.GROUP_DRO_STARTS (not imported: torch loads lazily)
         default="even",
         help="group DRO's first weights: every folder of a label even, or by the folders' sizes (the plain loss)",
+    )
+    p.add_argument(
+        "--sam",
+        type=float,
+        default=0.0,
+        metavar="RHO",
+        help="sharpness-aware minimisation: each step's gradient taken RHO along the normalised gradient (0: off)",
     )
     p.add_argument("--recon", help="a reconstruction bank (ops/train_recon.py): aligned fakes made from training reals")
     p.add_argument("--recon-p", type=float, default=0.3, help="with --recon: share of each batch's fakes made so")

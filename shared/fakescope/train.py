@@ -14,6 +14,7 @@ per-epoch record is measured on the calibration split, and validation is scored 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -21,6 +22,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -121,6 +123,11 @@ class TrainConfig:
     # Where group DRO's weights start: "even" (every folder of a label weighed equally, Sagawa et
     # al.'s start) or "sizes" (in proportion to the folders' images: the plain mean loss at step 0).
     group_dro_start: str = "even"
+    # Sharpness-aware minimisation's radius (Foret et al., ICLR 2021): each step's gradient is taken
+    # at the weights moved this far along the batch's normalised gradient, so training seeks weights
+    # whose whole neighbourhood has a low loss; BatchNorm's statistics follow the first pass only.
+    # Twice the passes a step (0: off, the plain step as before).
+    sam: float = 0.0
     # The share of images shifted by up to 4 px with a black fill instead of a reflected one: a
     # re-framed upload has a border, and without it the detector reads any border as a fake's.
     border_p: float = 0.0
@@ -241,6 +248,10 @@ class TrainConfig:
             raise ValueError(f"group_dro_start must be one of {GROUP_DRO_STARTS}, got {self.group_dro_start!r}")
         if self.group_dro and (self.tiles or self.recon or self.bias_from):
             raise ValueError("group_dro weighs each training image by its folder: tiles, recon, bias_from change that")
+        if self.sam < 0:
+            raise ValueError(f"sam is a radius, at least 0, got {self.sam}")
+        if self.sam and self.group_dro:
+            raise ValueError("group_dro moves its weights with each loss: sam's second pass would move them twice")
         if self.select_epoch not in SELECT_EPOCH:
             raise ValueError(f"select_epoch must be one of {SELECT_EPOCH}, got {self.select_epoch!r}")
 
@@ -1055,6 +1066,52 @@ class _Batches:
         return idx, Reconstruct(self.recon, mask, cfg.recon_scale)
 
 
+@contextlib.contextmanager
+def _batchnorm_stats_frozen(model: torch.nn.Module) -> Iterator[None]:
+    """BatchNorm layers normalise by the batch as in training but leave their running statistics be."""
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, momentum in zip(norms, momenta, strict=True):
+            m.momentum = momentum
+
+
+def sharpness_aware_grad(model: torch.nn.Module, rho: float, loss_at: Callable[[], torch.Tensor]) -> None:
+    """Replace the gradients in ``model`` (those of the batch's loss at the weights w) by the gradient
+    of ``loss_at()`` at w + rho * g / |g| (Foret et al. 2021); the weights are w again on return."""
+    params = [p for p in model.parameters() if p.grad is not None]
+    grads = [p.grad for p in params if p.grad is not None]
+    scale = rho / (float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) + 1e-12)
+    moves = []
+    with torch.no_grad():
+        for p, g in zip(params, grads, strict=True):
+            move = g * scale
+            p.add_(move)
+            moves.append(move)
+    model.zero_grad(set_to_none=True)
+    with _batchnorm_stats_frozen(model):
+        loss_at().backward()
+    with torch.no_grad():
+        for p, move in zip(params, moves, strict=True):
+            p.sub_(move)
+
+
+def _plain_loss(
+    logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, batches: _Batches, cfg: TrainConfig, device: torch.device
+) -> torch.Tensor:
+    """The batch's loss without group DRO: cross-entropy, or against the content bias if there is one."""
+    if batches.bias is None:
+        return F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+    # The product of experts: the model's logits plus the bias's log-probabilities. Without label
+    # smoothing: a smoothed target is less sure than a confident bias, so on the images content
+    # explains best it would teach the model the opposite of their labels.
+    return F.cross_entropy(logits.float() + batches.bias[idx].to(device), y)
+
+
 def _train_epoch(
     run: _Run, batches: _Batches, cfg: TrainConfig, device: torch.device, steps: int, bf16: bool
 ) -> dict[str, float]:
@@ -1072,15 +1129,18 @@ def _train_epoch(
         if run.dro is not None:
             per_image = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing, reduction="none")
             loss = run.dro.loss(per_image, idx, y)
-        elif batches.bias is None:
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
         else:
-            # The product of experts: the model's logits plus the bias's log-probabilities. Without
-            # label smoothing: a smoothed target is less sure than a confident bias, so on the images
-            # content explains best it would teach the model the opposite of their labels.
-            loss = F.cross_entropy(logits.float() + batches.bias[idx].to(device), y)
+            loss = _plain_loss(logits, y, idx, batches, cfg, device)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if cfg.sam:
+
+            def loss_at(x: torch.Tensor = x, y: torch.Tensor = y, idx: torch.Tensor = idx) -> torch.Tensor:
+                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                    moved = run.model(x)
+                return _plain_loss(moved, y, idx, batches, cfg, device)
+
+            sharpness_aware_grad(run.model, cfg.sam, loss_at)
         run.opt.step()
         if cfg.recipe == "fast":
             run.sched.step()

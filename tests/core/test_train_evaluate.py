@@ -1,3 +1,4 @@
+import copy
 import dataclasses
 import json
 from pathlib import Path
@@ -678,3 +679,54 @@ def test_group_dro_weights_survive_a_resume(tmp_path: Path, monkeypatch: pytest.
     a, b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_sharpness_aware_grad_is_the_gradient_at_the_moved_weights_and_puts_them_back() -> None:
+    torch.manual_seed(0)
+    norm_layer = torch.nn.BatchNorm1d(8)
+    model = torch.nn.Sequential(torch.nn.Linear(6, 8), norm_layer, torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    x, y = torch.randn(32, 6), torch.randint(0, 2, (32,))
+
+    def loss_at() -> torch.Tensor:
+        return F.cross_entropy(model(x), y)
+
+    loss_at().backward()
+    before = [p.detach().clone() for p in model.parameters()]
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    assert norm_layer.running_mean is not None
+    stats = norm_layer.running_mean.clone()
+    train_mod.sharpness_aware_grad(model, 0.05, loss_at)
+    for p, w in zip(model.parameters(), before, strict=True):
+        torch.testing.assert_close(p.detach(), w)
+    torch.testing.assert_close(norm_layer.running_mean, stats)  # the second pass leaves BatchNorm's statistics
+    assert norm_layer.momentum == 0.1
+
+    # The same gradient by hand: the weights moved 0.05 along the normalised gradient.
+    norm = torch.linalg.vector_norm(torch.cat([g.flatten() for g in grads]))
+    probe = copy.deepcopy(model)
+    with torch.no_grad():
+        for p, g in zip(probe.parameters(), grads, strict=True):
+            p.add_(g * 0.05 / norm)
+    F.cross_entropy(probe(x), y).backward()
+    for p, q in zip(model.parameters(), probe.parameters(), strict=True):
+        assert p.grad is not None and q.grad is not None
+        torch.testing.assert_close(p.grad, q.grad)
+    moved = [p.grad for p in model.parameters() if p.grad is not None]
+    assert not all(torch.allclose(g, m) for g, m in zip(grads, moved, strict=True))  # not the plain gradient
+
+
+def test_sam_trains_resumes_and_is_refused_beside_group_dro(synth_cifake: Path, tmp_path: Path) -> None:
+    cfg = _cfg(synth_cifake, tmp_path / "full", sam=0.05)
+    full = train(cfg)
+    plain = train(_cfg(synth_cifake, tmp_path / "plain"))
+    a, c = load_file(str(full / "model.safetensors")), load_file(str(plain / "model.safetensors"))
+    assert any(not torch.allclose(a[k], c[k]) for k in a)  # the option reaches the steps
+    train(dataclasses.replace(cfg, out=str(tmp_path / "part"), stop_after=1))
+    resumed = train(dataclasses.replace(cfg, out=str(tmp_path / "part"), resume=True))
+    b = load_file(str(resumed / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="sam is a radius"):
+        TrainConfig(data=["x"], out="y", sam=-0.1)
+    with pytest.raises(ValueError, match="second pass"):
+        TrainConfig(data=["x"], out="y", sam=0.05, group_dro=0.01)

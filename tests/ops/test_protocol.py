@@ -40,6 +40,7 @@ def test_each_arm_gets_its_own_folder() -> None:
         Arm(folder_balance=0.5),
         Arm(group_dro=0.01),
         Arm(group_dro=0.01, group_dro_start="sizes"),
+        Arm(sam=0.05),
         Arm(readout="top0.1"),
         Arm(members=("vgg3_wide_stem", "vgg3_wide_freq"), scratch=True),
     ]
@@ -70,8 +71,9 @@ STEM16 = Arm(variant="vgg2_wide_stem", scratch=True, epochs=16)
         (dataclasses.replace(STEM16, freq_mask_p=0.5), "freq_mask_p", "-fmask0.5"),
         (dataclasses.replace(STEM16, folder_balance=0.5), "folder_balance", "-bal0.5"),
         (dataclasses.replace(STEM16, group_dro=0.5), "group_dro", "-dro0.5"),
+        (dataclasses.replace(STEM16, sam=0.5), "sam", "-sam0.5"),
     ],
-    ids=["grey images", "frequency masking", "draws by folder", "group DRO"],
+    ids=["grey images", "frequency masking", "draws by folder", "group DRO", "sharpness-aware"],
 )
 def test_a_training_option_arm_changes_only_its_own_field(arm: Arm, field: str, suffix: str) -> None:
     assert arm.recipe("full") == {**STEM16.recipe("full"), field: 0.5}
