@@ -1,6 +1,7 @@
 import copy
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,16 +140,24 @@ def test_noise_reaches_its_share_of_the_images() -> None:
     assert 0.005 < float(spread) < 0.03
 
 
-def test_gray_reaches_its_share_and_costs_nothing_when_off() -> None:
+def _bare_batches(n: int) -> tuple[torch.Tensor, TrainConfig, Callable[[TrainConfig], torch.Tensor]]:
+    """``n`` random 32x32 images, a recipe that leaves them be (no degradation, shift or border),
+    and the function giving their whole batch, unnormalised, under a recipe: only the option a test
+    turns on (and the flips) changes them."""
     rng = np.random.default_rng(0)
-    images = torch.from_numpy(rng.integers(0, 256, (400, 32, 32, 3), dtype=np.uint8))
+    images = torch.from_numpy(rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8))
     mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
-    idx = torch.arange(400)
+    idx = torch.arange(n)
     cfg = TrainConfig(data=["x"], out="y", robust_p=0.0, translate=0, border_p=0.0)
 
     def batch(c: TrainConfig) -> torch.Tensor:
         return train_mod.train_batch(images, None, idx, mean, std, c, torch.Generator().manual_seed(0))
 
+    return images, cfg, batch
+
+
+def test_gray_reaches_its_share_and_costs_nothing_when_off() -> None:
+    images, cfg, batch = _bare_batches(400)
     colour = batch(cfg)
     # Off, it draws nothing: the batch is the one a run before the option got (so --resume holds).
     torch.testing.assert_close(batch(dataclasses.replace(cfg, gray_p=0.0)), colour)
@@ -167,15 +176,7 @@ def test_gray_reaches_its_share_and_costs_nothing_when_off() -> None:
 
 
 def test_frequency_masking_zeroes_its_share_of_coefficients_and_costs_nothing_when_off() -> None:
-    rng = np.random.default_rng(0)
-    images = torch.from_numpy(rng.integers(0, 256, (200, 32, 32, 3), dtype=np.uint8))
-    mean, std = torch.zeros(1, 3, 1, 1), torch.ones(1, 3, 1, 1)
-    idx = torch.arange(200)
-    cfg = TrainConfig(data=["x"], out="y", robust_p=0.0, translate=0, border_p=0.0)
-
-    def batch(c: TrainConfig) -> torch.Tensor:
-        return train_mod.train_batch(images, None, idx, mean, std, c, torch.Generator().manual_seed(0))
-
+    images, cfg, batch = _bare_batches(200)
     # Off, it draws nothing: the batch is the one a run before the option got (so --resume holds).
     torch.testing.assert_close(batch(dataclasses.replace(cfg, freq_mask_p=0.0)), batch(cfg))
     half = batch(dataclasses.replace(cfg, freq_mask_p=0.5))
