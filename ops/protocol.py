@@ -39,6 +39,8 @@ baseline*: the same recipe on images shrunk until no generator trace survives an
         --freq-mask-p 0.5   # half the training images with 15% of their Fourier coefficients zeroed
     python -m ops.protocol --track full --kinds model --variant vgg2_wide_stem --from-scratch --epochs 16 \
         --sam 0.05   # sharpness-aware minimisation: the gradient at the worst weights within 0.05
+    python -m ops.protocol --track full --kinds model --variant vgg2_wide_stem --from-scratch --epochs 16 \
+        --position-loss   # the loss at every position of the last feature map, not on their mean
 
 Folds resume where they stopped (each epoch is checkpointed) and finished folds are skipped, so the
 command can be stopped and run again. Folders that are related are held out together: for the
@@ -167,6 +169,7 @@ class Arm:
     group_dro: float = 0.0  # online group DRO's step over the training folders (``TrainConfig``)
     group_dro_start: str = "even"  # where its weights start: "even" or by the folders' "sizes"
     sam: float = 0.0  # sharpness-aware minimisation's radius (``TrainConfig``)
+    position_loss: bool = False  # the loss at every position of the last feature map (``TrainConfig``)
     # An ensemble arm: the equal-weight logit average of these arms' fold checkpoints, each member
     # ``VARIANT`` or ``VARIANT@SEED`` on this arm's other options (``fakescope ensemble``'s network).
     members: tuple[str, ...] = ()
@@ -204,6 +207,7 @@ class Arm:
             + (f"-dro{self.group_dro:g}" if self.group_dro else "")
             + (f"-{self.group_dro_start}" if self.group_dro and self.group_dro_start != "even" else "")
             + (f"-sam{self.sam:g}" if self.sam else "")
+            + ("-posloss" if self.position_loss else "")
             + (f"-init{self.init_seed}" if self.init_seed is not None else "")
             + (f"-xfit{self.cross_fit.replace('/', 'of')}" if self.cross_fit else "")
             + (f"-{'poe' if self.poe else 'prod'}{self.debias}" if self.debias else "")
@@ -252,6 +256,8 @@ class Arm:
                 recipe["group_dro_start"] = self.group_dro_start
         if self.sam:
             recipe["sam"] = self.sam
+        if self.position_loss:
+            recipe["position_loss"] = True
         if self.init_seed is not None:
             recipe["init_seed"] = self.init_seed
         if self.cross_fit:
@@ -560,6 +566,11 @@ def main() -> None:
         help="sharpness-aware minimisation with this radius (Foret et al. 2021)",
     )
     ap.add_argument(
+        "--position-loss",
+        action="store_true",
+        help="the loss at every position of the last feature map (Chai et al. 2020), not on their mean",
+    )
+    ap.add_argument(
         "--ensemble-of",
         nargs="+",
         default=[],
@@ -620,6 +631,7 @@ def main() -> None:
         group_dro=args.group_dro,
         group_dro_start=args.group_dro_start,
         sam=args.sam,
+        position_loss=args.position_loss,
         members=tuple(args.ensemble_of),
         debias=args.debias,
         bias_epochs=args.bias_epochs,

@@ -60,6 +60,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         group_dro=args.group_dro,
         group_dro_start=args.group_dro_start,
         sam=args.sam,
+        position_loss=args.position_loss,
         recon=args.recon,
         recon_p=args.recon_p,
         recon_scale=args.recon_scale,
@@ -525,6 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.0,
         metavar="RHO",
         help="sharpness-aware minimisation: each step's gradient taken RHO along the normalised gradient (0: off)",
+    )
+    p.add_argument(
+        "--position-loss",
+        action="store_true",
+        help="the loss at every position of the last feature map, each with the image's label (not on their mean)",
     )
     p.add_argument("--recon", help="a reconstruction bank (ops/train_recon.py): aligned fakes made from training reals")
     p.add_argument("--recon-p", type=float, default=0.3, help="with --recon: share of each batch's fakes made so")

@@ -128,6 +128,12 @@ class TrainConfig:
     # whose whole neighbourhood has a low loss; BatchNorm's statistics follow the first pass only.
     # Twice the passes a step (0: off, the plain step as before).
     sam: float = 0.0
+    # The loss at every position of the last feature map (Chai et al., ECCV 2020): each position's
+    # logits (the linear head applied before the global average pooling) against the image's label,
+    # averaged, so every patch has to carry evidence of its own instead of a few deciding the
+    # pooled logit. The image's logits, what is served and scored, are the positions' mean as
+    # before (False: the pooled loss as before).
+    position_loss: bool = False
     # The share of images shifted by up to 4 px with a black fill instead of a reflected one: a
     # re-framed upload has a border, and without it the detector reads any border as a fake's.
     border_p: float = 0.0
@@ -252,6 +258,10 @@ class TrainConfig:
             raise ValueError(f"sam is a radius, at least 0, got {self.sam}")
         if self.sam and self.group_dro:
             raise ValueError("group_dro moves its weights with each loss: sam's second pass would move them twice")
+        if self.position_loss and (self.group_dro or self.bias_from):
+            raise ValueError(
+                "position_loss is a plain cross-entropy at every position: not with group_dro or bias_from"
+            )
         if self.select_epoch not in SELECT_EPOCH:
             raise ValueError(f"select_epoch must be one of {SELECT_EPOCH}, got {self.select_epoch!r}")
 
@@ -1100,10 +1110,36 @@ def sharpness_aware_grad(model: torch.nn.Module, rho: float, loss_at: Callable[[
             p.sub_(move)
 
 
+def _forward(model: Network, x: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The batch's image logits and, with ``cfg.position_loss``, the logits at every position of the
+    last feature map ``(N, classes, H, W)``, whose mean the image logits are (the head is linear; its
+    dropout, off in the ``vgg`` variants, is skipped there)."""
+    if not cfg.position_loss:
+        return model(x), None
+    head = model.get_classifier()
+    maps = F.conv2d(model.forward_features(x), head.weight[:, :, None, None], head.bias)
+    return maps.mean((2, 3)), maps
+
+
+def _position_loss(maps: torch.Tensor, y: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """Cross-entropy at every position of ``maps`` ``(N, classes, H, W)`` against its image's label, averaged."""
+    targets = y[:, None, None].expand(-1, maps.shape[2], maps.shape[3])
+    return F.cross_entropy(maps.float(), targets, label_smoothing=cfg.label_smoothing)
+
+
 def _plain_loss(
-    logits: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, batches: _Batches, cfg: TrainConfig, device: torch.device
+    logits: torch.Tensor,
+    y: torch.Tensor,
+    idx: torch.Tensor,
+    batches: _Batches,
+    cfg: TrainConfig,
+    device: torch.device,
+    maps: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """The batch's loss without group DRO: cross-entropy, or against the content bias if there is one."""
+    """The batch's loss without group DRO: cross-entropy (at every position with ``maps``), or against
+    the content bias if there is one."""
+    if maps is not None:
+        return _position_loss(maps, y, cfg)
     if batches.bias is None:
         return F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
     # The product of experts: the model's logits plus the bias's log-probabilities. Without label
@@ -1125,20 +1161,20 @@ def _train_epoch(
         x, y = batches.batch(idx, cfg, run.gen)
         x, y = x.to(device, non_blocking=True), y.to(device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            logits = run.model(x)
+            logits, maps = _forward(run.model, x, cfg)
         if run.dro is not None:
             per_image = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing, reduction="none")
             loss = run.dro.loss(per_image, idx, y)
         else:
-            loss = _plain_loss(logits, y, idx, batches, cfg, device)
+            loss = _plain_loss(logits, y, idx, batches, cfg, device, maps)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.sam:
 
             def loss_at(x: torch.Tensor = x, y: torch.Tensor = y, idx: torch.Tensor = idx) -> torch.Tensor:
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                    moved = run.model(x)
-                return _plain_loss(moved, y, idx, batches, cfg, device)
+                    moved, moved_maps = _forward(run.model, x, cfg)
+                return _plain_loss(moved, y, idx, batches, cfg, device, moved_maps)
 
             sharpness_aware_grad(run.model, cfg.sam, loss_at)
         run.opt.step()

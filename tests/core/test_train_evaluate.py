@@ -731,3 +731,48 @@ def test_sam_trains_resumes_and_is_refused_beside_group_dro(synth_cifake: Path, 
         TrainConfig(data=["x"], out="y", sam=-0.1)
     with pytest.raises(ValueError, match="second pass"):
         TrainConfig(data=["x"], out="y", sam=0.05, group_dro=0.01)
+
+
+def test_the_position_loss_scores_every_position_and_serves_their_mean() -> None:
+    torch.manual_seed(0)
+    model = train_mod.create_model("vgg2_wide_stem", num_classes=2).eval()
+    x, y = torch.rand(3, 3, 32, 32), torch.tensor([0, 1, 1])
+    cfg = TrainConfig(data=["x"], out="y", position_loss=True)
+    with torch.no_grad():
+        logits, maps = train_mod._forward(model, x, cfg)
+        plain, none = train_mod._forward(model, x, dataclasses.replace(cfg, position_loss=False))
+    assert none is None and maps is not None and maps.shape == (3, 2, 8, 8)
+    torch.testing.assert_close(logits, model(x))  # the image's logits are the served ones
+    torch.testing.assert_close(plain, model(x))
+
+    # Every position against the image's label, by hand; not the loss on the positions' mean.
+    by_hand = torch.stack(
+        [
+            F.cross_entropy(maps[i, :, r, c][None], y[i : i + 1], label_smoothing=cfg.label_smoothing)
+            for i in range(3)
+            for r in range(8)
+            for c in range(8)
+        ]
+    ).mean()
+    loss = train_mod._position_loss(maps, y, cfg)
+    torch.testing.assert_close(loss, by_hand)
+    assert not torch.allclose(loss, F.cross_entropy(logits, y, label_smoothing=cfg.label_smoothing))
+
+
+def test_the_position_loss_trains_resumes_and_is_refused_where_the_loss_is_not_plain(
+    synth_cifake: Path, tmp_path: Path
+) -> None:
+    cfg = _cfg(synth_cifake, tmp_path / "full", position_loss=True)
+    full = train(cfg)
+    plain = train(_cfg(synth_cifake, tmp_path / "plain"))
+    a, c = load_file(str(full / "model.safetensors")), load_file(str(plain / "model.safetensors"))
+    assert any(not torch.allclose(a[k], c[k]) for k in a)  # the option reaches the steps
+    train(dataclasses.replace(cfg, out=str(tmp_path / "part"), stop_after=1))
+    resumed = train(dataclasses.replace(cfg, out=str(tmp_path / "part"), resume=True))
+    b = load_file(str(resumed / "model.safetensors"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    with pytest.raises(ValueError, match="every position"):
+        TrainConfig(data=["x"], out="y", position_loss=True, group_dro=0.01)
+    with pytest.raises(ValueError, match="every position"):
+        TrainConfig(data=["x"], out="y", position_loss=True, bias_from=["bias.npy"])

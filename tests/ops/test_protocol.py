@@ -41,6 +41,7 @@ def test_each_arm_gets_its_own_folder() -> None:
         Arm(group_dro=0.01),
         Arm(group_dro=0.01, group_dro_start="sizes"),
         Arm(sam=0.05),
+        Arm(position_loss=True),
         Arm(readout="top0.1"),
         Arm(members=("vgg3_wide_stem", "vgg3_wide_freq"), scratch=True),
     ]
@@ -65,20 +66,21 @@ STEM16 = Arm(variant="vgg2_wide_stem", scratch=True, epochs=16)
 
 
 @pytest.mark.parametrize(
-    ("arm", "field", "suffix"),
+    ("arm", "field", "value", "suffix"),
     [
-        (dataclasses.replace(STEM16, gray_p=0.5), "gray_p", "-gray0.5"),
-        (dataclasses.replace(STEM16, freq_mask_p=0.5), "freq_mask_p", "-fmask0.5"),
-        (dataclasses.replace(STEM16, folder_balance=0.5), "folder_balance", "-bal0.5"),
-        (dataclasses.replace(STEM16, group_dro=0.5), "group_dro", "-dro0.5"),
-        (dataclasses.replace(STEM16, sam=0.5), "sam", "-sam0.5"),
+        (dataclasses.replace(STEM16, gray_p=0.5), "gray_p", 0.5, "-gray0.5"),
+        (dataclasses.replace(STEM16, freq_mask_p=0.5), "freq_mask_p", 0.5, "-fmask0.5"),
+        (dataclasses.replace(STEM16, folder_balance=0.5), "folder_balance", 0.5, "-bal0.5"),
+        (dataclasses.replace(STEM16, group_dro=0.5), "group_dro", 0.5, "-dro0.5"),
+        (dataclasses.replace(STEM16, sam=0.5), "sam", 0.5, "-sam0.5"),
+        (dataclasses.replace(STEM16, position_loss=True), "position_loss", True, "-posloss"),
     ],
-    ids=["grey images", "frequency masking", "draws by folder", "group DRO", "sharpness-aware"],
+    ids=["grey images", "frequency masking", "draws by folder", "group DRO", "sharpness-aware", "position loss"],
 )
-def test_a_training_option_arm_changes_only_its_own_field(arm: Arm, field: str, suffix: str) -> None:
-    assert arm.recipe("full") == {**STEM16.recipe("full"), field: 0.5}
+def test_a_training_option_arm_changes_only_its_own_field(arm: Arm, field: str, value: object, suffix: str) -> None:
+    assert arm.recipe("full") == {**STEM16.recipe("full"), field: value}
     assert arm.suffix() == STEM16.suffix() + suffix
-    assert getattr(fold_config("full", "diffusion", ["diffusion"], "model", Path("x"), arm), field) == 0.5
+    assert getattr(fold_config("full", "diffusion", ["diffusion"], "model", Path("x"), arm), field) == value
 
 
 def test_a_robust_arm_changes_only_the_share_of_degraded_images() -> None:
