@@ -716,10 +716,11 @@ def test_sharpness_aware_grad_is_the_gradient_at_the_moved_weights_and_puts_them
     assert not all(torch.allclose(g, m) for g, m in zip(grads, moved, strict=True))  # not the plain gradient
 
 
-def test_sam_trains_resumes_and_is_refused_beside_group_dro(synth_cifake: Path, tmp_path: Path) -> None:
-    cfg = _cfg(synth_cifake, tmp_path / "full", sam=0.05)
+def _trains_differently_and_resumes(data: Path, tmp_path: Path, **option: Any) -> None:
+    """A run with ``option`` ends with other weights than the plain run, and resumes to its own."""
+    cfg = _cfg(data, tmp_path / "full", **option)
     full = train(cfg)
-    plain = train(_cfg(synth_cifake, tmp_path / "plain"))
+    plain = train(_cfg(data, tmp_path / "plain"))
     a, c = load_file(str(full / "model.safetensors")), load_file(str(plain / "model.safetensors"))
     assert any(not torch.allclose(a[k], c[k]) for k in a)  # the option reaches the steps
     train(dataclasses.replace(cfg, out=str(tmp_path / "part"), stop_after=1))
@@ -727,6 +728,10 @@ def test_sam_trains_resumes_and_is_refused_beside_group_dro(synth_cifake: Path, 
     b = load_file(str(resumed / "model.safetensors"))
     for k in a:
         torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+
+
+def test_sam_trains_resumes_and_is_refused_beside_group_dro(synth_cifake: Path, tmp_path: Path) -> None:
+    _trains_differently_and_resumes(synth_cifake, tmp_path, sam=0.05)
     with pytest.raises(ValueError, match="sam is a radius"):
         TrainConfig(data=["x"], out="y", sam=-0.1)
     with pytest.raises(ValueError, match="second pass"):
@@ -762,16 +767,7 @@ def test_the_position_loss_scores_every_position_and_serves_their_mean() -> None
 def test_the_position_loss_trains_resumes_and_is_refused_where_the_loss_is_not_plain(
     synth_cifake: Path, tmp_path: Path
 ) -> None:
-    cfg = _cfg(synth_cifake, tmp_path / "full", position_loss=True)
-    full = train(cfg)
-    plain = train(_cfg(synth_cifake, tmp_path / "plain"))
-    a, c = load_file(str(full / "model.safetensors")), load_file(str(plain / "model.safetensors"))
-    assert any(not torch.allclose(a[k], c[k]) for k in a)  # the option reaches the steps
-    train(dataclasses.replace(cfg, out=str(tmp_path / "part"), stop_after=1))
-    resumed = train(dataclasses.replace(cfg, out=str(tmp_path / "part"), resume=True))
-    b = load_file(str(resumed / "model.safetensors"))
-    for k in a:
-        torch.testing.assert_close(a[k], b[k], atol=1e-5, rtol=1e-4)
+    _trains_differently_and_resumes(synth_cifake, tmp_path, position_loss=True)
     with pytest.raises(ValueError, match="every position"):
         TrainConfig(data=["x"], out="y", position_loss=True, group_dro=0.01)
     with pytest.raises(ValueError, match="every position"):
