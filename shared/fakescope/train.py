@@ -575,6 +575,14 @@ def parse_readout(readout: str) -> float | None:
     return share
 
 
+def position_logits(model: Network, x: torch.Tensor) -> torch.Tensor:
+    """The linear head applied at every position of the last feature map, ``(N, classes, H, W)``: the
+    served logits are their mean (global average pooling commutes with a linear head; the head's
+    dropout, off in the ``vgg`` variants, is skipped)."""
+    head = model.get_classifier()
+    return F.conv2d(model.forward_features(x), head.weight[:, :, None, None], head.bias)
+
+
 def top_positions_logits(model: Network, x: torch.Tensor, share: float) -> torch.Tensor:
     """Logits from the ``share`` of positions with the most fake evidence (a protocol readout).
 
@@ -582,9 +590,7 @@ def top_positions_logits(model: Network, x: torch.Tensor, share: float) -> torch
     is the mean of that difference at every position of the last feature map; this averages only the
     top ``share`` of them (at least one). With share 1 it is the served readout's difference.
     """
-    head = model.get_classifier()
-    feats = model.forward_features(x).float()
-    maps = torch.einsum("bchw,kc->bkhw", feats, head.weight.float()) + head.bias.float().view(1, -1, 1, 1)
+    maps = position_logits(model, x).float()
     fake, real = LABELS.index("fake"), LABELS.index("real")
     diff = (maps[:, fake] - maps[:, real]).flatten(1)
     top = diff.topk(max(1, round(share * diff.shape[1])), dim=1).values.mean(1)
@@ -1093,12 +1099,13 @@ def _batchnorm_stats_frozen(model: torch.nn.Module) -> Iterator[None]:
 def sharpness_aware_grad(model: torch.nn.Module, rho: float, loss_at: Callable[[], torch.Tensor]) -> None:
     """Replace the gradients in ``model`` (those of the batch's loss at the weights w) by the gradient
     of ``loss_at()`` at w + rho * g / |g| (Foret et al. 2021); the weights are w again on return."""
-    params = [p for p in model.parameters() if p.grad is not None]
-    grads = [p.grad for p in params if p.grad is not None]
-    scale = rho / (float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))) + 1e-12)
+    pairs = [(p, g) for p in model.parameters() if (g := p.grad) is not None]
+    scale = rho / (
+        float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for _, g in pairs]))) + 1e-12
+    )
     moves = []
     with torch.no_grad():
-        for p, g in zip(params, grads, strict=True):
+        for p, g in pairs:
             move = g * scale
             p.add_(move)
             moves.append(move)
@@ -1106,18 +1113,16 @@ def sharpness_aware_grad(model: torch.nn.Module, rho: float, loss_at: Callable[[
     with _batchnorm_stats_frozen(model):
         loss_at().backward()
     with torch.no_grad():
-        for p, move in zip(params, moves, strict=True):
+        for (p, _), move in zip(pairs, moves, strict=True):
             p.sub_(move)
 
 
 def _forward(model: Network, x: torch.Tensor, cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The batch's image logits and, with ``cfg.position_loss``, the logits at every position of the
-    last feature map ``(N, classes, H, W)``, whose mean the image logits are (the head is linear; its
-    dropout, off in the ``vgg`` variants, is skipped there)."""
+    """The batch's image logits and, with ``cfg.position_loss``, the logits at every position
+    (``position_logits``), whose mean the image logits then are."""
     if not cfg.position_loss:
         return model(x), None
-    head = model.get_classifier()
-    maps = F.conv2d(model.forward_features(x), head.weight[:, :, None, None], head.bias)
+    maps = position_logits(model, x)
     return maps.mean((2, 3)), maps
 
 
